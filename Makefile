@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both do their own setup.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test lint typecheck unit integration e2e demo bench bench-smoke lock clean
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# pytest's exit code 5 (no tests collected) fails the target on purpose.
+test: lint typecheck
+	$(PY) -m pytest tests
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+e2e: setup
+	$(PY) -m pytest tests/e2e
+
+demo: setup
+	$(PY) -m higgs.lab.demo
+
+bench: setup
+	$(PY) -m bench
+
+# Regenerates the constraints file from what is installed in the venv.
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

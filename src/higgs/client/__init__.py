@@ -1,0 +1,1 @@
+"""higgsvpn: the user's VPN client."""

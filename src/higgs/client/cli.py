@@ -1,0 +1,35 @@
+"""`higgsvpn` command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from higgs.common.cli import new_parser, run_cli
+from higgs.common.errors import HiggsError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser("higgsvpn", "the Higgs.net VPN client")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("connect", help="connect")
+    sub.add_parser("disconnect", help="disconnect")
+    sub.add_parser("status", help="status")
+    sub.add_parser("nodes", help="nodes")
+    sub.add_parser("export", help="export")
+    sub.add_parser("cleanup", help="cleanup")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    raise HiggsError(f"'{args.command}' is not implemented yet")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), _dispatch, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Config loading, logging, keys, backoff: no policy, no host changes."""

@@ -1,0 +1,1 @@
+"""higgsnode: the exit-node agent."""

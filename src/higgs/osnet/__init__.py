@@ -1,0 +1,1 @@
+"""The only code that changes the host: command funnel, journal, firewall, routes, WireGuard."""

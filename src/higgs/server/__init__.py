@@ -1,0 +1,1 @@
+"""bosonserver: node registry, accounts, routing, sessions, relay."""

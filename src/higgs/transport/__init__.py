@@ -1,0 +1,1 @@
+"""asyncio adapters that move bytes: WebSocket relay link, UDP bridge."""
