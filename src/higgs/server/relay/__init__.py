@@ -1,0 +1,1 @@
+"""The WebSocket relay: node links, session links, forwarding by channel (docs/protocol.md §3)."""
