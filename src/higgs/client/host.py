@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from higgs.client.connect import Endpoint, PeerStats
 from higgs.client.settings import ClientSettings
 from higgs.common.keys import PrivateKey
-from higgs.osnet import resolver, routes
+from higgs.osnet import resolver, routes, sweep
 from higgs.osnet.errors import OsnetError
-from higgs.osnet.firewall import Endpoint as FirewallEndpoint
-from higgs.osnet.firewall import KillSwitchPolicy, apply_plan
+from higgs.osnet.firewall import FirewallBackend, select_backend
+from higgs.osnet.firewall.plan import Endpoint as FirewallEndpoint
+from higgs.osnet.firewall.plan import FirewallNames, KillSwitchPolicy
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.wireguard import Peer, WireGuard
@@ -41,10 +42,9 @@ class LinuxTunnelHost:
         self.settings = settings
         self.journal = journal
         self.names = owned_names(settings)
-        self.fwmark = settings.fwmark or self.names.fwmark
-        self.table = settings.table or self.names.table_id
-        self.priority = settings.rule_priority or self.names.rule_priority
+        self.fwmark = self.names.fwmark
         self.wg = WireGuard(settings.interface, journal=journal)
+        self._firewall: FirewallBackend | None = None
         self._peer_key: str | None = None
         self._tunnel_first_entry: int | None = None
         self._kill_switch_entries: set[int] = set()
@@ -103,22 +103,16 @@ class LinuxTunnelHost:
 
     def route(self, *, full: bool, prefixes: Sequence[str]) -> None:
         if full:
-            families = {ipaddress.ip_network(p, strict=False).version for p in prefixes}
-            routes.add_full_tunnel(
-                self.journal,
-                interface=self.settings.interface,
-                table=self.table,
-                fwmark=self.fwmark,
-                priority=self.priority,
-                ipv6=6 in families and self._has_v6,
-            )
+            # IPv4 only: the tunnel address is IPv4, so IPv6 cannot be tunnelled; the kill
+            # switch blocks it instead (no IPv6 leak around the tunnel).
+            routes.full_tunnel(self.journal, self.names, families=(4,))
         else:
             for prefix in prefixes:
-                routes.add_route(self.journal, prefix, interface=self.settings.interface)
-
-    @property
-    def _has_v6(self) -> bool:
-        return False  # the route answer gives an IPv4 tunnel address; IPv6 is blocked
+                net = ipaddress.ip_network(prefix, strict=False)
+                if net.version == 4:
+                    routes.add_route(
+                        self.journal, routes.Route(str(net), dev=self.settings.interface)
+                    )
 
     # --- DNS ---------------------------------------------------------------------------------
 
@@ -132,19 +126,18 @@ class LinuxTunnelHost:
         # are the belt to those braces.
         endpoints = tuple(_endpoints(allow_endpoints))
         plan = KillSwitchPolicy(
-            name=self.names.nft_table,
+            names=FirewallNames.of(self.names),
             tunnel_if=self.settings.interface,
             endpoints=endpoints,
             fwmark=self.fwmark,
         )
-        # Replacing the plan: the new table is applied first, the old one's undo is then
-        # dropped, so there is no moment without a kill switch.
-        old = [e for e in self.journal.entries if e.id in self._kill_switch_entries]
+        # A second apply replaces the rules in place (atomically with nft): there is no
+        # moment without a kill switch while the tunnel moves to a new route.
         first = self._next_entry_id()
-        apply_plan(plan, self.journal)
-        self._kill_switch_entries = {e.id for e in self.journal.entries if e.id >= first}
-        for entry in old:
-            self.journal.forget(entry)
+        if self._firewall is None:
+            self._firewall = select_backend(FirewallNames.of(self.names), self.journal)
+        self._firewall.apply(plan)
+        self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
 
     # --- moving to another node --------------------------------------------------------------
 
@@ -184,7 +177,7 @@ def replay_journal(settings: ClientSettings) -> int:
 def cleanup_host(settings: ClientSettings) -> str:
     """``higgsvpn cleanup``: replay the journal, then sweep anything named ours."""
     undone = replay_journal(settings)
-    swept = routes.sweep_client(owned_names(settings))
+    swept = sweep.sweep(owned_names(settings))
     settings.status_file.unlink(missing_ok=True)
     settings.pid_file.unlink(missing_ok=True)
     return f"undid {undone} journaled change(s); swept {swept} leftover object(s)"

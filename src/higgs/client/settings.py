@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from higgs.common.config import load_settings
 
@@ -50,10 +50,6 @@ class ClientSettings(BaseModel):
     kill_switch: bool | None = Field(
         default=None, description="default: on for a full tunnel, off for a split tunnel"
     )
-    # None: derived from the interface name (osnet's OwnedNames), distinct per instance.
-    fwmark: int | None = Field(default=None, ge=1, le=0xFFFFFFFF)
-    table: int | None = Field(default=None, ge=1, le=0xFFFFFFF0)
-    rule_priority: int | None = Field(default=None, ge=1, le=32000)
     resolv_conf: Path = Path("/etc/resolv.conf")
     ca_file: Path | None = None
     handshake_timeout_s: float = Field(default=20.0, gt=0, le=300)
@@ -111,15 +107,11 @@ class ClientSettings(BaseModel):
             return tuple(out)
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ClientSettings:
-        if self.rule_priority is not None and self.rule_priority + 3 > 32766:
-            raise ValueError("rule_priority leaves no room for our rules before 'main'")
-        return self
-
     @property
     def instance(self) -> str:
-        """The instance name our owned objects carry (nft table, routing table, fwmark)."""
+        """The instance name our owned objects carry: the nft table, the routing table id and
+        fwmark, the rule priorities all derive from it (osnet's OwnedNames), so two clients
+        with different interfaces never share any of them."""
         return re.sub(r"[^a-z0-9_]", "_", self.interface.lower()).lstrip("_")[:12] or "default"
 
     @property

@@ -52,7 +52,7 @@ def test_file_env_flags(tmp_path: Path) -> None:
         ({"mode": "tcp"}, "mode"),
         ({"split": ["10.0.0.0/33"]}, "split"),
         ({"country": "Germany"}, "country"),
-        ({"fwmark": 0}, "fwmark"),
+        ({"handshake_timeout_s": 0}, "handshake_timeout_s"),
     ],
 )
 def test_bad_values_are_named(overrides: dict[str, object], field: str) -> None:
