@@ -206,6 +206,20 @@ class Journal:
                 exc.add_note(f"undo of {failure.what!r} also failed: {failure.error}")
             raise
 
+    def amend(self, entry: Entry, undo: Mapping[str, Any]) -> Entry:
+        """Replaces an entry's undo once more is known (e.g. the PID of a daemon that was
+        journaled before it was spawned). Same id, same place in the order."""
+        new = Entry(entry.id, entry.what, dict(undo), entry.time)
+        json.dumps(new.undo)
+        old = list(self._entries)
+        self._entries = [new if e.id == entry.id else e for e in self._entries]
+        try:
+            self._save()
+        except BaseException:
+            self._entries = old
+            raise
+        return new
+
     def forget(self, entry: Entry) -> None:
         """Drops an entry whose change the caller has reverted by other means."""
         self._entries = [e for e in self._entries if e.id != entry.id]
@@ -217,7 +231,11 @@ class Journal:
         """Undoes ``entries`` in reverse order; every one is attempted; the done ones are
         removed from the journal one by one."""
         failures: list[UndoFailure] = []
-        for entry in reversed(entries):
+        for stale in reversed(entries):
+            # The caller's copy may predate an amend(); the journal's own is authoritative.
+            entry = next((e for e in self._entries if e.id == stale.id), None)
+            if entry is None:
+                continue
             try:
                 undo_ops.apply(entry.undo, self._ctx)
             except Exception as exc:  # every step runs; failures are collected

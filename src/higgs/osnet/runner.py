@@ -11,9 +11,10 @@ and assert the exact ordered commands without touching the host.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +58,11 @@ class Runner(Protocol):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> CommandResult: ...
 
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+        """Starts a long-running daemon (e.g. ``wireguard-go -f``) in the background and
+        returns its PID. The caller journals the PID; the process is not waited for here."""
+        ...
+
 
 class SubprocessRunner:
     """Runs commands for real. With ``netns`` they run inside that network namespace."""
@@ -64,6 +70,8 @@ class SubprocessRunner:
     def __init__(self, netns: str | None = None, *, log_level: int = logging.INFO) -> None:
         self.netns = netns
         self._log_level = log_level
+        # Kept so the interpreter can reap them; stopping is by PID from the journal.
+        self._spawned: list[subprocess.Popen[bytes]] = []
 
     def run(
         self,
@@ -93,6 +101,25 @@ class SubprocessRunner:
             raise CommandError(full, proc.returncode, proc.stderr)
         return result
 
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+        full = tuple(argv) if self.netns is None else ("ip", "netns", "exec", self.netns, *argv)
+        log.log(self._log_level, "spawn: %s", redact(shlex.join(full)))
+        try:
+            # A new session: a Ctrl-C at our terminal must not kill the daemon before our own
+            # ordered teardown does. `ip netns exec` execs, so the PID is the daemon's.
+            proc = subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=None if env is None else {**os.environ, **env},
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(full, None, f"executable not found: {full[0]}") from exc
+        self._spawned.append(proc)
+        return proc.pid
+
 
 @dataclass
 class _Script:
@@ -115,6 +142,7 @@ class RecordingRunner:
     calls: list[tuple[str, ...]] = field(default_factory=list)
     inputs: list[str | None] = field(default_factory=list)
     _scripts: list[_Script] = field(default_factory=list)
+    next_pid: int = 5_000_000  # fake PIDs for spawn(): above any pid_max (2**22)
 
     def script(
         self,
@@ -148,6 +176,12 @@ class RecordingRunner:
         if check and result.returncode != 0:
             raise CommandError(full, result.returncode, result.stderr)
         return result
+
+    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+        self.calls.append(tuple(argv))
+        self.inputs.append(None)
+        self.next_pid += 1
+        return self.next_pid
 
     @property
     def commands(self) -> list[list[str]]:

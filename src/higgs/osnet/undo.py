@@ -16,6 +16,9 @@ op              params                                         does
 ``kill_pid``    ``pid``, ``start_time``, ``socket``            stops the process we started
                                                                (only if it is still the same
                                                                process), removes its socket
+``wireguard_go````name``, ``netns``, ``socket``, ``pid``,       stops wireguard-go (by PID, or
+                ``start_time`` (PID may be null)               the socket's owner), deletes the
+                                                               link, removes the socket
 ==============  =============================================  ================================
 
 Other modules (e.g. the firewall backends) may register more with :func:`register`.
@@ -23,16 +26,13 @@ Other modules (e.g. the firewall backends) may register more with :func:`registe
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from higgs.osnet import sysctl
+from higgs.osnet import procs, sysctl
 from higgs.osnet.errors import CommandError, OsnetError
 from higgs.osnet.runner import Runner
 
@@ -45,9 +45,9 @@ __all__ = [
     "file_restore",
     "kill_pid",
     "link_delete",
-    "process_start_time",
     "register",
     "registered",
+    "wireguard_go",
 ]
 
 Undo = dict[str, Any]
@@ -99,6 +99,23 @@ def link_delete(name: str, netns: str | None = None) -> Undo:
 
 def file_restore(path: Path, content: str | None, mode: int | None = None) -> Undo:
     return {"op": "file_restore", "path": str(path), "content": content, "mode": mode}
+
+
+def wireguard_go(
+    name: str,
+    socket: Path,
+    netns: str | None = None,
+    pid: int | None = None,
+    start_time: int | None = None,
+) -> Undo:
+    return {
+        "op": "wireguard_go",
+        "name": name,
+        "socket": str(socket),
+        "netns": netns,
+        "pid": pid,
+        "start_time": start_time,
+    }
 
 
 def kill_pid(pid: int, start_time: int, socket: Path | None = None) -> Undo:
@@ -160,59 +177,25 @@ def _op_file_restore(params: Mapping[str, Any], ctx: UndoContext) -> None:
     os.replace(tmp, path)
 
 
-def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
-
-    Together with the PID it names one process for good: a recycled PID has another start time.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
 def _op_kill_pid(params: Mapping[str, Any], ctx: UndoContext) -> None:
-    pid = int(params["pid"])
-    if process_start_time(pid) == int(params["start_time"]):
-        _stop_process(pid)
+    procs.stop_process(int(params["pid"]), int(params["start_time"]))
     sock = params.get("socket")
     if sock:
         Path(sock).unlink(missing_ok=True)
 
 
-def _stop_process(pid: int, grace: float = 5.0) -> None:
-    start = process_start_time(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if _reap_or_gone(pid, start):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and not _reap_or_gone(pid, start):
-        time.sleep(0.05)
-
-
-def _reap_or_gone(pid: int, start: int | None) -> bool:
-    # Our own child must be reaped or it lingers as a zombie (and /proc/PID stays).
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return True
-    now = process_start_time(pid)
-    if now is None or now != start:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return state[state.rindex(")") + 2 :].startswith("Z")
+def _op_wireguard_go(params: Mapping[str, Any], ctx: UndoContext) -> None:
+    """Stops the wireguard-go serving ``name``: by its recorded PID, or — when the process
+    died before the PID was journaled — by the owner of its control socket."""
+    sock = Path(params["socket"])
+    pid, start = params.get("pid"), params.get("start_time")
+    if pid is not None and start is not None:
+        procs.stop_process(int(pid), int(start))
+    for owner, owner_start in procs.socket_owners(sock):
+        procs.stop_process(owner, owner_start)
+    # wireguard-go removes its TUN device on exit; a kernel-held leftover is deleted here.
+    _op_link_delete(params, ctx)
+    sock.unlink(missing_ok=True)
 
 
 register("argv", _op_argv)
@@ -220,3 +203,4 @@ register("link_delete", _op_link_delete)
 register("sysctl", _op_sysctl)
 register("file_restore", _op_file_restore)
 register("kill_pid", _op_kill_pid)
+register("wireguard_go", _op_wireguard_go)

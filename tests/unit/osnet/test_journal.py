@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from higgs.osnet import sysctl, undo
+from higgs.osnet import procs, sysctl, undo
 from higgs.osnet.errors import JournalError, UndoError
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import RecordingRunner, SubprocessRunner
@@ -323,7 +323,7 @@ def test_kill_pid_stops_our_process_and_spares_a_recycled_pid(
     ours = subprocess.Popen(["sleep", "60"])
     other = subprocess.Popen(["sleep", "60"])
     try:
-        start = undo.process_start_time(ours.pid)
+        start = procs.process_start_time(ours.pid)
         assert start is not None
         sock = tmp_path / "higgs0.sock"
         sock.touch()
@@ -331,7 +331,7 @@ def test_kill_pid_stops_our_process_and_spares_a_recycled_pid(
         # The same PID with another start time is another process: it must survive.
         journal.record("stale", undo.kill_pid(other.pid, start - 1))
         journal.undo_all()
-        assert undo.process_start_time(ours.pid) is None  # gone (and reaped)
+        assert procs.process_start_time(ours.pid) is None  # gone (and reaped)
         assert other.poll() is None
         assert not sock.exists()
     finally:
