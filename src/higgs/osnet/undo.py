@@ -16,6 +16,10 @@ op              params                                         does
 ``kill_pid``    ``pid``, ``start_time``, ``socket``            stops the process we started
                                                                (only if it is still the same
                                                                process), removes its socket
+``route_delete````dst``, ``dev``, ``gateway``, ``table``,       deletes the route (netlink)
+                ``metric``, ``netns``
+``rule_delete`` ``priority``, ``table``, ``family``,           deletes the policy rule
+                ``fwmark``, ``invert``, ``suppress_prefixlength``
 ``wireguard_go````name``, ``netns``, ``socket``, ``pid``,       stops wireguard-go (by PID, or
                 ``start_time`` (PID may be null)               the socket's owner), deletes the
                                                                link, removes the socket
@@ -198,9 +202,23 @@ def _op_wireguard_go(params: Mapping[str, Any], ctx: UndoContext) -> None:
     sock.unlink(missing_ok=True)
 
 
+def _op_route_delete(params: Mapping[str, Any], ctx: UndoContext) -> None:
+    from higgs.osnet import routes  # routes imports the journal, which imports us
+
+    routes.delete_route(routes.Route.from_data(params), netns=params.get("netns"))
+
+
+def _op_rule_delete(params: Mapping[str, Any], ctx: UndoContext) -> None:
+    from higgs.osnet import routes
+
+    routes.delete_rule(routes.Rule.from_data(params), netns=params.get("netns"))
+
+
 register("argv", _op_argv)
 register("link_delete", _op_link_delete)
 register("sysctl", _op_sysctl)
 register("file_restore", _op_file_restore)
 register("kill_pid", _op_kill_pid)
+register("route_delete", _op_route_delete)
+register("rule_delete", _op_rule_delete)
 register("wireguard_go", _op_wireguard_go)
