@@ -142,3 +142,25 @@ async def test_frame_to_a_node_without_link_is_counted_no_peer(relay: Relay) -> 
     client.send(encode_data(5, [b"x"]))
     await eventually(lambda: relay.dropped("no_peer") == 1)
     assert relay.hub.session_counters("s_1") == (0, 0)
+
+
+async def test_relay_link_batches_what_is_queued_in_one_loop_turn(relay: Relay) -> None:
+    node_token = relay.add_node("n_1")
+    session_token = relay.add_session("s_1", 5, "n_1")
+    node = await raw_connect(relay.node_url, node_token)
+    link = RelayLink(relay.session_url, session_token, on_data=lambda c, d: None)
+    link.start()
+    try:
+        async with asyncio.timeout(5):
+            await link.wait_connected()
+        await eventually(lambda: relay.hub.is_node_connected("n_1"))
+        link.send_datagrams(5, [b"\x04a"])
+        link.send_datagrams(5, [b"\x04b", b"\x04c"])
+        await eventually(lambda: bool(node.binary))
+        await asyncio.sleep(0.05)
+        assert node.binary == [encode_data(5, [b"\x04a", b"\x04b", b"\x04c"])]
+        # 100 queued datagrams go out as two frames of at most 64 records.
+        link.send_datagrams(5, [b"\x04" + bytes([i]) for i in range(100)])
+        await eventually(lambda: len(node.binary) == 3)
+    finally:
+        await link.close()
