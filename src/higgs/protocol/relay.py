@@ -37,10 +37,15 @@ Version
     when a change is not backward compatible (a layout or the meaning of a field changes);
     a new frame type or a new optional JSON field does not bump it.
 
+Upgrade and close
+    A bad credential is refused with HTTP 401 before the upgrade; a missing or unsupported
+    version header gets the upgrade and then close code 4004. :class:`CloseCode` lists the rest.
+
 Security limits (enforced by the parser)
     A frame is at most :data:`MAX_FRAME_SIZE` bytes, a datagram record at least 1 byte, the
     records must exactly fill the frame, and a DATA frame holds at least one record. A frame
     that breaks a rule is dropped and counted by :class:`DropReason`; the link stays open.
+    (A WebSocket message over 1 MiB is refused by the WebSocket layer and closes the link.)
 
 Test vector (channel 17 carrying ``01 02`` and ``ff``)::
 
