@@ -16,11 +16,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +32,7 @@ from .host import Host
 from .names import RunNames, new_run_names
 from .netns import NETNS_DIR, netns_exists, ns_argv, run
 from .plan import ROUTER_ROLES, LabPlan, default_plan
-from .procs import LabProcess, pids_in_netns, stop_processes
+from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
 from .render import render_dnat_udp, render_host_batch, render_nat_table, render_root_batch
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "DnsQuery",
     "Lab",
     "leftovers_of_run",
+    "parse_dns_log",
+    "sweep_run",
 ]
 
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -59,6 +62,53 @@ class DnsQuery:
     name: str
     qtype: str
     source: str
+
+
+def parse_dns_log(text: str) -> list[DnsQuery]:
+    """The queries in a dnsmasq ``--log-queries`` log."""
+    return [
+        DnsQuery(name=m["name"], qtype=m["qtype"], source=m["source"])
+        for m in _DNS_LOG_RE.finditer(text)
+    ]
+
+
+def sweep_run(names: RunNames, *, extra_ifnames: Iterable[str] = ()) -> list[str]:
+    """Remove everything named for run ``names``, without any other state (last defence).
+
+    Kills every process inside the run's namespaces (they can only be ours), removes the
+    run's wireguard-go sockets, deletes the run's namespaces (which deletes their links).
+    Every step runs; returns the problems met.
+    """
+    problems: list[str] = []
+    try:
+        namespaces = sorted(n for n in os.listdir(NETNS_DIR) if names.owns(n))
+    except FileNotFoundError:
+        namespaces = []
+    for pid, ns in pids_in_netns(NETNS_DIR / n for n in namespaces).items():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        except OSError as exc:
+            problems.append(f"cannot kill pid {pid} in {ns}: {exc}")
+    ifnames = set(extra_ifnames)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(WG_RUN_DIR):
+            ifname = entry.removesuffix(".sock")
+            if entry.endswith(".sock") and (ifname in ifnames or names.owns(ifname)):
+                try:
+                    (WG_RUN_DIR / entry).unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    problems.append(f"cannot remove {WG_RUN_DIR / entry}: {exc}")
+    if namespaces:
+        batch = "".join(f"netns del {ns}\n" for ns in namespaces)
+        result = run(["ip", "-force", "-batch", "-"], input=batch, check=False)
+        left = [ns for ns in namespaces if netns_exists(ns)]
+        if left:
+            problems.append(f"namespaces not deleted: {', '.join(left)} ({result.stderr.strip()})")
+    return problems
 
 
 def leftovers_of_run(names: RunNames, pids: Sequence[int] = ()) -> list[str]:
@@ -83,6 +133,13 @@ def leftovers_of_run(names: RunNames, pids: Sequence[int] = ()) -> list[str]:
             continue
         if state != "Z":
             found.append(f"process {pid}")
+    # Whatever still runs with our names in its command line (`ip netns exec hl-..-node ...`,
+    # `wireguard-go -f hl-..-wgn`) is ours and should not exist any more.
+    found += [
+        f"process {pid} ({cmd[:120]})"
+        for pid, cmd in pids_mentioning(names.stem + "-").items()
+        if pid not in pids
+    ]
     found += [
         f"work directory {p}"
         for p in Path(tempfile.gettempdir()).glob(f"{names.stem}-*")
@@ -423,10 +480,7 @@ class Lab:
             text = self.dns_log.read_text(errors="replace")
         except OSError:
             return []
-        return [
-            DnsQuery(name=m["name"], qtype=m["qtype"], source=m["source"])
-            for m in _DNS_LOG_RE.finditer(text)
-        ]
+        return parse_dns_log(text)
 
     # -- tearing down --------------------------------------------------------------------
 
@@ -437,13 +491,7 @@ class Lab:
         self._torn_down = True
         started = time.monotonic()
         problems: list[str] = []
-        steps = (
-            self._stop_tracked,
-            self._stop_untracked,
-            self._remove_wg_sockets,
-            self._delete_namespaces,
-            self._remove_workdir,
-        )
+        steps = (self._stop_tracked, self._sweep, self._remove_workdir)
         for step in steps:
             try:
                 problems += step()
@@ -454,51 +502,11 @@ class Lab:
         if problems:
             raise LabError(f"lab {self.names.stem} teardown: " + "; ".join(problems))
 
-    def _ns_paths(self) -> list[Path]:
-        return [NETNS_DIR / h.ns for h in self.hosts.values() if netns_exists(h.ns)]
-
     def _stop_tracked(self) -> list[str]:
         return stop_processes(self._procs)
 
-    def _stop_untracked(self) -> list[str]:
-        problems: list[str] = []
-        for pid, ns in pids_in_netns(self._ns_paths()).items():
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                continue
-            except OSError as exc:
-                problems.append(f"cannot kill pid {pid} in {ns}: {exc}")
-        return problems
-
-    def _remove_wg_sockets(self) -> list[str]:
-        problems: list[str] = []
-        try:
-            entries = os.listdir(WG_RUN_DIR)
-        except FileNotFoundError:
-            return problems
-        for entry in entries:
-            if entry.removesuffix(".sock") in self._wg_ifnames or self.names.owns(
-                entry.removesuffix(".sock")
-            ):
-                try:
-                    (WG_RUN_DIR / entry).unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    problems.append(f"cannot remove {WG_RUN_DIR / entry}: {exc}")
-        return problems
-
-    def _delete_namespaces(self) -> list[str]:
-        existing = [h.ns for h in self.hosts.values() if netns_exists(h.ns)]
-        if not existing:
-            return []
-        batch = "".join(f"netns del {ns}\n" for ns in existing)
-        result = run(["ip", "-force", "-batch", "-"], input=batch, check=False)
-        left = [ns for ns in existing if netns_exists(ns)]
-        if left:
-            return [f"namespaces not deleted: {', '.join(left)} ({result.stderr.strip()})"]
-        return []
+    def _sweep(self) -> list[str]:
+        return sweep_run(self.names, extra_ifnames=self._wg_ifnames)
 
     def _remove_workdir(self) -> list[str]:
         if self.workdir is None or not self.workdir.exists():

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from .errors import LabError
 
-__all__ = ["LabProcess", "listening_ports", "pids_in_netns", "stop_processes"]
+__all__ = [
+    "LabProcess",
+    "listening_ports",
+    "parse_proc_net",
+    "pids_in_netns",
+    "pids_mentioning",
+    "stop_processes",
+]
 
 
 @dataclass
@@ -66,14 +73,19 @@ class LabProcess:
 
 def listening_ports(pid: int, proto: str) -> set[int]:
     """Local ports of listening TCP (or bound UDP) sockets in the namespace of ``pid``."""
+    try:
+        text = Path(f"/proc/{pid}/net/{proto}").read_text()
+    except OSError:
+        return set()
+    return parse_proc_net(text, proto)
+
+
+def parse_proc_net(text: str, proto: str) -> set[int]:
+    """Listening ports from the text of ``/proc/net/tcp`` or ``/proc/net/udp``."""
     if proto not in ("tcp", "udp"):
         raise ValueError(f"proto must be tcp or udp, not {proto!r}")
     ports: set[int] = set()
-    try:
-        lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
-    except OSError:
-        return ports
-    for line in lines:
+    for line in text.splitlines()[1:]:
         cols = line.split()
         if len(cols) < 4:
             continue
@@ -130,4 +142,21 @@ def pids_in_netns(ns_paths: Iterable[Path]) -> dict[int, str]:
             continue
         if link in wanted:
             found[int(entry)] = wanted[link]
+    return found
+
+
+def pids_mentioning(word: str) -> dict[int, str]:
+    """PIDs whose command line contains ``word`` (pid -> command line); reads /proc only."""
+    found: dict[int, str] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if word in cmdline:
+            found[int(entry)] = cmdline
     return found
