@@ -36,9 +36,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         problems += [f"{names.stem}: {item}" for item in leftovers_of_run(names)]
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        text = "lab leftovers after the session:\n  " + "\n  ".join(problems)
         if reporter is not None:
-            reporter.write_line(text, red=True)
+            reporter.write_line("")
+            reporter.write_sep("=", "lab leftovers after the session", red=True)
+            for problem in problems:
+                reporter.write_line(problem, red=True)
         else:
-            print(text, file=sys.stderr)
+            print("lab leftovers after the session:", *problems, sep="\n  ", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
