@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
 def _queries_for(lab: Lab, name: str) -> list[str]:
-    return [q.source for q in lab.dns_queries() if q.name == name]
+    return [q.source for q in lab.wait_dns_queries(name)]
 
 
 def test_client_exits_from_home_router_through_stock_wireguard(lab: Lab) -> None:

@@ -39,7 +39,8 @@ def test_internet_host_offers_smtp_and_logs_dns_askers(lab: Lab) -> None:
             sock.connect((lab.internet.ip, port))
             assert sock.recv(100).startswith(b"220")
     assert lab.resolve(lab.node, "server.example.test") == [lab.server.ip]
-    assert [q.source for q in lab.dns_queries()] == [lab.home_router.ip]
+    queries = lab.wait_dns_queries("server.example.test")
+    assert [q.source for q in queries] == [lab.home_router.ip]
 
 
 def test_teardown_removes_everything_even_untracked_processes() -> None:

@@ -482,6 +482,20 @@ class Lab:
             return []
         return parse_dns_log(text)
 
+    def wait_dns_queries(
+        self, name: str, *, count: int = 1, timeout: float = 5.0
+    ) -> list[DnsQuery]:
+        """The logged queries for ``name``, waiting until there are ``count`` of them.
+
+        dnsmasq may answer before its log line reaches the file, hence the wait.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [q for q in self.dns_queries() if q.name == name]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     # -- tearing down --------------------------------------------------------------------
 
     def teardown(self) -> None:

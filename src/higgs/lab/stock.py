@@ -79,14 +79,29 @@ class StockTunnel:
 
     def up(self, *, handshake_timeout: float = 10.0) -> StockTunnel:
         """Bring the tunnel up and wait for the first handshake."""
-        self._up = True
-        self.node_keys = new_keypair()
-        self.client_keys = new_keypair()
-        self._node_side(self.node_keys, self.client_keys)
-        self.lab.forward_udp(self.config.port, to="node")
-        self._client_side(self.client_keys, self.node_keys)
+        self.start_node()
+        self.start_client()
         self.wait_handshake(timeout=handshake_timeout)
         return self
+
+    def _keys(self) -> tuple[KeyPair, KeyPair]:
+        if self.node_keys is None or self.client_keys is None:
+            self.node_keys = new_keypair()
+            self.client_keys = new_keypair()
+        return self.node_keys, self.client_keys
+
+    def start_node(self) -> None:
+        """The node's half: wireguard-go, forwarding, masquerade, the home router's forward."""
+        self._up = True
+        node_keys, client_keys = self._keys()
+        self._node_side(node_keys, client_keys)
+        self.lab.forward_udp(self.config.port, to="node")
+
+    def start_client(self) -> None:
+        """The client's half: wireguard-go and wg-quick style full-tunnel policy routing."""
+        self._up = True
+        node_keys, client_keys = self._keys()
+        self._client_side(client_keys, node_keys)
 
     def _node_side(self, own: KeyPair, peer: KeyPair) -> None:
         cfg, node = self.config, self.lab.node
