@@ -499,9 +499,11 @@ class Lab:
     # -- tearing down --------------------------------------------------------------------
 
     def teardown(self) -> None:
-        """Stop our processes, delete our namespaces and sockets; idempotent and tolerant."""
-        if self._torn_down:
-            return
+        """Stop our processes, delete our namespaces and sockets; idempotent and tolerant.
+
+        Every call runs every step (each is a no-op when there is nothing left), so a second
+        call also removes what a build step still running during the first one created.
+        """
         self._torn_down = True
         started = time.monotonic()
         problems: list[str] = []
