@@ -6,10 +6,12 @@ internet with the home router's public address, for HTTP and for DNS.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from higgs.lab.lab import Lab
-from higgs.lab.stock import StockTunnel
+from higgs.lab.lab import IPERF_PORT, Lab
+from higgs.lab.stock import StockTunnel, StockTunnelConfig
 from higgs.lab.wireguard import wg_show
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -41,3 +43,18 @@ def test_client_exits_from_home_router_through_stock_wireguard(lab: Lab) -> None
 
     # Tunnel down: back to the client's own router.
     assert lab.whoami(lab.client)["ip"] == lab.client_router.ip
+
+
+def test_iperf3_runs_through_the_stock_tunnel(lab: Lab) -> None:
+    with StockTunnel(lab):
+        result = lab.client.run(
+            ["iperf3", "-c", lab.internet.ip, "-p", str(IPERF_PORT), "-n", "2M", "-J"],
+            timeout=30,
+        )
+    report = json.loads(result.stdout)
+    assert report["end"]["sum_sent"]["bytes"] >= 2 * 1024 * 1024
+    # The receiver's count stops when the sender finishes, so it may lag the bytes sent.
+    assert report["end"]["sum_received"]["bytes"] > 0
+    # The client's end of the connection is its tunnel address: the data went through wg.
+    local = report["start"]["connected"][0]["local_host"]
+    assert local == str(StockTunnelConfig().client_address.ip)

@@ -90,3 +90,13 @@ def test_sigterm_tears_the_lab_down() -> None:
         sweep_run(names)  # whatever the child left must not outlive this test
     assert proc.returncode == -signal.SIGTERM
     assert left == []
+
+
+def test_two_labs_coexist_with_the_same_addresses() -> None:
+    with Lab(services=True) as first, Lab(services=True) as second:
+        assert first.names.stem != second.names.stem
+        with StockTunnel(first):
+            assert first.whoami(first.client)["ip"] == first.home_router.ip
+            assert second.whoami(second.client)["ip"] == second.client_router.ip
+    assert first.leftovers() == []
+    assert second.leftovers() == []
