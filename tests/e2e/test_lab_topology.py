@@ -60,7 +60,8 @@ def test_teardown_removes_everything_even_untracked_processes() -> None:
     lab.teardown()  # idempotent
 
 
-def test_sigterm_tears_the_lab_down() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_tears_the_lab_down(signum: signal.Signals) -> None:
     script = textwrap.dedent(
         """
         import sys, time
@@ -79,7 +80,7 @@ def test_sigterm_tears_the_lab_down() -> None:
         suffix = proc.stdout.readline().strip()
         names = RunNames(prefix="hl", suffix=suffix)
         assert leftovers_of_run(names)
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signum)
         proc.wait(timeout=20)
     finally:
         if proc.poll() is None:
@@ -88,7 +89,7 @@ def test_sigterm_tears_the_lab_down() -> None:
     left = leftovers_of_run(names) if names else []
     if names:
         sweep_run(names)  # whatever the child left must not outlive this test
-    assert proc.returncode == -signal.SIGTERM
+    assert proc.returncode == -signum  # died of the signal, after tearing down
     assert left == []
 
 

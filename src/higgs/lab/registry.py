@@ -91,8 +91,6 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if callable(previous):
         previous(signum, frame)
         return
-    if previous == signal.SIG_IGN:
-        return
     # Default action: die of the same signal, as if we had never caught it.
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
@@ -109,5 +107,8 @@ def _install_once() -> None:
         return  # signal handlers can only be set from the main thread
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, OSError):
-            _previous[signum] = signal.getsignal(signum)
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN:
+                continue  # whoever started us wants this signal ignored; so do we
+            _previous[signum] = previous
             signal.signal(signum, _on_signal)
