@@ -21,9 +21,13 @@ from higgs.client.settings import ClientSettings
 from higgs.common.keys import PrivateKey
 from higgs.osnet import resolver, routes, sweep
 from higgs.osnet.errors import OsnetError
-from higgs.osnet.firewall import FirewallBackend, select_backend
-from higgs.osnet.firewall.plan import Endpoint as FirewallEndpoint
-from higgs.osnet.firewall.plan import FirewallNames, KillSwitchPolicy
+from higgs.osnet.firewall import (
+    FirewallBackend,
+    FirewallNames,
+    KillSwitchPolicy,
+    get_backend,
+)
+from higgs.osnet.firewall import Endpoint as FirewallEndpoint
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.wireguard import Peer, WireGuard
@@ -135,7 +139,9 @@ class LinuxTunnelHost:
         # moment without a kill switch while the tunnel moves to a new route.
         first = self._next_entry_id()
         if self._firewall is None:
-            self._firewall = select_backend(FirewallNames.of(self.names), self.journal)
+            self._firewall = get_backend(
+                "auto", FirewallNames.of(self.names), self.journal.runner, self.journal
+            )
         self._firewall.apply(plan)
         self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
 
@@ -177,7 +183,8 @@ def replay_journal(settings: ClientSettings) -> int:
 def cleanup_host(settings: ClientSettings) -> str:
     """``higgsvpn cleanup``: replay the journal, then sweep anything named ours."""
     undone = replay_journal(settings)
-    swept = sweep.sweep(owned_names(settings))
+    report = sweep.sweep(owned_names(settings))
     settings.status_file.unlink(missing_ok=True)
     settings.pid_file.unlink(missing_ok=True)
-    return f"undid {undone} journaled change(s); swept {swept} leftover object(s)"
+    report.raise_for_failures()
+    return f"undid {undone} journaled change(s); swept {len(report.removed)} leftover object(s)"

@@ -33,8 +33,8 @@ _REASONS = {
     int(CloseCode.REPLACED): "another connection took this session over",
     int(CloseCode.NODE_OFFLINE): "node offline",
 }
-# The node's link dropped this many times in a row: the node is gone, fail over.
-_NODE_OFFLINE_LIMIT = 2
+# 4009 means the node is gone for good (protocol.md §3.4): fail over at once.
+_NODE_OFFLINE_LIMIT = 1
 
 
 class BridgedRelayPath:

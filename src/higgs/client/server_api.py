@@ -95,7 +95,7 @@ class ServerApi:
     # --- calls ------------------------------------------------------------------------------
 
     async def nodes(self) -> NodeList:
-        return await self._call("GET", "/v1/nodes", NodeList)
+        return _parse(await self._call("GET", "/v1/nodes"), NodeList)
 
     async def route(
         self,
@@ -108,18 +108,17 @@ class ServerApi:
         body = RouteRequest(
             client_public_key=public_key, node_id=node_id, country=country, mode=mode
         )
-        return await self._call(
-            "POST", "/v1/routes", RouteResponse, json_body=body.model_dump(mode="json")
-        )
+        resp = await self._call("POST", "/v1/routes", json_body=body.model_dump(mode="json"))
+        return _parse(resp, RouteResponse)
 
     async def session(self, session_id: str) -> SessionInfo:
-        return await self._call("GET", f"/v1/sessions/{session_id}", SessionInfo)
+        return _parse(await self._call("GET", f"/v1/sessions/{session_id}"), SessionInfo)
 
     async def renew(self, session_id: str) -> SessionInfo:
-        return await self._call("POST", f"/v1/sessions/{session_id}/renew", SessionInfo)
+        return _parse(await self._call("POST", f"/v1/sessions/{session_id}/renew"), SessionInfo)
 
     async def close(self, session_id: str) -> None:
-        await self._call("DELETE", f"/v1/sessions/{session_id}", None)
+        await self._call("DELETE", f"/v1/sessions/{session_id}")
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -127,10 +126,9 @@ class ServerApi:
         self,
         method: str,
         path: str,
-        model: type[M] | None,
         *,
         json_body: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> httpx.Response:
         started = time.monotonic()
         try:
             resp = await self._http.request(method, path, json=json_body)
@@ -141,16 +139,18 @@ class ServerApi:
         self.last_rtt_ms = (time.monotonic() - started) * 1000
         if resp.status_code >= 400:
             raise _error_from(resp, path)
-        if model is None:
-            return None
-        try:
-            return model.model_validate(resp.json())
-        except (ValidationError, json.JSONDecodeError) as exc:
-            raise ApiError(
-                f"the server's answer to {method} {path} is not what this client expects "
-                f"(client and server versions differ?): {exc}",
-                status=resp.status_code,
-            ) from exc
+        return resp
+
+
+def _parse(resp: httpx.Response, model: type[M]) -> M:
+    try:
+        return model.model_validate(resp.json())
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ApiError(
+            f"the server's answer to {resp.request.method} {resp.request.url.path} is not what "
+            f"this client expects (client and server versions differ?): {exc}",
+            status=resp.status_code,
+        ) from exc
 
 
 _HINTS = {

@@ -46,7 +46,7 @@ def render_wg_quick(cfg: TunnelConfig, *, comment: str | None = None) -> str:
             "this node has no direct endpoint (it is reachable only through the relay); "
             "a stock WireGuard app cannot use it: connect with higgsvpn instead"
         )
-    lines = []
+    lines: list[str] = []
     if comment:
         lines.extend(f"# {line}" for line in comment.splitlines())
     lines += ["[Interface]", f"PrivateKey = {cfg.private_key.b64()}", f"Address = {cfg.address}"]
