@@ -44,7 +44,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, every: float = 0
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001,S110 - keep polling until the deadline
+        except Exception:  # noqa: S110 - keep polling until the deadline
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
@@ -457,12 +457,12 @@ def _two_client_plan() -> LabPlan:
         (("eth0", IPv4Interface("10.0.2.11/24")),),
         gateway=hosts["client"].gateway,
     )
-    links = tuple(
-        Link("client", "eth0", "client_router", "p-c1")
-        if (lk.a, lk.b) == ("client", "client_router")
-        else lk
-        for lk in base.links
-    ) + (Link("client2", "eth0", "client_router", "p-c2"),)
+    kept = [lk for lk in base.links if (lk.a, lk.b) != ("client", "client_router")]
+    links = (
+        *kept,
+        Link("client", "eth0", "client_router", "p-c1"),
+        Link("client2", "eth0", "client_router", "p-c2"),
+    )
     bridges = (*base.bridges, Bridge("client_router", "lan0", ("p-c1", "p-c2")))
     return LabPlan(hosts=hosts, links=links, bridges=bridges)
 

@@ -21,13 +21,13 @@ from higgs.client.settings import ClientSettings
 from higgs.common.keys import PrivateKey
 from higgs.osnet import resolver, routes, sweep
 from higgs.osnet.errors import OsnetError
+from higgs.osnet.firewall import Endpoint as FirewallEndpoint
 from higgs.osnet.firewall import (
     FirewallBackend,
     FirewallNames,
     KillSwitchPolicy,
     get_backend,
 )
-from higgs.osnet.firewall import Endpoint as FirewallEndpoint
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.wireguard import Peer, WireGuard
