@@ -67,9 +67,9 @@ class Server:
             self.lab.server,
             _py(
                 "higgs.server.cli",
+                "serve",
                 "--data-dir",
                 str(self.data_dir),
-                "serve",
                 "--listen",
                 f"{ip}:{API_PORT}",
                 "--relay-listen",
@@ -91,7 +91,7 @@ class Server:
 
     def cli(self, *args: str) -> str:
         return self.lab.server.run(
-            _py("higgs.server.cli", "--data-dir", str(self.data_dir), *args), timeout=60
+            _py("higgs.server.cli", *args, "--data-dir", str(self.data_dir)), timeout=60
         ).stdout.strip()
 
     def metrics(self) -> str:
@@ -252,6 +252,14 @@ class System:
 
 
 def _build_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+    try:
+        return _start_system(lab, tmp, direct=direct)
+    except Exception as exc:
+        exc.add_note("process logs:\n" + lab.log_tails(40))
+        raise
+
+
+def _start_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
     server = Server(lab, tmp / "server")
     server.start()
     endpoint = None
