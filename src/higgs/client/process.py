@@ -127,10 +127,16 @@ def spawn_daemon(
     line = _read_line(proc.stdout.fileno(), timeout)
     proc.stdout.close()
     if line is None:
-        if proc.poll() is None:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
+        code = proc.poll()
+        if code is not None:
+            raise ProcessError(
+                f"the background process exited (code {code}) without an answer; "
+                f"see {log_file}, then run `higgsvpn cleanup`"
+            )
+        # SIGTERM makes it roll back whatever it had done before it exits.
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
         raise ProcessError(
             f"the background process gave no answer within {timeout:.0f}s; see {log_file}"
         )
