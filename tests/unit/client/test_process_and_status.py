@@ -46,9 +46,11 @@ def test_stop_daemon_terminates_and_waits(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "up"
         handle = read_pidfile(pidfile)
-        assert handle is not None and handle.pid == proc.pid
+        assert handle is not None
+        assert handle.pid == proc.pid
         # Reap in the background as the real parent (init) would.
         started = time.monotonic()
         threading.Thread(target=proc.wait, daemon=True).start()
