@@ -44,7 +44,12 @@ def _gone(pid: int, start: int | None) -> bool:
     fields = _stat_fields(pid)
     if fields is None or int(fields[19]) != start:
         return True
-    return fields[0] in ("Z", "X")
+    if fields[0] in ("Z", "X"):
+        # It exited between the two checks above; reap it if it is ours.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        return True
+    return False
 
 
 def stop_process(pid: int, start_time: int, grace: float = 5.0) -> bool:
