@@ -62,6 +62,8 @@ _SUBS: dict[str, list[tuple[re.Pattern[str], str]]] = {
         (re.compile(r"^\d+: "), ""),
         (re.compile(r"\s+valid_lft \S+ preferred_lft \S+"), ""),
         (re.compile(r"\\\s*$"), ""),
+        # Duplicate address detection in progress: transient, not configuration.
+        (re.compile(r" tentative\b"), ""),
     ],
 }
 

@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["process_start_time", "socket_owners", "stop_process"]
+__all__ = ["is_running", "process_start_time", "socket_owners", "stop_process"]
 
 _PROC = Path("/proc")
 
@@ -50,6 +50,12 @@ def _gone(pid: int, start: int | None) -> bool:
             os.waitpid(pid, 0)
         return True
     return False
+
+
+def is_running(pid: int, start_time: int) -> bool:
+    """True while the process ``(pid, start_time)`` exists and has not exited (a zombie
+    waiting for a parent that is not us to reap it counts as exited)."""
+    return not _gone(pid, start_time)
 
 
 def stop_process(pid: int, start_time: int, grace: float = 5.0) -> bool:

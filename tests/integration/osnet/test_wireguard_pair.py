@@ -122,10 +122,13 @@ def test_datagram_through_a_wireguard_go_pair_then_nothing_is_left(
         wg_b.remove_peer(key_a.public_b64())  # already gone: fine
         assert wg_b.peers() == ()
 
-        pids = [
-            e.undo["pid"] for j in (journal_a, journal_b) for e in j.entries if e.undo.get("pid")
+        daemons = [
+            (e.undo["pid"], e.undo["start_time"])
+            for j in (journal_a, journal_b)
+            for e in j.entries
+            if e.undo["op"] == "wireguard_go"
         ]
-        assert len(pids) == 2
+        assert len(daemons) == 2
         journal_a.undo_all()
         wg_b.destroy()
         assert len(journal_a) == 0
@@ -134,12 +137,7 @@ def test_datagram_through_a_wireguard_go_pair_then_nothing_is_left(
     for ns, name, wg in ((a, name_a, wg_a), (b, name_b, wg_b)):
         assert name not in sh("ip", "-n", ns, "link", "show")
         assert not wg.socket.exists()
-    left = {
-        pid: Path(f"/proc/{pid}/stat").read_text()[:60]
-        for pid in pids
-        if procs.process_start_time(pid) is not None
-    }
-    assert not left
+    assert not any(procs.is_running(pid, start) for pid, start in daemons)
     assert "10.98.0.0/24" not in sh("ip", "-n", a, "route", "show")
 
 
