@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from higgs.osnet import procs, routes, undo
+from higgs.osnet import netlink, procs, routes, undo
 from higgs.osnet.errors import OsnetError
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
@@ -82,6 +82,8 @@ def sweep(
     def step(what: str, action: Callable[[], list[str]]) -> None:
         try:
             removed = action()
+        except netlink.NamespaceNotFound:
+            return  # nothing of ours can be in a namespace that does not exist
         except Exception as exc:  # every step runs; failures are reported together
             log.warning("sweep: %s failed: %s", what, exc)
             report.failures.append((what, exc))
@@ -101,8 +103,6 @@ def sweep(
         return removed
 
     def interface() -> list[str]:
-        from higgs.osnet import netlink
-
         present = netlink.call(lambda ipr: ipr.link_lookup(ifname=names.interface), netns)
         if not present:
             return []

@@ -194,3 +194,33 @@ def test_sweep_removes_only_what_carries_our_names(namespaces: Namespaces, tmp_p
     sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.src_valid_mark=0")
     after = hoststate.snapshot(netns=ns)
     assert before == after, before.diff(after)
+
+
+def test_a_half_done_setup_rolls_itself_back(namespaces: Namespaces, tmp_path: Path) -> None:
+    from higgs.common.keys import PrivateKey
+    from higgs.osnet import sysctl
+    from higgs.osnet.routes import RouteError
+    from higgs.osnet.wireguard import WireGuard
+
+    ns = namespaces.new("r")
+    names = OwnedNames.for_instance("node", f"t{namespaces.tag}", namespaces.ifname("r"))
+    before = hoststate.snapshot(netns=ns)
+
+    def setup(journal: Journal) -> None:
+        with journal.transaction("start"):
+            sysctl.set(journal, "net.ipv4.ip_forward", "1", netns=ns)
+            wg = WireGuard(names.interface, journal=journal, netns=ns)
+            wg.create()
+            wg.configure(PrivateKey.generate(), listen_port=51820, fwmark=names.fwmark)
+            wg.set_addresses(["10.77.0.1/24"])
+            wg.up()
+            routes.full_tunnel(journal, names, families=(4,), netns=ns)
+            routes.add_route(journal, Route("10.79.0.0/16", dev="no-such-dev"), netns=ns)
+
+    with Journal(tmp_path / "journal.json") as journal:
+        with pytest.raises(RouteError, match="no interface no-such-dev"):
+            setup(journal)
+        assert len(journal) == 0
+    after = hoststate.snapshot(netns=ns)
+    assert before == after, before.diff(after)
+    assert not names.wg_socket.exists()
