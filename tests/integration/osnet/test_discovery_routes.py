@@ -60,6 +60,15 @@ def test_lowest_metric_default_route_wins_and_names_keep_dots(
     assert default_uplink(netns=a).name == "wan-2"
 
 
+def test_multipath_default_route_counts_by_its_first_hop(two_uplinks: tuple[str, str]) -> None:
+    a, _ = two_uplinks
+    sh("ip", "-n", a, "route", "add", "default",
+       "nexthop", "via", "10.0.2.1", "dev", "wan-2",
+       "nexthop", "via", "10.0.1.1", "dev", "up-link.1")  # fmt: skip
+    up = default_uplink(netns=a)
+    assert (up.name, up.gateway) == ("wan-2", "10.0.2.1")
+
+
 def test_ipv6_default_route(two_uplinks: tuple[str, str]) -> None:
     a, _ = two_uplinks
     sh("ip", "-n", a, "-6", "route", "add", "default", "via", "fd01::1", "dev", "up-link.1")
