@@ -3,6 +3,7 @@ then sweep everything named ours (STYLE.md practices 7 and 8). Both always run."
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,23 @@ from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner
 from higgs.osnet.sweep import SweepReport, sweep
 
-__all__ = ["CleanupError", "CleanupReport", "cleanup"]
+__all__ = ["PROVIDERS", "CleanupError", "CleanupReport", "cleanup", "load_providers"]
 
 log = logging.getLogger(__name__)
+
+# Modules that register undo operations (undo.register) or sweep hooks (sweep.register_hook)
+# when imported. A fresh `cleanup` process must import them, or it would not know how to undo
+# what a crashed run journaled (e.g. the firewall's "remove our table/chains").
+PROVIDERS = ("higgs.osnet.firewall",)
+
+
+def load_providers() -> None:
+    for name in PROVIDERS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the provider exists but is broken: say so
+                raise
 
 
 class CleanupError(OsnetError):
@@ -45,6 +60,7 @@ def cleanup(
     Raises :class:`~higgs.osnet.errors.JournalError` at once if a live process owns the
     journal (cleaning up under a running node would pull its interface away).
     """
+    load_providers()
     report = CleanupReport()
     with Journal(journal_path, runner=runner) as journal:
         pending = len(journal)
