@@ -1,0 +1,1 @@
+"""Firewall backends (nftables, iptables) applying one policy: node NAT/protection, kill switch."""
