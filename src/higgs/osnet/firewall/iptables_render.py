@@ -1,11 +1,12 @@
 """Plans rendered for iptables/ip6tables: chains we own, filled by one `iptables-restore`.
 
 For hosts without nftables (or whose firewall is iptables-managed). Everything we add lives in
-chains named ``HIGGS-<name>-<ROLE>``; the only lines in the host's built-in chains are jumps
-carrying the comment ``higgs:<name>``. The restore script declares our chains (which creates
-or empties them) and fills them; ``--noflush`` leaves the host's rules alone, and each table's
-section commits atomically. Jumps are inserted only when a ``-C`` check says they are missing,
-so a re-apply never doubles them.
+chains named ``<chain_prefix>-<ROLE>`` (e.g. ``HIGGSNODE_X-FWD``); the only lines in the
+host's built-in chains are jumps carrying the owner's comment marker (e.g. ``higgs:node:x``).
+The restore script declares our chains (which creates or empties them) and fills them;
+``--noflush`` leaves the host's rules alone, and each table's section commits atomically.
+Jumps are inserted only when a ``-C`` check says they are missing, so a re-apply never
+doubles them.
 
 The same policy as :mod:`.nft_render`, with one difference forced by iptables semantics: an
 ACCEPT in our node chains is final for the built-in chain (which is what makes forwarding work
@@ -16,6 +17,7 @@ kill switch only takes traffic away, so it RETURNs instead of accepting.
 from __future__ import annotations
 
 import ipaddress
+import zlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,23 +27,12 @@ __all__ = [
     "ChainSet",
     "Family",
     "Jump",
-    "chain_prefix",
-    "comment",
     "render",
     "render_kill_switch",
     "render_node",
 ]
 
 Family = Literal[4, 6]
-
-
-def chain_prefix(name: str) -> str:
-    return f"HIGGS-{name}-"
-
-
-def comment(name: str) -> str:
-    """The marker on every line we put into a built-in chain."""
-    return f"higgs:{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +42,14 @@ class Jump:
     table: str
     builtin: str
     target: str
-    name: str
+    comment: str
 
     def spec(self) -> list[str]:
         """The rule without its command (for `-C`, `-I <chain> 1`, `-D`)."""
-        return ["-m", "comment", "--comment", comment(self.name), "-j", self.target]
+        return ["-m", "comment", "--comment", self.comment, "-j", self.target]
 
     def restore_line(self) -> str:
-        return f'-I {self.builtin} 1 -m comment --comment "{comment(self.name)}" -j {self.target}'
+        return f'-I {self.builtin} 1 -m comment --comment "{self.comment}" -j {self.target}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +91,9 @@ class _Node:
     def __init__(self, plan: NodePolicy, family: Family) -> None:
         self.plan = plan
         self.family = family
-        p = chain_prefix(plan.name)
-        self.fwd, self.blk, self.inp = f"{p}FWD", f"{p}BLK", f"{p}IN"
-        self.pre, self.nat = f"{p}PRE", f"{p}NAT"
+        n = plan.names
+        self.fwd, self.blk, self.inp = n.chain("FWD"), n.chain("BLK"), n.chain("IN")
+        self.pre, self.nat = n.chain("PRE"), n.chain("NAT")
         self.tun = f"-i {plan.tunnel_if}"
 
     @property
@@ -118,8 +109,8 @@ class _Node:
     def build(self) -> ChainSet:
         plan, fam = self.plan, self.family
         filt: dict[str, list[str]] = {self.fwd: self._forward(), self.inp: self._input()}
-        jumps = [Jump("filter", "FORWARD", self.fwd, plan.name)]
-        jumps.append(Jump("filter", "INPUT", self.inp, plan.name))
+        jumps = [Jump("filter", "FORWARD", self.fwd, plan.names.comment)]
+        jumps.append(Jump("filter", "INPUT", self.inp, plan.names.comment))
         tables: dict[str, dict[str, list[str]]] = {"filter": filt}
         if self.forwards:
             filt[self.blk] = self._blocked()
@@ -130,8 +121,8 @@ class _Node:
             }
             tables["nat"] = nat
             jumps += [
-                Jump("nat", "PREROUTING", self.pre, plan.name),
-                Jump("nat", "POSTROUTING", self.nat, plan.name),
+                Jump("nat", "PREROUTING", self.pre, plan.names.comment),
+                Jump("nat", "POSTROUTING", self.nat, plan.names.comment),
             ]
         return ChainSet(fam, tables, tuple(jumps))
 
@@ -168,8 +159,9 @@ class _Node:
                 f"--connlimit-mask {mask} --connlimit-saddr {_reject(fam)}"
             )
         if plan.per_client_new_conn_rate is not None:
-            # hashlimit names are shared by the whole network namespace and cut at 15 bytes.
-            meter = f"hg{fam}{plan.name}"[:15]
+            # hashlimit names are shared by the whole network namespace and cut at 15 bytes: a
+            # hash of our table name fits and does not collide with another instance's.
+            meter = f"hg{fam}_{zlib.crc32(plan.names.table.encode()):08x}"
             rules.append(
                 f"{tun} {new} -m hashlimit --hashlimit-above "
                 f"{plan.per_client_new_conn_rate}/sec --hashlimit-burst "
@@ -222,8 +214,7 @@ def render_node(plan: NodePolicy) -> tuple[ChainSet, ChainSet]:
 
 
 def _kill_switch(plan: KillSwitchPolicy, fam: Family) -> ChainSet:
-    p = chain_prefix(plan.name)
-    out_c, in_c = f"{p}OUT", f"{p}IN"
+    out_c, in_c = plan.names.chain("OUT"), plan.names.chain("IN")
     out: list[str] = []
     inp: list[str] = []
     if plan.allow_loopback:
@@ -256,8 +247,8 @@ def _kill_switch(plan: KillSwitchPolicy, fam: Family) -> ChainSet:
     out.append(_reject(fam))
     inp.append("-j DROP")
     jumps = (
-        Jump("filter", "OUTPUT", out_c, plan.name),
-        Jump("filter", "INPUT", in_c, plan.name),
+        Jump("filter", "OUTPUT", out_c, plan.names.comment),
+        Jump("filter", "INPUT", in_c, plan.names.comment),
     )
     return ChainSet(fam, {"filter": {out_c: out, in_c: inp}}, jumps)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from .plan import IPNetwork, KillSwitchPolicy, NodePolicy, Plan, table_name
+from .plan import IPNetwork, KillSwitchPolicy, NodePolicy, Plan
 
 __all__ = ["render", "render_delete", "render_kill_switch", "render_node"]
 
@@ -61,7 +61,7 @@ def _chain(name: str, hook: str, kind: str, priority: str, rules: list[str]) -> 
 
 
 def _table(name: str, parts: list[list[str]]) -> str:
-    table = f"inet {table_name(name)}"
+    table = f"inet {name}"
     lines = [_HEADER, f"table {table} {{}}", f"delete table {table}", f"table {table} {{"]
     for i, part in enumerate(parts):
         if i:
@@ -186,7 +186,7 @@ def render_node(plan: NodePolicy) -> str:
         _chain("prerouting", "prerouting", "nat", "dstnat", pre),
         _chain("postrouting", "postrouting", "nat", "srcnat", post),
     ]
-    return _table(plan.name, [*sets, *chains])
+    return _table(plan.names.table, [*sets, *chains])
 
 
 def _addr_family(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -236,7 +236,7 @@ def render_kill_switch(plan: KillSwitchPolicy) -> str:
         _chain("output", "output", "filter", "filter", out),
         _chain("input", "input", "filter", "filter", inp),
     ]
-    return _table(plan.name, parts)
+    return _table(plan.names.table, parts)
 
 
 def render(plan: Plan) -> str:
@@ -245,7 +245,7 @@ def render(plan: Plan) -> str:
     return render_kill_switch(plan)
 
 
-def render_delete(name: str) -> str:
+def render_delete(table_name: str) -> str:
     """Removes our table whether or not it exists (the create makes the delete never fail)."""
-    table = f"inet {table_name(name)}"
+    table = f"inet {table_name}"
     return f"table {table} {{}}\ndelete table {table}\n"

@@ -20,7 +20,7 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 from higgs.common.errors import HiggsError
 
@@ -30,6 +30,7 @@ __all__ = [
     "LAN_RANGES",
     "DnsRedirect",
     "Endpoint",
+    "FirewallNames",
     "FirewallPlanError",
     "IPAddress",
     "IPNetwork",
@@ -37,12 +38,11 @@ __all__ = [
     "NodePolicy",
     "Plan",
     "PortRule",
-    "table_name",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-Protocol = Literal["tcp", "udp"]
+L4 = Literal["tcp", "udp"]
 
 
 class FirewallPlanError(HiggsError):
@@ -94,22 +94,47 @@ LAN_RANGES: tuple[IPNetwork, ...] = _nets(
 # A Linux interface name: at most 15 bytes, no whitespace, '/', ':' or quotes (quotes would let
 # a name escape its string in the rendered rules).
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-+@]{1,15}$")
-# Owned names become `table inet higgs_<name>` and `HIGGS-<name>-FWD`; iptables chain names are
-# limited to 28 characters, which caps <name> at 16.
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+_TABLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# iptables chain names are limited to 28 characters; ours are `<prefix>-<ROLE>` (ROLE <= 5).
+_CHAIN_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,21}$")
+_COMMENT = re.compile(r"^[a-z0-9][a-z0-9:_.\-]{0,63}$")
 
 
-def table_name(name: str) -> str:
-    """The nftables table (and the stem of the iptables chains) owned under ``name``."""
-    return f"higgs_{name}"
+class _Owned(Protocol):
+    """What :class:`higgs.osnet.names.OwnedNames` provides (kept structural: plans are data)."""
+
+    @property
+    def nft_table(self) -> str: ...
+    @property
+    def chain_prefix(self) -> str: ...
+    @property
+    def comment(self) -> str: ...
 
 
-def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise FirewallPlanError(
-            f"name: {name!r} is not a valid owned name (lowercase letter, then up to 15 of "
-            "a-z 0-9 _)"
-        )
+@dataclass(frozen=True, slots=True)
+class FirewallNames:
+    """The names everything we add carries, so removal and the sweep find exactly ours."""
+
+    table: str  # `table inet <table>`
+    chain_prefix: str  # iptables chains `<chain_prefix>-FWD`, `-NAT`, ...
+    comment: str  # the marker on our jumps in the host's built-in chains
+
+    def __post_init__(self) -> None:
+        if not _TABLE.match(self.table):
+            raise FirewallPlanError(f"names.table: {self.table!r} is not a valid table name")
+        if not _CHAIN_PREFIX.match(self.chain_prefix):
+            raise FirewallPlanError(
+                f"names.chain_prefix: {self.chain_prefix!r} must be 1-22 of A-Z 0-9 _"
+            )
+        if not _COMMENT.match(self.comment):
+            raise FirewallPlanError(f"names.comment: {self.comment!r} is not a valid marker")
+
+    @classmethod
+    def of(cls, owned: _Owned) -> FirewallNames:
+        return cls(owned.nft_table, owned.chain_prefix, owned.comment)
+
+    def chain(self, role: str) -> str:
+        return f"{self.chain_prefix}-{role}"
 
 
 def _check_ifname(field_name: str, ifname: str) -> None:
@@ -141,7 +166,7 @@ def _host(addr: IPAddress) -> IPNetwork:
 class PortRule:
     """A destination port blocked for tunnel clients (outbound SMTP by default)."""
 
-    protocol: Protocol
+    protocol: L4
     port: int
 
     def __post_init__(self) -> None:
@@ -170,7 +195,7 @@ class DnsRedirect:
 class NodePolicy:
     """The exit node's forwarding, NAT and owner protection (DESIGN.md §6 defaults)."""
 
-    name: str
+    names: FirewallNames
     tunnel_if: str
     # The node's own tunnel address with the clients' prefix, e.g. 10.66.0.1/24.
     tunnel_v4: ipaddress.IPv4Interface
@@ -196,7 +221,6 @@ class NodePolicy:
     allow_ping_node: bool = True
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
         _check_ifname("tunnel_if", self.tunnel_if)
         _check_ifname("uplink_if", self.uplink_if)
         if self.tunnel_if == self.uplink_if:
@@ -264,7 +288,7 @@ class Endpoint:
 
     address: IPAddress
     port: int
-    protocol: Protocol = "udp"
+    protocol: L4 = "udp"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("tcp", "udp"):
@@ -276,7 +300,7 @@ class Endpoint:
 class KillSwitchPolicy:
     """The client's kill switch: only the tunnel and the listed endpoints leave the machine."""
 
-    name: str
+    names: FirewallNames
     tunnel_if: str
     endpoints: tuple[Endpoint, ...] = ()
     # wg-quick-style fwmark carried by WireGuard's own encrypted packets (None: not used).
@@ -289,7 +313,6 @@ class KillSwitchPolicy:
     lan_ranges: tuple[IPNetwork, ...] = field(default=LAN_RANGES)
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
         _check_ifname("tunnel_if", self.tunnel_if)
         if self.fwmark is not None and not 0 < self.fwmark < 2**32:
             raise FirewallPlanError(f"fwmark: {self.fwmark} is outside 1-0xffffffff")

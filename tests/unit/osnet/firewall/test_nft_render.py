@@ -27,13 +27,13 @@ def _chain(script: str, name: str) -> str:
 def test_one_table_replaced_in_one_script() -> None:
     script = render(VARIANTS["node_full"])
     tables = set(re.findall(r"^(?:delete )?table (\S+ \S+)", script, re.M))
-    assert tables == {"inet higgs_node1"}
+    assert tables == {"inet higgsnode_node1"}
     # create (no-op if present), delete, declare: the order that makes re-apply atomic
     heads = [ln for ln in script.splitlines() if ln.startswith(("table", "delete"))]
     assert heads == [
-        "table inet higgs_node1 {}",
-        "delete table inet higgs_node1",
-        "table inet higgs_node1 {",
+        "table inet higgsnode_node1 {}",
+        "delete table inet higgsnode_node1",
+        "table inet higgsnode_node1 {",
     ]
 
 
@@ -100,4 +100,6 @@ def test_kill_switch_allows_only_tunnel_and_endpoints() -> None:
 
 
 def test_delete_script_never_fails_on_absent_table() -> None:
-    assert render_delete("x") == "table inet higgs_x {}\ndelete table inet higgs_x\n"
+    assert render_delete("higgsnode_x") == (
+        "table inet higgsnode_x {}\ndelete table inet higgsnode_x\n"
+    )

@@ -9,16 +9,19 @@ import pytest
 from higgs.osnet.firewall.plan import (
     DnsRedirect,
     Endpoint,
+    FirewallNames,
     FirewallPlanError,
     KillSwitchPolicy,
     NodePolicy,
     PortRule,
 )
 
+KS = FirewallNames("higgsvpn", "HIGGSVPN", "higgs:client")
+
 
 def node(**kw: object) -> NodePolicy:
     args: dict[str, object] = {
-        "name": "n",
+        "names": FirewallNames("higgsnode_n", "HIGGSNODE_N", "higgs:node:n"),
         "tunnel_if": "wg0",
         "tunnel_v4": ia.IPv4Interface("10.66.0.1/24"),
         "uplink_if": "eth0",
@@ -71,8 +74,6 @@ def test_with_uplink_changes_only_the_uplink() -> None:
 @pytest.mark.parametrize(
     ("kw", "field"),
     [
-        ({"name": "Bad-Name"}, "name"),
-        ({"name": "a" * 17}, "name"),
         ({"tunnel_if": 'wg"0'}, "tunnel_if"),
         ({"tunnel_if": "a" * 16}, "tunnel_if"),
         ({"uplink_if": "eth 0"}, "uplink_if"),
@@ -105,10 +106,35 @@ def test_bad_ports_and_endpoints() -> None:
 
 def test_kill_switch_validation() -> None:
     with pytest.raises(FirewallPlanError, match="fwmark"):
-        KillSwitchPolicy(name="k", tunnel_if="wg0", fwmark=0)
+        KillSwitchPolicy(names=KS, tunnel_if="wg0", fwmark=0)
     with pytest.raises(FirewallPlanError, match="tunnel_if"):
-        KillSwitchPolicy(name="k", tunnel_if="")
-    ks = KillSwitchPolicy(name="k", tunnel_if="wg0")
+        KillSwitchPolicy(names=KS, tunnel_if="")
+    ks = KillSwitchPolicy(names=KS, tunnel_if="wg0")
     assert ks.block_ipv6_unless_tunnelled
     assert ks.allow_loopback
     assert not ks.allow_lan
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("Bad-Name", "HIGGS", "higgs:x"), "names.table"),
+        (("higgs", "higgs", "higgs:x"), "names.chain_prefix"),
+        (("higgs", "H" * 23, "higgs:x"), "names.chain_prefix"),
+        (("higgs", "HIGGS", 'higgs "x'), "names.comment"),
+    ],
+)
+def test_bad_names(args: tuple[str, str, str], field: str) -> None:
+    with pytest.raises(FirewallPlanError, match=field.replace(".", r"\.")):
+        FirewallNames(*args)
+
+
+def test_names_from_an_owner() -> None:
+    class Owned:
+        nft_table = "higgsnode_ab"
+        chain_prefix = "HIGGSNODE_AB"
+        comment = "higgs:node:ab"
+
+    names = FirewallNames.of(Owned())
+    assert names.chain("FWD") == "HIGGSNODE_AB-FWD"
+    assert names.table == "higgsnode_ab"

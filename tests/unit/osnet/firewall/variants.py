@@ -7,6 +7,7 @@ import ipaddress as ia
 from higgs.osnet.firewall.plan import (
     DnsRedirect,
     Endpoint,
+    FirewallNames,
     KillSwitchPolicy,
     NodePolicy,
     Plan,
@@ -15,17 +16,25 @@ from higgs.osnet.firewall.plan import (
 
 __all__ = ["VARIANTS"]
 
+
+def _names(instance: str) -> FirewallNames:
+    """Shaped like :class:`higgs.osnet.names.OwnedNames` makes them."""
+    return FirewallNames(
+        f"higgsnode_{instance}", f"HIGGSNODE_{instance.upper()}", f"higgs:node:{instance}"
+    )
+
+
 VARIANTS: dict[str, Plan] = {
     # What a node gets with nothing configured beyond its interfaces.
     "node_minimal": NodePolicy(
-        name="t",
+        names=_names("t"),
         tunnel_if="wg0",
         tunnel_v4=ia.IPv4Interface("10.66.0.1/24"),
         uplink_if="eth0",
     ),
     # Everything on: DNS interception both families, NAT66, an owner exception, a LAN.
     "node_full": NodePolicy(
-        name="node1",
+        names=_names("node1"),
         tunnel_if="hg-wg.0",
         tunnel_v4=ia.IPv4Interface("10.66.0.1/24"),
         tunnel_v6=ia.IPv6Interface("fd66::1/64"),
@@ -42,7 +51,7 @@ VARIANTS: dict[str, Plan] = {
     ),
     # NAT66 without an IPv6 forwarder: IPv6 DNS must be refused, not leaked.
     "node_nat66_dns4": NodePolicy(
-        name="n66",
+        names=_names("n66"),
         tunnel_if="wg0",
         tunnel_v4=ia.IPv4Interface("10.66.0.1/24"),
         tunnel_v6=ia.IPv6Interface("fd66::1/64"),
@@ -52,7 +61,7 @@ VARIANTS: dict[str, Plan] = {
     ),
     # The owner switched protections off (only LAN and own addresses stay blocked).
     "node_open": NodePolicy(
-        name="open",
+        names=_names("open"),
         tunnel_if="wg0",
         tunnel_v4=ia.IPv4Interface("10.77.0.1/24"),
         uplink_if="eth0",
@@ -65,7 +74,7 @@ VARIANTS: dict[str, Plan] = {
         allow_ping_node=False,
     ),
     "ks_strict": KillSwitchPolicy(
-        name="ks",
+        names=_names("ks"),
         tunnel_if="hgc0",
         endpoints=(
             Endpoint(ia.ip_address("203.0.113.5"), 443, "tcp"),
@@ -75,7 +84,7 @@ VARIANTS: dict[str, Plan] = {
         fwmark=0xCA6C,
     ),
     "ks_lan": KillSwitchPolicy(
-        name="kslan",
+        names=_names("kslan"),
         tunnel_if="hgc0",
         endpoints=(Endpoint(ia.ip_address("203.0.113.5"), 443, "tcp"),),
         allow_loopback=False,
