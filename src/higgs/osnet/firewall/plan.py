@@ -95,8 +95,8 @@ LAN_RANGES: tuple[IPNetwork, ...] = _nets(
 # a name escape its string in the rendered rules).
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-+@]{1,15}$")
 _TABLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-# iptables chain names are limited to 28 characters; ours are `<prefix>-<ROLE>` (ROLE <= 5).
-_CHAIN_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,21}$")
+# iptables chain names are limited to 28 characters; ours are `<prefix>-<ROLE>` (ROLE: 2-3).
+_CHAIN_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
 _COMMENT = re.compile(r"^[a-z0-9][a-z0-9:_.\-]{0,63}$")
 
 
@@ -124,14 +124,22 @@ class FirewallNames:
             raise FirewallPlanError(f"names.table: {self.table!r} is not a valid table name")
         if not _CHAIN_PREFIX.match(self.chain_prefix):
             raise FirewallPlanError(
-                f"names.chain_prefix: {self.chain_prefix!r} must be 1-22 of A-Z 0-9 _"
+                f"names.chain_prefix: {self.chain_prefix!r} must be 1-24 of A-Z 0-9 _"
             )
         if not _COMMENT.match(self.comment):
             raise FirewallPlanError(f"names.comment: {self.comment!r} is not a valid marker")
 
     @classmethod
-    def of(cls, owned: _Owned) -> FirewallNames:
-        return cls(owned.nft_table, owned.chain_prefix, owned.comment)
+    def of(cls, owned: _Owned, part: str = "") -> FirewallNames:
+        """The names of an owner's firewall; ``part`` (e.g. "ks") keeps a second rule set of
+        the same owner apart, since applying a plan replaces the whole table."""
+        if not part:
+            return cls(owned.nft_table, owned.chain_prefix, owned.comment)
+        return cls(
+            f"{owned.nft_table}_{part}",
+            f"{owned.chain_prefix}_{part.upper()}",
+            f"{owned.comment}:{part}",
+        )
 
     def chain(self, role: str) -> str:
         return f"{self.chain_prefix}-{role}"

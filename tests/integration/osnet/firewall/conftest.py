@@ -69,7 +69,9 @@ def make_backend(
     runner = SubprocessRunner(netns=ns.name)
     if kind == "nft":
         return NftBackend(names, runner, journal)
-    return IptablesBackend(names, runner, journal, flavour="nft" if kind.endswith("nft") else "legacy")
+    return IptablesBackend(
+        names, runner, journal, flavour="nft" if kind.endswith("nft") else "legacy"
+    )
 
 
 def ruleset(kind: str, ns: Netns) -> str:
@@ -104,7 +106,12 @@ def node_world() -> Iterator[NodeWorld]:
         inet.addr("i0", "203.0.113.10/24", "2001:db8:203::10/64")
         inet.addr("i1", "198.51.100.10/24")
         inet.addr(
-            "lo", "192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32", "10.200.0.1/32", "169.254.169.254/32",
+            "lo",
+            "192.0.2.1/32",
+            "192.0.2.2/32",
+            "192.0.2.3/32",
+            "10.200.0.1/32",
+            "169.254.169.254/32",
             "2001:db8:192::1/128",
         )
         lan.addr("l1", "192.168.77.50/24")
@@ -118,10 +125,18 @@ def node_world() -> Iterator[NodeWorld]:
         node.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         node.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         world.serve(
-            inet, "inet",
-            "tcp:192.0.2.1:80", "tcp:192.0.2.3:80", "tcp:192.0.2.1:25", "tcp:192.0.2.1:587", "tcp:192.0.2.2:80",
-            "udp:192.0.2.1:53", "tcp:192.0.2.1:53", "tcp:10.200.0.1:80",
-            "tcp:169.254.169.254:80", "tcp:[2001:db8:192::1]:80",
+            inet,
+            "inet",
+            "tcp:192.0.2.1:80",
+            "tcp:192.0.2.3:80",
+            "tcp:192.0.2.1:25",
+            "tcp:192.0.2.1:587",
+            "tcp:192.0.2.2:80",
+            "udp:192.0.2.1:53",
+            "tcp:192.0.2.1:53",
+            "tcp:10.200.0.1:80",
+            "tcp:169.254.169.254:80",
+            "tcp:[2001:db8:192::1]:80",
         )
         world.serve(lan, "lan", "tcp:192.168.77.50:80")
         world.serve(node, "node", "tcp:0.0.0.0:8080")
@@ -144,9 +159,14 @@ def kill_world() -> Iterator[KillWorld]:
         client.ip("route", "add", "default", "via", "198.51.100.1")
         client.ip("-6", "route", "add", "default", "via", "2001:db8:51::1")
         world.serve(
-            net, "world",
-            "tcp:203.0.113.5:443", "tcp:203.0.113.5:80", "udp:203.0.113.5:51820",
-            "tcp:203.0.113.6:80", "tcp:10.99.0.1:80", "tcp:[2001:db8:51::1]:80",
+            net,
+            "world",
+            "tcp:203.0.113.5:443",
+            "tcp:203.0.113.5:80",
+            "udp:203.0.113.5:51820",
+            "tcp:203.0.113.6:80",
+            "tcp:10.99.0.1:80",
+            "tcp:[2001:db8:51::1]:80",
         )
         world.serve(client, "self", "tcp:127.0.0.1:9")
         yield KillWorld(world, client, net)

@@ -109,4 +109,6 @@ if __name__ == "__main__":
     elif sys.argv[1] == "session":
         session(sys.argv[2], int(sys.argv[3]))
     else:
-        ask(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1)
+        ask(
+            sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1
+        )

@@ -70,8 +70,21 @@ class Netns:
 def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
     """A veth pair created directly inside the two namespaces (no root-namespace names)."""
     subprocess.run(
-        ["ip", "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if,
-         "netns", b.name],
+        [
+            "ip",
+            "-n",
+            a.name,
+            "link",
+            "add",
+            a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name,
+        ],
         check=True,
         timeout=TIMEOUT,
     )
@@ -123,7 +136,10 @@ class World:
 
     def _start(self, argv: list[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             text=True,
         )
         self._procs.append(proc)
@@ -134,7 +150,8 @@ class World:
         proc = self._start(ns.argv(sys.executable, str(ECHO), "serve", tag, *specs))
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10)
-        assert ready and proc.stdout.readline().strip() == "ready", f"echo {tag} did not start"
+        assert ready, f"echo {tag} did not start"
+        assert proc.stdout.readline().strip() == "ready", f"echo {tag} did not start"
 
     def session(self, ns: Netns, addr: str, port: int) -> Session:
         return Session(self._start(ns.argv(sys.executable, str(ECHO), "session", addr, str(port))))
@@ -173,9 +190,15 @@ def normalise_ruleset(text: str) -> str:
     if current:
         blocks.append(current)
     kept = [
-        b for b in blocks
-        if not (b[0].startswith("*") and all(ln.startswith((":", "*", "COMMIT")) and
-                                              (not ln.startswith(":") or " ACCEPT " in ln + " ")
-                                              for ln in b))
+        b
+        for b in blocks
+        if not (
+            b[0].startswith("*")
+            and all(
+                ln.startswith((":", "*", "COMMIT"))
+                and (not ln.startswith(":") or " ACCEPT " in ln + " ")
+                for ln in b
+            )
+        )
     ]
     return "\n".join("\n".join(b) for b in kept)

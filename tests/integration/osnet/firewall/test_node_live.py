@@ -171,4 +171,3 @@ def test_journal_undoes_after_a_crash(
         assert journal.replay() == 1
         assert len(journal) == 0
     assert ruleset(kind, w.node) == before
-

@@ -120,7 +120,7 @@ def test_kill_switch_validation() -> None:
     [
         (("Bad-Name", "HIGGS", "higgs:x"), "names.table"),
         (("higgs", "higgs", "higgs:x"), "names.chain_prefix"),
-        (("higgs", "H" * 23, "higgs:x"), "names.chain_prefix"),
+        (("higgs", "H" * 25, "higgs:x"), "names.chain_prefix"),
         (("higgs", "HIGGS", 'higgs "x'), "names.comment"),
     ],
 )
@@ -138,3 +138,20 @@ def test_names_from_an_owner() -> None:
     names = FirewallNames.of(Owned())
     assert names.chain("FWD") == "HIGGSNODE_AB-FWD"
     assert names.table == "higgsnode_ab"
+    ks = FirewallNames.of(Owned(), "ks")
+    assert (ks.table, ks.chain("OUT"), ks.comment) == (
+        "higgsnode_ab_ks",
+        "HIGGSNODE_AB_KS-OUT",
+        "higgs:node:ab:ks",
+    )
+
+
+def test_names_of_the_real_owner_fit() -> None:
+    from higgs.osnet.names import OwnedNames
+
+    # The longest instance allowed: the node's rules, and the client's kill switch kept apart
+    # from whatever else the client puts in its own table.
+    node = FirewallNames.of(OwnedNames.for_instance("node", "a" * 12))
+    client = FirewallNames.of(OwnedNames.for_instance("client", "a" * 12), "ks")
+    assert len(node.chain("FWD")) <= 28
+    assert len(client.chain("OUT")) <= 28
