@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from higgs.osnet import undo as undo_ops
+from higgs.osnet.errors import CommandError
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import Runner
 
@@ -93,9 +94,8 @@ def sweep(names: FirewallNames, runner: Runner) -> list[str]:
     failures: list[str] = []
     for cls in BACKENDS.values():
         try:
-            if cls.is_supported(runner):
-                cls.sweep(names, runner)
-        except FirewallError as exc:
+            cls.sweep(names, runner)
+        except (FirewallError, CommandError) as exc:
             failures.append(str(exc))
     return failures
 

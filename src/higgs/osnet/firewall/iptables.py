@@ -130,6 +130,17 @@ class IptablesBackend(FirewallBackend):
         argv = [self.tools.iptables(family), *_WAIT, "-t", jump.table, "-C", jump.builtin]
         return self.runner.run([*argv, *jump.spec()], check=False).ok
 
+    def _tables(self, family: int) -> tuple[str, ...]:
+        """The tables that can hold rules of ours. Merely listing a legacy table makes the
+        kernel create it, so for legacy only the tables that already exist are looked at: a
+        sweep or a status check must not change the host."""
+        if self.tools.flavour != "legacy":
+            return _TABLES
+        proc = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
+        result = self.runner.run(["cat", proc], check=False)
+        present = set(result.stdout.split()) if result.ok else set()
+        return tuple(t for t in _TABLES if t in present)
+
     def _list(self, family: int, table: str) -> str:
         result = self.runner.run(
             [self.tools.iptables(family), *_WAIT, "-t", table, "-S"], check=False
@@ -156,7 +167,7 @@ class IptablesBackend(FirewallBackend):
     def _remove_family(self, family: int, keep: set[tuple[str, str]]) -> list[str]:
         prefix = f"{self.names.chain_prefix}-"
         errors: list[str] = []
-        for table in _TABLES:
+        for table in self._tables(family):
             rules = _split_rules(self._list(family, table))
             ours = [a[1] for a in rules if len(a) == 2 and a[0] == "-N" and a[1].startswith(prefix)]
             drop = [c for c in ours if (table, c) not in keep]
@@ -196,7 +207,8 @@ class IptablesBackend(FirewallBackend):
         """Both flavours: rules left by a run that used the other one are ours too."""
         errors: list[str] = []
         for flavour in ("nft", "legacy"):
-            if shutil.which(f"iptables-{flavour}") and flavour_works(runner, flavour):
+            # Listing creates nothing in either flavour (see _tables), so no probe is needed.
+            if shutil.which(f"iptables-{flavour}"):
                 try:
                     cls(names, runner, flavour=flavour)._remove()
                 except FirewallError as exc:
@@ -228,7 +240,7 @@ class IptablesBackend(FirewallBackend):
         return cls(names, runner, flavour=flavour)
 
     def status(self) -> FirewallStatus:
-        saves = {(f, t): self._list(f, t) for f in (4, 6) for t in _TABLES}
+        saves = {(f, t): self._list(f, t) for f in (4, 6) for t in self._tables(f)}
         return parse_status(self.names, saves)
 
 

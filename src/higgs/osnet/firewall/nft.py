@@ -7,6 +7,7 @@ ours is ever written into another table.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,12 @@ class NftBackend(FirewallBackend):
     def _remove(self) -> None:
         # Created-then-deleted in one transaction: succeeds whether or not the table exists.
         self._nft_f(nft_render.render_delete(self.names.table))
+
+    @classmethod
+    def sweep(cls, names: FirewallNames, runner: Runner) -> None:
+        if shutil.which("nft") is None:
+            return  # no nft here, so no table of ours either
+        super().sweep(names, runner)
 
     def undo_spec(self) -> dict[str, Any]:
         n = self.names

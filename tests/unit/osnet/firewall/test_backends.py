@@ -266,10 +266,17 @@ def test_journal_replay_removes_with_the_recorded_backend(tmp_path: Path) -> Non
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         IptablesBackend(NODE.names, runner, journal, flavour="legacy").apply(NODE)
     runner.calls.clear()
+    runner.script(["cat", "/proc/net/ip_tables_names"], stdout="nat\nfilter\n")
+    runner.script(["cat", "/proc/net/ip6_tables_names"], stdout="filter\n")
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         assert journal.replay() == 1
-    assert {c[0] for c in runner.calls} == {"iptables-legacy", "ip6tables-legacy"}
-    assert all("-S" in c for c in runner.calls)  # nothing listed, so nothing to delete
+    listed = [(c[0], c[4]) for c in runner.calls if "-S" in c]
+    # legacy: only tables that exist are listed (listing one would create it)
+    assert listed == [
+        ("iptables-legacy", "filter"),
+        ("iptables-legacy", "nat"),
+        ("ip6tables-legacy", "filter"),
+    ]
 
 
 def test_sweep_tries_every_backend_and_reports_failures() -> None:
