@@ -342,6 +342,9 @@ class RelayHubServer:
         old, session.client_link = session.client_link, link
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer link")
+        node_link = session.node.link
+        if node_link is not None and node_link.paused and link.raw is not None:
+            link.raw.pause_reading()  # join the node's other clients in waiting
         log.info("relay: session link up", extra={"session_id": session.session_id})
         link.send_text(
             {

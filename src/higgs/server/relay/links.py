@@ -46,11 +46,26 @@ _NO_PEER = DropReason.NO_PEER
 _SESSION_CLOSED = DropReason.SESSION_CLOSED
 
 
+def _make_header(n: int) -> bytes:
+    return _HDR_SMALL.pack(_FIN_BINARY, n) if n < 126 else _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+
+
+# Server-to-peer (unmasked) binary frame headers by payload size, built on first use: a list
+# index is several times cheaper than struct.pack on the per-frame path. Relay frames never
+# exceed 65,535 bytes (the parser checked), so the index is always in range.
+_HEADERS: list[bytes | None] = [None] * (MAX_FRAME_SIZE + 1)
+
+
+def _header(n: int) -> bytes:
+    head = _HEADERS[n]
+    if head is None:
+        head = _HEADERS[n] = _make_header(n)
+    return head
+
+
 def _framed(payload: memoryview | bytes) -> bytes:
-    """A server-to-peer (unmasked) binary WebSocket frame around ``payload``."""
-    n = len(payload)
-    head = _HDR_SMALL.pack(_FIN_BINARY, n) if n < 126 else _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
-    return head + payload
+    """A server-to-peer binary WebSocket frame around ``payload``."""
+    return _header(len(payload)) + payload
 
 
 class _Link(WSListener):
@@ -149,11 +164,8 @@ class _Link(WSListener):
                 return
             pending = self.pending = bytearray()
             self.hub.mark_dirty(self)
-        n = len(payload)
-        if n < 126:
-            pending += _HDR_SMALL.pack(_FIN_BINARY, n)
-        else:
-            pending += _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+        head = _HEADERS[len(payload)]
+        pending += head if head is not None else _header(len(payload))
         pending += payload
 
     def flush_pending(self) -> None:
@@ -275,6 +287,28 @@ class NodeLink(_Link):
 
     def on_text(self, data: bytes) -> None:
         self.hub.node_text(self, data)
+
+    # Upstream backpressure: when the node's socket is full, stop reading its clients' links.
+    # Every client link of a node feeds only this one destination, so pausing them is fair and
+    # pushes the loss to the clients' own bounded queues instead of the relay's memory. The
+    # other direction is never paused: the node link carries every session, and one slow
+    # client must not stall the rest (those frames are dropped oldest-first instead).
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for session in self.node.channels.values():
+            link = session.client_link
+            if link is not None and link.raw is not None and not link.closed:
+                link.raw.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.paused:
+            return
+        for session in self.node.channels.values():
+            link = session.client_link
+            if link is not None and link.raw is not None and not link.closed:
+                link.raw.resume_reading()
 
     def _forward_fast(self, payload: memoryview, last: bool) -> None:
         counters = self.hub.counters
