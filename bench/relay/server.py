@@ -56,7 +56,7 @@ async def serve(port: int, sessions: int, per_node: int) -> None:
     await stop.wait()
     c = hub.counters
     drops = {k.value: v for k, v in c.drops.items() if v}
-    print(f"COUNTERS to_node={c.datagrams_to_node} drops={drops}", file=sys.stderr, flush=True)
+    print(f"COUNTERS drops={drops}", file=sys.stderr, flush=True)
     await hub.stop()
 
 
