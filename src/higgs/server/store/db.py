@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 
 from higgs.common.errors import ConfigError
 
-__all__ = ["Database", "database_url"]
+__all__ = ["DB_FILE", "Database", "database_url"]
 
 DB_FILE = "bosonserver.db"
 
