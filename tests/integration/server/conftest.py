@@ -132,9 +132,11 @@ async def start(
     settings: ServerSettings, hub_factory: tuple[list[RecordingHub], Any]
 ) -> AsyncIterator[Harness]:
     hubs, factory = hub_factory
-    async with running_server(settings, factory) as server:
-        async with httpx.AsyncClient(base_url=server.api_url, timeout=10) as http:
-            yield Harness(server, http, settings, hubs)
+    async with (
+        running_server(settings, factory) as server,
+        httpx.AsyncClient(base_url=server.api_url, timeout=10) as http,
+    ):
+        yield Harness(server, http, settings, hubs)
 
 
 @pytest.fixture
