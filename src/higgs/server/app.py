@@ -33,14 +33,13 @@ from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
-from higgs.server.store import migrate
-from higgs.server.store.db import DB_FILE, Database, database_url
+from higgs.server.store.db import Database
+from higgs.server.store.open import open_database
 
 __all__ = [
     "BosonServer",
     "HubFactory",
     "ServedHub",
-    "open_database",
     "running_server",
     "server_ssl_context",
 ]
@@ -74,35 +73,6 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise HiggsError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from exc
     return ctx
-
-
-async def open_database(settings: ServerSettings, *, auto_migrate: bool) -> Database:
-    """Opens the database; migrates an empty one when ``auto_migrate``; refuses a stale one."""
-    if settings.database is None:
-        if auto_migrate:
-            settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        elif not (settings.data_dir / DB_FILE).exists():
-            raise HiggsError(
-                f"no database in {settings.data_dir}: run `bosonserver migrate` "
-                "(or pass --data-dir / --database)"
-            )
-    db = Database(database_url(settings.database, settings.data_dir))
-    try:
-        current = await migrate.current_revision(db)
-    except Exception as exc:
-        await db.dispose()
-        raise HiggsError(f"cannot open the database {db.describe()}: {exc}") from exc
-    head = migrate.head_revision()
-    if current is None and auto_migrate:
-        log.info("empty database: applying migrations", extra={"database": db.describe()})
-        await migrate.upgrade(db)
-    elif current != head:
-        await db.dispose()
-        raise HiggsError(
-            f"the database schema is at {current or 'nothing'}, this server needs {head}: "
-            "run `bosonserver migrate` first"
-        )
-    return db
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

@@ -23,7 +23,6 @@ import uvloop
 
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.config import load_settings
-from higgs.server.app import BosonServer, open_database
 from higgs.server.config import ENV_PREFIX, ServerSettings
 from higgs.server.services.clock import utcnow
 from higgs.server.services.identity import IdentityService, parse_expiry
@@ -31,6 +30,7 @@ from higgs.server.services.registry import admin_nodes
 from higgs.server.services.sessions import admin_sessions, close_in_db
 from higgs.server.store import migrate
 from higgs.server.store.db import Database, database_url
+from higgs.server.store.open import open_database
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["build_parser", "main"]
@@ -142,6 +142,9 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
 
 
 async def _serve(settings: ServerSettings) -> int:
+    # Imported here: the web stack is only needed to serve, not for the database commands.
+    from higgs.server.app import BosonServer
+
     server = BosonServer(settings, _hub_factory())
     await server.start()
     if server.new_admin_token:
