@@ -40,7 +40,8 @@ def test_operator_flow(db_args: list[str], tmp_path: Path) -> None:
     assert "-> 0001" in mig.stdout
     token_file = tmp_path / "data" / "admin.token"
     admin = token_file.read_text().strip()
-    assert admin.startswith("hga_") and admin in mig.stdout
+    assert admin.startswith("hga_")
+    assert admin in mig.stdout
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
     add = boson("client", "add", "alice", *db_args)
@@ -53,7 +54,8 @@ def test_operator_flow(db_args: list[str], tmp_path: Path) -> None:
 
     listing = boson("client", "list", "--json", *db_args)
     assert listing.returncode == 0
-    assert token not in listing.stdout and "hgc_" not in listing.stdout
+    assert token not in listing.stdout
+    assert "hgc_" not in listing.stdout
     assert [c["name"] for c in json.loads(listing.stdout)] == ["alice"]
 
     key = boson("enroll", "create", "--uses", "3", "--expires", "2h", *db_args)
@@ -73,9 +75,11 @@ def test_operator_flow(db_args: list[str], tmp_path: Path) -> None:
     assert "no client named" in missing.stderr
 
     nodes = boson("nodes", "--json", *db_args)
-    assert nodes.returncode == 0 and json.loads(nodes.stdout) == []
+    assert nodes.returncode == 0
+    assert json.loads(nodes.stdout) == []
     sessions = boson("sessions", *db_args)
-    assert sessions.returncode == 0 and "(none)" in sessions.stdout
+    assert sessions.returncode == 0
+    assert "(none)" in sessions.stdout
 
 
 def test_bad_database_url_is_a_clear_error(tmp_path: Path) -> None:
