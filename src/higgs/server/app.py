@@ -28,6 +28,7 @@ from higgs.server.api.deps import ApiContext
 from higgs.server.api.ratelimit import RateLimiter
 from higgs.server.config import ServerSettings, split_listen
 from higgs.server.metrics import ServerMetrics
+from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
@@ -40,6 +41,7 @@ __all__ = [
     "BosonServer",
     "HubFactory",
     "ServedHub",
+    "relay_hub_factory",
     "running_server",
     "server_ssl_context",
 ]
@@ -48,10 +50,15 @@ log = logging.getLogger(__name__)
 
 
 class ServedHub(RelayHub, Protocol):
-    """A relay hub that also owns its listener."""
+    """A relay hub that also owns its listener (:class:`RelayHubServer`)."""
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
-        """Starts listening; returns the bound port (``port`` may be 0)."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Starts listening (``port`` may be 0)."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
         ...
 
     async def stop(self) -> None:
@@ -62,8 +69,19 @@ class ServedHub(RelayHub, Protocol):
 HubFactory = Callable[[RelayEvents, CollectorRegistry], ServedHub]
 
 
-def default_hub_factory(events: RelayEvents, registry: CollectorRegistry) -> ServedHub:
-    raise HiggsError("the relay hub (higgs.server.relay.hub) is not built into this version yet")
+def relay_hub_factory(settings: ServerSettings) -> HubFactory:
+    """The production hub, with the timers from the settings."""
+
+    def factory(events: RelayEvents, registry: CollectorRegistry) -> ServedHub:
+        return RelayHubServer(
+            events,
+            registry,
+            ping_interval_s=settings.relay_ping_interval_s,
+            dead_after_s=settings.relay_dead_after_s,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
+
+    return factory
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -106,7 +124,7 @@ def _bind(host: str, port: int) -> socket.socket:
 class BosonServer:
     def __init__(self, settings: ServerSettings, hub_factory: HubFactory | None = None) -> None:
         self.settings = settings
-        self._hub_factory = hub_factory or default_hub_factory
+        self._hub_factory = hub_factory or relay_hub_factory(settings)
         self.metrics = ServerMetrics()
         self.new_admin_token: str | None = None  # set when this start created it
         self.api_url = ""
@@ -148,7 +166,8 @@ class BosonServer:
         events.bind(registry, sessions)
 
         relay_host, relay_port = split_listen(s.relay_listen)
-        bound_relay = await hub.start(relay_host, relay_port, tls)
+        await hub.start(relay_host, relay_port, tls)
+        bound_relay = hub.port
         scheme = "wss" if tls else "ws"
         self.relay_base = s.relay_url or f"{scheme}://{_url_host(relay_host)}:{bound_relay}"
         sessions.relay_base = registry.relay_base = self.relay_base

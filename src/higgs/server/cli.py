@@ -145,7 +145,7 @@ async def _serve(settings: ServerSettings) -> int:
     # Imported here: the web stack is only needed to serve, not for the database commands.
     from higgs.server.app import BosonServer
 
-    server = BosonServer(settings, _hub_factory())
+    server = BosonServer(settings)
     await server.start()
     if server.new_admin_token:
         print(
@@ -163,10 +163,6 @@ async def _serve(settings: ServerSettings) -> int:
     finally:
         await server.stop()
     return 0
-
-
-def _hub_factory() -> Any:
-    return None
 
 
 async def _migrate(settings: ServerSettings) -> int:

@@ -46,6 +46,9 @@ class ServerSettings(BaseModel):
     # A peer that handshook this recently keeps its session alive (direct path, no relay).
     handshake_fresh_s: float = Field(default=180.0, gt=0)
 
+    relay_ping_interval_s: float = Field(default=15.0, gt=0, le=3600)
+    relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)
+
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

@@ -31,10 +31,13 @@ class RecordingHub:
     started: bool = False
     stopped: bool = False
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> int:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.started = True
-        return port or 18081
+
+    @property
+    def port(self) -> int:
+        return 18081  # nothing listens: the double only records
 
     async def stop(self) -> None:
         self.stopped = True

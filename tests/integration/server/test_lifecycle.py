@@ -66,7 +66,10 @@ async def test_relay_activity_and_handshakes_keep_a_session_open(srv: Harness) -
         srv.hub.events.session_activity(relayed)
         await srv.hub.events.node_message(
             node_id,
-            {"type": "peer_stats", "peers": [{"public_key": key, "last_handshake_s": 5}]},
+            {
+                "type": "peer_stats",
+                "peers": [{"public_key": key, "rx_bytes": 1, "tx_bytes": 1, "last_handshake_s": 5}],
+            },
         )
         await asyncio.sleep(1)
     assert (await session_state(srv, client, relayed))["state"] == "open"

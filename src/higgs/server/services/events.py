@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
+from higgs.common.keys import validate_public_key
+from higgs.protocol import control
 from higgs.protocol.api import PeerStat
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
@@ -15,7 +15,13 @@ __all__ = ["ServerEvents"]
 
 log = logging.getLogger(__name__)
 
-_PEER_STATS = TypeAdapter(list[PeerStat])
+
+def _is_key(text: str) -> bool:
+    try:
+        validate_public_key(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ServerEvents:
@@ -37,19 +43,19 @@ class ServerEvents:
         log.info("node link down", extra={"node_id": node_id})
 
     async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "peer_stats" and self._sessions is not None:
-            try:
-                stats = _PEER_STATS.validate_python(message.get("peers", []))
-            except ValidationError as exc:
-                log.warning(
-                    "malformed peer_stats dropped",
-                    extra={"node_id": node_id, "problem": str(exc.errors()[0]["msg"])},
-                )
-                return
-            await self._sessions.renew_by_handshake(node_id, stats)
+        try:
+            parsed = control.parse_obj(message)
+        except control.ControlError as exc:
+            log.warning(
+                "malformed control message dropped", extra={"node_id": node_id, "problem": str(exc)}
+            )
             return
-        log.info("unknown control message ignored", extra={"node_id": node_id, "type": str(kind)})
+        if isinstance(parsed, control.PeerStats):
+            if self._sessions is not None:
+                stats = [PeerStat(**p.model_dump()) for p in parsed.peers if _is_key(p.public_key)]
+                await self._sessions.renew_by_handshake(node_id, stats)
+            return
+        log.info("control message ignored", extra={"node_id": node_id, "type": parsed.type})
 
     def session_activity(self, session_id: str) -> None:
         if self._sessions is not None:

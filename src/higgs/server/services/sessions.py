@@ -38,6 +38,7 @@ from higgs.protocol.api import (
     SessionInfo,
     WireGuardConfig,
 )
+from higgs.protocol.control import Peer, PeerAdd, PeerRemove, Sync
 from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.ports import RelayHub
@@ -148,7 +149,7 @@ class SessionService:
             "session opened",
             extra={"session_id": row.id, "node_id": node.id, "client": client.name},
         )
-        await self._send(node.id, {"type": "peer_add", **peer_object(row)})
+        await self._send(node.id, PeerAdd(**peer_object(row)).model_dump(mode="json"))
         node_ip = routing.node_address(node.tunnel_subnet).ip
         return RouteResponse(
             session_id=row.id,
@@ -379,16 +380,13 @@ class SessionService:
                 self.hub.close_session(row.id, reason)
             except Exception:
                 log.exception("hub.close_session failed", extra={"session_id": row.id})
-            await self._send(
-                row.node_id,
-                {
-                    "type": "peer_remove",
-                    "session_id": row.id,
-                    "channel": row.channel,
-                    "public_key": row.client_public_key,
-                    "reason": reason,
-                },
+            remove = PeerRemove(
+                session_id=row.id,
+                channel=row.channel,
+                public_key=row.client_public_key,
+                reason=reason,
             )
+            await self._send(row.node_id, remove.model_dump(mode="json"))
 
     # --- node link ------------------------------------------------------------------------
 
@@ -401,7 +399,8 @@ class SessionService:
 
     async def sync_node(self, node_id: str) -> None:
         rows = await self.open_rows(node_id)
-        await self._send(node_id, {"type": "sync", "peers": [peer_object(r) for r in rows]})
+        sync = Sync(peers=[Peer(**peer_object(r)) for r in rows])
+        await self._send(node_id, sync.model_dump(mode="json"))
 
     async def reload(self) -> int:
         """After a restart: every open session is admitted to the hub again."""
