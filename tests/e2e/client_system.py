@@ -1,4 +1,4 @@
-"""The three programs make a VPN: real bosonserver, real higgsnode, real higgsvpn in the lab.
+"""Support for the client's end-to-end tests: bosonserver, higgsnode and higgsvpn in the lab.
 
 The lab (``higgs.lab``): the internet host (whoami HTTP, a DNS server that logs who asked),
 bosonserver's host, a node behind the NAT home router (public 203.0.113.10) and a client behind
@@ -21,12 +21,8 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from higgs.lab import Host, Lab
 from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
-
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 API_PORT = 8080
 RELAY_PORT = 8081
@@ -38,7 +34,7 @@ def _py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -151,7 +147,7 @@ class Node:
             items = nodes["nodes"] if isinstance(nodes, dict) else nodes
             return any(n.get("state") == "online" and n.get("connected", True) for n in items)
 
-        _wait("the node to come online", online, 60, every=1.0)
+        wait_until("the node to come online", online, 60, every=1.0)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.alive():
@@ -284,179 +280,52 @@ def _teardown_system(system: System) -> None:
     system.node.stop()
 
 
-@pytest.fixture
-def relay_system(lab: Lab, tmp_path: Path) -> Iterator[System]:
-    system = _build_system(lab, tmp_path, direct=False)
-    try:
-        yield system
-    finally:
-        _teardown_system(system)
-
-
-@pytest.fixture
-def direct_system(lab: Lab, tmp_path: Path) -> Iterator[System]:
-    system = _build_system(lab, tmp_path, direct=True)
-    try:
-        yield system
-    finally:
-        _teardown_system(system)
-
-
-def _home_public(lab: Lab) -> str:
+def home_public(lab: Lab) -> str:
     return lab.home_router.addr("wan0")
 
 
-def _client_public(lab: Lab) -> str:
+def client_public(lab: Lab) -> str:
     return lab.client_router.addr("wan0")
 
 
-def _check_tunnel(system: System, client: Client) -> None:
+def check_tunnel(system: System, client: Client) -> None:
     """Ping, HTTP and DNS go through the node; DNS never leaves from the client's side."""
     lab = system.lab
     client.host.run(["ping", "-c", "2", "-W", "3", lab.internet.ip], timeout=20)
-    assert lab.whoami(client.host)["ip"] == _home_public(lab)
+    assert lab.whoami(client.host)["ip"] == home_public(lab)
     assert client.resolve(DNS_NAME), "the name did not resolve through the tunnel"
     asked = {q.source.split("#")[0] for q in lab.wait_dns_queries(DNS_NAME, timeout=10)}
     assert asked, "the lab's DNS server saw no query"
-    assert _home_public(lab) in asked
-    assert _client_public(lab) not in asked, "DNS leaked from the client's own network"
+    assert home_public(lab) in asked
+    assert client_public(lab) not in asked, "DNS leaked from the client's own network"
 
 
-# --- relay mode ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def running_system(tmp: Path, *, direct: bool, plan: LabPlan | None = None) -> Iterator[System]:
+    """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
+    nothing behind (namespaces, sockets, processes)."""
+    lab = Lab(plan=plan).build()
+    try:
+        system = _build_system(lab, tmp, direct=direct)
+        try:
+            yield system
+        finally:
+            _teardown_system(system)
+    finally:
+        lab.teardown()
+    left = lab.leftovers()
+    assert not left, f"lab {lab.names.stem} left behind: {left}"
 
 
-def test_relay_mode_ping_http_dns_through_the_node(relay_system: System) -> None:
-    lab = relay_system.lab
-    client = relay_system.client()
-    assert lab.whoami(client.host)["ip"] == _client_public(lab)
-
-    answer = client.connect("--mode", "relay")
-    assert answer["mode"] == "relay"
-    assert answer["address"].startswith("10.")
-
-    _check_tunnel(relay_system, client)
-    status = client.status()
-    assert status["connected"] is True
-    assert status["mode"] == "relay"
-    assert status["handshake_age_s"] is not None
-    assert status["rx_bytes"] > 0
-    assert status["tx_bytes"] > 0
-    assert relay_system.server.relayed_datagrams() > 0
-
-    client.disconnect()
-    assert lab.whoami(client.host)["ip"] == _client_public(lab)
+def disconnect_all(system: System) -> None:
+    """After each test: no client stays connected into the next one."""
+    for c in system.clients:
+        if c.connected:
+            c.vpn("disconnect", check=False, timeout=60)
+            c.connected = False
 
 
-def test_disconnect_restores_the_client_host_exactly(relay_system: System) -> None:
-    from higgs.osnet import hoststate
-
-    client = relay_system.client()
-    before = hoststate.snapshot(netns=client.host.ns)
-    resolv_before = client.resolv_conf.read_text()
-    client.connect("--mode", "relay")
-    during = hoststate.snapshot(netns=client.host.ns)
-    assert before.diff(during), "connect changed nothing on the host?"
-    assert client.resolv_conf.read_text() != resolv_before
-    client.disconnect()
-    after = hoststate.snapshot(netns=client.host.ns)
-    assert before.diff(after) == ""
-    assert client.resolv_conf.read_text() == resolv_before
-    assert not (client.state_dir / "daemon.pid").exists()
-
-
-def test_kill_switch_blocks_outside_the_tunnel(relay_system: System) -> None:
-    lab = relay_system.lab
-    client = relay_system.client()
-    client.connect("--mode", "relay")
-    # An application forcing its way out of the physical interface is stopped...
-    forced = client.host.run(
-        [
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--interface",
-            "eth0",
-            "--max-time",
-            "5",
-            f"http://{lab.internet.ip}/",
-        ],
-        check=False,
-        timeout=20,
-    )
-    assert forced.returncode != 0, f"kill switch let traffic out: {forced.stdout}"
-    # ... and IPv6 never leaves outside the tunnel.
-    v6 = client.host.run(["ping", "-6", "-c", "1", "-W", "2", "::1"], check=False)
-    assert v6.returncode == 0, "loopback must keep working"
-    client.disconnect()
-    after = client.host.run(
-        [
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--interface",
-            "eth0",
-            "--max-time",
-            "5",
-            f"http://{lab.internet.ip}/",
-        ],
-        check=False,
-        timeout=20,
-    )
-    assert after.returncode == 0, "the kill switch outlived the connection"
-
-
-def test_server_restart_mid_session_recovers_and_kill_switch_holds(
-    relay_system: System,
-) -> None:
-    lab = relay_system.lab
-    client = relay_system.client()
-    client.connect("--mode", "relay")
-    assert lab.whoami(client.host)["ip"] == _home_public(lab)
-
-    relay_system.server.kill()
-    # The tunnel is down (relay gone): nothing may leave by the client's own router.
-    with pytest.raises(Exception):  # noqa: B017,PT011 - curl fails one way or another
-        lab.whoami(client.host, timeout=4)
-
-    relay_system.server.start()
-    _wait(
-        "the tunnel to recover after the server restart",
-        lambda: lab.whoami(client.host, timeout=4)["ip"] == _home_public(lab),
-        120,
-        every=2.0,
-    )
-    assert client.status()["connected"] is True
-
-
-# --- direct mode -----------------------------------------------------------------------------
-
-
-def test_direct_mode_through_port_forward_bypasses_the_relay(direct_system: System) -> None:
-    lab = direct_system.lab
-    client = direct_system.client()
-    before = direct_system.server.relayed_datagrams()
-    answer = client.connect("--mode", "direct")
-    assert answer["mode"] == "direct"
-    _check_tunnel(direct_system, client)
-    assert client.status()["mode"] == "direct"
-    assert direct_system.server.relayed_datagrams() == before
-    client.disconnect()
-    assert lab.whoami(client.host)["ip"] == _client_public(lab)
-
-
-def test_auto_prefers_direct_when_reachable(direct_system: System) -> None:
-    client = direct_system.client()
-    answer = client.connect()
-    assert answer["mode"] == "direct"
-    assert direct_system.lab.whoami(client.host)["ip"] == _home_public(direct_system.lab)
-
-
-# --- two clients -----------------------------------------------------------------------------
-
-
-def _two_client_plan() -> LabPlan:
+def two_client_plan() -> LabPlan:
     """The default lab with a second client host on the client router's LAN (a bridge)."""
     base = default_plan()
     hosts = dict(base.hosts)
@@ -473,45 +342,3 @@ def _two_client_plan() -> LabPlan:
     )
     bridges = (*base.bridges, Bridge("client_router", "lan0", ("p-c1", "p-c2")))
     return LabPlan(hosts=hosts, links=links, bridges=bridges)
-
-
-@pytest.fixture
-def two_client_system(tmp_path: Path) -> Iterator[System]:
-    lab = Lab(plan=_two_client_plan()).build()
-    try:
-        system = _build_system(lab, tmp_path, direct=False)
-        try:
-            yield system
-        finally:
-            _teardown_system(system)
-    finally:
-        lab.teardown()
-    assert not lab.leftovers()
-
-
-def test_two_clients_on_one_node_at_once(two_client_system: System) -> None:
-    lab = two_client_system.lab
-    first = two_client_system.client("c1")
-    second = two_client_system.client("c2", host=lab.host("client2"))
-    a = first.connect("--mode", "relay")
-    b = second.connect("--mode", "relay")
-    assert a["address"] != b["address"]
-    assert a["node_id"] == b["node_id"]
-    for c in (first, second):
-        assert lab.whoami(c.host)["ip"] == _home_public(lab)
-        c.host.run(["ping", "-c", "1", "-W", "3", lab.internet.ip], timeout=20)
-    first.disconnect()
-    # The other client is unaffected.
-    assert lab.whoami(second.host)["ip"] == _home_public(lab)
-    second.disconnect()
-
-
-def test_connect_failure_says_why_and_leaves_host_as_before(relay_system: System) -> None:
-    client = relay_system.client()
-    client.extra = ["--server", f"http://{relay_system.lab.server.ip}:9"]
-    out = client.vpn("connect", "--server", f"http://{relay_system.lab.server.ip}:9", check=False)
-    assert out.returncode == 1
-    assert "cannot reach the server" in out.stderr
-    assert not (client.state_dir / "daemon.pid").exists()
-    links = client.host.run(["ip", "-o", "link"]).stdout
-    assert client.interface not in links
