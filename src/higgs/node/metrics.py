@@ -36,8 +36,8 @@ class PeerCounters(Protocol):
     @property
     def tx_bytes(self) -> int: ...
     @property
-    def latest_handshake(self) -> int:
-        """Unix time of the last handshake; 0 means never."""
+    def latest_handshake(self) -> int | None:
+        """Unix time of the last handshake; None (or 0) means never."""
         ...
 
 

@@ -166,6 +166,7 @@ class ServerLink:
         self._client = httpx.AsyncClient(base_url=self.server, timeout=timeout_s, trust_env=False)
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
+        self._fresh = False  # registered during this run already
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -233,6 +234,19 @@ class ServerLink:
             await self._on_identity(ident)
         return ident
 
+    async def try_register(self) -> bool:
+        """One registration attempt: True when registered, False when the server cannot be
+        reached now (the loop in :meth:`run` keeps trying); fatal refusals raise."""
+        try:
+            await self.register()
+        except _Transient as exc:
+            self.status.state = "unreachable"
+            self.status.last_error = str(exc)
+            log.warning("server unreachable at start; will keep trying", extra={"why": str(exc)})
+            return False
+        self._fresh = True
+        return True
+
     # ---- heartbeat ---------------------------------------------------------------------
 
     async def heartbeat(self) -> float:
@@ -276,7 +290,7 @@ class ServerLink:
 
     async def run(self) -> None:
         """Registers and heartbeats until cancelled; returns only by raising a fatal error."""
-        need_register = True
+        need_register = not self._fresh
         while True:
             try:
                 if need_register or self.identity is None:
