@@ -89,9 +89,7 @@ class Agent:
         self.server: ServerLink | None = None
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
-        self.budget = Budget.load(
-            settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb
-        )
+        self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._error: BaseException | None = None
@@ -289,9 +287,7 @@ class Agent:
         if s.dns.enabled:
             upstreams = s.dns_upstreams()
             if not upstreams:
-                raise AgentError(
-                    "no DNS upstream: /etc/resolv.conf lists none; set dns.upstreams"
-                )
+                raise AgentError("no DNS upstream: /etc/resolv.conf lists none; set dns.upstreams")
             self.dns = DnsForwarder(
                 str(s.node_address.ip),
                 s.dns.port,

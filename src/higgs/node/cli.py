@@ -107,9 +107,12 @@ def _load(args: argparse.Namespace) -> NodeSettings:
 
 
 def _start(args: argparse.Namespace) -> int:
+    settings = _load(args)  # a bad setting stops here, before anything touches the host
+    if not settings.server:
+        raise HiggsError("no server given: set --server URL (or `server` in the config file)")
     from higgs.node.agent import run_agent  # imported late: `status` must not need osnet
 
-    run_agent(_load(args))
+    run_agent(settings)
     return EXIT_OK
 
 

@@ -254,7 +254,10 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
             return CheckResult("clock", True, f"within {abs(skew):.0f}s of the server")
         if time.gmtime(now).tm_year < 2025:
             return CheckResult(
-                "clock", False, time.strftime("%Y-%m-%d", time.gmtime(now)), "timedatectl set-ntp true"
+                "clock",
+                False,
+                time.strftime("%Y-%m-%d", time.gmtime(now)),
+                "timedatectl set-ntp true",
             )
         return CheckResult("clock", True, "plausible (server date not available)")
 

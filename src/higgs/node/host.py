@@ -23,8 +23,8 @@ from higgs.osnet.firewall.plan import NodePolicy
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
-from higgs.osnet.wireguard import PeerStats, WireGuard
 from higgs.osnet.wireguard import Peer as WgPeer
+from higgs.osnet.wireguard import PeerStats, WireGuard
 
 __all__ = ["NodeHost", "Uplink", "WgPeerTable", "instance_for"]
 

@@ -65,9 +65,7 @@ def _canonical_ips(ips: Sequence[str]) -> frozenset[str]:
 
 
 class PeerManager:
-    def __init__(
-        self, table: PeerTable, tunnel: ipaddress.IPv4Interface, max_clients: int
-    ) -> None:
+    def __init__(self, table: PeerTable, tunnel: ipaddress.IPv4Interface, max_clients: int) -> None:
         self._table = table
         self._tunnel = tunnel
         self._max_clients = max_clients

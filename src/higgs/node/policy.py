@@ -27,7 +27,9 @@ def lan_prefixes(addresses: Iterable[IPInterface]) -> tuple[ipaddress.IPv4Networ
     nets = {
         a.network
         for a in addresses
-        if isinstance(a, ipaddress.IPv4Interface) and not a.ip.is_loopback and a.network.prefixlen < 32
+        if isinstance(a, ipaddress.IPv4Interface)
+        and not a.ip.is_loopback
+        and a.network.prefixlen < 32
     }
     return tuple(sorted(nets))
 
