@@ -179,10 +179,10 @@ def _status(args: argparse.Namespace) -> int:
     print(f"  traffic    rx {_fmt_bytes(rx)}, tx {_fmt_bytes(tx)}")
     for p in peers:
         hs = p.get("last_handshake_s")
+        prx, ptx = _fmt_bytes(int(p.get("rx_bytes", 0))), _fmt_bytes(int(p.get("tx_bytes", 0)))
         print(
             f"    {p['public_key'][:10]}… {','.join(p.get('allowed_ips', []))} "
-            f"rx {_fmt_bytes(int(p.get('rx_bytes', 0)))} tx {_fmt_bytes(int(p.get('tx_bytes', 0)))} "
-            f"handshake {'never' if hs is None else f'{hs:.0f}s ago'}"
+            f"rx {prx} tx {ptx} handshake {'never' if hs is None else f'{hs:.0f}s ago'}"
         )
     return EXIT_OK
 

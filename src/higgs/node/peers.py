@@ -137,9 +137,9 @@ class PeerManager:
             for key, p in self.sessions.items()
         }
         why = self._check(peer, taken)
-        if why is None and peer.public_key not in self.sessions:
-            if len(self.sessions) >= self._max_clients:
-                why = f"the node takes at most {self._max_clients} clients"
+        full = len(self.sessions) >= self._max_clients
+        if why is None and peer.public_key not in self.sessions and full:
+            why = f"the node takes at most {self._max_clients} clients"
         if why is not None:
             log.warning("peer refused", extra={"session": peer.session_id, "why": why})
             return False

@@ -72,8 +72,7 @@ def test_status_and_stop_when_not_running(tmp_path: Path) -> None:
 
 
 def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
-    with PidFile(tmp_path), pytest.raises(Exception, match="already running"):
-        with PidFile(tmp_path):
-            pass
+    with PidFile(tmp_path), pytest.raises(Exception, match="already running"), PidFile(tmp_path):
+        pass
     out = higgsnode("status", "--json", "--state-dir", str(tmp_path))
     assert json.loads(out.stdout)["running"] is False  # the lock went with the holder
