@@ -281,6 +281,7 @@ class Agent:
     async def _setup(self, uplink: Uplink) -> None:
         s = self.settings
         wg = await asyncio.to_thread(self.host.bring_up_interface, self.key)
+        shaper = await asyncio.to_thread(self.host.setup_shaping)
         previous = await asyncio.to_thread(self.host.enable_forwarding)
         log.info("ip forwarding on", extra={"was": previous})
         await asyncio.to_thread(self.host.apply_firewall, uplink)
@@ -296,7 +297,13 @@ class Agent:
                 max_inflight=s.dns.max_inflight,
             )
             await self.dns.start()
-        self.peers = PeerManager(WgPeerTable(wg), s.node_address, s.max_clients)
+        self.peers = PeerManager(
+            WgPeerTable(wg),
+            s.node_address,
+            s.max_clients,
+            on_change=shaper.update,
+            accepting=lambda: not self.budget.exhausted,
+        )
         server = self.server or self.make_server_link()
         if server.identity is not None and server.status.registrations:
             await self._on_identity(server.identity)

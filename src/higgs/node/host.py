@@ -17,6 +17,7 @@ from pathlib import Path
 from higgs.common.keys import PrivateKey
 from higgs.node.policy import build_policy
 from higgs.node.settings import NodeSettings
+from higgs.node.shaping import Shaper, plan_for
 from higgs.osnet import discovery, sweep, sysctl
 from higgs.osnet.firewall import FirewallBackend, select_backend
 from higgs.osnet.firewall.plan import NodePolicy
@@ -139,6 +140,12 @@ class NodeHost:
         wg.set_addresses([str(self.settings.node_address)])
         wg.up(mtu=self.settings.mtu)
         return wg
+
+    def setup_shaping(self) -> Shaper:
+        """tc trees for the owner's rates (nothing when no rate is set)."""
+        shaper = Shaper(plan_for(self.settings), self.open_journal(), self.runner)
+        shaper.setup()
+        return shaper
 
     def enable_forwarding(self) -> str:
         """Turns IPv4 forwarding on; returns the value found (restored on stop)."""

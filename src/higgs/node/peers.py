@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,11 +65,36 @@ def _canonical_ips(ips: Sequence[str]) -> frozenset[str]:
 
 
 class PeerManager:
-    def __init__(self, table: PeerTable, tunnel: ipaddress.IPv4Interface, max_clients: int) -> None:
+    def __init__(
+        self,
+        table: PeerTable,
+        tunnel: ipaddress.IPv4Interface,
+        max_clients: int,
+        *,
+        on_change: Callable[[list[str]], None] | None = None,
+        accepting: Callable[[], bool] | None = None,
+    ) -> None:
         self._table = table
         self._tunnel = tunnel
         self._max_clients = max_clients
+        # Told the clients' addresses after every change (per-client traffic shaping).
+        self._on_change = on_change
+        # False when the node takes no new clients (its monthly volume is used up).
+        self._accepting = accepting
         self.sessions: dict[str, DesiredPeer] = {}  # public key -> the session it belongs to
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change([p.address for p in self.sessions.values()])
+
+    def _refuse_new(self, peer: DesiredPeer) -> str | None:
+        if peer.public_key in self.sessions:
+            return None
+        if len(self.sessions) >= self._max_clients:
+            return f"the node takes at most {self._max_clients} clients"
+        if self._accepting is not None and not self._accepting():
+            return "the node's volume budget is used up"
+        return None
 
     def _check(self, peer: DesiredPeer, taken: dict[str, str]) -> str | None:
         """Why ``peer`` must be refused, or None."""
@@ -112,6 +137,8 @@ class PeerManager:
             why = self._check(peer, taken)
             if why is None and peer.public_key not in wanted and len(wanted) >= self._max_clients:
                 why = f"the node takes at most {self._max_clients} clients"
+            if why is None and peer.public_key not in present and self._accepting is not None:
+                why = None if self._accepting() else "the node's volume budget is used up"
             if why is not None:
                 log.warning("peer refused", extra={"session": peer.session_id, "why": why})
                 refused.append(peer.session_id)
@@ -128,6 +155,7 @@ class PeerManager:
         added = [p.session_id for p in wanted.values() if self._apply(p, present)]
         if added or removed:
             log.info("peers synced", extra={"added": len(added), "removed": len(removed)})
+        self._changed()
         return SyncResult(tuple(added), tuple(removed), tuple(refused))
 
     def add(self, peer: DesiredPeer) -> bool:
@@ -136,14 +164,12 @@ class PeerManager:
             str(ipaddress.ip_network(p.address, strict=False)): key
             for key, p in self.sessions.items()
         }
-        why = self._check(peer, taken)
-        full = len(self.sessions) >= self._max_clients
-        if why is None and peer.public_key not in self.sessions and full:
-            why = f"the node takes at most {self._max_clients} clients"
+        why = self._check(peer, taken) or self._refuse_new(peer)
         if why is not None:
             log.warning("peer refused", extra={"session": peer.session_id, "why": why})
             return False
         self._apply(peer, self._present())
+        self._changed()
         return True
 
     def remove(self, public_key: str, session_id: str) -> bool:
@@ -154,4 +180,5 @@ class PeerManager:
             return False
         self.sessions.pop(public_key, None)
         self._table.remove_peer(public_key)
+        self._changed()
         return True

@@ -100,3 +100,24 @@ def test_remove_of_a_replaced_session_keeps_the_new_one() -> None:
     assert m.remove(K1, "new")
     assert table.rows == {}
     assert m.remove(K1, "new")  # absent: still fine
+
+
+def test_changes_are_reported_and_an_exhausted_budget_refuses_new_clients() -> None:
+    table = Table()
+    seen: list[list[str]] = []
+    accepting = [True]
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        on_change=seen.append,
+        accepting=lambda: accepting[0],
+    )
+    assert m.add(peer(K1, "10.77.0.5/32", "a"))
+    accepting[0] = False
+    assert not m.add(peer(K2, "10.77.0.6/32", "b"))
+    assert m.add(peer(K1, "10.77.0.5/32", "a"))  # already connected: kept
+    result = m.sync([peer(K1, "10.77.0.5/32", "a"), peer(K2, "10.77.0.6/32", "b")])
+    assert result.refused == ("b",)
+    m.remove(K1, "a")
+    assert seen == [["10.77.0.5/32"], ["10.77.0.5/32"], ["10.77.0.5/32"], []]
