@@ -1,0 +1,1 @@
+"""Benchmarks that print Markdown tables (`python -m bench`)."""

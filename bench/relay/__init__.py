@@ -1,0 +1,1 @@
+"""Relay benchmark: the hub against a Node ``ws`` reference relay."""

@@ -1,0 +1,535 @@
+"""The lab: builds the namespaces of one run, hands out hosts, and always tears down.
+
+    with Lab() as lab:
+        lab.client.run(["curl", ...])
+
+Build order writes ahead: the run is registered (and its namespaces recorded) before anything
+is created, so every exit path -- the context manager, a pytest finalizer, SIGTERM/SIGINT,
+atexit -- can remove whatever a half-done build left. Teardown runs every step even when one
+fails and reports all failures together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from . import registry
+from .errors import CommandError, LabError
+from .host import Host
+from .names import RunNames, new_run_names
+from .netns import NETNS_DIR, netns_exists, ns_argv, run
+from .plan import ROUTER_ROLES, LabPlan, default_plan
+from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
+from .render import render_dnat_udp, render_host_batch, render_nat_table, render_root_batch
+
+__all__ = [
+    "DNS_ZONE",
+    "WG_RUN_DIR",
+    "DnsQuery",
+    "Lab",
+    "leftovers_of_run",
+    "parse_dns_log",
+    "sweep_run",
+]
+
+WG_RUN_DIR = Path("/var/run/wireguard")
+DNS_ZONE = "example.test"
+WHOAMI_PORT = 80
+IPERF_PORT = 5201
+SMTP_PORTS = (25, 587)
+PRINTER_PORT = 9100
+
+_DNS_LOG_RE = re.compile(r"query\[(?P<qtype>\w+)\] (?P<name>\S+) from (?P<source>\S+)")
+
+
+@dataclass(frozen=True)
+class DnsQuery:
+    """One query the lab's DNS server logged."""
+
+    name: str
+    qtype: str
+    source: str
+
+
+def parse_dns_log(text: str) -> list[DnsQuery]:
+    """The queries in a dnsmasq ``--log-queries`` log."""
+    return [
+        DnsQuery(name=m["name"], qtype=m["qtype"], source=m["source"])
+        for m in _DNS_LOG_RE.finditer(text)
+    ]
+
+
+def sweep_run(names: RunNames, *, extra_ifnames: Iterable[str] = ()) -> list[str]:
+    """Remove everything named for run ``names``, without any other state (last defence).
+
+    Kills every process inside the run's namespaces (they can only be ours), removes the
+    run's wireguard-go sockets, deletes the run's namespaces (which deletes their links).
+    Every step runs; returns the problems met.
+    """
+    problems: list[str] = []
+    try:
+        namespaces = sorted(n for n in os.listdir(NETNS_DIR) if names.owns(n))
+    except FileNotFoundError:
+        namespaces = []
+    for pid, ns in pids_in_netns(NETNS_DIR / n for n in namespaces).items():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        except OSError as exc:
+            problems.append(f"cannot kill pid {pid} in {ns}: {exc}")
+    ifnames = set(extra_ifnames)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(WG_RUN_DIR):
+            ifname = entry.removesuffix(".sock")
+            if entry.endswith(".sock") and (ifname in ifnames or names.owns(ifname)):
+                try:
+                    (WG_RUN_DIR / entry).unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    problems.append(f"cannot remove {WG_RUN_DIR / entry}: {exc}")
+    if namespaces:
+        batch = "".join(f"netns del {ns}\n" for ns in namespaces)
+        result = run(["ip", "-force", "-batch", "-"], input=batch, check=False)
+        left = [ns for ns in namespaces if netns_exists(ns)]
+        if left:
+            problems.append(f"namespaces not deleted: {', '.join(left)} ({result.stderr.strip()})")
+    return problems
+
+
+def leftovers_of_run(names: RunNames, pids: Sequence[int] = ()) -> list[str]:
+    """What of run ``names`` still exists on this machine (empty when it is all gone)."""
+    found: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        found += [f"namespace {n}" for n in sorted(os.listdir(NETNS_DIR)) if names.owns(n)]
+    found += [
+        f"link {n} in the root namespace" for n in os.listdir("/sys/class/net") if names.owns(n)
+    ]
+    with contextlib.suppress(FileNotFoundError):
+        found += [
+            f"wireguard socket {WG_RUN_DIR / n}"
+            for n in sorted(os.listdir(WG_RUN_DIR))
+            if names.owns(n.removesuffix(".sock"))
+        ]
+    for pid in pids:
+        try:
+            # A zombie is gone for our purposes; anything else with the PID is still running.
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            found.append(f"process {pid}")
+    # Whatever still runs with our names in its command line (`ip netns exec hl-..-node ...`,
+    # `wireguard-go -f hl-..-wgn`) is ours and should not exist any more.
+    found += [
+        f"process {pid} ({cmd[:120]})"
+        for pid, cmd in pids_mentioning(names.stem + "-").items()
+        if pid not in pids
+    ]
+    found += [
+        f"work directory {p}"
+        for p in Path(tempfile.gettempdir()).glob(f"{names.stem}-*")
+        if p.is_dir()
+    ]
+    return found
+
+
+class Lab:
+    """A small internet in network namespaces (see ``docs/lab.md`` for the picture).
+
+    Hosts: ``internet``, ``server``, ``home_router``, ``node``, ``printer``,
+    ``client_router``, ``client`` (and ``core``, the router between them).
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "hl",
+        services: bool = True,
+        forward_udp: Sequence[int] = (),
+        plan: LabPlan | None = None,
+    ) -> None:
+        self.names: RunNames = new_run_names(prefix)
+        self.plan = plan or default_plan()
+        self.hosts: dict[str, Host] = {
+            role: Host(role, self.names.ns(role), hp, self) for role, hp in self.plan.hosts.items()
+        }
+        self.workdir: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._services = services
+        self._initial_forwards = tuple(forward_udp)
+        self._procs: list[LabProcess] = []
+        self._wg_ifnames: set[str] = set()
+        self.dns_log: Path | None = None
+        self._built = False
+        self._torn_down = False
+
+    # -- hosts ---------------------------------------------------------------------------
+
+    def host(self, role: str) -> Host:
+        try:
+            return self.hosts[role]
+        except KeyError:
+            raise LabError(f"no host {role!r}; hosts are {', '.join(self.hosts)}") from None
+
+    @property
+    def core(self) -> Host:
+        return self.hosts["core"]
+
+    @property
+    def internet(self) -> Host:
+        return self.hosts["internet"]
+
+    @property
+    def server(self) -> Host:
+        return self.hosts["server"]
+
+    @property
+    def home_router(self) -> Host:
+        return self.hosts["home_router"]
+
+    @property
+    def node(self) -> Host:
+        return self.hosts["node"]
+
+    @property
+    def printer(self) -> Host:
+        return self.hosts["printer"]
+
+    @property
+    def client_router(self) -> Host:
+        return self.hosts["client_router"]
+
+    @property
+    def client(self) -> Host:
+        return self.hosts["client"]
+
+    # -- building ------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        return self.build()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
+
+    def build(self) -> Lab:
+        """Create the namespaces, links, addresses, routes, NAT and (optionally) services."""
+        if self._built:
+            raise LabError("lab already built")
+        self._built = True
+        registry.register(self)
+        started = time.monotonic()
+        try:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.names.stem}-"))
+            run(["ip", "-batch", "-"], input=render_root_batch(self.plan, self.names))
+            self._run_parallel(
+                [
+                    (["ip", "-n", h.ns, "-batch", "-"], render_host_batch(self.plan, role))
+                    for role, h in self.hosts.items()
+                ]
+            )
+            jobs: list[tuple[list[str], str | None]] = []
+            for role in ROUTER_ROLES:
+                h = self.hosts[role]
+                script = "sysctl -qw net.ipv4.ip_forward=1"
+                if h.plan.wan_if is not None:
+                    script += " && nft -f -"
+                jobs.append(
+                    (
+                        ns_argv(h.ns, ["sh", "-c", script]),
+                        render_nat_table(self.plan, role) if h.plan.wan_if else None,
+                    )
+                )
+            self._run_parallel(jobs)
+            for port in self._initial_forwards:
+                self.forward_udp(port)
+            self.timings["network"] = time.monotonic() - started
+            if self._services:
+                self._start_services()
+        except BaseException:
+            self.timings["build"] = time.monotonic() - started
+            self.teardown()
+            raise
+        self.timings["build"] = time.monotonic() - started
+        return self
+
+    def _run_parallel(self, jobs: Sequence[tuple[list[str], str | None]]) -> None:
+        """Run independent commands at once; raise one error naming every failure."""
+        procs = [
+            (
+                argv,
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+                data,
+            )
+            for argv, data in jobs
+        ]
+        failures: list[str] = []
+        for argv, proc, data in procs:
+            try:
+                out, _ = proc.communicate(input=data, timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(str(CommandError(argv, proc.returncode, out or "")))
+        if failures:
+            raise LabError("; ".join(failures))
+
+    def _start_services(self) -> None:
+        py = sys.executable
+        inet = self.internet
+        ip = inet.ip
+        zone = DNS_ZONE
+        assert self.workdir is not None
+        dns_log = self.workdir / "dnsmasq-queries.log"
+        waits: list[tuple[LabProcess, int, str]] = []
+        whoami = inet.popen(
+            [py, "-m", "higgs.lab.services.whoami", "--host", ip, "--port", str(WHOAMI_PORT)],
+            name="whoami",
+        )
+        waits.append((whoami, WHOAMI_PORT, "tcp"))
+        listen_argv = [py, "-m", "higgs.lab.services.listen", "--host", ip, "--banner", "220"]
+        for port in SMTP_PORTS:
+            listen_argv += ["--port", str(port)]
+        smtp = inet.popen(listen_argv, name="smtp")
+        waits += [(smtp, p, "tcp") for p in SMTP_PORTS]
+        dns = inet.popen(
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--pid-file=",
+                "--user=root",
+                "--bind-interfaces",
+                f"--listen-address={ip}",
+                "--port=53",
+                "--log-queries",
+                f"--log-facility={dns_log}",
+                f"--local=/{zone}/",
+                f"--host-record={zone},{ip}",
+                f"--host-record=www.{zone},{ip}",
+                f"--host-record=server.{zone},{self.server.ip}",
+            ],
+            name="dnsmasq",
+        )
+        waits.append((dns, 53, "udp"))
+        iperf = inet.popen(["iperf3", "-s", "-B", ip, "-p", str(IPERF_PORT)], name="iperf3")
+        waits.append((iperf, IPERF_PORT, "tcp"))
+        printer = self.printer.popen(
+            [
+                py,
+                "-m",
+                "higgs.lab.services.listen",
+                "--host",
+                self.printer.ip,
+                "--banner",
+                "printer ready",
+                "--port",
+                str(PRINTER_PORT),
+            ],
+            name="printer",
+        )
+        waits.append((printer, PRINTER_PORT, "tcp"))
+        for proc, port, proto in waits:
+            proc.wait_listening(port, proto=proto, timeout=15.0)
+        self.dns_log = dns_log
+
+    # -- using ---------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        host: Host,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LabProcess:
+        """Start ``argv`` in ``host``'s namespace in the background, tracked by PID."""
+        if self._torn_down or not self._built or self.workdir is None:
+            raise LabError("the lab is not running")
+        label = name or Path(argv[0]).name
+        log_path = log or self.workdir / f"{host.role}-{label}-{len(self._procs)}.log"
+        full_env = dict(os.environ) if env is None else dict(env)
+        with open(log_path, "ab") as log_file:
+            popen = subprocess.Popen(
+                ns_argv(host.ns, argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                # Own session: a terminal's Ctrl-C reaches us, and we stop children in order.
+                start_new_session=True,
+            )
+        proc = LabProcess(name=label, host=host.role, argv=list(argv), log=log_path, popen=popen)
+        self._procs.append(proc)
+        return proc
+
+    @property
+    def processes(self) -> list[LabProcess]:
+        return list(self._procs)
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every process log, for a failure report."""
+        parts = []
+        for proc in self._procs:
+            tail = proc.log_text().splitlines()[-lines:]
+            state = "running" if proc.alive() else f"exited {proc.popen.returncode}"
+            parts.append(f"--- {proc.host}/{proc.name} (pid {proc.pid}, {state})")
+            parts += tail
+        return "\n".join(parts)
+
+    def ifname(self, tag: str) -> str:
+        """A unique interface name for this run, e.g. ``hl-3fa9c1-wgn`` (<= 15 characters).
+
+        Interface names here are machine-wide unique because wireguard-go's control socket
+        ``/var/run/wireguard/<ifname>.sock`` lives outside the namespaces; the socket of every
+        name handed out is removed at teardown.
+        """
+        name = self.names.ifname(tag)
+        self._wg_ifnames.add(name)
+        return name
+
+    def forward_udp(
+        self,
+        port: int,
+        *,
+        to: str = "node",
+        to_port: int | None = None,
+        router: str = "home_router",
+    ) -> None:
+        """Port-forward UDP ``port`` on ``router``'s public address to host ``to``."""
+        target = self.host(to)
+        self.host(router).nft(render_dnat_udp(self.plan, router, port, target.ip, to_port or port))
+
+    def whoami(self, host: Host | str, *, timeout: float = 10.0) -> dict[str, object]:
+        """Ask the internet host's HTTP server, from ``host``, who we look like."""
+        h = self.host(host) if isinstance(host, str) else host
+        out = h.run(
+            [
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                str(timeout),
+                f"http://{self.internet.ip}:{WHOAMI_PORT}/",
+            ],
+            timeout=timeout + 5,
+        ).stdout
+        try:
+            data = json.loads(out)
+        except ValueError as exc:
+            raise LabError(f"whoami answered {out!r}, not JSON") from exc
+        if not isinstance(data, dict):
+            raise LabError(f"whoami answered {out!r}, not an object")
+        return data
+
+    def resolve(self, host: Host | str, name: str, *, timeout: float = 5.0) -> list[str]:
+        """Resolve ``name`` (A) from ``host`` by asking the lab's DNS server directly."""
+        h = self.host(host) if isinstance(host, str) else host
+        out = h.run(
+            [
+                sys.executable,
+                "-m",
+                "higgs.lab.services.dnsq",
+                "--server",
+                self.internet.ip,
+                "--timeout",
+                str(timeout),
+                name,
+            ],
+            timeout=timeout + 10,
+        ).stdout
+        answers = json.loads(out)["answers"]
+        return [str(a) for a in answers]
+
+    def dns_queries(self) -> list[DnsQuery]:
+        """Every query the lab's DNS server has logged so far, with the address that asked."""
+        if self.dns_log is None:
+            return []
+        try:
+            text = self.dns_log.read_text(errors="replace")
+        except OSError:
+            return []
+        return parse_dns_log(text)
+
+    def wait_dns_queries(
+        self, name: str, *, count: int = 1, timeout: float = 5.0
+    ) -> list[DnsQuery]:
+        """The logged queries for ``name``, waiting until there are ``count`` of them.
+
+        dnsmasq may answer before its log line reaches the file, hence the wait.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [q for q in self.dns_queries() if q.name == name]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    # -- tearing down --------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """Stop our processes, delete our namespaces and sockets; idempotent and tolerant.
+
+        Every call runs every step (each is a no-op when there is nothing left), so a second
+        call also removes what a build step still running during the first one created.
+        """
+        self._torn_down = True
+        started = time.monotonic()
+        problems: list[str] = []
+        steps = (self._stop_tracked, self._sweep, self._remove_workdir)
+        for step in steps:
+            try:
+                problems += step()
+            except Exception as exc:
+                problems.append(f"{step.__name__}: {exc}")
+        registry.forget(self)
+        self.timings["teardown"] = time.monotonic() - started
+        if problems:
+            raise LabError(f"lab {self.names.stem} teardown: " + "; ".join(problems))
+
+    def _stop_tracked(self) -> list[str]:
+        return stop_processes(self._procs)
+
+    def _sweep(self) -> list[str]:
+        return sweep_run(self.names, extra_ifnames=self._wg_ifnames)
+
+    def _remove_workdir(self) -> list[str]:
+        if self.workdir is None or not self.workdir.exists():
+            return []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return [f"cannot remove {self.workdir}"] if self.workdir.exists() else []
+
+    def leftovers(self) -> list[str]:
+        """What of this run still exists; empty after a complete teardown."""
+        return leftovers_of_run(self.names, [p.pid for p in self._procs])

@@ -1,0 +1,190 @@
+"""Control messages: the JSON text frames on the relay links (``docs/protocol.md`` §3.3).
+
+Each text WebSocket message is one JSON object with a ``"type"``. Unknown types come back as
+:class:`UnknownMessage` (receivers log and ignore them) and unknown fields are ignored, so adding
+either is backward compatible. Malformed JSON, a non-object, or a known type with bad fields
+raises :class:`ControlError` naming the problem.
+
+Server → node: ``hello``, ``sync``, ``peer_add``, ``peer_remove``.
+Node → server: ``peer_stats``.
+Server → client session link: ``hello``, ``session_closed`` (right before a 4002 close).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+__all__ = [
+    "MAX_CONTROL_MESSAGE_SIZE",
+    "ControlError",
+    "ControlMessage",
+    "Hello",
+    "Peer",
+    "PeerAdd",
+    "PeerRemove",
+    "PeerStat",
+    "PeerStats",
+    "SessionClosed",
+    "Sync",
+    "UnknownMessage",
+    "dump",
+    "parse",
+    "parse_obj",
+]
+
+MAX_CONTROL_MESSAGE_SIZE = 1 << 20
+"""Security limit: a control message larger than this is rejected before parsing."""
+
+_CHANNEL = Annotated[int, Field(ge=0, le=0xFFFF_FFFF)]
+
+
+class ControlError(ValueError):
+    """A text frame that is not a valid control message."""
+
+
+def _check_public_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("public_key is not base64") from exc
+    if len(raw) != 32:
+        raise ValueError("public_key must be 32 bytes of base64")
+    return value
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Hello(_Message):
+    """Server → node (``node_id``, ``heartbeat_interval_s``) or → client (``session_id``,
+    ``channel``)."""
+
+    type: Literal["hello"] = "hello"
+    version: int
+    node_id: str | None = None
+    heartbeat_interval_s: float | None = None
+    session_id: str | None = None
+    channel: _CHANNEL | None = None
+
+
+class Peer(_Message):
+    session_id: str
+    channel: _CHANNEL
+    public_key: str
+    address: str
+    relayed: bool = False
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return _check_public_key(value)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_interface(value)
+        except ValueError as exc:
+            raise ValueError(f"address {value!r} is not an IP address with prefix") from exc
+        return value
+
+
+class PeerAdd(Peer):
+    type: Literal["peer_add"] = "peer_add"
+
+
+class Sync(_Message):
+    type: Literal["sync"] = "sync"
+    peers: list[Peer]
+
+
+class PeerRemove(_Message):
+    type: Literal["peer_remove"] = "peer_remove"
+    session_id: str
+    channel: _CHANNEL
+    public_key: str
+    reason: str = ""
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return _check_public_key(value)
+
+
+class PeerStat(_Message):
+    public_key: str
+    rx_bytes: int = Field(ge=0)
+    tx_bytes: int = Field(ge=0)
+    last_handshake_s: float | None = None
+
+
+class PeerStats(_Message):
+    type: Literal["peer_stats"] = "peer_stats"
+    peers: list[PeerStat]
+
+
+class SessionClosed(_Message):
+    type: Literal["session_closed"] = "session_closed"
+    reason: str = ""
+
+
+class UnknownMessage(_Message):
+    """A message whose type this version does not know; ``raw`` holds the whole object."""
+
+    type: str
+    raw: dict[str, Any]
+
+
+ControlMessage = Hello | Sync | PeerAdd | PeerRemove | PeerStats | SessionClosed
+
+_KNOWN: dict[str, type[_Message]] = {
+    "hello": Hello,
+    "sync": Sync,
+    "peer_add": PeerAdd,
+    "peer_remove": PeerRemove,
+    "peer_stats": PeerStats,
+    "session_closed": SessionClosed,
+}
+_OBJECT = TypeAdapter(dict[str, Any])
+
+
+def parse_obj(obj: object) -> ControlMessage | UnknownMessage:
+    """Validates an already-decoded JSON value."""
+    if not isinstance(obj, dict):
+        raise ControlError(f"a control message is a JSON object, not {type(obj).__name__}")
+    kind = obj.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ControlError('a control message needs a string field "type"')
+    model = _KNOWN.get(kind)
+    if model is None:
+        return UnknownMessage(type=kind, raw=_OBJECT.validate_python(obj))
+    try:
+        message: ControlMessage = model.model_validate(obj)  # type: ignore[assignment]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "message"
+        raise ControlError(f"{kind}: {where}: {first['msg']}") from None
+    return message
+
+
+def parse(text: str | bytes) -> ControlMessage | UnknownMessage:
+    """Parses one text frame."""
+    if len(text) > MAX_CONTROL_MESSAGE_SIZE:
+        raise ControlError(f"control message larger than {MAX_CONTROL_MESSAGE_SIZE} bytes")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ControlError(f"control message is not valid JSON: {exc}") from None
+    return parse_obj(obj)
+
+
+def dump(message: ControlMessage) -> str:
+    """The JSON text of a message, as sent on the wire."""
+    return message.model_dump_json()

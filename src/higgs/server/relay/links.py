@@ -1,0 +1,347 @@
+"""One WebSocket link of the relay: the per-connection data path.
+
+Hot path, in order of cost: picows parses the frame in C and calls :meth:`_Link.on_ws_frame`;
+the frame is validated (no copy), authorized by channel, counted, and handed to the
+destination link's :meth:`_Link.deliver`. Delivery is adaptive (relay-bench.md): a frame that
+is alone in its read buffer goes out through picows' C ``send``; frames that arrive together are
+appended, already framed, to the destination's pending buffer and written with one ``write()``
+when the source's read buffer is exhausted (``frame.last_in_buffer``). When a destination's
+transport is over its high-water mark, frames wait in a bounded queue that drops its oldest
+frame when full (``queue_full``); WireGuard tolerates loss like UDP, and a slow client must not
+stall the node's other sessions, so sources are never paused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
+
+from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
+from higgs.protocol.relay import MAX_FRAME_SIZE, CloseCode, DropReason, FrameError, validate
+
+if TYPE_CHECKING:
+    from asyncio import Transport
+
+    from higgs.server.relay.hub import NodeEntry, RelayHubServer, SessionEntry
+
+__all__ = ["NodeLink", "SessionLink"]
+
+log = logging.getLogger(__name__)
+
+_BINARY = WSMsgType.BINARY
+_TEXT = WSMsgType.TEXT
+_CONT = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_FIN_BINARY = 0x82
+_HDR_SMALL = struct.Struct(">BB")
+_HDR_MEDIUM = struct.Struct(">BBH")
+_MALFORMED = DropReason.MALFORMED
+_WRONG_CHANNEL = DropReason.WRONG_CHANNEL
+_NO_PEER = DropReason.NO_PEER
+_SESSION_CLOSED = DropReason.SESSION_CLOSED
+
+
+def _framed(payload: memoryview | bytes) -> bytes:
+    """A server-to-peer (unmasked) binary WebSocket frame around ``payload``."""
+    n = len(payload)
+    head = _HDR_SMALL.pack(_FIN_BINARY, n) if n < 126 else _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+    return head + payload
+
+
+class _Link(WSListener):
+    __slots__ = (
+        "alive",
+        "closed",
+        "frag",
+        "frag_over",
+        "frag_type",
+        "hub",
+        "paused",
+        "pending",
+        "queue",
+        "queued_bytes",
+        "raw",
+        "refused",
+        "silent_s",
+        "transport",
+    )
+    kind = "link"
+
+    def __init__(self, hub: RelayHubServer, refused: CloseCode | None) -> None:
+        self.hub = hub
+        self.refused = refused
+        self.transport: WSTransport | None = None
+        self.raw: Transport | None = None
+        self.alive = True
+        self.silent_s = 0.0
+        self.closed = False
+        self.paused = False
+        self.pending: bytearray | None = None
+        self.queue: deque[bytes] | None = None
+        self.queued_bytes = 0
+        self.frag: bytearray | None = None
+        self.frag_over = False
+        self.frag_type: WSMsgType | None = None
+
+    # -- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.raw = transport.underlying_transport
+        self.raw.set_write_buffer_limits(high=self.hub.write_high, low=self.hub.write_low)
+        if self.refused is not None:
+            self.close(self.refused, "unsupported protocol version")
+            return
+        self.attach()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        self.pending = None
+        self.queue = None
+        try:
+            if self.refused is None:
+                self.detach()
+        except Exception:
+            log.exception("relay: error while detaching a %s link", self.kind)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.alive = True
+        try:
+            if frame.msg_type == _BINARY and frame.fin and self.frag is None:
+                self._forward_fast(frame.get_payload_as_memoryview(), frame.last_in_buffer)
+            else:
+                self._other_frame(transport, frame)
+        except Exception:
+            # Never let one bad frame (or a bug) take the link or other links down.
+            self.hub.counters.drops[_MALFORMED] += 1
+            log.exception("relay: unexpected error handling a frame on a %s link", self.kind)
+        if frame.last_in_buffer and self.hub.dirty:
+            self.hub.flush()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        queue = self.queue
+        if queue and not self.closed and self.raw is not None:
+            data = b"".join(queue)
+            queue.clear()
+            self.queued_bytes = 0
+            self.raw.write(data)
+
+    # -- delivery to this link ---------------------------------------------------------------
+
+    def deliver(self, payload: memoryview | bytes, last: bool) -> None:
+        """Sends one relay frame to this link's peer (coalesced, or queued when paused)."""
+        if self.paused:
+            self._enqueue(_framed(payload))
+            return
+        pending = self.pending
+        if pending is None:
+            if last:
+                self.transport.send(_BINARY, payload)  # type: ignore[union-attr]
+                return
+            pending = self.pending = bytearray()
+            self.hub.mark_dirty(self)
+        n = len(payload)
+        if n < 126:
+            pending += _HDR_SMALL.pack(_FIN_BINARY, n)
+        else:
+            pending += _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+        pending += payload
+
+    def flush_pending(self) -> None:
+        data = self.pending
+        self.pending = None
+        if data and not self.closed and self.raw is not None:
+            self.raw.write(data)
+
+    def _enqueue(self, framed: bytes) -> None:
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        queue.append(framed)
+        self.queued_bytes += len(framed)
+        limit = self.hub.queue_limit
+        drops = self.hub.counters.drops
+        while self.queued_bytes > limit and len(queue) > 1:
+            self.queued_bytes -= len(queue.popleft())
+            drops[DropReason.QUEUE_FULL] += 1
+
+    def send_text(self, message: dict[str, Any]) -> bool:
+        if self.closed or self.transport is None:
+            return False
+        self.flush_pending()
+        self.transport.send(_TEXT, json.dumps(message, separators=(",", ":")).encode())
+        return True
+
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        if self.closed or self.transport is None:
+            return
+        self.flush_pending()
+        self.closed = True
+        # picows accepts any int here although its stub names its enum.
+        self.transport.send_close(cast(Any, int(code)), reason.encode()[:120])
+        self.transport.disconnect()
+
+    # -- everything but a complete binary frame ------------------------------------------------
+
+    def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == _CLOSE:
+            if not self.closed:
+                self.flush_pending()
+                self.closed = True
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+            return
+        if kind in (_BINARY, _TEXT, _CONT):
+            message = self._reassemble(frame)
+            if message is None:
+                return
+            if self.frag_type == _BINARY:
+                self._forward_fast(memoryview(message), False)
+            else:
+                self.on_text(bytes(message))
+            self.frag_type = None
+            return
+        # PING is answered by picows; a PONG only proves liveness, already noted.
+
+    def _reassemble(self, frame: WSFrame) -> bytearray | None:
+        """Collects a fragmented message (bounded); returns it when complete and valid."""
+        kind = frame.msg_type
+        if kind != _CONT:
+            if self.frag is not None:  # a new message before the last one finished
+                self.hub.counters.drops[_MALFORMED] += 1
+            self.frag = bytearray()
+            self.frag_over = False
+            self.frag_type = kind
+        elif self.frag is None:
+            self.hub.counters.drops[_MALFORMED] += 1  # continuation of nothing
+            return None
+        frag = self.frag
+        limit = MAX_FRAME_SIZE if self.frag_type == _BINARY else MAX_CONTROL_MESSAGE_SIZE
+        if self.frag_over or len(frag) + frame.payload_size > limit:
+            # Keep nothing more, but remember so the whole message is dropped once, at its end.
+            self.frag_over = True
+            frag.clear()
+        else:
+            frag += frame.get_payload_as_memoryview()
+        if not frame.fin:
+            return None
+        message, self.frag = frag, None
+        if self.frag_over:
+            self.hub.counters.drops[_MALFORMED] += 1
+            self.frag_type = None
+            return None
+        return message
+
+    # -- per kind ---------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+    def _forward_fast(self, payload: memoryview, last: bool) -> None:
+        raise NotImplementedError
+
+    def on_text(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class NodeLink(_Link):
+    """``/v1/relay/node``: a node's control messages and the data of all its sessions."""
+
+    __slots__ = ("node",)
+    kind = "node"
+
+    def __init__(self, hub: RelayHubServer, node: NodeEntry, refused: CloseCode | None) -> None:
+        super().__init__(hub, refused)
+        self.node = node
+
+    def attach(self) -> None:
+        self.hub.attach_node_link(self)
+
+    def detach(self) -> None:
+        self.hub.detach_node_link(self)
+
+    def on_text(self, data: bytes) -> None:
+        self.hub.node_text(self, data)
+
+    def _forward_fast(self, payload: memoryview, last: bool) -> None:
+        counters = self.hub.counters
+        try:
+            channel, count = validate(payload)
+        except FrameError as exc:
+            counters.drops[exc.reason] += 1
+            return
+        session = self.node.channels.get(channel)
+        if session is None:
+            reason = _SESSION_CLOSED if channel in self.node.closed_channels else _WRONG_CHANNEL
+            counters.drops[reason] += 1
+            return
+        dest = session.client_link
+        if dest is None or dest.closed:
+            counters.drops[_NO_PEER] += 1
+            return
+        size = len(payload)
+        session.datagrams += count
+        session.bytes += size
+        counters.datagrams_to_client += count
+        counters.bytes_to_client += size
+        dest.deliver(payload, last)
+
+
+class SessionLink(_Link):
+    """``/v1/relay/session``: one client's session."""
+
+    __slots__ = ("session",)
+    kind = "session"
+
+    def __init__(
+        self, hub: RelayHubServer, session: SessionEntry, refused: CloseCode | None
+    ) -> None:
+        super().__init__(hub, refused)
+        self.session = session
+
+    def attach(self) -> None:
+        self.hub.attach_session_link(self)
+
+    def detach(self) -> None:
+        self.hub.detach_session_link(self)
+
+    def _forward_fast(self, payload: memoryview, last: bool) -> None:
+        counters = self.hub.counters
+        try:
+            channel, count = validate(payload)
+        except FrameError as exc:
+            counters.drops[exc.reason] += 1
+            return
+        session = self.session
+        if session.closed:
+            counters.drops[_SESSION_CLOSED] += 1
+            return
+        if channel != session.channel:
+            counters.drops[_WRONG_CHANNEL] += 1
+            return
+        dest = session.node.link
+        if dest is None or dest.closed:
+            counters.drops[_NO_PEER] += 1
+            return
+        size = len(payload)
+        session.datagrams += count
+        session.bytes += size
+        counters.datagrams_to_node += count
+        counters.bytes_to_node += size
+        dest.deliver(payload, last)
+
+    def on_text(self, data: bytes) -> None:
+        self.hub.session_text(self, data)

@@ -1,0 +1,64 @@
+"""Relay metrics, read from plain integers at scrape time.
+
+The data path counts with ``+=`` on ints; a prometheus ``Counter.inc()`` per frame takes a
+lock and would cost more than forwarding the frame. A custom collector turns the ints into
+metric families only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from higgs.protocol.relay import DropReason
+
+__all__ = ["RelayCounters", "RelayMetricsCollector"]
+
+TO_NODE = "client_to_node"
+TO_CLIENT = "node_to_client"
+
+
+@dataclass(slots=True)
+class RelayCounters:
+    datagrams_to_node: int = 0
+    datagrams_to_client: int = 0
+    bytes_to_node: int = 0
+    bytes_to_client: int = 0
+    node_links: int = 0
+    session_links: int = 0
+    drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
+
+
+class RelayMetricsCollector(Collector):
+    """``higgs_relay_*`` families; counts frames for drops (a frame may hold several datagrams)."""
+
+    def __init__(self, counters: RelayCounters) -> None:
+        self._c = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._c
+        dropped = CounterMetricFamily(
+            "higgs_relay_dropped", "Relay frames dropped, by reason", labels=["reason"]
+        )
+        for reason, value in c.drops.items():
+            dropped.add_metric([reason.value], value)
+        yield dropped
+        datagrams = CounterMetricFamily(
+            "higgs_relay_datagrams", "WireGuard datagrams forwarded", labels=["direction"]
+        )
+        datagrams.add_metric([TO_NODE], c.datagrams_to_node)
+        datagrams.add_metric([TO_CLIENT], c.datagrams_to_client)
+        yield datagrams
+        sent = CounterMetricFamily(
+            "higgs_relay_bytes", "Relay frame payload bytes forwarded", labels=["direction"]
+        )
+        sent.add_metric([TO_NODE], c.bytes_to_node)
+        sent.add_metric([TO_CLIENT], c.bytes_to_client)
+        yield sent
+        links = GaugeMetricFamily("higgs_relay_links", "Open relay links", labels=["kind"])
+        links.add_metric(["node"], c.node_links)
+        links.add_metric(["session"], c.session_links)
+        yield links

@@ -1,0 +1,84 @@
+"""Control messages: known types validate, unknown types pass through, junk is a typed error."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from higgs.protocol.control import (
+    ControlError,
+    Hello,
+    PeerAdd,
+    PeerRemove,
+    PeerStats,
+    SessionClosed,
+    Sync,
+    UnknownMessage,
+    dump,
+    parse,
+)
+
+KEY = base64.b64encode(bytes(range(32))).decode()
+PEER = {"session_id": "s_1", "channel": 17, "public_key": KEY, "address": "10.77.0.5/32"}
+
+
+def test_each_known_message_parses_into_its_model() -> None:
+    hello = parse('{"type":"hello","version":1,"node_id":"n_1","heartbeat_interval_s":15}')
+    assert isinstance(hello, Hello)
+    assert (hello.version, hello.node_id, hello.heartbeat_interval_s) == (1, "n_1", 15)
+    add = parse(json.dumps({"type": "peer_add", **PEER, "relayed": True}))
+    assert isinstance(add, PeerAdd)
+    assert (add.channel, add.relayed) == (17, True)
+    sync = parse(json.dumps({"type": "sync", "peers": [PEER]}))
+    assert isinstance(sync, Sync)
+    assert sync.peers[0].address == "10.77.0.5/32"
+    remove = parse(json.dumps({"type": "peer_remove", **PEER, "reason": "closed"}))
+    assert isinstance(remove, PeerRemove)
+    stats = parse(
+        json.dumps(
+            {
+                "type": "peer_stats",
+                "peers": [{"public_key": KEY, "rx_bytes": 1, "tx_bytes": 2, "last_handshake_s": 3}],
+            }
+        )
+    )
+    assert isinstance(stats, PeerStats)
+    assert stats.peers[0].tx_bytes == 2
+    closed = parse('{"type":"session_closed","reason":"expired"}')
+    assert isinstance(closed, SessionClosed)
+
+
+def test_unknown_types_and_fields_are_tolerated() -> None:
+    message = parse('{"type":"future_thing","x":1}')
+    assert isinstance(message, UnknownMessage)
+    assert message.raw == {"type": "future_thing", "x": 1}
+    hello = parse('{"type":"hello","version":1,"new_field":true}')
+    assert isinstance(hello, Hello)
+
+
+def test_round_trip_through_dump() -> None:
+    add = PeerAdd(**PEER)
+    assert parse(dump(add)) == add
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"x": 1}', '"type"'),
+        ('{"type": 5}', '"type"'),
+        ('{"type":"hello"}', "version"),
+        (json.dumps({"type": "peer_add", **PEER, "channel": -1}), "channel"),
+        (json.dumps({"type": "peer_add", **PEER, "public_key": "short"}), "public_key"),
+        (json.dumps({"type": "peer_add", **PEER, "address": "banana"}), "address"),
+        (json.dumps({"type": "peer_stats", "peers": [{"public_key": KEY}]}), "rx_bytes"),
+        ("x" * (2 << 20), "larger than"),
+    ],
+)
+def test_bad_messages_raise_control_error_naming_the_problem(text: str | bytes, words: str) -> None:
+    with pytest.raises(ControlError, match=words):
+        parse(text)
