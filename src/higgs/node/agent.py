@@ -41,6 +41,7 @@ from higgs.node.peers import PeerManager, PeerRow
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
+from higgs.osnet.discovery import UplinkWatcher
 
 __all__ = ["Agent", "check_privileges", "run_agent"]
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "private.key"
 BUDGET_FILE = "budget.json"
-UPLINK_POLL_S = 5.0
+UPLINK_POLL_S = 2.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
 
@@ -201,25 +202,26 @@ class Agent:
                 log.warning("cannot write the status file", extra={"why": str(exc)})
             await asyncio.sleep(STATUS_EVERY_S)
 
+    async def _uplink_changed(self, old: Uplink | None, new: Uplink | None) -> None:
+        if new is None:
+            # No default route right now (a link flapping): keep the current NAT.
+            log.warning("uplink lost; keeping the NAT rules until it is back")
+            return
+        if old is not None and old.name == new.name and old.addresses == new.addresses:
+            return
+        log.info(
+            "uplink changed; moving NAT",
+            extra={"old": self.uplink.name if self.uplink else None, "new": new.name},
+        )
+        await asyncio.to_thread(self.host.move_uplink, new)
+        self.uplink = new
+
     async def _watch_uplink(self) -> None:
-        while True:
-            await asyncio.sleep(UPLINK_POLL_S)
-            try:
-                uplink = await asyncio.to_thread(self.host.uplink)
-            except HiggsError as exc:
-                # No default route right now (a link flapping): keep the current NAT.
-                log.warning("uplink lost", extra={"why": str(exc)})
-                continue
-            if self.uplink is None or (uplink.name, uplink.addresses) != (
-                self.uplink.name,
-                self.uplink.addresses,
-            ):
-                log.info(
-                    "uplink changed; moving NAT",
-                    extra={"old": self.uplink.name if self.uplink else None, "new": uplink.name},
-                )
-                await asyncio.to_thread(self.host.move_uplink, uplink)
-                self.uplink = uplink
+        watcher = UplinkWatcher(
+            self._uplink_changed, exclude=[self.settings.interface], interval=UPLINK_POLL_S
+        )
+        watcher.current = self.uplink
+        await watcher.run()
 
     def _watch(self, task: asyncio.Task[Any]) -> None:
         """A background task that ends on its own ends the agent (with its error)."""

@@ -17,11 +17,8 @@ import httpx
 
 from higgs.node.agent import check_privileges
 from higgs.node.host import NodeHost
-from higgs.node.policy import firewall_name
 from higgs.node.settings import NodeSettings
 from higgs.osnet import netlink, sysctl
-from higgs.osnet.firewall.plan import table_name
-from higgs.osnet.runner import SubprocessRunner
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -175,27 +172,16 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
         if not uplink_name:
             return CheckResult("nat", False, "no uplink to check against", "see above")
         up = uplink_name[0]
-        runner = SubprocessRunner(log_level=10)
-        table = table_name(firewall_name(host.names.instance))
-        out = runner.run(["nft", "list", "table", "inet", table], check=False)
-        if out.ok:
-            ok = f'oifname "{up}"' in out.stdout and "masquerade" in out.stdout
-            where = f"nft table inet {table}"
-        else:
-            saved = runner.run(["iptables-save", "-t", "nat"], check=False).stdout
-            ok = any(
-                "MASQUERADE" in line and f"-o {up}" in line and table.upper() in line.upper()
-                for line in saved.splitlines()
-            )
-            where = "iptables nat table"
+        status = host.firewall_status()
         subnet = settings.tunnel_subnet
-        if ok:
-            return CheckResult("nat", True, f"masquerade of {subnet} on {up} ({where})")
+        fix = "systemctl restart higgsnode   (the node re-applies its rules on start)"
+        if status is None:
+            return CheckResult("nat", False, "no firewall rules of the node present", fix)
+        if status.masquerades_on(up):
+            return CheckResult("nat", True, f"masquerade of {subnet} on {up} ({status.backend})")
+        on = ", ".join(oif for _, oif in status.masquerade) or "nothing"
         return CheckResult(
-            "nat",
-            False,
-            f"no masquerade of {subnet} on the uplink {up} ({where})",
-            "systemctl restart higgsnode   (the node re-applies its rules on start)",
+            "nat", False, f"masquerade on {on}, not on the uplink {up} ({status.backend})", fix
         )
 
     def dns() -> CheckResult:

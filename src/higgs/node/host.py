@@ -11,16 +11,16 @@ import ipaddress
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from higgs.common.keys import PrivateKey
-from higgs.node.policy import build_policy
+from higgs.node.policy import build_policy, own_addresses
 from higgs.node.settings import NodeSettings
-from higgs.node.shaping import Shaper, plan_for
-from higgs.osnet import discovery, sweep, sysctl
-from higgs.osnet.firewall import FirewallBackend, select_backend
-from higgs.osnet.firewall.plan import NodePolicy
+from higgs.node.shaping import Shaper, ifb_name, plan_for
+from higgs.osnet import discovery, firewall, netlink, sysctl, undo
+from higgs.osnet.discovery import Uplink
+from higgs.osnet.firewall import FirewallBackend, FirewallNames, FirewallStatus, get_backend
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
@@ -47,14 +47,6 @@ def instance_for(interface: str) -> str:
     return (stem or "x")[:12]
 
 
-@dataclass(frozen=True)
-class Uplink:
-    name: str
-    addresses: tuple[IPInterface, ...]
-    mtu: int
-    gateway: str | None
-
-
 class WgPeerTable:
     """:class:`higgs.node.peers.PeerTable` over osnet's WireGuard interface."""
 
@@ -71,6 +63,23 @@ class WgPeerTable:
         self._wg.remove_peer(public_key)
 
 
+def all_addresses(exclude: Sequence[str] = ()) -> list[IPInterface]:
+    """Every address on every interface of this host (namespace), except ``exclude``'s."""
+    skip = set(exclude)
+
+    def dump(ipr: Any) -> list[IPInterface]:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        out: list[IPInterface] = []
+        for msg in ipr.addr("dump"):
+            addr = msg.get("address")
+            if addr is None or names.get(msg.get("index")) in skip:
+                continue
+            out.append(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
+        return out
+
+    return netlink.call(dump)
+
+
 class NodeHost:
     def __init__(self, settings: NodeSettings, *, runner: Runner | None = None) -> None:
         self.settings = settings
@@ -78,10 +87,10 @@ class NodeHost:
         self.names = OwnedNames.for_instance(
             "node", instance_for(settings.interface), settings.interface
         )
+        self.fw_names = FirewallNames.of(self.names)
         self.journal: Journal | None = None
         self.wg: WireGuard | None = None
         self.firewall: FirewallBackend | None = None
-        self.policy: NodePolicy | None = None
 
     @property
     def journal_path(self) -> Path:
@@ -101,17 +110,23 @@ class NodeHost:
     # ---- discovery (read only) ---------------------------------------------------------
 
     def uplink(self) -> Uplink:
-        """The interface of the default route; DiscoveryError when there is none."""
-        found = discovery.default_uplink()
-        return Uplink(
-            name=found.name,
-            addresses=tuple(found.addresses),
-            mtu=found.mtu,
-            gateway=str(found.gateway) if found.gateway else None,
-        )
+        """The interface of the default route; DiscoveryError (nothing changed) when none."""
+        return discovery.default_uplink(exclude=[self.settings.interface])
 
     def host_addresses(self) -> list[IPInterface]:
-        return list(discovery.local_addresses())
+        return all_addresses(exclude=[self.settings.interface])
+
+    def firewall_status(self) -> FirewallStatus | None:
+        """What our firewall rules look like in the kernel (for diagnose), by either backend."""
+        for name in ("nft", "iptables"):
+            try:
+                backend = get_backend(name, self.fw_names, self.runner)
+                status = backend.status()
+            except Exception:  # noqa: S112 - a backend this host lacks simply has no rules
+                continue
+            if status.applied:
+                return status
+        return None
 
     # ---- recovery ----------------------------------------------------------------------
 
@@ -126,7 +141,22 @@ class NodeHost:
                 journal.replay()
             except Exception as exc:
                 problems.append(str(exc))
-        problems += sweep.sweep(self.names, runner=self.runner)
+        problems += self.sweep()
+        return problems
+
+    def sweep(self) -> list[str]:
+        """Removes everything carrying our names, without any state (the last defence)."""
+        problems = firewall.sweep(self.fw_names, self.runner)
+        ctx = undo.UndoContext(self.runner)
+        iface = self.settings.interface
+        for spec in (
+            undo.wireguard_go(iface, self.names.wg_socket),
+            undo.link_delete(ifb_name(iface)),
+        ):
+            try:
+                undo.apply(spec, ctx)
+            except Exception as exc:
+                problems.append(f"sweep {spec['op']} {spec['name']}: {exc}")
         return problems
 
     # ---- setup steps -------------------------------------------------------------------
@@ -151,30 +181,24 @@ class NodeHost:
         """Turns IPv4 forwarding on; returns the value found (restored on stop)."""
         return sysctl.set(self.open_journal(), FORWARDING, "1", runner=self.runner)
 
-    def apply_firewall(self, uplink: Uplink) -> NodePolicy:
+    def apply_firewall(self, uplink: Uplink) -> None:
         journal = self.open_journal()
-        self.policy = build_policy(
+        policy = build_policy(
             self.settings,
-            instance=self.names.instance,
+            names=self.fw_names,
             uplink=uplink.name,
             host_addresses=self.host_addresses(),
         )
-        self.firewall = select_backend(self.settings.firewall, journal=journal, runner=self.runner)
-        self.firewall.apply(self.policy)
-        return self.policy
+        self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
+        self.firewall.apply(policy)
+        log.info("firewall applied", extra={"backend": self.firewall.name, "uplink": uplink.name})
 
     def move_uplink(self, uplink: Uplink) -> None:
         """The default route moved: NAT follows it (established tunnels stay up)."""
-        if self.firewall is None or self.policy is None:
+        if self.firewall is None:
             return
-        policy = build_policy(
-            self.settings,
-            instance=self.names.instance,
-            uplink=uplink.name,
-            host_addresses=self.host_addresses(),
-        )
-        self.firewall.update_uplink(policy)
-        self.policy = policy
+        own = own_addresses(self.settings, self.host_addresses())
+        self.firewall.update_uplink(uplink.name, own)
 
     # ---- teardown ----------------------------------------------------------------------
 
@@ -182,6 +206,6 @@ class NodeHost:
         """Undoes every change, newest first; raises UndoError listing all failed steps."""
         if self.journal is None:
             return
-        self.journal.undo_all()
         self.wg = None
         self.firewall = None
+        self.journal.undo_all()

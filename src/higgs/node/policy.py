@@ -10,16 +10,11 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from higgs.node.settings import NodeSettings
-from higgs.osnet.firewall.plan import DnsRedirect, NodePolicy
+from higgs.osnet.firewall.plan import DnsRedirect, FirewallNames, NodePolicy
 
-__all__ = ["build_policy", "firewall_name", "lan_prefixes"]
+__all__ = ["build_policy", "lan_prefixes", "own_addresses"]
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-def firewall_name(instance: str) -> str:
-    """The owned firewall name: ``node`` or ``node_<instance>`` (table ``higgs_node…``)."""
-    return f"node_{instance}"[:16] if instance else "node"
 
 
 def lan_prefixes(addresses: Iterable[IPInterface]) -> tuple[ipaddress.IPv4Network, ...]:
@@ -34,23 +29,32 @@ def lan_prefixes(addresses: Iterable[IPInterface]) -> tuple[ipaddress.IPv4Networ
     return tuple(sorted(nets))
 
 
-def build_policy(
-    settings: NodeSettings,
-    *,
-    instance: str,
-    uplink: str,
-    host_addresses: Sequence[IPInterface],
-) -> NodePolicy:
+def own_addresses(
+    settings: NodeSettings, host_addresses: Sequence[IPInterface]
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The node's own addresses clients must not reach (the tunnel address stays reachable
+    for DNS and ping; the firewall plan handles it separately)."""
     tunnel = settings.node_address
-    own = tuple(
+    return tuple(
         a.ip
         for a in host_addresses
         if a.ip != tunnel.ip and not a.ip.is_loopback and not a.ip.is_link_local
     )
+
+
+def build_policy(
+    settings: NodeSettings,
+    *,
+    names: FirewallNames,
+    uplink: str,
+    host_addresses: Sequence[IPInterface],
+) -> NodePolicy:
+    tunnel = settings.node_address
+    own = own_addresses(settings, host_addresses)
     lans = tuple(n for n in lan_prefixes(host_addresses) if n != tunnel.network)
     dns = DnsRedirect(tunnel.ip, settings.dns.port) if settings.dns.enabled else None
     return NodePolicy(
-        name=firewall_name(instance),
+        names=names,
         tunnel_if=settings.interface,
         tunnel_v4=tunnel,
         uplink_if=uplink,
