@@ -54,6 +54,10 @@ class NodeApiServer:
         def bearer(request: Request) -> str:
             return request.headers.get("authorization", "").removeprefix("Bearer ")
 
+        @app.get("/healthz")
+        async def healthz() -> Response:
+            return JSONResponse({"status": "ok"})
+
         @app.post("/v1/nodes/register")
         async def register(request: Request) -> Response:
             token = bearer(request)
@@ -118,3 +122,28 @@ class NodeApiServer:
             self._server.should_exit = True
             await asyncio.wait_for(self._task, 10)
             self._server = None
+
+
+def _main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="node-facing API test server")
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--enroll-key", required=True)
+    parser.add_argument("--interval", type=int, default=2)
+    args = parser.parse_args()
+    srv = NodeApiServer(
+        enroll_key=args.enroll_key, interval=args.interval, host=args.host, port=args.port
+    )
+
+    async def run() -> None:
+        await srv.start()
+        assert srv._task is not None
+        await srv._task
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    _main()
