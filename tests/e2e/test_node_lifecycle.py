@@ -69,9 +69,10 @@ def test_start_serves_and_stop_restores_the_host(lab: Lab, tmp_path: Path, backe
 
     stop = node.cli("stop")
     assert stop.returncode == 0, stop.stderr
-    assert node.proc is not None
-    wait_until("higgsnode to exit", lambda: not node.proc.alive(), 30)  # type: ignore[union-attr]
-    assert node.proc.popen.returncode == 0, node.proc.log_text()[-3000:]
+    proc = node.proc
+    assert proc is not None
+    wait_until("higgsnode to exit", lambda: not proc.alive(), 30)
+    assert proc.popen.returncode == 0, proc.log_text()[-3000:]
     assert host_state(lab.node) == before
     assert node.status()["running"] is False
 
@@ -105,9 +106,9 @@ def test_sigkill_then_restart_recovers_and_stops_clean(lab: Lab, tmp_path: Path)
     os.kill(proc.pid, signal.SIGKILL)
     wait_until("higgsnode to die", lambda: not proc.alive(), 10)
 
-    node.start(*node_flags(url, "nft"))
+    restarted = node.start(*node_flags(url, "nft"))
     second = node.wait_server_online()
     assert second["server"]["node_id"] == first["server"]["node_id"]  # same identity
     assert node.cli("stop").returncode == 0
-    wait_until("higgsnode to exit", lambda: not node.proc.alive(), 30)  # type: ignore[union-attr]
+    wait_until("higgsnode to exit", lambda: not restarted.alive(), 30)
     assert host_state(lab.node) == before
