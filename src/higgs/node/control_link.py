@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -182,10 +183,13 @@ class ControlLink:
             self.counters["control_unexpected"] += 1
 
     async def _report(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.stats_interval_s)
-            if not self._link.connected:
+            # Short naps: the interval may change (hello) while we wait.
+            await asyncio.sleep(0.5)
+            if time.monotonic() - last < self.stats_interval_s or not self._link.connected:
                 continue
+            last = time.monotonic()
             try:
                 rows = await asyncio.to_thread(self._peer_rows)
             except Exception as exc:
