@@ -4,8 +4,9 @@
   the enrollment key. The answer (node id, node token, relay URL, heartbeat interval) is kept in
   ``<state-dir>/identity.json`` (0600), so a restart keeps the same identity without spending
   another use of the enrollment key.
-- **Heartbeat** at the interval the server gives, with real metrics. A 401 or 404 means the
-  server has forgotten the node (its database was reset, the node was deleted): register again.
+- **Heartbeat** at the interval the server gives, with real metrics. A 401, 403, 404 or 409
+  means the server has forgotten or stopped the node (its database was reset, the node was
+  deleted or deregistered): register again.
 - **Unreachable server** (connection errors, timeouts, 5xx, 429): retry with exponential backoff
   and jitter. Nothing on the host depends on the server, so direct-mode sessions keep working.
 - **Rejected enrollment** (401/403 with the enrollment key, or a 4xx naming a bad field): a
@@ -258,7 +259,9 @@ class ServerLink:
             json=body,
             token=self.identity.node_token,
         )
-        if response.status_code in (401, 404):
+        # 401/404: the server lost or revoked us; 403: our token names another node;
+        # 409 node_stopped: we were deregistered. Registering again fixes each of them.
+        if response.status_code in (401, 403, 404, 409):
             raise _Forgotten(_error_message(response))
         if response.status_code == 422:
             # Our metrics did not validate: a bug on one side; the link itself is fine.
