@@ -18,8 +18,10 @@ from higgs.common.keys import PrivateKey
 from higgs.node.policy import build_policy, own_addresses
 from higgs.node.settings import NodeSettings
 from higgs.node.shaping import Shaper, ifb_name, plan_for
+from higgs.osnet import cleanup as osnet_cleanup
 from higgs.osnet import discovery, firewall, netlink, sysctl, undo
 from higgs.osnet.discovery import Uplink
+from higgs.osnet.errors import OsnetError
 from higgs.osnet.firewall import FirewallBackend, FirewallNames, FirewallStatus, get_backend
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
@@ -131,32 +133,22 @@ class NodeHost:
     # ---- recovery ----------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Undoes what a crashed predecessor journaled, then sweeps anything named ours.
-        Returns the problems met (empty when the host is clean)."""
-        problems: list[str] = []
-        journal = self.open_journal()
-        if len(journal):
-            log.warning("undoing %d change(s) left by an earlier run", len(journal))
-            try:
-                journal.replay()
-            except Exception as exc:
-                problems.append(str(exc))
-        problems += self.sweep()
-        return problems
-
-    def sweep(self) -> list[str]:
-        """Removes everything carrying our names, without any state (the last defence)."""
-        problems = firewall.sweep(self.fw_names, self.runner)
-        ctx = undo.UndoContext(self.runner)
-        iface = self.settings.interface
-        for spec in (
-            undo.wireguard_go(iface, self.names.wg_socket),
-            undo.link_delete(ifb_name(iface)),
-        ):
-            try:
-                undo.apply(spec, ctx)
-            except Exception as exc:
-                problems.append(f"sweep {spec['op']} {spec['name']}: {exc}")
+        """Undoes what a crashed predecessor journaled, then sweeps anything named ours
+        (osnet's cleanup, plus the firewall and the shaping IFB, which carry our names too).
+        Returns the problems met (empty when the host is clean). Raises JournalError when a
+        live agent owns the journal: sweeping under it would pull its interface away."""
+        self.close()
+        report = osnet_cleanup.cleanup(self.journal_path, self.names, runner=self.runner)
+        if report.undone:
+            log.warning("undid %d change(s) left by an earlier run", report.undone)
+        problems = [str(e) for e in report.errors]
+        problems += firewall.sweep(self.fw_names, self.runner)
+        try:
+            undo.apply(
+                undo.link_delete(ifb_name(self.settings.interface)), undo.UndoContext(self.runner)
+            )
+        except OsnetError as exc:
+            problems.append(f"removing {ifb_name(self.settings.interface)}: {exc}")
         return problems
 
     # ---- setup steps -------------------------------------------------------------------

@@ -12,8 +12,9 @@ from typing import Any
 from higgs.lab.host import Host
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
+from higgs.osnet.hoststate import HostState, snapshot
 
-__all__ = ["REPO", "NodeRun", "host_state", "wait_until"]
+__all__ = ["REPO", "NodeRun", "host_state", "osnet_state", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[3]
 PY = sys.executable
@@ -79,6 +80,11 @@ def _nft(text: str) -> str:
         for body in item.values():
             body.pop("handle", None)
     return json.dumps(kept, sort_keys=True, indent=1)
+
+
+def osnet_state(host: Host) -> HostState:
+    """osnet's own snapshot of the namespace (the project's definition of "identical")."""
+    return snapshot(netns=host.ns)
 
 
 def host_state(host: Host) -> dict[str, str]:
