@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from higgs import __version__
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey, load_or_create_private_key
@@ -42,6 +44,7 @@ from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
 from higgs.osnet.discovery import UplinkWatcher
+from higgs.protocol.api import NodeRegisterRequest
 
 __all__ = ["Agent", "check_privileges", "run_agent"]
 
@@ -79,6 +82,29 @@ def check_settings(settings: NodeSettings) -> None:
         raise AgentError("no server given: set --server URL (or `server` in the config file)")
 
 
+def registration_request(settings: NodeSettings, public_key: str) -> NodeRegisterRequest:
+    """What the node announces; validated here so a value the server would refuse stops the
+    node before it touches the host."""
+    s = settings
+    try:
+        return NodeRegisterRequest(
+            public_key=public_key,
+            listen_port=s.listen_port,
+            endpoint=s.endpoint,
+            tunnel_subnet=str(s.tunnel_subnet),
+            tunnel_mtu=s.mtu,
+            max_clients=s.max_clients,
+            bandwidth_mbps=s.bandwidth_mbps,
+            country=s.country,
+            region=s.region,
+            version=__version__,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise AgentError(f"invalid settings: field '{field}': {first['msg']}") from None
+
+
 class Agent:
     def __init__(self, settings: NodeSettings, host: NodeHost, key: PrivateKey) -> None:
         self.settings = settings
@@ -112,20 +138,8 @@ class Agent:
         metrics = collect(rows, self.budget)
         return heartbeat_body(metrics, rows)
 
-    def registration(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "public_key": self.key.public_b64(),
-            "listen_port": s.listen_port,
-            "endpoint": s.endpoint,
-            "tunnel_subnet": str(s.tunnel_subnet),
-            "tunnel_mtu": s.mtu,
-            "max_clients": s.max_clients,
-            "bandwidth_mbps": s.bandwidth_mbps,
-            "country": s.country,
-            "region": s.region,
-            "version": __version__,
-        }
+    def registration(self) -> NodeRegisterRequest:
+        return registration_request(self.settings, self.key.public_b64())
 
     def make_server_link(self) -> ServerLink:
         s = self.settings
@@ -357,6 +371,7 @@ async def _main(settings: NodeSettings) -> None:
                     "removed: " + "; ".join(problems)
                 )
             key = load_or_create_private_key(settings.state_dir / KEY_FILE)
+            registration_request(settings, key.public_b64())
             await Agent(settings, host, key).run(uplink)
         finally:
             host.close()

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import psutil  # type: ignore[import-untyped]
 
+from higgs.protocol.api import HeartbeatRequest
+
 __all__ = ["Budget", "NodeMetrics", "PeerCounters", "collect", "heartbeat_body", "peer_stats"]
 
 log = logging.getLogger(__name__)
@@ -159,15 +161,17 @@ def peer_stats(peers: Sequence[PeerCounters], now: float | None = None) -> list[
 
 
 def heartbeat_body(metrics: NodeMetrics, peers: Sequence[PeerCounters]) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/nodes/{id}/heartbeat``."""
-    body: dict[str, Any] = {
-        "cpu_percent": min(100.0, metrics.cpu_percent),
-        "memory_percent": min(100.0, metrics.memory_percent),
-        "peers": metrics.peers,
-        "rx_bytes": metrics.rx_bytes,
-        "tx_bytes": metrics.tx_bytes,
-        "budget_left_mb": metrics.budget_left_mb,
-        "budget_total_mb": metrics.budget_total_mb,
-        "peer_stats": peer_stats(peers),
-    }
-    return body
+    """The JSON body of ``POST /v1/nodes/{id}/heartbeat`` (validated against the API model)."""
+    request = HeartbeatRequest.model_validate(
+        {
+            "cpu_percent": min(100.0, metrics.cpu_percent),
+            "memory_percent": min(100.0, metrics.memory_percent),
+            "peers": metrics.peers,
+            "rx_bytes": metrics.rx_bytes,
+            "tx_bytes": metrics.tx_bytes,
+            "budget_left_mb": metrics.budget_left_mb,
+            "budget_total_mb": metrics.budget_total_mb,
+            "peer_stats": peer_stats(peers),
+        }
+    )
+    return request.model_dump(mode="json", exclude_none=True)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import write_secret_file
+from higgs.protocol.api import NodeRegisterRequest, NodeRegisterResponse
 
 __all__ = [
     "EnrollmentRejected",
@@ -64,16 +65,6 @@ class _Transient(Exception):
 
 class _Forgotten(Exception):
     """The server does not know this node (or its token) any more."""
-
-
-class _Registered(BaseModel):
-    # The fields of protocol.api.NodeRegisterResponse this node needs; extra ones are ignored.
-    model_config = ConfigDict(extra="ignore")
-
-    node_id: str
-    node_token: str
-    heartbeat_interval_s: float
-    relay_url: str
 
 
 @dataclass(frozen=True)
@@ -150,7 +141,7 @@ class ServerLink:
         server: str,
         *,
         enroll_key: str | None,
-        registration: dict[str, Any],
+        registration: NodeRegisterRequest,
         state_dir: Path,
         heartbeat_body: Callable[[], Awaitable[dict[str, Any]]],
         on_identity: Callable[[Identity], Awaitable[None]] | None = None,
@@ -159,7 +150,7 @@ class ServerLink:
     ) -> None:
         self.server = server.rstrip("/")
         self._enroll_key = enroll_key
-        self._registration = registration
+        self._registration = registration.model_dump(mode="json")
         self._state_dir = state_dir
         self._heartbeat_body = heartbeat_body
         self._on_identity = on_identity
@@ -209,7 +200,7 @@ class ServerLink:
 
     async def _store(self, response: httpx.Response) -> Identity:
         try:
-            answer = _Registered.model_validate(response.json())
+            answer = NodeRegisterResponse.model_validate(response.json())
         except (ValueError, ValidationError) as exc:
             raise _Transient(f"unexpected registration answer: {exc}") from None
         ident = Identity(
@@ -253,7 +244,11 @@ class ServerLink:
     async def heartbeat(self) -> float:
         """Sends one heartbeat; returns the next interval. Raises _Forgotten or _Transient."""
         assert self.identity is not None
-        body = await self._heartbeat_body()
+        try:
+            body = await self._heartbeat_body()
+        except Exception as exc:  # metrics are best effort; the heartbeat itself must go out
+            log.warning("cannot collect metrics", extra={"why": f"{type(exc).__name__}: {exc}"})
+            body = {}
         response = await self._post(
             f"/v1/nodes/{self.identity.node_id}/heartbeat",
             json=body,

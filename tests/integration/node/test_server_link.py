@@ -12,10 +12,13 @@ import pytest
 
 from higgs.common.backoff import Backoff
 from higgs.node.server_link import EnrollmentRejected, ServerLink, load_identity
+from higgs.protocol.api import NodeRegisterRequest
 from tests.integration.node.fake_server import NodeApiServer
 
 PUBKEY = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-REGISTRATION = {"public_key": PUBKEY, "listen_port": 51820, "tunnel_subnet": "10.77.0.0/24"}
+REGISTRATION = NodeRegisterRequest(
+    public_key=PUBKEY, listen_port=51820, tunnel_subnet="10.77.0.0/24"
+)
 
 
 async def body() -> dict[str, Any]:

@@ -15,21 +15,25 @@ class Row:
     latest_handshake: int
 
 
+KA = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+KB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
+
 def test_collect_sums_counters_and_ages_handshakes(tmp_path: Path) -> None:
-    peers = [Row("a", 100, 50, 1000), Row("b", 10, 5, 0)]
+    peers = [Row(KA, 100, 50, 1000), Row(KB, 10, 5, 0)]
     m = collect(peers, now=1030.0)
     assert (m.peers, m.rx_bytes, m.tx_bytes) == (2, 110, 55)
-    assert m.handshake_ages == {"a": 30.0, "b": None}
+    assert m.handshake_ages == {KA: 30.0, KB: None}
     assert 0 <= m.cpu_percent <= 100 * 64
     assert 0 < m.memory_percent <= 100
     assert m.budget_left_mb is None
     body = heartbeat_body(m, peers)
+    assert "budget_left_mb" not in body  # no cap: omitted, the server reads it as unlimited
     assert body["peer_stats"][1] == {
-        "public_key": "b",
+        "public_key": KB,
         "rx_bytes": 10,
         "tx_bytes": 5,
-        "last_handshake_s": None,
-    }
+    }  # no handshake yet: last_handshake_s omitted (null)
 
 
 def test_budget_counts_deltas_survives_restart_and_counter_resets(tmp_path: Path) -> None:
