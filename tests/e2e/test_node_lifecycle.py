@@ -117,3 +117,39 @@ def test_sigkill_then_restart_recovers_and_stops_clean(lab: Lab, tmp_path: Path)
     assert node.cli("stop").returncode == 0
     wait_until("higgsnode to exit", lambda: not restarted.alive(), 30)
     assert host_state(lab.node) == before
+
+
+def test_nat_follows_the_default_route_to_another_interface(lab: Lab, tmp_path: Path) -> None:
+    url, _ = start_api(lab)
+    node = NodeRun(lab, tmp_path / "state")
+    node.start(*node_flags(url, "nft"))
+    node.wait_server_online()
+    table = f"higgsnode_{node.interface.replace('-', '_')}"
+
+    def masquerades_on(ifname: str) -> bool:
+        ruleset = lab.node.run(["nft", "list", "table", "inet", table]).stdout
+        return f'oifname "{ifname}"' in ruleset and "masquerade" in ruleset
+
+    assert masquerades_on("eth0")
+    # A second uplink appears and the default route moves to it (lower metric wins).
+    lab.node.run(
+        ["ip", "-batch", "-"],
+        input=(
+            "link add up-2.x type veth peer name up-2.y\n"
+            "link set up-2.x up\nlink set up-2.y up\n"
+            "addr add 172.31.9.2/24 dev up-2.x\n"
+            "route add default via 172.31.9.1 dev up-2.x metric 5 onlink\n"
+        ),
+    )
+    try:
+        wait_until("NAT to move to up-2.x", lambda: masquerades_on("up-2.x"), 20)
+        assert not masquerades_on("eth0")
+        wait_until(
+            "status to show the new uplink",
+            lambda: (node.status().get("status") or {}).get("uplink") == "up-2.x",
+            10,
+        )
+    finally:
+        lab.node.run(["ip", "link", "del", "up-2.x"], check=False)
+    wait_until("NAT to come back to eth0", lambda: masquerades_on("eth0"), 20)
+    assert node.cli("stop").returncode == 0
