@@ -68,7 +68,7 @@ class ControlSizes:
 
 FULL = ControlSizes()
 SMOKE = ControlSizes(
-    nodes=(3, 6),
+    nodes=(2, 4),
     sessions=(1, 2),
     default_sessions=2,
     heartbeat_interval=1.0,
