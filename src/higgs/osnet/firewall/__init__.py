@@ -1,0 +1,110 @@
+"""Firewall backends applying one policy: the node's NAT and owner protection, the kill switch.
+
+Pure plans (:mod:`.plan`) are rendered (:mod:`.nft_render`, :mod:`.iptables_render`) and applied
+by a backend (:mod:`.nft`, :mod:`.iptables`) chosen by :func:`get_backend`, like sshuttle's
+``get_method``. Importing this package registers the journal's ``firewall_remove`` undo, so a
+``cleanup`` after a crash can remove our rules from the journal alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from higgs.osnet import undo as undo_ops
+from higgs.osnet.errors import CommandError
+from higgs.osnet.journal import Journal
+from higgs.osnet.runner import Runner
+
+from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
+from .iptables import IptablesBackend, detect_flavour
+from .nft import NftBackend
+from .plan import (
+    DnsRedirect,
+    Endpoint,
+    FirewallNames,
+    FirewallPlanError,
+    KillSwitchPolicy,
+    NodePolicy,
+    Plan,
+    PortRule,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BackendName",
+    "DnsRedirect",
+    "Endpoint",
+    "FirewallBackend",
+    "FirewallError",
+    "FirewallNames",
+    "FirewallPlanError",
+    "FirewallStatus",
+    "IptablesBackend",
+    "KillSwitchPolicy",
+    "NftBackend",
+    "NodePolicy",
+    "Plan",
+    "PortRule",
+    "get_backend",
+    "sweep",
+]
+
+BackendName = Literal["auto", "nft", "iptables"]
+BACKENDS: dict[str, type[FirewallBackend]] = {"nft": NftBackend, "iptables": IptablesBackend}
+
+
+def _forward_policy_drops(runner: Runner) -> bool:
+    """True when the host's iptables FORWARD chain drops by default (Docker, ufw, firewalld
+    in iptables mode). An accept in our own nft table cannot override a drop in another
+    table, so such hosts need our rules inside that very chain: the iptables backend."""
+    result = runner.run(["iptables", "-w", "10", "-S", "FORWARD"], check=False)
+    return result.ok and "-P FORWARD DROP" in result.stdout
+
+
+def get_backend(
+    name: BackendName | str,
+    names: FirewallNames,
+    runner: Runner,
+    journal: Journal | None = None,
+) -> FirewallBackend:
+    """The backend ``name``, or with ``auto`` the best one this host supports."""
+    if name == "auto":
+        nft_ok = NftBackend.is_supported(runner)
+        ipt_ok = IptablesBackend.is_supported(runner)
+        if ipt_ok and (not nft_ok or _forward_policy_drops(runner)):
+            return IptablesBackend(names, runner, journal, flavour=detect_flavour(runner))
+        if nft_ok:
+            return NftBackend(names, runner, journal)
+        raise FirewallError(
+            "neither nftables nor iptables works here: install `nftables` (or `iptables`) "
+            "and run as root or with CAP_NET_ADMIN"
+        )
+    cls = BACKENDS.get(name)
+    if cls is None:
+        raise FirewallError(f"unknown firewall backend {name!r}: use auto, nft or iptables")
+    if not cls.is_supported(runner):
+        raise FirewallError(f"the {name} firewall backend does not work on this host")
+    return cls(names, runner, journal)
+
+
+def sweep(names: FirewallNames, runner: Runner) -> list[str]:
+    """Removes anything under ``names`` with every backend that works here, without state.
+    Returns the failures (every backend is tried)."""
+    failures: list[str] = []
+    for cls in BACKENDS.values():
+        try:
+            cls.sweep(names, runner)
+        except (FirewallError, CommandError) as exc:
+            failures.append(str(exc))
+    return failures
+
+
+def _undo_remove(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
+    cls = BACKENDS.get(str(params.get("backend")))
+    if cls is None:
+        raise FirewallError(f"journal names an unknown firewall backend {params.get('backend')!r}")
+    cls.from_undo(params, ctx.runner).remove()
+
+
+undo_ops.register(UNDO_OP, _undo_remove)
