@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from bench.__main__ import main
 from bench.control.servers import server_unavailable
 
@@ -29,14 +28,16 @@ def test_smoke_run_prints_every_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--smoke", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     written = list(tmp_path.glob("report-*-smoke.md"))
-    assert len(written) == 1 and written[0].read_text() == out
+    assert len(written) == 1
+    assert written[0].read_text() == out
     for section in ("## End to end", "## Relay", "## Control plane", "## Profile"):
         assert section in out
     assert "Failed:" not in out
 
     # e2e: the stock WireGuard reference carried TCP both ways, UDP and pings.
     ref = _row(out, "stock wireguard-go (reference)")
-    assert re.fullmatch(_NUMBER, ref[1]) and re.fullmatch(_NUMBER, ref[3]), ref
+    assert re.fullmatch(_NUMBER, ref[1]), ref
+    assert re.fullmatch(_NUMBER, ref[3]), ref
     # The product rows say why they are missing, or carry numbers: never a blank.
     for row in ("Higgs.net direct", "Higgs.net relay"):
         cells = _row(out, row)

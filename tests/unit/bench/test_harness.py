@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bench.harness import (
     Budget,
     Case,
@@ -90,7 +89,8 @@ def test_budget_bounds_count_and_time() -> None:
     assert list(Budget(count=3, seconds=60)) == [0, 1, 2]
     b = Budget(count=10**9, seconds=0.05)
     n = sum(1 for _ in b)
-    assert b.expired() and n > 0
+    assert b.expired()
+    assert n > 0
 
 
 def test_cpu_seconds_and_rss_of_this_process() -> None:
@@ -113,6 +113,9 @@ def test_table_and_report_render_markdown(tmp_path: Path) -> None:
     report.add(Section("Part", text="hello", tables=[t], notes=["why"]))
     text = report.render()
     assert "| row | a\\|b |\n|---|---|\n| x | 1 |" in text
-    assert "## Part" in text and "- why" in text and "smoke run" in text
+    assert "## Part" in text
+    assert "- why" in text
+    assert "smoke run" in text
     path = report.write(tmp_path)
-    assert path.name.startswith("report-") and path.read_text() == text
+    assert path.name.startswith("report-")
+    assert path.read_text() == text
