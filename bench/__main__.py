@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.harness import Report, Section, progress
+from bench.harness import Report, Section, exit_on_sigterm, progress
 
 __all__ = ["PARTS", "main", "relay_section"]
 
@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="rounds per part (default: 3, smoke: 1)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the report goes")
     args = p.parse_args(argv)
+    exit_on_sigterm()
     parts = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = [x for x in parts if x not in PARTS]
     if unknown:

@@ -18,6 +18,7 @@ import datetime as _dt
 import math
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ __all__ = [
     "Table",
     "Unavailable",
     "cpu_seconds",
+    "exit_on_sigterm",
     "fmt",
     "percentile",
     "progress",
@@ -53,6 +55,15 @@ _progress_stream: TextIO = sys.stderr
 
 class Unavailable(Exception):
     """A row that cannot be measured in this build; the table says why instead of a number."""
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the cleanup of servers, clusters and labs runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def set_progress_stream(stream: TextIO) -> None:

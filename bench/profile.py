@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import Report, Section, Table, progress
+from bench.harness import Report, Section, Table, exit_on_sigterm, progress
 
 __all__ = ["Profile", "main", "parse_raw", "run"]
 
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
+    exit_on_sigterm()
     report = Report("Higgs.net profile", smoke=args.smoke)
     report.add(run(smoke=args.smoke))
     print(report.render())

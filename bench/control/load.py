@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.harness import Budget, percentile
+from bench.harness import Budget, percentile, progress
 from higgs.common.keys import PrivateKey
 
 __all__ = ["NodeSim", "WindowResult", "heartbeat_body", "register_nodes", "route_window"]
+
+
+_REGISTER_TRIES = 4
 
 
 @dataclass
@@ -63,6 +66,7 @@ async def register_nodes(
     """Register ``n`` nodes with ``concurrency`` requests in flight; (nodes, seconds, errors)."""
     nodes: list[NodeSim] = []
     errors: Counter[int] = Counter()
+    errors_seen: dict[int, str] = {}
     budget = Budget(count=n, seconds=seconds)
     next_i = 0
 
@@ -71,17 +75,27 @@ async def register_nodes(
         while not budget.expired(next_i):
             i = next_i
             next_i += 1
-            async with client.post(
-                "/v1/nodes/register",
-                json=_node_body(i),
-                headers={"Authorization": f"Bearer {enroll_key}"},
-            ) as r:
-                if r.status in (200, 201):
-                    body = await r.json()
-                    nodes.append(NodeSim(body["node_id"], body["node_token"]))
-                else:
-                    await r.read()
+            body = _node_body(i)
+            # A node retries a refused registration (as higgsnode does, with backoff); the
+            # refusals are counted and reported.
+            for attempt in range(_REGISTER_TRIES):
+                async with client.post(
+                    "/v1/nodes/register",
+                    json=body,
+                    headers={"Authorization": f"Bearer {enroll_key}"},
+                ) as r:
+                    if r.status in (200, 201):
+                        answer = await r.json()
+                        nodes.append(NodeSim(answer["node_id"], answer["node_token"]))
+                        break
+                    text = (await r.read()).decode(errors="replace")
                     errors[r.status] += 1
+                    if r.status not in errors_seen:
+                        errors_seen[r.status] = text[:300]
+                        progress(f"control: registration answered {r.status}: {text[:300]}")
+                if r.status < 500:
+                    break
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))

@@ -13,6 +13,7 @@ from bench.harness import (
     Results,
     Section,
     Table,
+    exit_on_sigterm,
     fmt,
     progress,
     run_rounds,
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
     p.add_argument("--rounds", type=int)
     args = p.parse_args(argv)
+    exit_on_sigterm()
     report = Report("Higgs.net end-to-end benchmark", smoke=args.smoke)
     report.add(run(smoke=args.smoke, rounds=args.rounds))
     print(report.render())
