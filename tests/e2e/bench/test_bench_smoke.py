@@ -29,7 +29,7 @@ def test_smoke_run_prints_every_table(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     written = list(tmp_path.glob("report-*-smoke.md"))
     assert len(written) == 1
-    assert written[0].read_text() == out
+    assert written[0].read_text().strip() == out.strip()
     for section in ("## End to end", "## Relay", "## Control plane", "## Profile"):
         assert section in out
     assert "Failed:" not in out
