@@ -51,6 +51,8 @@ WG_RUN_DIR = Path("/var/run/wireguard")
 DNS_ZONE = "example.test"
 WHOAMI_PORT = 80
 IPERF_PORT = 5201
+# One iperf3 server runs one test at a time: a second one for two clients measured at once.
+IPERF_PORTS = (IPERF_PORT, 5202)
 SMTP_PORTS = (25, 587)
 PRINTER_PORT = 9100
 
@@ -353,8 +355,9 @@ class Lab:
             name="dnsmasq",
         )
         waits.append((dns, 53, "udp"))
-        iperf = inet.popen(["iperf3", "-s", "-B", ip, "-p", str(IPERF_PORT)], name="iperf3")
-        waits.append((iperf, IPERF_PORT, "tcp"))
+        for port in IPERF_PORTS:
+            iperf = inet.popen(["iperf3", "-s", "-B", ip, "-p", str(port)], name=f"iperf3-{port}")
+            waits.append((iperf, port, "tcp"))
         printer = self.printer.popen(
             [
                 py,
@@ -529,8 +532,11 @@ class Lab:
         out = h.run(["cat", f"/sys/class/net/{ifname}/mtu"]).stdout
         return int(out.strip())
 
-    def resolve(self, host: Host | str, name: str, *, timeout: float = 5.0) -> list[str]:
-        """Resolve ``name`` (A) from ``host`` by asking the lab's DNS server directly."""
+    def resolve(
+        self, host: Host | str, name: str, *, timeout: float = 5.0, server: str | None = None
+    ) -> list[str]:
+        """Resolve ``name`` (A) from ``host`` by asking ``server`` (default: the lab's DNS
+        server) directly. No answer raises CommandError."""
         h = self.host(host) if isinstance(host, str) else host
         out = h.run(
             [
@@ -538,7 +544,7 @@ class Lab:
                 "-m",
                 "higgs.lab.services.dnsq",
                 "--server",
-                self.internet.ip,
+                server or self.internet.ip,
                 "--timeout",
                 str(timeout),
                 name,
