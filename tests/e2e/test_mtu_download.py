@@ -21,6 +21,7 @@ def test_large_download_across_a_smaller_mtu_link(lab: Lab) -> None:
     product = Product(lab)
     try:
         product.start_server()
+        product.provision("client")
         product.start_node()
         product.wait_node_online()
         client = product.connect_stock(lab.client)

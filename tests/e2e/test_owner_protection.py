@@ -11,6 +11,7 @@ import contextlib
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,50 +54,62 @@ def _listener(lab: Lab, role: str, addr: str, port: int, banner: str) -> LabProc
     return proc
 
 
-@pytest.fixture
-def product(lab: Lab) -> Iterator[Product]:
-    product = Product(lab)
+@dataclass
+class Exit:
+    """One node serving one stock client, shared by the tests that only look (they change
+    nothing the others depend on); the owner's router admin page and a service on the node
+    machine itself are running, as the owner's real ones would."""
+
+    lab: Lab
+    product: Product
+    client: StockClient
+
+
+@pytest.fixture(scope="module")
+def exit_node() -> Iterator[Exit]:
+    lab = Lab().build()
     try:
-        product.start_server()
-        product.start_node()
-        product.wait_node_online(product.token("client"))
-    except Exception as exc:
-        exc.add_note("process logs:\n" + lab.log_tails(40))
-        raise
-    try:
-        yield product
+        product = Product(lab)
+        try:
+            _listener(lab, "home_router", lab.home_router.addr("lan0"), ADMIN_PORT, "admin")
+            _listener(lab, "node", "0.0.0.0", NODE_SERVICE_PORT, "owner's service")
+            product.start_server()
+            product.provision("client")
+            product.start_node()
+            product.wait_node_online()
+            client = product.connect_stock(lab.client)
+        except Exception as exc:
+            exc.add_note("process logs:\n" + lab.log_tails(40))
+            raise
+        yield Exit(lab, product, client)
+        with contextlib.suppress(Exception):
+            client.down()
+        product.stop_node()
     finally:
-        for client in product.clients:
-            with contextlib.suppress(Exception):
-                client.down()
-        if product.node_proc is not None and product.node_proc.alive():
-            product.stop_node()
-
-
-@pytest.fixture
-def client(lab: Lab, product: Product) -> StockClient:
-    return product.connect_stock(lab.client)
+        lab.teardown()
+    assert not lab.leftovers()
 
 
 def test_names_resolve_through_the_tunnel_and_leave_from_the_home_router(
-    lab: Lab, client: StockClient
+    exit_node: Exit,
 ) -> None:
+    lab, client = exit_node.lab, exit_node.client
     assert client.dns, "the route answer pushed no DNS server"
     resolver = client.dns[0]
     # The pushed resolver is the node's forwarder, inside the tunnel.
-    assert lab.client.run(["ip", "route", "get", resolver]).stdout.split()[2] == client.ifname
+    route = lab.client.run(["ip", "route", "get", resolver]).stdout.split()
+    assert route[route.index("dev") + 1] == client.ifname, route
     assert lab.resolve(lab.client, "www.example.test", server=resolver) == [lab.internet.ip]
     asked = {q.source.split("#")[0] for q in lab.wait_dns_queries("www.example.test")}
     assert asked == {lab.home_router.ip}
 
 
-def test_a_client_asking_another_resolver_is_answered_by_the_node(
-    lab: Lab, product: Product
-) -> None:
-    # 198.51.100.10 (bosonserver's host) runs no DNS server: without the tunnel nothing answers.
+def test_a_client_asking_another_resolver_is_answered_by_the_node(exit_node: Exit) -> None:
+    lab = exit_node.lab
+    # 198.51.100.10 (bosonserver's host) runs no DNS server: from outside the tunnel (the
+    # client's router, on the same side of the internet) nothing answers there.
     with pytest.raises(CommandError):
-        lab.resolve(lab.client, "server.example.test", server=lab.server.ip, timeout=2)
-    product.connect_stock(lab.client)
+        lab.resolve(lab.client_router, "server.example.test", server=lab.server.ip, timeout=2)
     # Through the tunnel the same question is intercepted and answered by the node's forwarder,
     # which asks its upstream from the home router's address.
     answer = lab.resolve(lab.client, "server.example.test", server=lab.server.ip)
@@ -106,18 +119,16 @@ def test_a_client_asking_another_resolver_is_answered_by_the_node(
 
 
 def test_the_owners_lan_and_the_node_itself_are_unreachable_while_the_internet_works(
-    lab: Lab, product: Product
+    exit_node: Exit,
 ) -> None:
+    lab, client = exit_node.lab, exit_node.client
     home_lan = lab.home_router.addr("lan0")
-    _listener(lab, "home_router", home_lan, ADMIN_PORT, "router admin")
-    _listener(lab, "node", "0.0.0.0", NODE_SERVICE_PORT, "owner's service")
     # The owner's own machines reach them: the services are there.
     assert _connects(lab.node.socket(), lab.printer.ip, PRINTER_PORT).startswith(b"printer")
-    assert _connects(lab.node.socket(), home_lan, ADMIN_PORT).startswith(b"router admin")
+    assert _connects(lab.node.socket(), home_lan, ADMIN_PORT).startswith(b"admin")
     printer = next(p for p in lab.processes if p.name == "printer")
     seen_before = printer.log_text().count("connection to port")
 
-    client = product.connect_stock(lab.client)
     assert lab.whoami(lab.client)["ip"] == lab.home_router.ip  # the internet works
     for addr in (lab.printer.ip, home_lan, lab.node.ip):
         # The packets do go into the tunnel (the client's own routes would not reach them)...
@@ -135,7 +146,8 @@ def test_the_owners_lan_and_the_node_itself_are_unreachable_while_the_internet_w
     assert lab.whoami(lab.client)["ip"] == lab.home_router.ip  # and still works
 
 
-def test_smtp_25_is_blocked_while_587_works(lab: Lab, client: StockClient) -> None:
+def test_smtp_25_is_blocked_while_587_works(exit_node: Exit) -> None:
+    lab = exit_node.lab
     assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
     assert _connects(lab.client.socket(), lab.internet.ip, 587).startswith(b"220")
     assert _blocked(lab, "client", lab.internet.ip, 25)
@@ -157,6 +169,7 @@ def test_after_stop_nothing_of_it_remains(lab: Lab) -> None:
 
     product = Product(lab)
     product.start_server()
+    product.provision("client")
     before = hoststate.snapshot(netns=lab.node.ns)
     product.start_node(config="[shaping]\ntotal_down_mbit = 20\ntotal_up_mbit = 20\n")
     try:

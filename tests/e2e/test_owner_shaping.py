@@ -46,6 +46,7 @@ def shaped() -> Iterator[Shaped]:
         product = Product(lab)
         try:
             product.start_server()
+            product.provision("client", "client2")
             product.start_node(
                 config=f"[shaping]\ntotal_down_mbit = {CAP_MBIT}\ntotal_up_mbit = {CAP_MBIT}\n"
             )
