@@ -58,29 +58,31 @@ def test_node_policy_end_to_end(
     backend = register(make_backend(kind, fw_names, w.node))
     backend.apply(plan_for(fw_names))
 
-    # Out to the internet with the uplink's address; answers come back.
-    assert ok_from(cli.ask1("tcp", "192.0.2.1", 80)) == "203.0.113.2"
-    assert cli.ask1("tcp", "192.0.2.1", 587).startswith("inet 203.0.113.2")
-    # SMTP refused on the spot (reset), submission fine.
-    assert cli.ask1("tcp", "192.0.2.1", 25) == "ERR ECONNREFUSED"
-    # DNS to any address lands on the node's forwarder, over UDP and TCP.
-    assert cli.ask1("udp", "192.0.2.1", 53) == "fwd 10.66.0.2 0"
-    assert cli.ask1("udp", "203.0.113.10", 53) == "fwd 10.66.0.2 0"
-    assert cli.ask1("tcp", "192.0.2.1", 53).startswith("fwd 10.66.0.2 ")
     # Owner protection: LAN, private and link-local ranges, the node's own addresses.
-    for addr, port in [
-        ("192.168.77.50", 80),
-        ("10.200.0.1", 80),
-        ("169.254.169.254", 80),
-        ("203.0.113.2", 8080),
-        ("10.66.0.1", 8080),
-        ("192.168.77.1", 8080),
-    ]:
-        assert cli.ask1("tcp", addr, port).startswith("ERR"), addr
+    protected = [
+        "tcp:192.168.77.50:80", "tcp:10.200.0.1:80", "tcp:169.254.169.254:80",
+        "tcp:203.0.113.2:8080", "tcp:10.66.0.1:8080", "tcp:192.168.77.1:8080",
+    ]  # fmt: skip
+    got = cli.probe(
+        "tcp:192.0.2.1:80", "tcp:192.0.2.1:587", "tcp:192.0.2.1:25",
+        "udp:192.0.2.1:53", "udp:203.0.113.10:53", "tcp:192.0.2.1:53",
+        "tcp:192.0.2.2:80", "tcp:2001:db8:192::1:80", *protected,
+    )  # fmt: skip
+    # Out to the internet with the uplink's address; answers come back.
+    assert ok_from(got["tcp:192.0.2.1:80"]) == "203.0.113.2"
+    assert ok_from(got["tcp:192.0.2.1:587"]) == "203.0.113.2"
+    # SMTP refused on the spot (reset), submission fine.
+    assert got["tcp:192.0.2.1:25"] == "ERR ECONNREFUSED"
+    # DNS to any address lands on the node's forwarder, over UDP and TCP.
+    assert got["udp:192.0.2.1:53"] == "fwd 10.66.0.2 0"
+    assert got["udp:203.0.113.10:53"] == "fwd 10.66.0.2 0"
+    assert got["tcp:192.0.2.1:53"].startswith("fwd 10.66.0.2 ")
     # MSS clamped to the 1280-byte route: 1240 minus the timestamp option at most.
-    assert int(cli.ask1("tcp", "192.0.2.2", 80).split()[2]) <= 1240
-    # IPv6 in the tunnel is refused (no NAT66 in this plan), at once.
-    assert cli.ask1("tcp", "2001:db8:192::1", 80).startswith("ERR")
+    assert int(got["tcp:192.0.2.2:80"].split()[2]) <= 1240
+    # Refused, and at once (not a timeout): IPv6 in the tunnel (no NAT66 in this plan), and
+    # everything the owner protects.
+    for target in ["tcp:2001:db8:192::1:80", *protected]:
+        assert got[target] in ("ERR EHOSTUNREACH", "ERR EACCES", "ERR ECONNREFUSED"), target
 
     status = backend.status()
     assert status.applied
