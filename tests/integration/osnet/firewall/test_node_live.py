@@ -4,12 +4,22 @@ reach through the node, as seen by the hosts at the far end."""
 from __future__ import annotations
 
 import ipaddress as ia
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from higgs.osnet.firewall import DnsRedirect, FirewallBackend, FirewallNames, NodePolicy
+from higgs.osnet.firewall import (
+    DnsRedirect,
+    FirewallBackend,
+    FirewallNames,
+    IptablesBackend,
+    NftBackend,
+    NodePolicy,
+    get_backend,
+    sweep,
+)
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import SubprocessRunner
 
@@ -173,3 +183,40 @@ def test_journal_undoes_after_a_crash(
         assert journal.replay() == 1
         assert len(journal) == 0
     assert ruleset(kind, w.node) == before
+
+
+def test_sweep_removes_ours_and_creates_nothing(
+    node_world: NodeWorld, kind: str, fw_names: FirewallNames, register: Register
+) -> None:
+    w = node_world
+    before = ruleset(kind, w.node)
+    legacy_before = w.node.run("cat", "/proc/net/ip_tables_names").stdout
+    register(make_backend(kind, fw_names, w.node)).apply(plan_for(fw_names))
+    # A new process, no state: only the names.
+    assert sweep(fw_names, SubprocessRunner(netns=w.node.name)) == []
+    assert ruleset(kind, w.node) == before
+    if kind != "iptables-legacy":
+        # Looking for legacy rules must not have created legacy tables.
+        assert w.node.run("cat", "/proc/net/ip_tables_names").stdout == legacy_before
+
+
+def test_auto_picks_iptables_where_forward_drops(
+    node_world: NodeWorld, fw_names: FirewallNames, register: Register
+) -> None:
+    """Docker, ufw and firewalld leave FORWARD dropping: an accept in our own nft table would
+    not override that, our accept inside that very chain does."""
+    w = node_world
+    if shutil.which("iptables") is None:
+        pytest.skip("no iptables here")
+    runner = SubprocessRunner(netns=w.node.name)
+    w.node.run("iptables", "-P", "FORWARD", "DROP")
+    try:
+        backend = register(get_backend("auto", fw_names, runner))
+        assert isinstance(backend, IptablesBackend)
+        backend.apply(plan_for(fw_names))
+        assert ok_from(w.client.ask1("tcp", "192.0.2.1", 80)) == "203.0.113.2"
+        backend.remove()
+        assert w.client.ask1("tcp", "192.0.2.1", 80).startswith("ERR")  # the host's DROP again
+    finally:
+        w.node.run("iptables", "-P", "FORWARD", "ACCEPT")
+    assert isinstance(get_backend("auto", fw_names, runner), NftBackend)
