@@ -91,9 +91,10 @@ LAN_RANGES: tuple[IPNetwork, ...] = _nets(
     "ff00::/8",
 )
 
-# A Linux interface name: at most 15 bytes, no whitespace, '/', ':' or quotes (quotes would let
-# a name escape its string in the rendered rules).
-_IFNAME = re.compile(r"^[A-Za-z0-9_.\-+@]{1,15}$")
+# A Linux interface name: at most 15 bytes; no whitespace, '/', ':' or quotes (a quote would let
+# a name escape its string in the rules), no '+' or '*' (wildcards to iptables and nft), and no
+# leading '-' (it would read as an option).
+_IFNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}$")
 _TABLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # iptables chain names are limited to 28 characters; ours are `<prefix>-<ROLE>` (ROLE: 2-3).
 _CHAIN_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
@@ -149,7 +150,7 @@ def _check_ifname(field_name: str, ifname: str) -> None:
     if not _IFNAME.match(ifname) or ifname in (".", ".."):
         raise FirewallPlanError(
             f"{field_name}: {ifname!r} is not a valid interface name "
-            "(1-15 characters, no spaces, '/', ':' or quotes)"
+            "(1-15 of letters, digits, '_', '-', '.', not starting with '-')"
         )
 
 

@@ -76,6 +76,8 @@ def test_with_uplink_changes_only_the_uplink() -> None:
     [
         ({"tunnel_if": 'wg"0'}, "tunnel_if"),
         ({"tunnel_if": "a" * 16}, "tunnel_if"),
+        ({"tunnel_if": "wg+"}, "tunnel_if"),
+        ({"uplink_if": "-o"}, "uplink_if"),
         ({"uplink_if": "eth 0"}, "uplink_if"),
         ({"uplink_if": "wg0"}, "uplink_if"),
         ({"ipv6_mode": "nat66"}, "ipv6_mode"),
