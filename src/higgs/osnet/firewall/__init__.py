@@ -28,6 +28,7 @@ from .plan import (
     NodePolicy,
     Plan,
     PortRule,
+    protected_from,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Plan",
     "PortRule",
     "get_backend",
+    "protected_from",
     "sweep",
 ]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
@@ -38,6 +39,7 @@ __all__ = [
     "NodePolicy",
     "Plan",
     "PortRule",
+    "protected_from",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -169,6 +171,23 @@ def _v6(nets: tuple[IPNetwork, ...]) -> tuple[ipaddress.IPv6Network, ...]:
 
 def _host(addr: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(addr)
+
+
+def protected_from(
+    interfaces: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+) -> tuple[tuple[IPAddress, ...], tuple[IPNetwork, ...]]:
+    """(own_addresses, lan_prefixes) for a NodePolicy, from the node's interface addresses
+    (e.g. ``discovery.Uplink.addresses`` plus those of any other LAN link): every address of
+    the node, and every on-link prefix, which is the owner's LAN."""
+    own: list[IPAddress] = []
+    lan: list[IPNetwork] = []
+    for iface in interfaces:
+        if iface.ip.is_loopback:
+            continue
+        own.append(iface.ip)
+        if not iface.ip.is_link_local and iface.network.num_addresses > 1:
+            lan.append(iface.network)
+    return tuple(dict.fromkeys(own)), tuple(dict.fromkeys(lan))
 
 
 @dataclass(frozen=True, slots=True)
