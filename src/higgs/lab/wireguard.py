@@ -35,23 +35,37 @@ def new_keypair() -> KeyPair:
     return KeyPair(private=private, public=public)
 
 
-def start_wireguard_go(host: Host, ifname: str, *, timeout: float = 10.0) -> LabProcess:
-    """Start ``wireguard-go -f ifname`` in ``host``'s namespace; wait for its control socket."""
+def start_wireguard_go(
+    host: Host, ifname: str, *, timeout: float = 10.0, attempts: int = 3
+) -> LabProcess:
+    """Start ``wireguard-go -f ifname`` in ``host``'s namespace; wait for its control socket.
+
+    Retried when wireguard-go cannot create its socket: the socket directory is shared by
+    everyone on the machine, and seen disappearing under concurrent runs between
+    wireguard-go's own mkdir and its listen.
+    """
     sock = WG_RUN_DIR / f"{ifname}.sock"
     if sock.exists():
         raise LabError(f"{sock} already exists: is {ifname} someone else's interface?")
-    proc = host.popen(["wireguard-go", "-f", ifname], name=f"wireguard-go-{ifname}")
-    deadline = time.monotonic() + timeout
-    while not sock.exists():
-        if not proc.alive():
-            raise LabError(
-                f"wireguard-go {ifname} on {host.role} exited with {proc.popen.returncode}:"
-                f" {proc.log_text().strip()[-1500:]}"
-            )
-        if time.monotonic() > deadline:
-            raise LabError(f"wireguard-go {ifname} on {host.role}: no socket after {timeout} s")
-        time.sleep(0.02)
-    return proc
+    for attempt in range(1, attempts + 1):
+        WG_RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        proc = host.popen(["wireguard-go", "-f", ifname], name=f"wireguard-go-{ifname}")
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if not proc.alive():
+                log = proc.log_text().strip()
+                if "uapi socket" in log and attempt < attempts:
+                    break
+                raise LabError(
+                    f"wireguard-go {ifname} on {host.role} exited with"
+                    f" {proc.popen.returncode}: {log[-1500:]}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(f"wireguard-go {ifname} on {host.role}: no socket after {timeout} s")
+            time.sleep(0.02)
+        else:
+            return proc
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def wg_set(host: Host, ifname: str, *args: str, private_key: str | None = None) -> None:
