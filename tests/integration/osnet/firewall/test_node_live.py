@@ -11,19 +11,24 @@ from pathlib import Path
 import pytest
 
 from higgs.osnet.firewall import (
+    KILL_SWITCH_PART,
     DnsRedirect,
     FirewallBackend,
     FirewallNames,
     IptablesBackend,
+    KillSwitchPolicy,
     NftBackend,
     NodePolicy,
     get_backend,
     sweep,
 )
 from higgs.osnet.journal import Journal
+from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import SubprocessRunner
+from higgs.osnet.sweep import sweep as osnet_sweep
 
 from .conftest import NodeWorld, make_backend, ruleset
+from .netns import unique
 
 pytestmark = pytest.mark.root
 
@@ -220,3 +225,24 @@ def test_auto_picks_iptables_where_forward_drops(
     finally:
         w.node.run("iptables", "-P", "FORWARD", "ACCEPT")
     assert isinstance(get_backend("auto", fw_names, runner), NftBackend)
+
+
+def test_cleanup_sweep_hook_removes_node_rules_and_kill_switch(
+    node_world: NodeWorld, kind: str, register: Register
+) -> None:
+    """`higgsnode cleanup` runs osnet's sweep, which must find our rules by name alone."""
+    w = node_world
+    owned = OwnedNames.for_instance("node", unique("s"))
+    before = ruleset(kind, w.node)
+    fw, ks = FirewallNames.of(owned), FirewallNames.of(owned, KILL_SWITCH_PART)
+    register(make_backend(kind, fw, w.node)).apply(plan_for(fw))
+    register(make_backend(kind, ks, w.node)).apply(KillSwitchPolicy(names=ks, tunnel_if="t0"))
+    report = osnet_sweep(owned, runner=SubprocessRunner(netns=w.node.name), netns=w.node.name)
+    assert report.failures == []
+    if kind == "nft":
+        assert f"nft table inet {fw.table}" in report.removed
+        assert f"nft table inet {ks.table}" in report.removed
+    else:
+        assert any(r.endswith(f"chain {fw.chain('FWD')}") for r in report.removed)
+        assert any(r.endswith(f"chain {ks.chain('OUT')}") for r in report.removed)
+    assert ruleset(kind, w.node) == before
