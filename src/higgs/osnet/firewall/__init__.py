@@ -2,8 +2,9 @@
 
 Pure plans (:mod:`.plan`) are rendered (:mod:`.nft_render`, :mod:`.iptables_render`) and applied
 by a backend (:mod:`.nft`, :mod:`.iptables`) chosen by :func:`get_backend`, like sshuttle's
-``get_method``. Importing this package registers the journal's ``firewall_remove`` undo, so a
-``cleanup`` after a crash can remove our rules from the journal alone.
+``get_method``. Importing this package registers the journal's ``firewall_remove`` undo and a
+``firewall`` step of :func:`higgs.osnet.sweep.sweep`, so a ``cleanup`` after a crash removes
+our rules from the journal alone, or from the owner's names alone.
 """
 
 from __future__ import annotations
