@@ -328,6 +328,8 @@ class RelayHubServer:
             return
         self._links.discard(link)
         self.counters.node_links -= 1
+        if link.paused:
+            link.release_clients()  # they waited for this link's socket, which is gone
         node = link.node
         if node.link is link:
             node.link = None

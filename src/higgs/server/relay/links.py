@@ -324,8 +324,11 @@ class NodeLink(_Link):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.paused:
-            return
+        if not self.paused:
+            self.release_clients()
+
+    def release_clients(self) -> None:
+        """Lets the node's client links be read again (on resume, or when this link goes)."""
         for session in self.node.channels.values():
             link = session.client_link
             if link is not None and link.raw is not None and not link.closed:
