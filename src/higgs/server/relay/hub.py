@@ -35,7 +35,7 @@ from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
-from higgs.server.relay.ports import RelayEvents
+from higgs.server.relay.ports import RelayEvents, RelayHub
 
 __all__ = ["NODE_PATH", "SESSION_PATH", "NodeEntry", "RelayHubServer", "SessionEntry"]
 
@@ -498,3 +498,7 @@ class RelayHubServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("relay: event handler failed", exc_info=task.exception())
+
+
+def _conforms_to_the_seam(hub: RelayHubServer) -> RelayHub:
+    return hub  # mypy checks here that the hub implements the RelayHub protocol
