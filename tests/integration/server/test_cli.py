@@ -31,7 +31,7 @@ class CloseRecorder(WSListener):
         if frame.msg_type == WSMsgType.TEXT and b'"hello"' in frame.get_payload_as_bytes():
             self.hello.set()
         elif frame.msg_type == WSMsgType.CLOSE:
-            self.close_code = int(frame.get_close_code())
+            self.close_code = int(frame.get_close_code())  # type: ignore[call-overload]
             self.closed.set()
 
 
