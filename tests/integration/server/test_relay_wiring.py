@@ -118,6 +118,10 @@ async def test_rest_drives_the_relay(real: tuple[BosonServer, httpx.AsyncClient]
     sid = route["session_id"]
     info = (await http.get(f"/v1/sessions/{sid}", headers=bearer(client_token))).json()
     assert info["relay_datagrams"] >= 4
+    metrics = (await http.get("/metrics")).text  # one registry: API and relay together
+    assert 'higgs_relay_datagrams_total{direction="client_to_node"}' in metrics
+    assert 'higgs_relay_dropped_total{reason="wrong_channel"} 1.0' in metrics
+    assert "higgs_api_request_seconds_count" in metrics
 
     closed = await http.delete(f"/v1/sessions/{sid}", headers=bearer(client_token))
     assert closed.json()["state"] == "closed"
