@@ -10,6 +10,7 @@ in direct mode, that the client host is exactly as before after disconnect.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from higgs.lab import Host, Lab
 from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
 
@@ -28,6 +31,13 @@ API_PORT = 8080
 RELAY_PORT = 8081
 NODE_PORT = 51820
 DNS_NAME = "www.example.test"
+
+
+# These tests run the real higgsnode; in a tree where it has not landed yet they cannot run.
+needs_node = pytest.mark.skipif(
+    importlib.util.find_spec("higgs.node.agent") is None,
+    reason="needs higgsnode (higgs.node.agent), which is not in this tree yet",
+)
 
 
 def _py(module: str, *args: str) -> list[str]:
@@ -114,9 +124,22 @@ class Node:
     state_dir: Path
     interface: str
     endpoint: str | None = None
+    host: Host | None = None
     proc: Any = None
+    node_id: str | None = None
+
+    def online_ids(self) -> set[str]:
+        listing = json.loads(self.server.cli("nodes", "--json"))
+        items = listing["nodes"] if isinstance(listing, dict) else listing
+        return {
+            str(n["node_id"])
+            for n in items
+            if n.get("state") == "online" and n.get("connected", True)
+        }
 
     def start(self) -> None:
+        host = self.host or self.lab.node
+        already = self.online_ids()
         key = self.server.cli("enroll", "create").split()[-1]
         argv = _py(
             "higgs.node.cli",
@@ -140,14 +163,11 @@ class Node:
         )
         if self.endpoint:
             argv += ["--endpoint", self.endpoint]
-        self.proc = self.lab.spawn(self.lab.node, argv, name="higgsnode")
-
-        def online() -> bool:
-            nodes = json.loads(self.server.cli("nodes", "--json"))
-            items = nodes["nodes"] if isinstance(nodes, dict) else nodes
-            return any(n.get("state") == "online" and n.get("connected", True) for n in items)
-
-        wait_until("the node to come online", online, 60, every=1.0)
+        self.proc = self.lab.spawn(host, argv, name="higgsnode")
+        wait_until(
+            "the node to come online", lambda: bool(self.online_ids() - already), 60, every=1.0
+        )
+        (self.node_id,) = self.online_ids() - already
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.alive():
@@ -222,6 +242,15 @@ class System:
     server: Server
     node: Node
     clients: list[Client] = field(default_factory=list)
+    extra_nodes: list[Node] = field(default_factory=list)
+
+    def add_node(self, host: Host, tag: str) -> Node:
+        """Another higgsnode, on ``host`` (e.g. the printer PC on the same home LAN)."""
+        node = Node(self.lab, self.server, self.tmp / f"node-{tag}", self.lab.ifname(tag))
+        node.host = host
+        self.extra_nodes.append(node)
+        node.start()
+        return node
 
     def client(self, host: Host | None = None, **kw: Any) -> Client:
         """A new user (token, interface, state dir): unique within the module's system."""
@@ -279,7 +308,9 @@ def _teardown_system(system: System) -> None:
         with contextlib.suppress(OSError):
             (Path("/etc/netns") / c.host.ns / "resolv.conf").unlink()
             (Path("/etc/netns") / c.host.ns).rmdir()
-    system.node.stop()
+    for node in [*system.extra_nodes, system.node]:
+        with contextlib.suppress(Exception):
+            node.stop()
 
 
 def home_public(lab: Lab) -> str:

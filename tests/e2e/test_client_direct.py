@@ -12,10 +12,11 @@ from tests.e2e.client_system import (
     client_public,
     disconnect_all,
     home_public,
+    needs_node,
     running_system,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,11 @@ adds its own client and disconnects it. The server-restart test runs last: it ki
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,11 +22,12 @@ from tests.e2e.client_system import (
     client_public,
     disconnect_all,
     home_public,
+    needs_node,
     running_system,
     wait_until,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,51 @@ def test_connect_failure_says_why_and_leaves_host_as_before(relay: System) -> No
     assert "no direct endpoint" in out.stderr
     assert not (client.state_dir / "daemon.pid").exists()
     assert before.diff(hoststate.snapshot(netns=client.host.ns)) == ""
+
+
+def test_crash_then_cleanup_restores_the_host(relay: System) -> None:
+    client = relay.client()
+    before = hoststate.snapshot(netns=client.host.ns)
+    resolv_before = client.resolv_conf.read_text()
+    client.connect("--mode", "relay")
+    pid = int((client.state_dir / "daemon.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)  # the client crashes: nothing is undone
+    wait_until("the daemon to die", lambda: not Path(f"/proc/{pid}").exists(), 10, every=0.1)
+    client.connected = False
+    assert before.diff(hoststate.snapshot(netns=client.host.ns)) != ""
+    assert client.status()["connected"] is False
+    out = client.vpn("cleanup").stdout
+    assert "undid" in out
+    assert before.diff(hoststate.snapshot(netns=client.host.ns)) == ""
+    assert client.resolv_conf.read_text() == resolv_before
+    assert not (Path("/var/run/wireguard") / f"{client.interface}.sock").exists()
+
+
+def test_node_gone_fails_over_to_another_node(relay: System) -> None:
+    """The node's owner switches it off: the client moves to the other node by itself."""
+    lab = relay.lab
+    spare = relay.add_node(lab.printer, "n2")
+    client = relay.client()
+    first = client.connect("--mode", "relay")
+    # The owner of whichever node the server picked for us switches it off.
+    used = relay.node if first["node_id"] == relay.node.node_id else spare
+    assert first["node_id"] == used.node_id
+    used.stop()
+    wait_until(
+        "the client to move to the other node",
+        lambda: client.status().get("node_id") not in (None, first["node_id"]),
+        120,
+        every=2.0,
+    )
+    status = client.status()
+    assert status["state"] == "connected"
+    assert status["reroutes"] >= 1
+    wait_until(
+        "traffic to flow through the other node",
+        lambda: lab.whoami(client.host, timeout=4)["ip"] == home_public(lab),
+        60,
+        every=2.0,
+    )
 
 
 def test_server_restart_mid_session_recovers_without_user_action(relay: System) -> None:

@@ -10,11 +10,12 @@ import pytest
 from tests.e2e.client_system import (
     System,
     home_public,
+    needs_node,
     running_system,
     two_client_plan,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 
 @pytest.fixture
