@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from higgs.lab import start_wireguard_go
 from tests.e2e.client_system import (
     System,
     check_tunnel,
@@ -14,6 +15,7 @@ from tests.e2e.client_system import (
     home_public,
     needs_node,
     running_system,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
@@ -64,3 +66,35 @@ def test_export_gives_a_standard_config_and_qr(direct: System) -> None:
     assert (png.stat().st_mode & 0o777) == 0o600
     qr = client.vpn("export", "--qr").stdout
     assert "█" in qr
+
+
+def test_exported_config_works_with_stock_wireguard(direct: System) -> None:
+    """What the official apps do with the export: plain WireGuard, no higgsvpn involved."""
+    lab = direct.lab
+    client = direct.client()
+    text = client.vpn("export").stdout
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            fields[key.strip()] = value.strip()
+    # `wg setconf` takes what wg-quick leaves after stripping its own keys.
+    wg_only = "\n".join(
+        line for line in text.splitlines() if not line.startswith(("Address", "DNS", "MTU", "#"))
+    )
+    ifname = lab.ifname("stk")
+    start_wireguard_go(client.host, ifname)
+    try:
+        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_only + "\n")
+        client.host.run(["ip", "address", "add", fields["Address"], "dev", ifname])
+        client.host.run(["ip", "link", "set", ifname, "mtu", fields["MTU"], "up"])
+        # Only the internet host through the tunnel: the endpoint stays on the normal route.
+        client.host.run(["ip", "route", "add", f"{lab.internet.ip}/32", "dev", ifname])
+        wait_until(
+            "the stock tunnel to carry traffic",
+            lambda: lab.whoami(client.host, timeout=4)["ip"] == home_public(lab),
+            30,
+            every=1.0,
+        )
+    finally:
+        client.host.run(["ip", "link", "delete", ifname], check=False)
