@@ -94,8 +94,15 @@ def _if(text: str) -> IPv4Interface:
     return IPv4Interface(text)
 
 
-def default_plan() -> LabPlan:
-    """The standard lab: a routed core, two public hosts and two NATed sites."""
+def default_plan(*, clients: int = 1) -> LabPlan:
+    """The standard lab: a routed core, two public hosts and two NATed sites.
+
+    With ``clients`` > 1 the client router's LAN is a bridge with that many client hosts:
+    ``client`` (10.0.2.10), ``client2`` (10.0.2.11), ... -- e.g. to check that two clients of
+    one node each get a fair share.
+    """
+    if not 1 <= clients <= 9:
+        raise ValueError(f"clients must be 1..9, not {clients}")
     hosts = {
         "core": HostPlan(
             "core",
@@ -139,14 +146,26 @@ def default_plan() -> LabPlan:
             "client", (("eth0", _if("10.0.2.10/24")),), gateway=IPv4Address("10.0.2.1")
         ),
     }
-    links = (
+    links: tuple[Link, ...] = (
         Link("internet", "eth0", "core", "to-inet"),
         Link("server", "eth0", "core", "to-srv"),
         Link("home_router", "wan0", "core", "to-home"),
         Link("client_router", "wan0", "core", "to-cli"),
         Link("node", "eth0", "home_router", "p-node"),
         Link("printer", "eth0", "home_router", "p-prn"),
-        Link("client", "eth0", "client_router", "lan0"),
     )
-    bridges = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
+    bridges: tuple[Bridge, ...] = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
+    if clients == 1:
+        links += (Link("client", "eth0", "client_router", "lan0"),)
+    else:
+        ports = []
+        for n in range(1, clients + 1):
+            role = "client" if n == 1 else f"client{n}"
+            if n > 1:
+                hosts[role] = HostPlan(
+                    role, (("eth0", _if(f"10.0.2.{9 + n}/24")),), gateway=IPv4Address("10.0.2.1")
+                )
+            links += (Link(role, "eth0", "client_router", f"p-c{n}"),)
+            ports.append(f"p-c{n}")
+        bridges += (Bridge("client_router", "lan0", tuple(ports)),)
     return LabPlan(hosts=hosts, links=links, bridges=bridges)

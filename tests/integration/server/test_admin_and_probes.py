@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import stat
 
 import pytest
 
+from higgs.server.store.db import Database
 from tests.integration.server.conftest import Harness, bearer, node_body
 
 TOKEN_RE = re.compile(r"hg[aencr]_[A-Za-z0-9_\-]{6,}")
@@ -127,3 +129,41 @@ async def test_oversized_body_is_413(srv: Harness) -> None:
     )
     assert r.status_code == 413
     assert r.json()["error"] == "body_too_large"
+
+
+async def test_database_outage_is_503_not_a_traceback(srv: Harness) -> None:
+    client = await srv.client_token("alice")
+    healthy_db = srv.ctx.db
+    # Nothing listens on loopback port 1: every query fails to connect.
+    srv.ctx.db = Database("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    srv.ctx.identity.db = srv.ctx.db
+    try:
+        ready = await srv.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not_ready", "database": "unreachable"}
+        r = await srv.http.get("/v1/nodes", headers=bearer(client))
+        assert r.status_code == 503
+        assert r.json()["error"] == "unavailable"
+        assert "Traceback" not in r.text
+        assert (await srv.http.get("/metrics")).status_code == 200
+    finally:
+        await srv.ctx.db.dispose()
+        srv.ctx.db = srv.ctx.identity.db = healthy_db
+    assert (await srv.http.get("/readyz")).status_code == 200
+
+
+async def test_logs_carry_ids_but_never_credentials(
+    srv: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    node_id, node_token, _ = await srv.node()
+    client = await srv.client_token("alice")
+    route = (await srv.route(client)).json()
+    await srv.http.delete(f"/v1/sessions/{route['session_id']}", headers=bearer(client))
+    await srv.http.get("/v1/nodes", headers=bearer("hgc_wrong-token-for-the-log"))
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert route["session_id"] in text
+    assert node_id in text
+    for secret in (node_token, client, route["relay"]["token"], srv.admin_token):
+        assert secret not in text
+    assert not TOKEN_RE.search(text)
