@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,20 +125,23 @@ def resolve_via(lab: Lab, server: str, name: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("ending", ["stop", "sigkill+cleanup"])
-@pytest.mark.parametrize("backend", ["nft", "iptables"])
-def test_stock_client_through_the_node_in_direct_mode(
-    lab: Lab, tmp_path: Path, backend: str, ending: str
-) -> None:
+@dataclass
+class Up:
+    node: NodeRun
+    proc: LabProcess
+    public_key: str
+    ifname: str
+
+
+def bring_up(lab: Lab, tmp_path: Path, backend: str, *extra: str) -> Up:
+    """Server, node (port forwarded), route for a stock client, client tunnel with handshake."""
     url, enroll_key, client_token, _ = start_server(lab, tmp_path / "server")
     lab.forward_udp(WG_PORT)  # the owner's port forward on the home router
-    before = host_state(lab.node)
-
     node = NodeRun(lab, tmp_path / "node")
     proc = node.start(
         "--server", url, "--enroll-key", enroll_key, "--firewall", backend,
         "--listen-port", str(WG_PORT), "--endpoint", f"{lab.home_router.ip}:{WG_PORT}",
-        "--dns-upstream", lab.internet.ip, "--country", "DE",
+        "--dns-upstream", lab.internet.ip, "--country", "DE", *extra,
     )  # fmt: skip
     node.wait_server_online()
     wait_until(
@@ -145,7 +149,6 @@ def test_stock_client_through_the_node_in_direct_mode(
         lambda: ((node.status().get("status") or {}).get("control") or {}).get("connected"),
         30,
     )
-
     keys = new_keypair()
     route = request_route(lab, url, client_token, keys.public)
     assert route["direct"]["endpoint"] == f"{lab.home_router.ip}:{WG_PORT}"
@@ -160,6 +163,17 @@ def test_stock_client_through_the_node_in_direct_mode(
     )
     ifname = stock_client(lab, route, keys.private)
     wait_handshake(lab, ifname, "10.77.0.1")
+    return Up(node, proc, keys.public, ifname)
+
+
+@pytest.mark.parametrize("ending", ["stop", "sigkill+cleanup"])
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_stock_client_through_the_node_in_direct_mode(
+    lab: Lab, tmp_path: Path, backend: str, ending: str
+) -> None:
+    before = host_state(lab.node)
+    up = bring_up(lab, tmp_path, backend)
+    node, proc = up.node, up.proc
 
     # The internet sees the home router's public address, not the client's router.
     seen = lab.whoami(lab.client)
@@ -181,7 +195,7 @@ def test_stock_client_through_the_node_in_direct_mode(
     assert not reached
 
     status = node.status()["status"]
-    peer = next(p for p in status["peers"] if p["public_key"] == keys.public)
+    peer = next(p for p in status["peers"] if p["public_key"] == up.public_key)
     assert peer["rx_bytes"] > 0
     assert peer["tx_bytes"] > 0
 
@@ -196,3 +210,24 @@ def test_stock_client_through_the_node_in_direct_mode(
         cleanup = node.cli("cleanup")
         assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
     assert host_state(lab.node) == before
+
+
+CAP_MBIT = 8
+
+
+def test_download_through_the_node_stays_within_the_owners_cap(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f"[shaping]\ntotal_down_mbit = {CAP_MBIT}\ntotal_up_mbit = {CAP_MBIT}\n")
+    bring_up(lab, tmp_path, "nft", "--config", str(config))
+    rates = []
+    for reverse in (["-R"], []):  # download (internet -> client), then upload
+        result = lab.client.run(
+            ["iperf3", "-c", lab.internet.ip, "-p", "5201", "-t", "4", "-O", "1", "-J", *reverse],
+            timeout=40,
+        )
+        report = json.loads(result.stdout)
+        rates.append(report["end"]["sum_received"]["bits_per_second"] / 1e6)
+    print(f"cap {CAP_MBIT} Mbit/s: download {rates[0]:.2f}, upload {rates[1]:.2f} Mbit/s")
+    for rate in rates:
+        assert rate <= CAP_MBIT * 1.1, rates
+        assert rate >= CAP_MBIT * 0.7, rates  # shaped, not starved
