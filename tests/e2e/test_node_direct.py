@@ -25,7 +25,7 @@ import pytest
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
 from higgs.lab.wireguard import new_keypair, start_wireguard_go, wg_set, wg_show
-from tests.integration.node.nodelab import NodeRun, host_state, wait_until
+from tests.integration.node.nodelab import REPO, NodeRun, host_state, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -65,9 +65,11 @@ def start_server(lab: Lab, data: Path) -> tuple[str, str, str, LabProcess]:
     return f"http://{ip}:{API_PORT}", enroll_key, client_token, proc
 
 
-def request_route(lab: Lab, url: str, token: str, public_key: str) -> dict[str, Any]:
+def request_route(
+    lab: Lab, url: str, token: str, public_key: str, mode: str = "direct"
+) -> dict[str, Any]:
     """POST /v1/routes from the client's namespace, as the client program would."""
-    body = json.dumps({"client_public_key": public_key, "mode": "direct"})
+    body = json.dumps({"client_public_key": public_key, "mode": mode})
     out = lab.client.run(
         ["curl", "-sS", "--max-time", "10", "-X", "POST", "-H", f"Authorization: Bearer {token}",
          "-H", "Content-Type: application/json", "-d", body, f"{url}/v1/routes"],
@@ -77,14 +79,17 @@ def request_route(lab: Lab, url: str, token: str, public_key: str) -> dict[str, 
     return route
 
 
-def stock_client(lab: Lab, route: dict[str, Any], private_key: str) -> str:
+def stock_client(
+    lab: Lab, route: dict[str, Any], private_key: str, endpoint: str | None = None
+) -> str:
     """wireguard-go + wg + ip on the client, wg-quick style, from the route answer only."""
     wgc = route["wireguard"]
+    endpoint = endpoint or route["direct"]["endpoint"]
     ifname = lab.ifname("hc")
     start_wireguard_go(lab.client, ifname)
     wg_set(
         lab.client, ifname, "fwmark", str(CLIENT_MARK),
-        "peer", wgc["node_public_key"], "endpoint", route["direct"]["endpoint"],
+        "peer", wgc["node_public_key"], "endpoint", endpoint,
         "allowed-ips", ",".join(a for a in wgc["allowed_ips"] if ":" not in a),
         "persistent-keepalive", str(wgc["persistent_keepalive"]),
         private_key=private_key,
@@ -231,3 +236,53 @@ def test_download_through_the_node_stays_within_the_owners_cap(lab: Lab, tmp_pat
     for rate in rates:
         assert rate <= CAP_MBIT * 1.1, rates
         assert rate >= CAP_MBIT * 0.7, rates  # shaped, not starved
+
+
+def test_relayed_session_reaches_the_internet_through_the_node(lab: Lab, tmp_path: Path) -> None:
+    """No port forward: the client's WireGuard talks to a local bridge, the server relays, and
+    the node bridges the session to its WireGuard port from a socket of its own."""
+    url, enroll_key, client_token, _ = start_server(lab, tmp_path / "server")
+    before = host_state(lab.node)
+    node = NodeRun(lab, tmp_path / "node")
+    proc = node.start(
+        "--server", url, "--enroll-key", enroll_key, "--listen-port", str(WG_PORT),
+        "--dns-upstream", lab.internet.ip,
+    )  # fmt: skip
+    node.wait_server_online()
+    wait_until(
+        "the node's control link",
+        lambda: ((node.status().get("status") or {}).get("control") or {}).get("connected"),
+        30,
+    )
+    keys = new_keypair()
+    route = request_route(lab, url, client_token, keys.public, mode="relay")
+    assert route["direct"] is None
+    relay = route["relay"]
+    bridge = lab.client.popen(
+        [sys.executable, "-u", "-m", "tests.integration.node.relay_client", relay["url"],
+         relay["token"], str(relay["channel"]), str(CLIENT_MARK)],
+        name="relay-bridge",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+    def bridge_port() -> str | None:
+        lines = bridge.log_text().splitlines()
+        return lines[0].strip() if lines and lines[0].strip().isdigit() else None
+
+    port = wait_until("the client bridge's port", bridge_port, 20)
+    ifname = stock_client(lab, route, keys.private, f"127.0.0.1:{port}")
+    wait_handshake(lab, ifname, "10.77.0.1")
+
+    assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
+    status = wait_until(
+        "the node to report the relayed session",
+        lambda: ((node.status().get("status") or {}).get("control") or {}).get("relayed_sessions"),
+        10,
+    )
+    assert status == 1
+    peer = next(p for p in node.status()["status"]["peers"] if p["public_key"] == keys.public)
+    assert peer["rx_bytes"] > 0
+
+    assert node.cli("stop").returncode == 0
+    wait_until("higgsnode to exit", lambda: not proc.alive(), 30)
+    assert host_state(lab.node) == before
