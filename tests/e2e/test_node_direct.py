@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,27 +39,44 @@ CLIENT_MARK = 51820
 
 
 def boson(data: Path, *args: str) -> str:
-    out = subprocess.run(
-        [*BOSON, *args, "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    return boson_many(data, args)[0]
+
+
+def boson_many(data: Path, *commands: Sequence[str]) -> list[str]:
+    """Runs bosonserver admin commands side by side (each start costs seconds on a busy host)."""
+    procs = [
+        subprocess.Popen(
+            [*BOSON, *args, "--data-dir", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 0, stderr
+        outs.append(stdout)
+    return outs
 
 
 def start_server(lab: Lab, data: Path) -> tuple[str, str, str, LabProcess]:
     """Migrated database, one enrollment key, one client; `bosonserver serve` in the server ns."""
     boson(data, "migrate")
-    enroll_key = boson(data, "enroll", "create", "--uses", "10").split()[0]
-    client_token = next(
-        t for t in boson(data, "client", "add", "alice").split() if t.startswith("hgc_")
+    enrolled, added = boson_many(
+        data, ("enroll", "create", "--uses", "10"), ("client", "add", "alice")
     )
+    enroll_key = enrolled.split()[0]
+    client_token = next(t for t in added.split() if t.startswith("hgc_"))
     ip = lab.server.ip
     proc = lab.server.popen(
         [*BOSON, "serve", "--data-dir", str(data), "--listen", f"{ip}:{API_PORT}",
          "--relay-listen", f"{ip}:{RELAY_PORT}", "--public-url", f"http://{ip}:{API_PORT}",
          "--relay-url", f"ws://{ip}:{RELAY_PORT}"],
         name="bosonserver",
+        # Short heartbeats: re-registration after a 409 happens at the next one.
+        env={**os.environ, "BOSON_HEARTBEAT_INTERVAL_S": "2"},
     )  # fmt: skip
     proc.wait_listening(API_PORT, timeout=30)
     proc.wait_listening(RELAY_PORT, timeout=30)
@@ -286,3 +304,33 @@ def test_relayed_session_reaches_the_internet_through_the_node(lab: Lab, tmp_pat
     assert node.cli("stop").returncode == 0
     wait_until("higgsnode to exit", lambda: not proc.alive(), 30)
     assert host_state(lab.node) == before
+
+
+def test_node_registers_again_after_the_server_stopped_it(lab: Lab, tmp_path: Path) -> None:
+    """DELETE /v1/nodes/{id} (what a stop does) while the node runs: its next heartbeat gets 409
+    node_stopped, and it registers again with its own token — same node id, no enrollment use
+    (the key allows one registration only)."""
+    url, _, _, _ = start_server(lab, tmp_path / "server")
+    one_use = boson(tmp_path / "server", "enroll", "create", "--uses", "1").split()[0]
+    node = NodeRun(lab, tmp_path / "node")
+    node.start("--server", url, "--enroll-key", one_use, "--dns-upstream", lab.internet.ip)
+    first = node.wait_server_online()["server"]
+    identity = json.loads((tmp_path / "node" / "identity.json").read_text())
+    lab.node.run(
+        ["curl", "-sS", "--fail", "--max-time", "10", "-X", "DELETE",
+         "-H", f"Authorization: Bearer {identity['node_token']}",
+         f"{url}/v1/nodes/{identity['node_id']}"],
+    )  # fmt: skip
+
+    def registered_again() -> dict[str, Any] | None:
+        server = (node.status().get("status") or {}).get("server") or {}
+        return server if server.get("registrations", 0) > first["registrations"] else None
+
+    again = wait_until("the node to register again", registered_again, 60)
+    assert again["node_id"] == first["node_id"]
+    wait_until(
+        "the node to be online again",
+        lambda: ((node.status().get("status") or {}).get("server") or {}).get("state") == "online",
+        30,
+    )
+    assert node.cli("stop").returncode == 0
