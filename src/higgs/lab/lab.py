@@ -533,10 +533,16 @@ class Lab:
         return int(out.strip())
 
     def resolve(
-        self, host: Host | str, name: str, *, timeout: float = 5.0, server: str | None = None
+        self,
+        host: Host | str,
+        name: str,
+        *,
+        timeout: float = 5.0,
+        server: str | None = None,
+        tcp: bool = False,
     ) -> list[str]:
         """Resolve ``name`` (A) from ``host`` by asking ``server`` (default: the lab's DNS
-        server) directly. No answer raises CommandError."""
+        server) directly, over UDP or (``tcp``) TCP. No answer raises CommandError."""
         h = self.host(host) if isinstance(host, str) else host
         out = h.run(
             [
@@ -547,6 +553,7 @@ class Lab:
                 server or self.internet.ip,
                 "--timeout",
                 str(timeout),
+                *(["--tcp"] if tcp else []),
                 name,
             ],
             timeout=timeout + 10,
