@@ -7,8 +7,9 @@ deletes exactly these and nothing else, so several instances (and several test r
 share a host as long as their instance names differ.
 
 Numbers are derived from ``role:instance`` so that they are stable across restarts (the sweep
-needs no state) and distinct between instances (collisions are possible in principle, so tests
-use unique instance names and we check the derived values are free before use).
+needs no state) and almost always distinct between instances (16 bits of CRC-32: tests use
+random instance names; two instances whose numbers collide would sweep each other's rules).
+Marks and table ids carry the prefix ``0x6867`` ("hg"), far from what other software uses.
 """
 
 from __future__ import annotations

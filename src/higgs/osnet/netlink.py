@@ -20,7 +20,14 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from higgs.osnet.errors import OsnetError
 
-__all__ = ["NOT_FOUND_ERRNOS", "NetlinkError", "call", "is_not_found", "open_iproute"]
+__all__ = [
+    "NOT_FOUND_ERRNOS",
+    "NamespaceNotFound",
+    "NetlinkError",
+    "call",
+    "is_not_found",
+    "open_iproute",
+]
 
 T = TypeVar("T")
 
@@ -28,10 +35,15 @@ T = TypeVar("T")
 NOT_FOUND_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
 
 
+class NamespaceNotFound(OsnetError):
+    """The network namespace named does not exist (and was not created by us)."""
+
+
 def is_not_found(exc: BaseException) -> bool:
+    """True for "already gone": the object, its device, or its whole namespace."""
     if isinstance(exc, NetlinkError):
         return exc.code in NOT_FOUND_ERRNOS
-    return isinstance(exc, FileNotFoundError)
+    return isinstance(exc, FileNotFoundError | NamespaceNotFound)
 
 
 def open_iproute(netns: str | None = None) -> Any:
@@ -40,7 +52,7 @@ def open_iproute(netns: str | None = None) -> Any:
     try:
         return IPRoute(netns=netns, flags=0)
     except FileNotFoundError as exc:
-        raise OsnetError(f"network namespace {netns!r} does not exist") from exc
+        raise NamespaceNotFound(f"network namespace {netns!r} does not exist") from exc
 
 
 def call(fn: Callable[[Any], T], netns: str | None = None) -> T:

@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-__all__ = ["process_start_time", "socket_owners", "stop_process"]
+__all__ = ["is_running", "process_start_time", "socket_owners", "stop_process"]
 
 _PROC = Path("/proc")
 
@@ -44,7 +44,18 @@ def _gone(pid: int, start: int | None) -> bool:
     fields = _stat_fields(pid)
     if fields is None or int(fields[19]) != start:
         return True
-    return fields[0] in ("Z", "X")
+    if fields[0] in ("Z", "X"):
+        # It exited between the two checks above; reap it if it is ours.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        return True
+    return False
+
+
+def is_running(pid: int, start_time: int) -> bool:
+    """True while the process ``(pid, start_time)`` exists and has not exited (a zombie
+    waiting for a parent that is not us to reap it counts as exited)."""
+    return not _gone(pid, start_time)
 
 
 def stop_process(pid: int, start_time: int, grace: float = 5.0) -> bool:

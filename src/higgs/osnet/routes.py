@@ -15,6 +15,7 @@ tunnel's own packets still leave by the normal default route::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -182,6 +183,9 @@ def add_route(journal: Journal, route: Route, *, netns: str | None = None) -> bo
     entry = journal.record(route.describe(), route_undo(route, netns))
     try:
         netlink.call(lambda ipr: ipr.route("add", **_route_kwargs(ipr, route)), netns)
+    except FileNotFoundError as exc:
+        journal.forget(entry)
+        raise RouteError(f"cannot add {route.describe()}: no interface {route.dev}") from exc
     except netlink.NetlinkError as exc:
         journal.forget(entry)  # a netlink add is atomic: nothing was made
         if exc.code == errno.EEXIST:
@@ -194,7 +198,7 @@ def add_route(journal: Journal, route: Route, *, netns: str | None = None) -> bo
 
 
 def delete_route(route: Route, *, netns: str | None = None) -> None:
-    """Deletes ``route``; already gone (or its device gone) is fine."""
+    """Deletes ``route``; already gone (or its device or namespace gone) is fine."""
 
     def delete(ipr: Any) -> None:
         try:
@@ -203,7 +207,8 @@ def delete_route(route: Route, *, netns: str | None = None) -> None:
             if not netlink.is_not_found(exc):
                 raise
 
-    netlink.call(delete, netns)
+    with contextlib.suppress(netlink.NamespaceNotFound):
+        netlink.call(delete, netns)
 
 
 def route_undo(route: Route, netns: str | None) -> dict[str, Any]:
@@ -316,6 +321,8 @@ def add_rule(journal: Journal, rule: Rule, *, netns: str | None = None) -> bool:
 
 
 def delete_rule(rule: Rule, *, netns: str | None = None) -> None:
+    """Deletes ``rule``; already gone (or its namespace gone) is fine."""
+
     def delete(ipr: Any) -> None:
         try:
             ipr.rule("del", **_rule_kwargs(rule))
@@ -323,7 +330,8 @@ def delete_rule(rule: Rule, *, netns: str | None = None) -> None:
             if not netlink.is_not_found(exc):
                 raise
 
-    netlink.call(delete, netns)
+    with contextlib.suppress(netlink.NamespaceNotFound):
+        netlink.call(delete, netns)
 
 
 def rule_undo(rule: Rule, netns: str | None) -> dict[str, Any]:

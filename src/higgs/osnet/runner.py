@@ -16,6 +16,7 @@ import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from higgs.common.secrets import redact
@@ -58,9 +59,16 @@ class Runner(Protocol):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> CommandResult: ...
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> int:
         """Starts a long-running daemon (e.g. ``wireguard-go -f``) in the background and
-        returns its PID. The caller journals the PID; the process is not waited for here."""
+        returns its PID; its stdout/stderr go to ``log_path`` (appended) or nowhere. The
+        caller journals the PID; the process is not waited for here."""
         ...
 
 
@@ -101,22 +109,36 @@ class SubprocessRunner:
             raise CommandError(full, proc.returncode, proc.stderr)
         return result
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> int:
         full = tuple(argv) if self.netns is None else ("ip", "netns", "exec", self.netns, *argv)
         log.log(self._log_level, "spawn: %s", redact(shlex.join(full)))
+        out = (
+            subprocess.DEVNULL
+            if log_path is None
+            else os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        )
         try:
             # A new session: a Ctrl-C at our terminal must not kill the daemon before our own
             # ordered teardown does. `ip netns exec` execs, so the PID is the daemon's.
             proc = subprocess.Popen(
                 full,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
                 env=None if env is None else {**os.environ, **env},
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise CommandError(full, None, f"executable not found: {full[0]}") from exc
+        finally:
+            if out != subprocess.DEVNULL:
+                os.close(out)
         self._spawned.append(proc)
         return proc.pid
 
@@ -177,7 +199,13 @@ class RecordingRunner:
             raise CommandError(full, result.returncode, result.stderr)
         return result
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> int:
         self.calls.append(tuple(argv))
         self.inputs.append(None)
         self.next_pid += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -46,12 +47,27 @@ __all__ = [
 
 Backend = Literal["auto", "kernel", "userspace"]
 
+log = logging.getLogger(__name__)
+
 SOCKET_WAIT = 10.0
+USERSPACE_ATTEMPTS = 3
 _NO_KERNEL_WG = ("Unknown device type", "Not supported", "not supported", "No such device")
 
 
 class WireGuardError(OsnetError):
     """A WireGuard interface cannot be created or configured."""
+
+
+class _EarlyExit(Exception):
+    """wireguard-go died before its control socket appeared."""
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "no output"
+    return text[-limit:] or "no output"
 
 
 def kernel_module_loaded() -> bool:
@@ -208,37 +224,51 @@ class WireGuard:
             raise WireGuardError(
                 f"{self.socket} is in use by a running wireguard-go; choose another name"
             )
-        self._entry = self.journal.record(
+        # The socket directory is shared by the whole host; another program's cleanup may
+        # remove it between wireguard-go's own mkdir and its listen (seen under concurrent
+        # test runs), and the daemon then exits at once: start it again, a few times.
+        for attempt in range(1, USERSPACE_ATTEMPTS + 1):
+            try:
+                self._spawn_userspace()
+                self.backend_used = "userspace"
+                return
+            except _EarlyExit as exc:
+                if attempt == USERSPACE_ATTEMPTS:
+                    raise WireGuardError(str(exc)) from None
+                log.warning("%s; starting it again (attempt %d)", exc, attempt + 1)
+
+    def _spawn_userspace(self) -> None:
+        WG_SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        entry = self.journal.record(
             f"wireguard-go {self.name}", undo.wireguard_go(self.name, self.socket, self.netns)
         )
+        self._entry = entry
+        log_path = self.journal.path.parent / f"wireguard-go-{self.name}.log"
         try:
             pid = self.runner.spawn(
                 self._ns(["wireguard-go", "-f", self.name]),
                 # Harmless without the module; lets a forced userspace run where it exists.
                 env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"},
+                log_path=log_path,
             )
             start = procs.process_start_time(pid)
             self._entry = self.journal.amend(
-                self._entry,
-                undo.wireguard_go(self.name, self.socket, self.netns, pid, start),
+                entry, undo.wireguard_go(self.name, self.socket, self.netns, pid, start)
             )
-            self._wait_for_socket(pid, start)
+            self._wait_for_socket(pid, start, log_path)
         except BaseException as exc:
             try:
-                self.journal.undo(self._entry)
+                self.journal.undo(entry)
             except UndoError as undo_exc:
                 exc.add_note(str(undo_exc))
             self._entry = None
             raise
-        self.backend_used = "userspace"
 
-    def _wait_for_socket(self, pid: int, start: int | None) -> None:
+    def _wait_for_socket(self, pid: int, start: int | None, log_path: Path) -> None:
         deadline = time.monotonic() + SOCKET_WAIT
         while not self.socket.exists():
-            if start is None or procs.process_start_time(pid) != start:
-                raise WireGuardError(
-                    f"wireguard-go {self.name} exited at start (name in use? no /dev/net/tun?)"
-                )
+            if start is None or not procs.is_running(pid, start):
+                raise _EarlyExit(f"wireguard-go {self.name} exited at start: {_tail(log_path)}")
             if time.monotonic() > deadline:
                 raise WireGuardError(
                     f"wireguard-go {self.name}: no control socket after {SOCKET_WAIT:g}s"

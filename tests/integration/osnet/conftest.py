@@ -52,6 +52,11 @@ class Namespaces:
         sh("ip", "netns", "add", name)
         self.created.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
+        # No IPv6 duplicate address detection: its transient "tentative" addresses and late
+        # local routes would make before/after snapshots differ by timing alone.
+        for scope in ("all", "default"):
+            sh("ip", "netns", "exec", name, "sysctl", "-q", "-w",
+               f"net.ipv6.conf.{scope}.accept_dad=0")  # fmt: skip
         return name
 
     def ifname(self, label: str) -> str:

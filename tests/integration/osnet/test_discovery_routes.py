@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def test_lowest_metric_default_route_wins_and_names_keep_dots(
     assert default_uplink(netns=a, exclude=["up-link.1"]).name == "wan-2"
     sh("ip", "-n", a, "route", "del", "default", "via", "10.0.1.1", "dev", "up-link.1")
     assert default_uplink(netns=a).name == "wan-2"
+
+
+def test_multipath_default_route_counts_by_its_first_hop(two_uplinks: tuple[str, str]) -> None:
+    a, _ = two_uplinks
+    sh("ip", "-n", a, "route", "add", "default",
+       "nexthop", "via", "10.0.2.1", "dev", "wan-2",
+       "nexthop", "via", "10.0.1.1", "dev", "up-link.1")  # fmt: skip
+    up = default_uplink(netns=a)
+    assert (up.name, up.gateway) == ("wan-2", "10.0.2.1")
 
 
 def test_ipv6_default_route(two_uplinks: tuple[str, str]) -> None:
@@ -134,3 +144,26 @@ def test_full_tunnel_rules_like_wg_quick_and_undo(
         sysctl.read("net.ipv4.conf.all.src_valid_mark", runner=journal.runner, netns=a)
         == before_mark
     )
+
+
+def test_hoststate_sees_configuration_not_traffic(namespaces: Namespaces) -> None:
+    from higgs.osnet import hoststate
+
+    ns = namespaces.new("h")
+    sh("ip", "netns", "exec", ns, "nft", "add", "table", "inet", "hgtest")
+    sh("ip", "netns", "exec", ns, "nft", "add", "chain", "inet", "hgtest", "out",
+       "{ type filter hook output priority 0; }")  # fmt: skip
+    sh("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "hgtest", "out", "udp", "dport",
+       "9", "counter")  # fmt: skip
+    before = hoststate.snapshot(netns=ns)
+    assert "\t\tudp dport 9 counter" in before.sections["nft"]
+    # Traffic moves the counter; the snapshot does not change.
+    sh("ip", "netns", "exec", ns, sys.executable, "-c",
+       "import socket; socket.socket(2, 2).sendto(b'x', ('127.0.0.1', 9))")  # fmt: skip
+    assert "packets 1" in sh("ip", "netns", "exec", ns, "nft", "list", "ruleset")
+    assert hoststate.snapshot(netns=ns) == before
+    # A configuration change does.
+    sh("ip", "-n", ns, "rule", "add", "fwmark", "0x1", "table", "100", "priority", "100")
+    after = hoststate.snapshot(netns=ns)
+    assert after != before
+    assert "100:\tfrom all fwmark 0x1 lookup 100" in before.diff(after)

@@ -339,3 +339,12 @@ def test_kill_pid_stops_our_process_and_spares_a_recycled_pid(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_changes_in_a_namespace_that_is_gone_count_as_undone(journal: Journal) -> None:
+    from higgs.osnet.routes import Route, Rule, route_undo, rule_undo
+
+    gone = "higgs-ns-that-was-deleted"
+    journal.record("route", route_undo(Route("10.1.0.0/16", dev="x"), gone))
+    journal.record("rule", rule_undo(Rule(5000, 254, 4, suppress_prefixlength=0), gone))
+    assert journal.undo_all() == 2

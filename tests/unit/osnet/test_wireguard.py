@@ -114,3 +114,52 @@ def test_interface_names_are_validated(tmp_path: Path) -> None:
         for bad in ("", "a" * 16, "has space", "a/b", "x:y"):
             with pytest.raises(Exception, match="invalid interface name"):
                 WireGuard(bad, journal=journal)
+
+
+def test_kernel_module_is_tried_first_and_journaled_before(
+    tmp_path: Path, runner: RecordingRunner
+) -> None:
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        wg = WireGuard("hgunit-k0", journal=journal)
+        wg.create()
+        assert wg.backend_used == "kernel"
+        assert runner.commands == [["ip", "link", "add", "dev", "hgunit-k0", "type", "wireguard"]]
+        assert [e.undo for e in journal.entries] == [
+            {"op": "link_delete", "name": "hgunit-k0", "netns": None}
+        ]
+        wg.destroy()
+        assert runner.commands[-1] == ["ip", "link", "delete", "dev", "hgunit-k0"]
+        assert len(journal) == 0
+
+
+def test_without_the_module_wireguard_go_is_spawned_and_a_dead_daemon_is_undone(
+    tmp_path: Path, runner: RecordingRunner
+) -> None:
+    runner.script(["ip", "link", "add"], returncode=2, stderr="Error: Unknown device type.\n")
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        wg = WireGuard("hgunit-u0", journal=journal)
+        # The fake funnel's PID belongs to no process: the daemon "exited at start".
+        with pytest.raises(WireGuardError, match="exited at start"):
+            wg.create()
+        attempt = [
+            ["wireguard-go", "-f", "hgunit-u0"],
+            ["ip", "link", "delete", "dev", "hgunit-u0"],  # the rollback
+        ]
+        assert runner.commands == [
+            ["ip", "link", "add", "dev", "hgunit-u0", "type", "wireguard"],
+            *attempt * 3,  # started again: the shared socket directory can vanish under it
+        ]
+        assert len(journal) == 0
+
+
+def test_a_kernel_error_other_than_unsupported_is_not_papered_over(
+    tmp_path: Path, runner: RecordingRunner
+) -> None:
+    runner.script(
+        ["ip", "link", "add"], returncode=2, stderr="RTNETLINK answers: Permission denied"
+    )
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        with pytest.raises(WireGuardError, match="Permission denied"):
+            WireGuard("hgunit-p0", journal=journal).create()
+        assert len(runner.calls) == 1
+        assert len(journal) == 0

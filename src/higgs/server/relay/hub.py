@@ -35,7 +35,7 @@ from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
-from higgs.server.relay.ports import RelayEvents
+from higgs.server.relay.ports import RelayEvents, RelayHub
 
 __all__ = ["NODE_PATH", "SESSION_PATH", "NodeEntry", "RelayHubServer", "SessionEntry"]
 
@@ -66,8 +66,10 @@ class SessionEntry:
     client_link: SessionLink | None = None
     closed: bool = False
     close_reason: str = ""
-    datagrams: int = 0
-    bytes: int = 0
+    up_datagrams: int = 0  # client → node
+    up_bytes: int = 0
+    down_datagrams: int = 0  # node → client
+    down_bytes: int = 0
     reported: int = 0
 
 
@@ -116,7 +118,7 @@ class RelayHubServer:
     ) -> None:
         self.events = events
         self.counters = RelayCounters()
-        registry.register(RelayMetricsCollector(self.counters))
+        registry.register(RelayMetricsCollector(self.counters, self._traffic_totals))
         self.ping_interval_s = ping_interval_s
         self.dead_after_s = dead_after_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -267,7 +269,10 @@ class RelayHubServer:
         session = self._sessions.get(session_id) or self._closed.get(session_id)
         if session is None:
             return (0, 0)
-        return (session.datagrams, session.bytes)
+        return (
+            session.up_datagrams + session.down_datagrams,
+            session.up_bytes + session.down_bytes,
+        )
 
     # -- upgrade: routing and authentication (synchronous, from memory) ----------------------
 
@@ -323,6 +328,8 @@ class RelayHubServer:
             return
         self._links.discard(link)
         self.counters.node_links -= 1
+        if link.paused:
+            link.release_clients()  # they waited for this link's socket, which is gone
         node = link.node
         if node.link is link:
             node.link = None
@@ -342,6 +349,9 @@ class RelayHubServer:
         old, session.client_link = session.client_link, link
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer link")
+        node_link = session.node.link
+        if node_link is not None and node_link.paused and link.raw is not None:
+            link.raw.pause_reading()  # join the node's other clients in waiting
         log.info("relay: session link up", extra={"session_id": session.session_id})
         link.send_text(
             {
@@ -438,8 +448,9 @@ class RelayHubServer:
 
     def _activity_sweep(self) -> None:
         for session in self._sessions.values():
-            if session.datagrams != session.reported:
-                session.reported = session.datagrams
+            seen = session.up_datagrams + session.down_datagrams
+            if seen != session.reported:
+                session.reported = seen
                 try:
                     self.events.session_activity(session.session_id)
                 except Exception:
@@ -453,7 +464,25 @@ class RelayHubServer:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _traffic_totals(self) -> tuple[int, int, int, int]:
+        """(datagrams, bytes) to node, then to client, since start: summed at scrape time so
+        the data path only counts per session."""
+        c = self.counters
+        up_d, up_b = c.closed_up_datagrams, c.closed_up_bytes
+        down_d, down_b = c.closed_down_datagrams, c.closed_down_bytes
+        for s in self._sessions.values():
+            up_d += s.up_datagrams
+            up_b += s.up_bytes
+            down_d += s.down_datagrams
+            down_b += s.down_bytes
+        return up_d, up_b, down_d, down_b
+
     def _remember_closed(self, session: SessionEntry) -> None:
+        c = self.counters
+        c.closed_up_datagrams += session.up_datagrams
+        c.closed_up_bytes += session.up_bytes
+        c.closed_down_datagrams += session.down_datagrams
+        c.closed_down_bytes += session.down_bytes
         self._closed[session.session_id] = session
         self._closed_tokens[session.token_hash] = session
         while len(self._closed) > _CLOSED_MEMORY:
@@ -469,3 +498,7 @@ class RelayHubServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("relay: event handler failed", exc_info=task.exception())
+
+
+def _conforms_to_the_seam(hub: RelayHubServer) -> RelayHub:
+    return hub  # mypy checks here that the hub implements the RelayHub protocol

@@ -7,8 +7,9 @@ is alone in its read buffer goes out through picows' C ``send``; frames that arr
 appended, already framed, to the destination's pending buffer and written with one ``write()``
 when the source's read buffer is exhausted (``frame.last_in_buffer``). When a destination's
 transport is over its high-water mark, frames wait in a bounded queue that drops its oldest
-frame when full (``queue_full``); WireGuard tolerates loss like UDP, and a slow client must not
-stall the node's other sessions, so sources are never paused.
+frame when full (``queue_full``); WireGuard tolerates loss like UDP. A node link is never paused
+for a slow client (it carries all the node's sessions); a full node link pauses reading its
+own client links instead (see :meth:`NodeLink.pause_writing`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from typing import TYPE_CHECKING, Any, cast
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
-from higgs.protocol.relay import MAX_FRAME_SIZE, CloseCode, DropReason, FrameError, validate
+from higgs.protocol.relay import (
+    FRAME_DATA,
+    HEADER_SIZE,
+    MAX_FRAME_SIZE,
+    RECORD_HEADER_SIZE,
+    CloseCode,
+    DropReason,
+    FrameError,
+    validate,
+)
 
 if TYPE_CHECKING:
     from asyncio import Transport
@@ -38,6 +48,9 @@ _TEXT = WSMsgType.TEXT
 _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _FIN_BINARY = 0x82
+_unpack_head = struct.Struct(">BIH").unpack_from  # type, channel, first record's length
+_ONE_RECORD_OVERHEAD = HEADER_SIZE + RECORD_HEADER_SIZE
+_ONE_RECORD_MIN = _ONE_RECORD_OVERHEAD
 _HDR_SMALL = struct.Struct(">BB")
 _HDR_MEDIUM = struct.Struct(">BBH")
 _MALFORMED = DropReason.MALFORMED
@@ -46,11 +59,26 @@ _NO_PEER = DropReason.NO_PEER
 _SESSION_CLOSED = DropReason.SESSION_CLOSED
 
 
+def _make_header(n: int) -> bytes:
+    return _HDR_SMALL.pack(_FIN_BINARY, n) if n < 126 else _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+
+
+# Server-to-peer (unmasked) binary frame headers by payload size, built on first use: a list
+# index is several times cheaper than struct.pack on the per-frame path. Relay frames never
+# exceed 65,535 bytes (the parser checked), so the index is always in range.
+_HEADERS: list[bytes | None] = [None] * (MAX_FRAME_SIZE + 1)
+
+
+def _header(n: int) -> bytes:
+    head = _HEADERS[n]
+    if head is None:
+        head = _HEADERS[n] = _make_header(n)
+    return head
+
+
 def _framed(payload: memoryview | bytes) -> bytes:
-    """A server-to-peer (unmasked) binary WebSocket frame around ``payload``."""
-    n = len(payload)
-    head = _HDR_SMALL.pack(_FIN_BINARY, n) if n < 126 else _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
-    return head + payload
+    """A server-to-peer binary WebSocket frame around ``payload``."""
+    return _header(len(payload)) + payload
 
 
 class _Link(WSListener):
@@ -111,16 +139,17 @@ class _Link(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self.alive = True
+        last = frame.last_in_buffer
         try:
-            if frame.msg_type == _BINARY and frame.fin and self.frag is None:
-                self._forward_fast(frame.get_payload_as_memoryview(), frame.last_in_buffer)
+            if frame.msg_type is _BINARY and frame.fin and self.frag is None:
+                self._forward_fast(frame.get_payload_as_memoryview(), last)
             else:
                 self._other_frame(transport, frame)
         except Exception:
             # Never let one bad frame (or a bug) take the link or other links down.
             self.hub.counters.drops[_MALFORMED] += 1
             log.exception("relay: unexpected error handling a frame on a %s link", self.kind)
-        if frame.last_in_buffer and self.hub.dirty:
+        if last and self.hub.dirty:
             self.hub.flush()
 
     def pause_writing(self) -> None:
@@ -149,11 +178,8 @@ class _Link(WSListener):
                 return
             pending = self.pending = bytearray()
             self.hub.mark_dirty(self)
-        n = len(payload)
-        if n < 126:
-            pending += _HDR_SMALL.pack(_FIN_BINARY, n)
-        else:
-            pending += _HDR_MEDIUM.pack(_FIN_BINARY, 126, n)
+        head = _HEADERS[len(payload)]
+        pending += head if head is not None else _header(len(payload))
         pending += payload
 
     def flush_pending(self) -> None:
@@ -253,6 +279,14 @@ class _Link(WSListener):
     def _forward_fast(self, payload: memoryview, last: bool) -> None:
         raise NotImplementedError
 
+    def _check(self, payload: memoryview) -> tuple[int, int]:
+        """Full validation; (channel, datagrams), or (0, 0) after counting the drop."""
+        try:
+            return validate(payload)
+        except FrameError as exc:
+            self.hub.counters.drops[exc.reason] += 1
+            return (0, 0)
+
     def on_text(self, data: bytes) -> None:
         raise NotImplementedError
 
@@ -276,28 +310,65 @@ class NodeLink(_Link):
     def on_text(self, data: bytes) -> None:
         self.hub.node_text(self, data)
 
+    # Upstream backpressure: when the node's socket is full, stop reading its clients' links.
+    # Every client link of a node feeds only this one destination, so pausing them is fair and
+    # pushes the loss to the clients' own bounded queues instead of the relay's memory. The
+    # other direction is never paused: the node link carries every session, and one slow
+    # client must not stall the rest (those frames are dropped oldest-first instead).
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for session in self.node.channels.values():
+            link = session.client_link
+            if link is not None and link.raw is not None and not link.closed:
+                link.raw.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.paused:
+            self.release_clients()
+
+    def release_clients(self) -> None:
+        """Lets the node's client links be read again (on resume, or when this link goes)."""
+        for session in self.node.channels.values():
+            link = session.client_link
+            if link is not None and link.raw is not None and not link.closed:
+                link.raw.resume_reading()
+
     def _forward_fast(self, payload: memoryview, last: bool) -> None:
-        counters = self.hub.counters
-        try:
-            channel, count = validate(payload)
-        except FrameError as exc:
-            counters.drops[exc.reason] += 1
+        # Hot path, deliberately inlined (each Python call costs about as much as a check):
+        # a one-datagram frame is recognised from its first record's length.
+        size = len(payload)
+        if _ONE_RECORD_MIN < size <= MAX_FRAME_SIZE:
+            kind, channel, first = _unpack_head(payload)
+            if kind == FRAME_DATA and first == size - _ONE_RECORD_OVERHEAD:
+                count = 1
+            else:
+                channel, count = self._check(payload)
+                if not count:
+                    return
+        else:
+            self._check(payload)
             return
-        session = self.node.channels.get(channel)
+        node = self.node
+        session = node.channels.get(channel)
         if session is None:
-            reason = _SESSION_CLOSED if channel in self.node.closed_channels else _WRONG_CHANNEL
-            counters.drops[reason] += 1
+            reason = _SESSION_CLOSED if channel in node.closed_channels else _WRONG_CHANNEL
+            self.hub.counters.drops[reason] += 1
             return
         dest = session.client_link
         if dest is None or dest.closed:
-            counters.drops[_NO_PEER] += 1
+            self.hub.counters.drops[_NO_PEER] += 1
             return
-        size = len(payload)
-        session.datagrams += count
-        session.bytes += size
-        counters.datagrams_to_client += count
-        counters.bytes_to_client += size
-        dest.deliver(payload, last)
+        session.down_datagrams += count
+        session.down_bytes += size
+        pending = dest.pending
+        if pending is not None and not dest.paused:
+            head = _HEADERS[size]
+            pending += head if head is not None else _header(size)
+            pending += payload
+        else:
+            dest.deliver(payload, last)
 
 
 class SessionLink(_Link):
@@ -319,29 +390,37 @@ class SessionLink(_Link):
         self.hub.detach_session_link(self)
 
     def _forward_fast(self, payload: memoryview, last: bool) -> None:
-        counters = self.hub.counters
-        try:
-            channel, count = validate(payload)
-        except FrameError as exc:
-            counters.drops[exc.reason] += 1
+        # Hot path, inlined like NodeLink's.
+        size = len(payload)
+        if _ONE_RECORD_MIN < size <= MAX_FRAME_SIZE:
+            kind, channel, first = _unpack_head(payload)
+            if kind == FRAME_DATA and first == size - _ONE_RECORD_OVERHEAD:
+                count = 1
+            else:
+                channel, count = self._check(payload)
+                if not count:
+                    return
+        else:
+            self._check(payload)
             return
         session = self.session
-        if session.closed:
-            counters.drops[_SESSION_CLOSED] += 1
-            return
-        if channel != session.channel:
-            counters.drops[_WRONG_CHANNEL] += 1
+        if channel != session.channel or session.closed:
+            reason = _SESSION_CLOSED if session.closed else _WRONG_CHANNEL
+            self.hub.counters.drops[reason] += 1
             return
         dest = session.node.link
         if dest is None or dest.closed:
-            counters.drops[_NO_PEER] += 1
+            self.hub.counters.drops[_NO_PEER] += 1
             return
-        size = len(payload)
-        session.datagrams += count
-        session.bytes += size
-        counters.datagrams_to_node += count
-        counters.bytes_to_node += size
-        dest.deliver(payload, last)
+        session.up_datagrams += count
+        session.up_bytes += size
+        pending = dest.pending
+        if pending is not None and not dest.paused:
+            head = _HEADERS[size]
+            pending += head if head is not None else _header(size)
+            pending += payload
+        else:
+            dest.deliver(payload, last)
 
     def on_text(self, data: bytes) -> None:
         self.hub.session_text(self, data)

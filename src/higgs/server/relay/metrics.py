@@ -7,7 +7,7 @@ metric families only when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,12 +21,16 @@ TO_NODE = "client_to_node"
 TO_CLIENT = "node_to_client"
 
 
+Totals = Callable[[], tuple[int, int, int, int]]
+
+
 @dataclass(slots=True)
 class RelayCounters:
-    datagrams_to_node: int = 0
-    datagrams_to_client: int = 0
-    bytes_to_node: int = 0
-    bytes_to_client: int = 0
+    # Traffic of sessions already closed; open sessions count their own (see RelayHubServer).
+    closed_up_datagrams: int = 0
+    closed_up_bytes: int = 0
+    closed_down_datagrams: int = 0
+    closed_down_bytes: int = 0
     node_links: int = 0
     session_links: int = 0
     drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
@@ -35,11 +39,13 @@ class RelayCounters:
 class RelayMetricsCollector(Collector):
     """``higgs_relay_*`` families; counts frames for drops (a frame may hold several datagrams)."""
 
-    def __init__(self, counters: RelayCounters) -> None:
+    def __init__(self, counters: RelayCounters, totals: Totals) -> None:
         self._c = counters
+        self._totals = totals
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         c = self._c
+        up_datagrams, up_bytes, down_datagrams, down_bytes = self._totals()
         dropped = CounterMetricFamily(
             "higgs_relay_dropped", "Relay frames dropped, by reason", labels=["reason"]
         )
@@ -49,14 +55,14 @@ class RelayMetricsCollector(Collector):
         datagrams = CounterMetricFamily(
             "higgs_relay_datagrams", "WireGuard datagrams forwarded", labels=["direction"]
         )
-        datagrams.add_metric([TO_NODE], c.datagrams_to_node)
-        datagrams.add_metric([TO_CLIENT], c.datagrams_to_client)
+        datagrams.add_metric([TO_NODE], up_datagrams)
+        datagrams.add_metric([TO_CLIENT], down_datagrams)
         yield datagrams
         sent = CounterMetricFamily(
             "higgs_relay_bytes", "Relay frame payload bytes forwarded", labels=["direction"]
         )
-        sent.add_metric([TO_NODE], c.bytes_to_node)
-        sent.add_metric([TO_CLIENT], c.bytes_to_client)
+        sent.add_metric([TO_NODE], up_bytes)
+        sent.add_metric([TO_CLIENT], down_bytes)
         yield sent
         links = GaugeMetricFamily("higgs_relay_links", "Open relay links", labels=["kind"])
         links.add_metric(["node"], c.node_links)
