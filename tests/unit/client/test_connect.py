@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from higgs.protocol.api import RouteResponse
 
 from higgs.client.connect import ConnectError, Connector, Endpoint, PeerStats
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.common.keys import PrivateKey
+from higgs.protocol.api import RouteResponse
 
 NODE_KEY = PrivateKey(bytes(range(1, 33))).public_b64()
 CLIENT_KEY = PrivateKey(bytes(range(32)))
