@@ -18,7 +18,7 @@ import pytest
 
 from higgs.lab.errors import CommandError
 from higgs.lab.lab import PRINTER_PORT, Lab
-from higgs.lab.procs import LabProcess
+from higgs.lab.procs import LabProcess, pids_mentioning
 from higgs.lab.product import Product
 from higgs.lab.stock import StockClient, StockTunnel
 
@@ -198,3 +198,4 @@ def test_after_stop_nothing_of_it_remains(lab: Lab) -> None:
     assert before.diff(after) == ""
     assert lab.node.run(["ip", "link", "show", product.node_if], check=False).returncode != 0
     assert not Path(f"/var/run/wireguard/{product.node_if}.sock").exists()
+    assert pids_mentioning(product.node_if) == {}  # wireguard-go and the rest are gone
