@@ -334,10 +334,12 @@ def check_tunnel(system: System, client: Client) -> None:
 
 
 @contextlib.contextmanager
-def running_system(tmp: Path, *, direct: bool, plan: LabPlan | None = None) -> Iterator[System]:
+def running_system(
+    tmp: Path, *, direct: bool, plan: LabPlan | None = None, ipv6: bool = False
+) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
     nothing behind (namespaces, sockets, processes)."""
-    lab = Lab(plan=plan).build()
+    lab = Lab(plan=plan, ipv6=ipv6).build()
     try:
         system = _build_system(lab, tmp, direct=direct)
         try:

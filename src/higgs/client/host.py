@@ -49,6 +49,7 @@ class LinuxTunnelHost:
         self.fwmark = self.names.fwmark
         self.wg = WireGuard(settings.interface, journal=journal)
         self._firewall: FirewallBackend | None = None
+        self._v6 = False
         self._peer_key: str | None = None
         self._tunnel_first_entry: int | None = None
         self._kill_switch_entries: set[int] = set()
@@ -59,8 +60,11 @@ class LinuxTunnelHost:
         self._tunnel_first_entry = self._next_entry_id()
         self.wg.create()
         self.wg.configure(private_key, fwmark=self.fwmark)
-        self.wg.set_addresses([address])
+        # One address today (IPv4); a comma-separated list gives the tunnel IPv6 as well.
+        addresses = [a.strip() for a in address.split(",") if a.strip()]
+        self.wg.set_addresses(addresses)
         self.wg.up(mtu)
+        self._v6 = any(ipaddress.ip_interface(a).version == 6 for a in addresses)
 
     def set_peer(
         self,
@@ -126,9 +130,9 @@ class LinuxTunnelHost:
                             table=self.names.table_id,
                         ),
                     )
-            # IPv4 only: the tunnel address is IPv4, so IPv6 cannot be tunnelled; the kill
-            # switch blocks it instead (no IPv6 leak around the tunnel).
-            routes.full_tunnel(self.journal, self.names, families=(4,))
+            # IPv6 goes into the tunnel only when the tunnel has an IPv6 address; otherwise the
+            # kill switch blocks it (no IPv6 leak around an IPv4-only tunnel).
+            routes.full_tunnel(self.journal, self.names, families=(4, 6) if self._v6 else (4,))
         else:
             for prefix in prefixes:
                 net = ipaddress.ip_network(prefix, strict=False)
