@@ -92,17 +92,26 @@ class Daemon:
         return self.tunnel
 
     async def hold(self) -> None:
-        tasks = [
-            asyncio.create_task(self._renew_loop(), name="renew"),
-            asyncio.create_task(self._watch_loop(), name="watch"),
-            asyncio.create_task(self._ping_loop(), name="ping"),
-        ]
+        """Runs the loops until told to stop; a loop that dies of a bug is logged and started
+        again, so the tunnel is never left without its renewal or its watchdog."""
+        loops = {"renew": self._renew_loop, "watch": self._watch_loop, "ping": self._ping_loop}
+        tasks: dict[asyncio.Future[Any], str] = {
+            asyncio.create_task(fn(), name=name): name for name, fn in loops.items()
+        }
+        stop: asyncio.Future[Any] = asyncio.create_task(self.stop.wait())
         try:
-            await self.stop.wait()
+            while not self.stop.is_set():
+                done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stop}:
+                    name = tasks.pop(task)
+                    log.error("the %s loop stopped; restarting it", name, exc_info=task.exception())
+                    await asyncio.sleep(1.0)
+                    tasks[asyncio.create_task(loops[name](), name=name)] = name
         finally:
+            stop.cancel()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(stop, *tasks, return_exceptions=True)
 
     async def teardown(self) -> list[str]:
         problems: list[str] = []
