@@ -155,6 +155,35 @@ def test_node_gone_fails_over_to_another_node(relay: System) -> None:
     )
 
 
+def test_node_crash_fails_over_without_user_action(relay: System) -> None:
+    """A node dies without a goodbye (power cut): the server marks it offline after its missed
+    heartbeats, and the client moves to another node by itself."""
+    lab = relay.lab
+    nodes = [relay.node, *relay.extra_nodes]
+    for node in nodes:  # the previous test switched one off: bring every node back
+        if node.proc is None or not node.proc.alive():
+            node.start()
+    if len(nodes) < 2:
+        nodes.append(relay.add_node(lab.printer, "n2"))
+    client = relay.client()
+    first = client.connect("--mode", "relay")
+    (used,) = [n for n in nodes if n.node_id == first["node_id"]]
+    used.proc.popen.kill()
+    used.proc.popen.wait(10)
+    wait_until(
+        "the client to move off the crashed node",
+        lambda: client.status().get("node_id") not in (None, first["node_id"]),
+        180,
+        every=3.0,
+    )
+    wait_until(
+        "traffic to flow through the other node",
+        lambda: lab.whoami(client.host, timeout=4)["ip"] == home_public(lab),
+        60,
+        every=2.0,
+    )
+
+
 def test_server_restart_mid_session_recovers_without_user_action(relay: System) -> None:
     lab = relay.lab
     client = relay.client()

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 STALE_HANDSHAKE_S = 200.0
 STATUS_EVERY_S = 2.0
 PING_EVERY_S = 10.0
+# How often the server is asked whether our node is still online: a node that crashed (no
+# graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
+# that long before WireGuard's own handshake goes stale.
+NODE_CHECK_EVERY_S = 15.0
 _SESSION_GONE = {404, 409, 410}
 
 
@@ -78,6 +82,7 @@ class Daemon:
         self.health = _Health()
         self.stop = asyncio.Event()
         self.reroute_needed = asyncio.Event()
+        self.reroute_why = ""
 
     def _relay_path(self, route: RouteResponse) -> BridgedRelayPath:
         return BridgedRelayPath(
@@ -94,7 +99,12 @@ class Daemon:
     async def hold(self) -> None:
         """Runs the loops until told to stop; a loop that dies of a bug is logged and started
         again, so the tunnel is never left without its renewal or its watchdog."""
-        loops = {"renew": self._renew_loop, "watch": self._watch_loop, "ping": self._ping_loop}
+        loops = {
+            "renew": self._renew_loop,
+            "watch": self._watch_loop,
+            "ping": self._ping_loop,
+            "node": self._node_loop,
+        }
         tasks: dict[asyncio.Future[Any], str] = {
             asyncio.create_task(fn(), name=name): name for name, fn in loops.items()
         }
@@ -152,6 +162,7 @@ class Daemon:
                 self.health.last_error = str(exc)
                 if exc.status in _SESSION_GONE:
                     log.warning("the server no longer has our session: %s", exc)
+                    self.reroute_why = "the server no longer has our session"
                     self.reroute_needed.set()
                 else:
                     log.warning("renew failed (will retry): %s", exc)
@@ -168,7 +179,7 @@ class Daemon:
             stats = self.host.peer_stats()
             reason = self._reroute_reason(tunnel, stats)
             if reason or self.reroute_needed.is_set():
-                reason = reason or "the server lost the session"
+                reason = reason or self.reroute_why or "the session is gone"
                 self.health.state = "reconnecting"
                 self.health.last_error = reason
                 self._write_status()
@@ -203,6 +214,24 @@ class Daemon:
                 await asyncio.wait_for(self.api.close(old.route.session_id), 5)
 
         asyncio.get_running_loop().create_task(close())
+
+    async def _node_loop(self) -> None:
+        while True:
+            await asyncio.sleep(NODE_CHECK_EVERY_S)
+            tunnel = self.tunnel
+            if tunnel is None or self.reroute_needed.is_set():
+                continue
+            try:
+                listing = await self.api.nodes()
+            except ApiError as exc:
+                log.debug("node check failed: %s", exc)  # server away: the relay tells more
+                continue
+            node_id = tunnel.route.node.node_id
+            state = next((n.state for n in listing.nodes if n.node_id == node_id), None)
+            if state != "online" and self.tunnel is tunnel:
+                log.warning("node %s is %s", node_id, state or "gone from the server's list")
+                self.reroute_why = f"node {node_id} is {state or 'gone'}"
+                self.reroute_needed.set()
 
     async def _ping_loop(self) -> None:
         while True:
