@@ -18,7 +18,7 @@ import pytest
 
 from higgs.lab.errors import CommandError
 from higgs.lab.lab import PRINTER_PORT, Lab
-from higgs.lab.procs import LabProcess
+from higgs.lab.procs import LabProcess, pids_mentioning
 from higgs.lab.product import Product
 from higgs.lab.stock import StockClient, StockTunnel
 
@@ -116,6 +116,15 @@ def test_a_client_asking_another_resolver_is_answered_by_the_node(exit_node: Exi
     assert answer == [lab.server.ip]
     asked = {q.source.split("#")[0] for q in lab.wait_dns_queries("server.example.test")}
     assert asked == {lab.home_router.ip}
+    # DNS over TCP is intercepted too (port 53 of any address, both protocols).
+    with pytest.raises(CommandError):
+        lab.resolve(lab.client_router, "example.test", server=lab.server.ip, tcp=True, timeout=2)
+    assert lab.resolve(lab.client, "example.test", server=lab.server.ip, tcp=True) == [
+        lab.internet.ip
+    ]
+    assert {q.source.split("#")[0] for q in lab.wait_dns_queries("example.test")} == {
+        lab.home_router.ip
+    }
 
 
 def test_the_owners_lan_and_the_node_itself_are_unreachable_while_the_internet_works(
@@ -189,3 +198,4 @@ def test_after_stop_nothing_of_it_remains(lab: Lab) -> None:
     assert before.diff(after) == ""
     assert lab.node.run(["ip", "link", "show", product.node_if], check=False).returncode != 0
     assert not Path(f"/var/run/wireguard/{product.node_if}.sock").exists()
+    assert pids_mentioning(product.node_if) == {}  # wireguard-go and the rest are gone

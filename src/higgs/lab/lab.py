@@ -32,9 +32,15 @@ from .errors import CommandError, LabError
 from .host import Host
 from .names import RunNames, new_run_names
 from .netns import NETNS_DIR, netns_exists, ns_argv, run
-from .plan import ROUTER_ROLES, LabPlan, default_plan
+from .plan import ROUTER_ROLES, LabPlan, default_plan, ipv6_plan
 from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
-from .render import render_dnat_udp, render_host_batch, render_nat_table, render_root_batch
+from .render import (
+    render_dnat_udp,
+    render_host_batch,
+    render_ipv6_batch,
+    render_nat_table,
+    render_root_batch,
+)
 
 __all__ = [
     "DNS_ZONE",
@@ -176,12 +182,19 @@ class Lab:
         services: bool = True,
         forward_udp: Sequence[int] = (),
         plan: LabPlan | None = None,
+        ipv6: bool = False,
     ) -> None:
         self.names: RunNames = new_run_names(prefix)
         self.plan = plan or default_plan()
         self.hosts: dict[str, Host] = {
             role: Host(role, self.names.ns(role), hp, self) for role, hp in self.plan.hosts.items()
         }
+        # IPv6 is opt-in: global 2001:db8::/32 on the public side and on both LANs (routed,
+        # not NATed, as an ISP delegates a prefix). See plan.ipv6_plan.
+        self.ipv6 = ipv6
+        if ipv6:
+            for role, v6 in ipv6_plan(self.plan).items():
+                self.hosts[role].v6 = v6
         self.workdir: Path | None = None
         self.timings: dict[str, float] = {}
         self._services = services
@@ -262,9 +275,19 @@ class Lab:
                 ]
             )
             jobs: list[tuple[list[str], str | None]] = []
+            if self.ipv6:
+                self._run_parallel(
+                    [
+                        (["ip", "-n", h.ns, "-batch", "-"], render_ipv6_batch(h.v6))
+                        for h in self.hosts.values()
+                        if h.v6 is not None
+                    ]
+                )
             for role in ROUTER_ROLES:
                 h = self.hosts[role]
                 script = "sysctl -qw net.ipv4.ip_forward=1"
+                if self.ipv6:
+                    script += " && sysctl -qw net.ipv6.conf.all.forwarding=1"
                 if h.plan.wan_if is not None:
                     script += " && nft -f -"
                 jobs.append(
@@ -327,6 +350,13 @@ class Lab:
             name="whoami",
         )
         waits.append((whoami, WHOAMI_PORT, "tcp"))
+        if inet.v6 is not None:
+            whoami6 = inet.popen(
+                [py, "-m", "higgs.lab.services.whoami", "--host", inet.ip6,
+                 "--port", str(WHOAMI_PORT)],
+                name="whoami6",
+            )  # fmt: skip
+            waits.append((whoami6, WHOAMI_PORT, "tcp6"))
         listen_argv = [py, "-m", "higgs.lab.services.listen", "--host", ip, "--banner", "220"]
         for port in SMTP_PORTS:
             listen_argv += ["--port", str(port)]
@@ -343,14 +373,15 @@ class Lab:
                 "--pid-file=",
                 "--user=root",
                 "--bind-interfaces",
-                f"--listen-address={ip}",
+                f"--listen-address={ip}" + (f",{inet.ip6}" if inet.v6 is not None else ""),
                 "--port=53",
                 "--log-queries",
                 f"--log-facility={dns_log}",
                 f"--local=/{zone}/",
-                f"--host-record={zone},{ip}",
-                f"--host-record=www.{zone},{ip}",
-                f"--host-record=server.{zone},{self.server.ip}",
+                f"--host-record={zone},{ip}" + (f",{inet.ip6}" if inet.v6 else ""),
+                f"--host-record=www.{zone},{ip}" + (f",{inet.ip6}" if inet.v6 else ""),
+                f"--host-record=server.{zone},{self.server.ip}"
+                + (f",{self.server.ip6}" if self.server.v6 else ""),
             ],
             name="dnsmasq",
         )
@@ -445,9 +476,17 @@ class Lab:
         target = self.host(to)
         self.host(router).nft(render_dnat_udp(self.plan, router, port, target.ip, to_port or port))
 
-    def whoami(self, host: Host | str, *, timeout: float = 10.0) -> dict[str, object]:
-        """Ask the internet host's HTTP server, from ``host``, who we look like."""
+    def whoami(
+        self, host: Host | str, *, timeout: float = 10.0, ipv6: bool = False
+    ) -> dict[str, object]:
+        """Ask the internet host's HTTP server, from ``host``, who we look like (over IPv6
+        with ``ipv6``, in a ``Lab(ipv6=True)``)."""
         h = self.host(host) if isinstance(host, str) else host
+        url = (
+            f"http://[{self.internet.ip6}]:{WHOAMI_PORT}/"
+            if ipv6
+            else (f"http://{self.internet.ip}:{WHOAMI_PORT}/")
+        )
         out = h.run(
             [
                 "curl",
@@ -456,7 +495,8 @@ class Lab:
                 "*",
                 "--max-time",
                 str(timeout),
-                f"http://{self.internet.ip}:{WHOAMI_PORT}/",
+                "-g",
+                url,
             ],
             timeout=timeout + 5,
         ).stdout
@@ -533,10 +573,16 @@ class Lab:
         return int(out.strip())
 
     def resolve(
-        self, host: Host | str, name: str, *, timeout: float = 5.0, server: str | None = None
+        self,
+        host: Host | str,
+        name: str,
+        *,
+        timeout: float = 5.0,
+        server: str | None = None,
+        tcp: bool = False,
     ) -> list[str]:
         """Resolve ``name`` (A) from ``host`` by asking ``server`` (default: the lab's DNS
-        server) directly. No answer raises CommandError."""
+        server) directly, over UDP or (``tcp``) TCP. No answer raises CommandError."""
         h = self.host(host) if isinstance(host, str) else host
         out = h.run(
             [
@@ -547,6 +593,7 @@ class Lab:
                 server or self.internet.ip,
                 "--timeout",
                 str(timeout),
+                *(["--tcp"] if tcp else []),
                 name,
             ],
             timeout=timeout + 10,

@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,12 +79,17 @@ class _Handler(BaseHTTPRequestHandler):
         sys.stdout.flush()
 
 
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=80)
     args = parser.parse_args(argv)
-    httpd = ThreadingHTTPServer((args.host, args.port), _Handler)
+    server_class = _Server6 if ":" in args.host else ThreadingHTTPServer
+    httpd = server_class((args.host, args.port), _Handler)
     print(f"whoami listening on {args.host}:{args.port}", flush=True)
     httpd.serve_forever()
 
