@@ -59,9 +59,9 @@ def test_start_serves_and_stop_restores_the_host(lab: Lab, tmp_path: Path, backe
     assert status["tunnel_address"] == "10.77.0.1/24"
     assert status["uplink"] == "eth0"
     during = host_state(lab.node)
-    assert during["ip_forward"] == "1\n"
-    assert f"{node.interface}" in during["links"]
-    assert "10.77.0.1/24" in during["addresses"]
+    assert "net.ipv4.ip_forward=1" in str(during["sysctl"])
+    assert f"{node.interface}:" in str(during["links"])
+    assert "10.77.0.1/24" in str(during["addresses"])
     # The DNS forwarder answers on the tunnel address with what the lab's DNS server says.
     dig = lab.node.run(
         [sys.executable, "-c",
@@ -159,4 +159,40 @@ def test_nat_follows_the_default_route_to_another_interface(lab: Lab, tmp_path: 
         lab.node.run(["ip", "link", "del", "up-2.x"], check=False)
         lab.node.run(["ip", "route", "replace", "default", "via", "192.168.1.1", "dev", "eth0"])
     wait_until("NAT to come back to eth0", lambda: masquerades_on("eth0"), 20)
+    assert node.cli("stop").returncode == 0
+
+
+def test_a_refused_enrollment_key_stops_the_node_before_it_touches_the_host(
+    lab: Lab, tmp_path: Path
+) -> None:
+    url, _ = start_api(lab)
+    before = host_state(lab.node)
+    node = NodeRun(lab, tmp_path / "state")
+    flags = node_flags(url, "nft")
+    flags[flags.index("--enroll-key") + 1] = "hge_not_a_key_the_server_knows"
+    proc = node.start(*flags)
+    wait_until("higgsnode to give up", lambda: not proc.alive(), 30)
+    assert proc.popen.returncode == 1
+    log = proc.log_text()
+    assert "rejected the enrollment key" in log
+    assert "Traceback" not in log
+    assert log.count("/v1/nodes/register") == 1  # one attempt, no retry loop
+    assert host_state(lab.node) == before
+
+
+def test_the_node_serves_while_the_server_is_unreachable_and_links_up_later(
+    lab: Lab, tmp_path: Path
+) -> None:
+    node = NodeRun(lab, tmp_path / "state")
+    node.start(*node_flags(f"http://{lab.server.ip}:{API_PORT}", "nft"))
+
+    def unreachable() -> dict[str, object] | None:
+        st = node.status().get("status") or {}
+        return st if (st.get("server") or {}).get("state") == "unreachable" else None
+
+    status = wait_until("the node to report the server unreachable", unreachable, 40)
+    assert status["tunnel_address"] == "10.77.0.1/24"  # the tunnel is up all the same
+    assert "10.77.0.1/24" in str(host_state(lab.node)["addresses"])
+    start_api(lab)
+    node.wait_server_online(timeout=90)  # backoff with jitter: up to a minute between tries
     assert node.cli("stop").returncode == 0

@@ -85,30 +85,41 @@ def _nft(text: str) -> str:
 
 def osnet_state(host: Host) -> HostState:
     """osnet's own snapshot of the namespace (the project's definition of "identical")."""
+    settle(host)
     return snapshot(netns=host.ns)
 
 
-def host_state(host: Host) -> dict[str, str]:
-    """What a node run must leave exactly as it found it, read inside ``host``'s namespace:
-    nft ruleset, iptables (nft and legacy), routes of all tables, policy rules, links,
-    addresses, qdiscs and the sysctls the node touches."""
+def settle(host: Host) -> None:
+    """Waits until IPv6 duplicate address detection is over in ``host``: until then its
+    link-local addresses are "tentative" and their local routes are still missing, which
+    would make two snapshots differ by themselves."""
+    wait_until(
+        f"DAD to finish in {host.role}",
+        lambda: not host.run(["ip", "-o", "address", "show", "tentative"]).stdout.strip(),
+        15,
+        0.2,
+    )
+
+
+def host_state(host: Host) -> dict[str, object]:
+    """What a node run must leave exactly as it found it, in ``host``'s namespace: osnet's
+    snapshot (routes of all tables, policy rules, links, addresses, qdiscs, touched sysctls),
+    with the packet filter compared semantically — nft and iptables (nft and legacy, v4 and
+    v6) without tables that hold only empty accept-policy chains (see _nft/_iptables)."""
+    settle(host)
 
     def out(*argv: str) -> str:
         result = host.run(list(argv), check=False)
         return result.stdout if result.returncode == 0 else f"<exit {result.returncode}>"
 
-    state = {
-        "nft": _nft(out("nft", "-j", "list", "ruleset")),
-        "iptables": _iptables(out("iptables-save")),
-        "iptables-legacy": _iptables(out("iptables-legacy-save")),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "rules": out("ip", "rule", "show"),
-        # -o one line per link; counters and "state UNKNOWN/UP" of veths are stable here.
-        "links": out("ip", "-o", "link", "show"),
-        "addresses": out("ip", "-o", "address", "show"),
-        "qdiscs": out("tc", "qdisc", "show"),
-        "ip_forward": out("sysctl", "-n", "net.ipv4.ip_forward"),
+    sections = snapshot(netns=host.ns).sections
+    state: dict[str, object] = {
+        k: v for k, v in sections.items() if k not in ("nft", "iptables", "ip6tables")
     }
+    state["nft"] = _nft(out("nft", "-j", "list", "ruleset"))
+    state["iptables"] = _iptables(out("iptables-save"))
+    state["ip6tables"] = _iptables(out("ip6tables-save"))
+    state["iptables-legacy"] = _iptables(out("iptables-legacy-save"))
     return state
 
 
