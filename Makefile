@@ -32,8 +32,12 @@ e2e: setup
 demo: setup
 	$(PY) -m higgs.lab.demo
 
+# Writes bench/results/report-<date>.md and prints it; takes tens of minutes (see docs/benchmarks.md).
 bench: setup
 	$(PY) -m bench
+
+bench-smoke: setup
+	$(PY) -m bench --smoke
 
 # Regenerates the constraints file from what is installed in the venv.
 lock: setup

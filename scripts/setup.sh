@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the programs, the lab and the tests need.
+# Debian packages the programs, the lab and the tests need. dnsmasq-base: the lab's DNS
+# server binary only -- the `dnsmasq` package would also start a resolver on the host.
 SYSTEM_PACKAGES=(
   wireguard-go wireguard-tools nftables iptables iproute2 iperf3 curl
-  dnsmasq procps kmod postgresql ca-certificates
+  dnsmasq-base procps kmod postgresql ca-certificates iputils-ping
 )
 
 missing=()

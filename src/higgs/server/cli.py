@@ -1,33 +1,296 @@
-"""`bosonserver` command line."""
+"""`bosonserver` command line.
+
+``serve`` runs the server; every other command works on the database directly (``--data-dir``
+for the default SQLite file, or ``--database postgresql://…``), so the operator needs no token
+on the server host. Changes made by the CLI while a server runs take effect there at once
+(credentials are looked up per request) or at its next sweep (sessions closed by
+``client revoke`` are announced to their nodes).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
 
 from higgs.common.cli import new_parser, run_cli
-from higgs.common.errors import HiggsError
+from higgs.common.config import load_settings
+from higgs.server.config import ENV_PREFIX, ServerSettings
+from higgs.server.services.clock import utcnow
+from higgs.server.services.identity import IdentityService, parse_expiry
+from higgs.server.services.registry import admin_nodes
+from higgs.server.services.sessions import admin_sessions, close_in_db
+from higgs.server.store import migrate
+from higgs.server.store.db import Database, database_url
+from higgs.server.store.open import open_database
+from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["build_parser", "main"]
+
+T = TypeVar("T")
+
+
+def _add_db_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    p.add_argument("--data-dir", type=Path, help="state directory (default /var/lib/bosonserver)")
+    p.add_argument("--database", help="postgresql://user@host/db (default: SQLite in data dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("bosonserver", "the Higgs.net central server")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("registry,", help="registry,")
-    sub.add_parser("routing,", help="routing,")
-    sub.add_parser("sessions,", help="sessions,")
-    sub.add_parser("relay:serve", help="relay:serve")
-    sub.add_parser("migrate", help="migrate")
-    sub.add_parser("enroll", help="enroll")
-    sub.add_parser("client", help="client")
-    sub.add_parser("nodes", help="nodes")
-    sub.add_parser("sessions", help="sessions")
+
+    serve = sub.add_parser("serve", help="run the API and the relay")
+    _add_db_options(serve)
+    serve.add_argument("--listen", help="REST API HOST:PORT (default 127.0.0.1:8080)")
+    serve.add_argument("--relay-listen", help="relay HOST:PORT (default 127.0.0.1:8081)")
+    serve.add_argument("--public-url", help="API base URL as clients reach it")
+    serve.add_argument("--relay-url", help="relay base URL (ws[s]://host:port) put into answers")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (HTTPS and WSS)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key")
+
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema")
+    _add_db_options(mig)
+
+    enroll = sub.add_parser("enroll", help="node enrollment keys")
+    enroll_sub = enroll.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = enroll_sub.add_parser("create", help="print a new enrollment key (hge_…)")
+    _add_db_options(create)
+    create.add_argument("--uses", type=int, default=1, help="registrations allowed (default 1)")
+    create.add_argument("--expires", help="30m, 1h, 7d or an ISO time (default: never)")
+    elist = enroll_sub.add_parser("list", help="list enrollment keys (never the keys)")
+    _add_db_options(elist)
+    elist.add_argument("--json", action="store_true")
+
+    client = sub.add_parser("client", help="client accounts")
+    client_sub = client.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = client_sub.add_parser("add", help="create a client and print its token (hgc_…)")
+    _add_db_options(add)
+    add.add_argument("name")
+    clist = client_sub.add_parser("list", help="list clients (never their tokens)")
+    _add_db_options(clist)
+    clist.add_argument("--json", action="store_true")
+    revoke = client_sub.add_parser("revoke", help="revoke a client and close its sessions")
+    _add_db_options(revoke)
+    revoke.add_argument("name")
+
+    nodes = sub.add_parser("nodes", help="list nodes")
+    _add_db_options(nodes)
+    nodes.add_argument("--json", action="store_true")
+
+    sessions = sub.add_parser("sessions", help="list sessions")
+    _add_db_options(sessions)
+    sessions.add_argument("--json", action="store_true")
+    sessions.add_argument("--state", choices=["open", "closed"])
     return parser
 
 
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    overrides: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "database": args.database,
+    }
+    for name in ("listen", "relay_listen", "public_url", "relay_url", "tls_cert", "tls_key"):
+        overrides[name] = getattr(args, name, None)
+    return load_settings(
+        ServerSettings, file=args.config, env_prefix=ENV_PREFIX, overrides=overrides
+    )
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    return uvloop.run(wrapper())
+
+
+async def _with_db(settings: ServerSettings, fn: Callable[[Database], Awaitable[T]]) -> T:
+    db = await open_database(settings, auto_migrate=False)
+    try:
+        return await fn(db)
+    finally:
+        await db.dispose()
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        _print_table(rows, columns)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def _serve(settings: ServerSettings) -> int:
+    # Imported here: the web stack is only needed to serve, not for the database commands.
+    from higgs.server.app import BosonServer
+
+    server = BosonServer(settings)
+    await server.start()
+    if server.new_admin_token:
+        print(
+            f"admin token (shown once; also in {server.admin_token_path}): "
+            f"{server.new_admin_token}",
+            flush=True,
+        )
+    print(f"bosonserver: API {server.api_url}  relay {server.relay_base}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+async def _migrate(settings: ServerSettings) -> int:
+    if settings.database is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(_db_url(settings))
+    try:
+        before = await migrate.current_revision(db)
+        after = await migrate.upgrade(db)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = await IdentityService(db).ensure_admin_token(settings.data_dir)
+    finally:
+        await db.dispose()
+    print(f"database schema: {before or 'empty'} -> {after}")
+    if token:
+        print(f"admin token (shown once; also in {settings.data_dir / 'admin.token'}): {token}")
+    return 0
+
+
+def _db_url(settings: ServerSettings) -> str:
+    return database_url(settings.database, settings.data_dir)
+
+
+async def _enroll_create(db: Database, uses: int, expires: str | None) -> int:
+    when = parse_expiry(expires, utcnow()) if expires else None
+    key = await IdentityService(db).create_enrollment_key(uses, when)
+    print(key)
+    print(
+        f"enrollment key: {uses} use(s), expires {when.isoformat() if when else 'never'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _enroll_list(db: Database, as_json: bool) -> int:
+    rows = [
+        {
+            "id": r.id,
+            "uses_left": r.uses_left,
+            "expires_at": r.expires_at,
+            "created_at": r.created_at,
+        }
+        for r in await IdentityService(db).list_enrollment_keys()
+    ]
+    _emit(rows, ["id", "uses_left", "expires_at", "created_at"], as_json)
+    return 0
+
+
+async def _client_add(db: Database, name: str) -> int:
+    token = await IdentityService(db).add_client(name)
+    print(token)
+    print(f"client {name!r} created; give it this token (shown once)", file=sys.stderr)
+    return 0
+
+
+async def _client_list(db: Database, as_json: bool) -> int:
+    rows = [
+        {
+            "name": r.name,
+            "created_at": r.created_at,
+            "revoked": r.revoked,
+            "revoked_at": r.revoked_at,
+            "open_sessions": r.open_sessions,
+        }
+        for r in await IdentityService(db).list_clients()
+    ]
+    _emit(rows, ["name", "revoked", "open_sessions", "created_at"], as_json)
+    return 0
+
+
+async def _client_revoke(db: Database, name: str) -> int:
+    client_id = await IdentityService(db).mark_revoked(name)
+    closed = await close_in_db(db, "client_revoked", SessionRow.client_id == client_id)
+    print(f"client {name!r} revoked; {len(closed)} session(s) closed")
+    return 0
+
+
+async def _nodes(db: Database, as_json: bool) -> int:
+    # Whether a node's link is up is known only to the running server: left out here.
+    listing = await admin_nodes(db, lambda _node_id: False)
+    rows = [n.model_dump(mode="json", exclude={"connected"}) for n in listing.nodes]
+    _emit(
+        rows,
+        ["node_id", "state", "country", "region", "endpoint", "open_sessions", "last_heartbeat_at"],
+        as_json,
+    )
+    return 0
+
+
+async def _sessions(db: Database, as_json: bool, state: str | None) -> int:
+    listing = await admin_sessions(db, lambda _session_id: (0, 0), state)
+    rows = [
+        x.model_dump(mode="json", exclude={"relay_datagrams", "relay_bytes"})
+        for x in listing.sessions
+    ]
+    _emit(
+        rows,
+        ["session_id", "state", "client", "node_id", "address", "expires_at", "close_reason"],
+        as_json,
+    )
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    raise HiggsError(f"'{args.command}' is not implemented yet")
+    settings = _settings(args)
+    cmd = args.command
+    if cmd != "migrate":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    action = getattr(args, "action", None)
+    if cmd == "serve":
+        return _run(_serve(settings))
+    if cmd == "migrate":
+        return _run(_migrate(settings))
+    if cmd == "enroll" and action == "create":
+        return _run(_with_db(settings, lambda db: _enroll_create(db, args.uses, args.expires)))
+    if cmd == "enroll" and action == "list":
+        return _run(_with_db(settings, lambda db: _enroll_list(db, args.json)))
+    if cmd == "client" and action == "add":
+        return _run(_with_db(settings, lambda db: _client_add(db, args.name)))
+    if cmd == "client" and action == "list":
+        return _run(_with_db(settings, lambda db: _client_list(db, args.json)))
+    if cmd == "client" and action == "revoke":
+        return _run(_with_db(settings, lambda db: _client_revoke(db, args.name)))
+    if cmd == "nodes":
+        return _run(_with_db(settings, lambda db: _nodes(db, args.json)))
+    if cmd == "sessions":
+        return _run(_with_db(settings, lambda db: _sessions(db, args.json, args.state)))
+    raise AssertionError(f"unhandled command {cmd} {action}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Control-plane benchmark: simulated nodes, route requests, SQLite and PostgreSQL."""

@@ -1,0 +1,185 @@
+"""``python -m bench.e2e [--smoke] [--rounds N]``: the end-to-end table (issue 7, item 1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+
+from bench.harness import (
+    Budget,
+    Case,
+    Report,
+    Results,
+    Section,
+    Table,
+    exit_on_sigterm,
+    fmt,
+    progress,
+    run_rounds,
+    unavailable_notes,
+)
+from higgs.lab import Lab
+
+from .measure import E2eSizes, measure_row
+from .rows import PRODUCT_DIRECT, PRODUCT_RELAY, REFERENCE, ROWS, Row
+
+__all__ = ["main", "run"]
+
+# Targets from issue 7: share of the reference's throughput, added p50 latency.
+TARGET_RATIO = {PRODUCT_DIRECT: 0.98, PRODUCT_RELAY: 0.90}
+TARGET_ADDED_P50_MS = {PRODUCT_RELAY: 0.3}
+
+SMOKE = E2eSizes(seconds=1.0, udp_rate_mbit=20.0, pings=20)
+FULL = E2eSizes()
+
+
+def _case(row: Row, sizes: E2eSizes) -> Case:
+    def run() -> Mapping[str, float]:
+        lab = Lab(prefix="hb").build()
+        try:
+            with row.up(lab):
+                return measure_row(lab, sizes)
+        finally:
+            lab.teardown()
+            left = lab.leftovers()
+            if left:
+                progress(f"e2e: lab {lab.names.stem} left behind {left}")
+
+    return Case(row.name, run, unavailable=row.unavailable())
+
+
+def _ratio_cell(res: Results, row: str, metric: str) -> str:
+    if row == REFERENCE:
+        return "1.00"
+    r = res.ratio(row, metric, REFERENCE)
+    return "–" if r is None or row in res.unavailable else f"{r:.2f}"
+
+
+def _target(row: str) -> str:
+    parts = []
+    if row in TARGET_RATIO:
+        parts.append(f"≥ {TARGET_RATIO[row]:.0%} of ref")
+    if row in TARGET_ADDED_P50_MS:
+        parts.append(f"≤ +{TARGET_ADDED_P50_MS[row]} ms p50")
+    return ", ".join(parts) or ("reference" if row == REFERENCE else "context")
+
+
+def _verdict(res: Results, row: str) -> str:
+    if row in res.unavailable or row not in TARGET_RATIO:
+        return ""
+    checks = []
+    for metric in ("tcp_up", "tcp_down"):
+        r = res.ratio(row, metric, REFERENCE)
+        if r is not None:
+            checks.append(r >= TARGET_RATIO[row])
+    added = res.difference(row, "ping_p50", REFERENCE)
+    if row in TARGET_ADDED_P50_MS and added is not None:
+        checks.append(added <= TARGET_ADDED_P50_MS[row])
+    if not checks:
+        return ""
+    return "met" if all(checks) else "**missed**"
+
+
+def tables(res: Results, sizes: E2eSizes, rows: Sequence[str]) -> list[Table]:
+    tput = Table(
+        [
+            "tunnel",
+            "TCP up Mbit/s",
+            "ratio",
+            "TCP down (-R) Mbit/s",
+            "ratio",
+            f"UDP @ {sizes.udp_rate_mbit:g} Mbit/s offered: received",
+            "UDP loss %",
+            "target",
+            "verdict",
+        ],
+        "Throughput through the tunnel, client -> internet host (median [min–max] of rounds; "
+        "ratio = median of same-round ratios to the reference)",
+    )
+    lat = Table(
+        [
+            "tunnel",
+            "ping p50 ms",
+            "ping p99 ms",
+            "added p50 ms vs ref",
+            "added p99 ms vs ref",
+            "ping loss %",
+        ],
+        f"Latency: {sizes.pings} pings every {sizes.ping_interval * 1000:g} ms, "
+        "client -> internet host",
+    )
+    cpu = Table(
+        ["tunnel", "client CPU s/GB", "node CPU s/GB", "server CPU s/GB"],
+        "CPU seconds per GB moved (TCP both directions; processes of each host's namespace, "
+        "measuring tools excluded)",
+    )
+    for row in rows:
+        if row in res.unavailable:
+            tput.add([row, "not available (see below)", "", "", "", "", "", _target(row), ""])
+            lat.add([row, "not available", "", "", "", ""])
+            cpu.add([row, "not available", "", ""])
+            continue
+        tput.add(
+            [
+                row,
+                res.cell(row, "tcp_up"),
+                _ratio_cell(res, row, "tcp_up"),
+                res.cell(row, "tcp_down"),
+                _ratio_cell(res, row, "tcp_down"),
+                res.cell(row, "udp"),
+                res.cell(row, "udp_loss", spread=False),
+                _target(row),
+                _verdict(res, row),
+            ]
+        )
+        diffs = [
+            "0" if row == REFERENCE else fmt(res.difference(row, m, REFERENCE))
+            for m in ("ping_p50", "ping_p99")
+        ]
+        lat.add(
+            [
+                row,
+                res.cell(row, "ping_p50"),
+                res.cell(row, "ping_p99"),
+                *diffs,
+                res.cell(row, "ping_loss", spread=False),
+            ]
+        )
+        cpu.add([row, *(res.cell(row, f"cpu_{h}") for h in ("client", "node", "server"))])
+    return [tput, lat, cpu]
+
+
+def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
+    sizes = SMOKE if smoke else FULL
+    n = rounds or (1 if smoke else 3)
+    cases = [_case(r, sizes) for r in ROWS]
+    res = run_rounds(cases, rounds=n, budget=Budget(seconds=120 if smoke else 1200), label="e2e")
+    return Section(
+        "End to end in the lab (issue 7, item 1)",
+        text=(
+            f"{n} round(s); in each round the rows run in a shuffled order, each in a freshly "
+            f"built lab. iperf3 {sizes.seconds:g} s per test from the client namespace to the "
+            f"internet host (the path a user's traffic takes: tunnel, node, home router NAT); "
+            f"UDP with {sizes.udp_len}-byte datagrams. Processes are not pinned: the tunnel's "
+            "processes on three hosts share the 2 vCPUs with iperf3."
+        ),
+        tables=tables(res, sizes, [r.name for r in ROWS]),
+        notes=unavailable_notes(res),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
+    p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
+    p.add_argument("--rounds", type=int)
+    args = p.parse_args(argv)
+    exit_on_sigterm()
+    report = Report("Higgs.net end-to-end benchmark", smoke=args.smoke)
+    report.add(run(smoke=args.smoke, rounds=args.rounds))
+    print(report.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The rows of the e2e table: what carries the client's traffic, each built in a fresh lab.
+
+A row is a context manager that takes a built lab and brings its tunnel up; the benchmark
+measures while it is up. A fresh lab per row and round keeps rows from influencing each
+other (no leftover routes, conntrack entries or processes of the previous row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from higgs.lab import Lab, StockTunnel
+
+__all__ = ["PLAIN", "PRODUCT_DIRECT", "PRODUCT_RELAY", "REFERENCE", "ROWS", "Row"]
+
+REFERENCE = "stock wireguard-go (reference)"
+PLAIN = "no tunnel (NAT only)"
+PRODUCT_DIRECT = "Higgs.net direct"
+PRODUCT_RELAY = "Higgs.net relay"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    up: Callable[[Lab], contextlib.AbstractContextManager[None]]
+    # Checked before any lab is built; a reason means the row prints "not available".
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+@contextlib.contextmanager
+def _plain(lab: Lab) -> Iterator[None]:
+    yield
+
+
+@contextlib.contextmanager
+def _stock(lab: Lab) -> Iterator[None]:
+    with StockTunnel(lab):
+        yield
+
+
+def _product_missing() -> str | None:
+    """Why the product rows cannot run in this build, or None."""
+    missing = [
+        f"{prog} ({module})"
+        for prog, module in (
+            ("bosonserver", "higgs.server.app"),
+            ("higgsnode", "higgs.node.agent"),
+            ("higgsvpn connect", "higgs.client.connect"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        return "not in this build yet: " + ", ".join(missing)
+    return None
+
+
+def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[None]:
+    from .product import product_tunnel
+
+    return product_tunnel(lab, mode)
+
+
+ROWS: tuple[Row, ...] = (
+    Row(REFERENCE, _stock),
+    Row(PRODUCT_DIRECT, lambda lab: _product(lab, "direct"), _product_missing),
+    Row(PRODUCT_RELAY, lambda lab: _product(lab, "relay"), _product_missing),
+    Row(PLAIN, _plain),
+)

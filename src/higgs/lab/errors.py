@@ -1,0 +1,25 @@
+"""Errors of the lab."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from higgs.common.errors import HiggsError
+
+__all__ = ["CommandError", "LabError"]
+
+
+class LabError(HiggsError):
+    """Building, using or tearing down the lab failed."""
+
+
+class CommandError(LabError):
+    """A command run for the lab failed; carries the argv, exit code and output."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, output: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        what = "timed out" if returncode is None else f"exited {returncode}"
+        tail = output.strip()[-2000:]
+        super().__init__(f"`{' '.join(self.argv)}` {what}" + (f": {tail}" if tail else ""))

@@ -1,0 +1,114 @@
+"""Process-wide bookkeeping: live labs, every run name created here, and last-chance teardown.
+
+Teardown must happen even when a test run is interrupted, so the first lab built in a process
+installs an atexit hook and SIGTERM/SIGINT handlers that tear down every live lab and then
+hand the signal to whatever handler was there before. The set of run names created by this
+process lets the test session check, at the very end, that nothing of ours remains without
+touching other people's concurrent labs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+from .names import RunNames
+
+__all__ = [
+    "Teardownable",
+    "created_runs",
+    "forget",
+    "live_labs",
+    "register",
+    "teardown_all",
+]
+
+
+class Teardownable(Protocol):
+    names: RunNames
+
+    def teardown(self) -> None: ...
+
+
+_lock = threading.Lock()
+_live: dict[str, Teardownable] = {}
+_created: dict[str, RunNames] = {}
+_installed = False
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+_previous: dict[int, _Handler] = {}
+
+
+def register(lab: Teardownable) -> None:
+    """Record a lab before it creates anything, so every exit path can tear it down."""
+    with _lock:
+        _live[lab.names.stem] = lab
+        _created[lab.names.stem] = lab.names
+    _install_once()
+
+
+def forget(lab: Teardownable) -> None:
+    with _lock:
+        _live.pop(lab.names.stem, None)
+
+
+def live_labs() -> list[Teardownable]:
+    with _lock:
+        return list(_live.values())
+
+
+def created_runs() -> list[RunNames]:
+    """Every run name this process created a lab under (for the session-end leftover check)."""
+    with _lock:
+        return list(_created.values())
+
+
+def teardown_all() -> list[str]:
+    """Tear down every live lab; returns the failures as text (never raises)."""
+    problems: list[str] = []
+    for lab in live_labs():
+        try:
+            lab.teardown()
+        except Exception as exc:
+            problems.append(f"{lab.names.stem}: {exc}")
+    return problems
+
+
+def _atexit() -> None:
+    for problem in teardown_all():
+        print(f"lab teardown at exit: {problem}", file=sys.stderr)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    for problem in teardown_all():
+        print(f"lab teardown on signal {signum}: {problem}", file=sys.stderr)
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # Default action: die of the same signal, as if we had never caught it.
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _install_once() -> None:
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+    atexit.register(_atexit)
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN:
+                continue  # whoever started us wants this signal ignored; so do we
+            _previous[signum] = previous
+            signal.signal(signum, _on_signal)

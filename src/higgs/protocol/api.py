@@ -1,0 +1,405 @@
+"""REST API models (docs/protocol.md §2): the JSON bodies bosonserver, higgsnode and higgsvpn
+exchange, as pydantic models.
+
+The server validates every request against these models; the node and the client build their
+requests from them and parse the answers with them. Receivers ignore unknown fields, so adding
+an optional field is a compatible change (protocol §"version").
+
+Identifiers: node ids look like ``n_<16 hex>``, session ids ``s_<16 hex>``. Timestamps are
+ISO 8601 in UTC. Public keys are base64 WireGuard (X25519) keys and are returned in canonical
+form. Credentials (``hg?_…``) appear only in the answers that issue them
+(:class:`NodeRegisterResponse`, :class:`RouteResponse`) and in ``Authorization`` headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+from higgs.common.keys import validate_public_key
+
+__all__ = [
+    "API_PREFIX",
+    "CLIENT_NAME_PATTERN",
+    "CLOSE_REASONS",
+    "AdminClient",
+    "AdminClientList",
+    "AdminNode",
+    "AdminNodeList",
+    "AdminSession",
+    "AdminSessionList",
+    "ClientCreateRequest",
+    "ClientCreated",
+    "ClientName",
+    "CloseReason",
+    "CountryCode",
+    "DirectPath",
+    "Endpoint",
+    "EnrollmentKeyCreated",
+    "EnrollmentKeyRequest",
+    "ErrorResponse",
+    "Health",
+    "HeartbeatRequest",
+    "HeartbeatResponse",
+    "NodeId",
+    "NodeList",
+    "NodeRegisterRequest",
+    "NodeRegisterResponse",
+    "NodeState",
+    "NodeSummary",
+    "PeerStat",
+    "PublicKey",
+    "RelayPath",
+    "RouteMode",
+    "RouteNode",
+    "RouteRequest",
+    "RouteResponse",
+    "SessionId",
+    "SessionInfo",
+    "SessionState",
+    "WireGuardConfig",
+    "parse_endpoint",
+]
+
+API_PREFIX = "/v1"
+
+NODE_ID_PATTERN = r"^n_[0-9a-f]{16}$"
+SESSION_ID_PATTERN = r"^s_[0-9a-f]{16}$"
+
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+
+NodeState = Literal["online", "offline", "stopped"]
+SessionState = Literal["open", "closed"]
+RouteMode = Literal["auto", "direct", "relay"]
+CloseReason = Literal[
+    "client_closed",  # DELETE /v1/sessions/{id}
+    "expired",  # TTL ran out without renewal or traffic
+    "client_revoked",  # the operator revoked the client
+    "node_stopped",  # the node deregistered
+    "replaced",  # the same client asked for a new route with the same key to the same node
+]
+CLOSE_REASONS: tuple[str, ...] = CloseReason.__args__  # type: ignore[attr-defined]
+
+
+def _public_key(value: str) -> str:
+    return validate_public_key(value)
+
+
+PublicKey = Annotated[str, AfterValidator(_public_key)]
+"""A base64 WireGuard public key (32 bytes); normalised to canonical base64."""
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+CountryCode = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{2}$")]
+"""ISO 3166-1 alpha-2 country code; lower case is accepted and upper-cased."""
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def parse_endpoint(value: str) -> tuple[str, int]:
+    """Splits ``host:port`` / ``[v6]:port``; raises ValueError naming the problem."""
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise ValueError("IPv6 endpoint must look like [addr]:port")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError("endpoint must look like host:port")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            if not _HOSTNAME_RE.match(host) or host.replace(".", "").isdigit():
+                raise ValueError(
+                    f"endpoint host {host!r} is not an IPv4 address or hostname"
+                ) from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("endpoint port must be 1-65535")
+    return host, int(port_text)
+
+
+def _endpoint(value: str) -> str:
+    parse_endpoint(value)
+    return value
+
+
+Endpoint = Annotated[str, StringConstraints(max_length=300), AfterValidator(_endpoint)]
+"""A UDP endpoint ``host:port`` or ``[ipv6]:port``."""
+
+
+_SHARED_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def _tunnel_subnet(value: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"tunnel_subnet must be an IPv4 network like 10.77.0.0/24 ({exc})"
+        ) from None
+    if not 16 <= net.prefixlen <= 29:
+        raise ValueError("tunnel_subnet prefix length must be between /16 and /29")
+    if not (net.is_private or net.subnet_of(_SHARED_SPACE)):
+        raise ValueError("tunnel_subnet must be a private (RFC 1918) or shared (100.64/10) range")
+    return str(net)
+
+
+TunnelSubnet = Annotated[str, AfterValidator(_tunnel_subnet)]
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored so that a newer peer can add optional fields (protocol.md).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ErrorResponse(_Model):
+    """Every non-2xx answer. ``error`` is a stable code, ``message`` names the bad field."""
+
+    error: str
+    message: str
+
+
+class Health(_Model):
+    status: str
+    database: str | None = None
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+class NodeRegisterRequest(_Model):
+    """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
+
+    public_key: PublicKey
+    listen_port: int = Field(ge=1, le=65535, description="WireGuard UDP listen port")
+    endpoint: Endpoint | None = Field(
+        default=None, description="reachable UDP endpoint host:port, or null when behind NAT"
+    )
+    tunnel_subnet: TunnelSubnet = Field(description="the node's tunnel network; the node is .1")
+    tunnel_mtu: int = Field(default=1380, ge=1280, le=9000)
+    max_clients: int = Field(default=32, ge=1, le=10000)
+    bandwidth_mbps: float | None = Field(default=None, ge=0, le=1_000_000)
+    country: CountryCode | None = None
+    region: Annotated[str, StringConstraints(max_length=64)] | None = None
+    version: Annotated[str, StringConstraints(max_length=32)] = ""
+
+
+class NodeRegisterResponse(_Model):
+    node_id: NodeId
+    node_token: str = Field(description="hgn_ token; a new one on every registration")
+    heartbeat_interval_s: int
+    relay_url: str = Field(description="WebSocket URL of the node link (§3)")
+    tunnel_address: str = Field(description="the node's own tunnel address, e.g. 10.77.0.1/24")
+
+
+class PeerStat(_Model):
+    public_key: PublicKey
+    rx_bytes: int = Field(default=0, ge=0)
+    tx_bytes: int = Field(default=0, ge=0)
+    last_handshake_s: float | None = Field(
+        default=None, ge=0, description="seconds since the last handshake; null = never"
+    )
+
+
+class HeartbeatRequest(_Model):
+    """``POST /v1/nodes/{node_id}/heartbeat``; every metric is optional."""
+
+    cpu_percent: float | None = Field(default=None, ge=0, le=100)
+    memory_percent: float | None = Field(default=None, ge=0, le=100)
+    peers: int | None = Field(default=None, ge=0)
+    rx_bytes: int | None = Field(default=None, ge=0)
+    tx_bytes: int | None = Field(default=None, ge=0)
+    budget_left_mb: float | None = Field(
+        default=None, ge=0, description="bandwidth budget left this period; null = unlimited"
+    )
+    budget_total_mb: float | None = Field(default=None, gt=0)
+    latency_ms: float | None = Field(default=None, ge=0, le=60_000)
+    peer_stats: list[PeerStat] = Field(default_factory=list, max_length=10_000)
+
+
+class HeartbeatResponse(_Model):
+    heartbeat_interval_s: int
+    state: NodeState
+
+
+class NodeSummary(_Model):
+    """A node as a client sees it (``GET /v1/nodes``): no keys, no endpoints."""
+
+    node_id: NodeId
+    country: str | None
+    region: str | None
+    state: NodeState
+    load: float = Field(description="open sessions / max_clients, 0..1")
+    bandwidth_mbps: float | None
+    direct: bool = Field(description="the node reported a reachable endpoint")
+
+
+class NodeList(_Model):
+    nodes: list[NodeSummary]
+
+
+# --- routes and sessions ---------------------------------------------------------------------
+
+
+class RouteRequest(_Model):
+    """``POST /v1/routes`` with ``Authorization: Bearer hgc_…``."""
+
+    client_public_key: PublicKey
+    node_id: NodeId | None = None
+    country: CountryCode | None = None
+    min_bandwidth_mbps: float | None = Field(default=None, ge=0)
+    mode: RouteMode = Field(
+        default="auto",
+        description="auto: both paths; direct: only nodes with an endpoint; relay: relay only",
+    )
+
+
+class RouteNode(_Model):
+    node_id: NodeId
+    country: str | None
+    region: str | None
+
+
+class WireGuardConfig(_Model):
+    """Everything the client's [Interface]/[Peer] needs except its own private key."""
+
+    address: str = Field(description="the client's tunnel address, e.g. 10.77.0.5/32")
+    node_public_key: str
+    dns: list[str]
+    mtu: int
+    allowed_ips: list[str]
+    persistent_keepalive: int
+
+
+class DirectPath(_Model):
+    endpoint: str
+
+
+class RelayPath(_Model):
+    url: str = Field(description="WebSocket URL of the session link (§3)")
+    token: str = Field(description="hgr_ token admitting this client to this session only")
+    channel: int = Field(ge=1, le=0xFFFFFFFF)
+
+
+class RouteResponse(_Model):
+    session_id: SessionId
+    expires_at: datetime
+    ttl_s: int
+    node: RouteNode
+    wireguard: WireGuardConfig
+    direct: DirectPath | None
+    relay: RelayPath | None
+
+
+class SessionInfo(_Model):
+    """``GET /v1/sessions/{id}`` (and the answer of renew and DELETE)."""
+
+    session_id: SessionId
+    state: SessionState
+    node_id: NodeId
+    client_public_key: str
+    address: str
+    channel: int
+    mode: RouteMode
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None
+    close_reason: str | None
+    relay_datagrams: int = 0
+    relay_bytes: int = 0
+
+
+# --- admin -----------------------------------------------------------------------------------
+
+
+class AdminNode(_Model):
+    node_id: NodeId
+    public_key: str
+    state: NodeState
+    connected: bool = Field(description="the node's relay/control link is up")
+    endpoint: str | None
+    listen_port: int
+    tunnel_subnet: str
+    tunnel_mtu: int
+    max_clients: int
+    bandwidth_mbps: float | None
+    country: str | None
+    region: str | None
+    version: str
+    open_sessions: int
+    registered_at: datetime
+    last_heartbeat_at: datetime | None
+    metrics: dict[str, Any]
+
+
+class AdminNodeList(_Model):
+    nodes: list[AdminNode]
+
+
+class AdminSession(SessionInfo):
+    client: str = Field(description="the client's name")
+
+
+class AdminSessionList(_Model):
+    sessions: list[AdminSession]
+
+
+class AdminClient(_Model):
+    name: str
+    created_at: datetime
+    revoked: bool
+    revoked_at: datetime | None
+    open_sessions: int
+
+
+class AdminClientList(_Model):
+    clients: list[AdminClient]
+
+
+CLIENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME_PATTERN)]
+"""1-64 letters, digits, ``_ . @ -``; starts with a letter or digit."""
+
+
+class ClientCreateRequest(_Model):
+    """``POST /v1/admin/clients`` (the API form of ``bosonserver client add``)."""
+
+    name: ClientName
+
+
+class ClientCreated(_Model):
+    name: str
+    token: str = Field(description="hgc_ token; shown only in this answer")
+
+
+class EnrollmentKeyRequest(_Model):
+    """``POST /v1/admin/enrollment-keys`` (the API form of ``bosonserver enroll create``)."""
+
+    uses: int = Field(default=1, ge=1, le=100_000)
+    expires_in_s: int | None = Field(
+        default=None, ge=1, le=366 * 86400, description="lifetime; null = never expires"
+    )
+
+
+class EnrollmentKeyCreated(_Model):
+    key: str = Field(description="hge_ key; shown only in this answer")
+    uses_left: int
+    expires_at: datetime | None

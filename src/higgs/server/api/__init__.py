@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): routes, auth, errors, rate limits. Thin: services do the work."""

@@ -1,0 +1,115 @@
+"""Request dependencies: the server context, rate limits and the three kinds of caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from higgs.common.secrets import hash_token
+from higgs.protocol.api import NODE_ID_PATTERN
+from higgs.server.api.errors import RateLimited
+from higgs.server.api.ratelimit import RateLimiter
+from higgs.server.config import ServerSettings
+from higgs.server.metrics import ServerMetrics
+from higgs.server.services.errors import Forbidden, Unauthorized
+from higgs.server.services.identity import AuthedClient, IdentityService
+from higgs.server.services.registry import RegistryService
+from higgs.server.services.sessions import SessionService
+from higgs.server.store.db import Database
+
+__all__ = [
+    "AdminCaller",
+    "ApiContext",
+    "ClientCaller",
+    "Ctx",
+    "NodeCaller",
+    "RegisterCredential",
+    "get_ctx",
+    "rate_limit",
+]
+
+
+@dataclass
+class ApiContext:
+    settings: ServerSettings
+    db: Database
+    metrics: ServerMetrics
+    identity: IdentityService
+    registry: RegistryService
+    sessions: SessionService
+    limiter: RateLimiter
+
+
+def get_ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_ctx)]
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer hg?_…")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def rate_limit(request: Request, ctx: Ctx, creds: Bearer) -> None:
+    """Per source address, and per credential (valid or not: guessing costs tokens too)."""
+    host = request.client.host if request.client else "unknown"
+    wait = ctx.limiter.take("addr:" + host)
+    kind = "address"
+    if not wait and creds is not None:
+        wait = ctx.limiter.take("cred:" + hash_token(creds.credentials))
+        kind = "credential"
+    if wait:
+        ctx.metrics.rate_limited.labels(kind=kind).inc()
+        raise RateLimited(ctx.limiter.retry_after_header(wait))
+
+
+def _token(creds: HTTPAuthorizationCredentials | None, kind: str) -> str:
+    if creds is None or not creds.credentials:
+        raise Unauthorized("missing_token", f"send 'Authorization: Bearer <{kind}>'")
+    return creds.credentials
+
+
+async def _client(ctx: Ctx, creds: Bearer) -> AuthedClient:
+    token = _token(creds, "client token hgc_…")
+    if not token.startswith("hgc_"):
+        raise Unauthorized("invalid_token", "this endpoint needs a client token (hgc_…)")
+    return await ctx.identity.authenticate_client(token)
+
+
+async def _admin(ctx: Ctx, creds: Bearer) -> None:
+    token = _token(creds, "admin token hga_…")
+    if not token.startswith("hga_"):
+        raise Unauthorized("invalid_token", "this endpoint needs the admin token (hga_…)")
+    await ctx.identity.check_admin(token)
+
+
+NodeIdPath = Annotated[str, Path(pattern=NODE_ID_PATTERN, description="n_<16 hex>")]
+
+
+async def _node(ctx: Ctx, creds: Bearer, node_id: NodeIdPath) -> str:
+    token = _token(creds, "node token hgn_…")
+    if not token.startswith("hgn_"):
+        raise Unauthorized("invalid_token", "this endpoint needs a node token (hgn_…)")
+    own = await ctx.identity.node_for_token(token)
+    if own != node_id:
+        raise Forbidden("forbidden", "a node token can act only for its own node")
+    return own
+
+
+def _register_credential(creds: Bearer) -> str:
+    token = _token(creds, "enrollment key hge_… or node token hgn_…")
+    if not token.startswith(("hge_", "hgn_")):
+        raise Unauthorized(
+            "invalid_token", "register with an enrollment key (hge_…) or the node's token (hgn_…)"
+        )
+    return token
+
+
+ClientCaller = Annotated[AuthedClient, Depends(_client)]
+AdminCaller = Annotated[None, Depends(_admin)]
+NodeCaller = Annotated[str, Depends(_node)]
+RegisterCredential = Annotated[str, Depends(_register_credential)]

@@ -1,0 +1,134 @@
+"""One error shape for every non-2xx answer: ``{"error": code, "message": text}``.
+
+FastAPI's own validation and HTTP errors are reshaped here so a client never sees a different
+format; the message names the offending field (``body.public_key: …``). The catch-all handler
+is the last resort and answers a JSON 500 without a traceback (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from higgs.server.services.errors import ServiceError
+
+__all__ = ["RateLimited", "error_response", "install_error_handlers", "validation_message"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+class RateLimited(ServiceError):
+    status = 429
+
+    def __init__(self, retry_after: str) -> None:
+        super().__init__("rate_limited", f"too many requests; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return "body: the request body is not valid JSON"
+    if kind == "model_attributes_type" or (kind == "dict_type" and loc == ["body"]):
+        return "body: must be a JSON object"
+    # Literal/union errors repeat the location per branch; keep the field part readable.
+    where = ".".join(p for p in loc if not p.startswith("function-")) or "request"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if kind == "missing":
+        msg = "field required"
+    return f"{where}: {msg}"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        text = _describe(err)
+        if text not in parts:
+            parts.append(text)
+    more = len(errors) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        headers = {"Retry-After": exc.retry_after} if isinstance(exc, RateLimited) else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, "invalid_request", validation_message(list(exc.errors())))
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        if exc.status_code == 404:
+            message = f"no such path: {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
+
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "database unavailable",
+            extra={"path": request.url.path, "problem": type(exc).__name__},
+        )
+        return error_response(
+            503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "5"}
+        )
+
+    async def on_conflict(request: Request, exc: Exception) -> JSONResponse:
+        # Two requests raced for the same unique row (e.g. one public key registered twice
+        # at once); the loser may simply retry.
+        log.warning("concurrent change refused", extra={"path": request.url.path})
+        return error_response(
+            409, "conflict", "a concurrent request changed the same record; retry"
+        )
+
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"path": request.url.path, "method": request.method},
+        )
+        return error_response(500, "internal", "internal server error; see the server log")
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    # A lost database connection is an outage, not a bug: 503 so that callers retry.
+    app.add_exception_handler(IntegrityError, on_conflict)
+    app.add_exception_handler(OperationalError, on_database_down)
+    app.add_exception_handler(InterfaceError, on_database_down)
+    app.add_exception_handler(OSError, on_database_down)
+    app.add_exception_handler(Exception, on_crash)

@@ -1,0 +1,264 @@
+"""Wiring bosonserver together: database, services, relay hub, REST API, background tasks.
+
+One process, one event loop: uvicorn serves the REST API (``--listen``) and the relay hub serves
+its WebSocket listener (``--relay-listen``) side by side. :class:`BosonServer` is what
+``bosonserver serve`` runs and what tests start (see :func:`running_server`)::
+
+    async with running_server(settings) as server:
+        httpx.get(server.api_url + "/healthz")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Generator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from higgs.common.errors import HiggsError
+from higgs.server.api.app import create_app
+from higgs.server.api.deps import ApiContext
+from higgs.server.api.ratelimit import RateLimiter
+from higgs.server.config import ServerSettings, split_listen
+from higgs.server.metrics import ServerMetrics
+from higgs.server.relay.hub import RelayHubServer
+from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.services.events import ServerEvents
+from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
+from higgs.server.services.registry import RegistryService
+from higgs.server.services.sessions import SessionService
+from higgs.server.store.db import Database
+from higgs.server.store.open import open_database
+
+__all__ = [
+    "BosonServer",
+    "HubFactory",
+    "ServedHub",
+    "relay_hub_factory",
+    "running_server",
+    "server_ssl_context",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ServedHub(RelayHub, Protocol):
+    """A relay hub that also owns its listener (:class:`RelayHubServer`)."""
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Starts listening (``port`` may be 0)."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        ...
+
+    async def stop(self) -> None:
+        """Closes every link (1001 going away) and the listener."""
+        ...
+
+
+HubFactory = Callable[[RelayEvents, CollectorRegistry], ServedHub]
+
+
+def relay_hub_factory(settings: ServerSettings) -> HubFactory:
+    """The production hub, with the timers from the settings."""
+
+    def factory(events: RelayEvents, registry: CollectorRegistry) -> ServedHub:
+        return RelayHubServer(
+            events,
+            registry,
+            ping_interval_s=settings.relay_ping_interval_s,
+            dead_after_s=settings.relay_dead_after_s,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        )
+
+    return factory
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise HiggsError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from exc
+    return ctx
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the server as a whole handles SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HiggsError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+class BosonServer:
+    def __init__(self, settings: ServerSettings, hub_factory: HubFactory | None = None) -> None:
+        self.settings = settings
+        self._hub_factory = hub_factory or relay_hub_factory(settings)
+        self.metrics = ServerMetrics()
+        self.new_admin_token: str | None = None  # set when this start created it
+        self.api_url = ""
+        self.relay_base = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._db: Database | None = None
+        self._hub: ServedHub | None = None
+        self.ctx: ApiContext | None = None
+
+    @property
+    def hub(self) -> ServedHub:
+        assert self._hub is not None, "server not started"
+        return self._hub
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.settings.data_dir / ADMIN_TOKEN_FILE
+
+    async def start(self) -> None:
+        self._db = db = await open_database(self.settings, auto_migrate=True)
+        try:
+            await self._start(db)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, db: Database) -> None:
+        s = self.settings
+        identity = IdentityService(db)
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
+        tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+
+        events = ServerEvents()
+        self._hub = hub = self._hub_factory(events, self.metrics.registry)
+        sessions = SessionService(db, hub, s, self.metrics)
+        registry = RegistryService(db, hub, s, self.metrics, sessions)
+        events.bind(registry, sessions)
+
+        relay_host, relay_port = split_listen(s.relay_listen)
+        await hub.start(relay_host, relay_port, tls)
+        bound_relay = hub.port
+        scheme = "wss" if tls else "ws"
+        # Without --relay-url, the relay is on the public URL's host (if given), at its own port.
+        public_host = urlsplit(s.public_url).hostname if s.public_url else None
+        relay_host_for_url = _url_host(public_host or relay_host)
+        self.relay_base = s.relay_url or f"{scheme}://{relay_host_for_url}:{bound_relay}"
+        sessions.relay_base = registry.relay_base = self.relay_base
+
+        nodes = await registry.reload()
+        open_sessions = await sessions.reload()
+        log.info("state reloaded", extra={"nodes": nodes, "open_sessions": open_sessions})
+
+        self.ctx = ApiContext(
+            settings=s,
+            db=db,
+            metrics=self.metrics,
+            identity=identity,
+            registry=registry,
+            sessions=sessions,
+            limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
+        )
+        api_host, api_port = split_listen(s.listen)
+        sock = _bind(api_host, api_port)
+        bound_api = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.ctx),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            ssl_certfile=str(s.tls_cert) if s.tls_cert else None,
+            ssl_keyfile=str(s.tls_key) if s.tls_key else None,
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        self._uvicorn = server = _EmbeddedUvicorn(config)
+        serve = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+        self._tasks.append(serve)
+        while not server.started:
+            if serve.done():
+                serve.result()
+                raise HiggsError("the API server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.api_url = s.public_url or (
+            f"{'https' if tls else 'http'}://{_url_host(api_host)}:{bound_api}"
+        )
+        self._tasks.append(asyncio.create_task(self._maintain(registry, sessions), name="sweep"))
+        log.info(
+            "bosonserver ready",
+            extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
+        )
+
+    async def _maintain(self, registry: RegistryService, sessions: SessionService) -> None:
+        """Offline detection and session expiry, every ``sweep_interval_s``."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await registry.mark_stale_offline()
+                await sessions.expire_due()
+            except Exception:
+                log.exception("maintenance sweep failed; retrying next interval")
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        for task in reversed(self._tasks):
+            if task.get_name() != "api":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._uvicorn = None
+        if self._hub is not None:
+            try:
+                await self._hub.stop()
+            except Exception:
+                log.exception("relay hub did not stop cleanly")
+            self._hub = None
+        if self._db is not None:
+            await self._db.dispose()
+            self._db = None
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    settings: ServerSettings, hub_factory: HubFactory | None = None
+) -> AsyncIterator[BosonServer]:
+    """Starts a server for the duration of the block (tests: listen on 127.0.0.1:0)."""
+    server = BosonServer(settings, hub_factory)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,88 @@
+"""bosonserver settings: TOML ``--config``, ``BOSON_*`` environment, flags (in that order)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from higgs.protocol.api import parse_endpoint
+
+__all__ = ["ENV_PREFIX", "ServerSettings", "split_listen"]
+
+ENV_PREFIX = "BOSON_"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``127.0.0.1:8080`` / ``[::1]:8080`` / ``:8080`` → (host, port); port 0 = ephemeral."""
+    if value.startswith(":"):
+        value = "0.0.0.0" + value
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} must look like HOST:PORT")
+    return host, int(port_text)
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field(default="127.0.0.1:8080", description="REST API address")
+    relay_listen: str = Field(default="127.0.0.1:8081", description="relay WebSocket address")
+    public_url: str | None = Field(default=None, description="API base URL as clients see it")
+    relay_url: str | None = Field(
+        default=None, description="relay base URL as nodes/clients see it (ws:// or wss://)"
+    )
+    data_dir: Path = Path("/var/lib/bosonserver")
+    database: str | None = Field(default=None, description="postgresql://… (default: SQLite)")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    heartbeat_interval_s: int = Field(default=15, ge=1, le=3600)
+    missed_heartbeats: int = Field(default=3, ge=1, le=100)
+    session_ttl_s: int = Field(default=600, ge=1, le=86400)
+    sweep_interval_s: float = Field(default=5.0, gt=0, le=600)
+    # A peer that handshook this recently keeps its session alive (direct path, no relay).
+    handshake_fresh_s: float = Field(default=180.0, gt=0)
+
+    relay_ping_interval_s: float = Field(default=15.0, gt=0, le=3600)
+    relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)
+
+    rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
+    rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+    @field_validator("listen", "relay_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @field_validator("relay_url")
+    @classmethod
+    def _ws_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        if value:
+            host_port = value.split("://", 1)[1].split("/", 1)[0]
+            if ":" in host_port and not host_port.endswith("]"):
+                parse_endpoint(host_port)
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None

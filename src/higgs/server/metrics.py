@@ -1,0 +1,47 @@
+"""The server's Prometheus metrics, on a registry of its own (the hub adds relay metrics to it).
+
+A registry per server instance, not the global default, so that several servers can run in one
+test process and so that ``/metrics`` shows exactly this server.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ServerMetrics"]
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.nodes = Gauge("higgs_nodes", "Registered nodes by state", ["state"], registry=r)
+        self.sessions_open = Gauge("higgs_sessions_open", "Open sessions", registry=r)
+        self.sessions_opened = Counter(
+            "higgs_sessions_opened", "Sessions opened since start", registry=r
+        )
+        self.sessions_closed = Counter(
+            "higgs_sessions_closed",
+            "Sessions closed since start, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.registrations = Counter(
+            "higgs_node_registrations", "Node registrations, by outcome", ["outcome"], registry=r
+        )
+        self.nodes_went_offline = Counter(
+            "higgs_nodes_went_offline", "Nodes marked offline after missed heartbeats", registry=r
+        )
+        self.api_latency = Histogram(
+            "higgs_api_request_seconds",
+            "REST API latency by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.rate_limited = Counter(
+            "higgs_api_rate_limited",
+            "Requests refused with 429, by bucket kind",
+            ["kind"],
+            registry=r,
+        )

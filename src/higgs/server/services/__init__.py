@@ -1,0 +1,1 @@
+"""The server's business logic: identity, registry, routing, sessions. No HTTP here."""

@@ -1,0 +1,62 @@
+"""What the server does when the relay hub reports something (implements RelayEvents)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from higgs.common.keys import validate_public_key
+from higgs.protocol import control
+from higgs.protocol.api import PeerStat
+from higgs.server.services.registry import RegistryService
+from higgs.server.services.sessions import SessionService
+
+__all__ = ["ServerEvents"]
+
+log = logging.getLogger(__name__)
+
+
+def _is_key(text: str) -> bool:
+    try:
+        validate_public_key(text)
+    except ValueError:
+        return False
+    return True
+
+
+class ServerEvents:
+    """Bound to the services after the hub exists (the hub is built with this object)."""
+
+    def __init__(self) -> None:
+        self._registry: RegistryService | None = None
+        self._sessions: SessionService | None = None
+
+    def bind(self, registry: RegistryService, sessions: SessionService) -> None:
+        self._registry, self._sessions = registry, sessions
+
+    async def node_link_up(self, node_id: str) -> None:
+        log.info("node link up", extra={"node_id": node_id})
+        if self._sessions is not None:
+            await self._sessions.sync_node(node_id)
+
+    async def node_link_down(self, node_id: str) -> None:
+        log.info("node link down", extra={"node_id": node_id})
+
+    async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
+        try:
+            parsed = control.parse_obj(message)
+        except control.ControlError as exc:
+            log.warning(
+                "malformed control message dropped", extra={"node_id": node_id, "problem": str(exc)}
+            )
+            return
+        if isinstance(parsed, control.PeerStats):
+            if self._sessions is not None:
+                stats = [PeerStat(**p.model_dump()) for p in parsed.peers if _is_key(p.public_key)]
+                await self._sessions.renew_by_handshake(node_id, stats)
+            return
+        log.info("control message ignored", extra={"node_id": node_id, "type": parsed.type})
+
+    def session_activity(self, session_id: str) -> None:
+        if self._sessions is not None:
+            self._sessions.note_activity(session_id)

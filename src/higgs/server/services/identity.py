@@ -1,0 +1,206 @@
+"""Credentials: the admin token, enrollment keys, client accounts; authenticating callers.
+
+Every credential is random (:func:`higgs.common.secrets.new_token`) and stored as its SHA-256
+hash; a token is shown exactly once, when it is created. Lookups go by hash, so comparing is a
+database equality on a digest of a 256-bit secret (no timing side channel worth closing).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from higgs.common.errors import HiggsError
+from higgs.common.keys import write_secret_file
+from higgs.common.secrets import hash_token, new_token
+from higgs.protocol.api import CLIENT_NAME_PATTERN
+from higgs.server.services.clock import utcnow
+from higgs.server.services.errors import Conflict, NotFound, Unauthorized
+from higgs.server.store.db import Database
+from higgs.server.store.tables import AdminToken, Client, EnrollmentKey, Node
+from higgs.server.store.tables import Session as SessionRow
+
+__all__ = [
+    "ADMIN_TOKEN_FILE",
+    "AuthedClient",
+    "ClientRecord",
+    "EnrollmentRecord",
+    "IdentityService",
+    "parse_expiry",
+    "validate_client_name",
+]
+
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
+_NAME_RE = re.compile(CLIENT_NAME_PATTERN)
+_DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def validate_client_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise HiggsError(
+            f"client name {name!r} is invalid: use 1-64 letters, digits, '_', '.', '@', '-'"
+        )
+    return name
+
+
+def parse_expiry(text: str, now: datetime) -> datetime:
+    """``30m``, ``1h``, ``7d`` or an ISO 8601 time (UTC if no zone) → an aware datetime."""
+    match = _DURATION_RE.match(text.strip())
+    if match:
+        return now + timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise HiggsError(
+            f"--expires {text!r}: use a duration like 30m, 1h, 7d or an ISO time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=now.tzinfo)
+    if when <= now:
+        raise HiggsError(f"--expires {text!r} is in the past")
+    return when
+
+
+@dataclass(frozen=True)
+class AuthedClient:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    name: str
+    created_at: datetime
+    revoked: bool
+    revoked_at: datetime | None
+    open_sessions: int
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    id: int
+    uses_left: int
+    expires_at: datetime | None
+    created_at: datetime
+
+
+class IdentityService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- admin ----------------------------------------------------------------------------
+
+    async def ensure_admin_token(self, data_dir: Path) -> str | None:
+        """Creates the admin token on first start; returns it then (to print once), else None."""
+        async with self.db.transaction() as s:
+            existing = await s.scalar(select(func.count()).select_from(AdminToken))
+            if existing:
+                return None
+            token = new_token("hga_")
+            s.add(AdminToken(token_hash=hash_token(token), created_at=utcnow()))
+        write_secret_file(data_dir / ADMIN_TOKEN_FILE, token + "\n")
+        return token
+
+    async def check_admin(self, token: str) -> None:
+        async with self.db.transaction() as s:
+            found = await s.scalar(
+                select(AdminToken.id).where(AdminToken.token_hash == hash_token(token))
+            )
+        if found is None:
+            raise Unauthorized("invalid_token", "the admin token is not valid")
+
+    # --- enrollment -----------------------------------------------------------------------
+
+    async def create_enrollment_key(self, uses: int = 1, expires_at: datetime | None = None) -> str:
+        if uses < 1:
+            raise HiggsError("--uses must be at least 1")
+        key = new_token("hge_")
+        async with self.db.transaction() as s:
+            s.add(
+                EnrollmentKey(
+                    key_hash=hash_token(key),
+                    uses_left=uses,
+                    expires_at=expires_at,
+                    created_at=utcnow(),
+                )
+            )
+        return key
+
+    async def list_enrollment_keys(self) -> list[EnrollmentRecord]:
+        async with self.db.transaction() as s:
+            rows = (await s.scalars(select(EnrollmentKey).order_by(EnrollmentKey.id))).all()
+        return [EnrollmentRecord(r.id, r.uses_left, r.expires_at, r.created_at) for r in rows]
+
+    @staticmethod
+    async def consume_enrollment_key(s: AsyncSession, key: str) -> int:
+        """Uses one use of the key inside the caller's transaction; returns the key's id."""
+        row = await s.scalar(
+            select(EnrollmentKey).where(EnrollmentKey.key_hash == hash_token(key)).with_for_update()
+        )
+        if row is None:
+            raise Unauthorized("invalid_token", "the enrollment key is not valid")
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            raise Unauthorized("expired_token", "the enrollment key has expired")
+        if row.uses_left < 1:
+            raise Unauthorized("exhausted_token", "the enrollment key has no uses left")
+        row.uses_left -= 1
+        return row.id
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    async def node_for_token(self, token: str) -> str:
+        """The node id the token belongs to; Unauthorized otherwise."""
+        async with self.db.transaction() as s:
+            node_id = await s.scalar(select(Node.id).where(Node.token_hash == hash_token(token)))
+        if node_id is None:
+            raise Unauthorized("invalid_token", "the node token is not valid")
+        return node_id
+
+    # --- clients --------------------------------------------------------------------------
+
+    async def add_client(self, name: str) -> str:
+        validate_client_name(name)
+        token = new_token("hgc_")
+        async with self.db.transaction() as s:
+            if await s.scalar(select(Client.id).where(Client.name == name)) is not None:
+                raise Conflict("client_exists", f"a client named {name!r} already exists")
+            s.add(Client(name=name, token_hash=hash_token(token), created_at=utcnow()))
+        return token
+
+    async def list_clients(self) -> list[ClientRecord]:
+        open_count = (
+            select(func.count())
+            .where(SessionRow.client_id == Client.id, SessionRow.state == "open")
+            .scalar_subquery()
+        )
+        async with self.db.transaction() as s:
+            rows = (await s.execute(select(Client, open_count).order_by(Client.name))).all()
+        return [
+            ClientRecord(c.name, c.created_at, c.revoked, c.revoked_at, int(n)) for c, n in rows
+        ]
+
+    async def mark_revoked(self, name: str) -> int:
+        """Marks the client revoked; returns its id (the caller closes its sessions)."""
+        async with self.db.transaction() as s:
+            row = await s.scalar(select(Client).where(Client.name == name).with_for_update())
+            if row is None:
+                raise NotFound("client_not_found", f"no client named {name!r}")
+            if not row.revoked:
+                row.revoked = True
+                row.revoked_at = utcnow()
+            return row.id
+
+    async def authenticate_client(self, token: str) -> AuthedClient:
+        async with self.db.transaction() as s:
+            row = await s.scalar(select(Client).where(Client.token_hash == hash_token(token)))
+        if row is None:
+            raise Unauthorized("invalid_token", "the client token is not valid")
+        if row.revoked:
+            raise Unauthorized("revoked_token", "the client token has been revoked")
+        return AuthedClient(row.id, row.name)

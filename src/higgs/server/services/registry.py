@@ -1,0 +1,276 @@
+"""The node registry: registration, heartbeats, offline detection, deregistration.
+
+Identity: a node *is* its WireGuard public key. Registering with an enrollment key (``hge_…``)
+creates the node, or — when the public key is already known — re-registers that same node
+(same id, same history) and issues it a new token. Registering with the node's own token
+(``hgn_…``) re-registers without spending an enrollment use; the token can only speak for its
+own node, so it may rotate that node's key but never take another node's key. Every
+registration issues a new ``hgn_`` token and invalidates the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from higgs.common.secrets import hash_token, new_token
+from higgs.protocol.api import (
+    AdminNode,
+    AdminNodeList,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    NodeList,
+    NodeRegisterRequest,
+    NodeRegisterResponse,
+    NodeSummary,
+)
+from higgs.server.config import ServerSettings
+from higgs.server.metrics import ServerMetrics
+from higgs.server.relay.ports import RelayHub
+from higgs.server.services import routing
+from higgs.server.services.clock import new_node_id, utcnow
+from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
+from higgs.server.services.identity import IdentityService
+from higgs.server.services.sessions import SessionService
+from higgs.server.store.db import Database
+from higgs.server.store.tables import Node
+from higgs.server.store.tables import Session as SessionRow
+
+__all__ = ["RegistryService", "admin_nodes"]
+
+log = logging.getLogger(__name__)
+
+
+class RegistryService:
+    def __init__(
+        self,
+        db: Database,
+        hub: RelayHub,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        sessions: SessionService,
+    ) -> None:
+        self.db = db
+        self.hub = hub
+        self.settings = settings
+        self.metrics = metrics
+        self.sessions = sessions
+        self.relay_base = ""  # set by the server once the relay listener is bound
+
+    async def register(
+        self, credential: str, req: NodeRegisterRequest
+    ) -> tuple[NodeRegisterResponse, bool]:
+        """Returns the answer and whether the node is new."""
+        token = new_token("hgn_")
+        now = utcnow()
+        async with self.db.transaction() as s:
+            by_key = await s.scalar(select(Node).where(Node.public_key == req.public_key))
+            enrollment_id: int | None = None
+            if credential.startswith("hgn_"):
+                node = await s.scalar(select(Node).where(Node.token_hash == hash_token(credential)))
+                if node is None:
+                    self.metrics.registrations.labels(outcome="refused").inc()
+                    raise Unauthorized("invalid_token", "the node token is not valid")
+                if by_key is not None and by_key.id != node.id:
+                    self.metrics.registrations.labels(outcome="refused").inc()
+                    raise Forbidden(
+                        "forbidden",
+                        "public_key belongs to another node; a node token speaks only for its node",
+                    )
+            elif credential.startswith("hge_"):
+                try:
+                    enrollment_id = await IdentityService.consume_enrollment_key(s, credential)
+                except Unauthorized:
+                    self.metrics.registrations.labels(outcome="refused").inc()
+                    raise
+                node = by_key
+            else:
+                raise Unauthorized(
+                    "invalid_token", "register with an enrollment key (hge_…) or a node token"
+                )
+            created = node is None
+            if node is None:
+                node = Node(
+                    id=new_node_id(),
+                    registered_at=now,
+                    metrics={},
+                    enrollment_key_id=enrollment_id,
+                )
+                s.add(node)
+            node.public_key = req.public_key
+            node.token_hash = hash_token(token)
+            node.endpoint = req.endpoint
+            node.listen_port = req.listen_port
+            node.tunnel_subnet = req.tunnel_subnet
+            node.tunnel_mtu = req.tunnel_mtu
+            node.max_clients = req.max_clients
+            node.bandwidth_mbps = req.bandwidth_mbps
+            node.country = req.country
+            node.region = req.region
+            node.version = req.version
+            node.state = "online"
+            node.updated_at = now
+            node.last_heartbeat_at = now
+            node_id = node.id
+        self.hub.allow_node(node_id, hash_token(token))
+        self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
+        log.info("node registered", extra={"node_id": node_id, "new": created})
+        return (
+            NodeRegisterResponse(
+                node_id=node_id,
+                node_token=token,
+                heartbeat_interval_s=self.settings.heartbeat_interval_s,
+                relay_url=f"{self.relay_base}/v1/relay/node",
+                tunnel_address=str(routing.node_address(req.tunnel_subnet)),
+            ),
+            created,
+        )
+
+    async def heartbeat(self, node_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        async with self.db.transaction() as s:
+            node = await s.get(Node, node_id, with_for_update=True)
+            if node is None:
+                raise NotFound("node_not_found", f"node_id: no node {node_id}")
+            if node.state == "stopped":
+                raise Conflict("node_stopped", "the node deregistered; register again first")
+            if node.state != "online":
+                log.info("node back online", extra={"node_id": node_id})
+            node.state = "online"
+            node.last_heartbeat_at = utcnow()
+            metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
+            metrics["peer_stats_count"] = len(req.peer_stats)
+            node.metrics = metrics
+        await self.sessions.renew_by_handshake(node_id, req.peer_stats)
+        return HeartbeatResponse(
+            heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
+        )
+
+    async def deregister(self, node_id: str) -> None:
+        async with self.db.transaction() as s:
+            node = await s.get(Node, node_id, with_for_update=True)
+            if node is None:
+                raise NotFound("node_not_found", f"node_id: no node {node_id}")
+            node.state = "stopped"
+            node.updated_at = utcnow()
+        await self.sessions.close_for_node(node_id, "node_stopped")
+        self.hub.forget_node(node_id, "stopped")
+        log.info("node deregistered", extra={"node_id": node_id})
+
+    async def mark_stale_offline(self) -> list[str]:
+        """Online nodes that missed ``missed_heartbeats`` and have no link go offline."""
+        limit = timedelta(
+            seconds=self.settings.heartbeat_interval_s * self.settings.missed_heartbeats
+        )
+        cutoff = utcnow() - limit
+        went: list[str] = []
+        async with self.db.transaction() as s:
+            rows = (
+                await s.scalars(
+                    select(Node).where(Node.state == "online", Node.last_heartbeat_at < cutoff)
+                )
+            ).all()
+            for node in rows:
+                if self.hub.is_node_connected(node.id):
+                    continue
+                node.state = "offline"
+                node.updated_at = utcnow()
+                went.append(node.id)
+        for node_id in went:
+            self.metrics.nodes_went_offline.inc()
+            log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
+        return went
+
+    async def reload(self) -> int:
+        """After a restart: nodes that are not stopped may open their links again."""
+        async with self.db.transaction() as s:
+            rows = (
+                await s.execute(select(Node.id, Node.token_hash).where(Node.state != "stopped"))
+            ).all()
+        for node_id, token_hash in rows:
+            self.hub.allow_node(node_id, token_hash)
+        return len(rows)
+
+    async def _open_counts(self) -> dict[str, int]:
+        return await _open_counts(self.db)
+
+    async def list_for_clients(self) -> NodeList:
+        counts = await self._open_counts()
+        async with self.db.transaction() as s:
+            rows = (
+                await s.scalars(select(Node).where(Node.state == "online").order_by(Node.id))
+            ).all()
+        return NodeList(
+            nodes=[
+                NodeSummary(
+                    node_id=n.id,
+                    country=n.country,
+                    region=n.region,
+                    state="online",
+                    load=min(1.0, counts.get(n.id, 0) / n.max_clients),
+                    bandwidth_mbps=n.bandwidth_mbps,
+                    direct=n.endpoint is not None,
+                )
+                for n in rows
+            ]
+        )
+
+    async def list_admin(self) -> AdminNodeList:
+        return await admin_nodes(self.db, self.hub.is_node_connected)
+
+    async def refresh_gauges(self) -> None:
+        async with self.db.transaction() as s:
+            by_state = dict(
+                (await s.execute(select(Node.state, func.count()).group_by(Node.state))).all()
+            )
+            open_n = await s.scalar(
+                select(func.count()).select_from(SessionRow).where(SessionRow.state == "open")
+            )
+        for state in ("online", "offline", "stopped"):
+            self.metrics.nodes.labels(state=state).set(int(by_state.get(state, 0)))
+        self.metrics.sessions_open.set(int(open_n or 0))
+
+
+async def _open_counts(db: Database) -> dict[str, int]:
+    async with db.transaction() as s:
+        rows = (
+            await s.execute(
+                select(SessionRow.node_id, func.count())
+                .where(SessionRow.state == "open")
+                .group_by(SessionRow.node_id)
+            )
+        ).all()
+    return {node_id: int(n) for node_id, n in rows}
+
+
+async def admin_nodes(db: Database, is_connected: Callable[[str], bool]) -> AdminNodeList:
+    """Every node with its details (the admin API and ``bosonserver nodes``)."""
+    counts = await _open_counts(db)
+    async with db.transaction() as s:
+        rows = (await s.scalars(select(Node).order_by(Node.registered_at))).all()
+    return AdminNodeList(
+        nodes=[
+            AdminNode(
+                node_id=n.id,
+                public_key=n.public_key,
+                state=n.state,
+                connected=is_connected(n.id),
+                endpoint=n.endpoint,
+                listen_port=n.listen_port,
+                tunnel_subnet=n.tunnel_subnet,
+                tunnel_mtu=n.tunnel_mtu,
+                max_clients=n.max_clients,
+                bandwidth_mbps=n.bandwidth_mbps,
+                country=n.country,
+                region=n.region,
+                version=n.version,
+                open_sessions=counts.get(n.id, 0),
+                registered_at=n.registered_at,
+                last_heartbeat_at=n.last_heartbeat_at,
+                metrics=n.metrics or {},
+            )
+            for n in rows
+        ]
+    )

@@ -1,0 +1,147 @@
+"""Route selection: which node gets a new session, and which tunnel address it gets.
+
+Pure functions over plain data, so the policy is testable without a database.
+
+**Eligibility.** A node is a candidate when it is ``online``, has a free slot
+(open sessions < ``max_clients``) and a free tunnel address, has budget left (a reported
+``budget_left_mb`` of 0 excludes it), and matches the request: ``node_id``, ``country``,
+``min_bandwidth_mbps`` (a node that did not report a bandwidth does not match a minimum) and
+``mode="direct"`` (only nodes with a reachable endpoint).
+
+**Score** (higher wins; ties broken by fewer open sessions, then node id)::
+
+    score = 3.0 * (1 - load)              load = open_sessions / max_clients
+          + 1.0 * budget_fraction          budget_left_mb / budget_total_mb; 1 if unlimited/unknown
+          + 1.0 * latency_term             1 / (1 + latency_ms / 50); 0.5 if not reported
+          + 2.0 * connected                the node's control link is up right now
+
+Load dominates so that sessions spread across nodes; a node whose link is down can still be
+chosen (it receives its peers in ``sync`` when it reconnects) but loses to any connected one
+with similar load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Candidate",
+    "RouteWish",
+    "allocate_address",
+    "node_address",
+    "pick",
+    "score",
+]
+
+W_LOAD = 3.0
+W_BUDGET = 1.0
+W_LATENCY = 1.0
+W_CONNECTED = 2.0
+LATENCY_SCALE_MS = 50.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node_id: str
+    state: str
+    open_sessions: int
+    max_clients: int
+    country: str | None
+    bandwidth_mbps: float | None
+    has_endpoint: bool
+    connected: bool
+    free_addresses: int
+    budget_left_mb: float | None = None
+    budget_total_mb: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class RouteWish:
+    node_id: str | None = None
+    country: str | None = None
+    min_bandwidth_mbps: float | None = None
+    mode: str = "auto"
+
+
+def score(c: Candidate) -> float:
+    load = min(1.0, c.open_sessions / c.max_clients) if c.max_clients else 1.0
+    if c.budget_left_mb is None:
+        budget = 1.0
+    elif c.budget_total_mb:
+        budget = max(0.0, min(1.0, c.budget_left_mb / c.budget_total_mb))
+    else:
+        budget = 1.0 if c.budget_left_mb > 0 else 0.0
+    latency = 0.5 if c.latency_ms is None else 1.0 / (1.0 + c.latency_ms / LATENCY_SCALE_MS)
+    return (
+        W_LOAD * (1.0 - load)
+        + W_BUDGET * budget
+        + W_LATENCY * latency
+        + W_CONNECTED * (1.0 if c.connected else 0.0)
+    )
+
+
+def _rejection(c: Candidate, wish: RouteWish) -> str | None:
+    """Why the candidate cannot take the session, or None when it can."""
+    if wish.node_id is not None and c.node_id != wish.node_id:
+        return "not the requested node"
+    if c.state != "online":
+        return f"node is {c.state}"
+    if wish.country is not None and c.country != wish.country:
+        return f"node is in {c.country or 'an unknown country'}"
+    if wish.min_bandwidth_mbps is not None and (
+        c.bandwidth_mbps is None or c.bandwidth_mbps < wish.min_bandwidth_mbps
+    ):
+        return "bandwidth below the requested minimum"
+    if wish.mode == "direct" and not c.has_endpoint:
+        return "node has no direct endpoint"
+    if c.open_sessions >= c.max_clients:
+        return "node is full"
+    if c.free_addresses < 1:
+        return "node has no free tunnel address"
+    if c.budget_left_mb is not None and c.budget_left_mb <= 0:
+        return "node has no bandwidth budget left"
+    return None
+
+
+def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | None, str]:
+    """The best candidate, or None with a message saying why nothing fits."""
+    fitting = [c for c in candidates if _rejection(c, wish) is None]
+    if fitting:
+        best = max(fitting, key=lambda c: (score(c), -c.open_sessions, c.node_id))
+        return best, ""
+    if wish.node_id is not None:
+        named = [c for c in candidates if c.node_id == wish.node_id]
+        if not named:
+            return None, f"node {wish.node_id} does not exist"
+        return None, f"node {wish.node_id} cannot take a session: {_rejection(named[0], wish)}"
+    online = [c for c in candidates if c.state == "online"]
+    if not online:
+        return None, "no node is online"
+    reasons = sorted({r for c in online if (r := _rejection(c, wish))})
+    return None, "no online node fits the request (" + "; ".join(reasons) + ")"
+
+
+def node_address(subnet: str) -> ipaddress.IPv4Interface:
+    """The node's own tunnel address: the first host of its subnet (e.g. 10.77.0.1/24)."""
+    net = ipaddress.IPv4Network(subnet)
+    return ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
+
+
+def host_capacity(subnet: str) -> int:
+    """Client addresses in the subnet: all hosts except network, broadcast and the node."""
+    net = ipaddress.IPv4Network(subnet)
+    return max(0, net.num_addresses - 3)
+
+
+def allocate_address(subnet: str, used: Iterable[str]) -> ipaddress.IPv4Address | None:
+    """The lowest free client address (never network, broadcast or the node's .1)."""
+    net = ipaddress.IPv4Network(subnet)
+    taken = {ipaddress.IPv4Interface(u).ip for u in used}
+    taken.add(net.network_address + 1)
+    for host in net.hosts():
+        if host not in taken:
+            return host
+    return None

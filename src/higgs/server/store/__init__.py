@@ -1,0 +1,1 @@
+"""Persistence: schema, database access, Alembic migrations."""

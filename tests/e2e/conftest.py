@@ -1,0 +1,32 @@
+"""The ``lab`` fixture: a fresh lab per test, torn down always, checked to leave nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from higgs.lab.lab import Lab
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    outcome = yield
+    report = outcome.get_result()
+    lab = getattr(item, "funcargs", {}).get("lab")
+    # The logs live in the lab's work directory, which teardown removes: attach them now.
+    if report.failed and call.when == "call" and isinstance(lab, Lab):
+        report.sections.append(("lab process logs", lab.log_tails(30)))
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = Lab().build()
+    try:
+        yield lab
+    finally:
+        lab.teardown()
+    left = lab.leftovers()
+    assert not left, f"lab {lab.names.stem} left behind: {left}"
