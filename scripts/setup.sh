@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # server binary only -- the `dnsmasq` package would also start a resolver on the host.
 SYSTEM_PACKAGES=(
   wireguard-go wireguard-tools nftables iptables iproute2 iperf3 curl
-  dnsmasq-base procps kmod postgresql ca-certificates
+  dnsmasq-base procps kmod postgresql ca-certificates iputils-ping
 )
 
 missing=()

@@ -12,6 +12,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -42,6 +43,10 @@ def _free_port() -> int:
         return port
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _as_postgres(argv: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *argv]
@@ -66,6 +71,11 @@ def pg_cluster() -> Iterator[PgCluster]:
             os.chown(path, pw.pw_uid, pw.pw_gid)
     port = _free_port()
     started = False
+    # `timeout`/CI send SIGTERM; turn it into an exception so that the cluster is still
+    # stopped and deleted below (Python's default SIGTERM action skips `finally`).
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         subprocess.run(
             _as_postgres(
@@ -120,6 +130,8 @@ def pg_cluster() -> Iterator[PgCluster]:
                 capture_output=True,
             )
         shutil.rmtree(root, ignore_errors=True)
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _psql(cluster: PgCluster, sql: str) -> None:

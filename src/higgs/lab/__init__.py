@@ -11,7 +11,7 @@ See docs/lab.md for the topology and the address plan.
 
 from .errors import CommandError, LabError
 from .host import Host
-from .lab import DnsQuery, Lab, leftovers_of_run, sweep_run
+from .lab import DnsQuery, Download, Lab, leftovers_of_run, sweep_run
 from .names import RunNames
 from .procs import LabProcess
 from .stock import StockTunnel, StockTunnelConfig
@@ -20,6 +20,7 @@ from .wireguard import KeyPair, new_keypair, start_wireguard_go, wg_set, wg_show
 __all__ = [
     "CommandError",
     "DnsQuery",
+    "Download",
     "Host",
     "KeyPair",
     "Lab",

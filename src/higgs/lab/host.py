@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .netns import netns_socket, ns_argv, run, wait_tcp_port
-from .plan import HostPlan
+from .plan import HostPlan, V6HostPlan
 from .procs import LabProcess
 
 __all__ = ["Host", "Spawner"]
@@ -35,6 +35,7 @@ class Host:
         self.ns = ns
         self.plan = plan
         self._spawner = spawner
+        self.v6: V6HostPlan | None = None  # set by Lab(ipv6=True)
 
     def __repr__(self) -> str:
         return f"Host({self.role!r}, ns={self.ns!r}, ip={self.ip})"
@@ -47,6 +48,19 @@ class Host:
     def ip(self) -> str:
         """The host's primary address (the WAN address for routers)."""
         return str(self.plan.address().ip)
+
+    @property
+    def ip6(self) -> str:
+        """The host's primary IPv6 address (``Lab(ipv6=True)`` only)."""
+        if self.v6 is None:
+            raise KeyError(f"{self.role} has no IPv6 (build the lab with ipv6=True)")
+        return str(self.v6.address().ip)
+
+    def addr6(self, ifname: str | None = None) -> str:
+        """The IPv6 address on ``ifname`` (``Lab(ipv6=True)`` only)."""
+        if self.v6 is None:
+            raise KeyError(f"{self.role} has no IPv6 (build the lab with ipv6=True)")
+        return str(self.v6.address(ifname).ip)
 
     def addr(self, ifname: str | None = None) -> str:
         """The address on ``ifname`` (e.g. ``"lan0"`` of a router)."""

@@ -12,6 +12,7 @@ fails and reports all failures together.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -31,14 +32,21 @@ from .errors import CommandError, LabError
 from .host import Host
 from .names import RunNames, new_run_names
 from .netns import NETNS_DIR, netns_exists, ns_argv, run
-from .plan import ROUTER_ROLES, LabPlan, default_plan
+from .plan import ROUTER_ROLES, LabPlan, default_plan, ipv6_plan
 from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
-from .render import render_dnat_udp, render_host_batch, render_nat_table, render_root_batch
+from .render import (
+    render_dnat_udp,
+    render_host_batch,
+    render_ipv6_batch,
+    render_nat_table,
+    render_root_batch,
+)
 
 __all__ = [
     "DNS_ZONE",
     "WG_RUN_DIR",
     "DnsQuery",
+    "Download",
     "Lab",
     "leftovers_of_run",
     "parse_dns_log",
@@ -49,6 +57,8 @@ WG_RUN_DIR = Path("/var/run/wireguard")
 DNS_ZONE = "example.test"
 WHOAMI_PORT = 80
 IPERF_PORT = 5201
+# One iperf3 server runs one test at a time: a second one for two clients measured at once.
+IPERF_PORTS = (IPERF_PORT, 5202)
 SMTP_PORTS = (25, 587)
 PRINTER_PORT = 9100
 
@@ -62,6 +72,16 @@ class DnsQuery:
     name: str
     qtype: str
     source: str
+
+
+@dataclass(frozen=True)
+class Download:
+    """What :meth:`Lab.download` received: its size and SHA-256, to compare with
+    ``higgs.lab.services.whoami.payload_sha256(size)``."""
+
+    nbytes: int
+    sha256: str
+    seconds: float
 
 
 def parse_dns_log(text: str) -> list[DnsQuery]:
@@ -162,12 +182,19 @@ class Lab:
         services: bool = True,
         forward_udp: Sequence[int] = (),
         plan: LabPlan | None = None,
+        ipv6: bool = False,
     ) -> None:
         self.names: RunNames = new_run_names(prefix)
         self.plan = plan or default_plan()
         self.hosts: dict[str, Host] = {
             role: Host(role, self.names.ns(role), hp, self) for role, hp in self.plan.hosts.items()
         }
+        # IPv6 is opt-in: global 2001:db8::/32 on the public side and on both LANs (routed,
+        # not NATed, as an ISP delegates a prefix). See plan.ipv6_plan.
+        self.ipv6 = ipv6
+        if ipv6:
+            for role, v6 in ipv6_plan(self.plan).items():
+                self.hosts[role].v6 = v6
         self.workdir: Path | None = None
         self.timings: dict[str, float] = {}
         self._services = services
@@ -248,9 +275,19 @@ class Lab:
                 ]
             )
             jobs: list[tuple[list[str], str | None]] = []
+            if self.ipv6:
+                self._run_parallel(
+                    [
+                        (["ip", "-n", h.ns, "-batch", "-"], render_ipv6_batch(h.v6))
+                        for h in self.hosts.values()
+                        if h.v6 is not None
+                    ]
+                )
             for role in ROUTER_ROLES:
                 h = self.hosts[role]
                 script = "sysctl -qw net.ipv4.ip_forward=1"
+                if self.ipv6:
+                    script += " && sysctl -qw net.ipv6.conf.all.forwarding=1"
                 if h.plan.wan_if is not None:
                     script += " && nft -f -"
                 jobs.append(
@@ -313,6 +350,13 @@ class Lab:
             name="whoami",
         )
         waits.append((whoami, WHOAMI_PORT, "tcp"))
+        if inet.v6 is not None:
+            whoami6 = inet.popen(
+                [py, "-m", "higgs.lab.services.whoami", "--host", inet.ip6,
+                 "--port", str(WHOAMI_PORT)],
+                name="whoami6",
+            )  # fmt: skip
+            waits.append((whoami6, WHOAMI_PORT, "tcp6"))
         listen_argv = [py, "-m", "higgs.lab.services.listen", "--host", ip, "--banner", "220"]
         for port in SMTP_PORTS:
             listen_argv += ["--port", str(port)]
@@ -329,20 +373,22 @@ class Lab:
                 "--pid-file=",
                 "--user=root",
                 "--bind-interfaces",
-                f"--listen-address={ip}",
+                f"--listen-address={ip}" + (f",{inet.ip6}" if inet.v6 is not None else ""),
                 "--port=53",
                 "--log-queries",
                 f"--log-facility={dns_log}",
                 f"--local=/{zone}/",
-                f"--host-record={zone},{ip}",
-                f"--host-record=www.{zone},{ip}",
-                f"--host-record=server.{zone},{self.server.ip}",
+                f"--host-record={zone},{ip}" + (f",{inet.ip6}" if inet.v6 else ""),
+                f"--host-record=www.{zone},{ip}" + (f",{inet.ip6}" if inet.v6 else ""),
+                f"--host-record=server.{zone},{self.server.ip}"
+                + (f",{self.server.ip6}" if self.server.v6 else ""),
             ],
             name="dnsmasq",
         )
         waits.append((dns, 53, "udp"))
-        iperf = inet.popen(["iperf3", "-s", "-B", ip, "-p", str(IPERF_PORT)], name="iperf3")
-        waits.append((iperf, IPERF_PORT, "tcp"))
+        for port in IPERF_PORTS:
+            iperf = inet.popen(["iperf3", "-s", "-B", ip, "-p", str(port)], name=f"iperf3-{port}")
+            waits.append((iperf, port, "tcp"))
         printer = self.printer.popen(
             [
                 py,
@@ -430,9 +476,17 @@ class Lab:
         target = self.host(to)
         self.host(router).nft(render_dnat_udp(self.plan, router, port, target.ip, to_port or port))
 
-    def whoami(self, host: Host | str, *, timeout: float = 10.0) -> dict[str, object]:
-        """Ask the internet host's HTTP server, from ``host``, who we look like."""
+    def whoami(
+        self, host: Host | str, *, timeout: float = 10.0, ipv6: bool = False
+    ) -> dict[str, object]:
+        """Ask the internet host's HTTP server, from ``host``, who we look like (over IPv6
+        with ``ipv6``, in a ``Lab(ipv6=True)``)."""
         h = self.host(host) if isinstance(host, str) else host
+        url = (
+            f"http://[{self.internet.ip6}]:{WHOAMI_PORT}/"
+            if ipv6
+            else (f"http://{self.internet.ip}:{WHOAMI_PORT}/")
+        )
         out = h.run(
             [
                 "curl",
@@ -441,7 +495,8 @@ class Lab:
                 "*",
                 "--max-time",
                 str(timeout),
-                f"http://{self.internet.ip}:{WHOAMI_PORT}/",
+                "-g",
+                url,
             ],
             timeout=timeout + 5,
         ).stdout
@@ -453,8 +508,81 @@ class Lab:
             raise LabError(f"whoami answered {out!r}, not an object")
         return data
 
-    def resolve(self, host: Host | str, name: str, *, timeout: float = 5.0) -> list[str]:
-        """Resolve ``name`` (A) from ``host`` by asking the lab's DNS server directly."""
+    def download(self, host: Host | str, size: int, *, timeout: float = 60.0) -> Download:
+        """Fetch ``size`` generated bytes from the internet host's HTTP server, from ``host``.
+
+        curl writes them into the lab's work directory; the file is hashed here and removed.
+        A failed or cut transfer raises CommandError (curl's exit code and message).
+        """
+        h = self.host(host) if isinstance(host, str) else host
+        if self.workdir is None:
+            raise LabError("the lab is not running")
+        target = self.workdir / f"download-{h.role}-{time.monotonic_ns()}.bin"
+        started = time.monotonic()
+        try:
+            h.run(
+                [
+                    "curl", "-sS", "--fail", "--noproxy", "*", "--max-time", str(timeout),
+                    "-o", str(target), f"http://{self.internet.ip}:{WHOAMI_PORT}/bytes/{size}",
+                ],
+                timeout=timeout + 5,
+            )  # fmt: skip
+            seconds = time.monotonic() - started
+            digest = hashlib.sha256()
+            nbytes = 0
+            with open(target, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    nbytes += len(chunk)
+        finally:
+            target.unlink(missing_ok=True)
+        return Download(nbytes=nbytes, sha256=digest.hexdigest(), seconds=seconds)
+
+    def link_peer(self, host: Host | str, ifname: str) -> tuple[Host, str] | None:
+        """The other end of the veth ``ifname`` of ``host`` (None for a bridge or a link the
+        lab did not create)."""
+        role = host if isinstance(host, str) else host.role
+        for link in self.plan.links:
+            if (link.a, link.a_if) == (role, ifname):
+                return self.host(link.b), link.b_if
+            if (link.b, link.b_if) == (role, ifname):
+                return self.host(link.a), link.a_if
+        return None
+
+    def set_mtu(self, host: Host | str, ifname: str, mtu: int, *, both_ends: bool = True) -> None:
+        """Set the MTU of ``host``'s interface ``ifname`` and (by default) of the veth's other
+        end, so the link carries at most ``mtu`` bytes both ways; the routers on either side
+        then answer larger don't-fragment packets with ICMP "fragmentation needed".
+
+            lab.set_mtu("home_router", "wan0", 1400)   # the home's uplink to the core
+        """
+        if not 68 <= mtu <= 65535:
+            raise LabError(f"MTU {mtu} is outside 68..65535")
+        h = self.host(host) if isinstance(host, str) else host
+        ends = [(h, ifname)]
+        peer = self.link_peer(h, ifname)
+        if both_ends and peer is not None:
+            ends.append(peer)
+        for end_host, end_if in ends:
+            end_host.run(["ip", "link", "set", "dev", end_if, "mtu", str(mtu)])
+
+    def mtu(self, host: Host | str, ifname: str) -> int:
+        """The current MTU of ``host``'s interface ``ifname``."""
+        h = self.host(host) if isinstance(host, str) else host
+        out = h.run(["cat", f"/sys/class/net/{ifname}/mtu"]).stdout
+        return int(out.strip())
+
+    def resolve(
+        self,
+        host: Host | str,
+        name: str,
+        *,
+        timeout: float = 5.0,
+        server: str | None = None,
+        tcp: bool = False,
+    ) -> list[str]:
+        """Resolve ``name`` (A) from ``host`` by asking ``server`` (default: the lab's DNS
+        server) directly, over UDP or (``tcp``) TCP. No answer raises CommandError."""
         h = self.host(host) if isinstance(host, str) else host
         out = h.run(
             [
@@ -462,9 +590,10 @@ class Lab:
                 "-m",
                 "higgs.lab.services.dnsq",
                 "--server",
-                self.internet.ip,
+                server or self.internet.ip,
                 "--timeout",
                 str(timeout),
+                *(["--tcp"] if tcp else []),
                 name,
             ],
             timeout=timeout + 10,

@@ -13,7 +13,7 @@ Public side in documentation ranges (RFC 5737), private ranges only inside the t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
 
 __all__ = [
     "HOST_ROLES",
@@ -22,7 +22,9 @@ __all__ = [
     "HostPlan",
     "LabPlan",
     "Link",
+    "V6HostPlan",
     "default_plan",
+    "ipv6_plan",
 ]
 
 HOST_ROLES = (
@@ -94,8 +96,15 @@ def _if(text: str) -> IPv4Interface:
     return IPv4Interface(text)
 
 
-def default_plan() -> LabPlan:
-    """The standard lab: a routed core, two public hosts and two NATed sites."""
+def default_plan(*, clients: int = 1) -> LabPlan:
+    """The standard lab: a routed core, two public hosts and two NATed sites.
+
+    With ``clients`` > 1 the client router's LAN is a bridge with that many client hosts:
+    ``client`` (10.0.2.10), ``client2`` (10.0.2.11), ... -- e.g. to check that two clients of
+    one node each get a fair share.
+    """
+    if not 1 <= clients <= 9:
+        raise ValueError(f"clients must be 1..9, not {clients}")
     hosts = {
         "core": HostPlan(
             "core",
@@ -139,14 +148,91 @@ def default_plan() -> LabPlan:
             "client", (("eth0", _if("10.0.2.10/24")),), gateway=IPv4Address("10.0.2.1")
         ),
     }
-    links = (
+    links: tuple[Link, ...] = (
         Link("internet", "eth0", "core", "to-inet"),
         Link("server", "eth0", "core", "to-srv"),
         Link("home_router", "wan0", "core", "to-home"),
         Link("client_router", "wan0", "core", "to-cli"),
         Link("node", "eth0", "home_router", "p-node"),
         Link("printer", "eth0", "home_router", "p-prn"),
-        Link("client", "eth0", "client_router", "lan0"),
     )
-    bridges = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
+    bridges: tuple[Bridge, ...] = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
+    if clients == 1:
+        links += (Link("client", "eth0", "client_router", "lan0"),)
+    else:
+        ports = []
+        for n in range(1, clients + 1):
+            role = "client" if n == 1 else f"client{n}"
+            if n > 1:
+                hosts[role] = HostPlan(
+                    role, (("eth0", _if(f"10.0.2.{9 + n}/24")),), gateway=IPv4Address("10.0.2.1")
+                )
+            links += (Link(role, "eth0", "client_router", f"p-c{n}"),)
+            ports.append(f"p-c{n}")
+        bridges += (Bridge("client_router", "lan0", tuple(ports)),)
     return LabPlan(hosts=hosts, links=links, bridges=bridges)
+
+
+@dataclass(frozen=True)
+class V6HostPlan:
+    """A host's IPv6 side (only with ``Lab(ipv6=True)``): addresses, default gateway, and
+    static routes (prefix, via) for the core."""
+
+    addresses: tuple[tuple[str, IPv6Interface], ...]
+    gateway: IPv6Address | None = None
+    routes: tuple[tuple[IPv6Network, IPv6Address], ...] = ()
+
+    def address(self, ifname: str | None = None) -> IPv6Interface:
+        for name, addr in self.addresses:
+            if ifname is None or name == ifname:
+                return addr
+        raise KeyError(f"no IPv6 address on {ifname}")
+
+
+def ipv6_plan(plan: LabPlan) -> dict[str, V6HostPlan]:
+    """IPv6 for ``plan``'s hosts, in the documentation prefix 2001:db8::/32 (RFC 3849).
+
+    The public side gets one /64 per core link; both sites get a *global* (routed, not NATed)
+    /64 on their LAN, as an ISP delegates it: the home LAN 2001:db8:1::/64 (node ::10, printer
+    ::20), the client LAN 2001:db8:2::/64 (client ::10, client2 ::11, ...). The core routes the
+    two LAN prefixes to the routers' WAN addresses.
+    """
+
+    def i6(text: str) -> IPv6Interface:
+        return IPv6Interface(text)
+
+    def a6(text: str) -> IPv6Address:
+        return IPv6Address(text)
+
+    out = {
+        "core": V6HostPlan(
+            (
+                ("to-inet", i6("2001:db8:0:2::1/64")),
+                ("to-srv", i6("2001:db8:0:51::1/64")),
+                ("to-home", i6("2001:db8:0:113::1/64")),
+                ("to-cli", i6("2001:db8:0:117::1/64")),
+            ),
+            routes=(
+                (IPv6Network("2001:db8:1::/64"), a6("2001:db8:0:113::10")),
+                (IPv6Network("2001:db8:2::/64"), a6("2001:db8:0:117::20")),
+            ),
+        ),
+        "internet": V6HostPlan((("eth0", i6("2001:db8:0:2::10/64")),), a6("2001:db8:0:2::1")),
+        "server": V6HostPlan((("eth0", i6("2001:db8:0:51::10/64")),), a6("2001:db8:0:51::1")),
+        "home_router": V6HostPlan(
+            (("wan0", i6("2001:db8:0:113::10/64")), ("lan0", i6("2001:db8:1::1/64"))),
+            a6("2001:db8:0:113::1"),
+        ),
+        "node": V6HostPlan((("eth0", i6("2001:db8:1::10/64")),), a6("2001:db8:1::1")),
+        "printer": V6HostPlan((("eth0", i6("2001:db8:1::20/64")),), a6("2001:db8:1::1")),
+        "client_router": V6HostPlan(
+            (("wan0", i6("2001:db8:0:117::20/64")), ("lan0", i6("2001:db8:2::1/64"))),
+            a6("2001:db8:0:117::1"),
+        ),
+    }
+    for role, host in plan.hosts.items():
+        if role == "client" or (role.startswith("client") and role[6:].isdigit()):
+            n = 1 if role == "client" else int(role[6:])
+            ifname = host.addresses[0][0]
+            out[role] = V6HostPlan(((ifname, i6(f"2001:db8:2::{9 + n}/64")),), a6("2001:db8:2::1"))
+    return {role: v6 for role, v6 in out.items() if role in plan.hosts}

@@ -81,16 +81,16 @@ def listening_ports(pid: int, proto: str) -> set[int]:
 
 
 def parse_proc_net(text: str, proto: str) -> set[int]:
-    """Listening ports from the text of ``/proc/net/tcp`` or ``/proc/net/udp``."""
-    if proto not in ("tcp", "udp"):
-        raise ValueError(f"proto must be tcp or udp, not {proto!r}")
+    """Listening ports from the text of ``/proc/net/{tcp,udp}`` (or their ``6`` twins)."""
+    if proto not in ("tcp", "udp", "tcp6", "udp6"):
+        raise ValueError(f"proto must be tcp or udp (or tcp6, udp6), not {proto!r}")
     ports: set[int] = set()
     for line in text.splitlines()[1:]:
         cols = line.split()
         if len(cols) < 4:
             continue
         # TCP state 0A is LISTEN; for UDP any bound socket counts (07 = unconnected).
-        if proto == "tcp" and cols[3] != "0A":
+        if proto.startswith("tcp") and cols[3] != "0A":
             continue
         ports.add(int(cols[1].rsplit(":", 1)[1], 16))
     return ports

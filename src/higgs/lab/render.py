@@ -7,12 +7,13 @@ it take a fraction of a second.
 from __future__ import annotations
 
 from .names import RunNames
-from .plan import LabPlan
+from .plan import LabPlan, V6HostPlan
 
 __all__ = [
     "NAT_TABLE",
     "render_dnat_udp",
     "render_host_batch",
+    "render_ipv6_batch",
     "render_nat_table",
     "render_root_batch",
 ]
@@ -88,3 +89,15 @@ def render_dnat_udp(plan: LabPlan, router: str, port: int, to_addr: str, to_port
         f'add rule ip {NAT_TABLE} prerouting iifname "{host.wan_if}" ip daddr {wan}'
         f" udp dport {port} dnat to {to_addr}:{to_port}\n"
     )
+
+
+def render_ipv6_batch(v6: V6HostPlan) -> str:
+    """One host's IPv6 addresses (no duplicate address detection: the lab's addresses are
+    unique by plan, and DAD would delay every address by a second or more) and routes."""
+    lines = [f"addr add {addr.with_prefixlen} dev {ifname} nodad" for ifname, addr in v6.addresses]
+    for prefix, via in v6.routes:
+        lines.append(f"route add {prefix} via {via}")
+    if v6.gateway is not None:
+        # "::/0", not "default": in a batch the family comes from the addresses given.
+        lines.append(f"route add ::/0 via {v6.gateway}")
+    return "\n".join(lines) + "\n"

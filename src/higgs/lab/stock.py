@@ -13,16 +13,19 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from types import TracebackType
+from typing import Any
 
 from .errors import LabError
+from .host import Host
 from .lab import Lab
 from .procs import LabProcess, stop_processes
 from .wireguard import KeyPair, new_keypair, start_wireguard_go, wg_set, wg_show
 
-__all__ = ["StockTunnel", "StockTunnelConfig"]
+__all__ = ["StockClient", "StockTunnel", "StockTunnelConfig", "full_tunnel_client"]
 
 STOCK_TABLE = "hl_stock"
 _NODE_ADDRESS = IPv4Interface("10.99.0.1/24")
@@ -137,38 +140,20 @@ class StockTunnel:
         )
 
     def _client_side(self, own: KeyPair, peer: KeyPair) -> None:
-        cfg, client = self.config, self.lab.client
-        self.processes.append(start_wireguard_go(client, self.client_if))
-        wg_set(
-            client,
-            self.client_if,
-            "fwmark",
-            str(cfg.fwmark),
-            "peer",
-            peer.public,
-            "endpoint",
-            self.endpoint,
-            "allowed-ips",
-            "0.0.0.0/0",
-            "persistent-keepalive",
-            str(cfg.keepalive),
-            private_key=own.private,
+        cfg = self.config
+        self.processes.append(
+            full_tunnel_client(
+                self.lab.client,
+                self.client_if,
+                own,
+                peer_public=peer.public,
+                endpoint=self.endpoint,
+                address=str(cfg.client_address),
+                mtu=cfg.mtu,
+                fwmark=cfg.fwmark,
+                keepalive=cfg.keepalive,
+            )
         )
-        mark = cfg.fwmark
-        # wg-quick's full tunnel: everything not marked by WireGuard itself goes to table
-        # `mark`, whose default route is the tunnel; the main table still wins for anything
-        # more specific than a default route (suppress_prefixlength 0).
-        client.run(
-            ["ip", "-batch", "-"],
-            input=(
-                f"addr add {cfg.client_address.with_prefixlen} dev {self.client_if}\n"
-                f"link set {self.client_if} mtu {cfg.mtu} up\n"
-                f"route add default dev {self.client_if} table {mark}\n"
-                f"rule add not fwmark {mark} table {mark}\n"
-                "rule add table main suppress_prefixlength 0\n"
-            ),
-        )
-        client.sysctl("net.ipv4.conf.all.src_valid_mark", 1)
 
     def latest_handshake(self, side: str = "client") -> int:
         """Unix time of the last handshake seen by ``side`` (0 when none yet)."""
@@ -207,5 +192,150 @@ class StockTunnel:
             check=False,
         )
         self.lab.node.run(["nft", "delete", "table", "ip", STOCK_TABLE], check=False)
+        if problems:
+            raise LabError("; ".join(problems))
+
+
+def full_tunnel_client(
+    host: Host,
+    ifname: str,
+    own: KeyPair,
+    *,
+    peer_public: str,
+    endpoint: str,
+    address: str,
+    mtu: int,
+    fwmark: int = 51820,
+    keepalive: int = 25,
+) -> LabProcess:
+    """A stock WireGuard client in ``host``: wireguard-go, one peer for 0.0.0.0/0, and
+    wg-quick's full-tunnel policy routing. Returns the wireguard-go process."""
+    proc = start_wireguard_go(host, ifname)
+    wg_set(
+        host,
+        ifname,
+        "fwmark", str(fwmark),
+        "peer", peer_public,
+        "endpoint", endpoint,
+        "allowed-ips", "0.0.0.0/0",
+        "persistent-keepalive", str(keepalive),
+        private_key=own.private,
+    )  # fmt: skip
+    # wg-quick's full tunnel: everything not marked by WireGuard itself goes to table
+    # `fwmark`, whose default route is the tunnel; the main table still wins for anything
+    # more specific than a default route (suppress_prefixlength 0).
+    host.run(
+        ["ip", "-batch", "-"],
+        input=(
+            f"addr add {address} dev {ifname}\n"
+            f"link set {ifname} mtu {mtu} up\n"
+            f"route add default dev {ifname} table {fwmark}\n"
+            f"rule add not fwmark {fwmark} table {fwmark}\n"
+            "rule add table main suppress_prefixlength 0\n"
+        ),
+    )
+    host.sysctl("net.ipv4.conf.all.src_valid_mark", 1)
+    return proc
+
+
+class StockClient:
+    """A stock WireGuard client configured from a ``POST /v1/routes`` answer (the JSON dict),
+    the way a person would paste it into wg-quick: direct path only, IPv4 full tunnel.
+
+        keys = new_keypair()
+        answer = ...  # the route answer for keys.public
+        with StockClient(lab, lab.client, answer, keys) as client:
+            client.wait_handshake()
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        host: Host,
+        route: Mapping[str, Any],
+        keys: KeyPair,
+        *,
+        tag: str | None = None,
+        fwmark: int = 51820,
+    ) -> None:
+        wg = route["wireguard"]
+        direct = route.get("direct") or {}
+        if not direct.get("endpoint"):
+            raise LabError("the route has no direct endpoint; a stock client cannot use the relay")
+        self.lab = lab
+        self.host = host
+        self.route = dict(route)
+        self.keys = keys
+        self.ifname = lab.ifname(tag or f"w{host.role[-1] if host.role[-1].isdigit() else 'c'}")
+        self.address: str = wg["address"]
+        self.node_public: str = wg["node_public_key"]
+        self.endpoint: str = direct["endpoint"]
+        self.mtu: int = int(wg["mtu"])
+        self.dns: list[str] = list(wg.get("dns") or [])
+        self.keepalive = int(wg.get("persistent_keepalive") or 25)
+        self.fwmark = fwmark
+        self.proc: LabProcess | None = None
+
+    @property
+    def tunnel_ip(self) -> str:
+        return self.address.split("/")[0]
+
+    def __enter__(self) -> StockClient:
+        return self.up()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> StockClient:
+        self.proc = full_tunnel_client(
+            self.host,
+            self.ifname,
+            self.keys,
+            peer_public=self.node_public,
+            endpoint=self.endpoint,
+            address=self.address,
+            mtu=self.mtu,
+            fwmark=self.fwmark,
+            keepalive=self.keepalive,
+        )
+        return self
+
+    def latest_handshake(self) -> int:
+        out = wg_show(self.host, self.ifname, "latest-handshakes").split()
+        return int(out[1]) if len(out) >= 2 else 0
+
+    def wait_handshake(self, *, timeout: float = 15.0, poke: str | None = None) -> None:
+        """Wait for the first handshake, sending a datagram into the tunnel (to ``poke``,
+        default the first pushed DNS server) to start one."""
+        target = poke or (self.dns[0] if self.dns else self.lab.internet.ip)
+        deadline = time.monotonic() + timeout
+        while self.latest_handshake() == 0:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"no WireGuard handshake from {self.host.role} to {self.endpoint} within "
+                    f"{timeout} s\n" + self.lab.log_tails()
+                )
+            with contextlib.closing(self.host.socket(socket.AF_INET, socket.SOCK_DGRAM)) as s:
+                s.sendto(b"hello", (target, 9))
+            time.sleep(0.2)
+
+    def down(self) -> None:
+        """Stop wireguard-go (its interface goes with it) and remove the policy rules."""
+        problems = stop_processes([self.proc]) if self.proc is not None else []
+        self.proc = None
+        self.host.run(
+            ["ip", "-force", "-batch", "-"],
+            input=(
+                f"rule del not fwmark {self.fwmark} table {self.fwmark}\n"
+                "rule del table main suppress_prefixlength 0\n"
+                f"route flush table {self.fwmark}\n"
+            ),
+            check=False,
+        )
         if problems:
             raise LabError("; ".join(problems))

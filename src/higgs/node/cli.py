@@ -1,29 +1,239 @@
-"""`higgsnode` command line."""
+"""`higgsnode` command line: start, stop, status, diagnose, cleanup."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from higgs.common.cli import new_parser, run_cli
+from higgs.common.cli import EXIT_FAILURE, EXIT_OK, new_parser, run_cli
 from higgs.common.errors import HiggsError
+from higgs.node.runstate import read_status, running_pid
+from higgs.node.settings import NodeSettings, load_node_settings
 
 __all__ = ["build_parser", "main"]
+
+STOP_WAIT_S = 60.0
+
+
+def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    p.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="state directory (default /var/lib/higgsnode)"
+    )
+    p.add_argument("--interface", metavar="NAME", help="WireGuard interface (default higgs0)")
+    if not full:
+        return
+    p.add_argument("--server", metavar="URL", help="bosonserver URL, e.g. https://boson.example")
+    p.add_argument("--enroll-key", metavar="KEY", help="enrollment key hge_… (first start)")
+    p.add_argument("--listen-port", type=int, metavar="PORT", help="WireGuard UDP port (51820)")
+    p.add_argument(
+        "--endpoint",
+        metavar="IP:PORT",
+        help="public endpoint for direct mode (your router's public IP and forwarded port)",
+    )
+    p.add_argument("--tunnel-subnet", metavar="CIDR", help="client network (10.77.0.0/24)")
+    p.add_argument(
+        "--firewall", choices=["auto", "nft", "iptables"], help="firewall backend (auto)"
+    )
+    p.add_argument("--country", metavar="CC", help="two-letter country code shown to clients")
+    p.add_argument("--region", metavar="TEXT", help="region shown to clients")
+    p.add_argument(
+        "--dns-upstream",
+        action="append",
+        metavar="UPSTREAM",
+        help="DNS upstream (repeatable): IP[:PORT], tcp://IP[:PORT] or https://URL; "
+        "default: the nameservers of /etc/resolv.conf",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("higgsnode", "the Higgs.net exit-node agent")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("start", help="start")
-    sub.add_parser("stop", help="stop")
-    sub.add_parser("status", help="status")
-    sub.add_parser("diagnose", help="diagnose")
-    sub.add_parser("cleanup", help="cleanup")
+    start = sub.add_parser(
+        "start",
+        help="run the node in the foreground until stopped",
+        description="Sets up WireGuard, NAT and DNS, registers with the server and serves "
+        "clients until SIGTERM/SIGINT or `higgsnode stop`; then undoes every change.",
+    )
+    _settings_args(start, full=True)
+    stop = sub.add_parser("stop", help="stop the running node (it undoes its changes)")
+    _settings_args(stop, full=False)
+    stop.add_argument("--timeout", type=float, default=STOP_WAIT_S, help="seconds to wait")
+    status = sub.add_parser("status", help="server link, peers, sessions, bytes")
+    _settings_args(status, full=False)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="check forwarding, NAT, routes, MTU, server, clock; print fixes",
+        description="Each failing check is printed with the command that fixes it; "
+        "exit status 1 when any check fails.",
+    )
+    _settings_args(diagnose, full=True)
+    diagnose.add_argument("--json", action="store_true", help="machine-readable output")
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="undo what a crashed node left behind (journal replay, then sweep)",
+        description="Safe to run any time the node is not running (systemd runs it from "
+        "ExecStopPost=). Exit status 0 when the host is clean.",
+    )
+    _settings_args(cleanup, full=False)
     return parser
 
 
+def _load(args: argparse.Namespace) -> NodeSettings:
+    overrides: dict[str, Any] = {
+        "state_dir": getattr(args, "state_dir", None),
+        "interface": getattr(args, "interface", None),
+        "server": getattr(args, "server", None),
+        "enroll_key": getattr(args, "enroll_key", None),
+        "listen_port": getattr(args, "listen_port", None),
+        "endpoint": getattr(args, "endpoint", None),
+        "tunnel_subnet": getattr(args, "tunnel_subnet", None),
+        "firewall": getattr(args, "firewall", None),
+        "country": getattr(args, "country", None),
+        "region": getattr(args, "region", None),
+    }
+    upstreams = getattr(args, "dns_upstream", None)
+    if upstreams:
+        overrides["dns"] = {"upstreams": upstreams}
+    return load_node_settings(args.config, overrides=overrides)
+
+
+def _start(args: argparse.Namespace) -> int:
+    settings = _load(args)  # a bad setting stops here, before anything touches the host
+    if not settings.server:
+        raise HiggsError("no server given: set --server URL (or `server` in the config file)")
+    from higgs.node.agent import run_agent  # imported late: `status` must not need osnet
+
+    run_agent(settings)
+    return EXIT_OK
+
+
+def _stop(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    pid = running_pid(settings.state_dir)
+    if pid is None:
+        print(f"higgsnode is not running (state dir {settings.state_dir})")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while running_pid(settings.state_dir) == pid:
+        if time.monotonic() > deadline:
+            raise HiggsError(
+                f"higgsnode (pid {pid}) did not stop within {args.timeout:g}s; "
+                f"check its log, or `kill -KILL {pid}` and then `higgsnode cleanup`"
+            )
+        time.sleep(0.1)
+    print(f"higgsnode (pid {pid}) stopped")
+    return EXIT_OK
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return f"{n:.1f} TiB"
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    pid = running_pid(settings.state_dir)
+    status = read_status(settings.state_dir) if pid is not None else None
+    if args.json:
+        print(json.dumps({"running": pid is not None, "pid": pid, "status": status}, indent=1))
+        return EXIT_OK if pid is not None else EXIT_FAILURE
+    if pid is None:
+        print(f"higgsnode: not running (state dir {settings.state_dir})")
+        return EXIT_FAILURE
+    if status is None:
+        print(f"higgsnode: running (pid {pid}), starting up")
+        return EXIT_OK
+    server = status.get("server") or {}
+    control = status.get("control") or {}
+    peers = status.get("peers") or []
+    rx = sum(int(p.get("rx_bytes", 0)) for p in peers)
+    tx = sum(int(p.get("tx_bytes", 0)) for p in peers)
+    print(f"higgsnode: running (pid {pid}), version {status.get('version')}")
+    print(
+        f"  interface  {status.get('interface')} {status.get('tunnel_address')} "
+        f"port {status.get('listen_port')}, uplink {status.get('uplink')}"
+    )
+    print(
+        f"  server     {server.get('state', '-')} (node {server.get('node_id') or '-'}"
+        + (f", last error: {server['last_error']}" if server.get("last_error") else "")
+        + ")"
+    )
+    print(
+        f"  relay link {'up' if control.get('connected') else 'down'}, "
+        f"{control.get('relayed_sessions', 0)} relayed session(s)"
+    )
+    print(f"  sessions   {status.get('sessions', 0)}, peers {len(peers)}")
+    print(f"  traffic    rx {_fmt_bytes(rx)}, tx {_fmt_bytes(tx)}")
+    for p in peers:
+        hs = p.get("last_handshake_s")
+        prx, ptx = _fmt_bytes(int(p.get("rx_bytes", 0))), _fmt_bytes(int(p.get("tx_bytes", 0)))
+        print(
+            f"    {p['public_key'][:10]}… {','.join(p.get('allowed_ips', []))} "
+            f"rx {prx} tx {ptx} handshake {'never' if hs is None else f'{hs:.0f}s ago'}"
+        )
+    return EXIT_OK
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from higgs.node.diagnose import run_checks
+
+    settings = _load(args)
+    results = run_checks(settings, running=running_pid(settings.state_dir) is not None)
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=1))
+    else:
+        for r in results:
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
+            if not r.ok and r.fix:
+                print(f"     fix: {r.fix}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from higgs.node.host import NodeHost
+
+    settings = _load(args)
+    pid = running_pid(settings.state_dir)
+    if pid is not None:
+        raise HiggsError(f"higgsnode is running (pid {pid}); stop it first: higgsnode stop")
+    host = NodeHost(settings)
+    try:
+        problems = host.recover()
+    finally:
+        host.close()
+    if problems:
+        for problem in problems:
+            print(f"higgsnode cleanup: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("higgsnode cleanup: host is clean")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "start": _start,
+    "stop": _stop,
+    "status": _status,
+    "diagnose": _diagnose,
+    "cleanup": _cleanup,
+}
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    raise HiggsError(f"'{args.command}' is not implemented yet")
+    return _COMMANDS[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -169,7 +170,10 @@ class BosonServer:
         await hub.start(relay_host, relay_port, tls)
         bound_relay = hub.port
         scheme = "wss" if tls else "ws"
-        self.relay_base = s.relay_url or f"{scheme}://{_url_host(relay_host)}:{bound_relay}"
+        # Without --relay-url, the relay is on the public URL's host (if given), at its own port.
+        public_host = urlsplit(s.public_url).hostname if s.public_url else None
+        relay_host_for_url = _url_host(public_host or relay_host)
+        self.relay_base = s.relay_url or f"{scheme}://{relay_host_for_url}:{bound_relay}"
         sessions.relay_base = registry.relay_base = self.relay_base
 
         nodes = await registry.reload()

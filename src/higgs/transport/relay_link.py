@@ -4,7 +4,7 @@ Bytes in, bytes out: the link sends DATA frames for a channel and text control m
 hands received frames to callbacks. It batches what is queued (flushed on the next event-loop
 turn, never waiting to fill a batch), reconnects with jittered backoff, and stops for good on
 the close codes that say retrying cannot help (4001 unauthorized, 4002 session closed, 4004 bad
-version; HTTP 401 on the upgrade counts as 4001).
+version, 4003 replaced by another instance; HTTP 401 on the upgrade counts as 4001).
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ __all__ = ["FINAL_CLOSE_CODES", "LinkClosed", "RelayLink"]
 
 log = logging.getLogger(__name__)
 
+# 4003: another instance with the same credential took over; reconnecting would only make
+# the two take turns replacing each other.
 FINAL_CLOSE_CODES = frozenset(
-    {CloseCode.UNAUTHORIZED, CloseCode.SESSION_CLOSED, CloseCode.BAD_VERSION}
+    {CloseCode.UNAUTHORIZED, CloseCode.SESSION_CLOSED, CloseCode.REPLACED, CloseCode.BAD_VERSION}
 )
 _MAX_PENDING = 2048  # datagrams waiting for the next flush; beyond, the oldest are dropped
 
@@ -180,9 +182,9 @@ class RelayLink:
     async def wait_closed(self) -> LinkClosed:
         """Waits until the link stopped for good; says why."""
         assert self._runner is not None, "start() first"
-        await asyncio.shield(self._runner)
-        assert self.result is not None
-        return self.result
+        if not self._runner.done():
+            await asyncio.wait({self._runner})  # never raises the runner's cancellation
+        return self.result or LinkClosed(None, "closed")
 
     async def close(self) -> None:
         self._stopping = True

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from bench.__main__ import main
 from bench.control.servers import server_unavailable
 

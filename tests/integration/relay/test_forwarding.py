@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+
+import pytest
 
 from higgs.protocol.relay import encode_data
 from higgs.transport.relay_link import RelayLink
@@ -162,5 +165,65 @@ async def test_relay_link_batches_what_is_queued_in_one_loop_turn(relay: Relay) 
         # 100 queued datagrams go out as two frames of at most 64 records.
         link.send_datagrams(5, [b"\x04" + bytes([i]) for i in range(100)])
         await eventually(lambda: len(node.binary) == 3)
+    finally:
+        await link.close()
+
+
+async def test_relay_link_reconnects_after_the_server_restarts() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from higgs.common.backoff import Backoff
+    from higgs.common.secrets import hash_token, new_token
+    from higgs.server.relay.hub import RelayHubServer
+
+    from .conftest import RecordingEvents, start_relay
+
+    first = await start_relay()
+    port = first.port
+    token = new_token("hgn_")
+    first.hub.allow_node("n_1", hash_token(token))
+    states: list[bool] = []
+    link = RelayLink(
+        first.node_url,
+        token,
+        on_data=lambda c, d: None,
+        on_state=states.append,
+        backoff=Backoff(initial=0.05, maximum=0.2),
+    )
+    link.start()
+    second = None
+    try:
+        async with asyncio.timeout(5):
+            await link.wait_connected()
+        await first.hub.stop()  # going away (1001): the link must come back by itself
+        await eventually(lambda: states == [True, False])
+        events = RecordingEvents()
+        second = RelayHubServer(events, CollectorRegistry())
+        second.allow_node("n_1", hash_token(token))
+        await second.start("127.0.0.1", port)
+        await eventually(lambda: events.ups == ["n_1"])
+        assert states == [True, False, True]
+    finally:
+        await link.close()
+        if second is not None:
+            await second.stop()
+
+
+@pytest.mark.root
+async def test_relay_link_marks_its_socket_for_policy_routing(relay: Relay) -> None:
+    token = relay.add_node("n_1")
+    seen: list[int] = []
+
+    def inspect(sock: socket.socket) -> None:
+        seen.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK))
+
+    link = RelayLink(
+        relay.node_url, token, on_data=lambda c, d: None, fwmark=0x4867, sock_setup=inspect
+    )
+    link.start()
+    try:
+        async with asyncio.timeout(5):
+            await link.wait_connected()
+        assert seen == [0x4867]  # set before connect, so the SYN already carries it
     finally:
         await link.close()

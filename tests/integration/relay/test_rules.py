@@ -251,3 +251,42 @@ async def test_a_slow_reader_fills_its_queue_and_the_oldest_frames_are_dropped()
         writer.close()
     finally:
         await relay.hub.stop()
+
+
+async def test_a_slow_node_throttles_its_clients_instead_of_dropping_their_traffic() -> None:
+    relay = await start_relay(write_high=16 * 1024, write_low=4 * 1024, queue_limit_bytes=32_768)
+    try:
+        node_token = relay.add_node("n_1")
+        token = relay.add_session("s_1", 5, "n_1")
+        node = await raw_connect(relay.node_url, node_token)
+        client = await raw_connect(relay.session_url, token)
+        await eventually(lambda: relay.hub.is_node_connected("n_1"))
+        assert node.transport is not None
+        node.transport.underlying_transport.pause_reading()  # the node stops reading
+        frame = encode_data(5, [b"\x04" * 1400])
+        sent = 4000  # ~5.6 MB, more than the kernel and relay buffers hold together
+        for i in range(sent):
+            client.send(frame)
+            if i % 200 == 199:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        node.transport.underlying_transport.resume_reading()
+        await eventually(lambda: len(node.binary) + relay.dropped("queue_full") >= sent, 20)
+        # The client was paused while the node was full, so almost everything arrived.
+        assert relay.dropped("queue_full") < sent * 0.1
+        assert len(node.binary) + relay.dropped("queue_full") == sent
+    finally:
+        await relay.hub.stop()
+
+
+async def test_relay_link_does_not_fight_a_newer_instance_for_its_place(relay: Relay) -> None:
+    relay.add_node("n_1")
+    token = relay.add_session("s_1", 5, "n_1")
+    link = RelayLink(relay.session_url, token, on_data=lambda c, d: None)
+    link.start()
+    async with asyncio.timeout(5):
+        await link.wait_connected()
+    await raw_connect(relay.session_url, token)  # another instance with the same token
+    async with asyncio.timeout(5):
+        result = await link.wait_closed()
+    assert result.code == 4003

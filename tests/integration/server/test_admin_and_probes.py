@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import stat
 
 import pytest
 
+from higgs.server.store.db import Database
 from tests.integration.server.conftest import Harness, bearer, node_body
 
 TOKEN_RE = re.compile(r"hg[aencr]_[A-Za-z0-9_\-]{6,}")
@@ -127,3 +129,89 @@ async def test_oversized_body_is_413(srv: Harness) -> None:
     )
     assert r.status_code == 413
     assert r.json()["error"] == "body_too_large"
+
+
+async def test_database_outage_is_503_not_a_traceback(srv: Harness) -> None:
+    client = await srv.client_token("alice")
+    healthy_db = srv.ctx.db
+    # Nothing listens on loopback port 1: every query fails to connect.
+    srv.ctx.db = Database("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    srv.ctx.identity.db = srv.ctx.db
+    try:
+        ready = await srv.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not_ready", "database": "unreachable"}
+        r = await srv.http.get("/v1/nodes", headers=bearer(client))
+        assert r.status_code == 503
+        assert r.json()["error"] == "unavailable"
+        assert "Traceback" not in r.text
+        assert (await srv.http.get("/metrics")).status_code == 200
+    finally:
+        await srv.ctx.db.dispose()
+        srv.ctx.db = srv.ctx.identity.db = healthy_db
+    assert (await srv.http.get("/readyz")).status_code == 200
+
+
+async def test_logs_carry_ids_but_never_credentials(
+    srv: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    node_id, node_token, _ = await srv.node()
+    client = await srv.client_token("alice")
+    route = (await srv.route(client)).json()
+    await srv.http.delete(f"/v1/sessions/{route['session_id']}", headers=bearer(client))
+    await srv.http.get("/v1/nodes", headers=bearer("hgc_wrong-token-for-the-log"))
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert route["session_id"] in text
+    assert node_id in text
+    for secret in (node_token, client, route["relay"]["token"], srv.admin_token):
+        assert secret not in text
+    assert not TOKEN_RE.search(text)
+
+
+async def test_admin_creates_clients_and_enrollment_keys(srv: Harness) -> None:
+    admin = bearer(srv.admin_token)
+    r = await srv.http.post("/v1/admin/clients", json={"name": "carol"}, headers=admin)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert token.startswith("hgc_")
+    assert (await srv.http.get("/v1/nodes", headers=bearer(token))).status_code == 200
+    dup = await srv.http.post("/v1/admin/clients", json={"name": "carol"}, headers=admin)
+    assert dup.status_code == 409
+    assert dup.json()["error"] == "client_exists"
+    bad = await srv.http.post("/v1/admin/clients", json={"name": "no spaces"}, headers=admin)
+    assert bad.status_code == 422
+    assert "body.name" in bad.json()["message"]
+
+    r = await srv.http.post(
+        "/v1/admin/enrollment-keys", json={"uses": 2, "expires_in_s": 600}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    assert r.json()["uses_left"] == 2
+    assert r.json()["expires_at"] is not None
+    reg = await srv.http.post("/v1/nodes/register", json=node_body(), headers=bearer(key))
+    assert reg.status_code == 201
+    bad = await srv.http.post("/v1/admin/enrollment-keys", json={"uses": 0}, headers=admin)
+    assert bad.status_code == 422
+    assert "uses" in bad.json()["message"]
+    # Only the admin may do any of this.
+    for path, body in [("/v1/admin/clients", {"name": "x"}), ("/v1/admin/enrollment-keys", {})]:
+        assert (await srv.http.post(path, json=body, headers=bearer(token))).status_code == 401
+
+
+async def test_admin_revocation_closes_sessions_at_once(srv: Harness) -> None:
+    node_id, _, _ = await srv.node()
+    alice = await srv.client_token("alice")
+    sid = (await srv.route(alice)).json()["session_id"]
+    admin = bearer(srv.admin_token)
+    r = await srv.http.delete("/v1/admin/clients/alice", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["revoked"] is True
+    assert r.json()["open_sessions"] == 0
+    assert (sid, "client_revoked") in srv.hub.closed
+    (removed,) = srv.hub.messages(node_id, "peer_remove")
+    assert removed["session_id"] == sid
+    assert (await srv.http.get("/v1/nodes", headers=bearer(alice))).status_code == 401
+    assert (await srv.http.delete("/v1/admin/clients/nobody", headers=admin)).status_code == 404
+    assert (await srv.http.delete("/v1/admin/clients/b%20d", headers=admin)).status_code == 422

@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode
+from tests.integration.server.conftest import bearer, node_body
+
+
+class CloseRecorder(WSListener):
+    """A bare node link that records the close code the server sends."""
+
+    def __init__(self) -> None:
+        self.hello = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == WSMsgType.TEXT and b'"hello"' in frame.get_payload_as_bytes():
+            self.hello.set()
+        elif frame.msg_type == WSMsgType.CLOSE:
+            self.close_code = int(frame.get_close_code())  # type: ignore[call-overload]
+            self.closed.set()
 
 
 def boson(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,3 +124,53 @@ def test_bad_setting_from_environment_names_the_field(tmp_path: Path) -> None:
     assert env_run.returncode == 1
     assert "session_ttl_s" in env_run.stderr
     assert "environment" in env_run.stderr
+
+
+async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`bosonserver serve` as a process: prints the admin token once, serves, SIGTERM closes
+    the node links with 1001 and exits 0."""
+    data = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "higgs.server.cli",
+        "serve",
+        "--data-dir",
+        str(data),
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BOSON_")},
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert "admin token" in first
+        assert (data / "admin.token").read_text().strip() in first
+        ready = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        api = ready.split("API ")[1].split()[0]
+        enroll = boson("enroll", "create", "--data-dir", str(data)).stdout.strip()
+        async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            reg = await http.post("/v1/nodes/register", json=node_body(), headers=bearer(enroll))
+            assert reg.status_code == 201, reg.text
+        node = CloseRecorder()
+        url = reg.json()["relay_url"]
+        headers = {
+            "Authorization": f"Bearer {reg.json()['node_token']}",
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+        }
+        transport, _ = await ws_connect(lambda: node, url, extra_headers=headers)
+        await asyncio.wait_for(node.hello.wait(), 10)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await asyncio.wait_for(node.closed.wait(), 10)
+        assert node.close_code == CloseCode.GOING_AWAY
+        transport.disconnect()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -217,3 +217,16 @@ async def test_deregister_stops_node_and_closes_its_sessions(srv: Harness) -> No
     assert srv.hub.allowed[node_id] == hash_token(again.json()["node_token"])
     nodes = await srv.http.get("/v1/nodes", headers=bearer(client))
     assert [n["node_id"] for n in nodes.json()["nodes"]] == [node_id]
+
+
+async def test_racing_registrations_of_one_key_make_one_node(srv: Harness) -> None:
+    body = node_body()
+    keys = [await srv.enrollment_key() for _ in range(4)]
+    answers = await asyncio.gather(
+        *(srv.http.post("/v1/nodes/register", json=body, headers=bearer(k)) for k in keys)
+    )
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(201) == 1, codes
+    assert set(codes) <= {200, 201, 409, 503}, [r.text for r in answers]
+    nodes = (await srv.http.get("/v1/admin/nodes", headers=bearer(srv.admin_token))).json()
+    assert len(nodes["nodes"]) == 1

@@ -107,3 +107,15 @@ async def test_bad_certificate_is_a_clear_error(
     with pytest.raises(HiggsError, match="cannot load TLS certificate"):
         async with running_server(settings, hub_factory[1]):
             pass
+
+
+async def test_relay_url_follows_public_url_host(
+    tmp_path: Path, hub_factory: tuple[list[Any], Any]
+) -> None:
+    settings = make_settings(tmp_path, None, public_url="https://vpn.example:8443/")
+    async with running_server(settings, hub_factory[1]) as server:
+        assert server.api_url == "https://vpn.example:8443"
+        assert server.relay_base == f"ws://vpn.example:{hub_factory[0][-1].port}"
+    pinned = make_settings(tmp_path, None, relay_url="wss://relay.example:443")
+    async with running_server(pinned, hub_factory[1]) as server:
+        assert server.relay_base == "wss://relay.example:443"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from bench.e2e.measure import parse_iperf, parse_ping
 from bench.profile import parse_raw
 

@@ -1,4 +1,5 @@
-"""One DNS A query to an explicitly given server; prints ``{"answers": [...]}``.
+"""One DNS A query (UDP, or TCP with ``--tcp``) to an explicitly given server; prints
+``{"answers": [...]}``.
 
 The lab has no ``dig``; and the server is always given, so nothing ever asks a resolver from
 the host's configuration (this machine must not send traffic outside the lab).
@@ -22,11 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", required=True)
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--tcp", action="store_true", help="ask over TCP instead of UDP")
     parser.add_argument("name")
     args = parser.parse_args(argv)
     query = dns.message.make_query(args.name, dns.rdatatype.A)
     try:
-        response = dns.query.udp(query, args.server, timeout=args.timeout)
+        ask = dns.query.tcp if args.tcp else dns.query.udp
+        response = ask(query, args.server, timeout=args.timeout)
     except (dns.exception.DNSException, OSError) as exc:
         print(f"dnsq: no answer from {args.server}: {exc}", file=sys.stderr)
         return 1

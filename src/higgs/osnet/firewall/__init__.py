@@ -2,19 +2,23 @@
 
 Pure plans (:mod:`.plan`) are rendered (:mod:`.nft_render`, :mod:`.iptables_render`) and applied
 by a backend (:mod:`.nft`, :mod:`.iptables`) chosen by :func:`get_backend`, like sshuttle's
-``get_method``. Importing this package registers the journal's ``firewall_remove`` undo, so a
-``cleanup`` after a crash can remove our rules from the journal alone.
+``get_method``. Importing this package registers the journal's ``firewall_remove`` undo and a
+``firewall`` step of :func:`higgs.osnet.sweep.sweep`, so a ``cleanup`` after a crash removes
+our rules from the journal alone, or from the owner's names alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from higgs.osnet import sweep as sweep_mod
 from higgs.osnet import undo as undo_ops
 from higgs.osnet.errors import CommandError
 from higgs.osnet.journal import Journal
-from higgs.osnet.runner import Runner
+from higgs.osnet.names import OwnedNames
+from higgs.osnet.runner import Runner, SubprocessRunner
 
 from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
 from .iptables import IptablesBackend, detect_flavour
@@ -28,10 +32,12 @@ from .plan import (
     NodePolicy,
     Plan,
     PortRule,
+    protected_from,
 )
 
 __all__ = [
     "BACKENDS",
+    "KILL_SWITCH_PART",
     "BackendName",
     "DnsRedirect",
     "Endpoint",
@@ -47,10 +53,13 @@ __all__ = [
     "Plan",
     "PortRule",
     "get_backend",
+    "protected_from",
     "sweep",
 ]
 
 BackendName = Literal["auto", "nft", "iptables"]
+# The part a client's kill switch adds to its owner's names: FirewallNames.of(owned, "ks").
+KILL_SWITCH_PART = "ks"
 BACKENDS: dict[str, type[FirewallBackend]] = {"nft": NftBackend, "iptables": IptablesBackend}
 
 
@@ -100,6 +109,28 @@ def sweep(names: FirewallNames, runner: Runner) -> list[str]:
     return failures
 
 
+def _sweep_hook(owned: OwnedNames, runner: Runner, netns: str | None) -> list[str]:
+    """The firewall's step in :func:`higgs.osnet.sweep.sweep`: the owner's rules and, when
+    its names allow one, its kill switch (``FirewallNames.of(owned, "ks")``)."""
+    if netns is not None and getattr(runner, "netns", None) != netns:
+        runner = SubprocessRunner(netns=netns)
+    candidates = [FirewallNames.of(owned)]
+    # Names too long for a second rule set mean none can exist.
+    with contextlib.suppress(FirewallPlanError):
+        candidates.append(FirewallNames.of(owned, KILL_SWITCH_PART))
+    removed: list[str] = []
+    errors: list[str] = []
+    for names in candidates:
+        for cls in BACKENDS.values():
+            try:
+                removed += cls.sweep(names, runner)
+            except (FirewallError, CommandError) as exc:
+                errors.append(str(exc))
+    if errors:
+        raise FirewallError("; ".join(errors))
+    return removed
+
+
 def _undo_remove(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
     cls = BACKENDS.get(str(params.get("backend")))
     if cls is None:
@@ -108,3 +139,4 @@ def _undo_remove(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
 
 
 undo_ops.register(UNDO_OP, _undo_remove)
+sweep_mod.register_hook("firewall", _sweep_hook)

@@ -90,8 +90,9 @@ class FirewallBackend(abc.ABC):
         """Makes the kernel hold exactly ``plan`` under our names."""
 
     @abc.abstractmethod
-    def _remove(self) -> None:
-        """Removes everything under our names; absent is fine; raises FirewallError."""
+    def _remove(self) -> list[str]:
+        """Removes everything under our names; absent is fine; raises FirewallError.
+        Returns what was there and is gone now."""
 
     @abc.abstractmethod
     def undo_spec(self) -> dict[str, Any]:
@@ -165,7 +166,7 @@ class FirewallBackend(abc.ABC):
         return self.status().lines()
 
     @classmethod
-    def sweep(cls, names: FirewallNames, runner: Runner) -> None:
-        """Removes anything under ``names`` without any state (last line of defence)."""
-        backend = cls(names, runner)
-        backend._remove()
+    def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
+        """Removes anything under ``names`` without any state (last line of defence);
+        returns what it removed."""
+        return cls(names, runner)._remove()

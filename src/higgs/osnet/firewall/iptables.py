@@ -160,13 +160,17 @@ class IptablesBackend(FirewallBackend):
         """Removes chains of ours a previous plan had and this one does not (e.g. the IPv6
         NAT chains when NAT66 is switched off)."""
         keep = {(table, chain) for table, cs in chains.tables.items() for chain in cs}
-        errors = self._remove_family(chains.family, keep)
+        _, errors = self._remove_family(chains.family, keep)
         if errors:
             raise FirewallError("; ".join(errors))
 
-    def _remove_family(self, family: int, keep: set[tuple[str, str]]) -> list[str]:
+    def _remove_family(
+        self, family: int, keep: set[tuple[str, str]]
+    ) -> tuple[list[str], list[str]]:
+        """Removes our chains (but those in ``keep``): (what was removed, errors)."""
         prefix = f"{self.names.chain_prefix}-"
         errors: list[str] = []
+        removed: list[str] = []
         for table in self._tables(family):
             rules = _split_rules(self._list(family, table))
             ours = [a[1] for a in rules if len(a) == 2 and a[0] == "-N" and a[1].startswith(prefix)]
@@ -183,8 +187,11 @@ class IptablesBackend(FirewallBackend):
             for chain in drop:
                 errors += self._tolerant(family, table, ["-F", chain])
             for chain in drop:
-                errors += self._tolerant(family, table, ["-X", chain])
-        return errors
+                failed = self._tolerant(family, table, ["-X", chain])
+                errors += failed
+                if not failed:
+                    removed.append(f"{self.tools.iptables(family)} -t {table} chain {chain}")
+        return removed, errors
 
     def _tolerant(self, family: int, table: str, args: list[str]) -> list[str]:
         try:
@@ -194,27 +201,31 @@ class IptablesBackend(FirewallBackend):
                 return [str(exc)]
         return []
 
-    def _remove(self) -> None:
-        errors = self._remove_family(4, set()) + self._remove_family(6, set())
-        if errors:
+    def _remove(self) -> list[str]:
+        removed4, errors4 = self._remove_family(4, set())
+        removed6, errors6 = self._remove_family(6, set())
+        if errors4 or errors6:
             raise FirewallError(
                 f"could not remove every iptables rule of {self.names.chain_prefix}: "
-                + "; ".join(errors)
+                + "; ".join(errors4 + errors6)
             )
+        return removed4 + removed6
 
     @classmethod
-    def sweep(cls, names: FirewallNames, runner: Runner) -> None:
+    def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
         """Both flavours: rules left by a run that used the other one are ours too."""
         errors: list[str] = []
+        removed: list[str] = []
         for flavour in ("nft", "legacy"):
             # Listing creates nothing in either flavour (see _tables), so no probe is needed.
             if shutil.which(f"iptables-{flavour}"):
                 try:
-                    cls(names, runner, flavour=flavour)._remove()
+                    removed += cls(names, runner, flavour=flavour)._remove()
                 except FirewallError as exc:
                     errors.append(str(exc))
         if errors:
             raise FirewallError("; ".join(errors))
+        return removed
 
     # --- journal and status ----------------------------------------------------------------
 

@@ -192,7 +192,8 @@ class _Node:
                 rules.append(
                     f"{tun} -d {plan.tunnel_v6.ip} -p ipv6-icmp --icmpv6-type 128 -j ACCEPT"
                 )
-        if fam == 6 and plan.nat66:
+        if fam == 6:
+            # Neighbour discovery on Ethernet-like tunnels (see nft_render).
             rules += [f"{tun} -p ipv6-icmp --icmpv6-type {t} -j ACCEPT" for t in (135, 136)]
         rules.append(f"{tun} {_reject(fam)}")
         return rules

@@ -62,15 +62,17 @@ class NftBackend(FirewallBackend):
     def _apply(self, plan: Plan) -> None:
         self._nft_f(nft_render.render(plan))
 
-    def _remove(self) -> None:
+    def _remove(self) -> list[str]:
+        present = bool(self.listing())
         # Created-then-deleted in one transaction: succeeds whether or not the table exists.
         self._nft_f(nft_render.render_delete(self.names.table))
+        return [f"nft table inet {self.names.table}"] if present else []
 
     @classmethod
-    def sweep(cls, names: FirewallNames, runner: Runner) -> None:
+    def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
         if shutil.which("nft") is None:
-            return  # no nft here, so no table of ours either
-        super().sweep(names, runner)
+            return []  # no nft here, so no table of ours either
+        return super().sweep(names, runner)
 
     def undo_spec(self) -> dict[str, Any]:
         n = self.names

@@ -157,11 +157,9 @@ def render_node(plan: NodePolicy) -> str:
             inp.append(
                 f"iifname {tun} ip6 daddr {plan.tunnel_v6.ip} icmpv6 type echo-request accept"
             )
-    if plan.nat66:
-        # Neighbour discovery, for tunnels that are Ethernet-like (veth in tests, tap).
-        inp.append(
-            f"iifname {tun} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
-        )
+    # Neighbour discovery, for tunnels that are Ethernet-like (tap, veth in tests): without
+    # it even the IPv6 refusals could not reach the client, which would hang instead.
+    inp.append(f"iifname {tun} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept")
     inp.append(f"iifname {tun} counter {_REJECT}")
 
     pre: list[str] = []

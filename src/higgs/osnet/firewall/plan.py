@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
@@ -38,6 +39,7 @@ __all__ = [
     "NodePolicy",
     "Plan",
     "PortRule",
+    "protected_from",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,9 +93,10 @@ LAN_RANGES: tuple[IPNetwork, ...] = _nets(
     "ff00::/8",
 )
 
-# A Linux interface name: at most 15 bytes, no whitespace, '/', ':' or quotes (quotes would let
-# a name escape its string in the rendered rules).
-_IFNAME = re.compile(r"^[A-Za-z0-9_.\-+@]{1,15}$")
+# A Linux interface name: at most 15 bytes; no whitespace, '/', ':' or quotes (a quote would let
+# a name escape its string in the rules), no '+' or '*' (wildcards to iptables and nft), and no
+# leading '-' (it would read as an option).
+_IFNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}$")
 _TABLE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # iptables chain names are limited to 28 characters; ours are `<prefix>-<ROLE>` (ROLE: 2-3).
 _CHAIN_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
@@ -149,7 +152,7 @@ def _check_ifname(field_name: str, ifname: str) -> None:
     if not _IFNAME.match(ifname) or ifname in (".", ".."):
         raise FirewallPlanError(
             f"{field_name}: {ifname!r} is not a valid interface name "
-            "(1-15 characters, no spaces, '/', ':' or quotes)"
+            "(1-15 of letters, digits, '_', '-', '.', not starting with '-')"
         )
 
 
@@ -168,6 +171,23 @@ def _v6(nets: tuple[IPNetwork, ...]) -> tuple[ipaddress.IPv6Network, ...]:
 
 def _host(addr: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(addr)
+
+
+def protected_from(
+    interfaces: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+) -> tuple[tuple[IPAddress, ...], tuple[IPNetwork, ...]]:
+    """(own_addresses, lan_prefixes) for a NodePolicy, from the node's interface addresses
+    (e.g. ``discovery.Uplink.addresses`` plus those of any other LAN link): every address of
+    the node, and every on-link prefix, which is the owner's LAN."""
+    own: list[IPAddress] = []
+    lan: list[IPNetwork] = []
+    for iface in interfaces:
+        if iface.ip.is_loopback:
+            continue
+        own.append(iface.ip)
+        if not iface.ip.is_link_local and iface.network.num_addresses > 1:
+            lan.append(iface.network)
+    return tuple(dict.fromkeys(own)), tuple(dict.fromkeys(lan))
 
 
 @dataclass(frozen=True, slots=True)

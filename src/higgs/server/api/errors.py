@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from higgs.server.services.errors import ServiceError
@@ -97,6 +98,23 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
 
+    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "database unavailable",
+            extra={"path": request.url.path, "problem": type(exc).__name__},
+        )
+        return error_response(
+            503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "5"}
+        )
+
+    async def on_conflict(request: Request, exc: Exception) -> JSONResponse:
+        # Two requests raced for the same unique row (e.g. one public key registered twice
+        # at once); the loser may simply retry.
+        log.warning("concurrent change refused", extra={"path": request.url.path})
+        return error_response(
+            409, "conflict", "a concurrent request changed the same record; retry"
+        )
+
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         log.error(
             "unhandled error",
@@ -108,4 +126,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # A lost database connection is an outage, not a bug: 503 so that callers retry.
+    app.add_exception_handler(IntegrityError, on_conflict)
+    app.add_exception_handler(OperationalError, on_database_down)
+    app.add_exception_handler(InterfaceError, on_database_down)
+    app.add_exception_handler(OSError, on_database_down)
     app.add_exception_handler(Exception, on_crash)

@@ -35,7 +35,7 @@ from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
-from higgs.server.relay.ports import RelayEvents
+from higgs.server.relay.ports import RelayEvents, RelayHub
 
 __all__ = ["NODE_PATH", "SESSION_PATH", "NodeEntry", "RelayHubServer", "SessionEntry"]
 
@@ -328,6 +328,8 @@ class RelayHubServer:
             return
         self._links.discard(link)
         self.counters.node_links -= 1
+        if link.paused:
+            link.release_clients()  # they waited for this link's socket, which is gone
         node = link.node
         if node.link is link:
             node.link = None
@@ -496,3 +498,7 @@ class RelayHubServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("relay: event handler failed", exc_info=task.exception())
+
+
+def _conforms_to_the_seam(hub: RelayHubServer) -> RelayHub:
+    return hub  # mypy checks here that the hub implements the RelayHub protocol

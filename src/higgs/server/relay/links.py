@@ -7,8 +7,9 @@ is alone in its read buffer goes out through picows' C ``send``; frames that arr
 appended, already framed, to the destination's pending buffer and written with one ``write()``
 when the source's read buffer is exhausted (``frame.last_in_buffer``). When a destination's
 transport is over its high-water mark, frames wait in a bounded queue that drops its oldest
-frame when full (``queue_full``); WireGuard tolerates loss like UDP, and a slow client must not
-stall the node's other sessions, so sources are never paused.
+frame when full (``queue_full``); WireGuard tolerates loss like UDP. A node link is never paused
+for a slow client (it carries all the node's sessions); a full node link pauses reading its
+own client links instead (see :meth:`NodeLink.pause_writing`).
 """
 
 from __future__ import annotations
@@ -324,8 +325,11 @@ class NodeLink(_Link):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self.paused:
-            return
+        if not self.paused:
+            self.release_clients()
+
+    def release_clients(self) -> None:
+        """Lets the node's client links be read again (on resume, or when this link goes)."""
         for session in self.node.channels.values():
             link = session.client_link
             if link is not None and link.raw is not None and not link.closed:

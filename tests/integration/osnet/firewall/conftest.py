@@ -124,6 +124,9 @@ def node_world() -> Iterator[NodeWorld]:
         lan.ip("route", "add", "default", "via", "192.168.77.1")
         node.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
         node.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        # The tests ask many refused questions at once; the kernel's ICMP error rate limit
+        # would turn some refusals into timeouts (this namespace only).
+        node.run("sysctl", "-qw", "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0")
         world.serve(
             inet,
             "inet",

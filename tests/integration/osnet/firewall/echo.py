@@ -4,6 +4,7 @@
     python echo.py ask PROTO ADDR PORT [COUNT]     # prints one answer (or "ERR name") per
                                                    # connection, holding all of them open
     python echo.py session ADDR PORT               # one TCP connection, echoes stdin lines
+    python echo.py probe PROTO:ADDR:PORT ...       # one answer per target, asked in parallel
 
 Standalone on purpose (only the standard library): it runs under `ip netns exec` as its own
 process, which the test stops by PID.
@@ -16,7 +17,7 @@ import socket
 import sys
 import threading
 
-TIMEOUT = 3.0
+TIMEOUT = 2.0
 
 
 def _family(addr: str) -> socket.AddressFamily:
@@ -84,28 +85,53 @@ def session(addr: str, port: int) -> None:
             print(_err(exc), flush=True)
 
 
+def probe(specs: list[str]) -> None:
+    """One answer line per PROTO:ADDR:PORT spec, in order; all asked at once (in threads),
+    so unreachable targets cost one timeout, not one each."""
+    answers: list[str] = [""] * len(specs)
+
+    def one(i: int, spec: str) -> None:
+        proto, rest = spec.split(":", 1)
+        addr, port = rest.rsplit(":", 1)
+        answers[i] = _one(proto, addr.strip("[]"), int(port))[0]
+
+    threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(specs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("\n".join(answers), flush=True)
+
+
+def _one(proto: str, addr: str, port: int) -> tuple[str, socket.socket]:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(_family(addr), kind)
+    sock.settimeout(TIMEOUT)
+    try:
+        if proto == "tcp":
+            sock.connect((addr, port))
+            line = sock.makefile().readline().strip()
+        else:
+            sock.sendto(b"hello", (addr, port))
+            line = sock.recv(2048).decode().strip()
+        return line or "ERR closed", sock
+    except OSError as exc:
+        return _err(exc), sock
+
+
 def ask(proto: str, addr: str, port: int, count: int) -> None:
-    held = []
+    held = []  # all kept open until the end: the connection-limit test counts them
     for _ in range(count):
-        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(_family(addr), kind)
-        sock.settimeout(TIMEOUT)
-        try:
-            if proto == "tcp":
-                sock.connect((addr, port))
-                line = sock.makefile().readline().strip()
-            else:
-                sock.sendto(b"hello", (addr, port))
-                line = sock.recv(2048).decode().strip()
-            print(line or "ERR closed", flush=True)
-        except OSError as exc:
-            print(_err(exc), flush=True)
+        line, sock = _one(proto, addr, port)
+        print(line, flush=True)
         held.append(sock)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "probe":
+        probe(sys.argv[2:])
     elif sys.argv[1] == "session":
         session(sys.argv[2], int(sys.argv[3]))
     else:

@@ -63,6 +63,11 @@ class Netns:
         ).stdout
         return out.splitlines()
 
+    def probe(self, *specs: str) -> dict[str, str]:
+        """Answers for several "proto:addr:port" targets at once."""
+        out = self.run(sys.executable, str(ECHO), "probe", *specs, timeout=30).stdout
+        return dict(zip(specs, out.splitlines(), strict=True))
+
     def ask1(self, proto: str, addr: str, port: int) -> str:
         return self.ask(proto, addr, port)[0]
 

@@ -17,35 +17,26 @@ pytestmark = pytest.mark.root
 Register = Callable[[FirewallBackend], FirewallBackend]
 
 
+PROBES = {
+    "endpoint tcp 443": "tcp:203.0.113.5:443",
+    "endpoint udp 51820": "udp:203.0.113.5:51820",
+    "endpoint other port": "tcp:203.0.113.5:80",
+    "other host": "tcp:203.0.113.6:80",
+    "through tunnel": "tcp:10.99.0.1:80",
+    "ipv6 outside": "tcp:2001:db8:51::1:80",
+    "loopback": "tcp:127.0.0.1:9",
+}
+
+
 def reachable(kw: KillWorld) -> dict[str, bool]:
-    c = kw.client
-    probes = {
-        "endpoint tcp 443": ("tcp", "203.0.113.5", 443),
-        "endpoint udp 51820": ("udp", "203.0.113.5", 51820),
-        "endpoint other port": ("tcp", "203.0.113.5", 80),
-        "other host": ("tcp", "203.0.113.6", 80),
-        "through tunnel": ("tcp", "10.99.0.1", 80),
-        "ipv6 outside": ("tcp", "2001:db8:51::1", 80),
-        "loopback": ("tcp", "127.0.0.1", 9),
-    }
-    return {k: not c.ask1(*v).startswith("ERR") for k, v in probes.items()}
+    got = kw.client.probe(*PROBES.values())
+    return {k: not got[v].startswith("ERR") for k, v in PROBES.items()}
 
 
 def test_kill_switch(
     kill_world: KillWorld, kind: str, fw_names: FirewallNames, register: Register
 ) -> None:
-    everything = dict.fromkeys(
-        [
-            "endpoint tcp 443",
-            "endpoint udp 51820",
-            "endpoint other port",
-            "other host",
-            "through tunnel",
-            "ipv6 outside",
-            "loopback",
-        ],
-        True,
-    )
+    everything = dict.fromkeys(PROBES, True)
     assert reachable(kill_world) == everything  # the probes can fail
     before = ruleset(kind, kill_world.client)
 

@@ -4,16 +4,31 @@ reach through the node, as seen by the hosts at the far end."""
 from __future__ import annotations
 
 import ipaddress as ia
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from higgs.osnet.firewall import DnsRedirect, FirewallBackend, FirewallNames, NodePolicy
+from higgs.osnet.firewall import (
+    KILL_SWITCH_PART,
+    DnsRedirect,
+    FirewallBackend,
+    FirewallNames,
+    IptablesBackend,
+    KillSwitchPolicy,
+    NftBackend,
+    NodePolicy,
+    get_backend,
+    sweep,
+)
 from higgs.osnet.journal import Journal
+from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import SubprocessRunner
+from higgs.osnet.sweep import sweep as osnet_sweep
 
 from .conftest import NodeWorld, make_backend, ruleset
+from .netns import unique
 
 pytestmark = pytest.mark.root
 
@@ -58,29 +73,31 @@ def test_node_policy_end_to_end(
     backend = register(make_backend(kind, fw_names, w.node))
     backend.apply(plan_for(fw_names))
 
-    # Out to the internet with the uplink's address; answers come back.
-    assert ok_from(cli.ask1("tcp", "192.0.2.1", 80)) == "203.0.113.2"
-    assert cli.ask1("tcp", "192.0.2.1", 587).startswith("inet 203.0.113.2")
-    # SMTP refused on the spot (reset), submission fine.
-    assert cli.ask1("tcp", "192.0.2.1", 25) == "ERR ECONNREFUSED"
-    # DNS to any address lands on the node's forwarder, over UDP and TCP.
-    assert cli.ask1("udp", "192.0.2.1", 53) == "fwd 10.66.0.2 0"
-    assert cli.ask1("udp", "203.0.113.10", 53) == "fwd 10.66.0.2 0"
-    assert cli.ask1("tcp", "192.0.2.1", 53).startswith("fwd 10.66.0.2 ")
     # Owner protection: LAN, private and link-local ranges, the node's own addresses.
-    for addr, port in [
-        ("192.168.77.50", 80),
-        ("10.200.0.1", 80),
-        ("169.254.169.254", 80),
-        ("203.0.113.2", 8080),
-        ("10.66.0.1", 8080),
-        ("192.168.77.1", 8080),
-    ]:
-        assert cli.ask1("tcp", addr, port).startswith("ERR"), addr
+    protected = [
+        "tcp:192.168.77.50:80", "tcp:10.200.0.1:80", "tcp:169.254.169.254:80",
+        "tcp:203.0.113.2:8080", "tcp:10.66.0.1:8080", "tcp:192.168.77.1:8080",
+    ]  # fmt: skip
+    got = cli.probe(
+        "tcp:192.0.2.1:80", "tcp:192.0.2.1:587", "tcp:192.0.2.1:25",
+        "udp:192.0.2.1:53", "udp:203.0.113.10:53", "tcp:192.0.2.1:53",
+        "tcp:192.0.2.2:80", "tcp:2001:db8:192::1:80", *protected,
+    )  # fmt: skip
+    # Out to the internet with the uplink's address; answers come back.
+    assert ok_from(got["tcp:192.0.2.1:80"]) == "203.0.113.2"
+    assert ok_from(got["tcp:192.0.2.1:587"]) == "203.0.113.2"
+    # SMTP refused on the spot (reset), submission fine.
+    assert got["tcp:192.0.2.1:25"] == "ERR ECONNREFUSED"
+    # DNS to any address lands on the node's forwarder, over UDP and TCP.
+    assert got["udp:192.0.2.1:53"] == "fwd 10.66.0.2 0"
+    assert got["udp:203.0.113.10:53"] == "fwd 10.66.0.2 0"
+    assert got["tcp:192.0.2.1:53"].startswith("fwd 10.66.0.2 ")
     # MSS clamped to the 1280-byte route: 1240 minus the timestamp option at most.
-    assert int(cli.ask1("tcp", "192.0.2.2", 80).split()[2]) <= 1240
-    # IPv6 in the tunnel is refused (no NAT66 in this plan), at once.
-    assert cli.ask1("tcp", "2001:db8:192::1", 80).startswith("ERR")
+    assert int(got["tcp:192.0.2.2:80"].split()[2]) <= 1240
+    # Refused, and at once (not a timeout): IPv6 in the tunnel (no NAT66 in this plan), and
+    # everything the owner protects.
+    for target in ["tcp:2001:db8:192::1:80", *protected]:
+        assert got[target] in ("ERR EHOSTUNREACH", "ERR EACCES", "ERR ECONNREFUSED"), target
 
     status = backend.status()
     assert status.applied
@@ -170,4 +187,62 @@ def test_journal_undoes_after_a_crash(
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         assert journal.replay() == 1
         assert len(journal) == 0
+    assert ruleset(kind, w.node) == before
+
+
+def test_sweep_removes_ours_and_creates_nothing(
+    node_world: NodeWorld, kind: str, fw_names: FirewallNames, register: Register
+) -> None:
+    w = node_world
+    before = ruleset(kind, w.node)
+    legacy_before = w.node.run("cat", "/proc/net/ip_tables_names").stdout
+    register(make_backend(kind, fw_names, w.node)).apply(plan_for(fw_names))
+    # A new process, no state: only the names.
+    assert sweep(fw_names, SubprocessRunner(netns=w.node.name)) == []
+    assert ruleset(kind, w.node) == before
+    if kind != "iptables-legacy":
+        # Looking for legacy rules must not have created legacy tables.
+        assert w.node.run("cat", "/proc/net/ip_tables_names").stdout == legacy_before
+
+
+def test_auto_picks_iptables_where_forward_drops(
+    node_world: NodeWorld, fw_names: FirewallNames, register: Register
+) -> None:
+    """Docker, ufw and firewalld leave FORWARD dropping: an accept in our own nft table would
+    not override that, our accept inside that very chain does."""
+    w = node_world
+    if shutil.which("iptables") is None:
+        pytest.skip("no iptables here")
+    runner = SubprocessRunner(netns=w.node.name)
+    w.node.run("iptables", "-P", "FORWARD", "DROP")
+    try:
+        backend = register(get_backend("auto", fw_names, runner))
+        assert isinstance(backend, IptablesBackend)
+        backend.apply(plan_for(fw_names))
+        assert ok_from(w.client.ask1("tcp", "192.0.2.1", 80)) == "203.0.113.2"
+        backend.remove()
+        assert w.client.ask1("tcp", "192.0.2.1", 80).startswith("ERR")  # the host's DROP again
+    finally:
+        w.node.run("iptables", "-P", "FORWARD", "ACCEPT")
+    assert isinstance(get_backend("auto", fw_names, runner), NftBackend)
+
+
+def test_cleanup_sweep_hook_removes_node_rules_and_kill_switch(
+    node_world: NodeWorld, kind: str, register: Register
+) -> None:
+    """`higgsnode cleanup` runs osnet's sweep, which must find our rules by name alone."""
+    w = node_world
+    owned = OwnedNames.for_instance("node", unique("s"))
+    before = ruleset(kind, w.node)
+    fw, ks = FirewallNames.of(owned), FirewallNames.of(owned, KILL_SWITCH_PART)
+    register(make_backend(kind, fw, w.node)).apply(plan_for(fw))
+    register(make_backend(kind, ks, w.node)).apply(KillSwitchPolicy(names=ks, tunnel_if="t0"))
+    report = osnet_sweep(owned, runner=SubprocessRunner(netns=w.node.name), netns=w.node.name)
+    assert report.failures == []
+    if kind == "nft":
+        assert f"nft table inet {fw.table}" in report.removed
+        assert f"nft table inet {ks.table}" in report.removed
+    else:
+        assert any(r.endswith(f"chain {fw.chain('FWD')}") for r in report.removed)
+        assert any(r.endswith(f"chain {ks.chain('OUT')}") for r in report.removed)
     assert ruleset(kind, w.node) == before

@@ -14,6 +14,7 @@ from higgs.osnet.firewall.plan import (
     KillSwitchPolicy,
     NodePolicy,
     PortRule,
+    protected_from,
 )
 
 KS = FirewallNames("higgsvpn", "HIGGSVPN", "higgs:client")
@@ -76,6 +77,8 @@ def test_with_uplink_changes_only_the_uplink() -> None:
     [
         ({"tunnel_if": 'wg"0'}, "tunnel_if"),
         ({"tunnel_if": "a" * 16}, "tunnel_if"),
+        ({"tunnel_if": "wg+"}, "tunnel_if"),
+        ({"uplink_if": "-o"}, "uplink_if"),
         ({"uplink_if": "eth 0"}, "uplink_if"),
         ({"uplink_if": "wg0"}, "uplink_if"),
         ({"ipv6_mode": "nat66"}, "ipv6_mode"),
@@ -155,3 +158,22 @@ def test_names_of_the_real_owner_fit() -> None:
     client = FirewallNames.of(OwnedNames.for_instance("client", "a" * 12), "ks")
     assert len(node.chain("FWD")) <= 28
     assert len(client.chain("OUT")) <= 28
+
+
+def test_protected_from_interface_addresses() -> None:
+    own, lan = protected_from(
+        [
+            ia.ip_interface("192.168.1.10/24"),
+            ia.ip_interface("203.0.113.7/32"),
+            ia.ip_interface("2001:db8:5::10/64"),
+            ia.ip_interface("fe80::1/64"),
+            ia.ip_interface("127.0.0.1/8"),
+        ]
+    )
+    assert own == (
+        ia.ip_address("192.168.1.10"),
+        ia.ip_address("203.0.113.7"),
+        ia.ip_address("2001:db8:5::10"),
+        ia.ip_address("fe80::1"),
+    )
+    assert lan == (ia.ip_network("192.168.1.0/24"), ia.ip_network("2001:db8:5::/64"))

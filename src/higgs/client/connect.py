@@ -1,0 +1,324 @@
+"""The connect flow: route → WireGuard → routing → DNS → kill switch → a handshake on a path.
+
+Order matters and is the same on every connect:
+
+1. the device key (created once, 0600) and ``POST /v1/routes``;
+2. the WireGuard interface with the route's address and MTU, and its fwmark (so its own UDP
+   packets, and our control sockets that carry the same mark, bypass the tunnel);
+3. routing: full tunnel (wg-quick's policy routing) or split tunnel for the given prefixes;
+4. DNS: the node's resolver, through the tunnel;
+5. the kill switch (full tunnel by default) — before any user traffic can take another way;
+6. the peer on a path and a wait for the handshake. ``auto`` tries direct for a few seconds
+   when the node has an endpoint, then the relay; ``direct``/``relay`` try only that one.
+
+Every host change goes through the OS layer and the journal (see :class:`TunnelHost`); the
+caller runs :meth:`Connector.connect` inside a journal transaction, so a failure at any step
+rolls back everything already done and the host is as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+from higgs.client.server_api import ServerApi
+from higgs.client.settings import ClientSettings
+from higgs.common.errors import HiggsError
+from higgs.common.keys import PrivateKey
+from higgs.protocol.api import RouteResponse, parse_endpoint
+
+__all__ = [
+    "ConnectError",
+    "Connector",
+    "Endpoint",
+    "PathMode",
+    "PeerStats",
+    "RelayPath",
+    "RelayPathFactory",
+    "Tunnel",
+    "TunnelHost",
+]
+
+log = logging.getLogger(__name__)
+
+PathMode = Literal["direct", "relay"]
+
+
+class ConnectError(HiggsError):
+    """The tunnel could not be established; the message says which step failed and why."""
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    """The node peer as ``wg show dump`` reports it."""
+
+    latest_handshake: float  # unix time; 0 = never
+    rx_bytes: int
+    tx_bytes: int
+    endpoint: str | None
+
+    def handshake_age(self, now: float | None = None) -> float | None:
+        if not self.latest_handshake:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.latest_handshake)
+
+
+class TunnelHost(Protocol):
+    """The host side of the tunnel; every method changes the host through osnet + journal."""
+
+    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None: ...
+
+    def reset_tunnel(self) -> None: ...
+
+    def set_peer(
+        self,
+        public_key: str,
+        endpoint: str,
+        allowed_ips: Sequence[str],
+        keepalive: int | None,
+    ) -> None: ...
+
+    def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None: ...
+
+    def set_dns(self, servers: Sequence[str]) -> None: ...
+
+    def kill_switch(self, *, allow_endpoints: Sequence[Endpoint]) -> None: ...
+
+    def peer_stats(self) -> PeerStats | None: ...
+
+
+class RelayPath(Protocol):
+    """A local UDP bridge joined to the session's relay WebSocket."""
+
+    @property
+    def local_endpoint(self) -> str: ...
+
+    @property
+    def closed_reason(self) -> str | None: ...
+
+    @property
+    def reconnects(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+RelayPathFactory = Callable[[RouteResponse], RelayPath]
+
+
+@dataclass
+class Tunnel:
+    """What is up right now: the route in use and the path its handshake went over."""
+
+    route: RouteResponse
+    mode: PathMode
+    relay: RelayPath | None = None
+    connected_at: float = field(default_factory=time.time)
+
+    @property
+    def address(self) -> str:
+        return self.route.wireguard.address
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """Somewhere the client must still reach outside the tunnel (server, relay, node)."""
+
+    host: str
+    port: int
+    protocol: Literal["tcp", "udp"]
+
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def _url_endpoint(url: str) -> Endpoint:
+    parsed = urlsplit(url)
+    port = parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 443)
+    return Endpoint(parsed.hostname or "", port, "tcp")
+
+
+class Connector:
+    """Runs the connect flow against a server (REST) and a host (osnet)."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        api: ServerApi,
+        key: PrivateKey,
+        host: TunnelHost,
+        relay_factory: RelayPathFactory,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.key = key
+        self.host = host
+        self.relay_factory = relay_factory
+        self._resolved: dict[str, list[str]] = {}
+
+    # --- the first connect -------------------------------------------------------------------
+
+    async def request_route(self) -> RouteResponse:
+        s = self.settings
+        route = await self.api.route(
+            self.key.public_b64(), node_id=s.node_id, country=s.country, mode=s.mode
+        )
+        if s.mode == "direct" and route.direct is None:
+            raise ConnectError(
+                f"node {route.node.node_id} has no direct endpoint; use --mode relay or auto"
+            )
+        if s.mode == "relay" and route.relay is None:
+            raise ConnectError("the server offered no relay for this route; use --mode direct")
+        if route.direct is None and route.relay is None:
+            raise ConnectError("the server's route has neither a direct nor a relay path")
+        return route
+
+    def _allowed_ips(self, route: RouteResponse) -> list[str]:
+        if self.settings.full_tunnel:
+            return list(route.wireguard.allowed_ips)
+        # Split tunnel: only the chosen prefixes, plus the node's resolver (DNS goes through).
+        extra = [f"{d}/32" if ":" not in d else f"{d}/128" for d in route.wireguard.dns]
+        return [str(p) for p in self.settings.split] + extra
+
+    async def _allow_endpoints(self, route: RouteResponse) -> list[Endpoint]:
+        out = set(await self._control_endpoints(route))
+        if route.direct is not None:
+            host, port = parse_endpoint(route.direct.endpoint)
+            out.update(Endpoint(ip, port, "udp") for ip in await self._resolve(host))
+        return sorted(out)
+
+    async def connect(self) -> Tunnel:
+        """Brings everything up; the caller's journal transaction rolls back on failure."""
+        route = await self.request_route()
+        wg = route.wireguard
+        log.info(
+            "route: session %s, node %s, address %s",
+            route.session_id,
+            route.node.node_id,
+            wg.address,
+        )
+        exempt = await self._control_addresses(route)
+        self.host.create(self.key, wg.address, wg.mtu)
+        allowed = self._allowed_ips(route)
+        self.host.route(full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt)
+        if wg.dns:
+            self.host.set_dns(wg.dns)
+        if self.settings.kill_switch_enabled:
+            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
+        return await self.bring_up_path(route)
+
+    async def _resolve(self, host: str) -> list[str]:
+        """IPv4 addresses of a control host, resolved before the tunnel is up (while the
+        system resolver still works) and remembered for later route changes."""
+        try:
+            return [str(ipaddress.IPv4Address(host))]
+        except ValueError:
+            pass
+        if host not in self._resolved:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, None, family=socket.AF_INET)
+            except OSError as exc:
+                raise ConnectError(f"cannot resolve {host}: {exc}") from exc
+            self._resolved[host] = sorted({str(info[4][0]) for info in infos})
+        return self._resolved[host]
+
+    async def _control_endpoints(self, route: RouteResponse) -> list[Endpoint]:
+        """The server's and relay's TCP endpoints, by address."""
+        urls = [self.settings.server_url] + ([route.relay.url] if route.relay else [])
+        out: set[Endpoint] = set()
+        for url in urls:
+            ep = _url_endpoint(url)
+            out.update(Endpoint(ip, ep.port, "tcp") for ip in await self._resolve(ep.host))
+        return sorted(out)
+
+    async def _control_addresses(self, route: RouteResponse) -> list[str]:
+        return sorted({ep.host for ep in await self._control_endpoints(route)})
+
+    # --- paths -------------------------------------------------------------------------------
+
+    async def bring_up_path(self, route: RouteResponse) -> Tunnel:
+        """Sets the peer on the best path of ``route`` and waits for a handshake."""
+        mode = self.settings.mode
+        errors: list[str] = []
+        if mode in ("auto", "direct") and route.direct is not None:
+            budget = (
+                self.settings.direct_timeout_s
+                if mode == "auto" and route.relay is not None
+                else self.settings.handshake_timeout_s
+            )
+            self._set_peer(route, route.direct.endpoint)
+            if await self.wait_handshake(budget):
+                return Tunnel(route, "direct")
+            errors.append(
+                f"no WireGuard handshake with {route.direct.endpoint} (direct) in {budget:g}s"
+            )
+            if mode == "direct":
+                raise ConnectError(errors[-1] + "; is the node's port forwarded?")
+            log.info("direct path did not answer in %gs; trying the relay", budget)
+        if route.relay is None:
+            raise ConnectError("; ".join(errors) or "no usable path")
+        relay = self.relay_factory(route)
+        try:
+            await relay.start()
+            self._set_peer(route, relay.local_endpoint)
+            if await self.wait_handshake(self.settings.handshake_timeout_s, relay=relay):
+                return Tunnel(route, "relay", relay)
+        except BaseException:
+            await relay.close()
+            raise
+        reason = relay.closed_reason
+        await relay.close()
+        errors.append(
+            f"no WireGuard handshake through the relay in {self.settings.handshake_timeout_s:g}s"
+            + (f" (relay: {reason})" if reason else " (is the node online?)")
+        )
+        raise ConnectError("; ".join(errors))
+
+    def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
+        wg = route.wireguard
+        self.host.set_peer(
+            wg.node_public_key, endpoint, self._allowed_ips(route), wg.persistent_keepalive
+        )
+
+    async def wait_handshake(self, wait_s: float, *, relay: RelayPath | None = None) -> bool:
+        """True once the peer reports a handshake newer than the start of this wait."""
+        started = time.time() - 1  # wg reports whole seconds
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            stats = self.host.peer_stats()
+            if stats is not None and stats.latest_handshake >= started:
+                return True
+            if relay is not None and relay.closed_reason is not None:
+                return False
+            await asyncio.sleep(0.2)
+        return False
+
+    # --- changing route while connected (server lost the session, node gone) -----------------
+
+    async def switch_route(self, current: Tunnel) -> Tunnel:
+        """Takes a new route and rebuilds the tunnel on it; the kill switch stays in place
+        throughout, so nothing leaves outside the tunnel meanwhile."""
+        route = await self.request_route()
+        if current.relay is not None:
+            await current.relay.close()
+        exempt = await self._control_addresses(route)
+        self.host.reset_tunnel()
+        wg = route.wireguard
+        self.host.create(self.key, wg.address, wg.mtu)
+        self.host.route(
+            full=self.settings.full_tunnel, prefixes=self._allowed_ips(route), exempt=exempt
+        )
+        if wg.dns:
+            self.host.set_dns(wg.dns)
+        if self.settings.kill_switch_enabled:
+            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
+        return await self.bring_up_path(route)

@@ -1,0 +1,330 @@
+"""The background process: connects, then holds the tunnel until told to stop.
+
+Started by ``higgsvpn connect`` (see :mod:`higgs.client.process`). It
+
+- connects (inside a journal transaction: a failure rolls back everything) and answers the
+  waiting ``connect`` with one JSON line;
+- renews the session every TTL/3; keeps the relay link up (the link itself reconnects with
+  backoff to the same session);
+- takes a new route when the server says the session is gone (server restarted without it,
+  session expired) or the node is gone (relay says node_offline, or no handshake for
+  :data:`STALE_HANDSHAKE_S`): the kill switch stays in place meanwhile, so nothing leaks;
+- writes ``status.json`` every few seconds for ``higgsvpn status``;
+- on SIGTERM/SIGINT closes the session and undoes every host change (the journal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from higgs.client.connect import ConnectError, Connector, Tunnel
+from higgs.client.host import LinuxTunnelHost
+from higgs.client.latency import icmp_rtt_ms
+from higgs.client.process import remove_pidfile, write_pidfile
+from higgs.client.relay_path import BridgedRelayPath
+from higgs.client.server_api import ApiError, ServerApi
+from higgs.client.settings import ClientSettings
+from higgs.client.status import StatusReport, write_status
+from higgs.common.backoff import Backoff
+from higgs.common.errors import HiggsError
+from higgs.common.keys import load_or_create_private_key
+from higgs.osnet.journal import Journal
+from higgs.protocol.api import RouteResponse
+
+__all__ = ["STALE_HANDSHAKE_S", "run_daemon"]
+
+log = logging.getLogger(__name__)
+
+# WireGuard re-handshakes every 2 minutes while traffic (or keepalive) flows; a peer whose
+# last handshake is older than this is gone (REJECT_AFTER_TIME is 180 s).
+STALE_HANDSHAKE_S = 200.0
+STATUS_EVERY_S = 2.0
+PING_EVERY_S = 10.0
+_SESSION_GONE = {404, 409, 410}
+
+
+@dataclass
+class _Health:
+    state: str = "connected"
+    reroutes: int = 0
+    renew_failures: int = 0
+    tunnel_rtt_ms: float | None = None
+    last_error: str | None = None
+
+
+class Daemon:
+    def __init__(self, settings: ClientSettings, journal: Journal) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.host = LinuxTunnelHost(settings, journal)
+        self.api = ServerApi(
+            settings.server_url,
+            settings.token,
+            ca_file=settings.ca_file,
+            timeout=settings.http_timeout_s,
+        )
+        self.key = load_or_create_private_key(settings.key_file)
+        self.connector = Connector(settings, self.api, self.key, self.host, self._relay_path)
+        self.tunnel: Tunnel | None = None
+        self.health = _Health()
+        self.stop = asyncio.Event()
+        self.reroute_needed = asyncio.Event()
+
+    def _relay_path(self, route: RouteResponse) -> BridgedRelayPath:
+        return BridgedRelayPath(
+            route, self.settings, wg_port=self.host.listen_port(), fwmark=self.host.fwmark
+        )
+
+    # --- phases ------------------------------------------------------------------------------
+
+    async def connect(self) -> Tunnel:
+        async with self.journal.atransaction("connect"):
+            self.tunnel = await self.connector.connect()
+        return self.tunnel
+
+    async def hold(self) -> None:
+        tasks = [
+            asyncio.create_task(self._renew_loop(), name="renew"),
+            asyncio.create_task(self._watch_loop(), name="watch"),
+            asyncio.create_task(self._ping_loop(), name="ping"),
+        ]
+        try:
+            await self.stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def teardown(self) -> list[str]:
+        problems: list[str] = []
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.relay is not None:
+            await tunnel.relay.close()
+        if tunnel is not None:
+            try:
+                await asyncio.wait_for(self.api.close(tunnel.route.session_id), 5)
+            except (ApiError, TimeoutError) as exc:
+                # The server closes it anyway when its TTL runs out.
+                log.warning("could not close session %s: %s", tunnel.route.session_id, exc)
+        await self.api.aclose()
+        try:
+            self.journal.undo_all()
+        except HiggsError as exc:
+            problems.append(str(exc))
+        self.settings.status_file.unlink(missing_ok=True)
+        return problems
+
+    # --- loops -------------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        backoff = Backoff(initial=1.0, maximum=30.0)
+        while True:
+            tunnel = self.tunnel
+            assert tunnel is not None
+            delay = max(5.0, tunnel.route.ttl_s / 3)
+            if self.health.renew_failures:
+                delay = min(delay, backoff.next_delay() + 1)
+            await asyncio.sleep(delay)
+            if self.reroute_needed.is_set():
+                continue
+            try:
+                await self.api.renew(tunnel.route.session_id)
+            except ApiError as exc:
+                self.health.renew_failures += 1
+                self.health.last_error = str(exc)
+                if exc.status in _SESSION_GONE:
+                    log.warning("the server no longer has our session: %s", exc)
+                    self.reroute_needed.set()
+                else:
+                    log.warning("renew failed (will retry): %s", exc)
+                continue
+            self.health.renew_failures = 0
+            backoff.reset()
+
+    async def _watch_loop(self) -> None:
+        backoff = Backoff(initial=1.0, maximum=20.0)
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            tunnel = self.tunnel
+            assert tunnel is not None
+            stats = self.host.peer_stats()
+            reason = self._reroute_reason(tunnel, stats)
+            if reason or self.reroute_needed.is_set():
+                reason = reason or "the server lost the session"
+                self.health.state = "reconnecting"
+                self.health.last_error = reason
+                self._write_status()
+                log.warning("taking a new route: %s", reason)
+                try:
+                    self.tunnel = await self.connector.switch_route(tunnel)
+                except (HiggsError, OSError) as exc:
+                    self.health.last_error = f"{reason}; new route failed: {exc}"
+                    log.warning("new route failed (will retry): %s", exc)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                backoff.reset()
+                self.reroute_needed.clear()
+                self.health.reroutes += 1
+                self.health.state = "connected"
+                self.health.renew_failures = 0
+                self._close_old_session(tunnel)
+            self._write_status()
+
+    def _reroute_reason(self, tunnel: Tunnel, stats: Any) -> str | None:
+        if tunnel.relay is not None and tunnel.relay.closed_reason is not None:
+            return f"relay link closed: {tunnel.relay.closed_reason}"
+        age = stats.handshake_age() if stats is not None else None
+        since = time.time() - tunnel.connected_at
+        if since > STALE_HANDSHAKE_S and (age is None or age > STALE_HANDSHAKE_S):
+            return f"no handshake with node {tunnel.route.node.node_id} for {STALE_HANDSHAKE_S:g}s"
+        return None
+
+    def _close_old_session(self, old: Tunnel) -> None:
+        async def close() -> None:
+            with contextlib.suppress(ApiError, TimeoutError):
+                await asyncio.wait_for(self.api.close(old.route.session_id), 5)
+
+        asyncio.get_running_loop().create_task(close())
+
+    async def _ping_loop(self) -> None:
+        while True:
+            tunnel = self.tunnel
+            assert tunnel is not None
+            target = tunnel.route.wireguard.dns[0] if tunnel.route.wireguard.dns else None
+            if target:
+                self.health.tunnel_rtt_ms = await icmp_rtt_ms(
+                    target, wait_s=2.0, device=self.settings.interface
+                )
+            await asyncio.sleep(PING_EVERY_S)
+
+    def _write_status(self) -> None:
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        stats = self.host.peer_stats()
+        report = StatusReport(
+            pid=os.getpid(),
+            state=self.health.state,
+            interface=self.settings.interface,
+            server_url=self.settings.server_url,
+            session_id=tunnel.route.session_id,
+            node_id=tunnel.route.node.node_id,
+            country=tunnel.route.node.country,
+            region=tunnel.route.node.region,
+            mode=tunnel.mode,
+            address=tunnel.route.wireguard.address,
+            dns=list(tunnel.route.wireguard.dns),
+            full_tunnel=self.settings.full_tunnel,
+            kill_switch=self.settings.kill_switch_enabled,
+            connected_at=tunnel.connected_at,
+            latest_handshake=stats.latest_handshake if stats else 0.0,
+            rx_bytes=stats.rx_bytes if stats else 0,
+            tx_bytes=stats.tx_bytes if stats else 0,
+            tunnel_rtt_ms=self.health.tunnel_rtt_ms,
+            server_rtt_ms=self.api.last_rtt_ms,
+            relay_reconnects=tunnel.relay.reconnects if tunnel.relay else 0,
+            reroutes=self.health.reroutes,
+            last_error=self.health.last_error,
+            updated_at=time.time(),
+        )
+        write_status(self.settings.status_file, report)
+
+
+def _answer(payload: dict[str, Any]) -> None:
+    """The one line ``connect`` waits for; then stdout goes to /dev/null for good."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+async def _main(settings: ClientSettings) -> int:
+    handle = write_pidfile(settings.pid_file)
+    try:
+        try:
+            journal = Journal(settings.journal_file)
+        except HiggsError as exc:
+            _answer({"ok": False, "error": str(exc)})
+            return 1
+        with journal:
+            if len(journal):
+                log.warning("undoing %d change(s) a previous run left behind", len(journal))
+                try:
+                    journal.replay()
+                except HiggsError as exc:
+                    _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
+                    return 1
+            return await _run(settings, journal)
+    finally:
+        remove_pidfile(settings.pid_file, handle)
+
+
+async def _run(settings: ClientSettings, journal: Journal) -> int:
+    try:
+        daemon = Daemon(settings, journal)
+    except HiggsError as exc:
+        _answer({"ok": False, "error": str(exc)})
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, daemon.stop.set)
+    connect_task = asyncio.create_task(daemon.connect())
+    stop_task = asyncio.create_task(daemon.stop.wait())
+    await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    if not connect_task.done():
+        connect_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, HiggsError):
+            await connect_task
+        await daemon.api.aclose()
+        _answer({"ok": False, "error": "interrupted before the tunnel was up; nothing changed"})
+        return 1
+    stop_task.cancel()
+    try:
+        tunnel = connect_task.result()
+    except (HiggsError, OSError) as exc:
+        log.error("connect failed: %s", exc)
+        await daemon.api.aclose()
+        message = str(exc)
+        if not isinstance(exc, ConnectError | ApiError):
+            message = f"{message} (every change was rolled back)"
+        _answer({"ok": False, "error": message})
+        return 1
+    daemon._write_status()
+    _answer(
+        {
+            "ok": True,
+            "pid": os.getpid(),
+            "node_id": tunnel.route.node.node_id,
+            "country": tunnel.route.node.country,
+            "region": tunnel.route.node.region,
+            "mode": tunnel.mode,
+            "address": tunnel.address,
+            "session_id": tunnel.route.session_id,
+            "interface": settings.interface,
+        }
+    )
+    log.info(
+        "connected: node %s via %s, %s", tunnel.route.node.node_id, tunnel.mode, tunnel.address
+    )
+    await daemon.hold()
+    log.info("disconnecting")
+    problems = await daemon.teardown()
+    for problem in problems:
+        log.error("%s", problem)
+    return 1 if problems else 0
+
+
+def run_daemon(settings: ClientSettings) -> int:
+    """The body of ``higgsvpn _daemon`` (settings already read from stdin)."""
+    return asyncio.run(_main(settings))

@@ -1,0 +1,55 @@
+"""``higgsvpn export``: a direct-mode route as a config for the official WireGuard apps.
+
+The exported config has its own key (``export.key`` in the state directory, created once), so
+the phone or laptop that imports it is a device of its own to the server: asking for it never
+replaces the session higgsvpn itself may be holding. A stock app does not renew the session:
+it lasts the session's TTL (docs/protocol.md §4).
+"""
+
+from __future__ import annotations
+
+from higgs.client.server_api import ServerApi
+from higgs.client.settings import ClientSettings
+from higgs.client.wgconfig import ExportError, TunnelConfig, render_wg_quick
+from higgs.common.keys import load_or_create_private_key
+
+__all__ = ["export_config"]
+
+
+async def export_config(settings: ClientSettings) -> str:
+    key = load_or_create_private_key(settings.state_dir / "export.key")
+    async with ServerApi(
+        settings.server_url,
+        settings.token,
+        ca_file=settings.ca_file,
+        timeout=settings.http_timeout_s,
+    ) as api:
+        route = await api.route(
+            key.public_b64(), node_id=settings.node_id, country=settings.country, mode="direct"
+        )
+    if route.direct is None:
+        raise ExportError(
+            f"node {route.node.node_id} is reachable only through the relay; "
+            "stock WireGuard apps cannot use it: connect with higgsvpn instead"
+        )
+    wg = route.wireguard
+    allowed = (
+        tuple(wg.allowed_ips) if settings.full_tunnel else tuple(str(p) for p in settings.split)
+    )
+    cfg = TunnelConfig(
+        private_key=key,
+        address=wg.address,
+        peer_public_key=wg.node_public_key,
+        allowed_ips=allowed,
+        dns=tuple(wg.dns),
+        mtu=wg.mtu,
+        endpoint=route.direct.endpoint,
+        persistent_keepalive=wg.persistent_keepalive,
+    )
+    where = ", ".join(p for p in (route.node.country, route.node.region) if p)
+    comment = (
+        f"Higgs.net node {route.node.node_id}"
+        + (f" ({where})" if where else "")
+        + f"\nsession {route.session_id}, valid until {route.expires_at.isoformat()}"
+    )
+    return render_wg_quick(cfg, comment=comment)

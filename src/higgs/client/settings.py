@@ -1,0 +1,156 @@
+"""higgsvpn settings: TOML file, then ``HIGGSVPN_…`` environment variables, then flags.
+
+Everything the client needs to know before it touches the host is validated here, so that a
+typo in a CIDR or an interface name is reported (naming the field) before any change is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from higgs.common.config import load_settings
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "ENV_PREFIX",
+    "ClientSettings",
+    "Mode",
+    "load_client_settings",
+]
+
+ENV_PREFIX = "HIGGSVPN_"
+DEFAULT_STATE_DIR = Path("/var/lib/higgsvpn")
+
+Mode = Literal["auto", "relay", "direct"]
+
+# Linux interface names: at most 15 bytes, no '/', no whitespace, not '.' or '..'.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,14}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+
+
+class ClientSettings(BaseModel):
+    """What higgsvpn is configured with; every field can come from file, env or flag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_url: str = Field(default="http://127.0.0.1:8080", description="bosonserver REST URL")
+    token: str | None = Field(default=None, description="client token hgc_…", repr=False)
+    state_dir: Path = DEFAULT_STATE_DIR
+    interface: str = "higgs0"
+    mode: Mode = "auto"
+    node_id: str | None = None
+    country: str | None = None
+    split: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    kill_switch: bool | None = Field(
+        default=None, description="default: on for a full tunnel, off for a split tunnel"
+    )
+    resolv_conf: Path = Path("/etc/resolv.conf")
+    ca_file: Path | None = None
+    handshake_timeout_s: float = Field(default=20.0, gt=0, le=300)
+    direct_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    http_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("server_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://boson.example:8080")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.startswith("hgc_") or len(value) < 12:
+            # Never echo the value: it may be some other secret pasted by mistake.
+            raise ValueError("must be a client token starting with 'hgc_'")
+        return value
+
+    @field_validator("interface")
+    @classmethod
+    def _ifname(cls, value: str) -> str:
+        if not _IFNAME_RE.match(value) or value in {".", ".."}:
+            raise ValueError("must be 1-15 characters of letters, digits, '_', '-', '.'")
+        return value
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().upper()
+        if not _COUNTRY_RE.match(value):
+            raise ValueError("must be a two-letter country code such as DE")
+        return value
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        if isinstance(value, list | tuple):
+            out = []
+            for item in value:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError as exc:
+                    raise ValueError(f"{item!r} is not a CIDR prefix such as 10.0.0.0/8") from exc
+            return tuple(out)
+        return value
+
+    @property
+    def instance(self) -> str:
+        """The instance name our owned objects carry: the nft table, the routing table id and
+        fwmark, the rule priorities all derive from it (osnet's OwnedNames), so two clients
+        with different interfaces never share any of them."""
+        return re.sub(r"[^a-z0-9_]", "_", self.interface.lower()).lstrip("_")[:12] or "default"
+
+    @property
+    def full_tunnel(self) -> bool:
+        return not self.split
+
+    @property
+    def kill_switch_enabled(self) -> bool:
+        return self.full_tunnel if self.kill_switch is None else self.kill_switch
+
+    # Files the client owns in its state directory.
+    @property
+    def key_file(self) -> Path:
+        return self.state_dir / "device.key"
+
+    @property
+    def journal_file(self) -> Path:
+        return self.state_dir / "journal.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "daemon.pid"
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "daemon.log"
+
+
+def load_client_settings(
+    *,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ClientSettings:
+    """Builds the settings; raises :class:`higgs.common.errors.ConfigError` naming a bad field."""
+    return load_settings(
+        ClientSettings, file=file, env_prefix=ENV_PREFIX, environ=environ, overrides=overrides
+    )

@@ -1,0 +1,110 @@
+"""``status.json``: what the background process reports about the connection, and its display.
+
+The daemon rewrites the file every few seconds (atomically); ``higgsvpn status`` reads it and
+checks that the daemon named in it is still alive, so a stale file never shows a dead tunnel
+as connected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["StatusReport", "format_status", "read_status", "write_status"]
+
+
+class StatusReport(BaseModel):
+    pid: int
+    state: str  # connected | reconnecting
+    interface: str
+    server_url: str
+    session_id: str
+    node_id: str
+    country: str | None
+    region: str | None
+    mode: str
+    address: str
+    dns: list[str]
+    full_tunnel: bool
+    kill_switch: bool
+    connected_at: float
+    latest_handshake: float
+    rx_bytes: int
+    tx_bytes: int
+    tunnel_rtt_ms: float | None
+    server_rtt_ms: float | None
+    relay_reconnects: int
+    reroutes: int
+    last_error: str | None
+    updated_at: float
+
+    def handshake_age_s(self, now: float | None = None) -> float | None:
+        if not self.latest_handshake:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.latest_handshake)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.model_dump()
+        out["connected"] = True
+        out["handshake_age_s"] = self.handshake_age_s()
+        return out
+
+
+def write_status(path: Path, report: StatusReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as fh:
+        fh.write(report.model_dump_json())
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> StatusReport | None:
+    try:
+        return StatusReport.model_validate(json.loads(path.read_text()))
+    except (OSError, ValueError, ValidationError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def format_status(report: StatusReport, now: float | None = None) -> str:
+    age = report.handshake_age_s(now)
+    where = ", ".join(p for p in (report.country, report.region) if p)
+    tunnel = "full tunnel" if report.full_tunnel else "split tunnel"
+    lines = [
+        f"state:      {report.state}",
+        f"node:       {report.node_id}" + (f" ({where})" if where else ""),
+        f"mode:       {report.mode}",
+        f"address:    {report.address} on {report.interface} ({tunnel}, "
+        f"kill switch {'on' if report.kill_switch else 'off'})",
+        f"dns:        {', '.join(report.dns) or '-'}",
+        f"handshake:  {'never' if age is None else f'{age:.0f} s ago'}",
+        f"transfer:   {_bytes(report.rx_bytes)} received, {_bytes(report.tx_bytes)} sent",
+        f"latency:    tunnel {_ms(report.tunnel_rtt_ms)}, server {_ms(report.server_rtt_ms)}",
+        f"session:    {report.session_id} via {report.server_url}",
+    ]
+    if report.reroutes or report.relay_reconnects:
+        lines.append(
+            f"recovered:  {report.reroutes} new route(s), "
+            f"{report.relay_reconnects} relay reconnect(s)"
+        )
+    if report.last_error:
+        lines.append(f"last issue: {report.last_error}")
+    return "\n".join(lines)

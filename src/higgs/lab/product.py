@@ -1,0 +1,238 @@
+"""The real programs in the lab: bosonserver in the server's namespace, higgsnode in the
+node's (UDP port-forwarded on the home router), and stock WireGuard clients configured from
+the server's route answer.
+
+The lab only starts the programs (``python -m higgs.server.cli`` / ``higgs.node.cli``) and
+speaks to them the way a user does -- their command lines and the REST API of
+docs/protocol.md, over the lab's own network with curl -- so it imports none of them.
+
+    with Lab() as lab:
+        product = Product(lab)
+        product.start_server()
+        product.start_node(config='[shaping]\\ntotal_down_mbit = 20\\n')
+        client = product.connect_stock(lab.client)     # route + wireguard-go + handshake
+        assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
+        product.stop_node()
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import CommandError, LabError
+from .host import Host
+from .lab import Lab
+from .procs import LabProcess
+from .stock import StockClient
+from .wireguard import new_keypair
+
+__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "Product"]
+
+API_PORT = 8080
+RELAY_PORT = 8081
+NODE_PORT = 51820
+
+
+class Product:
+    """bosonserver + higgsnode (+ stock clients) in one lab; the lab's teardown stops them."""
+
+    def __init__(self, lab: Lab) -> None:
+        if lab.workdir is None:
+            raise LabError("build the lab first")
+        self.lab = lab
+        self.workdir = lab.workdir
+        self.server_proc: LabProcess | None = None
+        self.node_proc: LabProcess | None = None
+        self.node_state_dir = self.workdir / "higgsnode"
+        self.node_if = lab.ifname("hn")
+        self.clients: list[StockClient] = []
+        self._tokens: dict[str, str] = {}
+        self._enroll_key: str | None = None
+
+    # -- bosonserver -----------------------------------------------------------------------
+
+    @property
+    def server_url(self) -> str:
+        return f"http://{self.lab.server.ip}:{API_PORT}"
+
+    def server_cli(self, *args: str, timeout: float = 60) -> str:
+        argv = [sys.executable, "-m", "higgs.server.cli", *args]
+        argv += ["--data-dir", str(self.workdir / "bosonserver")]
+        return self.lab.server.run(argv, timeout=timeout).stdout.strip()
+
+    def start_server(self, *, timeout: float = 30) -> LabProcess:
+        ip = self.lab.server.ip
+        self.server_proc = self.lab.server.popen(
+            [
+                sys.executable, "-m", "higgs.server.cli", "serve",
+                "--data-dir", str(self.workdir / "bosonserver"),
+                "--listen", f"{ip}:{API_PORT}",
+                "--relay-listen", f"{ip}:{RELAY_PORT}",
+                "--public-url", self.server_url,
+                "--relay-url", f"ws://{ip}:{RELAY_PORT}",
+            ],
+            name="bosonserver",
+        )  # fmt: skip
+        self.server_proc.wait_listening(API_PORT, timeout=timeout)
+        self.server_proc.wait_listening(RELAY_PORT, timeout=timeout)
+        return self.server_proc
+
+    def add_client(self, name: str) -> str:
+        """A client account; returns its token (``hgc_…``)."""
+        token = self.server_cli("client", "add", f"{name}-{self.lab.names.stem}").split()[-1]
+        self._tokens.setdefault(name, token)
+        return token
+
+    def provision(self, *client_names: str) -> None:
+        """Create the node's enrollment key and the named client accounts at once: each
+        bosonserver CLI call spends seconds starting the interpreter, in parallel they
+        overlap."""
+        names = client_names or ("client",)
+        with ThreadPoolExecutor(len(names) + 1) as pool:
+            enroll = pool.submit(self.server_cli, "enroll", "create")
+            for future in [pool.submit(self.add_client, n) for n in names]:
+                future.result()
+            self._enroll_key = enroll.result().split()[-1]
+
+    def token(self, name: str = "client") -> str:
+        """The token of client account ``name``, created on first use (each CLI call costs
+        seconds of interpreter start-up, so tests share accounts where they can)."""
+        return self._tokens.get(name) or self.add_client(name)
+
+    def api(
+        self,
+        host: Host,
+        method: str,
+        path: str,
+        token: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float = 15,
+    ) -> Any:
+        """One REST call from ``host`` (curl in its namespace); the decoded JSON answer.
+        A 4xx/5xx raises LabError with the server's JSON error."""
+        argv = [
+            "curl", "-sS", "--noproxy", "*", "--max-time", str(timeout), "-X", method,
+            "-H", f"Authorization: Bearer {token}", "-w", "\n%{http_code}",
+        ]  # fmt: skip
+        if body is not None:
+            argv += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        argv.append(f"{self.server_url}{path}")
+        out = host.run(argv, input=json.dumps(body) if body is not None else None).stdout
+        text, _, code = out.rpartition("\n")
+        if not code.isdigit() or int(code) >= 400:
+            raise LabError(f"{method} {path} from {host.role}: HTTP {code}: {text[:500]}")
+        return json.loads(text) if text.strip() else None
+
+    # -- higgsnode ---------------------------------------------------------------------------
+
+    def node_cli(self, *args: str, check: bool = False, timeout: float = 60) -> Any:
+        argv = [sys.executable, "-m", "higgs.node.cli", *args]
+        argv += ["--state-dir", str(self.node_state_dir), "--interface", self.node_if]
+        return self.lab.node.run(argv, check=check, timeout=timeout)
+
+    def start_node(
+        self,
+        *,
+        config: str = "",
+        flags: Sequence[str] = (),
+        direct: bool = True,
+        dns_upstream: str | None = None,
+    ) -> LabProcess:
+        """higgsnode in the node's namespace, enrolled with a fresh key. ``config`` is TOML
+        (e.g. a ``[shaping]`` table); the DNS upstream is the lab's DNS server unless given
+        (never the host's resolv.conf). With ``direct`` the home router forwards the UDP port
+        and the node announces the router's public address as its endpoint."""
+        key = self._enroll_key or self.server_cli("enroll", "create").split()[-1]
+        self._enroll_key = None  # one registration per key
+        self.node_state_dir.mkdir(mode=0o700, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "higgs.node.cli", "start",
+            "--server", self.server_url, "--enroll-key", key,
+            "--state-dir", str(self.node_state_dir), "--interface", self.node_if,
+            "--listen-port", str(NODE_PORT), "--country", "DE", "--region", "Lab",
+            "--dns-upstream", dns_upstream or self.lab.internet.ip,
+        ]  # fmt: skip
+        if config:
+            path = self.workdir / "higgsnode.toml"
+            path.write_text(config)
+            argv += ["--config", str(path)]
+        if direct:
+            self.lab.forward_udp(NODE_PORT)
+            argv += ["--endpoint", f"{self.lab.home_router.ip}:{NODE_PORT}"]
+        argv += list(flags)
+        self.node_proc = self.lab.node.popen(argv, name="higgsnode")
+        return self.node_proc
+
+    def wait_node_online(self, token: str | None = None, *, timeout: float = 60) -> dict[str, Any]:
+        """Wait until a client (``token``, default :meth:`token`) sees an online node; returns
+        its summary."""
+        token = token or self.token()
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            if self.node_proc is not None and not self.node_proc.alive():
+                raise LabError(f"higgsnode exited:\n{self.node_proc.log_text()[-3000:]}")
+            try:
+                nodes = self.api(self.lab.client, "GET", "/v1/nodes", token)["nodes"]
+                online = [n for n in nodes if n.get("state") == "online"]
+                if online:
+                    return dict(online[0])
+                last = json.dumps(nodes)
+            except (LabError, CommandError) as exc:
+                last = str(exc)
+            if time.monotonic() > deadline:
+                raise LabError(f"no online node after {timeout} s (last: {last[:300]})")
+            time.sleep(0.5)
+
+    def stop_node(self, *, timeout: float = 60) -> int:
+        """SIGTERM (what systemd sends); wait for higgsnode to undo its changes and exit.
+        Returns its exit code."""
+        proc = self.node_proc
+        if proc is None:
+            raise LabError("no higgsnode was started")
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+        try:
+            return proc.popen.wait(timeout)
+        except Exception as exc:
+            raise LabError(f"higgsnode did not exit within {timeout} s after SIGTERM") from exc
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def route(
+        self, host: Host, token: str, public_key: str, *, mode: str = "direct"
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self.api(
+            host, "POST", "/v1/routes", token, {"client_public_key": public_key, "mode": mode}
+        )
+        return answer
+
+    def connect_stock(
+        self, host: Host, *, name: str | None = None, token: str | None = None
+    ) -> StockClient:
+        """A route in direct mode for client account ``name`` (default: named after the
+        host) or ``token``, a stock WireGuard client from it, and the first handshake."""
+        token = token or self.token(name or host.role)
+        keys = new_keypair()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = self.route(host, token, keys.public)
+                break
+            except LabError:
+                # The node may not have announced its endpoint yet (direct mode).
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        client = StockClient(self.lab, host, answer, keys)
+        self.clients.append(client)
+        client.up()
+        client.wait_handshake()
+        return client

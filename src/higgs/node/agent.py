@@ -1,0 +1,382 @@
+"""The node agent's lifecycle: set the host up, serve, and always put the host back.
+
+Start, in order (each host change journaled with its undo before it is made):
+
+1. preflight — settings complete, root or CAP_NET_ADMIN, an uplink (default route) exists;
+   nothing on the host has been touched if any of these fails;
+2. recovery — undo what a crashed earlier run left in the journal, then sweep our names;
+3. identity — the WireGuard keypair in the state dir (created on first start, 0600);
+4. WireGuard interface with the node's tunnel address (.1 of the subnet) and listen port;
+5. IPv4 forwarding on (the previous value is journaled and restored);
+6. firewall: NAT on the uplink, owner protection, DNS interception to the forwarder;
+7. DNS forwarder on the tunnel address;
+8. server link (register, heartbeat) and control link (peers, relayed sessions);
+9. watch the uplink: when the default route moves, NAT moves with it.
+
+Stop (SIGTERM, SIGINT, ``higgsnode stop``, an unhandled error): deregister, stop the links and
+the forwarder, then undo every host change newest first — every undo runs even when one
+fails, and all failures are reported together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from higgs import __version__
+from higgs.common.errors import HiggsError
+from higgs.common.keys import PrivateKey, load_or_create_private_key
+from higgs.node.control_link import ControlLink
+from higgs.node.dns_forwarder import DnsForwarder
+from higgs.node.host import NodeHost, Uplink, WgPeerTable
+from higgs.node.metrics import Budget, collect, heartbeat_body
+from higgs.node.peers import PeerManager, PeerRow
+from higgs.node.runstate import PidFile, write_status
+from higgs.node.server_link import Identity, ServerLink
+from higgs.node.settings import NodeSettings
+from higgs.osnet.discovery import UplinkWatcher
+from higgs.protocol.api import NodeRegisterRequest
+
+__all__ = ["Agent", "check_privileges", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "private.key"
+BUDGET_FILE = "budget.json"
+UPLINK_POLL_S = 2.0
+STATUS_EVERY_S = 2.0
+CAP_NET_ADMIN = 12
+
+
+class AgentError(HiggsError):
+    pass
+
+
+def check_privileges() -> None:
+    """Root, or CAP_NET_ADMIN in the effective set (systemd AmbientCapabilities=)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:") and int(line.split()[1], 16) >> CAP_NET_ADMIN & 1:
+                return
+    except (OSError, ValueError):
+        pass
+    raise AgentError(
+        "higgsnode changes the network configuration: run it as root or with CAP_NET_ADMIN "
+        "(e.g. `sudo higgsnode start …`, or the shipped systemd unit)"
+    )
+
+
+def check_settings(settings: NodeSettings) -> None:
+    if not settings.server:
+        raise AgentError("no server given: set --server URL (or `server` in the config file)")
+
+
+def registration_request(settings: NodeSettings, public_key: str) -> NodeRegisterRequest:
+    """What the node announces; validated here so a value the server would refuse stops the
+    node before it touches the host."""
+    s = settings
+    try:
+        return NodeRegisterRequest(
+            public_key=public_key,
+            listen_port=s.listen_port,
+            endpoint=s.endpoint,
+            tunnel_subnet=str(s.tunnel_subnet),
+            tunnel_mtu=s.mtu,
+            max_clients=s.max_clients,
+            bandwidth_mbps=s.bandwidth_mbps,
+            country=s.country,
+            region=s.region,
+            version=__version__,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise AgentError(f"invalid settings: field '{field}': {first['msg']}") from None
+
+
+class Agent:
+    def __init__(self, settings: NodeSettings, host: NodeHost, key: PrivateKey) -> None:
+        self.settings = settings
+        self.host = host
+        self.key = key
+        self.started_at = time.time()
+        self.uplink: Uplink | None = None
+        self.dns: DnsForwarder | None = None
+        self.server: ServerLink | None = None
+        self.control: ControlLink | None = None
+        self.peers: PeerManager | None = None
+        self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._error: BaseException | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            log.info("stopping", extra={"reason": reason})
+            self._stop_reason = reason
+            self._stop.set()
+
+    def _peer_rows(self) -> Sequence[PeerRow]:
+        return self.host.wg.peers() if self.host.wg is not None else ()
+
+    async def _heartbeat_body(self) -> dict[str, Any]:
+        rows = await asyncio.to_thread(self._peer_rows)
+        metrics = collect(rows, self.budget)
+        return heartbeat_body(metrics, rows)
+
+    def registration(self) -> NodeRegisterRequest:
+        return registration_request(self.settings, self.key.public_b64())
+
+    def make_server_link(self) -> ServerLink:
+        s = self.settings
+        assert s.server is not None
+        self.server = ServerLink(
+            s.server,
+            enroll_key=s.enroll_key.get_secret_value() if s.enroll_key else None,
+            registration=self.registration(),
+            state_dir=s.state_dir,
+            heartbeat_body=self._heartbeat_body,
+            on_identity=self._on_identity,
+            timeout_s=s.server_timeout_s,
+        )
+        return self.server
+
+    async def _on_identity(self, ident: Identity) -> None:
+        """A (re-)registration gave a new node token: the control link must use it."""
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+        if self.peers is None:
+            return  # registered before the interface exists: started at the end of setup
+        self.control = ControlLink(
+            ident.relay_url,
+            ident.node_token,
+            peers=self.peers,
+            peer_rows=self._peer_rows,
+            wg_port=self.settings.listen_port,
+            stats_interval_s=ident.heartbeat_interval_s,
+        )
+        await self.control.start()
+
+    def status(self) -> dict[str, Any]:
+        rows: Sequence[PeerRow] = ()
+        with contextlib.suppress(Exception):
+            rows = self._peer_rows()
+        now = time.time()
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "interface": self.settings.interface,
+            "listen_port": self.settings.listen_port,
+            "tunnel_address": str(self.settings.node_address),
+            "endpoint": self.settings.endpoint,
+            "uplink": self.uplink.name if self.uplink else None,
+            "server": self.server.status.as_dict() if self.server else None,
+            "control": self.control.status() if self.control else None,
+            "peers": [
+                {
+                    "public_key": r.public_key,
+                    "allowed_ips": list(r.allowed_ips),
+                    "rx_bytes": r.rx_bytes,
+                    "tx_bytes": r.tx_bytes,
+                    "last_handshake_s": (
+                        round(now - r.latest_handshake, 1) if r.latest_handshake else None
+                    ),
+                }
+                for r in rows
+            ],
+            "sessions": len(self.peers.sessions) if self.peers else 0,
+            "dns": self.dns.stats.as_dict() if self.dns else None,
+            "budget_left_mb": self.budget.left_mb,
+        }
+
+    # ---- background tasks --------------------------------------------------------------
+
+    async def _write_status(self) -> None:
+        while True:
+            try:
+                status = await asyncio.to_thread(self.status)
+                await asyncio.to_thread(write_status, self.settings.state_dir, status)
+            except OSError as exc:
+                log.warning("cannot write the status file", extra={"why": str(exc)})
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    async def _uplink_changed(self, old: Uplink | None, new: Uplink | None) -> None:
+        if new is None:
+            # No default route right now (a link flapping): keep the current NAT.
+            log.warning("uplink lost; keeping the NAT rules until it is back")
+            return
+        if old is not None and old.name == new.name and old.addresses == new.addresses:
+            return
+        log.info(
+            "uplink changed; moving NAT",
+            extra={"old": self.uplink.name if self.uplink else None, "new": new.name},
+        )
+        await asyncio.to_thread(self.host.move_uplink, new)
+        self.uplink = new
+
+    async def _watch_uplink(self) -> None:
+        watcher = UplinkWatcher(
+            self._uplink_changed, exclude=[self.settings.interface], interval=UPLINK_POLL_S
+        )
+        watcher.current = self.uplink
+        await watcher.run()
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        """A background task that ends on its own ends the agent (with its error)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self.request_stop(f"{task.get_name()} ended")
+        elif isinstance(exc, HiggsError):
+            self._error = exc
+            self.request_stop(str(exc))
+        else:
+            log.error("unhandled error in %s", task.get_name(), exc_info=exc)
+            self._error = exc
+            self.request_stop(f"unhandled error in {task.get_name()}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._watch)
+        self._tasks.append(task)
+
+    # ---- the lifecycle -----------------------------------------------------------------
+
+    async def run(self, uplink: Uplink) -> None:
+        """Sets up, serves until asked to stop, tears down. Raises what went wrong."""
+        self.uplink = uplink
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        try:
+            # A refused enrollment ends here, before the host is touched; an unreachable
+            # server does not stop the node (direct mode works without it).
+            await self.make_server_link().try_register()
+            await self._setup(uplink)
+            log.info(
+                "node up",
+                extra={
+                    "interface": self.settings.interface,
+                    "address": str(self.settings.node_address),
+                    "uplink": uplink.name,
+                    "port": self.settings.listen_port,
+                },
+            )
+            await self._stop.wait()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            problems = await self._teardown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        if problems:
+            text = "; ".join(problems)
+            if self._error is not None:
+                raise AgentError(f"{self._error}; and while stopping: {text}") from self._error
+            raise AgentError(f"stopped, but some changes could not be undone: {text}")
+        if self._error is not None:
+            raise self._error
+
+    async def _setup(self, uplink: Uplink) -> None:
+        s = self.settings
+        wg = await asyncio.to_thread(self.host.bring_up_interface, self.key)
+        shaper = await asyncio.to_thread(self.host.setup_shaping)
+        previous = await asyncio.to_thread(self.host.enable_forwarding)
+        log.info("ip forwarding on", extra={"was": previous})
+        await asyncio.to_thread(self.host.apply_firewall, uplink)
+        if s.dns.enabled:
+            upstreams = s.dns_upstreams()
+            if not upstreams:
+                raise AgentError("no DNS upstream: /etc/resolv.conf lists none; set dns.upstreams")
+            self.dns = DnsForwarder(
+                str(s.node_address.ip),
+                s.dns.port,
+                upstreams,
+                timeout_s=s.dns.timeout_s,
+                max_inflight=s.dns.max_inflight,
+            )
+            await self.dns.start()
+        self.peers = PeerManager(
+            WgPeerTable(wg),
+            s.node_address,
+            s.max_clients,
+            on_change=shaper.update,
+            accepting=lambda: not self.budget.exhausted,
+        )
+        server = self.server or self.make_server_link()
+        if server.identity is not None and server.status.registrations:
+            await self._on_identity(server.identity)
+        self._spawn(server.run(), "server-link")
+        self._spawn(self._watch_uplink(), "uplink-watch")
+        self._spawn(self._write_status(), "status")
+
+    async def _teardown(self) -> list[str]:
+        problems: list[str] = []
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks = []
+        if self.control is not None:
+            try:
+                await self.control.stop()
+            except Exception as exc:
+                problems.append(f"control link: {exc}")
+        if self.server is not None:
+            await self.server.deregister()
+            await self.server.aclose()
+        if self.dns is not None:
+            try:
+                await self.dns.stop()
+            except Exception as exc:
+                problems.append(f"dns forwarder: {exc}")
+        try:
+            await asyncio.to_thread(self.host.teardown)
+        except HiggsError as exc:
+            problems.append(str(exc))
+        log.info("node stopped", extra={"reason": self._stop_reason or "error"})
+        return problems
+
+
+async def _main(settings: NodeSettings) -> None:
+    check_settings(settings)
+    check_privileges()
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with PidFile(settings.state_dir):
+        host = NodeHost(settings)
+        try:
+            uplink = await asyncio.to_thread(host.uplink)  # no default route: stop here
+            problems = await asyncio.to_thread(host.recover)
+            if problems:
+                raise AgentError(
+                    "the host still holds leftovers of an earlier run that could not be "
+                    "removed: " + "; ".join(problems)
+                )
+            key = load_or_create_private_key(settings.state_dir / KEY_FILE)
+            registration_request(settings, key.public_b64())
+            await Agent(settings, host, key).run(uplink)
+        finally:
+            host.close()
+
+
+def run_agent(settings: NodeSettings) -> None:
+    """Runs the agent in the foreground until it is stopped (the CLI's ``start``)."""
+    asyncio.run(_main(settings))

@@ -1,0 +1,198 @@
+"""The node's one WebSocket to the server: control messages and relayed sessions.
+
+Text frames carry control messages (docs/protocol.md §3.3): ``sync``, ``peer_add`` and
+``peer_remove`` are applied to the WireGuard interface through :class:`PeerManager`, in the
+order they arrive; a message this version does not understand is logged and ignored. Every
+stats interval the node sends ``peer_stats``.
+
+Binary frames carry relayed sessions. Each relayed session gets its own local UDP socket
+(:class:`~higgs.transport.udp_bridge.UdpBridge`) that talks to the local WireGuard port, so
+WireGuard sees each relayed client as a distinct endpoint ``127.0.0.1:<port>`` and roams
+naturally when the client switches between relay and direct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from higgs.node.metrics import peer_stats
+from higgs.node.peers import DesiredPeer, PeerManager, PeerRow
+from higgs.protocol import control
+from higgs.transport.relay_link import RelayLink
+from higgs.transport.udp_bridge import UdpBridge
+
+__all__ = ["ControlLink"]
+
+log = logging.getLogger(__name__)
+
+
+def _desired(peer: control.Peer) -> DesiredPeer:
+    return DesiredPeer(
+        session_id=peer.session_id,
+        channel=peer.channel,
+        public_key=peer.public_key,
+        address=peer.address,
+        relayed=peer.relayed,
+    )
+
+
+class ControlLink:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        peers: PeerManager,
+        peer_rows: Callable[[], Sequence[PeerRow]],
+        wg_port: int,
+        stats_interval_s: float = 15.0,
+    ) -> None:
+        self._peers = peers
+        self._peer_rows = peer_rows
+        self._wg = ("127.0.0.1", wg_port)
+        self.stats_interval_s = stats_interval_s
+        self._link = RelayLink(url, token, on_data=self._on_data, on_text=self._on_text)
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._bridges: dict[int, UdpBridge] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def connected(self) -> bool:
+        return self._link.connected
+
+    @property
+    def relayed_channels(self) -> list[int]:
+        return sorted(self._bridges)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "relayed_sessions": len(self._bridges),
+            "peers": len(self._peers.sessions),
+            "counters": dict(self.counters),
+            "link_dropped": self._link.dropped,
+            "link_malformed": self._link.malformed,
+        }
+
+    async def start(self) -> None:
+        self._link.start()
+        self._tasks = [
+            asyncio.create_task(self._process(), name="control-inbox"),
+            asyncio.create_task(self._report(), name="peer-stats"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._link.close()
+        for bridge in self._bridges.values():
+            bridge.close()
+        self._bridges.clear()
+
+    async def wait_closed(self) -> tuple[int | None, str]:
+        """Returns when the link stopped for good (e.g. 4001: our token is not valid)."""
+        closed = await self._link.wait_closed()
+        return closed.code, closed.reason
+
+    # ---- data path ---------------------------------------------------------------------
+
+    def _on_data(self, channel: int, datagrams: list[memoryview]) -> None:
+        bridge = self._bridges.get(channel)
+        if bridge is None:
+            self.counters["data_no_session"] += len(datagrams)
+            return
+        bridge.send(datagrams)
+
+    async def _open_bridge(self, channel: int) -> None:
+        if channel in self._bridges:
+            return
+        link = self._link
+
+        def to_relay(datagrams: list[bytes]) -> None:
+            link.send_datagrams(channel, datagrams)
+
+        self._bridges[channel] = await UdpBridge.open(to_relay, peer=self._wg)
+
+    def _close_bridge(self, channel: int) -> None:
+        bridge = self._bridges.pop(channel, None)
+        if bridge is not None:
+            bridge.close()
+
+    # ---- control -----------------------------------------------------------------------
+
+    def _on_text(self, message: dict[str, Any]) -> None:
+        try:
+            self._inbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.counters["control_dropped"] += 1
+
+    async def _process(self) -> None:
+        while True:
+            raw = await self._inbox.get()
+            try:
+                await self.handle(raw)
+            except Exception:  # one bad message must not stop the control link
+                self.counters["control_failed"] += 1
+                log.exception("control message failed", extra={"type": str(raw.get("type"))})
+
+    async def handle(self, raw: dict[str, Any]) -> None:
+        try:
+            message = control.parse_obj(raw)
+        except control.ControlError as exc:
+            self.counters["control_invalid"] += 1
+            log.warning("invalid control message ignored", extra={"why": str(exc)})
+            return
+        if isinstance(message, control.UnknownMessage):
+            self.counters["control_unknown"] += 1
+            log.info("unknown control message ignored", extra={"type": message.type})
+            return
+        self.counters[f"control_{message.type}"] += 1
+        if isinstance(message, control.Hello):
+            if message.heartbeat_interval_s:
+                self.stats_interval_s = max(1.0, float(message.heartbeat_interval_s))
+            log.info("control link accepted", extra={"node_id": message.node_id})
+        elif isinstance(message, control.Sync):
+            wanted = [_desired(p) for p in message.peers]
+            result = await asyncio.to_thread(self._peers.sync, wanted)
+            refused = set(result.refused)
+            relayed = {p.channel for p in wanted if p.relayed and p.session_id not in refused}
+            for channel in set(self._bridges) - relayed:
+                self._close_bridge(channel)
+            for channel in relayed:
+                await self._open_bridge(channel)
+        elif isinstance(message, control.PeerAdd):
+            peer = _desired(message)
+            accepted = await asyncio.to_thread(self._peers.add, peer)
+            if accepted and peer.relayed:
+                await self._open_bridge(peer.channel)
+        elif isinstance(message, control.PeerRemove):
+            await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
+            self._close_bridge(message.channel)
+        else:
+            self.counters["control_unexpected"] += 1
+
+    async def _report(self) -> None:
+        last = time.monotonic()
+        while True:
+            # Short naps: the interval may change (hello) while we wait.
+            await asyncio.sleep(0.5)
+            if time.monotonic() - last < self.stats_interval_s or not self._link.connected:
+                continue
+            last = time.monotonic()
+            try:
+                rows = await asyncio.to_thread(self._peer_rows)
+            except Exception as exc:
+                log.warning("cannot read peer counters", extra={"why": str(exc)})
+                continue
+            self._link.send_text({"type": "peer_stats", "peers": peer_stats(rows)})

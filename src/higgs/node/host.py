@@ -1,0 +1,203 @@
+"""Every host change the node makes, in one place, through the osnet layer.
+
+The agent calls these steps in order; each one journals its undo (inside osnet) before it
+changes anything, so :meth:`NodeHost.teardown` — or, after a crash, :meth:`NodeHost.recover`
+at the next start or in ``higgsnode cleanup`` — puts the host back as it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from higgs.common.keys import PrivateKey
+from higgs.node.policy import build_policy, own_addresses
+from higgs.node.settings import NodeSettings
+from higgs.node.shaping import Shaper, ifb_name, plan_for
+from higgs.osnet import cleanup as osnet_cleanup
+from higgs.osnet import discovery, firewall, netlink, sysctl, undo
+from higgs.osnet.discovery import Uplink
+from higgs.osnet.errors import OsnetError
+from higgs.osnet.firewall import FirewallBackend, FirewallNames, FirewallStatus, get_backend
+from higgs.osnet.journal import Journal
+from higgs.osnet.names import OwnedNames
+from higgs.osnet.runner import Runner, SubprocessRunner
+from higgs.osnet.wireguard import Peer as WgPeer
+from higgs.osnet.wireguard import PeerStats, WireGuard
+
+__all__ = ["NodeHost", "Uplink", "WgPeerTable", "instance_for"]
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.json"
+FORWARDING = "net.ipv4.ip_forward"
+DEFAULT_INTERFACE = "higgs0"
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def instance_for(interface: str) -> str:
+    """The owned-names instance for an interface: none for the default one, else derived from
+    the name, so two nodes on one host (or parallel tests) never share a table or chain."""
+    if interface == DEFAULT_INTERFACE:
+        return ""
+    stem = re.sub(r"[^a-z0-9_]", "_", interface.lower()).lstrip("_")
+    return (stem or "x")[:12]
+
+
+class WgPeerTable:
+    """:class:`higgs.node.peers.PeerTable` over osnet's WireGuard interface."""
+
+    def __init__(self, wg: WireGuard) -> None:
+        self._wg = wg
+
+    def peers(self) -> tuple[PeerStats, ...]:
+        return self._wg.peers()
+
+    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None:
+        self._wg.set_peer(WgPeer(public_key=public_key, allowed_ips=tuple(allowed_ips)))
+
+    def remove_peer(self, public_key: str) -> None:
+        self._wg.remove_peer(public_key)
+
+
+def all_addresses(exclude: Sequence[str] = ()) -> list[IPInterface]:
+    """Every address on every interface of this host (namespace), except ``exclude``'s."""
+    skip = set(exclude)
+
+    def dump(ipr: Any) -> list[IPInterface]:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        out: list[IPInterface] = []
+        for msg in ipr.addr("dump"):
+            addr = msg.get("address")
+            if addr is None or names.get(msg.get("index")) in skip:
+                continue
+            out.append(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
+        return out
+
+    return netlink.call(dump)
+
+
+class NodeHost:
+    def __init__(self, settings: NodeSettings, *, runner: Runner | None = None) -> None:
+        self.settings = settings
+        self.runner: Runner = runner if runner is not None else SubprocessRunner()
+        self.names = OwnedNames.for_instance(
+            "node", instance_for(settings.interface), settings.interface
+        )
+        self.fw_names = FirewallNames.of(self.names)
+        self.journal: Journal | None = None
+        self.wg: WireGuard | None = None
+        self.firewall: FirewallBackend | None = None
+
+    @property
+    def journal_path(self) -> Path:
+        return self.settings.state_dir / JOURNAL_FILE
+
+    def open_journal(self) -> Journal:
+        """Takes the journal (and its lock: one process per state dir)."""
+        if self.journal is None:
+            self.journal = Journal(self.journal_path, runner=self.runner)
+        return self.journal
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    # ---- discovery (read only) ---------------------------------------------------------
+
+    def uplink(self) -> Uplink:
+        """The interface of the default route; DiscoveryError (nothing changed) when none."""
+        return discovery.default_uplink(exclude=[self.settings.interface])
+
+    def host_addresses(self) -> list[IPInterface]:
+        return all_addresses(exclude=[self.settings.interface])
+
+    def firewall_status(self) -> FirewallStatus | None:
+        """What our firewall rules look like in the kernel (for diagnose), by either backend."""
+        for name in ("nft", "iptables"):
+            try:
+                backend = get_backend(name, self.fw_names, self.runner)
+                status = backend.status()
+            except Exception:  # noqa: S112 - a backend this host lacks simply has no rules
+                continue
+            if status.applied:
+                return status
+        return None
+
+    # ---- recovery ----------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Undoes what a crashed predecessor journaled, then sweeps anything named ours
+        (osnet's cleanup, plus the firewall and the shaping IFB, which carry our names too).
+        Returns the problems met (empty when the host is clean). Raises JournalError when a
+        live agent owns the journal: sweeping under it would pull its interface away."""
+        self.close()
+        report = osnet_cleanup.cleanup(self.journal_path, self.names, runner=self.runner)
+        if report.undone:
+            log.warning("undid %d change(s) left by an earlier run", report.undone)
+        problems = [str(e) for e in report.errors]
+        problems += firewall.sweep(self.fw_names, self.runner)
+        try:
+            undo.apply(
+                undo.link_delete(ifb_name(self.settings.interface)), undo.UndoContext(self.runner)
+            )
+        except OsnetError as exc:
+            problems.append(f"removing {ifb_name(self.settings.interface)}: {exc}")
+        return problems
+
+    # ---- setup steps -------------------------------------------------------------------
+
+    def bring_up_interface(self, key: PrivateKey) -> WireGuard:
+        journal = self.open_journal()
+        wg = WireGuard(self.settings.interface, journal=journal, runner=self.runner)
+        wg.create()
+        self.wg = wg
+        wg.configure(key, listen_port=self.settings.listen_port)
+        wg.set_addresses([str(self.settings.node_address)])
+        wg.up(mtu=self.settings.mtu)
+        return wg
+
+    def setup_shaping(self) -> Shaper:
+        """tc trees for the owner's rates (nothing when no rate is set)."""
+        shaper = Shaper(plan_for(self.settings), self.open_journal(), self.runner)
+        shaper.setup()
+        return shaper
+
+    def enable_forwarding(self) -> str:
+        """Turns IPv4 forwarding on; returns the value found (restored on stop)."""
+        return sysctl.set(self.open_journal(), FORWARDING, "1", runner=self.runner)
+
+    def apply_firewall(self, uplink: Uplink) -> None:
+        journal = self.open_journal()
+        policy = build_policy(
+            self.settings,
+            names=self.fw_names,
+            uplink=uplink.name,
+            host_addresses=self.host_addresses(),
+        )
+        self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
+        self.firewall.apply(policy)
+        log.info("firewall applied", extra={"backend": self.firewall.name, "uplink": uplink.name})
+
+    def move_uplink(self, uplink: Uplink) -> None:
+        """The default route moved: NAT follows it (established tunnels stay up)."""
+        if self.firewall is None:
+            return
+        own = own_addresses(self.settings, self.host_addresses())
+        self.firewall.update_uplink(uplink.name, own)
+
+    # ---- teardown ----------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """Undoes every change, newest first; raises UndoError listing all failed steps."""
+        if self.journal is None:
+            return
+        self.wg = None
+        self.firewall = None
+        self.journal.undo_all()

@@ -1,0 +1,184 @@
+"""The node's WireGuard peers, kept equal to what the server says they should be.
+
+The server is the source of truth for who may use the node (it opens and closes sessions); the
+node applies ``sync`` (the complete set), ``peer_add`` and ``peer_remove`` to the interface.
+Every operation is idempotent: re-adding a present peer changes nothing, removing an absent
+one succeeds. A peer whose address is outside the tunnel subnet, is the node's own address, or
+collides with another peer's address is refused and logged: a confused or compromised server
+cannot hijack the node's address or another client's traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["DesiredPeer", "PeerManager", "PeerRow", "PeerTable", "SyncResult"]
+
+log = logging.getLogger(__name__)
+
+
+class PeerRow(Protocol):
+    """A peer as the interface reports it (osnet's WireGuard dump rows satisfy this)."""
+
+    @property
+    def public_key(self) -> str: ...
+    @property
+    def allowed_ips(self) -> Sequence[str]: ...
+    @property
+    def rx_bytes(self) -> int: ...
+    @property
+    def tx_bytes(self) -> int: ...
+    @property
+    def latest_handshake(self) -> int | None: ...
+
+
+class PeerTable(Protocol):
+    """The node's WireGuard interface, as far as peers go (implemented over osnet)."""
+
+    def peers(self) -> Sequence[PeerRow]: ...
+    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None: ...
+    def remove_peer(self, public_key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DesiredPeer:
+    session_id: str
+    channel: int
+    public_key: str
+    address: str  # "10.77.0.5/32"
+    relayed: bool
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    refused: tuple[str, ...]
+
+
+def _canonical_ips(ips: Sequence[str]) -> frozenset[str]:
+    return frozenset(str(ipaddress.ip_network(ip, strict=False)) for ip in ips)
+
+
+class PeerManager:
+    def __init__(
+        self,
+        table: PeerTable,
+        tunnel: ipaddress.IPv4Interface,
+        max_clients: int,
+        *,
+        on_change: Callable[[list[str]], None] | None = None,
+        accepting: Callable[[], bool] | None = None,
+    ) -> None:
+        self._table = table
+        self._tunnel = tunnel
+        self._max_clients = max_clients
+        # Told the clients' addresses after every change (per-client traffic shaping).
+        self._on_change = on_change
+        # False when the node takes no new clients (its monthly volume is used up).
+        self._accepting = accepting
+        self.sessions: dict[str, DesiredPeer] = {}  # public key -> the session it belongs to
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change([p.address for p in self.sessions.values()])
+
+    def _refuse_new(self, peer: DesiredPeer) -> str | None:
+        if peer.public_key in self.sessions:
+            return None
+        if len(self.sessions) >= self._max_clients:
+            return f"the node takes at most {self._max_clients} clients"
+        if self._accepting is not None and not self._accepting():
+            return "the node's volume budget is used up"
+        return None
+
+    def _check(self, peer: DesiredPeer, taken: dict[str, str]) -> str | None:
+        """Why ``peer`` must be refused, or None."""
+        try:
+            net = ipaddress.ip_network(peer.address, strict=False)
+        except ValueError:
+            return f"address {peer.address!r} is not an IP network"
+        if net.version != 4 or net.prefixlen != 32:
+            return f"address {peer.address} is not a single IPv4 address (/32)"
+        addr = net.network_address
+        subnet = self._tunnel.network
+        if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+            return f"address {peer.address} is not a client address of {subnet}"
+        if addr == self._tunnel.ip:
+            return f"address {peer.address} is the node's own address"
+        owner = taken.get(str(net))
+        if owner is not None and owner != peer.public_key:
+            return f"address {peer.address} already belongs to another peer"
+        return None
+
+    def _apply(self, peer: DesiredPeer, present: dict[str, frozenset[str]]) -> bool:
+        """Sets the peer on the interface unless it is already there as wanted."""
+        want = _canonical_ips([peer.address])
+        self.sessions[peer.public_key] = peer
+        if present.get(peer.public_key) == want:
+            return False
+        self._table.set_peer(peer.public_key, sorted(want))
+        return True
+
+    def _present(self) -> dict[str, frozenset[str]]:
+        return {row.public_key: _canonical_ips(row.allowed_ips) for row in self._table.peers()}
+
+    def sync(self, desired: Sequence[DesiredPeer]) -> SyncResult:
+        """Makes the interface hold exactly ``desired`` (the ``sync`` message)."""
+        present = self._present()
+        wanted: dict[str, DesiredPeer] = {}
+        refused: list[str] = []
+        taken: dict[str, str] = {}
+        for peer in desired:
+            why = self._check(peer, taken)
+            if why is None and peer.public_key not in wanted and len(wanted) >= self._max_clients:
+                why = f"the node takes at most {self._max_clients} clients"
+            if why is None and peer.public_key not in present and self._accepting is not None:
+                why = None if self._accepting() else "the node's volume budget is used up"
+            if why is not None:
+                log.warning("peer refused", extra={"session": peer.session_id, "why": why})
+                refused.append(peer.session_id)
+                continue
+            wanted[peer.public_key] = peer
+            taken[str(ipaddress.ip_network(peer.address, strict=False))] = peer.public_key
+        removed = [key for key in present if key not in wanted]
+        for key in removed:
+            self._table.remove_peer(key)
+            self.sessions.pop(key, None)
+        for key in list(self.sessions):
+            if key not in wanted:
+                del self.sessions[key]
+        added = [p.session_id for p in wanted.values() if self._apply(p, present)]
+        if added or removed:
+            log.info("peers synced", extra={"added": len(added), "removed": len(removed)})
+        self._changed()
+        return SyncResult(tuple(added), tuple(removed), tuple(refused))
+
+    def add(self, peer: DesiredPeer) -> bool:
+        """``peer_add``: True when the peer was accepted (already present counts)."""
+        taken = {
+            str(ipaddress.ip_network(p.address, strict=False)): key
+            for key, p in self.sessions.items()
+        }
+        why = self._check(peer, taken) or self._refuse_new(peer)
+        if why is not None:
+            log.warning("peer refused", extra={"session": peer.session_id, "why": why})
+            return False
+        self._apply(peer, self._present())
+        self._changed()
+        return True
+
+    def remove(self, public_key: str, session_id: str) -> bool:
+        """``peer_remove``: removes the peer unless the key has moved on to a newer session
+        (a replaced session's remove may arrive after the new session's add)."""
+        current = self.sessions.get(public_key)
+        if current is not None and current.session_id != session_id:
+            return False
+        self.sessions.pop(public_key, None)
+        self._table.remove_peer(public_key)
+        self._changed()
+        return True

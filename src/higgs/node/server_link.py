@@ -1,0 +1,349 @@
+"""The node's REST conversation with bosonserver: register, heartbeat, deregister.
+
+- **Register** (``POST /v1/nodes/register``) with the node's own token when it has one, else with
+  the enrollment key. The answer (node id, node token, relay URL, heartbeat interval) is kept in
+  ``<state-dir>/identity.json`` (0600), so a restart keeps the same identity without spending
+  another use of the enrollment key.
+- **Heartbeat** at the interval the server gives, with real metrics. A 401, 403, 404 or 409
+  means the server has forgotten or stopped the node (its database was reset, the node was
+  deleted or deregistered): register again.
+- **Unreachable server** (connection errors, timeouts, 5xx, 429): retry with exponential backoff
+  and jitter. Nothing on the host depends on the server, so direct-mode sessions keep working.
+- **Rejected enrollment** (401/403 with the enrollment key, or a 4xx naming a bad field): a
+  fatal :class:`EnrollmentRejected` with the server's message, never a retry loop.
+- **Deregister** (``DELETE /v1/nodes/{id}``) on graceful stop, best effort and bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from higgs.common.backoff import Backoff
+from higgs.common.errors import HiggsError
+from higgs.common.keys import write_secret_file
+from higgs.protocol.api import NodeRegisterRequest, NodeRegisterResponse
+
+__all__ = [
+    "EnrollmentRejected",
+    "Identity",
+    "LinkStatus",
+    "ServerLink",
+    "ServerLinkError",
+    "load_identity",
+]
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity.json"
+
+
+class ServerLinkError(HiggsError):
+    """The server refused the node for a reason retrying will not fix."""
+
+
+class EnrollmentRejected(ServerLinkError):
+    pass
+
+
+class _Transient(Exception):
+    """The server is unreachable or overloaded: retry later."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _Forgotten(Exception):
+    """The server does not know this node (or its token) any more."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    server: str
+    node_id: str
+    node_token: str
+    relay_url: str
+    heartbeat_interval_s: float
+
+    def redacted(self) -> dict[str, Any]:
+        return {"server": self.server, "node_id": self.node_id, "relay_url": self.relay_url}
+
+
+def load_identity(state_dir: Path, server: str | None = None) -> Identity | None:
+    """The identity stored by an earlier registration (with ``server``, if given)."""
+    try:
+        data = json.loads((state_dir / IDENTITY_FILE).read_text())
+        ident = Identity(
+            server=str(data["server"]),
+            node_id=str(data["node_id"]),
+            node_token=str(data["node_token"]),
+            relay_url=str(data["relay_url"]),
+            heartbeat_interval_s=float(data["heartbeat_interval_s"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if server is not None and ident.server != server:
+        return None  # registered with another server: that identity means nothing here
+    return ident
+
+
+@dataclass
+class LinkStatus:
+    state: str = "starting"  # starting | online | unreachable | rejected | stopped
+    node_id: str | None = None
+    last_ok: float | None = None
+    last_error: str | None = None
+    registrations: int = 0
+    heartbeats: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "node_id": self.node_id,
+            "last_ok_age_s": None if self.last_ok is None else round(time.time() - self.last_ok, 1),
+            "last_error": self.last_error,
+            "registrations": self.registrations,
+            "heartbeats": self.heartbeats,
+        }
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "message" in body:
+            return str(body["message"])
+    except ValueError:
+        pass
+    return f"HTTP {response.status_code}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return min(300.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+class ServerLink:
+    def __init__(
+        self,
+        server: str,
+        *,
+        enroll_key: str | None,
+        registration: NodeRegisterRequest,
+        state_dir: Path,
+        heartbeat_body: Callable[[], Awaitable[dict[str, Any]]],
+        on_identity: Callable[[Identity], Awaitable[None]] | None = None,
+        timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._enroll_key = enroll_key
+        self._registration = registration.model_dump(mode="json")
+        self._state_dir = state_dir
+        self._heartbeat_body = heartbeat_body
+        self._on_identity = on_identity
+        self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        self._client = httpx.AsyncClient(base_url=self.server, timeout=timeout_s, trust_env=False)
+        self.identity: Identity | None = load_identity(state_dir, self.server)
+        self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
+        self._fresh = False  # registered during this run already
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ---- registration ------------------------------------------------------------------
+
+    async def register(self) -> Identity:
+        """Registers once; raises EnrollmentRejected/ServerLinkError (fatal) or _Transient."""
+        credentials: list[tuple[str, str]] = []
+        if self.identity is not None:
+            credentials.append(("node token", self.identity.node_token))
+        if self._enroll_key:
+            credentials.append(("enrollment key", self._enroll_key))
+        if not credentials:
+            raise EnrollmentRejected(
+                "this node has no identity yet: give an enrollment key "
+                "(--enroll-key hge_… from `bosonserver enroll create`)"
+            )
+        for kind, token in credentials:
+            response = await self._post("/v1/nodes/register", json=self._registration, token=token)
+            if response.status_code in (200, 201):
+                return await self._store(response)
+            if response.status_code in (401, 403):
+                log.warning(
+                    "the server rejected the %s", kind, extra={"reason": _error_message(response)}
+                )
+                continue
+            if 400 <= response.status_code < 500:
+                raise ServerLinkError(
+                    f"the server refused the registration: {_error_message(response)}"
+                )
+        raise EnrollmentRejected(
+            f"the server rejected the enrollment key: {_error_message(response)}; "
+            "create a new one with `bosonserver enroll create` and pass it with --enroll-key"
+            if self._enroll_key
+            else "the server no longer accepts this node's token and no enrollment key was "
+            "given: pass --enroll-key hge_…"
+        )
+
+    async def _store(self, response: httpx.Response) -> Identity:
+        try:
+            answer = NodeRegisterResponse.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise _Transient(f"unexpected registration answer: {exc}") from None
+        ident = Identity(
+            server=self.server,
+            node_id=answer.node_id,
+            node_token=answer.node_token,
+            relay_url=answer.relay_url,
+            heartbeat_interval_s=max(1.0, answer.heartbeat_interval_s),
+        )
+        payload = {
+            "server": ident.server,
+            "node_id": ident.node_id,
+            "node_token": ident.node_token,
+            "relay_url": ident.relay_url,
+            "heartbeat_interval_s": ident.heartbeat_interval_s,
+        }
+        write_secret_file(self._state_dir / IDENTITY_FILE, json.dumps(payload) + "\n")
+        self.identity = ident
+        self.status.node_id = ident.node_id
+        self.status.registrations += 1
+        log.info("registered with the server", extra=ident.redacted())
+        if self._on_identity is not None:
+            await self._on_identity(ident)
+        return ident
+
+    async def try_register(self) -> bool:
+        """One registration attempt: True when registered, False when the server cannot be
+        reached now (the loop in :meth:`run` keeps trying); fatal refusals raise."""
+        try:
+            await self.register()
+        except _Transient as exc:
+            self.status.state = "unreachable"
+            self.status.last_error = str(exc)
+            log.warning("server unreachable at start; will keep trying", extra={"why": str(exc)})
+            return False
+        self._fresh = True
+        return True
+
+    # ---- heartbeat ---------------------------------------------------------------------
+
+    async def heartbeat(self) -> float:
+        """Sends one heartbeat; returns the next interval. Raises _Forgotten or _Transient."""
+        assert self.identity is not None
+        try:
+            body = await self._heartbeat_body()
+        except Exception as exc:  # metrics are best effort; the heartbeat itself must go out
+            log.warning("cannot collect metrics", extra={"why": f"{type(exc).__name__}: {exc}"})
+            body = {}
+        response = await self._post(
+            f"/v1/nodes/{self.identity.node_id}/heartbeat",
+            json=body,
+            token=self.identity.node_token,
+        )
+        # 401/404: the server lost or revoked us; 403: our token names another node;
+        # 409 node_stopped: we were deregistered. Registering again fixes each of them.
+        if response.status_code in (401, 403, 404, 409):
+            raise _Forgotten(_error_message(response))
+        if response.status_code == 422:
+            # Our metrics did not validate: a bug on one side; the link itself is fine.
+            log.error(
+                "the server rejected the heartbeat", extra={"reason": _error_message(response)}
+            )
+            return self.identity.heartbeat_interval_s
+        if response.status_code != 200:
+            raise _Transient(_error_message(response), _retry_after(response))
+        try:
+            interval = float(response.json().get("heartbeat_interval_s"))
+        except (ValueError, TypeError, AttributeError):
+            interval = self.identity.heartbeat_interval_s
+        self.status.heartbeats += 1
+        return max(1.0, min(interval, 300.0))
+
+    async def _post(self, path: str, *, json: dict[str, Any], token: str) -> httpx.Response:
+        try:
+            response = await self._client.post(
+                path, json=json, headers={"authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _Transient(_error_message(response), _retry_after(response))
+        return response
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Registers and heartbeats until cancelled; returns only by raising a fatal error."""
+        need_register = not self._fresh
+        while True:
+            try:
+                if need_register or self.identity is None:
+                    await self.register()
+                    need_register = False
+                interval = await self.heartbeat()
+                self._ok()
+                await asyncio.sleep(interval)
+            except _Forgotten as exc:
+                log.warning(
+                    "the server forgot this node; registering again", extra={"why": str(exc)}
+                )
+                need_register = True
+                self.status.last_error = f"forgotten: {exc}"
+            except _Transient as exc:
+                delay = exc.retry_after or self._backoff.next_delay()
+                if self.status.state != "unreachable":
+                    log.warning(
+                        "server unreachable; retrying with backoff", extra={"why": str(exc)}
+                    )
+                self.status.state = "unreachable"
+                self.status.last_error = str(exc)
+                await asyncio.sleep(delay)
+            except ServerLinkError as exc:
+                self.status.state = "rejected"
+                self.status.last_error = str(exc)
+                raise
+
+    def _ok(self) -> None:
+        if self.status.state != "online":
+            log.info("server link online", extra={"node_id": self.status.node_id})
+        self.status.state = "online"
+        self.status.last_ok = time.time()
+        self.status.last_error = None
+        self._backoff.reset()
+
+    async def deregister(self, timeout_s: float = 5.0) -> bool:
+        """DELETE /v1/nodes/{id}; True when the server confirmed. Never raises."""
+        self.status.state = "stopped"
+        if self.identity is None:
+            return False
+        try:
+            response = await asyncio.wait_for(
+                self._client.delete(
+                    f"/v1/nodes/{self.identity.node_id}",
+                    headers={"authorization": f"Bearer {self.identity.node_token}"},
+                ),
+                timeout_s,
+            )
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.warning("could not deregister", extra={"why": f"{type(exc).__name__}: {exc}"})
+            return False
+        ok = response.status_code in (200, 204, 404)
+        if ok:
+            log.info("deregistered", extra={"node_id": self.identity.node_id})
+        else:
+            log.warning("deregistration refused", extra={"why": _error_message(response)})
+        return ok

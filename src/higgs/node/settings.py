@@ -1,0 +1,253 @@
+"""The node's typed settings: what an operator may configure, validated before the host is touched.
+
+Loaded by :func:`load_node_settings` from (in rising precedence) a TOML file, environment
+variables ``HIGGSNODE_<FIELD>`` (nested: ``HIGGSNODE_DNS__UPSTREAMS``) and command-line flags.
+Every key is described in docs/node.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from higgs.common.config import load_settings
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "DnsSettings",
+    "NodeSettings",
+    "ShapingSettings",
+    "Upstream",
+    "load_node_settings",
+    "parse_upstream",
+    "system_resolvers",
+]
+
+DEFAULT_STATE_DIR = Path("/var/lib/higgsnode")
+ENV_PREFIX = "HIGGSNODE_"
+
+# Linux allows any byte but '/', whitespace and ':' in a name; we are stricter so that names are
+# safe in nft/iptables comments and in /var/run/wireguard/<name>.sock. Dashes and dots are fine.
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+
+
+class Upstream(BaseModel):
+    """One DNS upstream: plain DNS over UDP (TCP on truncation), TCP only, or DNS-over-HTTPS."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["udp", "tcp", "https"]
+    host: str
+    port: int
+    url: str | None = None  # the full URL for https
+
+    def label(self) -> str:
+        return self.url if self.url else f"{self.kind}://{self._hostport()}"
+
+    def _hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def parse_upstream(text: str) -> Upstream:
+    """Parses ``10.0.0.1``, ``10.0.0.1:5353``, ``udp://h:p``, ``tcp://h:p``, ``https://h/dns-query``."""
+    text = text.strip()
+    if not text:
+        raise ValueError("an upstream is empty")
+    if "://" not in text:
+        try:  # a bare address, IPv6 ones without brackets included
+            return Upstream(kind="udp", host=str(ipaddress.ip_address(text)), port=53)
+        except ValueError:
+            text = "udp://" + text
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in ("udp", "tcp", "https", "http"):
+        raise ValueError(f"upstream {text!r}: scheme must be udp, tcp or https")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"upstream {text!r}: bad port") from exc
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"upstream {text!r}: no host")
+    if scheme == "http":
+        # Cleartext DNS-over-HTTP leaks every name; allowed on loopback only (local proxies, tests).
+        if not _is_loopback(host):
+            raise ValueError(f"upstream {text!r}: DNS over HTTP must use https://")
+        return Upstream(kind="https", host=host, port=port or 80, url=text)
+    if scheme == "https":
+        return Upstream(kind="https", host=host, port=port or 443, url=text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        # A resolver given by name would need a resolver to find it.
+        raise ValueError(f"upstream {text!r}: plain DNS upstreams must be IP addresses") from exc
+    if parts.path not in ("", "/"):
+        raise ValueError(f"upstream {text!r}: plain DNS upstreams take no path")
+    return Upstream(kind=scheme, host=host, port=port or 53)
+
+
+def system_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[Upstream]:
+    """The nameservers of the host's resolv.conf (the default when no upstream is configured)."""
+    out: list[Upstream] = []
+    try:
+        lines = resolv_conf.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                out.append(parse_upstream(fields[1].split("%")[0]))
+            except ValueError:
+                continue
+    return out
+
+
+class DnsSettings(BaseModel):
+    """The DNS forwarder that listens on the node's tunnel address."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Empty means: the nameservers of /etc/resolv.conf at start.
+    upstreams: list[Upstream] = Field(default_factory=list)
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout_s: float = Field(default=2.0, gt=0, le=30)
+    max_inflight: int = Field(default=256, ge=1, le=65536)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: comma separated
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [parse_upstream(v) if isinstance(v, str) else v for v in value]
+        return value
+
+
+class ShapingSettings(BaseModel):
+    """Traffic limits the owner sets; 0 means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_down_mbit: float = Field(default=0, ge=0)
+    total_up_mbit: float = Field(default=0, ge=0)
+    per_client_mbit: float = Field(default=0, ge=0)
+    monthly_cap_gb: float = Field(default=0, ge=0)
+
+
+class NodeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    server: str | None = None
+    enroll_key: SecretStr | None = None
+    state_dir: Path = DEFAULT_STATE_DIR
+    interface: str = "higgs0"
+    listen_port: int = Field(default=51820, ge=1, le=65535)
+    tunnel_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.77.0.0/24")
+    # "host:port" announced to clients for direct mode (e.g. the router's public IP and the
+    # forwarded port). The node cannot see its router's port forward, so it is configured.
+    endpoint: str | None = None
+    max_clients: int = Field(default=32, ge=1, le=1000)
+    bandwidth_mbps: int = Field(default=50, ge=1, le=100_000)
+    country: str | None = None
+    region: str | None = None
+    firewall: Literal["auto", "nft", "iptables"] = "auto"
+    mtu: int = Field(default=1380, ge=1280, le=9000)
+    server_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    shaping: ShapingSettings = Field(default_factory=ShapingSettings)
+
+    @field_validator("server")
+    @classmethod
+    def _check_server(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://boson.example")
+        return value.rstrip("/")
+
+    @field_validator("enroll_key")
+    @classmethod
+    def _check_enroll_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("hge_"):
+            raise ValueError("an enrollment key starts with 'hge_' (bosonserver enroll create)")
+        return value
+
+    @field_validator("interface")
+    @classmethod
+    def _check_interface(cls, value: str) -> str:
+        if not _IFNAME_RE.match(value) or value in (".", ".."):
+            raise ValueError("1-15 characters of letters, digits, '_', '-' or '.'")
+        return value
+
+    @field_validator("tunnel_subnet")
+    @classmethod
+    def _check_subnet(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if value.prefixlen > 29:
+            raise ValueError("the tunnel subnet needs room for clients: /29 or larger")
+        if not value.is_private:
+            raise ValueError("the tunnel subnet must be a private range, e.g. 10.77.0.0/24")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be 'public-ip:port', e.g. 203.0.113.7:51820")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not re.match(r"^[A-Za-z0-9.\-]+$", host):
+                raise ValueError("must be 'public-ip:port' or 'hostname:port'") from None
+        return value
+
+    @field_validator("country")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.upper()
+        if not _COUNTRY_RE.match(value):
+            raise ValueError("an ISO 3166 two-letter code, e.g. DE")
+        return value
+
+    @property
+    def node_address(self) -> ipaddress.IPv4Interface:
+        """The node's own tunnel address: the first host of the subnet (``.1``)."""
+        first = next(self.tunnel_subnet.hosts())
+        return ipaddress.IPv4Interface(f"{first}/{self.tunnel_subnet.prefixlen}")
+
+    def dns_upstreams(self) -> list[Upstream]:
+        return list(self.dns.upstreams) or system_resolvers()
+
+
+def load_node_settings(
+    config: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> NodeSettings:
+    """Loads and validates; raises ConfigError naming the field on bad input."""
+    return load_settings(
+        NodeSettings, file=config, env_prefix=ENV_PREFIX, environ=environ, overrides=overrides
+    )

@@ -1,0 +1,346 @@
+"""Support for the client's end-to-end tests: bosonserver, higgsnode and higgsvpn in the lab.
+
+The lab (``higgs.lab``): the internet host (whoami HTTP, a DNS server that logs who asked),
+bosonserver's host, a node behind the NAT home router (public 203.0.113.10) and a client behind
+its own NAT router (public 203.0.113.20). What a user would check is what we assert: the
+address the internet host sees, where DNS questions come from, that the relay carried nothing
+in direct mode, that the client host is exactly as before after disconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from higgs.lab import Host, Lab
+from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
+
+API_PORT = 8080
+RELAY_PORT = 8081
+NODE_PORT = 51820
+DNS_NAME = "www.example.test"
+
+
+def _py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - keep polling until the deadline
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Server:
+    lab: Lab
+    data_dir: Path
+    proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.lab.server.ip}:{API_PORT}"
+
+    def start(self) -> None:
+        ip = self.lab.server.ip
+        self.proc = self.lab.spawn(
+            self.lab.server,
+            _py(
+                "higgs.server.cli",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"{ip}:{API_PORT}",
+                "--relay-listen",
+                f"{ip}:{RELAY_PORT}",
+                "--public-url",
+                self.url,
+                "--relay-url",
+                f"ws://{ip}:{RELAY_PORT}",
+            ),
+            name="bosonserver",
+        )
+        self.lab.server.wait_port(API_PORT, timeout=30)
+        self.lab.server.wait_port(RELAY_PORT, timeout=30)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.popen.kill()
+        self.proc.popen.wait(10)
+
+    def cli(self, *args: str) -> str:
+        return self.lab.server.run(
+            _py("higgs.server.cli", *args, "--data-dir", str(self.data_dir)), timeout=60
+        ).stdout.strip()
+
+    def metrics(self) -> str:
+        out = self.lab.server.run(
+            ["curl", "-sS", "--noproxy", "*", "--max-time", "5", f"{self.url}/metrics"]
+        )
+        return out.stdout
+
+    def relayed_datagrams(self) -> float:
+        """Datagrams the relay forwarded, summed over directions (from /metrics)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("higgs_relay_") and re.match(
+                r"^higgs_relay_(forwarded_)?datagrams(_forwarded)?_total", line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@dataclass
+class Node:
+    lab: Lab
+    server: Server
+    state_dir: Path
+    interface: str
+    endpoint: str | None = None
+    proc: Any = None
+
+    def start(self) -> None:
+        key = self.server.cli("enroll", "create").split()[-1]
+        argv = _py(
+            "higgs.node.cli",
+            "start",
+            "--server",
+            self.server.url,
+            "--enroll-key",
+            key,
+            "--state-dir",
+            str(self.state_dir),
+            "--interface",
+            self.interface,
+            "--listen-port",
+            str(NODE_PORT),
+            "--country",
+            "DE",
+            "--region",
+            "Lab",
+            "--dns-upstream",
+            self.lab.internet.ip,
+        )
+        if self.endpoint:
+            argv += ["--endpoint", self.endpoint]
+        self.proc = self.lab.spawn(self.lab.node, argv, name="higgsnode")
+
+        def online() -> bool:
+            nodes = json.loads(self.server.cli("nodes", "--json"))
+            items = nodes["nodes"] if isinstance(nodes, dict) else nodes
+            return any(n.get("state") == "online" and n.get("connected", True) for n in items)
+
+        wait_until("the node to come online", online, 60, every=1.0)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.alive():
+            self.proc.popen.terminate()
+            self.proc.popen.wait(60)
+
+
+@dataclass
+class Client:
+    lab: Lab
+    host: Host
+    name: str
+    token: str
+    state_dir: Path
+    interface: str
+    server_url: str
+    connected: bool = False
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def resolv_conf(self) -> Path:
+        # `ip netns exec` bind-mounts this file over /etc/resolv.conf in the namespace.
+        return Path("/etc/netns") / self.host.ns / "resolv.conf"
+
+    def write_config(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg = self.state_dir / "higgsvpn.toml"
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as fh:
+            fh.write(
+                f'server_url = "{self.server_url}"\n'
+                f'token = "{self.token}"\n'
+                f'state_dir = "{self.state_dir}"\n'
+                f'interface = "{self.interface}"\n'
+                f'resolv_conf = "{self.resolv_conf}"\n'
+            )
+        return cfg
+
+    def vpn(self, *args: str, check: bool = True, timeout: float = 90) -> Any:
+        cfg = self.state_dir / "higgsvpn.toml"
+        command, rest = args[0], list(args[1:])
+        return self.host.run(
+            _py("higgs.client.cli", command, "--config", str(cfg), *rest),
+            check=check,
+            timeout=timeout,
+        )
+
+    def connect(self, *args: str) -> dict[str, Any]:
+        out = self.vpn("connect", "--json", *self.extra, *args)
+        self.connected = True
+        answer: dict[str, Any] = json.loads(out.stdout)
+        return answer
+
+    def disconnect(self) -> None:
+        self.vpn("disconnect")
+        self.connected = False
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.vpn("status", "--json").stdout)
+        return data
+
+    def resolve(self, name: str) -> list[str]:
+        """Resolves through the system resolver (resolv.conf), as an application does."""
+        out = self.host.run(["getent", "ahostsv4", name], check=False, timeout=20)
+        return sorted({line.split()[0] for line in out.stdout.splitlines() if line.strip()})
+
+
+@dataclass
+class System:
+    lab: Lab
+    tmp: Path
+    server: Server
+    node: Node
+    clients: list[Client] = field(default_factory=list)
+
+    def client(self, host: Host | None = None, **kw: Any) -> Client:
+        """A new user (token, interface, state dir): unique within the module's system."""
+        name = f"c{len(self.clients) + 1}"
+        token = self.server.cli("client", "add", f"{name}-{self.lab.names.stem}").split()[-1]
+        host = host or self.lab.client
+        if not (Path("/etc/netns") / host.ns).exists():
+            (Path("/etc/netns") / host.ns).mkdir(parents=True)
+        resolv = Path("/etc/netns") / host.ns / "resolv.conf"
+        if not resolv.exists():
+            # What the client had before: its router (never used once connected).
+            resolv.write_text(f"nameserver {self.lab.internet.ip}\n")
+        c = Client(
+            self.lab,
+            host,
+            name,
+            token,
+            self.tmp / f"client-{name}",
+            self.lab.ifname(name),
+            self.server.url,
+            **kw,
+        )
+        c.write_config()
+        self.clients.append(c)
+        return c
+
+
+def _build_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+    try:
+        return _start_system(lab, tmp, direct=direct)
+    except Exception as exc:
+        exc.add_note("process logs:\n" + lab.log_tails(40))
+        raise
+
+
+def _start_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+    server = Server(lab, tmp / "server")
+    server.start()
+    endpoint = None
+    if direct:
+        lab.forward_udp(NODE_PORT)
+        endpoint = f"{lab.home_router.addr('wan0')}:{NODE_PORT}"
+    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint)
+    node.start()
+    return System(lab, tmp, server, node)
+
+
+def _teardown_system(system: System) -> None:
+    for c in system.clients:
+        if c.connected:
+            with contextlib.suppress(Exception):
+                c.vpn("disconnect", check=False, timeout=60)
+        with contextlib.suppress(Exception):
+            c.vpn("cleanup", check=False, timeout=60)
+        with contextlib.suppress(OSError):
+            (Path("/etc/netns") / c.host.ns / "resolv.conf").unlink()
+            (Path("/etc/netns") / c.host.ns).rmdir()
+    system.node.stop()
+
+
+def home_public(lab: Lab) -> str:
+    return lab.home_router.addr("wan0")
+
+
+def client_public(lab: Lab) -> str:
+    return lab.client_router.addr("wan0")
+
+
+def check_tunnel(system: System, client: Client) -> None:
+    """Ping, HTTP and DNS go through the node; DNS never leaves from the client's side."""
+    lab = system.lab
+    client.host.run(["ping", "-c", "2", "-W", "3", lab.internet.ip], timeout=20)
+    assert lab.whoami(client.host)["ip"] == home_public(lab)
+    assert client.resolve(DNS_NAME), "the name did not resolve through the tunnel"
+    asked = {q.source.split("#")[0] for q in lab.wait_dns_queries(DNS_NAME, timeout=10)}
+    assert asked, "the lab's DNS server saw no query"
+    assert home_public(lab) in asked
+    assert client_public(lab) not in asked, "DNS leaked from the client's own network"
+
+
+@contextlib.contextmanager
+def running_system(tmp: Path, *, direct: bool, plan: LabPlan | None = None) -> Iterator[System]:
+    """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
+    nothing behind (namespaces, sockets, processes)."""
+    lab = Lab(plan=plan).build()
+    try:
+        system = _build_system(lab, tmp, direct=direct)
+        try:
+            yield system
+        finally:
+            _teardown_system(system)
+    finally:
+        lab.teardown()
+    left = lab.leftovers()
+    assert not left, f"lab {lab.names.stem} left behind: {left}"
+
+
+def disconnect_all(system: System) -> None:
+    """After each test: no client stays connected into the next one."""
+    for c in system.clients:
+        if c.connected:
+            c.vpn("disconnect", check=False, timeout=60)
+            c.connected = False
+
+
+def two_client_plan() -> LabPlan:
+    """The default lab with a second client host on the client router's LAN (a bridge)."""
+    base = default_plan()
+    hosts = dict(base.hosts)
+    hosts["client2"] = HostPlan(
+        "client2",
+        (("eth0", IPv4Interface("10.0.2.11/24")),),
+        gateway=hosts["client"].gateway,
+    )
+    kept = [lk for lk in base.links if (lk.a, lk.b) != ("client", "client_router")]
+    links = (
+        *kept,
+        Link("client", "eth0", "client_router", "p-c1"),
+        Link("client2", "eth0", "client_router", "p-c2"),
+    )
+    bridges = (*base.bridges, Bridge("client_router", "lan0", ("p-c1", "p-c2")))
+    return LabPlan(hosts=hosts, links=links, bridges=bridges)

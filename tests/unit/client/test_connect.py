@@ -1,0 +1,216 @@
+"""The connect flow's decisions, through its two seams: the host (osnet) and the relay path.
+
+The fake host records what the flow asks of it and completes a WireGuard handshake only for
+the endpoints the test says are reachable, which is what a real node behind NAT does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from higgs.client.connect import ConnectError, Connector, Endpoint, PeerStats
+from higgs.client.server_api import ServerApi
+from higgs.client.settings import ClientSettings, load_client_settings
+from higgs.common.keys import PrivateKey
+from higgs.protocol.api import RouteResponse
+
+NODE_KEY = PrivateKey(bytes(range(1, 33))).public_b64()
+CLIENT_KEY = PrivateKey(bytes(range(32)))
+
+
+def _route(*, direct: bool = True, relay: bool = True) -> RouteResponse:
+    return RouteResponse.model_validate(
+        {
+            "session_id": "s_0123456789abcdef",
+            "expires_at": datetime.now(UTC).isoformat(),
+            "ttl_s": 600,
+            "node": {"node_id": "n_0123456789abcdef", "country": "DE", "region": "Lab"},
+            "wireguard": {
+                "address": "10.77.0.5/32",
+                "node_public_key": NODE_KEY,
+                "dns": ["10.77.0.1"],
+                "mtu": 1380,
+                "allowed_ips": ["0.0.0.0/0", "::/0"],
+                "persistent_keepalive": 25,
+            },
+            "direct": {"endpoint": "203.0.113.10:51820"} if direct else None,
+            "relay": (
+                {"url": "ws://198.51.100.10:8081/v1/relay/session", "token": "hgr_x", "channel": 7}
+                if relay
+                else None
+            ),
+        }
+    )
+
+
+class FakeApi(ServerApi):
+    def __init__(self, route: RouteResponse) -> None:
+        super().__init__("http://198.51.100.10:8080", "hgc_" + "t" * 20)
+        self.answer = route
+        self.asked: list[dict[str, Any]] = []
+
+    async def route(self, public_key: str, **kw: Any) -> RouteResponse:  # type: ignore[override]
+        self.asked.append({"public_key": public_key, **kw})
+        return self.answer
+
+
+class FakeHost:
+    def __init__(self, reachable: set[str]) -> None:
+        self.reachable = reachable
+        self.calls: list[tuple[str, Any]] = []
+        self.endpoint: str | None = None
+        self.handshake = 0.0
+
+    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None:
+        self.calls.append(("create", (address, mtu)))
+
+    def reset_tunnel(self) -> None:
+        self.calls.append(("reset", None))
+
+    def set_peer(
+        self, public_key: str, endpoint: str, allowed_ips: Sequence[str], keepalive: int | None
+    ) -> None:
+        self.calls.append(("peer", (endpoint, tuple(allowed_ips))))
+        self.endpoint = endpoint
+        if endpoint in self.reachable:
+            self.handshake = time.time()
+
+    def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None:
+        self.calls.append(("route", (full, tuple(prefixes))))
+        self.exempt = tuple(exempt)
+
+    def set_dns(self, servers: Sequence[str]) -> None:
+        self.calls.append(("dns", tuple(servers)))
+
+    def kill_switch(self, *, allow_endpoints: Sequence[Endpoint]) -> None:
+        self.calls.append(("kill_switch", tuple(allow_endpoints)))
+
+    def peer_stats(self) -> PeerStats | None:
+        return PeerStats(self.handshake, 0, 0, self.endpoint)
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+class FakeRelay:
+    def __init__(self, reason: str | None = None) -> None:
+        self.started = False
+        self.closed = False
+        self._reason = reason
+
+    @property
+    def local_endpoint(self) -> str:
+        return "127.0.0.1:40000"
+
+    @property
+    def closed_reason(self) -> str | None:
+        return "closed" if self.closed else self._reason
+
+    @property
+    def reconnects(self) -> int:
+        return 0
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _settings(**kw: Any) -> ClientSettings:
+    base = {"direct_timeout_s": 0.3, "handshake_timeout_s": 0.6, "interface": "hv-test"}
+    return load_client_settings(environ={}, overrides={**base, **kw})
+
+
+def _connector(
+    settings: ClientSettings, route: RouteResponse, host: FakeHost, relay: FakeRelay
+) -> Connector:
+    return Connector(settings, FakeApi(route), CLIENT_KEY, host, lambda _r: relay)
+
+
+async def test_auto_takes_direct_when_the_node_answers() -> None:
+    host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
+    tunnel = await _connector(_settings(), _route(), host, relay).connect()
+    assert tunnel.mode == "direct"
+    assert not relay.started
+    # Order: interface, routing, DNS, kill switch, then the peer (no traffic before the switch).
+    assert host.names() == ["create", "route", "dns", "kill_switch", "peer"]
+    assert ("dns", ("10.77.0.1",)) in host.calls
+    # The server (settings) and the relay (route) stay reachable outside the tunnel.
+    assert host.exempt == ("127.0.0.1", "198.51.100.10")
+
+
+async def test_auto_falls_back_to_the_relay() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000"}), FakeRelay()
+    tunnel = await _connector(_settings(), _route(), host, relay).connect()
+    assert tunnel.mode == "relay"
+    assert relay.started
+    assert not relay.closed
+    peers = [args[0] for name, args in host.calls if name == "peer"]
+    assert peers == ["203.0.113.10:51820", "127.0.0.1:40000"]
+
+
+async def test_relay_mode_never_tries_direct() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000", "203.0.113.10:51820"}), FakeRelay()
+    tunnel = await _connector(_settings(mode="relay"), _route(), host, relay).connect()
+    assert tunnel.mode == "relay"
+    assert [args[0] for name, args in host.calls if name == "peer"] == ["127.0.0.1:40000"]
+
+
+async def test_direct_mode_without_endpoint_fails_before_touching_the_host() -> None:
+    host, relay = FakeHost(set()), FakeRelay()
+    with pytest.raises(ConnectError, match="no direct endpoint"):
+        await _connector(_settings(mode="direct"), _route(direct=False), host, relay).connect()
+    assert host.calls == []
+
+
+async def test_no_handshake_anywhere_says_why_and_closes_the_relay() -> None:
+    host, relay = FakeHost(set()), FakeRelay()
+    with pytest.raises(ConnectError) as err:
+        await _connector(_settings(), _route(), host, relay).connect()
+    assert "direct" in str(err.value)
+    assert "relay" in str(err.value)
+    assert relay.closed
+
+
+async def test_relay_refused_reports_the_relay_reason() -> None:
+    host, relay = FakeHost(set()), FakeRelay(reason="relay token refused (4001)")
+    with pytest.raises(ConnectError, match="relay token refused"):
+        await _connector(_settings(mode="relay"), _route(), host, relay).connect()
+
+
+async def test_split_tunnel_routes_only_prefixes_and_the_resolver() -> None:
+    host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
+    settings = _settings(split=["192.0.2.0/24"])
+    await _connector(settings, _route(), host, relay).connect()
+    assert ("route", (False, ("192.0.2.0/24", "10.77.0.1/32"))) in host.calls
+    assert "kill_switch" not in host.names()  # split tunnel: off unless asked
+
+
+async def test_kill_switch_lets_out_server_relay_and_node_only() -> None:
+    host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
+    await _connector(_settings(), _route(), host, relay).connect()
+    (endpoints,) = [args for name, args in host.calls if name == "kill_switch"]
+    assert set(endpoints) == {
+        Endpoint("127.0.0.1", 8080, "tcp"),
+        Endpoint("198.51.100.10", 8081, "tcp"),
+        Endpoint("203.0.113.10", 51820, "udp"),
+    }
+
+
+async def test_switch_route_rebuilds_but_keeps_the_kill_switch() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000"}), FakeRelay()
+    connector = _connector(_settings(mode="relay"), _route(), host, relay)
+    first = await connector.connect()
+    host.calls.clear()
+    relay2 = FakeRelay()
+    connector.relay_factory = lambda _r: relay2
+    second = await connector.switch_route(first)
+    assert relay.closed
+    assert second.relay is relay2
+    assert host.names() == ["reset", "create", "route", "dns", "kill_switch", "peer"]

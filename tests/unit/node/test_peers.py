@@ -1,0 +1,123 @@
+"""PeerManager's decisions, against an in-memory peer table (the real one is tested in the agent's
+integration test with wireguard-go)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from higgs.node.peers import DesiredPeer, PeerManager
+
+K1 = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+K2 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+K3 = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
+
+
+@dataclass(frozen=True)
+class Row:
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    latest_handshake: int = 0
+
+
+@dataclass
+class Table:
+    rows: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ops: list[tuple[str, str]] = field(default_factory=list)
+
+    def peers(self) -> Sequence[Row]:
+        return [Row(k, v) for k, v in self.rows.items()]
+
+    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None:
+        self.ops.append(("set", public_key))
+        self.rows[public_key] = tuple(allowed_ips)
+
+    def remove_peer(self, public_key: str) -> None:
+        self.ops.append(("remove", public_key))
+        self.rows.pop(public_key, None)
+
+
+def peer(key: str, addr: str, session: str = "s", relayed: bool = False) -> DesiredPeer:
+    return DesiredPeer(session, 7, key, addr, relayed)
+
+
+def manager(table: Table, max_clients: int = 8) -> PeerManager:
+    return PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), max_clients)
+
+
+def test_sync_adds_missing_removes_others_and_is_idempotent() -> None:
+    table = Table(rows={K3: ("10.77.0.9/32",), K1: ("10.77.0.5/32",)})
+    m = manager(table)
+    result = m.sync([peer(K1, "10.77.0.5/32", "s1"), peer(K2, "10.77.0.6/32", "s2")])
+    assert table.rows == {K1: ("10.77.0.5/32",), K2: ("10.77.0.6/32",)}
+    assert result.added == ("s2",)
+    assert result.removed == (K3,)
+    table.ops.clear()
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), peer(K2, "10.77.0.6/32", "s2")])
+    assert table.ops == []
+
+
+def test_add_is_idempotent_and_updates_a_changed_address() -> None:
+    table = Table()
+    m = manager(table)
+    assert m.add(peer(K1, "10.77.0.5/32"))
+    assert m.add(peer(K1, "10.77.0.5/32"))
+    assert table.ops == [("set", K1)]
+    assert m.add(peer(K1, "10.77.0.8/32", "s-new"))
+    assert table.rows[K1] == ("10.77.0.8/32",)
+
+
+def test_refuses_addresses_that_are_not_a_clients() -> None:
+    table = Table()
+    m = manager(table)
+    for bad in ("10.77.0.1/32", "10.77.0.0/32", "10.77.0.255/32", "10.78.0.5/32", "10.77.0.0/24"):
+        assert not m.add(peer(K1, bad)), bad
+    assert m.add(peer(K1, "10.77.0.5/32"))
+    assert not m.add(peer(K2, "10.77.0.5/32"))  # another peer's address
+    assert table.rows == {K1: ("10.77.0.5/32",)}
+
+
+def test_max_clients_is_enforced() -> None:
+    table = Table()
+    m = manager(table, max_clients=1)
+    assert m.add(peer(K1, "10.77.0.5/32"))
+    assert not m.add(peer(K2, "10.77.0.6/32"))
+    result = m.sync([peer(K1, "10.77.0.5/32", "a"), peer(K2, "10.77.0.6/32", "b")])
+    assert result.refused == ("b",)
+    assert list(table.rows) == [K1]
+
+
+def test_remove_of_a_replaced_session_keeps_the_new_one() -> None:
+    table = Table()
+    m = manager(table)
+    m.add(peer(K1, "10.77.0.5/32", "old"))
+    m.add(peer(K1, "10.77.0.5/32", "new"))
+    assert not m.remove(K1, "old")
+    assert K1 in table.rows
+    assert m.remove(K1, "new")
+    assert table.rows == {}
+    assert m.remove(K1, "new")  # absent: still fine
+
+
+def test_changes_are_reported_and_an_exhausted_budget_refuses_new_clients() -> None:
+    table = Table()
+    seen: list[list[str]] = []
+    accepting = [True]
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        on_change=seen.append,
+        accepting=lambda: accepting[0],
+    )
+    assert m.add(peer(K1, "10.77.0.5/32", "a"))
+    accepting[0] = False
+    assert not m.add(peer(K2, "10.77.0.6/32", "b"))
+    assert m.add(peer(K1, "10.77.0.5/32", "a"))  # already connected: kept
+    result = m.sync([peer(K1, "10.77.0.5/32", "a"), peer(K2, "10.77.0.6/32", "b")])
+    assert result.refused == ("b",)
+    m.remove(K1, "a")
+    assert seen == [["10.77.0.5/32"], ["10.77.0.5/32"], ["10.77.0.5/32"], []]
