@@ -107,7 +107,8 @@ def parse_raw(text: str) -> Profile:
                 frames.append((m.group("func"), m.group("file"), m.group("line")))
             elif raw.strip():
                 frames.append((raw.strip(), "", None))
-        if not frames or _is_wait(*frames[-1]):
+        # A thread inside aiosqlite's queue get() waits, whatever frames lie below it.
+        if not frames or any(_is_wait(*f) for f in frames):
             idle += count
             continue
         total += count

@@ -149,7 +149,7 @@ async def _heartbeats(
                 ) as r:
                     await r.read()
                     status = r.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
                 out.errors[f"heartbeat {type(exc).__name__}"] += 1
                 return
             if not measuring.is_set():
@@ -175,7 +175,14 @@ async def _heartbeats(
         i += 1
         k += 1
     if tasks:
-        await asyncio.wait(tasks, timeout=10)
+        # Heartbeats still queued behind the in-flight limit at the deadline are the server's
+        # backlog: give them a moment, then cancel them (counted) before the session closes.
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
+            task.cancel()
+        if pending:
+            out.errors["heartbeat backlog cancelled"] += len(pending)
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _route_worker(
@@ -259,8 +266,9 @@ async def route_window(
     await asyncio.sleep(warmup)
     measuring.set()
     t_measure = time.perf_counter()
-    await asyncio.wait(tasks, timeout=warmup + seconds + 30)
-    for t in tasks:
+    _, pending = await asyncio.wait(tasks, timeout=warmup + seconds + 30)
+    for t in pending:
         t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     out.seconds = max(1e-6, min(time.perf_counter(), deadline) - t_measure)
     return out

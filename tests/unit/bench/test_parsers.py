@@ -57,6 +57,9 @@ def _aiosqlite_wait_line() -> int:
 RAW = (
     "Thread._bootstrap (threading.py:1002);"
     f"_connection_worker_thread (aiosqlite/core.py:{_aiosqlite_wait_line()}) 40\n"
+    "Thread._bootstrap (threading.py:1002);"
+    f"_connection_worker_thread (aiosqlite/core.py:{_aiosqlite_wait_line()});"
+    "Queue.get (queue.py:171);Condition.wait (threading.py:327) 7\n"
     "<module> (higgs/server/cli.py:301);Runner.run (asyncio/runners.py:118);"
     "create_route (higgs/server/api/routes.py:102);execute (sqlalchemy/orm/session.py:2300) 30\n"
     "<module> (higgs/server/cli.py:301);Runner.run (asyncio/runners.py:118) 10\n"
@@ -67,7 +70,7 @@ RAW = (
 def test_parse_raw_profile_counts_busy_samples_only() -> None:
     prof = parse_raw(RAW)
     # The aiosqlite worker waiting in its queue (tx.get()) and empty stacks are idle.
-    assert (prof.samples, prof.idle) == (40, 45)
+    assert (prof.samples, prof.idle) == (40, 52)
     assert prof.by_package["SQLAlchemy"] == 30
     assert prof.by_package["asyncio / uvloop (C loop: I/O and waits)"] == 10
     assert prof.inclusive["create_route (higgs/server/api/routes.py)"] == 30
