@@ -54,15 +54,13 @@ def _product_missing() -> str | None:
     ]
     if missing:
         return "not in this build yet: " + ", ".join(missing)
-    # The programs exist, but the bench's driver for them is written once the client's e2e
-    # tests in main show that connect works end to end.
-    return "the bench's product driver is not written yet (waiting for connect to work in main)"
+    return None
 
 
-@contextlib.contextmanager
-def _product(lab: Lab, mode: str) -> Iterator[None]:
-    raise RuntimeError(f"product {mode} row has no driver")
-    yield  # pragma: no cover
+def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[None]:
+    from .product import product_tunnel
+
+    return product_tunnel(lab, mode)
 
 
 ROWS: tuple[Row, ...] = (

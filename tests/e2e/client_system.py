@@ -223,7 +223,9 @@ class System:
     node: Node
     clients: list[Client] = field(default_factory=list)
 
-    def client(self, name: str = "c1", host: Host | None = None, **kw: Any) -> Client:
+    def client(self, host: Host | None = None, **kw: Any) -> Client:
+        """A new user (token, interface, state dir): unique within the module's system."""
+        name = f"c{len(self.clients) + 1}"
         token = self.server.cli("client", "add", f"{name}-{self.lab.names.stem}").split()[-1]
         host = host or self.lab.client
         if not (Path("/etc/netns") / host.ns).exists():

@@ -48,3 +48,18 @@ def test_auto_prefers_direct_when_reachable(direct: System) -> None:
     answer = client.connect()
     assert answer["mode"] == "direct"
     assert direct.lab.whoami(client.host)["ip"] == home_public(direct.lab)
+
+
+def test_export_gives_a_standard_config_and_qr(direct: System) -> None:
+    client = direct.client()
+    text = client.vpn("export").stdout
+    assert "[Interface]" in text
+    assert "[Peer]" in text
+    assert f"Endpoint = {home_public(direct.lab)}:51820" in text
+    assert "DNS = 10." in text
+    png = client.state_dir / "wg.png"
+    client.vpn("export", "--qr-png", str(png))
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert (png.stat().st_mode & 0o777) == 0o600
+    qr = client.vpn("export", "--qr").stdout
+    assert "█" in qr

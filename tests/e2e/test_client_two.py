@@ -25,8 +25,8 @@ def two(tmp_path: Path) -> Iterator[System]:
 
 def test_two_clients_on_one_node_at_once(two: System) -> None:
     lab = two.lab
-    first = two.client("c1")
-    second = two.client("c2", host=lab.host("client2"))
+    first = two.client()
+    second = two.client(host=lab.host("client2"))
     a = first.connect("--mode", "relay")
     b = second.connect("--mode", "relay")
     assert a["address"] != b["address"]

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import pytest
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
 from higgs.lab.wireguard import new_keypair, start_wireguard_go, wg_set, wg_show
-from tests.integration.node.nodelab import NodeRun, host_state, wait_until
+from tests.integration.node.nodelab import REPO, NodeRun, host_state, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -37,36 +39,55 @@ CLIENT_MARK = 51820
 
 
 def boson(data: Path, *args: str) -> str:
-    out = subprocess.run(
-        [*BOSON, *args, "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    return boson_many(data, args)[0]
+
+
+def boson_many(data: Path, *commands: Sequence[str]) -> list[str]:
+    """Runs bosonserver admin commands side by side (each start costs seconds on a busy host)."""
+    procs = [
+        subprocess.Popen(
+            [*BOSON, *args, "--data-dir", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 0, stderr
+        outs.append(stdout)
+    return outs
 
 
 def start_server(lab: Lab, data: Path) -> tuple[str, str, str, LabProcess]:
     """Migrated database, one enrollment key, one client; `bosonserver serve` in the server ns."""
     boson(data, "migrate")
-    enroll_key = boson(data, "enroll", "create", "--uses", "10").split()[0]
-    client_token = next(
-        t for t in boson(data, "client", "add", "alice").split() if t.startswith("hgc_")
+    enrolled, added = boson_many(
+        data, ("enroll", "create", "--uses", "10"), ("client", "add", "alice")
     )
+    enroll_key = enrolled.split()[0]
+    client_token = next(t for t in added.split() if t.startswith("hgc_"))
     ip = lab.server.ip
     proc = lab.server.popen(
         [*BOSON, "serve", "--data-dir", str(data), "--listen", f"{ip}:{API_PORT}",
          "--relay-listen", f"{ip}:{RELAY_PORT}", "--public-url", f"http://{ip}:{API_PORT}",
          "--relay-url", f"ws://{ip}:{RELAY_PORT}"],
         name="bosonserver",
+        # Short heartbeats: re-registration after a 409 happens at the next one.
+        env={**os.environ, "BOSON_HEARTBEAT_INTERVAL_S": "2"},
     )  # fmt: skip
     proc.wait_listening(API_PORT, timeout=30)
     proc.wait_listening(RELAY_PORT, timeout=30)
     return f"http://{ip}:{API_PORT}", enroll_key, client_token, proc
 
 
-def request_route(lab: Lab, url: str, token: str, public_key: str) -> dict[str, Any]:
+def request_route(
+    lab: Lab, url: str, token: str, public_key: str, mode: str = "direct"
+) -> dict[str, Any]:
     """POST /v1/routes from the client's namespace, as the client program would."""
-    body = json.dumps({"client_public_key": public_key, "mode": "direct"})
+    body = json.dumps({"client_public_key": public_key, "mode": mode})
     out = lab.client.run(
         ["curl", "-sS", "--max-time", "10", "-X", "POST", "-H", f"Authorization: Bearer {token}",
          "-H", "Content-Type: application/json", "-d", body, f"{url}/v1/routes"],
@@ -76,14 +97,17 @@ def request_route(lab: Lab, url: str, token: str, public_key: str) -> dict[str, 
     return route
 
 
-def stock_client(lab: Lab, route: dict[str, Any], private_key: str) -> str:
+def stock_client(
+    lab: Lab, route: dict[str, Any], private_key: str, endpoint: str | None = None
+) -> str:
     """wireguard-go + wg + ip on the client, wg-quick style, from the route answer only."""
     wgc = route["wireguard"]
+    endpoint = endpoint or route["direct"]["endpoint"]
     ifname = lab.ifname("hc")
     start_wireguard_go(lab.client, ifname)
     wg_set(
         lab.client, ifname, "fwmark", str(CLIENT_MARK),
-        "peer", wgc["node_public_key"], "endpoint", route["direct"]["endpoint"],
+        "peer", wgc["node_public_key"], "endpoint", endpoint,
         "allowed-ips", ",".join(a for a in wgc["allowed_ips"] if ":" not in a),
         "persistent-keepalive", str(wgc["persistent_keepalive"]),
         private_key=private_key,
@@ -124,20 +148,23 @@ def resolve_via(lab: Lab, server: str, name: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("ending", ["stop", "sigkill+cleanup"])
-@pytest.mark.parametrize("backend", ["nft", "iptables"])
-def test_stock_client_through_the_node_in_direct_mode(
-    lab: Lab, tmp_path: Path, backend: str, ending: str
-) -> None:
+@dataclass
+class Up:
+    node: NodeRun
+    proc: LabProcess
+    public_key: str
+    ifname: str
+
+
+def bring_up(lab: Lab, tmp_path: Path, backend: str, *extra: str) -> Up:
+    """Server, node (port forwarded), route for a stock client, client tunnel with handshake."""
     url, enroll_key, client_token, _ = start_server(lab, tmp_path / "server")
     lab.forward_udp(WG_PORT)  # the owner's port forward on the home router
-    before = host_state(lab.node)
-
     node = NodeRun(lab, tmp_path / "node")
     proc = node.start(
         "--server", url, "--enroll-key", enroll_key, "--firewall", backend,
         "--listen-port", str(WG_PORT), "--endpoint", f"{lab.home_router.ip}:{WG_PORT}",
-        "--dns-upstream", lab.internet.ip, "--country", "DE",
+        "--dns-upstream", lab.internet.ip, "--country", "DE", *extra,
     )  # fmt: skip
     node.wait_server_online()
     wait_until(
@@ -145,7 +172,6 @@ def test_stock_client_through_the_node_in_direct_mode(
         lambda: ((node.status().get("status") or {}).get("control") or {}).get("connected"),
         30,
     )
-
     keys = new_keypair()
     route = request_route(lab, url, client_token, keys.public)
     assert route["direct"]["endpoint"] == f"{lab.home_router.ip}:{WG_PORT}"
@@ -160,6 +186,17 @@ def test_stock_client_through_the_node_in_direct_mode(
     )
     ifname = stock_client(lab, route, keys.private)
     wait_handshake(lab, ifname, "10.77.0.1")
+    return Up(node, proc, keys.public, ifname)
+
+
+@pytest.mark.parametrize("ending", ["stop", "sigkill+cleanup"])
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_stock_client_through_the_node_in_direct_mode(
+    lab: Lab, tmp_path: Path, backend: str, ending: str
+) -> None:
+    before = host_state(lab.node)
+    up = bring_up(lab, tmp_path, backend)
+    node, proc = up.node, up.proc
 
     # The internet sees the home router's public address, not the client's router.
     seen = lab.whoami(lab.client)
@@ -181,7 +218,7 @@ def test_stock_client_through_the_node_in_direct_mode(
     assert not reached
 
     status = node.status()["status"]
-    peer = next(p for p in status["peers"] if p["public_key"] == keys.public)
+    peer = next(p for p in status["peers"] if p["public_key"] == up.public_key)
     assert peer["rx_bytes"] > 0
     assert peer["tx_bytes"] > 0
 
@@ -196,3 +233,104 @@ def test_stock_client_through_the_node_in_direct_mode(
         cleanup = node.cli("cleanup")
         assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
     assert host_state(lab.node) == before
+
+
+CAP_MBIT = 8
+
+
+def test_download_through_the_node_stays_within_the_owners_cap(lab: Lab, tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f"[shaping]\ntotal_down_mbit = {CAP_MBIT}\ntotal_up_mbit = {CAP_MBIT}\n")
+    bring_up(lab, tmp_path, "nft", "--config", str(config))
+    rates = []
+    for reverse in (["-R"], []):  # download (internet -> client), then upload
+        result = lab.client.run(
+            ["iperf3", "-c", lab.internet.ip, "-p", "5201", "-t", "4", "-O", "1", "-J", *reverse],
+            timeout=40,
+        )
+        report = json.loads(result.stdout)
+        rates.append(report["end"]["sum_received"]["bits_per_second"] / 1e6)
+    print(f"cap {CAP_MBIT} Mbit/s: download {rates[0]:.2f}, upload {rates[1]:.2f} Mbit/s")
+    for rate in rates:
+        assert rate <= CAP_MBIT * 1.1, rates
+        assert rate >= CAP_MBIT * 0.7, rates  # shaped, not starved
+
+
+def test_relayed_session_reaches_the_internet_through_the_node(lab: Lab, tmp_path: Path) -> None:
+    """No port forward: the client's WireGuard talks to a local bridge, the server relays, and
+    the node bridges the session to its WireGuard port from a socket of its own."""
+    url, enroll_key, client_token, _ = start_server(lab, tmp_path / "server")
+    before = host_state(lab.node)
+    node = NodeRun(lab, tmp_path / "node")
+    proc = node.start(
+        "--server", url, "--enroll-key", enroll_key, "--listen-port", str(WG_PORT),
+        "--dns-upstream", lab.internet.ip,
+    )  # fmt: skip
+    node.wait_server_online()
+    wait_until(
+        "the node's control link",
+        lambda: ((node.status().get("status") or {}).get("control") or {}).get("connected"),
+        30,
+    )
+    keys = new_keypair()
+    route = request_route(lab, url, client_token, keys.public, mode="relay")
+    assert route["direct"] is None
+    relay = route["relay"]
+    bridge = lab.client.popen(
+        [sys.executable, "-u", "-m", "tests.integration.node.relay_client", relay["url"],
+         relay["token"], str(relay["channel"]), str(CLIENT_MARK)],
+        name="relay-bridge",
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+    def bridge_port() -> str | None:
+        lines = bridge.log_text().splitlines()
+        return lines[0].strip() if lines and lines[0].strip().isdigit() else None
+
+    port = wait_until("the client bridge's port", bridge_port, 20)
+    ifname = stock_client(lab, route, keys.private, f"127.0.0.1:{port}")
+    wait_handshake(lab, ifname, "10.77.0.1")
+
+    assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
+    status = wait_until(
+        "the node to report the relayed session",
+        lambda: ((node.status().get("status") or {}).get("control") or {}).get("relayed_sessions"),
+        10,
+    )
+    assert status == 1
+    peer = next(p for p in node.status()["status"]["peers"] if p["public_key"] == keys.public)
+    assert peer["rx_bytes"] > 0
+
+    assert node.cli("stop").returncode == 0
+    wait_until("higgsnode to exit", lambda: not proc.alive(), 30)
+    assert host_state(lab.node) == before
+
+
+def test_node_registers_again_after_the_server_stopped_it(lab: Lab, tmp_path: Path) -> None:
+    """DELETE /v1/nodes/{id} (what a stop does) while the node runs: its next heartbeat gets 409
+    node_stopped, and it registers again with its own token — same node id, no enrollment use
+    (the key allows one registration only)."""
+    url, _, _, _ = start_server(lab, tmp_path / "server")
+    one_use = boson(tmp_path / "server", "enroll", "create", "--uses", "1").split()[0]
+    node = NodeRun(lab, tmp_path / "node")
+    node.start("--server", url, "--enroll-key", one_use, "--dns-upstream", lab.internet.ip)
+    first = node.wait_server_online()["server"]
+    identity = json.loads((tmp_path / "node" / "identity.json").read_text())
+    lab.node.run(
+        ["curl", "-sS", "--fail", "--max-time", "10", "-X", "DELETE",
+         "-H", f"Authorization: Bearer {identity['node_token']}",
+         f"{url}/v1/nodes/{identity['node_id']}"],
+    )  # fmt: skip
+
+    def registered_again() -> dict[str, Any] | None:
+        server = (node.status().get("status") or {}).get("server") or {}
+        return server if server.get("registrations", 0) > first["registrations"] else None
+
+    again = wait_until("the node to register again", registered_again, 60)
+    assert again["node_id"] == first["node_id"]
+    wait_until(
+        "the node to be online again",
+        lambda: ((node.status().get("status") or {}).get("server") or {}).get("state") == "online",
+        30,
+    )
+    assert node.cli("stop").returncode == 0

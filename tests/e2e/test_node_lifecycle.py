@@ -50,6 +50,12 @@ def test_start_serves_and_stop_restores_the_host(lab: Lab, tmp_path: Path, backe
     node.start(*node_flags(url, backend))
     status = node.wait_server_online()
 
+    cli = node.status_cli()
+    assert cli["running"] is True
+    assert cli["status"]["server"]["state"] == "online"
+    human = node.cli("status").stdout
+    assert "server     online" in human
+    assert f"interface  {node.interface} 10.77.0.1/24" in human
     assert status["tunnel_address"] == "10.77.0.1/24"
     assert status["uplink"] == "eth0"
     during = host_state(lab.node)
@@ -131,14 +137,14 @@ def test_nat_follows_the_default_route_to_another_interface(lab: Lab, tmp_path: 
         return f'oifname "{ifname}"' in ruleset and "masquerade" in ruleset
 
     assert masquerades_on("eth0")
-    # A second uplink appears and the default route moves to it (lower metric wins).
+    # A second uplink appears and the default route moves to it.
     lab.node.run(
         ["ip", "-batch", "-"],
         input=(
             "link add up-2.x type veth peer name up-2.y\n"
             "link set up-2.x up\nlink set up-2.y up\n"
             "addr add 172.31.9.2/24 dev up-2.x\n"
-            "route add default via 172.31.9.1 dev up-2.x metric 5 onlink\n"
+            "route replace default via 172.31.9.1 dev up-2.x onlink\n"
         ),
     )
     try:
@@ -151,5 +157,6 @@ def test_nat_follows_the_default_route_to_another_interface(lab: Lab, tmp_path: 
         )
     finally:
         lab.node.run(["ip", "link", "del", "up-2.x"], check=False)
+        lab.node.run(["ip", "route", "replace", "default", "via", "192.168.1.1", "dev", "eth0"])
     wait_until("NAT to come back to eth0", lambda: masquerades_on("eth0"), 20)
     assert node.cli("stop").returncode == 0

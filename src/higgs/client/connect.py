@@ -19,7 +19,9 @@ rolls back everything already done and the host is as it was.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +85,7 @@ class TunnelHost(Protocol):
         keepalive: int | None,
     ) -> None: ...
 
-    def route(self, *, full: bool, prefixes: Sequence[str]) -> None: ...
+    def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None: ...
 
     def set_dns(self, servers: Sequence[str]) -> None: ...
 
@@ -160,6 +162,7 @@ class Connector:
         self.key = key
         self.host = host
         self.relay_factory = relay_factory
+        self._resolved: dict[str, list[str]] = {}
 
     # --- the first connect -------------------------------------------------------------------
 
@@ -185,14 +188,12 @@ class Connector:
         extra = [f"{d}/32" if ":" not in d else f"{d}/128" for d in route.wireguard.dns]
         return [str(p) for p in self.settings.split] + extra
 
-    def _allow_endpoints(self, route: RouteResponse) -> list[Endpoint]:
-        out = [_url_endpoint(self.settings.server_url)]
-        if route.relay is not None:
-            out.append(_url_endpoint(route.relay.url))
+    async def _allow_endpoints(self, route: RouteResponse) -> list[Endpoint]:
+        out = set(await self._control_endpoints(route))
         if route.direct is not None:
             host, port = parse_endpoint(route.direct.endpoint)
-            out.append(Endpoint(host, port, "udp"))
-        return sorted(set(out))
+            out.update(Endpoint(ip, port, "udp") for ip in await self._resolve(host))
+        return sorted(out)
 
     async def connect(self) -> Tunnel:
         """Brings everything up; the caller's journal transaction rolls back on failure."""
@@ -204,14 +205,43 @@ class Connector:
             route.node.node_id,
             wg.address,
         )
+        exempt = await self._control_addresses(route)
         self.host.create(self.key, wg.address, wg.mtu)
         allowed = self._allowed_ips(route)
-        self.host.route(full=self.settings.full_tunnel, prefixes=allowed)
+        self.host.route(full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt)
         if wg.dns:
             self.host.set_dns(wg.dns)
         if self.settings.kill_switch_enabled:
-            self.host.kill_switch(allow_endpoints=self._allow_endpoints(route))
+            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
         return await self.bring_up_path(route)
+
+    async def _resolve(self, host: str) -> list[str]:
+        """IPv4 addresses of a control host, resolved before the tunnel is up (while the
+        system resolver still works) and remembered for later route changes."""
+        try:
+            return [str(ipaddress.IPv4Address(host))]
+        except ValueError:
+            pass
+        if host not in self._resolved:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await loop.getaddrinfo(host, None, family=socket.AF_INET)
+            except OSError as exc:
+                raise ConnectError(f"cannot resolve {host}: {exc}") from exc
+            self._resolved[host] = sorted({str(info[4][0]) for info in infos})
+        return self._resolved[host]
+
+    async def _control_endpoints(self, route: RouteResponse) -> list[Endpoint]:
+        """The server's and relay's TCP endpoints, by address."""
+        urls = [self.settings.server_url] + ([route.relay.url] if route.relay else [])
+        out: set[Endpoint] = set()
+        for url in urls:
+            ep = _url_endpoint(url)
+            out.update(Endpoint(ip, ep.port, "tcp") for ip in await self._resolve(ep.host))
+        return sorted(out)
+
+    async def _control_addresses(self, route: RouteResponse) -> list[str]:
+        return sorted({ep.host for ep in await self._control_endpoints(route)})
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -280,12 +310,15 @@ class Connector:
         route = await self.request_route()
         if current.relay is not None:
             await current.relay.close()
+        exempt = await self._control_addresses(route)
         self.host.reset_tunnel()
         wg = route.wireguard
         self.host.create(self.key, wg.address, wg.mtu)
-        self.host.route(full=self.settings.full_tunnel, prefixes=self._allowed_ips(route))
+        self.host.route(
+            full=self.settings.full_tunnel, prefixes=self._allowed_ips(route), exempt=exempt
+        )
         if wg.dns:
             self.host.set_dns(wg.dns)
         if self.settings.kill_switch_enabled:
-            self.host.kill_switch(allow_endpoints=self._allow_endpoints(route))
+            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
         return await self.bring_up_path(route)

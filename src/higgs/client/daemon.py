@@ -71,7 +71,6 @@ class Daemon:
             settings.token,
             ca_file=settings.ca_file,
             timeout=settings.http_timeout_s,
-            fwmark=self.host.fwmark,
         )
         self.key = load_or_create_private_key(settings.key_file)
         self.connector = Connector(settings, self.api, self.key, self.host, self._relay_path)

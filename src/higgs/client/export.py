@@ -1,8 +1,9 @@
 """``higgsvpn export``: a direct-mode route as a config for the official WireGuard apps.
 
-The route is asked for with this device's key, so the exported config and higgsvpn are the
-same device to the server. A stock app does not renew the session: it lasts the session's TTL
-(the server may extend it while traffic flows, see docs/protocol.md §4).
+The exported config has its own key (``export.key`` in the state directory, created once), so
+the phone or laptop that imports it is a device of its own to the server: asking for it never
+replaces the session higgsvpn itself may be holding. A stock app does not renew the session:
+it lasts the session's TTL (docs/protocol.md §4).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ __all__ = ["export_config"]
 
 
 async def export_config(settings: ClientSettings) -> str:
-    key = load_or_create_private_key(settings.key_file)
+    key = load_or_create_private_key(settings.state_dir / "export.key")
     async with ServerApi(
         settings.server_url,
         settings.token,

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from higgs.client.connect import Endpoint, PeerStats
 from higgs.client.settings import ClientSettings
 from higgs.common.keys import PrivateKey
-from higgs.osnet import resolver, routes, sweep
+from higgs.osnet import discovery, resolver, routes, sweep
 from higgs.osnet.errors import OsnetError
 from higgs.osnet.firewall import Endpoint as FirewallEndpoint
 from higgs.osnet.firewall import (
@@ -105,8 +105,27 @@ class LinuxTunnelHost:
 
     # --- routing -----------------------------------------------------------------------------
 
-    def route(self, *, full: bool, prefixes: Sequence[str]) -> None:
+    def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None:
         if full:
+            # The server and relay stay reachable outside the tunnel: a host route for each in
+            # our table, via the uplink, so renewing and failing over work while the tunnel
+            # (or the node behind it) is down. WireGuard's own packets carry the fwmark.
+            # (A mark on our REST sockets cannot do it: httpx sets socket options only after
+            # connect, so the SYN would already have gone into the tunnel.)
+            if exempt:
+                uplink = discovery.default_uplink(4, exclude=[self.settings.interface])
+                for ip in exempt:
+                    addr = ipaddress.ip_address(ip)
+                    on_link = any(addr in a.network for a in uplink.addresses)
+                    routes.add_route(
+                        self.journal,
+                        routes.Route(
+                            f"{addr}/32",
+                            dev=uplink.name,
+                            gateway=None if on_link else uplink.gateway,
+                            table=self.names.table_id,
+                        ),
+                    )
             # IPv4 only: the tunnel address is IPv4, so IPv6 cannot be tunnelled; the kill
             # switch blocks it instead (no IPv6 leak around the tunnel).
             routes.full_tunnel(self.journal, self.names, families=(4,))

@@ -8,7 +8,6 @@ token, no node available) with the server's own error code and message when it s
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,19 +57,12 @@ class ServerApi:
         *,
         ca_file: Path | None = None,
         timeout: float = 10.0,
-        fwmark: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"User-Agent": "higgsvpn"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         verify: Any = str(ca_file) if ca_file else True
-        if transport is None and fwmark:
-            # Marked sockets bypass the full tunnel's routing table (as WireGuard's own socket
-            # does), so renewing the session works while all other traffic is tunnelled.
-            transport = httpx.AsyncHTTPTransport(
-                verify=verify, socket_options=[(socket.SOL_SOCKET, socket.SO_MARK, fwmark)]
-            )
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,7 @@ _lock = threading.Lock()
 _live: dict[str, Teardownable] = {}
 _created: dict[str, RunNames] = {}
 _installed = False
+_owner_pid = 0
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 _previous: dict[int, _Handler] = {}
 
@@ -80,11 +82,16 @@ def teardown_all() -> list[str]:
 
 
 def _atexit() -> None:
+    if os.getpid() != _owner_pid:
+        return  # a forked child must never tear down its parent's labs
     for problem in teardown_all():
         print(f"lab teardown at exit: {problem}", file=sys.stderr)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _owner_pid:
+        # A forked child inherited this handler: it owns no lab, so it only dies.
+        os._exit(128 + signum)
     for problem in teardown_all():
         print(f"lab teardown on signal {signum}: {problem}", file=sys.stderr)
     previous = _previous.get(signum, signal.SIG_DFL)
@@ -102,6 +109,8 @@ def _install_once() -> None:
         if _installed:
             return
         _installed = True
+    global _owner_pid
+    _owner_pid = os.getpid()
     atexit.register(_atexit)
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread

@@ -3,15 +3,22 @@
 Why a helper: pyroute2 0.9's synchronous ``IPRoute`` runs its own event loop and raises
 "This event loop is already running" when created inside a coroutine. Our node and client are
 asyncio programs, so a call made from a running loop runs in a short-lived worker thread.
-``IPRoute(netns=...)`` creates a missing namespace by default (``flags=O_CREAT``); we pass
-``flags=0`` so that a missing namespace is an error, never a silent new one.
+
+Why not ``IPRoute(netns=...)``: pyroute2 opens a namespaced socket by ``fork()``ing the calling
+process. Forking a multi-threaded test runner or agent copies its signal handlers and locks; a
+child that was slow to answer got SIGTERM, ran the parent's handlers and carried on as a second
+copy of the parent (seen as chains of pytest processes under load). Instead, a short-lived
+thread of our own joins the namespace with ``setns(2)`` — the network namespace is per thread —
+opens the socket there and does all its work before it ends. Nothing is forked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import errno
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,25 +53,43 @@ def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError | NamespaceNotFound)
 
 
-def open_iproute(netns: str | None = None) -> Any:
-    if netns is None:
-        return IPRoute()
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(netns: str) -> None:
+    """Moves the calling thread (only) into the named network namespace."""
     try:
-        return IPRoute(netns=netns, flags=0)
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise NamespaceNotFound(f"network namespace {netns!r} does not exist") from exc
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OsnetError(f"cannot enter network namespace {netns!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def open_iproute() -> Any:
+    """An IPRoute in the calling thread's network namespace."""
+    return IPRoute()
 
 
 def call(fn: Callable[[Any], T], netns: str | None = None) -> T:
     """Runs ``fn(ipr)`` with a fresh IPRoute (in ``netns``) and closes it afterwards."""
 
     def run() -> T:
-        with open_iproute(netns) as ipr:
+        if netns is not None:
+            _enter_netns(netns)  # this worker thread only; it ends with the call
+        with open_iproute() as ipr:
             return fn(ipr)
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
+    if netns is None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return run()
+    # A fresh thread each time: a thread that joined a namespace must never be reused.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(run).result()

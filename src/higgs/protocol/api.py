@@ -31,6 +31,7 @@ from higgs.common.keys import validate_public_key
 
 __all__ = [
     "API_PREFIX",
+    "CLIENT_NAME_PATTERN",
     "CLOSE_REASONS",
     "AdminClient",
     "AdminClientList",
@@ -38,10 +39,15 @@ __all__ = [
     "AdminNodeList",
     "AdminSession",
     "AdminSessionList",
+    "ClientCreateRequest",
+    "ClientCreated",
+    "ClientName",
     "CloseReason",
     "CountryCode",
     "DirectPath",
     "Endpoint",
+    "EnrollmentKeyCreated",
+    "EnrollmentKeyRequest",
     "ErrorResponse",
     "Health",
     "HeartbeatRequest",
@@ -366,3 +372,34 @@ class AdminClient(_Model):
 
 class AdminClientList(_Model):
     clients: list[AdminClient]
+
+
+CLIENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME_PATTERN)]
+"""1-64 letters, digits, ``_ . @ -``; starts with a letter or digit."""
+
+
+class ClientCreateRequest(_Model):
+    """``POST /v1/admin/clients`` (the API form of ``bosonserver client add``)."""
+
+    name: ClientName
+
+
+class ClientCreated(_Model):
+    name: str
+    token: str = Field(description="hgc_ token; shown only in this answer")
+
+
+class EnrollmentKeyRequest(_Model):
+    """``POST /v1/admin/enrollment-keys`` (the API form of ``bosonserver enroll create``)."""
+
+    uses: int = Field(default=1, ge=1, le=100_000)
+    expires_in_s: int | None = Field(
+        default=None, ge=1, le=366 * 86400, description="lifetime; null = never expires"
+    )
+
+
+class EnrollmentKeyCreated(_Model):
+    key: str = Field(description="hge_ key; shown only in this answer")
+    uses_left: int
+    expires_at: datetime | None

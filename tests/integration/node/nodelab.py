@@ -12,6 +12,7 @@ from typing import Any
 from higgs.lab.host import Host
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
+from higgs.node.runstate import read_status, running_pid
 from higgs.osnet.hoststate import HostState, snapshot
 
 __all__ = ["REPO", "NodeRun", "host_state", "osnet_state", "wait_until"]
@@ -134,6 +135,16 @@ class NodeRun:
         return self.proc
 
     def status(self) -> dict[str, Any]:
+        """What `higgsnode status --json` prints, read from the same files without starting
+        a Python process per poll (the CLI itself is exercised by :meth:`status_cli`)."""
+        pid = running_pid(self.state_dir)
+        return {
+            "running": pid is not None,
+            "pid": pid,
+            "status": read_status(self.state_dir) if pid is not None else None,
+        }
+
+    def status_cli(self) -> dict[str, Any]:
         result = self.cli("status", "--json")
         data: dict[str, Any] = json.loads(result.stdout)
         return data

@@ -167,3 +167,51 @@ async def test_logs_carry_ids_but_never_credentials(
     for secret in (node_token, client, route["relay"]["token"], srv.admin_token):
         assert secret not in text
     assert not TOKEN_RE.search(text)
+
+
+async def test_admin_creates_clients_and_enrollment_keys(srv: Harness) -> None:
+    admin = bearer(srv.admin_token)
+    r = await srv.http.post("/v1/admin/clients", json={"name": "carol"}, headers=admin)
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert token.startswith("hgc_")
+    assert (await srv.http.get("/v1/nodes", headers=bearer(token))).status_code == 200
+    dup = await srv.http.post("/v1/admin/clients", json={"name": "carol"}, headers=admin)
+    assert dup.status_code == 409
+    assert dup.json()["error"] == "client_exists"
+    bad = await srv.http.post("/v1/admin/clients", json={"name": "no spaces"}, headers=admin)
+    assert bad.status_code == 422
+    assert "body.name" in bad.json()["message"]
+
+    r = await srv.http.post(
+        "/v1/admin/enrollment-keys", json={"uses": 2, "expires_in_s": 600}, headers=admin
+    )
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    assert r.json()["uses_left"] == 2
+    assert r.json()["expires_at"] is not None
+    reg = await srv.http.post("/v1/nodes/register", json=node_body(), headers=bearer(key))
+    assert reg.status_code == 201
+    bad = await srv.http.post("/v1/admin/enrollment-keys", json={"uses": 0}, headers=admin)
+    assert bad.status_code == 422
+    assert "uses" in bad.json()["message"]
+    # Only the admin may do any of this.
+    for path, body in [("/v1/admin/clients", {"name": "x"}), ("/v1/admin/enrollment-keys", {})]:
+        assert (await srv.http.post(path, json=body, headers=bearer(token))).status_code == 401
+
+
+async def test_admin_revocation_closes_sessions_at_once(srv: Harness) -> None:
+    node_id, _, _ = await srv.node()
+    alice = await srv.client_token("alice")
+    sid = (await srv.route(alice)).json()["session_id"]
+    admin = bearer(srv.admin_token)
+    r = await srv.http.delete("/v1/admin/clients/alice", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["revoked"] is True
+    assert r.json()["open_sessions"] == 0
+    assert (sid, "client_revoked") in srv.hub.closed
+    (removed,) = srv.hub.messages(node_id, "peer_remove")
+    assert removed["session_id"] == sid
+    assert (await srv.http.get("/v1/nodes", headers=bearer(alice))).status_code == 401
+    assert (await srv.http.delete("/v1/admin/clients/nobody", headers=admin)).status_code == 404
+    assert (await srv.http.delete("/v1/admin/clients/b%20d", headers=admin)).status_code == 422

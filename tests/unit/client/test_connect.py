@@ -80,8 +80,9 @@ class FakeHost:
         if endpoint in self.reachable:
             self.handshake = time.time()
 
-    def route(self, *, full: bool, prefixes: Sequence[str]) -> None:
+    def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None:
         self.calls.append(("route", (full, tuple(prefixes))))
+        self.exempt = tuple(exempt)
 
     def set_dns(self, servers: Sequence[str]) -> None:
         self.calls.append(("dns", tuple(servers)))
@@ -140,6 +141,8 @@ async def test_auto_takes_direct_when_the_node_answers() -> None:
     # Order: interface, routing, DNS, kill switch, then the peer (no traffic before the switch).
     assert host.names() == ["create", "route", "dns", "kill_switch", "peer"]
     assert ("dns", ("10.77.0.1",)) in host.calls
+    # The server (settings) and the relay (route) stay reachable outside the tunnel.
+    assert host.exempt == ("127.0.0.1", "198.51.100.10")
 
 
 async def test_auto_falls_back_to_the_relay() -> None:

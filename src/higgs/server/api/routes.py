@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -9,11 +10,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from higgs.protocol.api import (
+    CLIENT_NAME_PATTERN,
     SESSION_ID_PATTERN,
     AdminClient,
     AdminClientList,
     AdminNodeList,
     AdminSessionList,
+    ClientCreated,
+    ClientCreateRequest,
+    EnrollmentKeyCreated,
+    EnrollmentKeyRequest,
     ErrorResponse,
     Health,
     HeartbeatRequest,
@@ -33,6 +39,7 @@ from higgs.server.api.deps import (
     RegisterCredential,
     rate_limit,
 )
+from higgs.server.services.clock import utcnow
 
 __all__ = ["probes", "v1"]
 
@@ -171,6 +178,61 @@ async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
             for r in records
         ]
     )
+
+
+@v1.post(
+    "/admin/clients",
+    response_model=ClientCreated,
+    status_code=201,
+    responses=_errors(401, 409),
+    tags=["admin"],
+    summary="Create a client; the answer holds its token (shown once)",
+)
+async def admin_add_client(
+    body: ClientCreateRequest, ctx: Ctx, _admin: AdminCaller
+) -> ClientCreated:
+    token = await ctx.identity.add_client(body.name)
+    return ClientCreated(name=body.name, token=token)
+
+
+@v1.delete(
+    "/admin/clients/{name}",
+    response_model=AdminClient,
+    responses=_errors(401, 404),
+    tags=["admin"],
+    summary="Revoke a client: its token stops working and its sessions close",
+)
+async def admin_revoke_client(
+    ctx: Ctx,
+    _admin: AdminCaller,
+    name: Annotated[str, Path(pattern=CLIENT_NAME_PATTERN, description="client name")],
+) -> AdminClient:
+    client_id = await ctx.identity.mark_revoked(name)
+    await ctx.sessions.close_for_client(client_id, "client_revoked")
+    (record,) = [r for r in await ctx.identity.list_clients() if r.name == name]
+    return AdminClient(
+        name=record.name,
+        created_at=record.created_at,
+        revoked=record.revoked,
+        revoked_at=record.revoked_at,
+        open_sessions=record.open_sessions,
+    )
+
+
+@v1.post(
+    "/admin/enrollment-keys",
+    response_model=EnrollmentKeyCreated,
+    status_code=201,
+    responses=_errors(401),
+    tags=["admin"],
+    summary="Create a node enrollment key (shown once)",
+)
+async def admin_enrollment_key(
+    body: EnrollmentKeyRequest, ctx: Ctx, _admin: AdminCaller
+) -> EnrollmentKeyCreated:
+    expires_at = utcnow() + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None
+    key = await ctx.identity.create_enrollment_key(body.uses, expires_at)
+    return EnrollmentKeyCreated(key=key, uses_left=body.uses, expires_at=expires_at)
 
 
 # --- probes ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from higgs.common.errors import HiggsError
 from higgs.common.keys import write_secret_file
 from higgs.common.secrets import hash_token, new_token
+from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.services.clock import utcnow
 from higgs.server.services.errors import Conflict, NotFound, Unauthorized
 from higgs.server.store.db import Database
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME_RE = re.compile(CLIENT_NAME_PATTERN)
 _DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

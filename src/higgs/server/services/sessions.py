@@ -112,6 +112,7 @@ class SessionService:
                     "replaced",
                     now,
                 )
+                self._claim([replaced])
                 await s.flush()
             used = (
                 await s.scalars(
@@ -323,20 +324,46 @@ class SessionService:
     # --- closing --------------------------------------------------------------------------
 
     async def close(self, client: AuthedClient, session_id: str) -> SessionInfo:
-        async with self.db.transaction() as s:
-            row = await self._own(s, client, session_id)
-            was_open = row.state == "open"
-            if was_open:
-                row.state, row.close_reason, row.closed_at = "closed", "client_closed", utcnow()
+        try:
+            async with self.db.transaction() as s:
+                row = await self._own(s, client, session_id)
+                was_open = row.state == "open"
+                if was_open:
+                    row.state, row.close_reason, row.closed_at = "closed", "client_closed", utcnow()
+                    self._claim([row])
+        except BaseException:
+            self._unclaim([session_id])
+            raise
         if was_open:
             await self._announce_closed([row], "client_closed")
         return self.info(row)
 
     async def close_where(self, reason: str, *conditions: ColumnElement[bool]) -> int:
         """Closes every open session matching ``conditions`` and announces it; returns how many."""
-        rows = await close_in_db(self.db, reason, *conditions)
+        claimed: list[str] = []
+
+        def claim(rows: Sequence[SessionRow]) -> None:
+            claimed.extend(self._claim(rows))
+
+        try:
+            rows = await close_in_db(self.db, reason, *conditions, before_commit=claim)
+        except BaseException:
+            self._unclaim(claimed)
+            raise
         await self._announce_closed(rows, reason)
         return len(rows)
+
+    def _claim(self, rows: Sequence[SessionRow]) -> list[str]:
+        """Called inside the closing transaction, before it commits: from now on only the
+        closing code path announces these sessions, so a concurrent :meth:`reconcile` that
+        sees them closed in the database does not announce them a second time."""
+        ids = [r.id for r in rows if r.id in self._announced_open]
+        self._announced_open.difference_update(ids)
+        return ids
+
+    def _unclaim(self, ids: Sequence[str]) -> None:
+        """The closing transaction failed: the sessions are still open; keep tracking them."""
+        self._announced_open.update(ids)
 
     async def reconcile(self) -> int:
         """Announces sessions closed behind this process's back (by ``bosonserver client
@@ -353,9 +380,14 @@ class SessionService:
                         )
                     )
                 ).all()
+        announced = 0
         for row in closed:
-            await self._announce_closed([row], row.close_reason or "closed")
-        return len(closed)
+            # Checked again here: a close path may have claimed it since the snapshot.
+            if row.id in self._announced_open:
+                self._announced_open.discard(row.id)
+                await self._announce_closed([row], row.close_reason or "closed")
+                announced += 1
+        return announced
 
     async def close_for_client(self, client_id: int, reason: str) -> int:
         return await self.close_where(reason, SessionRow.client_id == client_id)
@@ -424,7 +456,10 @@ class SessionService:
 
 
 async def close_in_db(
-    db: Database, reason: str, *conditions: ColumnElement[bool]
+    db: Database,
+    reason: str,
+    *conditions: ColumnElement[bool],
+    before_commit: Callable[[Sequence[SessionRow]], None] | None = None,
 ) -> list[SessionRow]:
     """Marks matching open sessions closed in the database only (the CLI uses this directly;
     a running server announces them at its next sweep, see :meth:`SessionService.reconcile`)."""
@@ -441,6 +476,8 @@ async def close_in_db(
         now = utcnow()
         for row in rows:
             row.state, row.close_reason, row.closed_at = "closed", reason, now
+        if before_commit is not None:
+            before_commit(rows)
     return rows
 
 

@@ -4,7 +4,10 @@ reach through the node, as seen by the hosts at the far end."""
 from __future__ import annotations
 
 import ipaddress as ia
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +28,6 @@ from higgs.osnet.firewall import (
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import SubprocessRunner
-from higgs.osnet.sweep import sweep as osnet_sweep
 
 from .conftest import NodeWorld, make_backend, ruleset
 from .netns import unique
@@ -227,22 +229,41 @@ def test_auto_picks_iptables_where_forward_drops(
     assert isinstance(get_backend("auto", fw_names, runner), NftBackend)
 
 
+_SWEEP = """
+import json, sys
+import higgs.osnet.firewall  # registers the firewall's sweep hook, as `cleanup` does
+from higgs.osnet.names import OwnedNames
+from higgs.osnet.runner import SubprocessRunner
+from higgs.osnet.sweep import sweep
+owned = OwnedNames.for_instance("node", sys.argv[1])
+report = sweep(owned, runner=SubprocessRunner(netns=sys.argv[2]), netns=sys.argv[2])
+print(json.dumps({"removed": report.removed, "failures": [w for w, _ in report.failures]}))
+"""
+
+
 def test_cleanup_sweep_hook_removes_node_rules_and_kill_switch(
     node_world: NodeWorld, kind: str, register: Register
 ) -> None:
     """`higgsnode cleanup` runs osnet's sweep, which must find our rules by name alone."""
     w = node_world
-    owned = OwnedNames.for_instance("node", unique("s"))
+    instance = unique("s")
+    owned = OwnedNames.for_instance("node", instance)
     before = ruleset(kind, w.node)
     fw, ks = FirewallNames.of(owned), FirewallNames.of(owned, KILL_SWITCH_PART)
     register(make_backend(kind, fw, w.node)).apply(plan_for(fw))
     register(make_backend(kind, ks, w.node)).apply(KillSwitchPolicy(names=ks, tunnel_if="t0"))
-    report = osnet_sweep(owned, runner=SubprocessRunner(netns=w.node.name), netns=w.node.name)
-    assert report.failures == []
+    # A process of its own, like `higgsnode cleanup` (pyroute2 forks to enter a namespace,
+    # which is best kept out of the test runner's process).
+    out = subprocess.run(
+        [sys.executable, "-c", _SWEEP, instance, w.node.name],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    report = json.loads(out)
+    assert report["failures"] == []
     if kind == "nft":
-        assert f"nft table inet {fw.table}" in report.removed
-        assert f"nft table inet {ks.table}" in report.removed
+        assert f"nft table inet {fw.table}" in report["removed"]
+        assert f"nft table inet {ks.table}" in report["removed"]
     else:
-        assert any(r.endswith(f"chain {fw.chain('FWD')}") for r in report.removed)
-        assert any(r.endswith(f"chain {ks.chain('OUT')}") for r in report.removed)
+        assert any(r.endswith(f"chain {fw.chain('FWD')}") for r in report["removed"])
+        assert any(r.endswith(f"chain {ks.chain('OUT')}") for r in report["removed"])
     assert ruleset(kind, w.node) == before

@@ -1,0 +1,167 @@
+"""The product in the lab, started as a user starts it: bosonserver on the server host,
+higgsnode behind the home NAT (port-forwarded, so direct works), higgsvpn on the client
+behind its own NAT, ``higgsvpn connect --mode direct|relay``. The same recipe as
+``higgs.lab.demo_product`` (the client engineer's demo), kept here so the benchmark does not
+depend on the demo's story machinery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from higgs.lab import Lab, LabError
+
+__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "product_tunnel"]
+
+API_PORT = 8080
+RELAY_PORT = 8081
+NODE_PORT = 51820
+
+
+def _py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def _wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+def relayed_datagrams(lab: Lab, url: str) -> float:
+    text = lab.server.run(
+        ["curl", "-sS", "--noproxy", "*", "--max-time", "10", f"{url}/metrics"], timeout=15
+    ).stdout
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if re.match(r"^higgs_relay_datagrams_total", line)
+    )
+
+
+@contextlib.contextmanager
+def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
+    """Server, node and client up, the client connected in ``mode``; all undone on exit."""
+    assert lab.workdir is not None
+    work = lab.workdir / "product"
+    work.mkdir(mode=0o700, exist_ok=True)
+    ip = lab.server.ip
+    url = f"http://{ip}:{API_PORT}"
+    data_dir = work / "server"
+
+    def server_cli(*args: str) -> str:
+        argv = _py("higgs.server.cli", *args, "--data-dir", str(data_dir))
+        return lab.server.run(argv, timeout=120).stdout.strip()
+
+    lab.spawn(
+        lab.server,
+        _py(
+            "higgs.server.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"{ip}:{API_PORT}",
+            "--relay-listen",
+            f"{ip}:{RELAY_PORT}",
+            "--public-url",
+            url,
+            "--relay-url",
+            f"ws://{ip}:{RELAY_PORT}",
+        ),
+        name="bosonserver",
+    )
+    lab.server.wait_port(API_PORT, timeout=60)
+    lab.server.wait_port(RELAY_PORT, timeout=60)
+    key = server_cli("enroll", "create").split()[-1]
+    lab.forward_udp(NODE_PORT)
+    node = lab.spawn(
+        lab.node,
+        _py(
+            "higgs.node.cli",
+            "start",
+            "--server",
+            url,
+            "--enroll-key",
+            key,
+            "--state-dir",
+            str(work / "node"),
+            "--interface",
+            lab.ifname("n"),
+            "--listen-port",
+            str(NODE_PORT),
+            "--endpoint",
+            f"{lab.home_router.ip}:{NODE_PORT}",
+            "--country",
+            "DE",
+            "--dns-upstream",
+            lab.internet.ip,
+        ),
+        name="higgsnode",
+    )
+
+    def online() -> bool:
+        if not node.alive():
+            raise LabError("higgsnode exited:\n" + node.log_text()[-2000:])
+        listing = json.loads(server_cli("nodes", "--json"))
+        nodes = listing["nodes"] if isinstance(listing, dict) else listing
+        return any(n.get("state") == "online" for n in nodes)
+
+    resolv = Path("/etc/netns") / lab.client.ns / "resolv.conf"
+    cfg = work / "higgsvpn.toml"
+
+    def vpn(*args: str, check: bool = True) -> str:
+        command, rest = args[0], list(args[1:])
+        out = lab.client.run(
+            _py("higgs.client.cli", command, "--config", str(cfg), *rest),
+            check=check,
+            timeout=180,
+        )
+        return out.stdout
+
+    connected = False
+    try:
+        _wait("the node to come online", online, 90, every=2.0)
+        token = server_cli("client", "add", "bench").split()[-1]
+        resolv.parent.mkdir(parents=True, exist_ok=True)
+        resolv.write_text(f"nameserver {lab.client_router.ip}\n")
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as fh:
+            fh.write(
+                f'server_url = "{url}"\ntoken = "{token}"\n'
+                f'state_dir = "{work / "client"}"\ninterface = "{lab.ifname("c")}"\n'
+                f'resolv_conf = "{resolv}"\n'
+            )
+        relayed_before = relayed_datagrams(lab, url)
+        vpn("connect", "--mode", mode)
+        connected = True
+        seen = lab.whoami(lab.client)["ip"]
+        if seen != lab.home_router.ip:
+            raise LabError(f"connected in {mode} mode but the internet host sees {seen}")
+        relayed = relayed_datagrams(lab, url) - relayed_before
+        if mode == "relay" and relayed <= 0:
+            raise LabError("relay mode, but the relay carried no datagram")
+        if mode == "direct" and relayed > 0:
+            raise LabError(f"direct mode, but the relay carried {relayed:.0f} datagrams")
+        yield
+    finally:
+        if connected:
+            with contextlib.suppress(Exception):
+                vpn("disconnect", check=False)
+        if node.alive():
+            node.popen.terminate()
+            with contextlib.suppress(Exception):
+                node.popen.wait(60)
+        resolv.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            resolv.parent.rmdir()
