@@ -66,7 +66,7 @@ class Product:
         argv += ["--data-dir", str(self.workdir / "bosonserver")]
         return self.lab.server.run(argv, timeout=timeout).stdout.strip()
 
-    def start_server(self, *, timeout: float = 30) -> LabProcess:
+    def start_server(self, *, timeout: float = 60) -> LabProcess:
         ip = self.lab.server.ip
         self.server_proc = self.lab.server.popen(
             [
