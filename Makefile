@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint typecheck unit integration e2e demo bench bench-smoke lock clean
+.PHONY: setup test lint typecheck unit integration e2e demo demo-stock bench bench-smoke lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,10 @@ e2e: setup
 	$(PY) -m pytest tests/e2e
 
 demo: setup
+	$(PY) -m higgs.lab.demo_product
+
+# The first story: stock WireGuard tools only, no product code (the reference).
+demo-stock: setup
 	$(PY) -m higgs.lab.demo
 
 # Writes bench/results/report-<date>.md and prints it; takes tens of minutes (see docs/benchmarks.md).

@@ -26,7 +26,8 @@ def sh(*argv: str) -> str:
 
 
 def _kill_ns_processes(ns: str) -> None:
-    pids = [int(p) for p in sh("ip", "netns", "pids", ns).split()]
+    # Never ourselves: a thread of ours may have joined the namespace for a netlink call.
+    pids = [int(p) for p in sh("ip", "netns", "pids", ns).split() if int(p) != os.getpid()]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
