@@ -243,6 +243,7 @@ class System:
     node: Node
     clients: list[Client] = field(default_factory=list)
     extra_nodes: list[Node] = field(default_factory=list)
+    added: int = 0  # users ever added: a name is never reused, even after a failed setup
 
     def add_node(self, host: Host, tag: str) -> Node:
         """Another higgsnode, on ``host`` (e.g. the printer PC on the same home LAN)."""
@@ -254,7 +255,8 @@ class System:
 
     def client(self, host: Host | None = None, **kw: Any) -> Client:
         """A new user (token, interface, state dir): unique within the module's system."""
-        name = f"c{len(self.clients) + 1}"
+        self.added += 1
+        name = f"c{self.added}"
         token = self.server.cli("client", "add", f"{name}-{self.lab.names.stem}").split()[-1]
         host = host or self.lab.client
         if not (Path("/etc/netns") / host.ns).exists():
