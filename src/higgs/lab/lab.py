@@ -258,6 +258,12 @@ class Lab:
     ) -> None:
         self.teardown()
 
+    def _no_dad_argv(self, role: str) -> list[str]:
+        ifaces = [link.a_if for link in self.plan.links if link.a == role]
+        ifaces += [link.b_if for link in self.plan.links if link.b == role]
+        keys = ["all", "default", *ifaces]
+        return ["sysctl", "-qw", *(f"net.ipv6.conf.{k}.accept_dad=0" for k in keys)]
+
     def build(self) -> Lab:
         """Create the namespaces, links, addresses, routes, NAT and (optionally) services."""
         if self._built:
@@ -268,6 +274,12 @@ class Lab:
         try:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.names.stem}-"))
             run(["ip", "-batch", "-"], input=render_root_batch(self.plan, self.names))
+            # No IPv6 duplicate address detection: while it runs, link-local addresses are
+            # "tentative" and their routes missing, so two snapshots of an unchanged host
+            # would differ by timing alone (seen under load). Set before any link is up.
+            self._run_parallel(
+                [(ns_argv(h.ns, self._no_dad_argv(role)), None) for role, h in self.hosts.items()]
+            )
             self._run_parallel(
                 [
                     (["ip", "-n", h.ns, "-batch", "-"], render_host_batch(self.plan, role))
