@@ -217,10 +217,13 @@ def test_stock_client_through_the_node_in_direct_mode(
             reached = True
     assert not reached
 
-    status = node.status()["status"]
-    peer = next(p for p in status["peers"] if p["public_key"] == up.public_key)
-    assert peer["rx_bytes"] > 0
-    assert peer["tx_bytes"] > 0
+    def peer_counted() -> dict[str, Any] | None:
+        # status.json is rewritten every 2 s: the traffic above shows up at the next write.
+        peers = node.status()["status"]["peers"]
+        peer = next(p for p in peers if p["public_key"] == up.public_key)
+        return peer if peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0 else None
+
+    wait_until("the node's status to count the client's traffic", peer_counted, 15, 0.5)
 
     if ending == "stop":
         assert node.cli("stop").returncode == 0
