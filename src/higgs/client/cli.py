@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cleanup", help="undo what a crashed client left behind")
     _common(p)
 
-    p = sub.add_parser("_daemon", help=argparse.SUPPRESS)
+    # No help= at all: argparse would list a SUPPRESS help as "==SUPPRESS==".
+    p = sub.add_parser("_daemon")
     return parser
 
 
