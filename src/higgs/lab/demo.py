@@ -7,13 +7,12 @@ Later issues replace :data:`STEPS` with the product's own story.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .errors import LabError
 from .lab import Lab
 from .stock import StockTunnel
-from .story import Step, StoryContext, run_story
+from .story import Step, StoryContext, demo_main
 
 __all__ = ["STEPS", "main"]
 
@@ -111,13 +110,10 @@ SUMMARY = [
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("make demo needs root: it builds network namespaces.", file=sys.stderr)
-        return 1
-    return run_story(
+    return demo_main(
         "Higgs.net lab demo: stock WireGuard from a client to a node behind a home NAT",
         STEPS,
-        summary=SUMMARY,
+        SUMMARY,
     )
 
 

@@ -23,7 +23,7 @@ from .errors import LabError
 from .host import Host
 from .lab import Lab
 from .procs import LabProcess
-from .story import Step, StoryContext, run_story
+from .story import Step, StoryContext, demo_main
 
 __all__ = ["STEPS", "main"]
 
@@ -319,13 +319,10 @@ SUMMARY = [
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("make demo needs root: it builds network namespaces.", file=sys.stderr)
-        return 1
-    return run_story(
+    return demo_main(
         "Higgs.net demo: a VPN whose exit node is a PC behind a home router",
         STEPS,
-        summary=SUMMARY,
+        SUMMARY,
     )
 
 

@@ -6,6 +6,7 @@ None). Stories are data, so a later demo swaps steps without touching the runner
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +80,14 @@ def run_story(
     else:
         say("demo FAILED (the lab was torn down).")
     return status
+
+
+def demo_main(title: str, steps: Sequence[Step], summary: Sequence[str]) -> int:
+    """The entry point of a `make demo` story: refuses without root, then runs the story."""
+    if os.geteuid() != 0:
+        print("make demo needs root: it builds network namespaces.", file=sys.stderr)
+        return 1
+    return run_story(title, steps, summary=summary)
 
 
 def _teardown(ctx: StoryContext, say: Callable[..., None]) -> int:
