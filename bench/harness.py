@@ -14,6 +14,7 @@ under the same neighbours' load) and the median of those per-round ratios is rep
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import math
 import os
@@ -64,6 +65,26 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def part_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    title: str,
+    run: Callable[..., Section],
+) -> int:
+    """The command line of one benchmark part run on its own (`python -m bench.<part>`)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
+    p.add_argument("--rounds", type=int)
+    args = p.parse_args(argv)
+    exit_on_sigterm()
+    report = Report(title, smoke=args.smoke)
+    report.add(run(smoke=args.smoke, rounds=args.rounds))
+    print(report.render())
+    return 0
 
 
 def set_progress_stream(stream: TextIO) -> None:

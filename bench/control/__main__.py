@@ -6,7 +6,6 @@ measured in the same round; and how each figure grows with sessions and nodes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -20,13 +19,12 @@ import aiohttp
 from bench.harness import (
     Budget,
     Case,
-    Report,
     Results,
     Section,
     Table,
     cpu_seconds,
-    exit_on_sigterm,
     fmt,
+    part_main,
     progress,
     rss_bytes,
     run_rounds,
@@ -413,15 +411,13 @@ def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.control", description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
-    p.add_argument("--rounds", type=int)
-    args = p.parse_args(argv)
-    exit_on_sigterm()
-    report = Report("Higgs.net control-plane benchmark", smoke=args.smoke)
-    report.add(run(smoke=args.smoke, rounds=args.rounds))
-    print(report.render())
-    return 0
+    return part_main(
+        argv,
+        prog="python -m bench.control",
+        description=__doc__,
+        title="Higgs.net control-plane benchmark",
+        run=run,
+    )
 
 
 if __name__ == "__main__":

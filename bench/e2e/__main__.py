@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping, Sequence
 
 from bench.harness import (
     Budget,
     Case,
-    Report,
     Results,
     Section,
     Table,
-    exit_on_sigterm,
     fmt,
+    part_main,
     progress,
     run_rounds,
     unavailable_notes,
@@ -170,15 +168,13 @@ def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__)
-    p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
-    p.add_argument("--rounds", type=int)
-    args = p.parse_args(argv)
-    exit_on_sigterm()
-    report = Report("Higgs.net end-to-end benchmark", smoke=args.smoke)
-    report.add(run(smoke=args.smoke, rounds=args.rounds))
-    print(report.render())
-    return 0
+    return part_main(
+        argv,
+        prog="python -m bench.e2e",
+        description=__doc__,
+        title="Higgs.net end-to-end benchmark",
+        run=run,
+    )
 
 
 if __name__ == "__main__":
