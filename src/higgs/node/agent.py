@@ -6,12 +6,14 @@ Start, in order (each host change journaled with its undo before it is made):
    nothing on the host has been touched if any of these fails;
 2. recovery — undo what a crashed earlier run left in the journal, then sweep our names;
 3. identity — the WireGuard keypair in the state dir (created on first start, 0600);
-4. WireGuard interface with the node's tunnel address (.1 of the subnet) and listen port;
+4. WireGuard interface with the node's tunnel address (.1 of the subnet), listen port and
+   tunnel MTU (configured, or computed from the uplink and an optional path-MTU probe);
 5. IPv4 forwarding on (the previous value is journaled and restored);
 6. firewall: NAT on the uplink, owner protection, DNS interception to the forwarder;
 7. DNS forwarder on the tunnel address;
 8. server link (register, heartbeat) and control link (peers, relayed sessions);
-9. watch the uplink: when the default route moves, NAT moves with it.
+9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
+   the tunnel MTU follows (interface, registration, heartbeats, so new clients get it).
 
 Stop (SIGTERM, SIGINT, ``higgsnode stop``, an unhandled error): deregister, stop the links and
 the forwarder, then undo every host change newest first — every undo runs even when one
@@ -39,11 +41,13 @@ from higgs.node.control_link import ControlLink
 from higgs.node.dns_forwarder import DnsForwarder
 from higgs.node.host import NodeHost, Uplink, WgPeerTable
 from higgs.node.metrics import Budget, collect, heartbeat_body
+from higgs.node.mtu import decide_mtu, fits_uplink, probe
 from higgs.node.peers import PeerManager, PeerRow
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
 from higgs.osnet.discovery import UplinkWatcher
+from higgs.osnet.mtu import MtuDecision
 from higgs.protocol.api import NodeRegisterRequest
 
 __all__ = ["Agent", "check_privileges", "run_agent"]
@@ -82,7 +86,7 @@ def check_settings(settings: NodeSettings) -> None:
         raise AgentError("no server given: set --server URL (or `server` in the config file)")
 
 
-def registration_request(settings: NodeSettings, public_key: str) -> NodeRegisterRequest:
+def registration_request(settings: NodeSettings, public_key: str, mtu: int) -> NodeRegisterRequest:
     """What the node announces; validated here so a value the server would refuse stops the
     node before it touches the host."""
     s = settings
@@ -92,7 +96,7 @@ def registration_request(settings: NodeSettings, public_key: str) -> NodeRegiste
             listen_port=s.listen_port,
             endpoint=s.endpoint,
             tunnel_subnet=str(s.tunnel_subnet),
-            tunnel_mtu=s.mtu,
+            tunnel_mtu=mtu,
             max_clients=s.max_clients,
             bandwidth_mbps=s.bandwidth_mbps,
             country=s.country,
@@ -112,6 +116,7 @@ class Agent:
         self.key = key
         self.started_at = time.time()
         self.uplink: Uplink | None = None
+        self.mtu: MtuDecision | None = None
         self.dns: DnsForwarder | None = None
         self.server: ServerLink | None = None
         self.control: ControlLink | None = None
@@ -136,10 +141,40 @@ class Agent:
     async def _heartbeat_body(self) -> dict[str, Any]:
         rows = await asyncio.to_thread(self._peer_rows)
         metrics = collect(rows, self.budget)
-        return heartbeat_body(metrics, rows)
+        body = heartbeat_body(metrics, rows)
+        if self.mtu is not None:
+            body["tunnel_mtu"] = self.mtu.mtu  # the server updates the clients' configs
+        return body
 
     def registration(self) -> NodeRegisterRequest:
-        return registration_request(self.settings, self.key.public_b64())
+        assert self.mtu is not None
+        return registration_request(self.settings, self.key.public_b64(), self.mtu.mtu)
+
+    def _decide_mtu(self, uplink: Uplink) -> MtuDecision:
+        """Blocking (the probe pings): run in a thread."""
+        path_mtu = probe(self.settings, self.host.runner, uplink.mtu)
+        decision = decide_mtu(self.settings, uplink.mtu, path_mtu)
+        log.info("tunnel mtu", extra={"mtu": decision.mtu, "why": decision.reason})
+        if self.settings.mtu is not None and not fits_uplink(
+            self.settings, decision.mtu, path_mtu or uplink.mtu
+        ):
+            log.warning(
+                "the configured mtu does not fit the uplink: outer packets will be fragmented",
+                extra={"mtu": decision.mtu, "why": decision.reason},
+            )
+        return decision
+
+    async def _follow_mtu(self, uplink: Uplink) -> None:
+        """The uplink changed: recompute; a new figure goes on the interface and to the server
+        (the next route answers carry it; connected clients keep theirs until they reconnect)."""
+        decision = await asyncio.to_thread(self._decide_mtu, uplink)
+        old, self.mtu = self.mtu, decision
+        if old is not None and old.mtu == decision.mtu:
+            return
+        log.info("tunnel mtu changed", extra={"old": old.mtu if old else None, "new": decision.mtu})
+        await asyncio.to_thread(self.host.set_mtu, decision.mtu)
+        if self.server is not None:
+            self.server.set_tunnel_mtu(decision.mtu)
 
     def make_server_link(self) -> ServerLink:
         s = self.settings
@@ -186,6 +221,7 @@ class Agent:
             "tunnel_address": str(self.settings.node_address),
             "endpoint": self.settings.endpoint,
             "uplink": self.uplink.name if self.uplink else None,
+            "mtu": {"mtu": self.mtu.mtu, "reason": self.mtu.reason} if self.mtu else None,
             "server": self.server.status.as_dict() if self.server else None,
             "control": self.control.status() if self.control else None,
             "peers": [
@@ -221,6 +257,8 @@ class Agent:
             # No default route right now (a link flapping): keep the current NAT.
             log.warning("uplink lost; keeping the NAT rules until it is back")
             return
+        if old is None or old.mtu != new.mtu or old.name != new.name:
+            await self._follow_mtu(new)
         if old is not None and old.name == new.name and old.addresses == new.addresses:
             return
         log.info(
@@ -266,6 +304,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
         try:
+            self.mtu = await asyncio.to_thread(self._decide_mtu, uplink)
             # A refused enrollment ends here, before the host is touched; an unreachable
             # server does not stop the node (direct mode works without it).
             await self.make_server_link().try_register()
@@ -296,7 +335,8 @@ class Agent:
 
     async def _setup(self, uplink: Uplink) -> None:
         s = self.settings
-        wg = await asyncio.to_thread(self.host.bring_up_interface, self.key)
+        assert self.mtu is not None
+        wg = await asyncio.to_thread(self.host.bring_up_interface, self.key, self.mtu.mtu)
         shaper = await asyncio.to_thread(self.host.setup_shaping)
         previous = await asyncio.to_thread(self.host.enable_forwarding)
         log.info("ip forwarding on", extra={"was": previous})
@@ -371,7 +411,7 @@ async def _main(settings: NodeSettings) -> None:
                     "removed: " + "; ".join(problems)
                 )
             key = load_or_create_private_key(settings.state_dir / KEY_FILE)
-            registration_request(settings, key.public_b64())
+            registration_request(settings, key.public_b64(), decide_mtu(settings, uplink.mtu).mtu)
             await Agent(settings, host, key).run(uplink)
         finally:
             host.close()

@@ -17,13 +17,13 @@ import httpx
 
 from higgs.node.agent import check_privileges
 from higgs.node.host import NodeHost
+from higgs.node.mtu import decide_mtu, fits_uplink
 from higgs.node.settings import NodeSettings
 from higgs.osnet import netlink, sysctl
 
 __all__ = ["CheckResult", "run_checks"]
 
 CLOCK_SKEW_MAX_S = 120.0
-WG_OVERHEAD_V6 = 80  # IPv6 40 + UDP 8 + WireGuard 32: the worst case of the outer headers
 
 
 @dataclass(frozen=True)
@@ -158,15 +158,19 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
             return CheckResult("mtu", False, "interface or uplink missing", "see above")
         up = _link(uplink_name[0])
         assert up is not None
-        limit = up["mtu"] - WG_OVERHEAD_V6
-        if link["mtu"] > limit:
+        auto = decide_mtu(settings.model_copy(update={"mtu": None}), up["mtu"])
+        # At the 1280 floor the node accepts fragmented outer packets on purpose (osnet.mtu).
+        if link["mtu"] > auto.mtu and not fits_uplink(settings, link["mtu"], up["mtu"]):
             return CheckResult(
                 "mtu",
                 False,
-                f"{iface} mtu {link['mtu']} > uplink mtu {up['mtu']} - {WG_OVERHEAD_V6}",
-                f"ip link set dev {iface} mtu {limit}",
+                f"{iface} mtu {link['mtu']} does not fit uplink mtu {up['mtu']} "
+                f"({auto.limited_by} headers); automatic: {auto.reason}",
+                f"ip link set dev {iface} mtu {auto.mtu}   (and leave `mtu` unset in the config)",
             )
-        return CheckResult("mtu", True, f"{iface} mtu {link['mtu']} (uplink {up['mtu']})")
+        return CheckResult(
+            "mtu", True, f"{iface} mtu {link['mtu']} (uplink {up['mtu']}; automatic {auto.mtu})"
+        )
 
     def nat() -> CheckResult:
         if not uplink_name:

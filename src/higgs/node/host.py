@@ -153,15 +153,20 @@ class NodeHost:
 
     # ---- setup steps -------------------------------------------------------------------
 
-    def bring_up_interface(self, key: PrivateKey) -> WireGuard:
+    def bring_up_interface(self, key: PrivateKey, mtu: int) -> WireGuard:
         journal = self.open_journal()
         wg = WireGuard(self.settings.interface, journal=journal, runner=self.runner)
         wg.create()
         self.wg = wg
         wg.configure(key, listen_port=self.settings.listen_port)
         wg.set_addresses([str(self.settings.node_address)])
-        wg.up(mtu=self.settings.mtu)
+        wg.up(mtu=mtu)
         return wg
+
+    def set_mtu(self, mtu: int) -> None:
+        """A new tunnel MTU (the uplink's changed); the interface goes with it on stop."""
+        if self.wg is not None:
+            self.wg.up(mtu=mtu)
 
     def setup_shaping(self) -> Shaper:
         """tc trees for the owner's rates (nothing when no rate is set)."""

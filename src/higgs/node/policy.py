@@ -53,6 +53,7 @@ def build_policy(
     own = own_addresses(settings, host_addresses)
     lans = tuple(n for n in lan_prefixes(host_addresses) if n != tunnel.network)
     dns = DnsRedirect(tunnel.ip, settings.dns.port) if settings.dns.enabled else None
+    limits = settings.limits
     return NodePolicy(
         names=names,
         tunnel_if=settings.interface,
@@ -61,4 +62,7 @@ def build_policy(
         own_addresses=own,
         lan_prefixes=lans,
         dns=dns,
+        per_client_conn_limit=limits.connections_per_client or None,  # 0: unlimited
+        per_client_new_conn_rate=limits.new_connections_per_s or None,
+        per_client_new_conn_burst=limits.new_connections_burst,
     )

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -159,6 +160,13 @@ class ServerLink:
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
         self._fresh = False  # registered during this run already
+        self._wake = asyncio.Event()  # something the server should hear about at once
+
+    def set_tunnel_mtu(self, mtu: int) -> None:
+        """The node's tunnel MTU changed: announced in later registrations, and in the
+        heartbeat body (the agent's), which goes out now rather than at the next interval."""
+        self._registration["tunnel_mtu"] = mtu
+        self._wake.set()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -296,7 +304,9 @@ class ServerLink:
                     need_register = False
                 interval = await self.heartbeat()
                 self._ok()
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                self._wake.clear()
             except _Forgotten as exc:
                 log.warning(
                     "the server forgot this node; registering again", extra={"why": str(exc)}

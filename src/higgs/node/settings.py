@@ -21,6 +21,7 @@ from higgs.common.config import load_settings
 __all__ = [
     "DEFAULT_STATE_DIR",
     "DnsSettings",
+    "LimitSettings",
     "NodeSettings",
     "ShapingSettings",
     "Upstream",
@@ -150,6 +151,21 @@ class ShapingSettings(BaseModel):
     monthly_cap_gb: float = Field(default=0, ge=0)
 
 
+class LimitSettings(BaseModel):
+    """Per-client connection limits (owner protection): a client that opens connections
+    faster, or holds more at once, than a home connection should carry is cut off at the
+    excess. 0 means unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Concurrent connections per client address; the excess is rejected.
+    connections_per_client: int = Field(default=512, ge=0, le=1_000_000)
+    # New connections per second per client address, and the burst allowed above the rate;
+    # the excess is dropped (the client's TCP retries once the rate allows).
+    new_connections_per_s: int = Field(default=50, ge=0, le=1_000_000)
+    new_connections_burst: int = Field(default=100, ge=1, le=1_000_000)
+
+
 class NodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -167,10 +183,16 @@ class NodeSettings(BaseModel):
     country: str | None = None
     region: str | None = None
     firewall: Literal["auto", "nft", "iptables"] = "auto"
-    mtu: int = Field(default=1380, ge=1280, le=9000)
+    # None: computed from the uplink's MTU and the paths served (higgs.node.mtu), and
+    # followed when the uplink's MTU changes; a number is used as it is.
+    mtu: int | None = Field(default=None, ge=1280, le=9000)
+    # An IP address the node pings (don't-fragment) to find its path MTU at start and after
+    # uplink changes. No default: the owner picks a host that answers pings.
+    mtu_probe_target: str | None = None
     server_timeout_s: float = Field(default=10.0, gt=0, le=120)
     dns: DnsSettings = Field(default_factory=DnsSettings)
     shaping: ShapingSettings = Field(default_factory=ShapingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @field_validator("server")
     @classmethod
@@ -220,6 +242,20 @@ class NodeSettings(BaseModel):
             if not re.match(r"^[A-Za-z0-9.\-]+$", host):
                 raise ValueError("must be 'public-ip:port' or 'hostname:port'") from None
         return value
+
+    @field_validator("mtu_probe_target")
+    @classmethod
+    def _check_probe_target(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            # A name would need a resolver; the owner should know exactly where pings go.
+            raise ValueError("must be an IP address, e.g. 192.0.2.10") from None
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise ValueError("must be a unicast address beyond this machine")
+        return str(ip)
 
     @field_validator("country")
     @classmethod

@@ -232,6 +232,9 @@ class HeartbeatRequest(_Model):
     )
     budget_total_mb: float | None = Field(default=None, gt=0)
     latency_ms: float | None = Field(default=None, ge=0, le=60_000)
+    tunnel_mtu: int | None = Field(
+        default=None, ge=1280, le=9000, description="the node's tunnel MTU now; null = unchanged"
+    )
     peer_stats: list[PeerStat] = Field(default_factory=list, max_length=10_000)
 
 

@@ -140,6 +140,10 @@ class RegistryService:
                 log.info("node back online", extra={"node_id": node_id})
             node.state = "online"
             node.last_heartbeat_at = utcnow()
+            if req.tunnel_mtu is not None and req.tunnel_mtu != node.tunnel_mtu:
+                # The node's uplink changed: route answers from now on carry the new MTU.
+                log.info("node mtu changed", extra={"node_id": node_id, "mtu": req.tunnel_mtu})
+                node.tunnel_mtu = req.tunnel_mtu
             metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
             metrics["peer_stats_count"] = len(req.peer_stats)
             node.metrics = metrics
