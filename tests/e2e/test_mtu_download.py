@@ -56,23 +56,31 @@ BLACK_HOLE = (
 )
 
 
-def test_black_hole_path_needs_the_probed_mtu(lab: Lab) -> None:
+@pytest.mark.parametrize("how", ["configured", "probed-by-the-node"])
+def test_black_hole_path_needs_the_probed_mtu(lab: Lab, how: str) -> None:
     """The home router's uplink is 1400 bytes and the router swallows its ICMP errors, so
     nobody learns the path MTU: packets that do not fit just vanish. With the tunnel MTU
-    computed from a path-MTU probe (osnet.mtu), the download gets through."""
+    computed from a path-MTU probe (osnet.mtu), the download gets through -- whether the
+    owner probed and configured ``mtu``, or the node probes its ``mtu_probe_target`` itself
+    (here the lab's internet host) at start."""
     lab.set_mtu("home_router", "wan0", SMALL)
     lab.home_router.nft(BLACK_HOLE)
-    probed = probe_path_mtu(lab.internet.ip, SubprocessRunner(netns=lab.node.ns), attempts=1)
-    assert probed == SMALL
-    mtu = tunnel_mtu(lab.mtu("node", "eth0"), ("udp4",), path_mtu=probed).mtu
+    if how == "configured":
+        probed = probe_path_mtu(lab.internet.ip, SubprocessRunner(netns=lab.node.ns), attempts=1)
+        assert probed == SMALL
+        mtu = tunnel_mtu(lab.mtu("node", "eth0"), ("udp4",), path_mtu=probed).mtu
+        config = f"mtu = {mtu}\n"
+    else:
+        mtu = SMALL - 60  # what the node must find: the narrow link minus WireGuard over IPv4
+        config = f'mtu_probe_target = "{lab.internet.ip}"\n'
     product = Product(lab)
     try:
         product.start_server()
         product.provision("client")
-        product.start_node(config=f"mtu = {mtu}\n")
+        product.start_node(config=config)
         product.wait_node_online()
         client = product.connect_stock(lab.client)
-        assert client.mtu == mtu  # the node tells its clients the MTU it was given
+        assert client.mtu == mtu  # the node tells its clients the MTU it uses
         got = lab.download(lab.client, SIZE, timeout=60)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))

@@ -166,6 +166,9 @@ def _status(args: argparse.Namespace) -> int:
         f"  interface  {status.get('interface')} {status.get('tunnel_address')} "
         f"port {status.get('listen_port')}, uplink {status.get('uplink')}"
     )
+    mtu = status.get("mtu") or {}
+    if mtu:
+        print(f"  mtu        {mtu.get('mtu')} ({mtu.get('reason')})")
     print(
         f"  server     {server.get('state', '-')} (node {server.get('node_id') or '-'}"
         + (f", last error: {server['last_error']}" if server.get("last_error") else "")
