@@ -152,12 +152,6 @@ class _Node:
             how = "-j REJECT --reject-with tcp-reset" if pr.protocol == "tcp" else _reject(fam)
             rules.append(f"{tun} -p {pr.protocol} -m {pr.protocol} --dport {pr.port} {how}")
         new = "-m conntrack --ctstate NEW"
-        if plan.per_client_conn_limit is not None:
-            mask = 32 if fam == 4 else 128
-            rules.append(
-                f"{tun} {new} -m connlimit --connlimit-above {plan.per_client_conn_limit} "
-                f"--connlimit-mask {mask} --connlimit-saddr {_reject(fam)}"
-            )
         if plan.per_client_new_conn_rate is not None:
             # hashlimit names are shared by the whole network namespace and cut at 15 bytes: a
             # hash of our table name fits and does not collide with another instance's.
@@ -167,6 +161,13 @@ class _Node:
                 f"{plan.per_client_new_conn_rate}/sec --hashlimit-burst "
                 f"{plan.per_client_new_conn_burst} --hashlimit-mode srcip "
                 f"--hashlimit-name {meter} -j DROP"
+            )
+        # After the rate (see nft_render): connlimit records the connections it lets past.
+        if plan.per_client_conn_limit is not None:
+            mask = 32 if fam == 4 else 128
+            rules.append(
+                f"{tun} {new} -m connlimit --connlimit-above {plan.per_client_conn_limit} "
+                f"--connlimit-mask {mask} --connlimit-saddr {_reject(fam)}"
             )
         subnet = plan.tunnel_subnet_v4 if fam == 4 else plan.tunnel_subnet_v6
         rules += [
