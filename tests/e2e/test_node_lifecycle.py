@@ -58,6 +58,8 @@ def test_start_serves_and_stop_restores_the_host(lab: Lab, tmp_path: Path, backe
     assert f"interface  {node.interface} 10.77.0.1/24" in human
     assert status["tunnel_address"] == "10.77.0.1/24"
     assert status["uplink"] == "eth0"
+    # A 1500-byte uplink and an IPv4 endpoint: 1500 - 60 capped at WireGuard's 1420.
+    assert status["mtu"]["mtu"] == 1420
     during = host_state(lab.node)
     assert "net.ipv4.ip_forward=1" in str(during["sysctl"])
     assert f"{node.interface}:" in str(during["links"])
@@ -72,6 +74,7 @@ def test_start_serves_and_stop_restores_the_host(lab: Lab, tmp_path: Path, backe
     diag = node.cli("diagnose", "--server", url)
     assert diag.returncode == 0, diag.stdout + diag.stderr
     assert "masquerade of 10.77.0.0/24 on eth0" in diag.stdout
+    assert f"{node.interface} mtu 1420 (uplink 1500; automatic 1420)" in diag.stdout
 
     stop = node.cli("stop")
     assert stop.returncode == 0, stop.stderr
