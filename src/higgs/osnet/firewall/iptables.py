@@ -7,6 +7,10 @@ says ``nf_tables`` or ``legacy``), unless configured.
 
 Every command passes ``-w``: the legacy flavour takes a machine-wide lock, shared by every
 network namespace, and other programs may hold it briefly.
+
+The nft flavour creates nftables tables (``table ip filter``, ...) for the first rule and never
+deletes them: the tables it had to create for us are journaled and deleted again once empty
+(:mod:`.iptables_tables`), so the host's ruleset ends exactly as it was.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from higgs.osnet.errors import CommandError
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import Runner
 
-from . import iptables_render
+from . import iptables_render, iptables_tables
 from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
 from .iptables_render import ChainSet, Jump
+from .iptables_tables import NftTable
 from .plan import FirewallNames, Plan
 
 __all__ = [
@@ -104,6 +109,9 @@ class IptablesBackend(FirewallBackend):
     ) -> None:
         super().__init__(names, runner, journal)
         self.tools = Tools(flavour or detect_flavour(runner))
+        # nftables tables iptables-nft had to create for our rules (deleted again when empty)
+        self._created: set[NftTable] = set()
+        self._nft_based: bool | None = None
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -149,6 +157,33 @@ class IptablesBackend(FirewallBackend):
         return result.stdout if result.ok else ""
 
     # --- applying --------------------------------------------------------------------------
+
+    def _makes_nft_tables(self) -> bool:
+        """Whether our iptables command writes nftables tables (the nft flavour)."""
+        if self._nft_based is None:
+            if self.tools.flavour == "plain":
+                result = self.runner.run(["iptables", "--version"], check=False)
+                self._nft_based = "(nf_tables)" in result.stdout
+            else:
+                self._nft_based = self.tools.flavour == "nft"
+        return self._nft_based
+
+    def _before_apply(self, plan: Plan) -> bool:
+        """Notes the tables ``plan`` needs that do not exist yet: iptables-nft will create
+        them, so they are ours to delete on removal."""
+        if not self._makes_nft_tables():
+            return False
+        used = {
+            (iptables_tables.nft_family(chains.family), table)
+            for chains in iptables_render.render(plan)
+            for table in chains.tables
+        }
+        unknown = used - self._created
+        missing = iptables_tables.absent(self.runner, unknown) if unknown else None
+        if not missing:
+            return False
+        self._created |= missing
+        return True
 
     def _apply(self, plan: Plan) -> None:
         for chains in iptables_render.render(plan):
@@ -204,12 +239,27 @@ class IptablesBackend(FirewallBackend):
     def _remove(self) -> list[str]:
         removed4, errors4 = self._remove_family(4, set())
         removed6, errors6 = self._remove_family(6, set())
-        if errors4 or errors6:
+        errors = errors4 + errors6
+        removed = removed4 + removed6
+        if not errors:
+            # Only once all our rules are gone can the tables be empty.
+            for table in sorted(self._created):
+                try:
+                    gone = iptables_tables.delete_if_empty(self.runner, table)
+                except CommandError as exc:
+                    errors.append(str(exc))
+                    continue
+                removed += [gone] if gone else []
+        if errors:
             raise FirewallError(
                 f"could not remove every iptables rule of {self.names.chain_prefix}: "
-                + "; ".join(errors4 + errors6)
+                + "; ".join(errors)
             )
-        return removed4 + removed6
+        return removed
+
+    def remove(self) -> None:
+        super().remove()
+        self._created.clear()
 
     @classmethod
     def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
@@ -238,6 +288,7 @@ class IptablesBackend(FirewallBackend):
             "table": n.table,
             "chain_prefix": n.chain_prefix,
             "comment": n.comment,
+            "created_tables": [list(t) for t in sorted(self._created)],
         }
 
     @classmethod
@@ -248,7 +299,10 @@ class IptablesBackend(FirewallBackend):
         flavour = params.get("flavour")
         if flavour not in ("nft", "legacy", "plain"):
             flavour = None
-        return cls(names, runner, flavour=flavour)
+        backend = cls(names, runner, flavour=flavour)
+        # Journals written before tables were noted have none: those stay, as they did then.
+        backend._created = set(iptables_tables.parse(params.get("created_tables") or ()))
+        return backend
 
     def status(self) -> FirewallStatus:
         saves = {(f, t): self._list(f, t) for f in (4, 6) for t in self._tables(f)}

@@ -1,0 +1,189 @@
+"""The tables iptables-nft creates for our rules: noted before, journaled, deleted when empty.
+
+Command outputs are captured from nft 1.0.6 / iptables-nft 1.8.9 (captured/iptables-nft.*).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress as ia
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from higgs.osnet.firewall import DnsRedirect, FirewallError, IptablesBackend, NodePolicy
+from higgs.osnet.firewall import iptables_tables as tables
+from higgs.osnet.journal import Journal
+from higgs.osnet.runner import RecordingRunner
+
+from .test_backends import NODE, JournalWatchingRunner
+
+CAPTURED = Path(__file__).parent / "captured"
+# `nft list tables` on a host whose iptables-nft already had IPv4 rules (filter and nat).
+LIST_TABLES = (CAPTURED / "iptables-nft.nft-list-tables.txt").read_text()
+EMPTY = (CAPTURED / "iptables-nft.filter-empty.json").read_text()
+EMPTY_NAT = (CAPTURED / "iptables-nft.ip6-nat-empty.json").read_text()
+ABSENT = (CAPTURED / "iptables-nft.list-absent.stderr.txt").read_text()
+NO_NAT66 = dataclasses.replace(
+    NODE,
+    ipv6_mode="reject",
+    tunnel_v6=None,
+    dns=DnsRedirect(ia.IPv4Address("10.66.0.1"), 5353),
+)
+assert isinstance(NO_NAT66, NodePolicy)
+
+
+def _script_empty(runner: RecordingRunner) -> None:
+    """Every table holds only its empty built-in chains (what our removal leaves)."""
+    runner.script(["nft", "-j", "list", "table"], stdout=EMPTY)
+    runner.script(["nft", "-j", "list", "table", "ip", "nat"], stdout=EMPTY_NAT)
+    runner.script(["nft", "-j", "list", "table", "ip6", "nat"], stdout=EMPTY_NAT)
+
+
+def _deletes(runner: RecordingRunner) -> list[tuple[str, ...]]:
+    return [c[3:] for c in runner.calls if c[:3] == ("nft", "delete", "table")]
+
+
+def test_absent_tables_are_journaled_before_the_first_rule(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    runner = JournalWatchingRunner(path)
+    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    with Journal(path, runner=runner) as journal:
+        IptablesBackend(NODE.names, runner, journal, flavour="nft").apply(NODE)
+        undo = journal.entries[0].undo
+    # ip filter and ip nat were there already: only the IPv6 ones are ours to delete.
+    assert undo["created_tables"] == [["ip6", "filter"], ["ip6", "nat"]]
+    probe = runner.calls.index(("nft", "list", "tables"))
+    first_restore = next(i for i, c in enumerate(runner.calls) if "restore" in c[0])
+    assert probe < first_restore
+    assert runner.entries_seen[probe] == 0  # looked before the journal entry was written
+    assert runner.entries_seen[first_restore] == 1  # and the entry came before the rules
+
+
+def test_remove_deletes_the_created_tables_once_empty(tmp_path: Path) -> None:
+    runner = RecordingRunner()
+    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    _script_empty(runner)
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
+        backend.apply(NODE)
+        backend.remove()
+        assert len(journal) == 0
+    assert _deletes(runner) == [("ip6", "filter"), ("ip6", "nat")]
+    # Our chains went first: a table can only be empty once they are gone.
+    first_delete = runner.calls.index(("nft", "delete", "table", "ip6", "filter"))
+    assert all(c[0] != "ip6tables-nft" for c in runner.calls[first_delete:])
+
+
+def test_replay_after_a_crash_deletes_them_and_a_second_replay_finds_nothing(
+    tmp_path: Path,
+) -> None:
+    runner = RecordingRunner()  # `nft list tables` says nothing exists: all four are ours
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        IptablesBackend(NODE.names, runner, journal, flavour="nft").apply(NODE)
+    # The process died; a new one (`cleanup`, or the next start) replays the journal.
+    runner.calls.clear()
+    _script_empty(runner)
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        assert journal.replay() == 1
+    assert _deletes(runner) == [("ip", "filter"), ("ip", "nat"), ("ip6", "filter"), ("ip6", "nat")]
+    # Undone again (killed before the journal was saved): every table is gone already.
+    runner.calls.clear()
+    runner.script(["nft", "-j", "list", "table"], returncode=1, stderr=ABSENT)
+    spec = IptablesBackend(NODE.names, runner, flavour="nft")
+    spec._created = {("ip", "filter"), ("ip6", "nat")}
+    replayed = IptablesBackend.from_undo(spec.undo_spec(), runner)
+    assert replayed._remove() == []  # no error either
+    assert _deletes(runner) == []
+
+
+@pytest.mark.parametrize(
+    ("capture", "why"),
+    [
+        ("filter-other-chain", "it holds the chain OTHER"),
+        ("filter-policy-drop", "the policy of FORWARD is now drop"),
+        ("filter-rule", "it holds a rule"),
+    ],
+)
+def test_a_table_someone_else_uses_now_is_kept_and_the_log_says_why(
+    capture: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = RecordingRunner()
+    text = (CAPTURED / f"iptables-nft.{capture}.json").read_text()
+    runner.script(["nft", "-j", "list", "table", "ip", "filter"], stdout=text)
+    with caplog.at_level(logging.INFO, logger=tables.__name__):
+        assert tables.delete_if_empty(runner, ("ip", "filter")) is None
+    assert _deletes(runner) == []
+    assert why in caplog.text
+
+
+def test_an_empty_table_is_deleted() -> None:
+    runner = RecordingRunner()
+    runner.script(["nft", "-j", "list", "table", "ip", "filter"], stdout=EMPTY)
+    assert tables.delete_if_empty(runner, ("ip", "filter"))
+    assert _deletes(runner) == [("ip", "filter")]
+
+
+def test_a_failing_delete_is_reported_and_the_entry_stays(tmp_path: Path) -> None:
+    runner = RecordingRunner()
+    _script_empty(runner)
+    runner.script(["nft", "delete"], returncode=1, stderr="Error: Operation not permitted")
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
+        backend.apply(NODE)
+        with pytest.raises(Exception, match="Operation not permitted"):
+            backend.remove()
+        assert len(journal) == 1  # `cleanup` retries it
+
+
+def test_a_plan_needing_another_table_amends_the_journal_first(tmp_path: Path) -> None:
+    path = tmp_path / "journal.json"
+    runner = RecordingRunner()
+    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    with Journal(path, runner=runner) as journal:
+        backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
+        backend.apply(NO_NAT66)
+        assert journal.entries[0].undo["created_tables"] == [["ip6", "filter"]]
+        backend.apply(NODE)  # NAT66 switched on: ip6tables-nft will create `table ip6 nat`
+        assert len(journal) == 1
+        on_disk = json.loads(path.read_text())["entries"][0]["undo"]
+        assert on_disk["created_tables"] == [["ip6", "filter"], ["ip6", "nat"]]
+
+
+def test_legacy_and_unreadable_hosts_note_nothing() -> None:
+    runner = RecordingRunner()
+    IptablesBackend(NODE.names, runner, flavour="legacy").apply(NODE)
+    assert not any(c[0] == "nft" for c in runner.calls)
+    runner = RecordingRunner()
+    runner.script(["nft"], returncode=1, stderr="Error: Operation not permitted")
+    backend = IptablesBackend(NODE.names, runner, flavour="nft")
+    backend.apply(NODE)
+    assert backend.undo_spec()["created_tables"] == []
+    # `plain`: the flavour comes from `iptables --version`.
+    runner = RecordingRunner()
+    runner.script(["iptables", "--version"], stdout="iptables v1.8.9 (nf_tables)\n")
+    backend = IptablesBackend(NODE.names, runner, flavour="plain")
+    backend.apply(NODE)
+    assert len(backend.undo_spec()["created_tables"]) == 4
+
+
+def test_a_journal_naming_other_tables_deletes_none_of_them() -> None:
+    runner = RecordingRunner()
+    spec = IptablesBackend(NODE.names, runner, flavour="nft").undo_spec()
+    spec["created_tables"] = [["inet", "higgsnode_x"], ["ip", "docker"], "ip filter", ["ip"]]
+    assert IptablesBackend.from_undo(spec, runner)._created == set()
+
+
+def test_remove_with_rules_left_does_not_touch_the_tables() -> None:
+    runner = RecordingRunner()
+    runner.script(
+        ["iptables-nft", "-w", "10", "-t", "filter", "-S"], stdout="-N HIGGSNODE_NODE1-FWD\n"
+    )
+    runner.script(["iptables-nft", "-w", "10", "-t", "filter", "-X"], returncode=1, stderr="busy")
+    backend = IptablesBackend(NODE.names, runner, flavour="nft")
+    backend._created = {("ip", "filter")}
+    with pytest.raises(FirewallError, match="busy"):
+        backend._remove()
+    assert not any(c[0] == "nft" for c in runner.calls)
