@@ -26,13 +26,13 @@ LIST_TABLES = (CAPTURED / "iptables-nft.nft-list-tables.txt").read_text()
 EMPTY = (CAPTURED / "iptables-nft.filter-empty.json").read_text()
 EMPTY_NAT = (CAPTURED / "iptables-nft.ip6-nat-empty.json").read_text()
 ABSENT = (CAPTURED / "iptables-nft.list-absent.stderr.txt").read_text()
+assert isinstance(NODE, NodePolicy)
 NO_NAT66 = dataclasses.replace(
     NODE,
     ipv6_mode="reject",
     tunnel_v6=None,
     dns=DnsRedirect(ia.IPv4Address("10.66.0.1"), 5353),
 )
-assert isinstance(NO_NAT66, NodePolicy)
 
 
 def _script_empty(runner: RecordingRunner) -> None:
