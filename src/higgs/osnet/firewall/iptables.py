@@ -8,9 +8,9 @@ says ``nf_tables`` or ``legacy``), unless configured.
 Every command passes ``-w``: the legacy flavour takes a machine-wide lock, shared by every
 network namespace, and other programs may hold it briefly.
 
-The nft flavour creates nftables tables (``table ip filter``, ...) for the first rule and never
-deletes them: the tables it had to create for us are journaled and deleted again once empty
-(:mod:`.iptables_tables`), so the host's ruleset ends exactly as it was.
+The nft flavour creates nftables tables (``table ip filter``, ...) and built-in chains for the
+first rule that needs them and never deletes them: those it had to create for us are journaled
+and deleted again once empty (:mod:`.iptables_tables`), so the host's ruleset ends as it was.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from higgs.osnet.runner import Runner
 from . import iptables_render, iptables_tables
 from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
 from .iptables_render import ChainSet, Jump
-from .iptables_tables import NftTable
+from .iptables_tables import NftChain, NftTable
 from .plan import FirewallNames, Plan
 
 __all__ = [
@@ -109,8 +109,10 @@ class IptablesBackend(FirewallBackend):
     ) -> None:
         super().__init__(names, runner, journal)
         self.tools = Tools(flavour or detect_flavour(runner))
-        # nftables tables iptables-nft had to create for our rules (deleted again when empty)
-        self._created: set[NftTable] = set()
+        # nftables tables and built-in chains iptables-nft had to create for our rules
+        # (deleted again when empty)
+        self._created_tables: set[NftTable] = set()
+        self._created_chains: set[NftChain] = set()
         self._nft_based: bool | None = None
 
     # --- probing ---------------------------------------------------------------------------
@@ -169,20 +171,23 @@ class IptablesBackend(FirewallBackend):
         return self._nft_based
 
     def _before_apply(self, plan: Plan) -> bool:
-        """Notes the tables ``plan`` needs that do not exist yet: iptables-nft will create
-        them, so they are ours to delete on removal."""
+        """Notes the tables and built-in chains ``plan`` needs that do not exist yet:
+        iptables-nft will create them, so they are ours to delete on removal."""
         if not self._makes_nft_tables():
             return False
-        used = {
-            (iptables_tables.nft_family(chains.family), table)
+        wanted = {
+            (iptables_tables.nft_family(chains.family), jump.table, jump.builtin)
             for chains in iptables_render.render(plan)
-            for table in chains.tables
+            for jump in chains.jumps
         }
-        unknown = used - self._created
-        missing = iptables_tables.absent(self.runner, unknown) if unknown else None
-        if not missing:
+        unknown = {
+            c for c in wanted if c[:2] not in self._created_tables and c not in self._created_chains
+        }
+        found = iptables_tables.missing(self.runner, unknown) if unknown else None
+        if found is None or not (found[0] or found[1]):
             return False
-        self._created |= missing
+        self._created_tables |= found[0]
+        self._created_chains |= found[1]
         return True
 
     def _apply(self, plan: Plan) -> None:
@@ -242,10 +247,17 @@ class IptablesBackend(FirewallBackend):
         errors = errors4 + errors6
         removed = removed4 + removed6
         if not errors:
-            # Only once all our rules are gone can the tables be empty.
-            for table in sorted(self._created):
+            # Only once all our rules are gone can they be empty.
+            for chain in sorted(self._created_chains):
                 try:
-                    gone = iptables_tables.delete_if_empty(self.runner, table)
+                    gone = iptables_tables.delete_chain_if_empty(self.runner, chain)
+                except CommandError as exc:
+                    errors.append(str(exc))
+                    continue
+                removed += [gone] if gone else []
+            for table in sorted(self._created_tables):
+                try:
+                    gone = iptables_tables.delete_table_if_empty(self.runner, table)
                 except CommandError as exc:
                     errors.append(str(exc))
                     continue
@@ -259,7 +271,8 @@ class IptablesBackend(FirewallBackend):
 
     def remove(self) -> None:
         super().remove()
-        self._created.clear()
+        self._created_tables.clear()
+        self._created_chains.clear()
 
     @classmethod
     def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
@@ -288,7 +301,8 @@ class IptablesBackend(FirewallBackend):
             "table": n.table,
             "chain_prefix": n.chain_prefix,
             "comment": n.comment,
-            "created_tables": [list(t) for t in sorted(self._created)],
+            "created_tables": [list(t) for t in sorted(self._created_tables)],
+            "created_chains": [list(c) for c in sorted(self._created_chains)],
         }
 
     @classmethod
@@ -300,8 +314,9 @@ class IptablesBackend(FirewallBackend):
         if flavour not in ("nft", "legacy", "plain"):
             flavour = None
         backend = cls(names, runner, flavour=flavour)
-        # Journals written before tables were noted have none: those stay, as they did then.
-        backend._created = set(iptables_tables.parse(params.get("created_tables") or ()))
+        # Journals written before these were noted have none: those stay, as they did then.
+        backend._created_tables = iptables_tables.parse_tables(params.get("created_tables") or ())
+        backend._created_chains = iptables_tables.parse_chains(params.get("created_chains") or ())
         return backend
 
     def status(self) -> FirewallStatus:

@@ -75,12 +75,16 @@ def make_backend(
 
 
 def ruleset(kind: str, ns: Netns) -> str:
-    """What `remove()` must leave exactly as it found it."""
-    if kind == "nft":
-        return normalise_ruleset(ns.run("nft", "list", "ruleset").stdout)
-    flavour = kind.split("-", 1)[1]
-    dumps = [ns.run(f"{tool}-{flavour}-save").stdout for tool in ("iptables", "ip6tables")]
-    return "\n".join(normalise_ruleset(d) for d in dumps)
+    """What `remove()` must leave exactly as it found it: the whole nftables ruleset (where
+    iptables-nft keeps its tables too) and the iptables dumps, but for counters and comments.
+    Only legacy tables that hold nothing are left out: legacy iptables creates them by merely
+    listing them, and they cannot be deleted."""
+    dumps = [ns.run("nft", "list", "ruleset").stdout]
+    if kind != "nft":
+        flavour = kind.split("-", 1)[1]
+        dumps += [ns.run(f"{tool}-{flavour}-save").stdout for tool in ("iptables", "ip6tables")]
+    legacy = kind == "iptables-legacy"
+    return "\n".join(normalise_ruleset(d, drop_empty_tables=legacy) for d in dumps)
 
 
 @pytest.fixture

@@ -179,9 +179,11 @@ class World:
 _COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
 
 
-def normalise_ruleset(text: str) -> str:
-    """A ruleset dump without what changes by merely looking (comments, counters) and without
-    tables that hold nothing but empty built-in chains (listing creates those in legacy)."""
+def normalise_ruleset(text: str, *, drop_empty_tables: bool = False) -> str:
+    """A ruleset dump without what changes by merely looking (comments, counters); with
+    ``drop_empty_tables`` also without iptables tables that hold nothing but empty built-in
+    chains with an ACCEPT policy (legacy iptables creates those by merely listing a table,
+    and the kernel never deletes them)."""
     text = _COUNTERS.sub("", text)
     blocks: list[list[str]] = []
     current: list[str] = []
@@ -198,7 +200,8 @@ def normalise_ruleset(text: str) -> str:
         b
         for b in blocks
         if not (
-            b[0].startswith("*")
+            drop_empty_tables
+            and b[0].startswith("*")
             and all(
                 ln.startswith((":", "*", "COMMIT"))
                 and (not ln.startswith(":") or " ACCEPT " in ln + " ")

@@ -1,4 +1,5 @@
-"""The tables iptables-nft creates for our rules: noted before, journaled, deleted when empty.
+"""The tables and built-in chains iptables-nft creates for our rules: noted before, journaled,
+deleted when empty.
 
 Command outputs are captured from nft 1.0.6 / iptables-nft 1.8.9 (captured/iptables-nft.*).
 """
@@ -21,8 +22,10 @@ from higgs.osnet.runner import RecordingRunner
 from .test_backends import NODE, JournalWatchingRunner
 
 CAPTURED = Path(__file__).parent / "captured"
-# `nft list tables` on a host whose iptables-nft already had IPv4 rules (filter and nat).
-LIST_TABLES = (CAPTURED / "iptables-nft.nft-list-tables.txt").read_text()
+# `nft list chains` on a host whose iptables-nft already had IPv4 rules (Docker-like: one in
+# filter FORWARD, one in nat POSTROUTING), and two nft tables of others, one of them empty.
+LIST_CHAINS = (CAPTURED / "iptables-nft.nft-list-chains.txt").read_text()
+EMPTY_INPUT = (CAPTURED / "iptables-nft.chain-input-empty.json").read_text()
 EMPTY = (CAPTURED / "iptables-nft.filter-empty.json").read_text()
 EMPTY_NAT = (CAPTURED / "iptables-nft.ip6-nat-empty.json").read_text()
 ABSENT = (CAPTURED / "iptables-nft.list-absent.stderr.txt").read_text()
@@ -40,22 +43,25 @@ def _script_empty(runner: RecordingRunner) -> None:
     runner.script(["nft", "-j", "list", "table"], stdout=EMPTY)
     runner.script(["nft", "-j", "list", "table", "ip", "nat"], stdout=EMPTY_NAT)
     runner.script(["nft", "-j", "list", "table", "ip6", "nat"], stdout=EMPTY_NAT)
+    runner.script(["nft", "-j", "list", "chain"], stdout=EMPTY_INPUT)
 
 
 def _deletes(runner: RecordingRunner) -> list[tuple[str, ...]]:
-    return [c[3:] for c in runner.calls if c[:3] == ("nft", "delete", "table")]
+    return [c[2:] for c in runner.calls if c[:2] == ("nft", "delete")]
 
 
 def test_absent_tables_are_journaled_before_the_first_rule(tmp_path: Path) -> None:
     path = tmp_path / "journal.json"
     runner = JournalWatchingRunner(path)
-    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    runner.script(["nft", "list", "chains"], stdout=LIST_CHAINS)
     with Journal(path, runner=runner) as journal:
         IptablesBackend(NODE.names, runner, journal, flavour="nft").apply(NODE)
         undo = journal.entries[0].undo
-    # ip filter and ip nat were there already: only the IPv6 ones are ours to delete.
+    # ip filter and ip nat were there already: only the IPv6 ones are ours to delete, and
+    # the built-in chains our jumps go to that those two tables lacked.
     assert undo["created_tables"] == [["ip6", "filter"], ["ip6", "nat"]]
-    probe = runner.calls.index(("nft", "list", "tables"))
+    assert undo["created_chains"] == [["ip", "filter", "INPUT"], ["ip", "nat", "PREROUTING"]]
+    probe = runner.calls.index(("nft", "list", "chains"))
     first_restore = next(i for i, c in enumerate(runner.calls) if "restore" in c[0])
     assert probe < first_restore
     assert runner.entries_seen[probe] == 0  # looked before the journal entry was written
@@ -64,16 +70,21 @@ def test_absent_tables_are_journaled_before_the_first_rule(tmp_path: Path) -> No
 
 def test_remove_deletes_the_created_tables_once_empty(tmp_path: Path) -> None:
     runner = RecordingRunner()
-    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    runner.script(["nft", "list", "chains"], stdout=LIST_CHAINS)
     _script_empty(runner)
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
         backend.apply(NODE)
         backend.remove()
         assert len(journal) == 0
-    assert _deletes(runner) == [("ip6", "filter"), ("ip6", "nat")]
+    assert _deletes(runner) == [
+        ("chain", "ip", "filter", "INPUT"),
+        ("chain", "ip", "nat", "PREROUTING"),
+        ("table", "ip6", "filter"),
+        ("table", "ip6", "nat"),
+    ]
     # Our chains went first: a table can only be empty once they are gone.
-    first_delete = runner.calls.index(("nft", "delete", "table", "ip6", "filter"))
+    first_delete = runner.calls.index(("nft", "delete", "chain", "ip", "filter", "INPUT"))
     assert all(c[0] != "ip6tables-nft" for c in runner.calls[first_delete:])
 
 
@@ -88,12 +99,18 @@ def test_replay_after_a_crash_deletes_them_and_a_second_replay_finds_nothing(
     _script_empty(runner)
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         assert journal.replay() == 1
-    assert _deletes(runner) == [("ip", "filter"), ("ip", "nat"), ("ip6", "filter"), ("ip6", "nat")]
+    assert _deletes(runner) == [
+        ("table", "ip", "filter"),
+        ("table", "ip", "nat"),
+        ("table", "ip6", "filter"),
+        ("table", "ip6", "nat"),
+    ]
     # Undone again (killed before the journal was saved): every table is gone already.
     runner.calls.clear()
-    runner.script(["nft", "-j", "list", "table"], returncode=1, stderr=ABSENT)
+    runner.script(["nft", "-j", "list"], returncode=1, stderr=ABSENT)
     spec = IptablesBackend(NODE.names, runner, flavour="nft")
-    spec._created = {("ip", "filter"), ("ip6", "nat")}
+    spec._created_tables = {("ip", "filter"), ("ip6", "nat")}
+    spec._created_chains = {("ip", "nat", "PREROUTING")}
     replayed = IptablesBackend.from_undo(spec.undo_spec(), runner)
     assert replayed._remove() == []  # no error either
     assert _deletes(runner) == []
@@ -114,16 +131,29 @@ def test_a_table_someone_else_uses_now_is_kept_and_the_log_says_why(
     text = (CAPTURED / f"iptables-nft.{capture}.json").read_text()
     runner.script(["nft", "-j", "list", "table", "ip", "filter"], stdout=text)
     with caplog.at_level(logging.INFO, logger=tables.__name__):
-        assert tables.delete_if_empty(runner, ("ip", "filter")) is None
+        assert tables.delete_table_if_empty(runner, ("ip", "filter")) is None
     assert _deletes(runner) == []
     assert why in caplog.text
 
 
-def test_an_empty_table_is_deleted() -> None:
+def test_a_chain_someone_else_put_a_rule_in_is_kept(caplog: pytest.LogCaptureFixture) -> None:
+    runner = RecordingRunner()
+    text = (CAPTURED / "iptables-nft.chain-forward-rule.json").read_text()
+    runner.script(["nft", "-j", "list", "chain"], stdout=text)
+    with caplog.at_level(logging.INFO, logger=tables.__name__):
+        assert tables.delete_chain_if_empty(runner, ("ip", "filter", "FORWARD")) is None
+    assert _deletes(runner) == []
+    assert "keeping nftables chain ip filter FORWARD" in caplog.text
+    assert "it holds a rule" in caplog.text
+
+
+def test_an_empty_table_or_chain_is_deleted() -> None:
     runner = RecordingRunner()
     runner.script(["nft", "-j", "list", "table", "ip", "filter"], stdout=EMPTY)
-    assert tables.delete_if_empty(runner, ("ip", "filter"))
-    assert _deletes(runner) == [("ip", "filter")]
+    runner.script(["nft", "-j", "list", "chain"], stdout=EMPTY_INPUT)
+    assert tables.delete_table_if_empty(runner, ("ip", "filter"))
+    assert tables.delete_chain_if_empty(runner, ("ip", "filter", "INPUT"))
+    assert _deletes(runner) == [("table", "ip", "filter"), ("chain", "ip", "filter", "INPUT")]
 
 
 def test_a_failing_delete_is_reported_and_the_entry_stays(tmp_path: Path) -> None:
@@ -141,15 +171,21 @@ def test_a_failing_delete_is_reported_and_the_entry_stays(tmp_path: Path) -> Non
 def test_a_plan_needing_another_table_amends_the_journal_first(tmp_path: Path) -> None:
     path = tmp_path / "journal.json"
     runner = RecordingRunner()
-    runner.script(["nft", "list", "tables"], stdout=LIST_TABLES)
+    runner.script(["nft", "list", "chains"], stdout=LIST_CHAINS)
     with Journal(path, runner=runner) as journal:
         backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
         backend.apply(NO_NAT66)
         assert journal.entries[0].undo["created_tables"] == [["ip6", "filter"]]
+        probes = sum(1 for c in runner.calls if c[:3] == ("nft", "list", "chains"))
         backend.apply(NODE)  # NAT66 switched on: ip6tables-nft will create `table ip6 nat`
         assert len(journal) == 1
         on_disk = json.loads(path.read_text())["entries"][0]["undo"]
         assert on_disk["created_tables"] == [["ip6", "filter"], ["ip6", "nat"]]
+        # Once all a plan's tables and chains are known, a re-apply looks only at the others
+        # (ip filter FORWARD and ip nat POSTROUTING were there before us: looked at again).
+        backend.apply(NODE)
+        assert len(journal) == 1
+        assert sum(1 for c in runner.calls if c[:3] == ("nft", "list", "chains")) == probes + 2
 
 
 def test_legacy_and_unreadable_hosts_note_nothing() -> None:
@@ -161,6 +197,7 @@ def test_legacy_and_unreadable_hosts_note_nothing() -> None:
     backend = IptablesBackend(NODE.names, runner, flavour="nft")
     backend.apply(NODE)
     assert backend.undo_spec()["created_tables"] == []
+    assert backend.undo_spec()["created_chains"] == []
     # `plain`: the flavour comes from `iptables --version`.
     runner = RecordingRunner()
     runner.script(["iptables", "--version"], stdout="iptables v1.8.9 (nf_tables)\n")
@@ -173,7 +210,10 @@ def test_a_journal_naming_other_tables_deletes_none_of_them() -> None:
     runner = RecordingRunner()
     spec = IptablesBackend(NODE.names, runner, flavour="nft").undo_spec()
     spec["created_tables"] = [["inet", "higgsnode_x"], ["ip", "docker"], "ip filter", ["ip"]]
-    assert IptablesBackend.from_undo(spec, runner)._created == set()
+    spec["created_chains"] = [["ip", "filter", "DOCKER"], ["inet", "filter", "INPUT"], None]
+    backend = IptablesBackend.from_undo(spec, runner)
+    assert backend._created_tables == set()
+    assert backend._created_chains == set()
 
 
 def test_remove_with_rules_left_does_not_touch_the_tables() -> None:
@@ -183,7 +223,7 @@ def test_remove_with_rules_left_does_not_touch_the_tables() -> None:
     )
     runner.script(["iptables-nft", "-w", "10", "-t", "filter", "-X"], returncode=1, stderr="busy")
     backend = IptablesBackend(NODE.names, runner, flavour="nft")
-    backend._created = {("ip", "filter")}
+    backend._created_tables = {("ip", "filter")}
     with pytest.raises(FirewallError, match="busy"):
         backend._remove()
     assert not any(c[0] == "nft" for c in runner.calls)
