@@ -215,7 +215,8 @@ def render_node(plan: NodePolicy) -> tuple[ChainSet, ChainSet]:
 
 
 def _kill_switch_forward(plan: KillSwitchPolicy, fam: Family) -> list[str]:
-    """Forwarded traffic leaves through the tunnel only (see nft_render's twin)."""
+    """Forwarded traffic leaves through the tunnel only; dropped, not rejected (see
+    nft_render's twin)."""
     fwd = [
         f"-o {plan.tunnel_if} -j RETURN",
         f"-i {plan.tunnel_if} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
@@ -224,7 +225,7 @@ def _kill_switch_forward(plan: KillSwitchPolicy, fam: Family) -> list[str]:
         fwd += [f"-d {n} -j RETURN" for n in (plan.lan_v4 if fam == 4 else plan.lan_v6)]
     if fam == 6 and not plan.block_ipv6_unless_tunnelled:
         fwd.append("-j RETURN")
-    fwd.append(_reject(fam))
+    fwd.append("-j DROP")
     return fwd
 
 

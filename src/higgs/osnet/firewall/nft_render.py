@@ -194,14 +194,16 @@ def _addr_family(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 def _kill_switch_forward(plan: KillSwitchPolicy) -> list[str]:
     """Forwarded traffic (containers, VMs, a shared connection behind this machine) leaves
     through the tunnel only; the tunnel's answers come back. Established connections are not
-    let through in general: one made before the switch went on must not keep leaking."""
+    let through in general: one made before the switch went on must not keep leaking. Dropped,
+    not rejected: the ICMP answer would itself leave through a non-tunnel interface, which
+    the output chain forbids."""
     tun = _q(plan.tunnel_if)
     fwd = [f"oifname {tun} accept", f"iifname {tun} ct state established,related accept"]
     if plan.allow_lan:
         fwd += ["ip daddr @lan4 accept", "ip6 daddr @lan6 accept"]
     if not plan.block_ipv6_unless_tunnelled:
         fwd.append("meta nfproto ipv6 accept")
-    fwd.append(f"counter {_REJECT}")
+    fwd.append("counter drop")
     return fwd
 
 
