@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from higgs.osnet.errors import CommandError
@@ -164,8 +165,11 @@ class IptablesBackend(FirewallBackend):
         """Whether our iptables command writes nftables tables (the nft flavour)."""
         if self._nft_based is None:
             if self.tools.flavour == "plain":
-                result = self.runner.run(["iptables", "--version"], check=False)
-                self._nft_based = "(nf_tables)" in result.stdout
+                try:
+                    out = self.runner.run(["iptables", "--version"], check=False).stdout
+                except CommandError:
+                    out = ""
+                self._nft_based = "(nf_tables)" in out
             else:
                 self._nft_based = self.tools.flavour == "nft"
         return self._nft_based
@@ -246,22 +250,22 @@ class IptablesBackend(FirewallBackend):
         removed6, errors6 = self._remove_family(6, set())
         errors = errors4 + errors6
         removed = removed4 + removed6
-        if not errors:
-            # Only once all our rules are gone can they be empty.
-            for chain in sorted(self._created_chains):
-                try:
-                    gone = iptables_tables.delete_chain_if_empty(self.runner, chain)
-                except CommandError as exc:
-                    errors.append(str(exc))
-                    continue
-                removed += [gone] if gone else []
-            for table in sorted(self._created_tables):
-                try:
-                    gone = iptables_tables.delete_table_if_empty(self.runner, table)
-                except CommandError as exc:
-                    errors.append(str(exc))
-                    continue
-                removed += [gone] if gone else []
+        # Only once all our rules are gone can what iptables-nft created for them be empty.
+        deletes: list[Callable[[], str | None]] = [
+            partial(iptables_tables.delete_chain_if_empty, self.runner, chain)
+            for chain in sorted(self._created_chains)
+        ]
+        deletes += [
+            partial(iptables_tables.delete_table_if_empty, self.runner, table)
+            for table in sorted(self._created_tables)
+        ]
+        for delete in deletes if not errors else []:
+            try:
+                gone = delete()
+            except CommandError as exc:
+                errors.append(str(exc))
+                continue
+            removed += [gone] if gone else []
         if errors:
             raise FirewallError(
                 f"could not remove every iptables rule of {self.names.chain_prefix}: "
