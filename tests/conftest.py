@@ -20,7 +20,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if anything of a lab this process built is still on the machine.
+    """Fail the run if anything of a lab this process built is still on the machine — labs,
+    and the osnet tests' namespaces, which register with the same registry.
 
     Only names of runs created by this very process are checked: other engineers build labs
     with the same prefix on this machine at the same time.
@@ -30,7 +31,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return  # no lab was ever built in this process
     from higgs.lab.lab import leftovers_of_run
 
-    problems = [f"lab {lab.names.stem} was never torn down" for lab in registry.live_labs()]
+    problems = [f"run {lab.names.stem} was never torn down" for lab in registry.live_labs()]
     problems += registry.teardown_all()
     for names in registry.created_runs():
         problems += [f"{names.stem}: {item}" for item in leftovers_of_run(names)]

@@ -62,6 +62,8 @@ class Server:
     lab: Lab
     data_dir: Path
     proc: Any = None
+    # BOSON_* settings for this server (e.g. a short session TTL), on top of the environment.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -86,6 +88,7 @@ class Server:
                 f"ws://{ip}:{RELAY_PORT}",
             ),
             name="bosonserver",
+            env={**os.environ, **self.env},
         )
         self.lab.server.wait_port(API_PORT, timeout=30)
         self.lab.server.wait_port(RELAY_PORT, timeout=30)
@@ -280,16 +283,20 @@ class System:
         return c
 
 
-def _build_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+def _build_system(
+    lab: Lab, tmp: Path, *, direct: bool, server_env: dict[str, str] | None = None
+) -> System:
     try:
-        return _start_system(lab, tmp, direct=direct)
+        return _start_system(lab, tmp, direct=direct, server_env=server_env)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
         raise
 
 
-def _start_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
-    server = Server(lab, tmp / "server")
+def _start_system(
+    lab: Lab, tmp: Path, *, direct: bool, server_env: dict[str, str] | None = None
+) -> System:
+    server = Server(lab, tmp / "server", env=dict(server_env or {}))
     server.start()
     endpoint = None
     if direct:
@@ -337,13 +344,18 @@ def check_tunnel(system: System, client: Client) -> None:
 
 @contextlib.contextmanager
 def running_system(
-    tmp: Path, *, direct: bool, plan: LabPlan | None = None, ipv6: bool = False
+    tmp: Path,
+    *,
+    direct: bool,
+    plan: LabPlan | None = None,
+    ipv6: bool = False,
+    server_env: dict[str, str] | None = None,
 ) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
-    nothing behind (namespaces, sockets, processes)."""
+    nothing behind (namespaces, sockets, processes). ``server_env``: BOSON_* settings."""
     lab = Lab(plan=plan, ipv6=ipv6).build()
     try:
-        system = _build_system(lab, tmp, direct=direct)
+        system = _build_system(lab, tmp, direct=direct, server_env=server_env)
         try:
             yield system
         finally:

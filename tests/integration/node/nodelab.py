@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from higgs.lab.host import Host
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
 from higgs.node.runstate import read_status, running_pid
-from higgs.osnet.hoststate import HostState, snapshot
+from higgs.osnet.hoststate import HostState, normalise, snapshot
 
 __all__ = ["REPO", "NodeRun", "host_state", "osnet_state", "wait_until"]
 
@@ -31,56 +30,6 @@ def wait_until(what: str, cond: Any, timeout: float = 30.0, every: float = 0.2) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
-
-
-_VOLATILE = re.compile(r"^# (Generated|Completed) .*$", re.M)
-_COUNTERS = re.compile(r" \[\d+:\d+\]")
-
-
-def _iptables(text: str) -> str:
-    """iptables-save without timestamps, counters, and tables that hold nothing but empty
-    built-in chains with an ACCEPT policy (merely probing iptables creates those)."""
-    text = _COUNTERS.sub("", _VOLATILE.sub("", text))
-    kept = []
-    for block in re.split(r"(?m)^(?=\*)", text):
-        lines = [ln for ln in block.splitlines() if ln.strip()]
-        if not lines:
-            continue
-        body = [ln for ln in lines[1:] if ln != "COMMIT"]
-        if all(ln.startswith(":") and ln.endswith(" ACCEPT") for ln in body):
-            continue
-        kept.append("\n".join(lines))
-    return "\n".join(kept)
-
-
-def _nft(text: str) -> str:
-    """``nft -j list ruleset`` as canonical JSON, without tables that hold only empty chains
-    with an accept policy (iptables-nft leaves those behind; they change nothing)."""
-    try:
-        items = json.loads(text).get("nftables", [])
-    except ValueError:
-        return text
-    busy: set[tuple[str, str]] = set()
-    for item in items:
-        for kind in ("rule", "set", "map", "element", "flowtable", "counter", "quota", "limit"):
-            if kind in item:
-                busy.add((item[kind]["family"], item[kind]["table"]))
-        chain = item.get("chain")
-        if chain and chain.get("policy", "accept") != "accept":
-            busy.add((chain["family"], chain["table"]))
-
-    def keep(item: dict[str, Any]) -> bool:
-        if "metainfo" in item:
-            return False
-        ((kind, body),) = item.items()
-        table = (body["family"], body["name"] if kind == "table" else body["table"])
-        return table in busy
-
-    kept = [i for i in items if keep(i)]
-    for item in kept:
-        for body in item.values():
-            body.pop("handle", None)
-    return json.dumps(kept, sort_keys=True, indent=1)
 
 
 def osnet_state(host: Host) -> HostState:
@@ -103,23 +52,21 @@ def settle(host: Host) -> None:
 
 def host_state(host: Host) -> dict[str, object]:
     """What a node run must leave exactly as it found it, in ``host``'s namespace: osnet's
-    snapshot (routes of all tables, policy rules, links, addresses, qdiscs, touched sysctls),
-    with the packet filter compared semantically — nft and iptables (nft and legacy, v4 and
-    v6) without tables that hold only empty accept-policy chains (see _nft/_iptables)."""
+    snapshot as it is (the whole ``nft list ruleset``, ``iptables-save`` and ``ip6tables-save``
+    but for counters and timestamps; routes of all tables, policy rules, links, addresses,
+    qdiscs, touched sysctls), plus the legacy iptables dumps (rules a run with the other
+    flavour would have left)."""
     settle(host)
 
-    def out(*argv: str) -> str:
+    def out(*argv: str) -> tuple[str, ...]:
         result = host.run(list(argv), check=False)
-        return result.stdout if result.returncode == 0 else f"<exit {result.returncode}>"
+        if result.returncode != 0:
+            return (f"<exit {result.returncode}>",)
+        return normalise("iptables", result.stdout)
 
-    sections = snapshot(netns=host.ns).sections
-    state: dict[str, object] = {
-        k: v for k, v in sections.items() if k not in ("nft", "iptables", "ip6tables")
-    }
-    state["nft"] = _nft(out("nft", "-j", "list", "ruleset"))
-    state["iptables"] = _iptables(out("iptables-save"))
-    state["ip6tables"] = _iptables(out("ip6tables-save"))
-    state["iptables-legacy"] = _iptables(out("iptables-legacy-save"))
+    state: dict[str, object] = dict(snapshot(netns=host.ns).sections)
+    state["iptables-legacy"] = out("iptables-legacy-save")
+    state["ip6tables-legacy"] = out("ip6tables-legacy-save")
     return state
 
 

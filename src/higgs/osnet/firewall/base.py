@@ -89,6 +89,12 @@ class FirewallBackend(abc.ABC):
     def _apply(self, plan: Plan) -> None:
         """Makes the kernel hold exactly ``plan`` under our names."""
 
+    def _before_apply(self, plan: Plan) -> bool:
+        """Looks at the host before ``plan`` is applied (and before the first apply is
+        journaled); True when :meth:`undo_spec` has grown since it was last journaled."""
+        del plan
+        return False
+
     @abc.abstractmethod
     def _remove(self) -> list[str]:
         """Removes everything under our names; absent is fine; raises FirewallError.
@@ -121,6 +127,7 @@ class FirewallBackend(abc.ABC):
             raise FirewallError(
                 f"plan for {plan.names.table!r} given to the backend of {self.names.table!r}"
             )
+        grown = self._before_apply(plan)
         if self.journal is not None and self._entry is None:
             what = f"firewall ({self.name}) rules {self.names.table}"
             self._entry = self.journal.record(what, self.undo_spec())
@@ -134,8 +141,11 @@ class FirewallBackend(abc.ABC):
                 self._entry = None
                 raise
         else:
-            # Re-apply: the journal already holds the undo, and a failed re-apply leaves the
-            # previous rules (nft: untouched, atomically; iptables: per table).
+            # Re-apply: the journal already holds the undo (amended first when this plan
+            # needs more of it), and a failed re-apply leaves the previous rules (nft:
+            # untouched, atomically; iptables: per table).
+            if grown and self.journal is not None and self._entry is not None:
+                self._entry = self.journal.amend(self._entry, self.undo_spec())
             self._apply(plan)
         self._plan = plan
         log.info("firewall (%s) applied: %s", self.name, self.names.table)

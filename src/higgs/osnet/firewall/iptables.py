@@ -7,6 +7,10 @@ says ``nf_tables`` or ``legacy``), unless configured.
 
 Every command passes ``-w``: the legacy flavour takes a machine-wide lock, shared by every
 network namespace, and other programs may hold it briefly.
+
+The nft flavour creates nftables tables (``table ip filter``, ...) and built-in chains for the
+first rule that needs them and never deletes them: those it had to create for us are journaled
+and deleted again once empty (:mod:`.iptables_tables`), so the host's ruleset ends as it was.
 """
 
 from __future__ import annotations
@@ -14,17 +18,19 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from higgs.osnet.errors import CommandError
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import Runner
 
-from . import iptables_render
+from . import iptables_render, iptables_tables
 from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
 from .iptables_render import ChainSet, Jump
+from .iptables_tables import NftChain, NftTable
 from .plan import FirewallNames, Plan
 
 __all__ = [
@@ -104,6 +110,11 @@ class IptablesBackend(FirewallBackend):
     ) -> None:
         super().__init__(names, runner, journal)
         self.tools = Tools(flavour or detect_flavour(runner))
+        # nftables tables and built-in chains iptables-nft had to create for our rules
+        # (deleted again when empty)
+        self._created_tables: set[NftTable] = set()
+        self._created_chains: set[NftChain] = set()
+        self._nft_based: bool | None = None
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -149,6 +160,39 @@ class IptablesBackend(FirewallBackend):
         return result.stdout if result.ok else ""
 
     # --- applying --------------------------------------------------------------------------
+
+    def _makes_nft_tables(self) -> bool:
+        """Whether our iptables command writes nftables tables (the nft flavour)."""
+        if self._nft_based is None:
+            if self.tools.flavour == "plain":
+                try:
+                    out = self.runner.run(["iptables", "--version"], check=False).stdout
+                except CommandError:
+                    out = ""
+                self._nft_based = "(nf_tables)" in out
+            else:
+                self._nft_based = self.tools.flavour == "nft"
+        return self._nft_based
+
+    def _before_apply(self, plan: Plan) -> bool:
+        """Notes the tables and built-in chains ``plan`` needs that do not exist yet:
+        iptables-nft will create them, so they are ours to delete on removal."""
+        if not self._makes_nft_tables():
+            return False
+        wanted = {
+            (iptables_tables.nft_family(chains.family), jump.table, jump.builtin)
+            for chains in iptables_render.render(plan)
+            for jump in chains.jumps
+        }
+        unknown = {
+            c for c in wanted if c[:2] not in self._created_tables and c not in self._created_chains
+        }
+        found = iptables_tables.missing(self.runner, unknown) if unknown else None
+        if found is None or not (found[0] or found[1]):
+            return False
+        self._created_tables |= found[0]
+        self._created_chains |= found[1]
+        return True
 
     def _apply(self, plan: Plan) -> None:
         for chains in iptables_render.render(plan):
@@ -204,12 +248,35 @@ class IptablesBackend(FirewallBackend):
     def _remove(self) -> list[str]:
         removed4, errors4 = self._remove_family(4, set())
         removed6, errors6 = self._remove_family(6, set())
-        if errors4 or errors6:
+        errors = errors4 + errors6
+        removed = removed4 + removed6
+        # Only once all our rules are gone can what iptables-nft created for them be empty.
+        deletes: list[Callable[[], str | None]] = [
+            partial(iptables_tables.delete_chain_if_empty, self.runner, chain)
+            for chain in sorted(self._created_chains)
+        ]
+        deletes += [
+            partial(iptables_tables.delete_table_if_empty, self.runner, table)
+            for table in sorted(self._created_tables)
+        ]
+        for delete in deletes if not errors else []:
+            try:
+                gone = delete()
+            except CommandError as exc:
+                errors.append(str(exc))
+                continue
+            removed += [gone] if gone else []
+        if errors:
             raise FirewallError(
                 f"could not remove every iptables rule of {self.names.chain_prefix}: "
-                + "; ".join(errors4 + errors6)
+                + "; ".join(errors)
             )
-        return removed4 + removed6
+        return removed
+
+    def remove(self) -> None:
+        super().remove()
+        self._created_tables.clear()
+        self._created_chains.clear()
 
     @classmethod
     def sweep(cls, names: FirewallNames, runner: Runner) -> list[str]:
@@ -238,6 +305,8 @@ class IptablesBackend(FirewallBackend):
             "table": n.table,
             "chain_prefix": n.chain_prefix,
             "comment": n.comment,
+            "created_tables": [list(t) for t in sorted(self._created_tables)],
+            "created_chains": [list(c) for c in sorted(self._created_chains)],
         }
 
     @classmethod
@@ -248,7 +317,11 @@ class IptablesBackend(FirewallBackend):
         flavour = params.get("flavour")
         if flavour not in ("nft", "legacy", "plain"):
             flavour = None
-        return cls(names, runner, flavour=flavour)
+        backend = cls(names, runner, flavour=flavour)
+        # Journals written before these were noted have none: those stay, as they did then.
+        backend._created_tables = iptables_tables.parse_tables(params.get("created_tables") or ())
+        backend._created_chains = iptables_tables.parse_chains(params.get("created_chains") or ())
+        return backend
 
     def status(self) -> FirewallStatus:
         saves = {(f, t): self._list(f, t) for f in (4, 6) for t in self._tables(f)}

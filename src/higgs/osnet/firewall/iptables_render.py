@@ -215,8 +215,24 @@ def render_node(plan: NodePolicy) -> tuple[ChainSet, ChainSet]:
     return _Node(plan, 4).build(), _Node(plan, 6).build()
 
 
+def _kill_switch_forward(plan: KillSwitchPolicy, fam: Family) -> list[str]:
+    """Forwarded traffic leaves through the tunnel only; dropped, not rejected (see
+    nft_render's twin)."""
+    fwd = [
+        f"-o {plan.tunnel_if} -j RETURN",
+        f"-i {plan.tunnel_if} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+    ]
+    if plan.allow_lan:
+        fwd += [f"-d {n} -j RETURN" for n in (plan.lan_v4 if fam == 4 else plan.lan_v6)]
+    if fam == 6 and not plan.block_ipv6_unless_tunnelled:
+        fwd.append("-j RETURN")
+    fwd.append("-j DROP")
+    return fwd
+
+
 def _kill_switch(plan: KillSwitchPolicy, fam: Family) -> ChainSet:
     out_c, in_c = plan.names.chain("OUT"), plan.names.chain("IN")
+    fwd_c = plan.names.chain("FWD")
     out: list[str] = []
     inp: list[str] = []
     if plan.allow_loopback:
@@ -251,8 +267,10 @@ def _kill_switch(plan: KillSwitchPolicy, fam: Family) -> ChainSet:
     jumps = (
         Jump("filter", "OUTPUT", out_c, plan.names.comment),
         Jump("filter", "INPUT", in_c, plan.names.comment),
+        Jump("filter", "FORWARD", fwd_c, plan.names.comment),
     )
-    return ChainSet(fam, {"filter": {out_c: out, in_c: inp}}, jumps)
+    chains = {out_c: out, in_c: inp, fwd_c: _kill_switch_forward(plan, fam)}
+    return ChainSet(fam, {"filter": chains}, jumps)
 
 
 def render_kill_switch(plan: KillSwitchPolicy) -> tuple[ChainSet, ChainSet]:

@@ -195,8 +195,25 @@ def _addr_family(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return "ip" if addr.version == 4 else "ip6"
 
 
+def _kill_switch_forward(plan: KillSwitchPolicy) -> list[str]:
+    """Forwarded traffic (containers, VMs, a shared connection behind this machine) leaves
+    through the tunnel only; the tunnel's answers come back. Established connections are not
+    let through in general: one made before the switch went on must not keep leaking. Dropped,
+    not rejected: the ICMP answer would itself leave through a non-tunnel interface, which
+    the output chain forbids."""
+    tun = _q(plan.tunnel_if)
+    fwd = [f"oifname {tun} accept", f"iifname {tun} ct state established,related accept"]
+    if plan.allow_lan:
+        fwd += ["ip daddr @lan4 accept", "ip6 daddr @lan6 accept"]
+    if not plan.block_ipv6_unless_tunnelled:
+        fwd.append("meta nfproto ipv6 accept")
+    fwd.append("counter drop")
+    return fwd
+
+
 def render_kill_switch(plan: KillSwitchPolicy) -> str:
-    """The client's table: output allowed only via the tunnel and to the endpoints."""
+    """The client's table: output (and forwarded traffic) allowed only via the tunnel, and
+    output to the endpoints."""
     tun = _q(plan.tunnel_if)
     out: list[str] = []
     inp: list[str] = []
@@ -237,6 +254,7 @@ def render_kill_switch(plan: KillSwitchPolicy) -> str:
     parts += [
         _chain("output", "output", "filter", "filter", out),
         _chain("input", "input", "filter", "filter", inp),
+        _chain("forward", "forward", "filter", "filter", _kill_switch_forward(plan)),
     ]
     return _table(plan.names.table, parts)
 

@@ -13,7 +13,8 @@ Node tests::
                                                                        2001:db8:192::1
 
 Kill-switch tests: a client namespace with an uplink k0 and a "tunnel" kt0, both to a world
-namespace holding the allowed endpoint 203.0.113.5 and other hosts.
+namespace holding the allowed endpoint 203.0.113.5 and other hosts; behind the client, a
+"container" namespace (kc1 10.98.0.2/24, routed and masqueraded by the client, as Docker does).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class KillWorld:
     world: World
     client: Netns
     net: Netns
+    container: Netns
 
 
 def _have(kind: str) -> bool:
@@ -75,12 +77,16 @@ def make_backend(
 
 
 def ruleset(kind: str, ns: Netns) -> str:
-    """What `remove()` must leave exactly as it found it."""
-    if kind == "nft":
-        return normalise_ruleset(ns.run("nft", "list", "ruleset").stdout)
-    flavour = kind.split("-", 1)[1]
-    dumps = [ns.run(f"{tool}-{flavour}-save").stdout for tool in ("iptables", "ip6tables")]
-    return "\n".join(normalise_ruleset(d) for d in dumps)
+    """What `remove()` must leave exactly as it found it: the whole nftables ruleset (where
+    iptables-nft keeps its tables too) and the iptables dumps, but for counters and comments.
+    Only legacy tables that hold nothing are left out: legacy iptables creates them by merely
+    listing them, and they cannot be deleted."""
+    dumps = [ns.run("nft", "list", "ruleset").stdout]
+    if kind != "nft":
+        flavour = kind.split("-", 1)[1]
+        dumps += [ns.run(f"{tool}-{flavour}-save").stdout for tool in ("iptables", "ip6tables")]
+    legacy = kind == "iptables-legacy"
+    return "\n".join(normalise_ruleset(d, drop_empty_tables=legacy) for d in dumps)
 
 
 @pytest.fixture
@@ -151,9 +157,23 @@ def node_world() -> Iterator[NodeWorld]:
 def kill_world() -> Iterator[KillWorld]:
     with ExitStack() as stack:
         world = World(stack)
-        client, net = world.ns("hgkc"), world.ns("hgkw")
+        client, net, box = world.ns("hgkc"), world.ns("hgkw"), world.ns("hgkb")
         veth(client, "k0", net, "k1")
         veth(client, "kt0", net, "kt1")
+        veth(client, "kc0", box, "kc1")
+        client.addr("kc0", "10.98.0.1/24")
+        box.addr("kc1", "10.98.0.2/24")
+        box.ip("route", "add", "default", "via", "10.98.0.1")
+        client.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The container's NAT, in a table of the test's own (it is there before and after).
+        client.run("nft", "-f", "-", input=(
+            "table ip hgtest_box {\n"
+            "\tchain post {\n"
+            "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+            "\t\tip saddr 10.98.0.0/24 masquerade\n"
+            "\t}\n"
+            "}\n"
+        ))  # fmt: skip
         client.addr("k0", "198.51.100.2/24", "2001:db8:51::2/64")
         net.addr("k1", "198.51.100.1/24", "2001:db8:51::1/64")
         client.addr("kt0", "10.99.0.2/24")
@@ -172,7 +192,7 @@ def kill_world() -> Iterator[KillWorld]:
             "tcp:[2001:db8:51::1]:80",
         )
         world.serve(client, "self", "tcp:127.0.0.1:9")
-        yield KillWorld(world, client, net)
+        yield KillWorld(world, client, net, box)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Throwaway network namespaces for the firewall tests (no dependency on the lab package).
+"""Throwaway network namespaces for the firewall tests.
 
 Every namespace, veth pair and process made here is removed when its context exits, also when
-a test fails; names carry a random suffix because other test runs share this machine.
+a test fails. Namespaces come from :class:`tests.integration.osnet.namespaces.Namespaces`:
+lab-run names (other test runs share this machine) and the lab's session-end leftover check.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from ..namespaces import Namespaces
 
 __all__ = ["ECHO", "Netns", "Session", "World", "netns", "normalise_ruleset", "unique", "veth"]
 
@@ -99,14 +102,12 @@ def veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:
 
 @contextmanager
 def netns(prefix: str = "hgfw") -> Iterator[Netns]:
-    name = unique(prefix)
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
+    """A namespace ``hgf-<suffix>-<prefix>``; processes left inside are stopped with it."""
+    spaces = Namespaces("hgf")
     try:
-        ns = Netns(name)
-        ns.ip("link", "set", "lo", "up")
-        yield ns
+        yield Netns(spaces.new(prefix))
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=TIMEOUT)
+        spaces.teardown()
 
 
 class Session:
@@ -179,9 +180,11 @@ class World:
 _COUNTERS = re.compile(r"\[\d+:\d+\]|counter packets \d+ bytes \d+")
 
 
-def normalise_ruleset(text: str) -> str:
-    """A ruleset dump without what changes by merely looking (comments, counters) and without
-    tables that hold nothing but empty built-in chains (listing creates those in legacy)."""
+def normalise_ruleset(text: str, *, drop_empty_tables: bool = False) -> str:
+    """A ruleset dump without what changes by merely looking (comments, counters); with
+    ``drop_empty_tables`` also without iptables tables that hold nothing but empty built-in
+    chains with an ACCEPT policy (legacy iptables creates those by merely listing a table,
+    and the kernel never deletes them)."""
     text = _COUNTERS.sub("", text)
     blocks: list[list[str]] = []
     current: list[str] = []
@@ -198,7 +201,8 @@ def normalise_ruleset(text: str) -> str:
         b
         for b in blocks
         if not (
-            b[0].startswith("*")
+            drop_empty_tables
+            and b[0].startswith("*")
             and all(
                 ln.startswith((":", "*", "COMMIT"))
                 and (not ln.startswith(":") or " ACCEPT " in ln + " ")

@@ -1,5 +1,6 @@
 """The client's kill switch in a namespace, for each backend: only the tunnel and the allowed
-endpoints get through; IPv6 is blocked; removal gives everything back."""
+endpoints get through; IPv6 is blocked; a container behind the client gets out through the
+tunnel only; removal gives everything back."""
 
 from __future__ import annotations
 
@@ -28,15 +29,26 @@ PROBES = {
 }
 
 
+# From the container behind the client (its traffic is forwarded, not the client's own).
+BOX_PROBES = {
+    "box: other host": "tcp:203.0.113.6:80",
+    "box: endpoint": "tcp:203.0.113.5:443",
+    "box: through tunnel": "tcp:10.99.0.1:80",
+}
+
+
 def reachable(kw: KillWorld) -> dict[str, bool]:
     got = kw.client.probe(*PROBES.values())
-    return {k: not got[v].startswith("ERR") for k, v in PROBES.items()}
+    box = kw.container.probe(*BOX_PROBES.values())
+    return {k: not got[v].startswith("ERR") for k, v in PROBES.items()} | {
+        k: not box[v].startswith("ERR") for k, v in BOX_PROBES.items()
+    }
 
 
 def test_kill_switch(
     kill_world: KillWorld, kind: str, fw_names: FirewallNames, register: Register
 ) -> None:
-    everything = dict.fromkeys(PROBES, True)
+    everything = dict.fromkeys([*PROBES, *BOX_PROBES], True)
     assert reachable(kill_world) == everything  # the probes can fail
     before = ruleset(kind, kill_world.client)
 
@@ -59,6 +71,10 @@ def test_kill_switch(
         "through tunnel": True,
         "ipv6 outside": False,
         "loopback": True,
+        # Forwarded traffic: the tunnel only — not even the client's own endpoint.
+        "box: other host": False,
+        "box: endpoint": False,
+        "box: through tunnel": True,
     }
     # Refused at once (no waiting for a timeout): applications fail fast.
     assert kill_world.client.ask1("tcp", "203.0.113.6", 80) != "ERR timeout"

@@ -30,7 +30,7 @@ from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import SubprocessRunner
 
 from .conftest import NodeWorld, make_backend, ruleset
-from .netns import unique
+from .netns import Netns, unique
 
 pytestmark = pytest.mark.root
 
@@ -198,13 +198,33 @@ def test_sweep_removes_ours_and_creates_nothing(
     w = node_world
     before = ruleset(kind, w.node)
     legacy_before = w.node.run("cat", "/proc/net/ip_tables_names").stdout
-    register(make_backend(kind, fw_names, w.node)).apply(plan_for(fw_names))
+    backend = register(make_backend(kind, fw_names, w.node))
+    backend.apply(plan_for(fw_names))
     # A new process, no state: only the names.
     assert sweep(fw_names, SubprocessRunner(netns=w.node.name)) == []
+    assert not backend.is_applied()
+    _forget_empty_tables(kind, w.node, backend)
     assert ruleset(kind, w.node) == before
     if kind != "iptables-legacy":
         # Looking for legacy rules must not have created legacy tables.
         assert w.node.run("cat", "/proc/net/ip_tables_names").stdout == legacy_before
+
+
+def _forget_empty_tables(kind: str, ns: Netns, backend: FirewallBackend) -> None:
+    """After a sweep: the tables iptables-nft created for our rules may stay — a sweep has no
+    state telling which were there before — but only empty; the backend that created them
+    knows they are its own and deletes them."""
+    if kind != "iptables-nft":
+        return
+    items = json.loads(ns.run("nft", "-j", "list", "ruleset").stdout)["nftables"]
+    left = [
+        i
+        for i in items
+        if ("rule" in i and i["rule"]["family"] in ("ip", "ip6"))
+        or ("chain" in i and i["chain"]["family"] in ("ip", "ip6") and "hook" not in i["chain"])
+    ]
+    assert left == []
+    backend.remove()
 
 
 def test_auto_picks_iptables_where_forward_drops(
@@ -250,8 +270,10 @@ def test_cleanup_sweep_hook_removes_node_rules_and_kill_switch(
     owned = OwnedNames.for_instance("node", instance)
     before = ruleset(kind, w.node)
     fw, ks = FirewallNames.of(owned), FirewallNames.of(owned, KILL_SWITCH_PART)
-    register(make_backend(kind, fw, w.node)).apply(plan_for(fw))
-    register(make_backend(kind, ks, w.node)).apply(KillSwitchPolicy(names=ks, tunnel_if="t0"))
+    node_fw = register(make_backend(kind, fw, w.node))
+    node_fw.apply(plan_for(fw))
+    kill_fw = register(make_backend(kind, ks, w.node))
+    kill_fw.apply(KillSwitchPolicy(names=ks, tunnel_if="t0"))
     # A process of its own, like `higgsnode cleanup` (pyroute2 forks to enter a namespace,
     # which is best kept out of the test runner's process).
     out = subprocess.run(
@@ -266,4 +288,6 @@ def test_cleanup_sweep_hook_removes_node_rules_and_kill_switch(
     else:
         assert any(r.endswith(f"chain {fw.chain('FWD')}") for r in report["removed"])
         assert any(r.endswith(f"chain {ks.chain('OUT')}") for r in report["removed"])
+    _forget_empty_tables(kind, w.node, kill_fw)
+    _forget_empty_tables(kind, w.node, node_fw)
     assert ruleset(kind, w.node) == before

@@ -190,13 +190,17 @@ def test_iptables_failed_first_apply_rolls_back(tmp_path: Path) -> None:
     runner.script(
         ["ip6tables-nft-restore"], returncode=2, stderr="ip6tables-restore: line 3 failed"
     )
+    # The tables iptables-nft created for IPv4 are empty again after the rollback.
+    empty = (CAPTURED / "iptables-nft.filter-empty.json").read_text()
+    runner.script(["nft", "-j", "list", "table"], stdout=empty)
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
         backend = IptablesBackend(NODE.names, runner, journal, flavour="nft")
         with pytest.raises(FirewallError, match="ip6tables-nft-restore refused"):
             backend.apply(NODE)
         assert len(journal) == 0
     # the rollback listed both families' tables to remove what IPv4 had already added
-    assert ("iptables-nft", "-w", "10", "-t", "filter", "-S") in runner.calls[-8:]
+    assert ("iptables-nft", "-w", "10", "-t", "filter", "-S") in runner.calls[-16:]
+    assert ("nft", "delete", "table", "ip", "filter") in runner.calls
 
 
 @pytest.mark.parametrize("variant", ["node_full", "ks_strict"])

@@ -64,3 +64,17 @@ def test_kill_switch_returns_instead_of_accepting() -> None:
     out6 = v6.tables["filter"]["HIGGSNODE_KS-OUT"]
     assert "-d 2001:db8::5 -p udp -m udp --dport 51820 -j RETURN" in out6
     assert "-j RETURN" not in out6  # IPv6 blocked unless tunnelled
+
+
+def test_kill_switch_forwards_only_into_the_tunnel() -> None:
+    v4, v6 = render(VARIANTS["ks_strict"])
+    for chains in (v4, v6):
+        assert chains.tables["filter"]["HIGGSNODE_KS-FWD"] == [
+            "-o hgc0 -j RETURN",
+            "-i hgc0 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+            "-j DROP",
+        ]
+        assert Jump("filter", "FORWARD", "HIGGSNODE_KS-FWD", "higgs:node:ks") in chains.jumps
+    lan4, lan6 = render(VARIANTS["ks_lan"])
+    assert "-d 192.168.0.0/16 -j RETURN" in lan4.tables["filter"]["HIGGSNODE_KSLAN-FWD"]
+    assert lan6.tables["filter"]["HIGGSNODE_KSLAN-FWD"][-2] == "-j RETURN"  # IPv6 not blocked

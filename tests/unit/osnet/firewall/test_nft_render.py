@@ -99,6 +99,23 @@ def test_kill_switch_allows_only_tunnel_and_endpoints() -> None:
     assert not any("nfproto ipv6 accept" in a or "@lan" in a for a in accepts)
 
 
+def test_kill_switch_forwards_only_into_the_tunnel_and_its_answers_back() -> None:
+    """Containers and VMs behind the client leave through the tunnel or not at all."""
+    fwd = [ln.strip() for ln in _chain(render(VARIANTS["ks_strict"]), "forward").splitlines()]
+    assert fwd[0] == "type filter hook forward priority filter; policy accept;"
+    assert fwd[1:] == [
+        'oifname "hgc0" accept',
+        # Not "ct state established" alone: a connection opened before the switch went on
+        # would keep leaking through the uplink.
+        'iifname "hgc0" ct state established,related accept',
+        # Not reject: the ICMP answer would be output through the uplink, which is forbidden.
+        "counter drop",
+    ]
+    lan = _chain(render(VARIANTS["ks_lan"]), "forward")
+    assert "ip daddr @lan4 accept" in lan  # the LAN rule of the machine holds for them too
+    assert "meta nfproto ipv6 accept" in lan
+
+
 def test_delete_script_never_fails_on_absent_table() -> None:
     assert render_delete("higgsnode_x") == (
         "table inet higgsnode_x {}\ndelete table inet higgsnode_x\n"
