@@ -173,6 +173,35 @@ def test_without_owner_protection_the_lab_lets_all_of_it_through(lab: Lab) -> No
         assert _connects(lab.client.socket(), lab.internet.ip, 25).startswith(b"220")
 
 
+def test_the_owners_exceptions_open_exactly_what_they_name(lab: Lab) -> None:
+    """The owner shares the printer and moves the port block from 25 to 587: the printer is
+    reachable, the rest of the LAN still is not, and the port rules follow the config."""
+    product = Product(lab)
+    _listener(lab, "home_router", lab.home_router.addr("lan0"), ADMIN_PORT, "admin")
+    product.start_server()
+    product.provision("client")
+    product.start_node(
+        config=f'[protection]\nallow = ["{lab.printer.ip}/32"]\nblocked_tcp_ports = [587]\n'
+    )
+    try:
+        product.wait_node_online()
+        product.connect_stock(lab.client)
+        assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
+        reply = _connects(lab.client.socket(), lab.printer.ip, PRINTER_PORT)
+        assert reply.startswith(b"printer")
+        printer = next(p for p in lab.processes if p.name == "printer")
+        # Masqueraded on the uplink: the printer sees the node machine's LAN address.
+        assert f"from {lab.node.ip}:" in printer.log_text(), printer.log_text()
+        assert _blocked(lab, "client", lab.home_router.addr("lan0"), ADMIN_PORT)
+        assert _connects(lab.client.socket(), lab.internet.ip, 25).startswith(b"220")
+        assert _blocked(lab, "client", lab.internet.ip, 587)
+    except Exception as exc:
+        exc.add_note("process logs:\n" + lab.log_tails(40))
+        raise
+    finally:
+        assert product.stop_node() == 0
+
+
 def test_after_stop_nothing_of_it_remains(lab: Lab) -> None:
     from higgs.osnet import hoststate
 

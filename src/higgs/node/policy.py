@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from higgs.node.settings import NodeSettings
-from higgs.osnet.firewall.plan import DnsRedirect, FirewallNames, NodePolicy
+from higgs.osnet.firewall.plan import DnsRedirect, FirewallNames, NodePolicy, PortRule
 
 __all__ = ["build_policy", "lan_prefixes", "own_addresses"]
 
@@ -54,6 +54,10 @@ def build_policy(
     lans = tuple(n for n in lan_prefixes(host_addresses) if n != tunnel.network)
     dns = DnsRedirect(tunnel.ip, settings.dns.port) if settings.dns.enabled else None
     limits = settings.limits
+    protection = settings.protection
+    blocked_ports = tuple(PortRule("tcp", p) for p in protection.blocked_tcp_ports) + tuple(
+        PortRule("udp", p) for p in protection.blocked_udp_ports
+    )
     return NodePolicy(
         names=names,
         tunnel_if=settings.interface,
@@ -62,6 +66,8 @@ def build_policy(
         own_addresses=own,
         lan_prefixes=lans,
         dns=dns,
+        allow_list=tuple(protection.allow),
+        blocked_ports=blocked_ports,
         per_client_conn_limit=limits.connections_per_client or None,  # 0: unlimited
         per_client_new_conn_rate=limits.new_connections_per_s or None,
         per_client_new_conn_burst=limits.new_connections_burst,

@@ -23,6 +23,7 @@ __all__ = [
     "DnsSettings",
     "LimitSettings",
     "NodeSettings",
+    "ProtectionSettings",
     "ShapingSettings",
     "Upstream",
     "load_node_settings",
@@ -166,6 +167,28 @@ class LimitSettings(BaseModel):
     new_connections_burst: int = Field(default=100, ge=1, le=1_000_000)
 
 
+class ProtectionSettings(BaseModel):
+    """Owner protection is on by default; these are the owner's exceptions and port blocks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Networks clients may reach although they lie in a blocked range (the owner's LAN,
+    # private/CGNAT/link-local, the node's own addresses), e.g. a shared printer.
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    # Outbound destination ports refused for clients (SMTP: spam would be sent from the
+    # owner's address).
+    blocked_tcp_ports: list[int] = Field(default_factory=lambda: [25])
+    blocked_udp_ports: list[int] = Field(default_factory=list)
+
+    @field_validator("blocked_tcp_ports", "blocked_udp_ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        bad = [p for p in value if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1..65535, got {bad}")
+        return sorted(set(value))
+
+
 class NodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -193,6 +216,7 @@ class NodeSettings(BaseModel):
     dns: DnsSettings = Field(default_factory=DnsSettings)
     shaping: ShapingSettings = Field(default_factory=ShapingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    protection: ProtectionSettings = Field(default_factory=ProtectionSettings)
 
     @field_validator("server")
     @classmethod
