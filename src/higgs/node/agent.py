@@ -7,9 +7,11 @@ Start, in order (each host change journaled with its undo before it is made):
 2. recovery — undo what a crashed earlier run left in the journal, then sweep our names;
 3. identity — the WireGuard keypair in the state dir (created on first start, 0600);
 4. WireGuard interface with the node's tunnel address (.1 of the subnet) and listen port;
-5. IPv4 forwarding on (the previous value is journaled and restored);
-6. firewall: NAT on the uplink, owner protection, DNS interception to the forwarder;
-7. DNS forwarder on the tunnel address;
+5. IPv4 forwarding on (the previous value is journaled and restored), and IPv6 forwarding
+   when the uplink has internet IPv6 (the interface then also gets the ULA ``::1``);
+6. firewall: NAT on the uplink (NAT66 too, or IPv6 rejected), owner protection, DNS
+   interception to the forwarder;
+7. DNS forwarder on the tunnel address (and on the IPv6 one);
 8. server link (register, heartbeat) and control link (peers, relayed sessions);
 9. watch the uplink: when the default route moves, NAT moves with it.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -82,9 +85,14 @@ def check_settings(settings: NodeSettings) -> None:
         raise AgentError("no server given: set --server URL (or `server` in the config file)")
 
 
-def registration_request(settings: NodeSettings, public_key: str) -> NodeRegisterRequest:
+def registration_request(
+    settings: NodeSettings,
+    public_key: str,
+    tunnel_v6: ipaddress.IPv6Interface | None = None,
+) -> NodeRegisterRequest:
     """What the node announces; validated here so a value the server would refuse stops the
-    node before it touches the host."""
+    node before it touches the host. ``tunnel_v6`` (the node forwards IPv6) announces the
+    clients' IPv6 prefix."""
     s = settings
     try:
         return NodeRegisterRequest(
@@ -92,6 +100,7 @@ def registration_request(settings: NodeSettings, public_key: str) -> NodeRegiste
             listen_port=s.listen_port,
             endpoint=s.endpoint,
             tunnel_subnet=str(s.tunnel_subnet),
+            tunnel_subnet_v6=str(tunnel_v6.network) if tunnel_v6 is not None else None,
             tunnel_mtu=s.mtu,
             max_clients=s.max_clients,
             bandwidth_mbps=s.bandwidth_mbps,
@@ -113,6 +122,7 @@ class Agent:
         self.started_at = time.time()
         self.uplink: Uplink | None = None
         self.dns: DnsForwarder | None = None
+        self.dns6: DnsForwarder | None = None
         self.server: ServerLink | None = None
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
@@ -136,10 +146,12 @@ class Agent:
     async def _heartbeat_body(self) -> dict[str, Any]:
         rows = await asyncio.to_thread(self._peer_rows)
         metrics = collect(rows, self.budget)
-        return heartbeat_body(metrics, rows)
+        body = heartbeat_body(metrics, rows)
+        body["ipv6"] = self.host.tunnel_v6 is not None
+        return body
 
     def registration(self) -> NodeRegisterRequest:
-        return registration_request(self.settings, self.key.public_b64())
+        return registration_request(self.settings, self.key.public_b64(), self.host.tunnel_v6)
 
     def make_server_link(self) -> ServerLink:
         s = self.settings
@@ -184,6 +196,7 @@ class Agent:
             "interface": self.settings.interface,
             "listen_port": self.settings.listen_port,
             "tunnel_address": str(self.settings.node_address),
+            "tunnel_address_v6": str(self.host.tunnel_v6) if self.host.tunnel_v6 else None,
             "endpoint": self.settings.endpoint,
             "uplink": self.uplink.name if self.uplink else None,
             "server": self.server.status.as_dict() if self.server else None,
@@ -298,7 +311,7 @@ class Agent:
         s = self.settings
         wg = await asyncio.to_thread(self.host.bring_up_interface, self.key)
         shaper = await asyncio.to_thread(self.host.setup_shaping)
-        previous = await asyncio.to_thread(self.host.enable_forwarding)
+        previous = await asyncio.to_thread(self.host.enable_forwarding, uplink)
         log.info("ip forwarding on", extra={"was": previous})
         await asyncio.to_thread(self.host.apply_firewall, uplink)
         if s.dns.enabled:
@@ -313,10 +326,21 @@ class Agent:
                 max_inflight=s.dns.max_inflight,
             )
             await self.dns.start()
+            if self.host.tunnel_v6 is not None:
+                # The same forwarder on the IPv6 tunnel address (IPv6 queries are DNATed here).
+                self.dns6 = DnsForwarder(
+                    str(self.host.tunnel_v6.ip),
+                    s.dns.port,
+                    upstreams,
+                    timeout_s=s.dns.timeout_s,
+                    max_inflight=s.dns.max_inflight,
+                )
+                await self.dns6.start()
         self.peers = PeerManager(
             WgPeerTable(wg),
             s.node_address,
             s.max_clients,
+            tunnel_v6=self.host.tunnel_v6,
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted,
         )
@@ -343,9 +367,11 @@ class Agent:
         if self.server is not None:
             await self.server.deregister()
             await self.server.aclose()
-        if self.dns is not None:
+        for forwarder in (self.dns, self.dns6):
+            if forwarder is None:
+                continue
             try:
-                await self.dns.stop()
+                await forwarder.stop()
             except Exception as exc:
                 problems.append(f"dns forwarder: {exc}")
         try:
@@ -371,7 +397,8 @@ async def _main(settings: NodeSettings) -> None:
                     "removed: " + "; ".join(problems)
                 )
             key = load_or_create_private_key(settings.state_dir / KEY_FILE)
-            registration_request(settings, key.public_b64())
+            await asyncio.to_thread(host.decide_ipv6, uplink, key.public_b64())
+            registration_request(settings, key.public_b64(), host.tunnel_v6)
             await Agent(settings, host, key).run(uplink)
         finally:
             host.close()

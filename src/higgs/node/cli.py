@@ -40,6 +40,16 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
     )
     p.add_argument("--tunnel-subnet", metavar="CIDR", help="client network (10.77.0.0/24)")
     p.add_argument(
+        "--ipv6",
+        choices=["auto", "off"],
+        help="forward clients' IPv6 with NAT66 when the uplink has internet IPv6 (auto)",
+    )
+    p.add_argument(
+        "--tunnel-subnet-v6",
+        metavar="CIDR",
+        help="clients' IPv6 prefix, unique local (default: fdXX:XXXX:XXXX::/64 from the key)",
+    )
+    p.add_argument(
         "--firewall", choices=["auto", "nft", "iptables"], help="firewall backend (auto)"
     )
     p.add_argument("--country", metavar="CC", help="two-letter country code shown to clients")
@@ -96,6 +106,8 @@ def _load(args: argparse.Namespace) -> NodeSettings:
         "listen_port": getattr(args, "listen_port", None),
         "endpoint": getattr(args, "endpoint", None),
         "tunnel_subnet": getattr(args, "tunnel_subnet", None),
+        "ipv6": getattr(args, "ipv6", None),
+        "tunnel_subnet_v6": getattr(args, "tunnel_subnet_v6", None),
         "firewall": getattr(args, "firewall", None),
         "country": getattr(args, "country", None),
         "region": getattr(args, "region", None),
