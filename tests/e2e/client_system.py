@@ -127,6 +127,7 @@ class Node:
     host: Host | None = None
     proc: Any = None
     node_id: str | None = None
+    args: tuple[str, ...] = ()  # more `higgsnode start` flags (e.g. --ipv6 off)
 
     def online_ids(self) -> set[str]:
         listing = json.loads(self.server.cli("nodes", "--json"))
@@ -163,6 +164,7 @@ class Node:
         )
         if self.endpoint:
             argv += ["--endpoint", self.endpoint]
+        argv += self.args
         self.proc = self.lab.spawn(host, argv, name="higgsnode")
         wait_until(
             "the node to come online", lambda: bool(self.online_ids() - already), 60, every=1.0
@@ -280,22 +282,22 @@ class System:
         return c
 
 
-def _build_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+def _build_system(lab: Lab, tmp: Path, *, direct: bool, node_args: tuple[str, ...] = ()) -> System:
     try:
-        return _start_system(lab, tmp, direct=direct)
+        return _start_system(lab, tmp, direct=direct, node_args=node_args)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
         raise
 
 
-def _start_system(lab: Lab, tmp: Path, *, direct: bool) -> System:
+def _start_system(lab: Lab, tmp: Path, *, direct: bool, node_args: tuple[str, ...] = ()) -> System:
     server = Server(lab, tmp / "server")
     server.start()
     endpoint = None
     if direct:
         lab.forward_udp(NODE_PORT)
         endpoint = f"{lab.home_router.addr('wan0')}:{NODE_PORT}"
-    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint)
+    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint, args=node_args)
     node.start()
     return System(lab, tmp, server, node)
 
@@ -337,13 +339,22 @@ def check_tunnel(system: System, client: Client) -> None:
 
 @contextlib.contextmanager
 def running_system(
-    tmp: Path, *, direct: bool, plan: LabPlan | None = None, ipv6: bool = False
+    tmp: Path,
+    *,
+    direct: bool,
+    plan: LabPlan | None = None,
+    ipv6: bool = False,
+    node_args: tuple[str, ...] = (),
+    before_start: Callable[[Lab], None] | None = None,
 ) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
-    nothing behind (namespaces, sockets, processes)."""
+    nothing behind (namespaces, sockets, processes). ``before_start`` sees the built lab
+    before any program runs in it (e.g. to snapshot the node's host)."""
     lab = Lab(plan=plan, ipv6=ipv6).build()
     try:
-        system = _build_system(lab, tmp, direct=direct)
+        if before_start is not None:
+            before_start(lab)
+        system = _build_system(lab, tmp, direct=direct, node_args=node_args)
         try:
             yield system
         finally:

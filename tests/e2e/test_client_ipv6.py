@@ -1,4 +1,5 @@
-"""No IPv6 leak: the client's network has global IPv6, the tunnel is IPv4 only."""
+"""No IPv6 leak: the client's network has global IPv6, the tunnel is IPv4 only (the node
+forwards no IPv6: `--ipv6 off`, as a node whose uplink has no internet IPv6)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 @pytest.fixture
 def v6(tmp_path: Path) -> Iterator[System]:
-    with running_system(tmp_path, direct=False, ipv6=True) as system:
+    with running_system(tmp_path, direct=False, ipv6=True, node_args=("--ipv6", "off")) as system:
         yield system
 
 
@@ -28,7 +29,8 @@ def test_ipv6_is_blocked_while_the_ipv4_tunnel_is_up(v6: System) -> None:
     client = v6.client()
     own = lab.whoami(client.host, ipv6=True)["ip"]
     assert own == lab.client.ip6, "the lab gives the client global IPv6"
-    client.connect("--mode", "relay")
+    answer = client.connect("--mode", "relay")
+    assert ":" not in answer["address"], "a node without IPv6 offered an IPv6 address"
     assert lab.whoami(client.host)["ip"] == home_public(lab)
     with pytest.raises(Exception):  # noqa: B017,PT011 - curl fails: rejected by the kill switch
         lab.whoami(client.host, ipv6=True, timeout=4)
