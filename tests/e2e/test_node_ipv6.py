@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from higgs.lab import Lab
+from higgs.lab import Lab, start_wireguard_go
 from higgs.osnet import hoststate
 from tests.e2e.client_system import (
     DNS_NAME,
@@ -25,6 +25,7 @@ from tests.e2e.client_system import (
     home_public,
     needs_node,
     running_system,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
@@ -108,6 +109,43 @@ def test_direct_client_gets_ipv6_and_dns_over_ipv6_is_intercepted(v6: System) ->
     assert home_public(lab) in asked
     assert client_public(lab) not in asked, asked
     assert lab.client.ip6 not in asked, asked
+
+
+def test_exported_config_has_ipv6_and_works_with_stock_wireguard(v6: System) -> None:
+    lab = v6.lab
+    client = v6.client()
+    text = client.vpn("export").stdout
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            fields[key.strip()] = value.strip()
+    v4, v6addr = (a.strip() for a in fields["Address"].split(","))
+    assert v4.startswith("10.")
+    assert v6addr.startswith("fd")
+    assert v6addr.endswith("/128")
+    assert fields["AllowedIPs"] == "0.0.0.0/0, ::/0"
+    assert len(fields["DNS"].split(",")) == 2
+    # What a stock app does with it (no higgsvpn): IPv6 to the internet host leaves NATed.
+    wg_only = "\n".join(
+        line for line in text.splitlines() if not line.startswith(("Address", "DNS", "MTU", "#"))
+    )
+    ifname = lab.ifname("stk6")
+    start_wireguard_go(client.host, ifname)
+    try:
+        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_only + "\n")
+        client.host.run(["ip", "address", "add", v4, "dev", ifname])
+        client.host.run(["ip", "address", "add", v6addr, "dev", ifname, "nodad"])
+        client.host.run(["ip", "link", "set", ifname, "mtu", fields["MTU"], "up"])
+        client.host.run(["ip", "-6", "route", "add", f"{lab.internet.ip6}/128", "dev", ifname])
+        wait_until(
+            "the stock tunnel to carry IPv6",
+            lambda: lab.whoami(client.host, ipv6=True, timeout=4)["ip"] == lab.node.ip6,
+            30,
+            every=1.0,
+        )
+    finally:
+        client.host.run(["ip", "link", "delete", ifname], check=False)
 
 
 def test_node_stop_restores_its_host(v6: System) -> None:
