@@ -344,13 +344,14 @@ def running_system(
     direct: bool,
     plan: LabPlan | None = None,
     ipv6: bool = False,
+    ipv6_without: tuple[str, ...] = (),
     node_args: tuple[str, ...] = (),
     before_start: Callable[[Lab], None] | None = None,
 ) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
     nothing behind (namespaces, sockets, processes). ``before_start`` sees the built lab
     before any program runs in it (e.g. to snapshot the node's host)."""
-    lab = Lab(plan=plan, ipv6=ipv6).build()
+    lab = Lab(plan=plan, ipv6=ipv6, ipv6_without=ipv6_without).build()
     try:
         if before_start is not None:
             before_start(lab)

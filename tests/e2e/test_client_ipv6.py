@@ -1,10 +1,11 @@
-"""No IPv6 leak: the client's network has global IPv6, the tunnel is IPv4 only (the node
-forwards no IPv6: `--ipv6 off`, as a node whose uplink has no internet IPv6)."""
+"""No IPv6 leak: the client's network has global IPv6, the tunnel is IPv4 only, because the
+node's uplink has no IPv6 (the node finds that out itself) or its owner turned IPv6 off."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,13 @@ from tests.e2e.client_system import (
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 
-@pytest.fixture
-def v6(tmp_path: Path) -> Iterator[System]:
-    with running_system(tmp_path, direct=False, ipv6=True, node_args=("--ipv6", "off")) as system:
+@pytest.fixture(params=["no-ipv6-uplink", "ipv6-off"])
+def v6(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
+    if request.param == "no-ipv6-uplink":
+        kw: dict[str, Any] = {"ipv6_without": ("node",)}
+    else:
+        kw = {"node_args": ("--ipv6", "off")}
+    with running_system(tmp_path, direct=False, ipv6=True, **kw) as system:
         yield system
 
 
