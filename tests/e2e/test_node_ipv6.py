@@ -10,11 +10,13 @@ stays out of reach. One lab for the module; the last test stops the node and com
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from higgs.lab import Lab, start_wireguard_go
+from higgs.lab.lab import WHOAMI_PORT
 from higgs.osnet import hoststate
 from tests.e2e.client_system import (
     DNS_NAME,
@@ -146,6 +148,51 @@ def test_exported_config_has_ipv6_and_works_with_stock_wireguard(v6: System) -> 
         )
     finally:
         client.host.run(["ip", "link", "delete", ifname], check=False)
+
+
+def _node_metrics(system: System) -> dict[str, object]:
+    listing = json.loads(system.server.cli("nodes", "--json"))
+    items = listing["nodes"] if isinstance(listing, dict) else listing
+    (node,) = [n for n in items if n["node_id"] == system.node.node_id]
+    metrics: dict[str, object] = node.get("metrics") or {}
+    return metrics
+
+
+def test_uplink_losing_ipv6_makes_the_node_reject_it_until_it_is_back(v6: System) -> None:
+    lab = v6.lab
+    client = v6.client()
+    client.connect("--mode", "relay")
+    assert lab.whoami(client.host, ipv6=True)["ip"] == lab.node.ip6
+    assert _node_metrics(v6).get("ipv6") is True
+    url = f"http://[{lab.internet.ip6}]:{WHOAMI_PORT}/"
+    gateway = str(lab.node.v6.gateway) if lab.node.v6 else ""
+    lab.node.run(["ip", "-6", "route", "del", "::/0", "via", gateway])
+    try:
+        # Refused by the node with an ICMPv6 error: curl cannot connect (exit 7), rather
+        # than waiting for its timeout (exit 28) as it would if the packets were dropped.
+        def refused() -> bool:
+            out = client.host.run(
+                ["curl", "-6", "-sS", "--noproxy", "*", "--max-time", "8", url],
+                check=False,
+                timeout=20,
+            )
+            return out.returncode == 7
+
+        wait_until("the node to reject IPv6", refused, 30, every=1.0)
+        wait_until(
+            "the heartbeat to report no IPv6",
+            lambda: _node_metrics(v6).get("ipv6") is False,
+            40,
+            every=2.0,
+        )
+    finally:
+        lab.node.run(["ip", "-6", "route", "add", "::/0", "via", gateway])
+    wait_until(
+        "NAT66 again",
+        lambda: lab.whoami(client.host, ipv6=True, timeout=4)["ip"] == lab.node.ip6,
+        30,
+        every=1.0,
+    )
 
 
 def test_node_stop_restores_its_host(v6: System) -> None:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "private.key"
 BUDGET_FILE = "budget.json"
 UPLINK_POLL_S = 2.0
+IPV6_POLL_S = 5.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
 
@@ -147,7 +148,7 @@ class Agent:
         rows = await asyncio.to_thread(self._peer_rows)
         metrics = collect(rows, self.budget)
         body = heartbeat_body(metrics, rows)
-        body["ipv6"] = self.host.tunnel_v6 is not None
+        body["ipv6"] = self.host.tunnel_v6 is not None and self.host.ipv6_active
         return body
 
     def registration(self) -> NodeRegisterRequest:
@@ -250,6 +251,27 @@ class Agent:
         watcher.current = self.uplink
         await watcher.run()
 
+    async def _watch_ipv6(self) -> None:
+        """NAT66 only while the uplink has internet IPv6; otherwise clients' IPv6 is rejected
+        (fail fast) and the next heartbeat tells the server to stop offering IPv6."""
+        while True:
+            await asyncio.sleep(IPV6_POLL_S)
+            uplink = self.uplink
+            if uplink is None:
+                continue
+            try:
+                available = await asyncio.to_thread(self.host.ipv6_available, uplink)
+                if available != self.host.ipv6_active:
+                    log.warning(
+                        "uplink %s internet IPv6; %s",
+                        "regained" if available else "lost",
+                        "NAT66 again" if available else "rejecting clients' IPv6",
+                        extra={"uplink": uplink.name},
+                    )
+                    await asyncio.to_thread(self.host.set_ipv6_active, available, uplink)
+            except HiggsError as exc:
+                log.warning("IPv6 check failed: %s", exc)
+
     def _watch(self, task: asyncio.Task[Any]) -> None:
         """A background task that ends on its own ends the agent (with its error)."""
         if task.cancelled():
@@ -349,6 +371,8 @@ class Agent:
             await self._on_identity(server.identity)
         self._spawn(server.run(), "server-link")
         self._spawn(self._watch_uplink(), "uplink-watch")
+        if self.host.tunnel_v6 is not None:
+            self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")
 
     async def _teardown(self) -> list[str]:

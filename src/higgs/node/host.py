@@ -96,6 +96,8 @@ class NodeHost:
         self.firewall: FirewallBackend | None = None
         # The node's own IPv6 tunnel address (with the clients' prefix) when it forwards IPv6.
         self.tunnel_v6: ipaddress.IPv6Interface | None = None
+        # False while the uplink has lost its internet IPv6: the firewall rejects IPv6 then.
+        self.ipv6_active = False
 
     @property
     def journal_path(self) -> Path:
@@ -123,6 +125,7 @@ class NodeHost:
         IPv4 uplink also holds the IPv6 default route and an internet IPv6 address (NAT66
         leaves through the one uplink the firewall plan knows)."""
         self.tunnel_v6 = None
+        self.ipv6_active = False
         if self.settings.ipv6 == "off":
             log.info("IPv6 forwarding off by configuration: IPv6 from clients is rejected")
             return None
@@ -135,8 +138,14 @@ class NodeHost:
             return None
         net = self.settings.subnet_v6(public_key)
         self.tunnel_v6 = ipaddress.IPv6Interface(f"{net.network_address + 1}/{net.prefixlen}")
+        self.ipv6_active = True
         log.info("IPv6 with NAT66", extra={"prefix": str(net), "uplink": uplink.name})
         return self.tunnel_v6
+
+    def ipv6_available(self, uplink: Uplink) -> bool:
+        """Whether ``uplink`` still has internet IPv6 (IPv6 default route and address)."""
+        up6 = discovery.ipv6_uplink(exclude=[self.settings.interface])
+        return up6 is not None and up6.name == uplink.name
 
     def host_addresses(self) -> list[IPInterface]:
         return all_addresses(exclude=[self.settings.interface])
@@ -213,17 +222,27 @@ class NodeHost:
         return previous
 
     def apply_firewall(self, uplink: Uplink) -> None:
+        """Applies the node's rules; again later, it replaces them in place (atomically)."""
         journal = self.open_journal()
         policy = build_policy(
             self.settings,
             names=self.fw_names,
             uplink=uplink.name,
             host_addresses=self.host_addresses(),
-            tunnel_v6=self.tunnel_v6,
+            tunnel_v6=self.tunnel_v6 if self.ipv6_active else None,
         )
-        self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
+        if self.firewall is None:
+            self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
         self.firewall.apply(policy)
         log.info("firewall applied", extra={"backend": self.firewall.name, "uplink": uplink.name})
+
+    def set_ipv6_active(self, active: bool, uplink: Uplink) -> None:
+        """The uplink lost (or regained) internet IPv6: reject clients' IPv6 so they fail
+        fast, or NAT66 it again. The interface keeps its IPv6 address meanwhile."""
+        if self.tunnel_v6 is None or active == self.ipv6_active:
+            return
+        self.ipv6_active = active
+        self.apply_firewall(uplink)
 
     def move_uplink(self, uplink: Uplink) -> None:
         """The default route moved: NAT follows it (established tunnels stay up)."""
