@@ -62,6 +62,8 @@ class Server:
     lab: Lab
     data_dir: Path
     proc: Any = None
+    # BOSON_* settings for this server (e.g. a short session TTL), on top of the environment.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -86,6 +88,7 @@ class Server:
                 f"ws://{ip}:{RELAY_PORT}",
             ),
             name="bosonserver",
+            env={**os.environ, **self.env},
         )
         self.lab.server.wait_port(API_PORT, timeout=30)
         self.lab.server.wait_port(RELAY_PORT, timeout=30)
@@ -282,16 +285,30 @@ class System:
         return c
 
 
-def _build_system(lab: Lab, tmp: Path, *, direct: bool, node_args: tuple[str, ...] = ()) -> System:
+def _build_system(
+    lab: Lab,
+    tmp: Path,
+    *,
+    direct: bool,
+    server_env: dict[str, str] | None = None,
+    node_args: tuple[str, ...] = (),
+) -> System:
     try:
-        return _start_system(lab, tmp, direct=direct, node_args=node_args)
+        return _start_system(lab, tmp, direct=direct, server_env=server_env, node_args=node_args)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
         raise
 
 
-def _start_system(lab: Lab, tmp: Path, *, direct: bool, node_args: tuple[str, ...] = ()) -> System:
-    server = Server(lab, tmp / "server")
+def _start_system(
+    lab: Lab,
+    tmp: Path,
+    *,
+    direct: bool,
+    server_env: dict[str, str] | None = None,
+    node_args: tuple[str, ...] = (),
+) -> System:
+    server = Server(lab, tmp / "server", env=dict(server_env or {}))
     server.start()
     endpoint = None
     if direct:
@@ -344,18 +361,20 @@ def running_system(
     direct: bool,
     plan: LabPlan | None = None,
     ipv6: bool = False,
+    server_env: dict[str, str] | None = None,
     ipv6_without: tuple[str, ...] = (),
     node_args: tuple[str, ...] = (),
     before_start: Callable[[Lab], None] | None = None,
 ) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
-    nothing behind (namespaces, sockets, processes). ``before_start`` sees the built lab
-    before any program runs in it (e.g. to snapshot the node's host)."""
+    nothing behind (namespaces, sockets, processes). ``server_env``: BOSON_* settings;
+    ``before_start`` sees the built lab before any program runs in it (e.g. to snapshot the
+    node's host)."""
     lab = Lab(plan=plan, ipv6=ipv6, ipv6_without=ipv6_without).build()
     try:
         if before_start is not None:
             before_start(lab)
-        system = _build_system(lab, tmp, direct=direct, node_args=node_args)
+        system = _build_system(lab, tmp, direct=direct, server_env=server_env, node_args=node_args)
         try:
             yield system
         finally:
