@@ -198,6 +198,7 @@ class Agent:
             "listen_port": self.settings.listen_port,
             "tunnel_address": str(self.settings.node_address),
             "tunnel_address_v6": str(self.host.tunnel_v6) if self.host.tunnel_v6 else None,
+            "ipv6_active": self.host.tunnel_v6 is not None and self.host.ipv6_active,
             "endpoint": self.settings.endpoint,
             "uplink": self.uplink.name if self.uplink else None,
             "server": self.server.status.as_dict() if self.server else None,

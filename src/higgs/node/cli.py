@@ -187,6 +187,11 @@ def _status(args: argparse.Namespace) -> int:
         f"  relay link {'up' if control.get('connected') else 'down'}, "
         f"{control.get('relayed_sessions', 0)} relayed session(s)"
     )
+    if status.get("tunnel_address_v6"):
+        state = "NAT66" if status.get("ipv6_active") else "rejected (uplink lost IPv6)"
+        print(f"  ipv6       {status['tunnel_address_v6']}, {state}")
+    else:
+        print("  ipv6       rejected (no internet IPv6 on the uplink, or ipv6 = off)")
     print(f"  sessions   {status.get('sessions', 0)}, peers {len(peers)}")
     print(f"  traffic    rx {_fmt_bytes(rx)}, tx {_fmt_bytes(tx)}")
     for p in peers:
