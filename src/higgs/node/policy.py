@@ -53,15 +53,13 @@ def build_policy(
     """``tunnel_v6`` (the node's own IPv6 tunnel address with the clients' prefix) turns on
     NAT66 out of ``uplink``; without it IPv6 from the tunnel is rejected."""
     tunnel = settings.node_address
-    own = tuple(
-        a for a in own_addresses(settings, host_addresses) if a != getattr(tunnel_v6, "ip", None)
-    )
+    tunnel_ip6 = tunnel_v6.ip if tunnel_v6 is not None else None
+    own = tuple(a for a in own_addresses(settings, host_addresses) if a != tunnel_ip6)
     tunnel_nets = {tunnel.network} | ({tunnel_v6.network} if tunnel_v6 is not None else set())
     lans = tuple(n for n in lan_prefixes(host_addresses) if n not in tunnel_nets)
     dns = None
     if settings.dns.enabled:
-        v6 = tunnel_v6.ip if tunnel_v6 is not None else None
-        dns = DnsRedirect(tunnel.ip, settings.dns.port, address_v6=v6)
+        dns = DnsRedirect(tunnel.ip, settings.dns.port, address_v6=tunnel_ip6)
     return NodePolicy(
         names=names,
         tunnel_if=settings.interface,
