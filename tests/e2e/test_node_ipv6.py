@@ -88,9 +88,14 @@ def test_relay_client_gets_ipv6_through_nat66(v6: System) -> None:
     assert own6 == lab.client.ip6
     before = hoststate.snapshot(netns=client.host.ns)
 
+    via_eth0 = ["ping", "-6", "-c", "1", "-W", "2", "-I", "eth0", lab.internet.ip6]
+    assert client.host.run(via_eth0, check=False).returncode == 0
+
     answer = client.connect("--mode", "relay")
     assert answer["mode"] == "relay"
     _check_ipv6_through_node(v6, client, answer)
+    # The kill switch still holds IPv6 outside the tunnel: forced out of eth0, it is refused.
+    assert client.host.run(via_eth0, check=False).returncode != 0, "IPv6 left the tunnel"
     # The owner's printer is reachable over IPv6 from the node's host: the block is the node's.
     assert lab.node.run(["ping", "-6", "-c", "1", "-W", "2", lab.printer.ip6]).returncode == 0
 
