@@ -200,7 +200,8 @@ class NodeHost:
 
     def setup_shaping(self) -> Shaper:
         """tc trees for the owner's rates (nothing when no rate is set)."""
-        shaper = Shaper(plan_for(self.settings), self.open_journal(), self.runner)
+        net6 = self.tunnel_v6.network if self.tunnel_v6 is not None else None
+        shaper = Shaper(plan_for(self.settings, net6), self.open_journal(), self.runner)
         shaper.setup()
         return shaper
 
