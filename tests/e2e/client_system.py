@@ -130,6 +130,7 @@ class Node:
     host: Host | None = None
     proc: Any = None
     node_id: str | None = None
+    args: tuple[str, ...] = ()  # more `higgsnode start` flags (e.g. --ipv6 off)
 
     def online_ids(self) -> set[str]:
         listing = json.loads(self.server.cli("nodes", "--json"))
@@ -166,6 +167,7 @@ class Node:
         )
         if self.endpoint:
             argv += ["--endpoint", self.endpoint]
+        argv += self.args
         self.proc = self.lab.spawn(host, argv, name="higgsnode")
         wait_until(
             "the node to come online", lambda: bool(self.online_ids() - already), 60, every=1.0
@@ -284,17 +286,27 @@ class System:
 
 
 def _build_system(
-    lab: Lab, tmp: Path, *, direct: bool, server_env: dict[str, str] | None = None
+    lab: Lab,
+    tmp: Path,
+    *,
+    direct: bool,
+    server_env: dict[str, str] | None = None,
+    node_args: tuple[str, ...] = (),
 ) -> System:
     try:
-        return _start_system(lab, tmp, direct=direct, server_env=server_env)
+        return _start_system(lab, tmp, direct=direct, server_env=server_env, node_args=node_args)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
         raise
 
 
 def _start_system(
-    lab: Lab, tmp: Path, *, direct: bool, server_env: dict[str, str] | None = None
+    lab: Lab,
+    tmp: Path,
+    *,
+    direct: bool,
+    server_env: dict[str, str] | None = None,
+    node_args: tuple[str, ...] = (),
 ) -> System:
     server = Server(lab, tmp / "server", env=dict(server_env or {}))
     server.start()
@@ -302,7 +314,7 @@ def _start_system(
     if direct:
         lab.forward_udp(NODE_PORT)
         endpoint = f"{lab.home_router.addr('wan0')}:{NODE_PORT}"
-    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint)
+    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint, args=node_args)
     node.start()
     return System(lab, tmp, server, node)
 
@@ -350,12 +362,19 @@ def running_system(
     plan: LabPlan | None = None,
     ipv6: bool = False,
     server_env: dict[str, str] | None = None,
+    ipv6_without: tuple[str, ...] = (),
+    node_args: tuple[str, ...] = (),
+    before_start: Callable[[Lab], None] | None = None,
 ) -> Iterator[System]:
     """A lab with bosonserver and one higgsnode in it, torn down always, checked to leave
-    nothing behind (namespaces, sockets, processes). ``server_env``: BOSON_* settings."""
-    lab = Lab(plan=plan, ipv6=ipv6).build()
+    nothing behind (namespaces, sockets, processes). ``server_env``: BOSON_* settings;
+    ``before_start`` sees the built lab before any program runs in it (e.g. to snapshot the
+    node's host)."""
+    lab = Lab(plan=plan, ipv6=ipv6, ipv6_without=ipv6_without).build()
     try:
-        system = _build_system(lab, tmp, direct=direct, server_env=server_env)
+        if before_start is not None:
+            before_start(lab)
+        system = _build_system(lab, tmp, direct=direct, server_env=server_env, node_args=node_args)
         try:
             yield system
         finally:

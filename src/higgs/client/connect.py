@@ -32,7 +32,7 @@ from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey
-from higgs.protocol.api import RouteResponse, parse_endpoint
+from higgs.protocol.api import RouteResponse, WireGuardConfig, parse_endpoint
 
 __all__ = [
     "ConnectError",
@@ -44,6 +44,7 @@ __all__ = [
     "RelayPathFactory",
     "Tunnel",
     "TunnelHost",
+    "tunnel_addresses",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,12 @@ class Tunnel:
 
     @property
     def address(self) -> str:
-        return self.route.wireguard.address
+        return tunnel_addresses(self.route.wireguard)
+
+
+def tunnel_addresses(wg: WireGuardConfig) -> str:
+    """The interface's addresses, wg-quick style: IPv4, and IPv6 when the node offers it."""
+    return f"{wg.address}, {wg.address_v6}" if wg.address_v6 else wg.address
 
 
 @dataclass(frozen=True, order=True)
@@ -203,10 +209,10 @@ class Connector:
             "route: session %s, node %s, address %s",
             route.session_id,
             route.node.node_id,
-            wg.address,
+            tunnel_addresses(wg),
         )
         exempt = await self._control_addresses(route)
-        self.host.create(self.key, wg.address, wg.mtu)
+        self.host.create(self.key, tunnel_addresses(wg), wg.mtu)
         allowed = self._allowed_ips(route)
         self.host.route(full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt)
         if wg.dns:
@@ -313,7 +319,7 @@ class Connector:
         exempt = await self._control_addresses(route)
         self.host.reset_tunnel()
         wg = route.wireguard
-        self.host.create(self.key, wg.address, wg.mtu)
+        self.host.create(self.key, tunnel_addresses(wg), wg.mtu)
         self.host.route(
             full=self.settings.full_tunnel, prefixes=self._allowed_ips(route), exempt=exempt
         )

@@ -259,7 +259,7 @@ class Daemon:
             country=tunnel.route.node.country,
             region=tunnel.route.node.region,
             mode=tunnel.mode,
-            address=tunnel.route.wireguard.address,
+            address=tunnel.address,
             dns=list(tunnel.route.wireguard.dns),
             full_tunnel=self.settings.full_tunnel,
             kill_switch=self.settings.kill_switch_enabled,

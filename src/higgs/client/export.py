@@ -8,6 +8,7 @@ it lasts the session's TTL (docs/protocol.md §4).
 
 from __future__ import annotations
 
+from higgs.client.connect import tunnel_addresses
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.wgconfig import ExportError, TunnelConfig, render_wg_quick
@@ -38,7 +39,7 @@ async def export_config(settings: ClientSettings) -> str:
     )
     cfg = TunnelConfig(
         private_key=key,
-        address=wg.address,
+        address=tunnel_addresses(wg),
         peer_public_key=wg.node_public_key,
         allowed_ips=allowed,
         dns=tuple(wg.dns),

@@ -60,7 +60,7 @@ class LinuxTunnelHost:
         self._tunnel_first_entry = self._next_entry_id()
         self.wg.create()
         self.wg.configure(private_key, fwmark=self.fwmark)
-        # One address today (IPv4); a comma-separated list gives the tunnel IPv6 as well.
+        # "10.77.0.5/32" or, when the node forwards IPv6, "10.77.0.5/32, fd…::5/128".
         addresses = [a.strip() for a in address.split(",") if a.strip()]
         self.wg.set_addresses(addresses)
         self.wg.up(mtu)
@@ -136,7 +136,9 @@ class LinuxTunnelHost:
         else:
             for prefix in prefixes:
                 net = ipaddress.ip_network(prefix, strict=False)
-                if net.version == 4:
+                # IPv6 prefixes only when the tunnel carries IPv6 (else the kill switch
+                # rejects them, as everything outside the tunnel).
+                if net.version == 4 or self._v6:
                     routes.add_route(
                         self.journal, routes.Route(str(net), dev=self.settings.interface)
                     )

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -183,6 +183,7 @@ class Lab:
         forward_udp: Sequence[int] = (),
         plan: LabPlan | None = None,
         ipv6: bool = False,
+        ipv6_without: Collection[str] = (),
     ) -> None:
         self.names: RunNames = new_run_names(prefix)
         self.plan = plan or default_plan()
@@ -192,9 +193,12 @@ class Lab:
         # IPv6 is opt-in: global 2001:db8::/32 on the public side and on both LANs (routed,
         # not NATed, as an ISP delegates a prefix). See plan.ipv6_plan.
         self.ipv6 = ipv6
+        # ``ipv6_without`` names hosts left IPv4-only (e.g. a node whose uplink has no IPv6
+        # while the client's network has it).
         if ipv6:
             for role, v6 in ipv6_plan(self.plan).items():
-                self.hosts[role].v6 = v6
+                if role not in ipv6_without:
+                    self.hosts[role].v6 = v6
         self.workdir: Path | None = None
         self.timings: dict[str, float] = {}
         self._services = services

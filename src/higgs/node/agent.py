@@ -8,9 +8,11 @@ Start, in order (each host change journaled with its undo before it is made):
 3. identity — the WireGuard keypair in the state dir (created on first start, 0600);
 4. WireGuard interface with the node's tunnel address (.1 of the subnet), listen port and
    tunnel MTU (configured, or computed from the uplink and an optional path-MTU probe);
-5. IPv4 forwarding on (the previous value is journaled and restored);
-6. firewall: NAT on the uplink, owner protection, DNS interception to the forwarder;
-7. DNS forwarder on the tunnel address;
+5. IPv4 forwarding on (the previous value is journaled and restored), and IPv6 forwarding
+   when the uplink has internet IPv6 (the interface then also gets the ULA ``::1``);
+6. firewall: NAT on the uplink (NAT66 too, or IPv6 rejected), owner protection, DNS
+   interception to the forwarder;
+7. DNS forwarder on the tunnel address (and on the IPv6 one);
 8. server link (register, heartbeat) and control link (peers, relayed sessions);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
    the tunnel MTU follows (interface, registration, heartbeats, so new clients get it).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "private.key"
 BUDGET_FILE = "budget.json"
 UPLINK_POLL_S = 2.0
+IPV6_POLL_S = 5.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
 
@@ -86,9 +90,15 @@ def check_settings(settings: NodeSettings) -> None:
         raise AgentError("no server given: set --server URL (or `server` in the config file)")
 
 
-def registration_request(settings: NodeSettings, public_key: str, mtu: int) -> NodeRegisterRequest:
+def registration_request(
+    settings: NodeSettings,
+    public_key: str,
+    mtu: int,
+    tunnel_v6: ipaddress.IPv6Interface | None = None,
+) -> NodeRegisterRequest:
     """What the node announces; validated here so a value the server would refuse stops the
-    node before it touches the host."""
+    node before it touches the host. ``tunnel_v6`` (the node forwards IPv6) announces the
+    clients' IPv6 prefix."""
     s = settings
     try:
         return NodeRegisterRequest(
@@ -96,6 +106,7 @@ def registration_request(settings: NodeSettings, public_key: str, mtu: int) -> N
             listen_port=s.listen_port,
             endpoint=s.endpoint,
             tunnel_subnet=str(s.tunnel_subnet),
+            tunnel_subnet_v6=str(tunnel_v6.network) if tunnel_v6 is not None else None,
             tunnel_mtu=mtu,
             max_clients=s.max_clients,
             bandwidth_mbps=s.bandwidth_mbps,
@@ -118,6 +129,7 @@ class Agent:
         self.uplink: Uplink | None = None
         self.mtu: MtuDecision | None = None
         self.dns: DnsForwarder | None = None
+        self.dns6: DnsForwarder | None = None
         self.server: ServerLink | None = None
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
@@ -144,11 +156,14 @@ class Agent:
         body = heartbeat_body(metrics, rows)
         if self.mtu is not None:
             body["tunnel_mtu"] = self.mtu.mtu  # the server updates the clients' configs
+        body["ipv6"] = self.host.tunnel_v6 is not None and self.host.ipv6_active
         return body
 
     def registration(self) -> NodeRegisterRequest:
         assert self.mtu is not None
-        return registration_request(self.settings, self.key.public_b64(), self.mtu.mtu)
+        return registration_request(
+            self.settings, self.key.public_b64(), self.mtu.mtu, self.host.tunnel_v6
+        )
 
     def _decide_mtu(self, uplink: Uplink) -> MtuDecision:
         """Blocking (the probe pings): run in a thread."""
@@ -219,6 +234,8 @@ class Agent:
             "interface": self.settings.interface,
             "listen_port": self.settings.listen_port,
             "tunnel_address": str(self.settings.node_address),
+            "tunnel_address_v6": str(self.host.tunnel_v6) if self.host.tunnel_v6 else None,
+            "ipv6_active": self.host.tunnel_v6 is not None and self.host.ipv6_active,
             "endpoint": self.settings.endpoint,
             "uplink": self.uplink.name if self.uplink else None,
             "mtu": {"mtu": self.mtu.mtu, "reason": self.mtu.reason} if self.mtu else None,
@@ -274,6 +291,27 @@ class Agent:
         )
         watcher.current = self.uplink
         await watcher.run()
+
+    async def _watch_ipv6(self) -> None:
+        """NAT66 only while the uplink has internet IPv6; otherwise clients' IPv6 is rejected
+        (fail fast) and the next heartbeat tells the server to stop offering IPv6."""
+        while True:
+            await asyncio.sleep(IPV6_POLL_S)
+            uplink = self.uplink
+            if uplink is None:
+                continue
+            try:
+                available = await asyncio.to_thread(self.host.ipv6_available, uplink)
+                if available != self.host.ipv6_active:
+                    log.warning(
+                        "uplink %s internet IPv6; %s",
+                        "regained" if available else "lost",
+                        "NAT66 again" if available else "rejecting clients' IPv6",
+                        extra={"uplink": uplink.name},
+                    )
+                    await asyncio.to_thread(self.host.set_ipv6_active, available, uplink)
+            except HiggsError as exc:
+                log.warning("IPv6 check failed: %s", exc)
 
     def _watch(self, task: asyncio.Task[Any]) -> None:
         """A background task that ends on its own ends the agent (with its error)."""
@@ -338,7 +376,7 @@ class Agent:
         assert self.mtu is not None
         wg = await asyncio.to_thread(self.host.bring_up_interface, self.key, self.mtu.mtu)
         shaper = await asyncio.to_thread(self.host.setup_shaping)
-        previous = await asyncio.to_thread(self.host.enable_forwarding)
+        previous = await asyncio.to_thread(self.host.enable_forwarding, uplink)
         log.info("ip forwarding on", extra={"was": previous})
         await asyncio.to_thread(self.host.apply_firewall, uplink)
         if s.dns.enabled:
@@ -353,10 +391,21 @@ class Agent:
                 max_inflight=s.dns.max_inflight,
             )
             await self.dns.start()
+            if self.host.tunnel_v6 is not None:
+                # The same forwarder on the IPv6 tunnel address (IPv6 queries are DNATed here).
+                self.dns6 = DnsForwarder(
+                    str(self.host.tunnel_v6.ip),
+                    s.dns.port,
+                    upstreams,
+                    timeout_s=s.dns.timeout_s,
+                    max_inflight=s.dns.max_inflight,
+                )
+                await self.dns6.start()
         self.peers = PeerManager(
             WgPeerTable(wg),
             s.node_address,
             s.max_clients,
+            tunnel_v6=self.host.tunnel_v6,
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted,
         )
@@ -365,6 +414,8 @@ class Agent:
             await self._on_identity(server.identity)
         self._spawn(server.run(), "server-link")
         self._spawn(self._watch_uplink(), "uplink-watch")
+        if self.host.tunnel_v6 is not None:
+            self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")
 
     async def _teardown(self) -> list[str]:
@@ -383,9 +434,11 @@ class Agent:
         if self.server is not None:
             await self.server.deregister()
             await self.server.aclose()
-        if self.dns is not None:
+        for forwarder in (self.dns, self.dns6):
+            if forwarder is None:
+                continue
             try:
-                await self.dns.stop()
+                await forwarder.stop()
             except Exception as exc:
                 problems.append(f"dns forwarder: {exc}")
         try:
@@ -411,7 +464,10 @@ async def _main(settings: NodeSettings) -> None:
                     "removed: " + "; ".join(problems)
                 )
             key = load_or_create_private_key(settings.state_dir / KEY_FILE)
-            registration_request(settings, key.public_b64(), decide_mtu(settings, uplink.mtu).mtu)
+            await asyncio.to_thread(host.decide_ipv6, uplink, key.public_b64())
+            registration_request(
+                settings, key.public_b64(), decide_mtu(settings, uplink.mtu).mtu, host.tunnel_v6
+            )
             await Agent(settings, host, key).run(uplink)
         finally:
             host.close()

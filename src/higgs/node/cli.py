@@ -40,6 +40,16 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
     )
     p.add_argument("--tunnel-subnet", metavar="CIDR", help="client network (10.77.0.0/24)")
     p.add_argument(
+        "--ipv6",
+        choices=["auto", "off"],
+        help="forward clients' IPv6 with NAT66 when the uplink has internet IPv6 (auto)",
+    )
+    p.add_argument(
+        "--tunnel-subnet-v6",
+        metavar="CIDR",
+        help="clients' IPv6 prefix, unique local (default: fdXX:XXXX:XXXX::/64 from the key)",
+    )
+    p.add_argument(
         "--firewall", choices=["auto", "nft", "iptables"], help="firewall backend (auto)"
     )
     p.add_argument("--country", metavar="CC", help="two-letter country code shown to clients")
@@ -96,6 +106,8 @@ def _load(args: argparse.Namespace) -> NodeSettings:
         "listen_port": getattr(args, "listen_port", None),
         "endpoint": getattr(args, "endpoint", None),
         "tunnel_subnet": getattr(args, "tunnel_subnet", None),
+        "ipv6": getattr(args, "ipv6", None),
+        "tunnel_subnet_v6": getattr(args, "tunnel_subnet_v6", None),
         "firewall": getattr(args, "firewall", None),
         "country": getattr(args, "country", None),
         "region": getattr(args, "region", None),
@@ -178,6 +190,11 @@ def _status(args: argparse.Namespace) -> int:
         f"  relay link {'up' if control.get('connected') else 'down'}, "
         f"{control.get('relayed_sessions', 0)} relayed session(s)"
     )
+    if status.get("tunnel_address_v6"):
+        state = "NAT66" if status.get("ipv6_active") else "rejected (uplink lost IPv6)"
+        print(f"  ipv6       {status['tunnel_address_v6']}, {state}")
+    else:
+        print("  ipv6       rejected (no internet IPv6 on the uplink, or ipv6 = off)")
     print(f"  sessions   {status.get('sessions', 0)}, peers {len(peers)}")
     print(f"  traffic    rx {_fmt_bytes(rx)}, tx {_fmt_bytes(tx)}")
     for p in peers:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.json"
 FORWARDING = "net.ipv4.ip_forward"
+FORWARDING_V6 = "net.ipv6.conf.all.forwarding"
 DEFAULT_INTERFACE = "higgs0"
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -93,6 +94,10 @@ class NodeHost:
         self.journal: Journal | None = None
         self.wg: WireGuard | None = None
         self.firewall: FirewallBackend | None = None
+        # The node's own IPv6 tunnel address (with the clients' prefix) when it forwards IPv6.
+        self.tunnel_v6: ipaddress.IPv6Interface | None = None
+        # False while the uplink has lost its internet IPv6: the firewall rejects IPv6 then.
+        self.ipv6_active = False
 
     @property
     def journal_path(self) -> Path:
@@ -114,6 +119,33 @@ class NodeHost:
     def uplink(self) -> Uplink:
         """The interface of the default route; DiscoveryError (nothing changed) when none."""
         return discovery.default_uplink(exclude=[self.settings.interface])
+
+    def decide_ipv6(self, uplink: Uplink, public_key: str) -> ipaddress.IPv6Interface | None:
+        """Sets (and returns) :attr:`tunnel_v6`: the node forwards IPv6 when allowed and the
+        IPv4 uplink also holds the IPv6 default route and an internet IPv6 address (NAT66
+        leaves through the one uplink the firewall plan knows)."""
+        self.tunnel_v6 = None
+        self.ipv6_active = False
+        if self.settings.ipv6 == "off":
+            log.info("IPv6 forwarding off by configuration: IPv6 from clients is rejected")
+            return None
+        up6 = discovery.ipv6_uplink(exclude=[self.settings.interface])
+        if up6 is None or up6.name != uplink.name:
+            log.info(
+                "no internet IPv6 on the uplink: IPv6 from clients is rejected",
+                extra={"uplink": uplink.name, "ipv6_uplink": up6.name if up6 else None},
+            )
+            return None
+        net = self.settings.subnet_v6(public_key)
+        self.tunnel_v6 = ipaddress.IPv6Interface(f"{net.network_address + 1}/{net.prefixlen}")
+        self.ipv6_active = True
+        log.info("IPv6 with NAT66", extra={"prefix": str(net), "uplink": uplink.name})
+        return self.tunnel_v6
+
+    def ipv6_available(self, uplink: Uplink) -> bool:
+        """Whether ``uplink`` still has internet IPv6 (IPv6 default route and address)."""
+        up6 = discovery.ipv6_uplink(exclude=[self.settings.interface])
+        return up6 is not None and up6.name == uplink.name
 
     def host_addresses(self) -> list[IPInterface]:
         return all_addresses(exclude=[self.settings.interface])
@@ -159,7 +191,10 @@ class NodeHost:
         wg.create()
         self.wg = wg
         wg.configure(key, listen_port=self.settings.listen_port)
-        wg.set_addresses([str(self.settings.node_address)])
+        addresses = [str(self.settings.node_address)]
+        if self.tunnel_v6 is not None:
+            addresses.append(str(self.tunnel_v6))
+        wg.set_addresses(addresses)
         wg.up(mtu=mtu)
         return wg
 
@@ -170,25 +205,50 @@ class NodeHost:
 
     def setup_shaping(self) -> Shaper:
         """tc trees for the owner's rates (nothing when no rate is set)."""
-        shaper = Shaper(plan_for(self.settings), self.open_journal(), self.runner)
+        net6 = self.tunnel_v6.network if self.tunnel_v6 is not None else None
+        shaper = Shaper(plan_for(self.settings, net6), self.open_journal(), self.runner)
         shaper.setup()
         return shaper
 
-    def enable_forwarding(self) -> str:
-        """Turns IPv4 forwarding on; returns the value found (restored on stop)."""
-        return sysctl.set(self.open_journal(), FORWARDING, "1", runner=self.runner)
+    def enable_forwarding(self, uplink: Uplink | None = None) -> str:
+        """Turns IPv4 forwarding on (and IPv6 forwarding with NAT66); returns the IPv4 value
+        found. Every value found is journaled and restored on stop."""
+        journal = self.open_journal()
+        previous = sysctl.set(journal, FORWARDING, "1", runner=self.runner)
+        if self.tunnel_v6 is not None:
+            # With forwarding on, the kernel ignores router advertisements on links whose
+            # accept_ra is 1: the uplink would lose its SLAAC default route; 2 keeps them.
+            # (A dotted name such as a VLAN cannot be written as a sysctl key here: skipped.)
+            if uplink is not None and "." not in uplink.name:
+                ra = f"net.ipv6.conf.{uplink.name}.accept_ra"
+                if sysctl.read(ra, runner=self.runner) == "1":
+                    sysctl.set(journal, ra, "2", runner=self.runner)
+            was = sysctl.set(journal, FORWARDING_V6, "1", runner=self.runner)
+            log.info("ipv6 forwarding on", extra={"was": was})
+        return previous
 
     def apply_firewall(self, uplink: Uplink) -> None:
+        """Applies the node's rules; again later, it replaces them in place (atomically)."""
         journal = self.open_journal()
         policy = build_policy(
             self.settings,
             names=self.fw_names,
             uplink=uplink.name,
             host_addresses=self.host_addresses(),
+            tunnel_v6=self.tunnel_v6 if self.ipv6_active else None,
         )
-        self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
+        if self.firewall is None:
+            self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
         self.firewall.apply(policy)
         log.info("firewall applied", extra={"backend": self.firewall.name, "uplink": uplink.name})
+
+    def set_ipv6_active(self, active: bool, uplink: Uplink) -> None:
+        """The uplink lost (or regained) internet IPv6: reject clients' IPv6 so they fail
+        fast, or NAT66 it again. The interface keeps its IPv6 address meanwhile."""
+        if self.tunnel_v6 is None or active == self.ipv6_active:
+            return
+        self.ipv6_active = active
+        self.apply_firewall(uplink)
 
     def move_uplink(self, uplink: Uplink) -> None:
         """The default route moved: NAT follows it (established tunnels stay up)."""

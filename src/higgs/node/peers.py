@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from higgs.protocol.api import client_address_v6
+
 __all__ = ["DesiredPeer", "PeerManager", "PeerRow", "PeerTable", "SyncResult"]
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,13 @@ class PeerManager:
         *,
         on_change: Callable[[list[str]], None] | None = None,
         accepting: Callable[[], bool] | None = None,
+        tunnel_v6: ipaddress.IPv6Interface | None = None,
     ) -> None:
         self._table = table
         self._tunnel = tunnel
+        # With IPv6 forwarding each peer also gets the IPv6 address derived from its IPv4 one
+        # (the server derives the same: protocol.api.client_address_v6).
+        self._tunnel_v6 = tunnel_v6
         self._max_clients = max_clients
         # Told the clients' addresses after every change (per-client traffic shaping).
         self._on_change = on_change
@@ -117,12 +123,23 @@ class PeerManager:
 
     def _apply(self, peer: DesiredPeer, present: dict[str, frozenset[str]]) -> bool:
         """Sets the peer on the interface unless it is already there as wanted."""
-        want = _canonical_ips([peer.address])
+        want = _canonical_ips(self.allowed_ips(peer))
         self.sessions[peer.public_key] = peer
         if present.get(peer.public_key) == want:
             return False
         self._table.set_peer(peer.public_key, sorted(want))
         return True
+
+    def allowed_ips(self, peer: DesiredPeer) -> list[str]:
+        """The peer's IPv4 address, and its IPv6 one when the node forwards IPv6."""
+        ips = [peer.address]
+        if self._tunnel_v6 is not None:
+            v6 = client_address_v6(
+                str(self._tunnel.network), str(self._tunnel_v6.network), peer.address
+            )
+            if v6 is not None:
+                ips.append(f"{v6}/128")
+        return ips
 
     def _present(self) -> dict[str, frozenset[str]]:
         return {row.public_key: _canonical_ips(row.allowed_ips) for row in self._table.peers()}

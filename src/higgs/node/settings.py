@@ -7,6 +7,7 @@ Every key is described in docs/node.md.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "ProtectionSettings",
     "ShapingSettings",
     "Upstream",
+    "default_subnet_v6",
     "load_node_settings",
     "parse_upstream",
     "system_resolvers",
@@ -38,6 +40,18 @@ ENV_PREFIX = "HIGGSNODE_"
 # safe in nft/iptables comments and in /var/run/wireguard/<name>.sock. Dashes and dots are fine.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+
+
+_ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def default_subnet_v6(public_key: str) -> ipaddress.IPv6Network:
+    """``fdXX:XXXX:XXXX::/64``: an RFC 4193 unique local prefix whose 40-bit global ID is the
+    start of SHA-256 of the node's public key (RFC 4193 asks for a pseudo-random ID; a hash of
+    the key is one, and the same key always gives the same prefix)."""
+    global_id = hashlib.sha256(public_key.encode()).digest()[:5]
+    prefix = bytes([0xFD]) + global_id + bytes(10)
+    return ipaddress.IPv6Network((prefix, 64))
 
 
 class Upstream(BaseModel):
@@ -198,6 +212,12 @@ class NodeSettings(BaseModel):
     interface: str = "higgs0"
     listen_port: int = Field(default=51820, ge=1, le=65535)
     tunnel_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.77.0.0/24")
+    # "auto": forward clients' IPv6 with NAT66 when the uplink has a global IPv6 address and
+    # an IPv6 default route; "off" (or no global IPv6): IPv6 from clients is rejected.
+    ipv6: Literal["auto", "off"] = "auto"
+    # The clients' IPv6 prefix (unique local); unset: derived from the node's public key
+    # (see default_subnet_v6), so it is stable across restarts and differs between nodes.
+    tunnel_subnet_v6: ipaddress.IPv6Network | None = None
     # "host:port" announced to clients for direct mode (e.g. the router's public IP and the
     # forwarded port). The node cannot see its router's port forward, so it is configured.
     endpoint: str | None = None
@@ -251,6 +271,19 @@ class NodeSettings(BaseModel):
             raise ValueError("the tunnel subnet must be a private range, e.g. 10.77.0.0/24")
         return value
 
+    @field_validator("tunnel_subnet_v6")
+    @classmethod
+    def _check_subnet_v6(cls, value: ipaddress.IPv6Network | None) -> ipaddress.IPv6Network | None:
+        if value is None:
+            return None
+        if not value.subnet_of(_ULA):
+            raise ValueError(
+                "must be a unique local IPv6 prefix (fc00::/7), e.g. fd12:3456:789a::/64"
+            )
+        if not 48 <= value.prefixlen <= 112:
+            raise ValueError("prefix length must be between /48 and /112, e.g. /64")
+        return value
+
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
@@ -296,6 +329,10 @@ class NodeSettings(BaseModel):
         """The node's own tunnel address: the first host of the subnet (``.1``)."""
         first = next(self.tunnel_subnet.hosts())
         return ipaddress.IPv4Interface(f"{first}/{self.tunnel_subnet.prefixlen}")
+
+    def subnet_v6(self, public_key: str) -> ipaddress.IPv6Network:
+        """The clients' IPv6 prefix: the configured one, else derived from the public key."""
+        return self.tunnel_subnet_v6 or default_subnet_v6(public_key)
 
     def dns_upstreams(self) -> list[Upstream]:
         return list(self.dns.upstreams) or system_resolvers()

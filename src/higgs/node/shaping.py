@@ -7,6 +7,7 @@ whenever the set of peers changes).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 
@@ -29,12 +30,17 @@ def _kbit(mbit: float) -> int:
     return int(mbit * 1000)
 
 
-def plan_for(settings: NodeSettings) -> shaping.ShapingPlan:
+def plan_for(
+    settings: NodeSettings, tunnel_net_v6: ipaddress.IPv6Network | None = None
+) -> shaping.ShapingPlan:
+    """``tunnel_net_v6``: the clients' IPv6 prefix when the node forwards IPv6, so a client's
+    IPv6 traffic counts against its own class too."""
     s = settings.shaping
     return shaping.ShapingPlan(
         tunnel_if=settings.interface,
         ifb_if=ifb_name(settings.interface),
         tunnel_net=settings.tunnel_subnet,
+        tunnel_net_v6=tunnel_net_v6,
         down_kbit=_kbit(s.total_down_mbit),
         up_kbit=_kbit(s.total_up_mbit),
         per_client_kbit=_kbit(s.per_client_mbit),

@@ -24,7 +24,14 @@ from typing import Any, Literal
 from higgs.osnet import netlink
 from higgs.osnet.errors import DiscoveryError
 
-__all__ = ["Uplink", "UplinkWatcher", "default_uplink", "interface_addresses"]
+__all__ = [
+    "Uplink",
+    "UplinkWatcher",
+    "default_uplink",
+    "interface_addresses",
+    "internet_v6",
+    "ipv6_uplink",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +142,35 @@ def default_uplink(
         )
 
     return netlink.call(find, netns)
+
+
+_NOT_INTERNET_V6 = (
+    ipaddress.IPv6Network("fc00::/7"),  # unique local: not routed on the internet
+    ipaddress.IPv6Network("fec0::/10"),  # deprecated site-local
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+)
+
+
+def internet_v6(addresses: Iterable[IfAddr]) -> tuple[ipaddress.IPv6Interface, ...]:
+    """The IPv6 addresses that can be a source towards the internet. Not ``is_global``:
+    Python calls documentation prefixes (2001:db8::/32, used by test labs) not global."""
+    return tuple(
+        a
+        for a in addresses
+        if isinstance(a, ipaddress.IPv6Interface)
+        and not (a.is_link_local or a.is_loopback or a.is_multicast or a.is_unspecified)
+        and not any(a.ip in net for net in _NOT_INTERNET_V6)
+    )
+
+
+def ipv6_uplink(*, netns: str | None = None, exclude: Iterable[str] = ()) -> Uplink | None:
+    """The IPv6 uplink when the host has internet IPv6: an IPv6 default route whose interface
+    holds an address :func:`internet_v6` accepts. None otherwise (no error: IPv6 is optional)."""
+    try:
+        up = default_uplink(6, netns=netns, exclude=exclude)
+    except DiscoveryError:
+        return None
+    return up if internet_v6(up.addresses) else None
 
 
 OnChange = Callable[[Uplink | None, Uplink | None], Awaitable[None] | None]

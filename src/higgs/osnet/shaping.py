@@ -13,7 +13,11 @@ Both get the same tree::
 
 Equal guaranteed rates make HTB share the spare bandwidth equally, so clients get a fair share
 of the total; the ceil caps each one. Clients are classified by address with u32 filters that
-carry an explicit handle (``800::N``), so a client's filter can be removed on its own.
+carry an explicit handle (``800::N``), so a client's filter can be removed on its own. With an
+IPv6 tunnel prefix a client's IPv6 address (the same host number, see
+``higgs.protocol.api.client_address_v6``) lands in the same class through a second filter at
+priority 2 (``801::N``: the hash table u32 gives the second priority created on the qdisc; the
+IPv4 filter is always created first).
 
 The qdiscs on the tunnel interface disappear with the interface; the IFB link is journaled
 (deleting it takes its qdiscs), so stop and crash recovery remove everything.
@@ -58,6 +62,8 @@ class ShapingPlan:
     tunnel_if: str
     ifb_if: str
     tunnel_net: ipaddress.IPv4Network
+    # The clients' IPv6 prefix when the node forwards IPv6 (NAT66), else None.
+    tunnel_net_v6: ipaddress.IPv6Network | None = None
     down_kbit: int = 0  # total towards clients; 0 = no total
     up_kbit: int = 0  # total from clients; 0 = no total
     per_client_kbit: int = 0  # 0 = no per-client cap
@@ -89,6 +95,15 @@ def client_slot(plan: ShapingPlan, address: str) -> int | None:
         return None
     slot = int(ip) - int(plan.tunnel_net.network_address) + _FIRST_SLOT
     return slot if slot <= MAX_SLOT else None
+
+
+def _client_v6(plan: ShapingPlan, slot: int) -> ipaddress.IPv6Address | None:
+    if plan.tunnel_net_v6 is None:
+        return None
+    host = slot - _FIRST_SLOT
+    if host >= plan.tunnel_net_v6.num_addresses:
+        return None
+    return plan.tunnel_net_v6.network_address + host
 
 
 def _kbit(value: int) -> str:
@@ -134,6 +149,13 @@ def render_client_add(plan: ShapingPlan, address: str) -> list[list[str]]:
              "handle", f"800::{slot:x}", "u32", "match", "ip", field, f"{ip}/32",
              "flowid", f"1:{slot:x}"],
         ]  # fmt: skip
+        v6 = _client_v6(plan, slot)
+        if v6 is not None:
+            cmds.append(
+                ["tc", "filter", "replace", "dev", dev, "parent", "1:", "protocol", "ipv6",
+                 "prio", "2", "handle", f"801::{slot:x}", "u32", "match", "ip6", field,
+                 f"{v6}/128", "flowid", f"1:{slot:x}"]
+            )  # fmt: skip
     return cmds
 
 
@@ -143,11 +165,16 @@ def render_client_remove(plan: ShapingPlan, address: str) -> list[list[str]]:
         return []
     cmds: list[list[str]] = []
     for dev, _, _ in plan.devices():
-        cmds += [
+        cmds.append(
             ["tc", "filter", "del", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
-             "handle", f"800::{slot:x}", "u32"],
-            ["tc", "class", "del", "dev", dev, "classid", f"1:{slot:x}"],
-        ]  # fmt: skip
+             "handle", f"800::{slot:x}", "u32"]
+        )  # fmt: skip
+        if _client_v6(plan, slot) is not None:
+            cmds.append(
+                ["tc", "filter", "del", "dev", dev, "parent", "1:", "protocol", "ipv6", "prio",
+                 "2", "handle", f"801::{slot:x}", "u32"]
+            )  # fmt: skip
+        cmds.append(["tc", "class", "del", "dev", dev, "classid", f"1:{slot:x}"])
     return cmds
 
 

@@ -17,7 +17,7 @@ from higgs.osnet.runner import Runner
 if TYPE_CHECKING:
     from higgs.osnet.journal import Journal
 
-__all__ = ["PROC_SYS", "SysctlError", "read", "set", "undo_spec", "write"]
+__all__ = ["PROC_SYS", "SysctlError", "exists", "read", "set", "undo_spec", "write"]
 
 PROC_SYS = Path("/proc/sys")
 
@@ -30,6 +30,11 @@ def _path(key: str) -> Path:
     if not key or key.startswith(".") or ".." in key or "/" in key:
         raise SysctlError(f"invalid sysctl key {key!r}")
     return PROC_SYS / key.replace(".", "/")
+
+
+def exists(key: str) -> bool:
+    """Whether ``key`` exists in this namespace (per-interface keys vanish with the link)."""
+    return _path(key).exists()
 
 
 def read(key: str, *, runner: Runner | None = None, netns: str | None = None) -> str:

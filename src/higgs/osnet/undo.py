@@ -154,12 +154,19 @@ def _op_link_delete(params: Mapping[str, Any], ctx: UndoContext) -> None:
 
 def _op_sysctl(params: Mapping[str, Any], ctx: UndoContext) -> None:
     netns = params.get("netns")
+    key = str(params["key"])
     try:
-        sysctl.write(str(params["key"]), str(params["value"]), runner=ctx.runner, netns=netns)
+        sysctl.write(key, str(params["value"]), runner=ctx.runner, netns=netns)
     except CommandError as exc:
         # The namespace itself is gone: its sysctls went with it.
         if not exc.not_found:
             raise
+    except sysctl.SysctlError:
+        # A per-interface key whose interface is gone (e.g. the uplink's accept_ra after the
+        # uplink was unplugged): the setting went with the interface.
+        if netns is None and not sysctl.exists(key):
+            return
+        raise
 
 
 def _op_file_restore(params: Mapping[str, Any], ctx: UndoContext) -> None:

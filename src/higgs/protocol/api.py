@@ -69,6 +69,8 @@ __all__ = [
     "SessionInfo",
     "SessionState",
     "WireGuardConfig",
+    "client_address_v6",
+    "node_address_v6",
     "parse_endpoint",
 ]
 
@@ -164,6 +166,53 @@ def _tunnel_subnet(value: str) -> str:
 
 TunnelSubnet = Annotated[str, AfterValidator(_tunnel_subnet)]
 
+_ULA = ipaddress.IPv6Network("fc00::/7")
+
+
+def _tunnel_subnet_v6(value: str) -> str:
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"tunnel_subnet_v6 must be an IPv6 network like fd12:3456:789a::/64 ({exc})"
+        ) from None
+    if not 48 <= net.prefixlen <= 112:
+        raise ValueError("tunnel_subnet_v6 prefix length must be between /48 and /112")
+    if not net.subnet_of(_ULA):
+        raise ValueError("tunnel_subnet_v6 must be a unique local range (fc00::/7)")
+    return str(net)
+
+
+TunnelSubnetV6 = Annotated[str, AfterValidator(_tunnel_subnet_v6)]
+
+
+def node_address_v6(subnet_v6: str) -> ipaddress.IPv6Interface:
+    """The node's own IPv6 tunnel address: ``::1`` of its prefix (like .1 for IPv4)."""
+    net = ipaddress.IPv6Network(subnet_v6)
+    return ipaddress.IPv6Interface(f"{net.network_address + 1}/{net.prefixlen}")
+
+
+def client_address_v6(
+    subnet_v4: str, subnet_v6: str, address_v4: str
+) -> ipaddress.IPv6Address | None:
+    """A client's IPv6 tunnel address: the same host number in the node's IPv6 prefix as its
+    IPv4 address has in the IPv4 subnet (10.77.0.5 in 10.77.0.0/24 -> <prefix>::5).
+
+    Server and node both derive it, so it needs no storage and no extra message field, and it
+    is collision-free exactly when the IPv4 addresses are. None when the address is outside
+    the IPv4 subnet or the IPv6 prefix is too small (both are validated, so only a confused
+    peer gets here).
+    """
+    net4 = ipaddress.IPv4Network(subnet_v4, strict=False)
+    net6 = ipaddress.IPv6Network(subnet_v6, strict=False)
+    ip4 = ipaddress.IPv4Interface(address_v4).ip
+    if ip4 not in net4:
+        return None
+    host = int(ip4) - int(net4.network_address)
+    if host < 2 or host >= net6.num_addresses:
+        return None
+    return net6.network_address + host
+
 
 class _Model(BaseModel):
     # Unknown fields are ignored so that a newer peer can add optional fields (protocol.md).
@@ -194,6 +243,11 @@ class NodeRegisterRequest(_Model):
         default=None, description="reachable UDP endpoint host:port, or null when behind NAT"
     )
     tunnel_subnet: TunnelSubnet = Field(description="the node's tunnel network; the node is .1")
+    tunnel_subnet_v6: TunnelSubnetV6 | None = Field(
+        default=None,
+        description="the node's IPv6 tunnel prefix (ULA) when it forwards IPv6 (NAT66 to a "
+        "global uplink address); null = IPv6 from clients is rejected",
+    )
     tunnel_mtu: int = Field(default=1380, ge=1280, le=9000)
     max_clients: int = Field(default=32, ge=1, le=10000)
     bandwidth_mbps: float | None = Field(default=None, ge=0, le=1_000_000)
@@ -208,6 +262,9 @@ class NodeRegisterResponse(_Model):
     heartbeat_interval_s: int
     relay_url: str = Field(description="WebSocket URL of the node link (§3)")
     tunnel_address: str = Field(description="the node's own tunnel address, e.g. 10.77.0.1/24")
+    tunnel_address_v6: str | None = Field(
+        default=None, description="the node's own IPv6 tunnel address (::1 of its prefix)"
+    )
 
 
 class PeerStat(_Model):
@@ -234,6 +291,10 @@ class HeartbeatRequest(_Model):
     latency_ms: float | None = Field(default=None, ge=0, le=60_000)
     tunnel_mtu: int | None = Field(
         default=None, ge=1280, le=9000, description="the node's tunnel MTU now; null = unchanged"
+    )
+    ipv6: bool | None = Field(
+        default=None,
+        description="the node forwards IPv6 right now (false: its uplink lost global IPv6)",
     )
     peer_stats: list[PeerStat] = Field(default_factory=list, max_length=10_000)
 
@@ -285,6 +346,11 @@ class WireGuardConfig(_Model):
     """Everything the client's [Interface]/[Peer] needs except its own private key."""
 
     address: str = Field(description="the client's tunnel address, e.g. 10.77.0.5/32")
+    address_v6: str | None = Field(
+        default=None,
+        description="the client's IPv6 tunnel address (e.g. fd…::5/128) when the node forwards "
+        "IPv6; null: IPv6 through this node is rejected",
+    )
     node_public_key: str
     dns: list[str]
     mtu: int
@@ -341,6 +407,7 @@ class AdminNode(_Model):
     endpoint: str | None
     listen_port: int
     tunnel_subnet: str
+    tunnel_subnet_v6: str | None = None
     tunnel_mtu: int
     max_clients: int
     bandwidth_mbps: float | None

@@ -77,3 +77,44 @@ def test_classes_follow_the_clients_and_stop_removes_everything(netns: str, tmp_
 
         journal.undo_all()
         assert "ifb-tun0" not in links(netns)
+
+
+def test_a_clients_ipv6_traffic_lands_in_its_own_class(netns: str, tmp_path: Path) -> None:
+    """With NAT66 the client's IPv6 address (same host number) is classified like its IPv4."""
+    import ipaddress
+
+    settings = load_node_settings(
+        environ={},
+        overrides={"interface": "tun0", "max_clients": 4, "shaping": {"per_client_mbit": 6}},
+    )
+    net6 = ipaddress.IPv6Network("fd12:3456:789a::/64")
+    runner = SubprocessRunner(netns=netns)
+
+    def ns(*argv: str) -> None:
+        subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True)
+
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        shaper = Shaper(plan_for(settings, net6), journal, runner)
+        shaper.setup()
+        shaper.update(["10.77.0.5/32", "10.77.0.6/32"])
+        filters = tc(netns, "filter", "show", "dev", "tun0", "parent", "1:")
+        assert "801::15" in filters
+        assert "801::16" in filters
+        # Packets to fd12:3456:789a::5 leave tun0 (a static neighbour: nobody answers ND).
+        ns("ip", "link", "set", "tun1", "up")  # else tun0 has no carrier and sends nothing
+        ns("ip", "addr", "add", "fd12:3456:789a::1/64", "dev", "tun0", "nodad")
+        ns("ip", "-6", "neigh", "add", "fd12:3456:789a::5", "lladdr", "02:00:00:00:00:05",
+           "dev", "tun0")  # fmt: skip
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "1",
+             "fd12:3456:789a::5"],
+            check=False, capture_output=True,
+        )  # fmt: skip
+        stats = tc(netns, "-s", "class", "show", "dev", "tun0", "classid", "1:15")
+        sent = int(stats.split("Sent ")[1].split()[0])
+        assert sent >= 3 * 100, stats  # three echo requests of 104 bytes and more
+        shaper.update(["10.77.0.6/32"])
+        filters = tc(netns, "filter", "show", "dev", "tun0", "parent", "1:")
+        assert "801::15" not in filters
+        assert "801::16" in filters
+        journal.undo_all()

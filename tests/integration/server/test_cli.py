@@ -60,7 +60,7 @@ def test_operator_flow(db_args: list[str], tmp_path: Path) -> None:
 
     mig = boson("migrate", *db_args)
     assert mig.returncode == 0, mig.stderr
-    assert "-> 0001" in mig.stdout
+    assert "empty -> 0002" in mig.stdout  # the head of the migration chain
     token_file = tmp_path / "data" / "admin.token"
     admin = token_file.read_text().strip()
     assert admin.startswith("hga_")

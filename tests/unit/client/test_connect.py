@@ -214,3 +214,22 @@ async def test_switch_route_rebuilds_but_keeps_the_kill_switch() -> None:
     assert relay.closed
     assert second.relay is relay2
     assert host.names() == ["reset", "create", "route", "dns", "kill_switch", "peer"]
+
+
+async def test_ipv6_address_and_resolver_from_the_route_go_onto_the_interface() -> None:
+    route = _route()
+    wg = route.wireguard.model_copy(
+        update={"address_v6": "fd12::5/128", "dns": ["10.77.0.1", "fd12::1"]}
+    )
+    route = route.model_copy(update={"wireguard": wg})
+    host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
+    tunnel = await _connector(_settings(), route, host, relay).connect()
+    assert ("create", ("10.77.0.5/32, fd12::5/128", 1380)) in host.calls
+    assert ("dns", ("10.77.0.1", "fd12::1")) in host.calls
+    assert tunnel.address == "10.77.0.5/32, fd12::5/128"
+
+
+async def test_without_ipv6_in_the_route_the_interface_stays_ipv4_only() -> None:
+    host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
+    await _connector(_settings(), _route(), host, relay).connect()
+    assert ("create", ("10.77.0.5/32", 1380)) in host.calls

@@ -121,3 +121,19 @@ def test_changes_are_reported_and_an_exhausted_budget_refuses_new_clients() -> N
     assert result.refused == ("b",)
     m.remove(K1, "a")
     assert seen == [["10.77.0.5/32"], ["10.77.0.5/32"], ["10.77.0.5/32"], []]
+
+
+def test_with_ipv6_each_peer_also_gets_its_derived_ipv6_address() -> None:
+    table = Table()
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        tunnel_v6=ipaddress.IPv6Interface("fd12:3456:789a::1/64"),
+    )
+    assert m.add(peer(K1, "10.77.0.5/32", "s1"))
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), peer(K2, "10.77.0.6/32", "s2")])
+    assert table.rows == {
+        K1: ("10.77.0.5/32", "fd12:3456:789a::5/128"),
+        K2: ("10.77.0.6/32", "fd12:3456:789a::6/128"),
+    }

@@ -98,3 +98,37 @@ def test_route_response_round_trip() -> None:
     parsed = RouteResponse.model_validate(data)
     assert RouteResponse.model_validate_json(parsed.model_dump_json()) == parsed
     assert "replaced" in CLOSE_REASONS
+
+
+def test_client_ipv6_address_takes_the_ipv4_host_number() -> None:
+    from higgs.protocol.api import client_address_v6, node_address_v6
+
+    assert str(client_address_v6("10.77.0.0/24", "fd00:1::/64", "10.77.0.5/32")) == "fd00:1::5"
+    assert str(client_address_v6("10.77.0.0/16", "fd00:1::/112", "10.77.3.4")) == "fd00:1::304"
+    assert client_address_v6("10.77.0.0/24", "fd00:1::/64", "10.78.0.5/32") is None
+    assert client_address_v6("10.77.0.0/24", "fd00:1::/64", "10.77.0.1/32") is None  # the node
+    assert str(node_address_v6("fd00:1::/64")) == "fd00:1::1/64"
+
+
+@pytest.mark.parametrize("subnet", ["2001:db8::/64", "fd00::/40", "fd00::/120", "fd00::1/64"])
+def test_bad_ipv6_subnets(subnet: str) -> None:
+    with pytest.raises(ValidationError, match="tunnel_subnet_v6"):
+        register(tunnel_subnet_v6=subnet)
+
+
+def test_route_answer_without_ipv6_fields_still_parses() -> None:
+    """An older server's answer (no address_v6) is valid: the client keeps IPv4 only."""
+    from higgs.protocol.api import WireGuardConfig
+
+    wg = {
+        "address": "10.77.0.5/32",
+        "node_public_key": KEY,
+        "dns": ["10.77.0.1"],
+        "mtu": 1380,
+        "allowed_ips": ["0.0.0.0/0", "::/0"],
+        "persistent_keepalive": 25,
+    }
+
+    assert WireGuardConfig.model_validate(wg).address_v6 is None
+    assert register().tunnel_subnet_v6 is None
+    assert HeartbeatRequest.model_validate({}).ipv6 is None

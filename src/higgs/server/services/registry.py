@@ -26,6 +26,7 @@ from higgs.protocol.api import (
     NodeRegisterRequest,
     NodeRegisterResponse,
     NodeSummary,
+    node_address_v6,
 )
 from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
@@ -105,6 +106,7 @@ class RegistryService:
             node.endpoint = req.endpoint
             node.listen_port = req.listen_port
             node.tunnel_subnet = req.tunnel_subnet
+            node.tunnel_subnet_v6 = req.tunnel_subnet_v6
             node.tunnel_mtu = req.tunnel_mtu
             node.max_clients = req.max_clients
             node.bandwidth_mbps = req.bandwidth_mbps
@@ -125,6 +127,9 @@ class RegistryService:
                 heartbeat_interval_s=self.settings.heartbeat_interval_s,
                 relay_url=f"{self.relay_base}/v1/relay/node",
                 tunnel_address=str(routing.node_address(req.tunnel_subnet)),
+                tunnel_address_v6=(
+                    str(node_address_v6(req.tunnel_subnet_v6)) if req.tunnel_subnet_v6 else None
+                ),
             ),
             created,
         )
@@ -264,6 +269,7 @@ async def admin_nodes(db: Database, is_connected: Callable[[str], bool]) -> Admi
                 endpoint=n.endpoint,
                 listen_port=n.listen_port,
                 tunnel_subnet=n.tunnel_subnet,
+                tunnel_subnet_v6=n.tunnel_subnet_v6,
                 tunnel_mtu=n.tunnel_mtu,
                 max_clients=n.max_clients,
                 bandwidth_mbps=n.bandwidth_mbps,

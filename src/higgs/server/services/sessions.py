@@ -37,6 +37,8 @@ from higgs.protocol.api import (
     RouteResponse,
     SessionInfo,
     WireGuardConfig,
+    client_address_v6,
+    node_address_v6,
 )
 from higgs.protocol.control import Peer, PeerAdd, PeerRemove, Sync
 from higgs.server.config import ServerSettings
@@ -152,6 +154,13 @@ class SessionService:
         )
         await self._send(node.id, PeerAdd(**peer_object(row)).model_dump(mode="json"))
         node_ip = routing.node_address(node.tunnel_subnet).ip
+        dns, address_v6 = [str(node_ip)], None
+        if _forwards_ipv6(node):
+            assert node.tunnel_subnet_v6 is not None
+            v6 = client_address_v6(node.tunnel_subnet, node.tunnel_subnet_v6, row.tunnel_address)
+            if v6 is not None:
+                address_v6 = f"{v6}/128"
+                dns.append(str(node_address_v6(node.tunnel_subnet_v6).ip))
         return RouteResponse(
             session_id=row.id,
             expires_at=row.expires_at,
@@ -159,8 +168,9 @@ class SessionService:
             node=RouteNode(node_id=node.id, country=node.country, region=node.region),
             wireguard=WireGuardConfig(
                 address=row.tunnel_address,
+                address_v6=address_v6,
                 node_public_key=node.public_key,
-                dns=[str(node_ip)],
+                dns=dns,
                 mtu=node.tunnel_mtu,
                 allowed_ips=list(ALLOWED_IPS),
                 persistent_keepalive=KEEPALIVE_S,
@@ -479,6 +489,11 @@ async def close_in_db(
         if before_commit is not None:
             before_commit(rows)
     return rows
+
+
+def _forwards_ipv6(node: Node) -> bool:
+    """The node registered an IPv6 prefix and its last heartbeat did not say it lost IPv6."""
+    return bool(node.tunnel_subnet_v6) and (node.metrics or {}).get("ipv6") is not False
 
 
 def _num(value: object) -> float | None:

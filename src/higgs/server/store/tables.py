@@ -92,6 +92,9 @@ class Node(Base):
     endpoint: Mapped[str | None] = mapped_column(String(300))
     listen_port: Mapped[int]
     tunnel_subnet: Mapped[str] = mapped_column(String(43))
+    # The node's IPv6 tunnel prefix when it forwards IPv6 (NAT66); clients' IPv6 addresses are
+    # derived from their IPv4 ones (protocol.api.client_address_v6), so sessions need no column.
+    tunnel_subnet_v6: Mapped[str | None] = mapped_column(String(43), default=None)
     tunnel_mtu: Mapped[int]
     max_clients: Mapped[int]
     bandwidth_mbps: Mapped[float | None] = mapped_column(Float)
