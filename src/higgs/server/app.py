@@ -155,7 +155,7 @@ class BosonServer:
 
     async def _start(self, db: Database) -> None:
         s = self.settings
-        identity = IdentityService(db)
+        identity = IdentityService(db, cache_ttl_s=s.auth_cache_ttl_s)
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
@@ -163,7 +163,7 @@ class BosonServer:
         events = ServerEvents()
         self._hub = hub = self._hub_factory(events, self.metrics.registry)
         sessions = SessionService(db, hub, s, self.metrics)
-        registry = RegistryService(db, hub, s, self.metrics, sessions)
+        registry = RegistryService(db, hub, s, self.metrics, sessions, identity)
         events.bind(registry, sessions)
 
         relay_host, relay_port = split_listen(s.relay_listen)
@@ -220,12 +220,14 @@ class BosonServer:
         )
 
     async def _maintain(self, registry: RegistryService, sessions: SessionService) -> None:
-        """Offline detection and session expiry, every ``sweep_interval_s``."""
+        """Offline detection, session expiry and the routing view's reload, every
+        ``sweep_interval_s``."""
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await registry.mark_stale_offline()
                 await sessions.expire_due()
+                await sessions.refresh_view()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")
 

@@ -2,9 +2,9 @@
 
 ``serve`` runs the server; every other command works on the database directly (``--data-dir``
 for the default SQLite file, or ``--database postgresql://…``), so the operator needs no token
-on the server host. Changes made by the CLI while a server runs take effect there at once
-(credentials are looked up per request) or at its next sweep (sessions closed by
-``client revoke`` are announced to their nodes).
+on the server host. Changes made by the CLI while a server runs take effect there within
+``auth_cache_ttl_s`` (5 s; the server caches credential lookups that briefly) or at its next
+sweep (sessions closed by ``client revoke`` are announced to their nodes).
 """
 
 from __future__ import annotations

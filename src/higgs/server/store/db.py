@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -47,18 +48,34 @@ def database_url(database: str | None, data_dir: Path) -> str:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
+    # WAL: readers (the CLI, another process) never block the writer. NORMAL is durable
+    # across an application crash in WAL mode (a power cut may lose the last commits).
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    # Another process (the operator CLI) may hold the write lock for a moment.
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
+
+
+# SQLite has one writer at a time. Several pooled connections would each take a thread hop
+# and then queue on the file lock (or fail with SQLITE_BUSY when a read transaction tries
+# to upgrade), so the server uses exactly one connection and transactions queue in the pool
+# instead; each one is short. PostgreSQL: enough connections for the API's concurrent
+# requests (heartbeats, routes) without one per request; the test cluster allows 200.
+_SQLITE_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+_POSTGRES_POOL: dict[str, Any] = {
+    "pool_size": 16,
+    "max_overflow": 16,
+    "pool_timeout": 30,
+    "pool_pre_ping": True,
+}
 
 
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        kwargs = dict(_SQLITE_POOL if self.is_sqlite else _POSTGRES_POOL)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -69,6 +86,12 @@ class Database:
         """One unit of work: commits on success, rolls back on error."""
         async with self.sessionmaker() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One unit of work on a Core connection (hot paths: no ORM identity map or flush)."""
+        async with self.engine.begin() as conn:
+            yield conn
 
     async def ping(self) -> bool:
         try:
