@@ -28,8 +28,9 @@ from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.services.clock import utcnow
 from higgs.server.services.credcache import CredentialCache
 from higgs.server.services.errors import Conflict, NotFound, Unauthorized
+from higgs.server.store import queries
 from higgs.server.store.db import Database
-from higgs.server.store.tables import AdminToken, Client, EnrollmentKey, Node
+from higgs.server.store.tables import AdminToken, Client, EnrollmentKey
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
@@ -123,7 +124,7 @@ class IdentityService:
             return
         epoch = self._admins.epoch
         async with self.db.begin() as conn:
-            found = await conn.scalar(select(AdminToken.id).where(AdminToken.token_hash == digest))
+            found = await conn.scalar(queries.ADMIN_BY_TOKEN, {"token_hash": digest})
         if found is None:
             raise Unauthorized("invalid_token", "the admin token is not valid")
         self._admins.put(digest, True, epoch)
@@ -175,7 +176,7 @@ class IdentityService:
             return cached
         epoch = self._nodes.epoch
         async with self.db.begin() as conn:
-            node_id = await conn.scalar(select(Node.id).where(Node.token_hash == digest))
+            node_id: str | None = await conn.scalar(queries.NODE_BY_TOKEN, {"token_hash": digest})
         if node_id is None:
             raise Unauthorized("invalid_token", "the node token is not valid")
         self._nodes.put(digest, node_id, epoch)
@@ -230,13 +231,7 @@ class IdentityService:
             return cached
         epoch = self._clients.epoch
         async with self.db.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(Client.id, Client.name, Client.revoked).where(
-                        Client.token_hash == digest
-                    )
-                )
-            ).first()
+            row = (await conn.execute(queries.CLIENT_BY_TOKEN, {"token_hash": digest})).first()
         if row is None:
             raise Unauthorized("invalid_token", "the client token is not valid")
         if row.revoked:

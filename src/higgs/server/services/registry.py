@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select, update
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
@@ -36,6 +36,7 @@ from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthor
 from higgs.server.services.identity import IdentityService
 from higgs.server.services.nodeview import NodeFacts
 from higgs.server.services.sessions import SessionService
+from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Node
 from higgs.server.store.tables import Session as SessionRow
@@ -166,19 +167,11 @@ class RegistryService:
         async with self.db.begin() as conn:
             row = (
                 await conn.execute(
-                    update(Node)
-                    .where(Node.id == node_id, Node.state != "stopped")
-                    .values(
-                        state="online",
-                        last_heartbeat_at=now,
-                        metrics=metrics,
-                        updated_at=case((Node.state != "online", now), else_=Node.updated_at),
-                    )
-                    .returning(Node.updated_at)
+                    queries.HEARTBEAT, {"node_id": node_id, "now": now, "node_metrics": metrics}
                 )
             ).first()
             if row is None:
-                state = await conn.scalar(select(Node.state).where(Node.id == node_id))
+                state = await conn.scalar(queries.NODE_STATE, {"node_id": node_id})
                 if state is None:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")

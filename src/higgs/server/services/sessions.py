@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, func, insert, select, update
+from sqlalchemy import ColumnElement, Update, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -48,6 +48,7 @@ from higgs.server.services.clock import new_session_id, utcnow
 from higgs.server.services.errors import Conflict, NotFound, Unavailable
 from higgs.server.services.identity import AuthedClient
 from higgs.server.services.nodeview import NodeFacts, NodeView
+from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Client, Node
 from higgs.server.store.tables import Session as SessionRow
@@ -206,7 +207,7 @@ class SessionService:
                     expires_at=now + self.ttl,
                     closed_at=None,
                 )
-                await conn.execute(insert(SessionRow).values(_columns(row)))
+                await conn.execute(queries.INSERT_SESSION, _columns(row))
         except BaseException:
             self._unclaim(claimed)
             raise
@@ -219,15 +220,7 @@ class SessionService:
         """The client's tunnel address on the node (``a.b.c.d/32``), reserved in this process
         until the caller's transaction ends; the unique index ``uq_sessions_open_address``
         guards against every other writer. Raises :class:`_NodeFull` when nothing is free."""
-        used = list(
-            (
-                await conn.scalars(
-                    select(SessionRow.tunnel_address).where(
-                        SessionRow.node_id == facts.node_id, SessionRow.state == "open"
-                    )
-                )
-            ).all()
-        )
+        used = list((await conn.scalars(queries.OPEN_ADDRESSES, {"node_id": facts.node_id})).all())
         reserved = self._reserved[facts.node_id]
         if len(used) + len(reserved) >= facts.max_clients:
             raise _NodeFull(facts.node_id, len(used))
@@ -366,17 +359,32 @@ class SessionService:
     # --- closing --------------------------------------------------------------------------
 
     async def close(self, client: AuthedClient, session_id: str) -> SessionInfo:
+        """Closes the caller's session (one UPDATE); a closed one is answered as it is."""
+        claimed: list[str] = []
+        params = {
+            "session_id": session_id,
+            "owner_id": client.id,
+            "reason": "client_closed",
+            "now": utcnow(),
+        }
         try:
-            async with self.db.transaction() as s:
-                row = await self._own(s, client, session_id)
-                was_open = row.state == "open"
-                if was_open:
-                    row.state, row.close_reason, row.closed_at = "closed", "client_closed", utcnow()
-                    self._claim([row])
+            async with self.db.begin() as conn:
+                closed = (await conn.execute(queries.CLOSE_OWN_SESSION, params)).first()
+                if closed is not None:
+                    row = _row(closed)
+                    claimed = self._claim([row])
+                else:
+                    found = (
+                        await conn.execute(queries.SESSION_BY_ID, {"session_id": session_id})
+                    ).first()
+                    # Another client's session is reported as missing: ids are not leaked.
+                    if found is None or found.client_id != client.id:
+                        raise NotFound("session_not_found", f"session_id: no session {session_id}")
+                    row = _row(found)
         except BaseException:
-            self._unclaim([session_id])
+            self._unclaim(claimed)
             raise
-        if was_open:
+        if closed is not None:
             await self._announce_closed([row], "client_closed")
         return self.info(row)
 
@@ -537,22 +545,15 @@ def _columns(row: SessionRow) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in SessionRow.__table__.columns}
 
 
+def _row(mapping: Any) -> SessionRow:
+    """A detached SessionRow from a Core result row (for announcing and answering)."""
+    return SessionRow(**dict(mapping._mapping))
+
+
 async def _key_holders(conn: AsyncConnection, public_key: str) -> dict[str, SessionRow]:
     """Open sessions holding ``public_key``, by node (at most one per node)."""
-    rows = (
-        await conn.execute(
-            select(
-                SessionRow.id,
-                SessionRow.node_id,
-                SessionRow.client_id,
-                SessionRow.channel,
-                SessionRow.client_public_key,
-                SessionRow.tunnel_address,
-                SessionRow.mode,
-            ).where(SessionRow.state == "open", SessionRow.client_public_key == public_key)
-        )
-    ).all()
-    return {r.node_id: SessionRow(**r._asdict(), state="open") for r in rows}
+    rows = (await conn.execute(queries.KEY_HOLDERS, {"public_key": public_key})).all()
+    return {r.node_id: _row(r) for r in rows}
 
 
 _FACT_COLUMNS = (

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from higgs.common.errors import ConfigError
+from higgs.server.store.sqlite_inline import inline_creator
 
 __all__ = ["DB_FILE", "Database", "database_url"]
 
@@ -57,11 +58,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-# SQLite has one writer at a time. Several pooled connections would each take a thread hop
-# and then queue on the file lock (or fail with SQLITE_BUSY when a read transaction tries
-# to upgrade), so the server uses exactly one connection and transactions queue in the pool
-# instead; each one is short. PostgreSQL: enough connections for the API's concurrent
-# requests (heartbeats, routes) without one per request; the test cluster allows 200.
+# SQLite has one writer at a time. Several pooled connections would queue on the file lock
+# (or fail with SQLITE_BUSY when a read transaction tries to upgrade), so the server uses
+# exactly one connection, run on the event loop thread (see sqlite_inline.py), and
+# transactions queue in the pool instead; each one is short. PostgreSQL: enough connections
+# for the API's concurrent requests (heartbeats, routes) without one per request; the test
+# cluster allows 200.
 _SQLITE_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
 _POSTGRES_POOL: dict[str, Any] = {
     "pool_size": 16,
@@ -76,6 +78,10 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs = dict(_SQLITE_POOL if self.is_sqlite else _POSTGRES_POOL)
+        if self.is_sqlite:
+            path = make_url(url).database
+            if path and path != ":memory:":
+                kwargs["async_creator"] = inline_creator(path)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
