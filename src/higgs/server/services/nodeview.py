@@ -48,6 +48,9 @@ class NodeFacts:
     latency_ms: float | None = None
     open_sessions: int = 0
     capacity: int = field(init=False, default=0)
+    # The last candidate built; every change to the facts goes through NodeView, which drops
+    # it, so a route request rebuilds only what changed since the previous one.
+    cached: routing.Candidate | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.capacity = routing.host_capacity(self.tunnel_subnet)
@@ -60,8 +63,11 @@ class NodeFacts:
     def candidate(self, connected: bool, replacing: bool = False) -> routing.Candidate:
         """This node as a routing candidate; ``replacing``: the caller's own session on it
         is about to be replaced, so it does not count."""
+        cached = self.cached
+        if cached is not None and cached.connected == connected and not replacing:
+            return cached
         open_n = self.open_sessions - (1 if replacing else 0)
-        return routing.Candidate(
+        candidate = routing.Candidate(
             node_id=self.node_id,
             state=self.state,
             open_sessions=open_n,
@@ -75,6 +81,9 @@ class NodeFacts:
             budget_total_mb=self.budget_total_mb,
             latency_ms=self.latency_ms,
         )
+        if not replacing:
+            self.cached = candidate
+        return candidate
 
 
 class NodeView:
@@ -95,6 +104,9 @@ class NodeView:
     def _touch(self, node_id: str) -> None:
         if self._touched is not None:
             self._touched.add(node_id)
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            facts.cached = None
 
     def upsert(self, facts: NodeFacts) -> None:
         self._touch(facts.node_id)

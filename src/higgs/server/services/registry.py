@@ -159,12 +159,15 @@ class RegistryService:
 
     async def heartbeat(self, node_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
         """One transaction: one UPDATE of the node (state, time, metrics; ``updated_at`` moves
-        only when the node comes back), plus the renewal of sessions whose peers handshook."""
+        only when the node comes back), plus the renewal of sessions whose peers handshook.
+        Offline detection is not done here but by the periodic sweep (mark_stale_offline)."""
         now = utcnow()
         metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
         metrics["peer_stats_count"] = len(req.peer_stats)
         fresh = self.sessions.fresh_keys(req.peer_stats)
-        async with self.db.begin() as conn:
+        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
+        unit = self.db.begin() if fresh else self.db.autocommit()
+        async with unit as conn:
             row = (
                 await conn.execute(
                     queries.HEARTBEAT, {"node_id": node_id, "now": now, "node_metrics": metrics}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = [
     "Candidate",
@@ -44,6 +45,9 @@ LATENCY_SCALE_MS = 50.0
 
 @dataclass(frozen=True)
 class Candidate:
+    """What routing knows of a node. Immutable, so its score is computed once (the server
+    keeps candidates between requests and rebuilds one only when its node changed)."""
+
     node_id: str
     state: str
     open_sessions: int
@@ -56,6 +60,10 @@ class Candidate:
     budget_left_mb: float | None = None
     budget_total_mb: float | None = None
     latency_ms: float | None = None
+
+    @cached_property
+    def score(self) -> float:
+        return score(self)
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | 
     """The best candidate, or None with a message saying why nothing fits."""
     fitting = [c for c in candidates if _rejection(c, wish) is None]
     if fitting:
-        best = max(fitting, key=lambda c: (score(c), -c.open_sessions, c.node_id))
+        best = max(fitting, key=lambda c: (c.score, -c.open_sessions, c.node_id))
         return best, ""
     if wish.node_id is not None:
         named = [c for c in candidates if c.node_id == wish.node_id]

@@ -65,11 +65,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 # for the API's concurrent requests (heartbeats, routes) without one per request; the test
 # cluster allows 200.
 _SQLITE_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+# No pre-ping: it costs a round trip on every checkout; a connection broken by a database
+# restart fails one request and is then discarded with the pool (SQLAlchemy invalidates the
+# pool on a disconnect error), and recycling bounds a connection's age.
 _POSTGRES_POOL: dict[str, Any] = {
     "pool_size": 16,
     "max_overflow": 16,
     "pool_timeout": 30,
-    "pool_pre_ping": True,
+    "pool_recycle": 1800,
 }
 
 
@@ -97,6 +100,19 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One unit of work on a Core connection (hot paths: no ORM identity map or flush)."""
         async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection where each statement commits on its own: for a unit of work that is
+        one statement (a heartbeat), this saves the BEGIN and COMMIT round trips to
+        PostgreSQL. SQLite has no round trips to save: a plain transaction there."""
+        if self.is_sqlite:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     async def ping(self) -> bool:

@@ -14,13 +14,14 @@ never wait in WAL mode, and a writer waits (``busy_timeout``) only while another
 the operator CLI — commits its own short transaction. Deployments with heavy concurrent
 writers use PostgreSQL.
 
-This subclass overrides aiosqlite's private hand-off points (``_connect``, ``_execute``,
-``stop``, ``__await__``); tests/unit/server/test_sqlite_inline.py exercises them, so an
-aiosqlite release that changes them fails there first.
+This subclass overrides aiosqlite's private hand-off points (``_tx``, ``_connect``,
+``_execute``, ``stop``, ``__await__``); tests/unit/server/test_sqlite_inline.py exercises them
+through SQLAlchemy, so an aiosqlite release that changes them fails there first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
 from typing import Any
@@ -30,8 +31,28 @@ import aiosqlite
 __all__ = ["InlineConnection", "inline_creator"]
 
 
+class _RunNow:
+    """Stands in for aiosqlite's queue to its worker: runs each queued call at once.
+    (SQLAlchemy's adapter queues some calls itself, e.g. setting the isolation level.)"""
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            return
+        if future is not None and not future.done():
+            future.set_result(result)
+
+
 class InlineConnection(aiosqlite.Connection):
     """An :class:`aiosqlite.Connection` whose calls run on the calling (event loop) thread."""
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], iter_chunk_size: int) -> None:
+        super().__init__(connector, iter_chunk_size)
+        self._tx = _RunNow()  # type: ignore[assignment]
 
     def __await__(self) -> Generator[Any, None, InlineConnection]:
         return self._connect().__await__()
