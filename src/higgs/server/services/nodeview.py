@@ -98,6 +98,10 @@ class NodeView:
     def __iter__(self) -> Iterator[NodeFacts]:
         return iter(list(self._nodes.values()))
 
+    def values(self) -> Iterable[NodeFacts]:
+        """A live view: do not await while iterating it."""
+        return self._nodes.values()
+
     def get(self, node_id: str) -> NodeFacts | None:
         return self._nodes.get(node_id)
 

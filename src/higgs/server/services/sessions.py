@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -239,32 +239,37 @@ class SessionService:
         wish: routing.RouteWish,
         holders: dict[str, SessionRow],
     ) -> tuple[NodeFacts, SessionRow | None]:
+        named: NodeFacts | None = None
+        pool: Iterable[NodeFacts]
         if req.node_id is not None:
             named = self.nodes.get(req.node_id) or await _load_one(conn, req.node_id)
             if named is None:
                 raise NotFound("node_not_found", f"node_id: no node {req.node_id}")
-            pool: list[NodeFacts] = [named]
+            pool = [named]
         else:
-            pool = list(self.nodes)
-        by_id: dict[str, NodeFacts] = {}
-        candidates = []
+            pool = self.nodes.values()
         connected = self.hub.is_node_connected
-        for facts in pool:
-            holder = holders.get(facts.node_id)
-            if holder is not None and holder.client_id != client.id:
-                if req.node_id is not None:
-                    raise Conflict(
-                        "key_in_use",
-                        "client_public_key is already used by another session on this node",
-                    )
-                continue
-            by_id[facts.node_id] = facts
-            # The caller's own session with this key will be replaced: it does not count.
-            candidates.append(facts.candidate(connected(facts.node_id), holder is not None))
+        # No await from here on: the view cannot change while it is read.
+        if not holders:
+            candidates = [f.candidate(connected(f.node_id)) for f in pool]
+        else:
+            candidates = []
+            for facts in pool:
+                holder = holders.get(facts.node_id)
+                if holder is not None and holder.client_id != client.id:
+                    if req.node_id is not None:
+                        raise Conflict(
+                            "key_in_use",
+                            "client_public_key is already used by another session on this node",
+                        )
+                    continue
+                # The caller's own session with this key will be replaced: it does not count.
+                candidates.append(facts.candidate(connected(facts.node_id), holder is not None))
         best, why = routing.pick(candidates, wish)
-        if best is None:
-            raise Unavailable("no_route", why)
-        return by_id[best.node_id], holders.get(best.node_id)
+        chosen = named if named is not None else self.nodes.get(best.node_id) if best else None
+        if best is None or chosen is None:
+            raise Unavailable("no_route", why or "no online node fits the request")
+        return chosen, holders.get(best.node_id)
 
     async def refresh_view(self) -> int:
         """Reloads the node view from the database (start, and every sweep: a safety net
