@@ -18,6 +18,14 @@ Pure functions over plain data, so the policy is testable without a database.
 Load dominates so that sessions spread across nodes; a node whose link is down can still be
 chosen (it receives its peers in ``sync`` when it reconnects) but loses to any connected one
 with similar load.
+
+**Inputs.** The server evaluates this over its in-memory node view
+(:mod:`higgs.server.services.nodeview`), not the node table: ``open_sessions`` follows every
+session opened and closed, ``budget_*`` and ``latency_ms`` come from the node's last heartbeat,
+``connected`` is asked of the relay hub at request time. The route transaction then re-checks
+the chosen node's open sessions in the database, and the unique index over open sessions'
+(node, tunnel address) keeps addresses collision-free (a request that loses a race chooses
+again).
 """
 
 from __future__ import annotations
