@@ -218,17 +218,13 @@ class BosonServer:
         self.api_url = s.public_url or (
             f"{'https' if tls else 'http'}://{_url_host(api_host)}:{bound_api}"
         )
-        self._tasks.append(
-            asyncio.create_task(self._maintain(db, registry, sessions), name="sweep")
-        )
+        self._tasks.append(asyncio.create_task(self._maintain(registry, sessions), name="sweep"))
         log.info(
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
         )
 
-    async def _maintain(
-        self, db: Database, registry: RegistryService, sessions: SessionService
-    ) -> None:
+    async def _maintain(self, registry: RegistryService, sessions: SessionService) -> None:
         """Offline detection and session expiry every ``sweep_interval_s``; the routing view's
         safety-net reload every ``VIEW_RELOAD_S``."""
         view_loaded = time.monotonic()
@@ -237,7 +233,6 @@ class BosonServer:
             try:
                 await registry.mark_stale_offline()
                 await sessions.expire_due()
-                await db.checkpoint()
                 if time.monotonic() - view_loaded >= VIEW_RELOAD_S:
                     await sessions.refresh_view()
                     view_loaded = time.monotonic()

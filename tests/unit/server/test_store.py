@@ -1,5 +1,5 @@
 """The store's plumbing on a real SQLite file: the inline connection (no worker thread),
-transactions, constraint errors, autocommit, checkpoints; the schema head read without
+transactions, constraint errors, autocommit; the schema head read without
 Alembic agrees with Alembic's."""
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ async def test_sqlite_runs_on_the_loop_thread_with_wal(tmp_path: Path) -> None:
             await conn.rollback()
         async with db.autocommit() as conn:
             await conn.execute(text("INSERT INTO t VALUES ('c')"))
-        await db.checkpoint()
         async with db.begin() as conn:
             keys = (await conn.scalars(text("SELECT k FROM t ORDER BY k"))).all()
         assert keys == ["a", "c"]  # 'b' rolled back with its transaction

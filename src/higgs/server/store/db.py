@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,21 +55,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     # Another process (the operator CLI) may hold the write lock for a moment.
     cur.execute("PRAGMA busy_timeout=5000")
-    # No checkpoint inside a commit: it writes the database file and fsyncs, which would
-    # stall the server's event loop (statements run on it, see sqlite_inline.py). The server
-    # checkpoints from a worker thread instead (Database.checkpoint, every sweep); a CLI
-    # process's last close checkpoints as usual.
-    cur.execute("PRAGMA wal_autocheckpoint=0")
+    # Checkpoints stay SQLite's own (every 1,000 WAL pages, inside a commit). Checkpointing
+    # from a worker thread's connection instead was measured worse: the server's writes then
+    # waited in the busy handler on the event loop while the checkpointer held its locks.
     cur.close()
-
-
-def _checkpoint(path: str) -> None:
-    conn = sqlite3.connect(path, timeout=5)
-    try:
-        # PASSIVE: copies what it can without waiting for, or blocking, readers and writers.
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        conn.close()
 
 
 # SQLite has one writer at a time. Several pooled connections would queue on the file lock
@@ -97,11 +84,9 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs = dict(_SQLITE_POOL if self.is_sqlite else _POSTGRES_POOL)
-        self._sqlite_path: str | None = None
         if self.is_sqlite:
             path = make_url(url).database
             if path and path != ":memory:":
-                self._sqlite_path = path
                 kwargs["async_creator"] = inline_creator(path)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
@@ -132,12 +117,6 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
-
-    async def checkpoint(self) -> None:
-        """SQLite: copies the write-ahead log into the database file, in a worker thread
-        (the server calls this periodically). Nothing to do on PostgreSQL."""
-        if self._sqlite_path is not None:
-            await asyncio.to_thread(_checkpoint, self._sqlite_path)
 
     async def ping(self) -> bool:
         try:
