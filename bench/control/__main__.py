@@ -2,12 +2,17 @@
 (issue 7, items 3 and 4): registration of N simulated nodes, route requests per second and
 latency while the nodes heartbeat, on SQLite and PostgreSQL, beside a FastAPI reference
 measured in the same round; and how each figure grows with sessions and nodes.
+
+For a quick look while changing the server, narrow the run (the tables keep their shape):
+``--nodes 1000 --sessions 10 --seconds 4 --databases sqlite --no-reference``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -19,12 +24,13 @@ import aiohttp
 from bench.harness import (
     Budget,
     Case,
+    Report,
     Results,
     Section,
     Table,
     cpu_seconds,
+    exit_on_sigterm,
     fmt,
-    part_main,
     progress,
     rss_bytes,
     run_rounds,
@@ -359,24 +365,36 @@ def _pinned(cpu: int) -> Iterator[None]:
             os.sched_setaffinity(0, before)
 
 
-def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
-    sizes = SMOKE if smoke else FULL
+def run(
+    *,
+    smoke: bool = False,
+    rounds: int | None = None,
+    sizes: ControlSizes | None = None,
+    databases: Sequence[str] = DATABASES,
+    reference: bool = True,
+) -> Section:
+    sizes = sizes or (SMOKE if smoke else FULL)
     n_rounds = rounds or (1 if smoke else 3)
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         missing = server_unavailable()
         pg_factory: Callable[[], str] | None = None
         pg_missing: str | None = missing
-        if missing is None:
+        if missing is None and "PostgreSQL" in databases:
             try:
                 pg_factory = stack.enter_context(postgres_cluster())
             except RuntimeError as exc:
                 pg_missing = str(exc)
-        cases = [_reference_case(sizes)]
+        ref = _reference_case(sizes)
+        if not reference:
+            ref.unavailable = "left out of this run (--no-reference)"
+        cases = [ref]
         for db in DATABASES:
             for n in sizes.nodes:
                 case = _server_case(db, n, sizes, pg_factory if db == "PostgreSQL" else None)
                 case.unavailable = missing if db == "SQLite" else pg_missing
+                if db not in databases:
+                    case.unavailable = "left out of this run (--databases)"
                 cases.append(case)
         stack.enter_context(_pinned(GENERATOR_CPU))
         res = run_rounds(
@@ -410,14 +428,64 @@ def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
     )
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every number must be at least 1")
+    return values
+
+
+def _databases(text: str) -> tuple[str, ...]:
+    names = {d.lower(): d for d in DATABASES}
+    try:
+        return tuple(names[v.strip().lower()] for v in text.split(","))
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(
+            f"unknown database {exc.args[0]!r} (use {', '.join(names)})"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return part_main(
-        argv,
+    p = argparse.ArgumentParser(
         prog="python -m bench.control",
         description=__doc__,
-        title="Higgs.net control-plane benchmark",
-        run=run,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--smoke", action="store_true", help="seconds, tiny sizes")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--nodes", type=_ints, help="registered nodes, e.g. 1000 or 10,100,1000")
+    p.add_argument("--sessions", type=_ints, help="clients in flight, e.g. 10 or 1,10,100")
+    p.add_argument("--seconds", type=float, help="measured seconds per window")
+    p.add_argument(
+        "--databases", type=_databases, default=DATABASES, help="sqlite,postgresql (default both)"
+    )
+    p.add_argument("--no-reference", action="store_true", help="skip the FastAPI reference")
+    args = p.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.nodes:
+        sizes = dataclasses.replace(sizes, nodes=args.nodes)
+    if args.sessions:
+        sizes = dataclasses.replace(
+            sizes, sessions=args.sessions, default_sessions=args.sessions[len(args.sessions) // 2]
+        )
+    if args.seconds:
+        sizes = dataclasses.replace(sizes, seconds=args.seconds)
+    exit_on_sigterm()
+    report = Report("Higgs.net control-plane benchmark", smoke=args.smoke)
+    report.add(
+        run(
+            smoke=args.smoke,
+            rounds=args.rounds,
+            sizes=sizes,
+            databases=args.databases,
+            reference=not args.no_reference,
+        )
+    )
+    print(report.render())
+    return 0
 
 
 if __name__ == "__main__":

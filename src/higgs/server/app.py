@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Protocol
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The node view is kept current by this process's own events; reloading it from the database
+# only catches what they missed, so it need not run at every sweep (1,000 rows each time).
+VIEW_RELOAD_S = 60.0
 
 
 class ServedHub(RelayHub, Protocol):
@@ -155,7 +160,7 @@ class BosonServer:
 
     async def _start(self, db: Database) -> None:
         s = self.settings
-        identity = IdentityService(db)
+        identity = IdentityService(db, cache_ttl_s=s.auth_cache_ttl_s)
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
@@ -163,7 +168,7 @@ class BosonServer:
         events = ServerEvents()
         self._hub = hub = self._hub_factory(events, self.metrics.registry)
         sessions = SessionService(db, hub, s, self.metrics)
-        registry = RegistryService(db, hub, s, self.metrics, sessions)
+        registry = RegistryService(db, hub, s, self.metrics, sessions, identity)
         events.bind(registry, sessions)
 
         relay_host, relay_port = split_listen(s.relay_listen)
@@ -220,12 +225,17 @@ class BosonServer:
         )
 
     async def _maintain(self, registry: RegistryService, sessions: SessionService) -> None:
-        """Offline detection and session expiry, every ``sweep_interval_s``."""
+        """Offline detection and session expiry every ``sweep_interval_s``; the routing view's
+        safety-net reload every ``VIEW_RELOAD_S``."""
+        view_loaded = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await registry.mark_stale_offline()
                 await sessions.expire_due()
+                if time.monotonic() - view_loaded >= VIEW_RELOAD_S:
+                    await sessions.refresh_view()
+                    view_loaded = time.monotonic()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")
 

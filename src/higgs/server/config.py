@@ -45,6 +45,9 @@ class ServerSettings(BaseModel):
     sweep_interval_s: float = Field(default=5.0, gt=0, le=600)
     # A peer that handshook this recently keeps its session alive (direct path, no relay).
     handshake_fresh_s: float = Field(default=180.0, gt=0)
+    # Successful credential lookups are cached this long (0: off). A revocation by this server
+    # holds at once; one written by the CLI from another process holds within this time.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
 
     relay_ping_interval_s: float = Field(default=15.0, gt=0, le=3600)
     relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)

@@ -26,6 +26,13 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self.route_retries = Counter(
+            "higgs_route_retries",
+            "Route requests that chose again (conflict: a concurrent request took the address, "
+            "channel or key; stale_view: the chosen node was full in the database)",
+            ["reason"],
+            registry=r,
+        )
         self.registrations = Counter(
             "higgs_node_registrations", "Node registrations, by outcome", ["outcome"], registry=r
         )

@@ -2,7 +2,13 @@
 
 Every credential is random (:func:`higgs.common.secrets.new_token`) and stored as its SHA-256
 hash; a token is shown exactly once, when it is created. Lookups go by hash, so comparing is a
-database equality on a digest of a 256-bit secret (no timing side channel worth closing).
+database equality (or a dict lookup) on a digest of a 256-bit secret (no timing side channel
+worth closing).
+
+A running server caches successful lookups for ``cache_ttl_s`` (see
+:mod:`higgs.server.services.credcache`): revoking a client through this service, or a node
+re-registering (new token), takes effect at the next request; a revocation written by another
+process (the CLI) takes effect within ``cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from higgs.common.keys import write_secret_file
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.services.clock import utcnow
+from higgs.server.services.credcache import CredentialCache
 from higgs.server.services.errors import Conflict, NotFound, Unauthorized
+from higgs.server.store import queries
 from higgs.server.store.db import Database
-from higgs.server.store.tables import AdminToken, Client, EnrollmentKey, Node
+from higgs.server.store.tables import AdminToken, Client, EnrollmentKey
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
@@ -91,8 +99,11 @@ class EnrollmentRecord:
 
 
 class IdentityService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_ttl_s: float = 0.0) -> None:
         self.db = db
+        self._admins: CredentialCache[bool] = CredentialCache(cache_ttl_s)
+        self._nodes: CredentialCache[str] = CredentialCache(cache_ttl_s)
+        self._clients: CredentialCache[AuthedClient] = CredentialCache(cache_ttl_s)
 
     # --- admin ----------------------------------------------------------------------------
 
@@ -108,12 +119,15 @@ class IdentityService:
         return token
 
     async def check_admin(self, token: str) -> None:
-        async with self.db.transaction() as s:
-            found = await s.scalar(
-                select(AdminToken.id).where(AdminToken.token_hash == hash_token(token))
-            )
+        digest = hash_token(token)
+        if self._admins.get(digest):
+            return
+        epoch = self._admins.epoch
+        async with self.db.begin() as conn:
+            found = await conn.scalar(queries.ADMIN_BY_TOKEN, {"token_hash": digest})
         if found is None:
             raise Unauthorized("invalid_token", "the admin token is not valid")
+        self._admins.put(digest, True, epoch)
 
     # --- enrollment -----------------------------------------------------------------------
 
@@ -156,11 +170,21 @@ class IdentityService:
 
     async def node_for_token(self, token: str) -> str:
         """The node id the token belongs to; Unauthorized otherwise."""
-        async with self.db.transaction() as s:
-            node_id = await s.scalar(select(Node.id).where(Node.token_hash == hash_token(token)))
+        digest = hash_token(token)
+        cached = self._nodes.get(digest)
+        if cached is not None:
+            return cached
+        epoch = self._nodes.epoch
+        async with self.db.begin() as conn:
+            node_id: str | None = await conn.scalar(queries.NODE_BY_TOKEN, {"token_hash": digest})
         if node_id is None:
             raise Unauthorized("invalid_token", "the node token is not valid")
+        self._nodes.put(digest, node_id, epoch)
         return node_id
+
+    def forget_node(self, node_id: str) -> None:
+        """The node's token changed (re-registration): its old token stops working now."""
+        self._nodes.drop_where(lambda cached: cached == node_id)
 
     # --- clients --------------------------------------------------------------------------
 
@@ -186,7 +210,8 @@ class IdentityService:
         ]
 
     async def mark_revoked(self, name: str) -> int:
-        """Marks the client revoked; returns its id (the caller closes its sessions)."""
+        """Marks the client revoked; returns its id (the caller closes its sessions).
+        Its token is refused from the next request on (the cached entry is dropped)."""
         async with self.db.transaction() as s:
             row = await s.scalar(select(Client).where(Client.name == name).with_for_update())
             if row is None:
@@ -194,13 +219,23 @@ class IdentityService:
             if not row.revoked:
                 row.revoked = True
                 row.revoked_at = utcnow()
-            return row.id
+            client_id = row.id
+        # After the commit: a lookup that began earlier holds an older epoch and is not stored.
+        self._clients.drop_where(lambda cached: cached.id == client_id)
+        return client_id
 
     async def authenticate_client(self, token: str) -> AuthedClient:
-        async with self.db.transaction() as s:
-            row = await s.scalar(select(Client).where(Client.token_hash == hash_token(token)))
+        digest = hash_token(token)
+        cached = self._clients.get(digest)
+        if cached is not None:
+            return cached
+        epoch = self._clients.epoch
+        async with self.db.begin() as conn:
+            row = (await conn.execute(queries.CLIENT_BY_TOKEN, {"token_hash": digest})).first()
         if row is None:
             raise Unauthorized("invalid_token", "the client token is not valid")
         if row.revoked:
             raise Unauthorized("revoked_token", "the client token has been revoked")
-        return AuthedClient(row.id, row.name)
+        client = AuthedClient(row.id, row.name)
+        self._clients.put(digest, client, epoch)
+        return client

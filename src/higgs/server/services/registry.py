@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
@@ -35,7 +35,9 @@ from higgs.server.services import routing
 from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.services.identity import IdentityService
+from higgs.server.services.nodeview import NodeFacts
 from higgs.server.services.sessions import SessionService
+from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Node
 from higgs.server.store.tables import Session as SessionRow
@@ -53,12 +55,14 @@ class RegistryService:
         settings: ServerSettings,
         metrics: ServerMetrics,
         sessions: SessionService,
+        identity: IdentityService | None = None,
     ) -> None:
         self.db = db
         self.hub = hub
         self.settings = settings
         self.metrics = metrics
         self.sessions = sessions
+        self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
 
     async def register(
@@ -117,6 +121,31 @@ class RegistryService:
             node.updated_at = now
             node.last_heartbeat_at = now
             node_id = node.id
+            await s.flush()
+            open_n = await s.scalar(
+                select(func.count())
+                .select_from(SessionRow)
+                .where(SessionRow.node_id == node_id, SessionRow.state == "open")
+            )
+            facts = NodeFacts(
+                node_id=node_id,
+                state="online",
+                public_key=req.public_key,
+                endpoint=req.endpoint,
+                tunnel_subnet=req.tunnel_subnet,
+                tunnel_subnet_v6=req.tunnel_subnet_v6,
+                tunnel_mtu=req.tunnel_mtu,
+                max_clients=req.max_clients,
+                bandwidth_mbps=req.bandwidth_mbps,
+                country=req.country,
+                region=req.region,
+                open_sessions=int(open_n or 0),
+            )
+            facts.apply_metrics(node.metrics)
+        # The previous token stops working now, and routing sees the node as registered.
+        if self.identity is not None:
+            self.identity.forget_node(node_id)
+        self.sessions.nodes.upsert(facts)
         self.hub.allow_node(node_id, hash_token(token))
         self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
         log.info("node registered", extra={"node_id": node_id, "new": created})
@@ -135,24 +164,38 @@ class RegistryService:
         )
 
     async def heartbeat(self, node_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
-        async with self.db.transaction() as s:
-            node = await s.get(Node, node_id, with_for_update=True)
-            if node is None:
-                raise NotFound("node_not_found", f"node_id: no node {node_id}")
-            if node.state == "stopped":
+        """One transaction: one UPDATE of the node (state, time, metrics; ``updated_at`` moves
+        only when the node comes back), plus the renewal of sessions whose peers handshook.
+        Offline detection is not done here but by the periodic sweep (mark_stale_offline)."""
+        now = utcnow()
+        metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
+        metrics["peer_stats_count"] = len(req.peer_stats)
+        fresh = self.sessions.fresh_keys(req.peer_stats)
+        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
+        unit = self.db.begin() if fresh else self.db.autocommit()
+        async with unit as conn:
+            row = (
+                await conn.execute(
+                    queries.HEARTBEAT,
+                    {
+                        "node_id": node_id,
+                        "now": now,
+                        "node_metrics": metrics,
+                        # The node's uplink changed: route answers from now on carry the new MTU.
+                        "tunnel_mtu": req.tunnel_mtu,
+                    },
+                )
+            ).first()
+            if row is None:
+                state = await conn.scalar(queries.NODE_STATE, {"node_id": node_id})
+                if state is None:
+                    raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
-            if node.state != "online":
-                log.info("node back online", extra={"node_id": node_id})
-            node.state = "online"
-            node.last_heartbeat_at = utcnow()
-            if req.tunnel_mtu is not None and req.tunnel_mtu != node.tunnel_mtu:
-                # The node's uplink changed: route answers from now on carry the new MTU.
-                log.info("node mtu changed", extra={"node_id": node_id, "mtu": req.tunnel_mtu})
-                node.tunnel_mtu = req.tunnel_mtu
-            metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
-            metrics["peer_stats_count"] = len(req.peer_stats)
-            node.metrics = metrics
-        await self.sessions.renew_by_handshake(node_id, req.peer_stats)
+            if fresh:
+                await conn.execute(self.sessions.renew_keys_statement(node_id, fresh))
+        if row.updated_at == now:
+            log.info("node back online", extra={"node_id": node_id})
+        self.sessions.nodes.heartbeat(node_id, metrics)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )
@@ -164,30 +207,37 @@ class RegistryService:
                 raise NotFound("node_not_found", f"node_id: no node {node_id}")
             node.state = "stopped"
             node.updated_at = utcnow()
+        self.sessions.nodes.remove(node_id)
         await self.sessions.close_for_node(node_id, "node_stopped")
         self.hub.forget_node(node_id, "stopped")
         log.info("node deregistered", extra={"node_id": node_id})
 
     async def mark_stale_offline(self) -> list[str]:
-        """Online nodes that missed ``missed_heartbeats`` and have no link go offline."""
+        """The periodic offline sweep: online nodes that missed ``missed_heartbeats`` and have
+        no link go offline (one query to find them, one UPDATE; heartbeats do no such work)."""
         limit = timedelta(
             seconds=self.settings.heartbeat_interval_s * self.settings.missed_heartbeats
         )
-        cutoff = utcnow() - limit
-        went: list[str] = []
-        async with self.db.transaction() as s:
-            rows = (
-                await s.scalars(
-                    select(Node).where(Node.state == "online", Node.last_heartbeat_at < cutoff)
+        now = utcnow()
+        cutoff = now - limit
+        stale = Node.state == "online", Node.last_heartbeat_at < cutoff
+        async with self.db.begin() as conn:
+            ids = (await conn.scalars(select(Node.id).where(*stale))).all()
+            went = [i for i in ids if not self.hub.is_node_connected(i)]
+            if went:
+                # Conditions repeated: a heartbeat that landed meanwhile keeps its node online.
+                went = list(
+                    (
+                        await conn.scalars(
+                            update(Node)
+                            .where(Node.id.in_(went), *stale)
+                            .values(state="offline", updated_at=now)
+                            .returning(Node.id)
+                        )
+                    ).all()
                 )
-            ).all()
-            for node in rows:
-                if self.hub.is_node_connected(node.id):
-                    continue
-                node.state = "offline"
-                node.updated_at = utcnow()
-                went.append(node.id)
         for node_id in went:
+            self.sessions.nodes.set_state(node_id, "offline")
             self.metrics.nodes_went_offline.inc()
             log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
         return went

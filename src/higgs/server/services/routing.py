@@ -18,6 +18,14 @@ Pure functions over plain data, so the policy is testable without a database.
 Load dominates so that sessions spread across nodes; a node whose link is down can still be
 chosen (it receives its peers in ``sync`` when it reconnects) but loses to any connected one
 with similar load.
+
+**Inputs.** The server evaluates this over its in-memory node view
+(:mod:`higgs.server.services.nodeview`), not the node table: ``open_sessions`` follows every
+session opened and closed, ``budget_*`` and ``latency_ms`` come from the node's last heartbeat,
+``connected`` is asked of the relay hub at request time. The route transaction then re-checks
+the chosen node's open sessions in the database, and the unique index over open sessions'
+(node, tunnel address) keeps addresses collision-free (a request that loses a race chooses
+again).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = [
     "Candidate",
@@ -44,6 +53,9 @@ LATENCY_SCALE_MS = 50.0
 
 @dataclass(frozen=True)
 class Candidate:
+    """What routing knows of a node. Immutable, so its score is computed once (the server
+    keeps candidates between requests and rebuilds one only when its node changed)."""
+
     node_id: str
     state: str
     open_sessions: int
@@ -56,6 +68,20 @@ class Candidate:
     budget_left_mb: float | None = None
     budget_total_mb: float | None = None
     latency_ms: float | None = None
+
+    @cached_property
+    def score(self) -> float:
+        return score(self)
+
+    @cached_property
+    def rank(self) -> tuple[float, int, str]:
+        """Higher wins: the score, then fewer open sessions, then the node id."""
+        return (score(self), -self.open_sessions, self.node_id)
+
+    @cached_property
+    def can_take_any(self) -> bool:
+        """Whether the node could take a session at all, whatever the request asks."""
+        return _own_rejection(self) is None
 
 
 @dataclass(frozen=True)
@@ -83,20 +109,10 @@ def score(c: Candidate) -> float:
     )
 
 
-def _rejection(c: Candidate, wish: RouteWish) -> str | None:
-    """Why the candidate cannot take the session, or None when it can."""
-    if wish.node_id is not None and c.node_id != wish.node_id:
-        return "not the requested node"
+def _own_rejection(c: Candidate) -> str | None:
+    """Why the node cannot take any session, or None (independent of the request)."""
     if c.state != "online":
         return f"node is {c.state}"
-    if wish.country is not None and c.country != wish.country:
-        return f"node is in {c.country or 'an unknown country'}"
-    if wish.min_bandwidth_mbps is not None and (
-        c.bandwidth_mbps is None or c.bandwidth_mbps < wish.min_bandwidth_mbps
-    ):
-        return "bandwidth below the requested minimum"
-    if wish.mode == "direct" and not c.has_endpoint:
-        return "node has no direct endpoint"
     if c.open_sessions >= c.max_clients:
         return "node is full"
     if c.free_addresses < 1:
@@ -106,11 +122,50 @@ def _rejection(c: Candidate, wish: RouteWish) -> str | None:
     return None
 
 
+def _wish_rejection(c: Candidate, wish: RouteWish) -> str | None:
+    """Why the node does not match what the request asks for, or None."""
+    if wish.node_id is not None and c.node_id != wish.node_id:
+        return "not the requested node"
+    if wish.country is not None and c.country != wish.country:
+        return f"node is in {c.country or 'an unknown country'}"
+    if wish.min_bandwidth_mbps is not None and (
+        c.bandwidth_mbps is None or c.bandwidth_mbps < wish.min_bandwidth_mbps
+    ):
+        return "bandwidth below the requested minimum"
+    if wish.mode == "direct" and not c.has_endpoint:
+        return "node has no direct endpoint"
+    return None
+
+
+def _rejection(c: Candidate, wish: RouteWish) -> str | None:
+    """Why the candidate cannot take the session, or None when it can."""
+    if wish.node_id is not None and c.node_id != wish.node_id:
+        return "not the requested node"
+    if c.state != "online":
+        return f"node is {c.state}"
+    return _wish_rejection(c, wish) or _own_rejection(c)
+
+
+def _asks_anything(wish: RouteWish) -> bool:
+    return (
+        wish.node_id is not None
+        or wish.country is not None
+        or wish.min_bandwidth_mbps is not None
+        or wish.mode == "direct"
+    )
+
+
 def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | None, str]:
     """The best candidate, or None with a message saying why nothing fits."""
-    fitting = [c for c in candidates if _rejection(c, wish) is None]
-    if fitting:
-        best = max(fitting, key=lambda c: (score(c), -c.open_sessions, c.node_id))
+    # One pass; the request-independent checks and the rank are cached on each candidate.
+    best: Candidate | None = None
+    filtered = _asks_anything(wish)
+    for c in candidates:
+        if not c.can_take_any or (filtered and _wish_rejection(c, wish) is not None):
+            continue
+        if best is None or c.rank > best.rank:
+            best = c
+    if best is not None:
         return best, ""
     if wish.node_id is not None:
         named = [c for c in candidates if c.node_id == wish.node_id]

@@ -15,15 +15,16 @@ that node ineligible (409 ``key_in_use`` when the node was named in the request)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Update, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
@@ -48,6 +49,8 @@ from higgs.server.services import routing
 from higgs.server.services.clock import new_session_id, utcnow
 from higgs.server.services.errors import Conflict, NotFound, Unavailable
 from higgs.server.services.identity import AuthedClient
+from higgs.server.services.nodeview import NodeFacts, NodeView
+from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Client, Node
 from higgs.server.store.tables import Session as SessionRow
@@ -67,6 +70,9 @@ log = logging.getLogger(__name__)
 ALLOWED_IPS = ["0.0.0.0/0", "::/0"]
 KEEPALIVE_S = 25
 _MAX_CHANNEL = 0xFFFFFFFF
+# A route request that loses a race (address, channel or key taken by a concurrent one, or a
+# stale view) chooses again; each retry sees the winner's commit.
+_ROUTE_TRIES = 8
 
 
 def peer_object(row: SessionRow) -> dict[str, Any]:
@@ -89,7 +95,9 @@ class SessionService:
         self.settings = settings
         self.metrics = metrics
         self.relay_base = ""  # set by the server once the relay listener is bound
-        self._route_lock = asyncio.Lock()
+        self.nodes = NodeView()
+        # Tunnel addresses handed out by transactions of this process not yet committed.
+        self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._active: set[str] = set()
         # Sessions this process told the hub about and has not yet announced as closed.
         self._announced_open: set[str] = set()
@@ -101,83 +109,63 @@ class SessionService:
     # --- opening --------------------------------------------------------------------------
 
     async def create_route(self, client: AuthedClient, req: RouteRequest) -> RouteResponse:
+        """Chooses a node from the in-memory view (no lock, no scan of the node table) and
+        opens the session in one transaction. Collision-freedom of tunnel addresses, relay
+        channels and keys comes from the database's unique indexes (plus this process's
+        address reservations, so that its own concurrent requests do not even collide): a
+        request that loses a race chooses again."""
         wish = routing.RouteWish(req.node_id, req.country, req.min_bandwidth_mbps, req.mode)
-        replaced: SessionRow | None = None
-        # One route at a time in this process: address and channel allocation read-then-write.
-        # The partial unique indexes catch anything that slips past (several instances).
-        async with self._route_lock, self.db.transaction() as s:
-            node, replaced = await self._choose(s, client, req, wish)
-            now = utcnow()
-            if replaced is not None:
-                replaced.state, replaced.close_reason, replaced.closed_at = (
-                    "closed",
-                    "replaced",
-                    now,
-                )
-                self._claim([replaced])
-                await s.flush()
-            used = (
-                await s.scalars(
-                    select(SessionRow.tunnel_address).where(
-                        SessionRow.node_id == node.id, SessionRow.state == "open"
-                    )
-                )
-            ).all()
-            address = routing.allocate_address(node.tunnel_subnet, used)
-            if address is None:  # _choose checked capacity; only a race gets here
-                raise Unavailable("no_route", f"node {node.id} has no free tunnel address")
-            token = new_token("hgr_")
-            row = SessionRow(
-                id=new_session_id(),
-                client_id=client.id,
-                node_id=node.id,
-                client_public_key=req.client_public_key,
-                tunnel_address=f"{address}/32",
-                channel=await self._new_channel(s),
-                relay_token_hash=hash_token(token),
-                mode=req.mode,
-                state="open",
-                close_reason=None,
-                created_at=now,
-                expires_at=now + self.ttl,
-                closed_at=None,
-            )
-            s.add(row)
+        for _ in range(_ROUTE_TRIES):
+            try:
+                opened = await self._open_session(client, req, wish)
+            except IntegrityError:
+                self.metrics.route_retries.labels(reason="conflict").inc()
+                continue
+            except _NodeFull as full:
+                # The view counted fewer sessions than the database holds: correct it.
+                self.metrics.route_retries.labels(reason="stale_view").inc()
+                self.nodes.set_open_sessions(full.node_id, full.open_sessions)
+                continue
+            break
+        else:
+            raise Unavailable("no_route", "could not open a session (contention); try again")
+        row, facts, token, replaced = opened
         if replaced is not None:
             await self._announce_closed([replaced], "replaced")
+        self.nodes.session_opened(facts.node_id)
         self.hub.open_session(row.id, row.channel, row.node_id, row.relay_token_hash)
         self._announced_open.add(row.id)
         self.metrics.sessions_opened.inc()
         log.info(
             "session opened",
-            extra={"session_id": row.id, "node_id": node.id, "client": client.name},
+            extra={"session_id": row.id, "node_id": facts.node_id, "client": client.name},
         )
-        await self._send(node.id, PeerAdd(**peer_object(row)).model_dump(mode="json"))
-        node_ip = routing.node_address(node.tunnel_subnet).ip
+        await self._send(facts.node_id, PeerAdd(**peer_object(row)).model_dump(mode="json"))
+        node_ip = routing.node_address(facts.tunnel_subnet).ip
         dns, address_v6 = [str(node_ip)], None
-        if _forwards_ipv6(node):
-            assert node.tunnel_subnet_v6 is not None
-            v6 = client_address_v6(node.tunnel_subnet, node.tunnel_subnet_v6, row.tunnel_address)
+        if facts.forwards_ipv6:
+            assert facts.tunnel_subnet_v6 is not None
+            v6 = client_address_v6(facts.tunnel_subnet, facts.tunnel_subnet_v6, row.tunnel_address)
             if v6 is not None:
                 address_v6 = f"{v6}/128"
-                dns.append(str(node_address_v6(node.tunnel_subnet_v6).ip))
+                dns.append(str(node_address_v6(facts.tunnel_subnet_v6).ip))
         return RouteResponse(
             session_id=row.id,
             expires_at=row.expires_at,
             ttl_s=self.settings.session_ttl_s,
-            node=RouteNode(node_id=node.id, country=node.country, region=node.region),
+            node=RouteNode(node_id=facts.node_id, country=facts.country, region=facts.region),
             wireguard=WireGuardConfig(
                 address=row.tunnel_address,
                 address_v6=address_v6,
-                node_public_key=node.public_key,
+                node_public_key=facts.public_key,
                 dns=dns,
-                mtu=node.tunnel_mtu,
+                mtu=facts.tunnel_mtu,
                 allowed_ips=list(ALLOWED_IPS),
                 persistent_keepalive=KEEPALIVE_S,
             ),
             direct=(
-                DirectPath(endpoint=node.endpoint)
-                if node.endpoint and req.mode != "relay"
+                DirectPath(endpoint=facts.endpoint)
+                if facts.endpoint and req.mode != "relay"
                 else None
             ),
             relay=(
@@ -189,78 +177,121 @@ class SessionService:
             ),
         )
 
-    async def _choose(
-        self, s: AsyncSession, client: AuthedClient, req: RouteRequest, wish: routing.RouteWish
-    ) -> tuple[Node, SessionRow | None]:
-        query = select(Node).where(Node.state != "stopped")
-        if req.node_id is not None:
-            query = select(Node).where(Node.id == req.node_id)
-        nodes = {n.id: n for n in (await s.scalars(query)).all()}
-        counts = dict(
-            (
-                await s.execute(
-                    select(SessionRow.node_id, func.count())
-                    .where(SessionRow.state == "open", SessionRow.node_id.in_(list(nodes)))
-                    .group_by(SessionRow.node_id)
-                )
-            ).all()
-        )
-        holders = {
-            r.node_id: r
-            for r in (
-                await s.scalars(
-                    select(SessionRow).where(
-                        SessionRow.state == "open",
-                        SessionRow.client_public_key == req.client_public_key,
+    async def _open_session(
+        self, client: AuthedClient, req: RouteRequest, wish: routing.RouteWish
+    ) -> tuple[SessionRow, NodeFacts, str, SessionRow | None]:
+        """One attempt: choose, close the caller's replaced session, allocate, insert."""
+        claimed: list[str] = []
+        reserved: tuple[str, str] | None = None
+        try:
+            async with self.db.begin() as conn:
+                holders = await _key_holders(conn, req.client_public_key)
+                facts, held = await self._choose(conn, client, req, wish, holders)
+                now = utcnow()
+                replaced: SessionRow | None = None
+                if held is not None:
+                    closed = await conn.execute(
+                        update(SessionRow)
+                        .where(SessionRow.id == held.id, SessionRow.state == "open")
+                        .values(state="closed", close_reason="replaced", closed_at=now)
                     )
+                    if closed.rowcount:
+                        replaced = held
+                        held.state, held.close_reason, held.closed_at = "closed", "replaced", now
+                        claimed = self._claim([held])
+                address = await self._allocate_address(conn, facts)
+                reserved = (facts.node_id, address)
+                token = new_token("hgr_")
+                row = SessionRow(
+                    id=new_session_id(),
+                    client_id=client.id,
+                    node_id=facts.node_id,
+                    client_public_key=req.client_public_key,
+                    tunnel_address=address,
+                    channel=secrets.randbelow(_MAX_CHANNEL) + 1,
+                    relay_token_hash=hash_token(token),
+                    mode=req.mode,
+                    state="open",
+                    close_reason=None,
+                    created_at=now,
+                    expires_at=now + self.ttl,
+                    closed_at=None,
                 )
-            ).all()
-        }
-        candidates = []
-        for node in nodes.values():
-            holder = holders.get(node.id)
-            if holder is not None and holder.client_id != client.id:
-                if req.node_id is not None:
-                    raise Conflict(
-                        "key_in_use",
-                        "client_public_key is already used by another session on this node",
-                    )
-                continue
-            # The caller's own session with this key will be replaced: do not count it.
-            open_n = int(counts.get(node.id, 0)) - (1 if holder is not None else 0)
-            metrics = node.metrics or {}
-            candidates.append(
-                routing.Candidate(
-                    node_id=node.id,
-                    state=node.state,
-                    open_sessions=open_n,
-                    max_clients=node.max_clients,
-                    country=node.country,
-                    bandwidth_mbps=node.bandwidth_mbps,
-                    has_endpoint=node.endpoint is not None,
-                    connected=self.hub.is_node_connected(node.id),
-                    free_addresses=routing.host_capacity(node.tunnel_subnet) - open_n,
-                    budget_left_mb=_num(metrics.get("budget_left_mb")),
-                    budget_total_mb=_num(metrics.get("budget_total_mb")),
-                    latency_ms=_num(metrics.get("latency_ms")),
-                )
-            )
-        best, why = routing.pick(candidates, wish)
-        if best is None:
-            if req.node_id is not None and req.node_id not in nodes:
-                raise NotFound("node_not_found", f"node_id: no node {req.node_id}")
-            raise Unavailable("no_route", why)
-        chosen = nodes[best.node_id]
-        held = holders.get(chosen.id)
-        return chosen, held
+                await conn.execute(queries.INSERT_SESSION, _columns(row))
+        except BaseException:
+            self._unclaim(claimed)
+            raise
+        finally:
+            if reserved is not None:
+                self._reserved[reserved[0]].discard(reserved[1])
+        return row, facts, token, replaced
 
-    async def _new_channel(self, s: AsyncSession) -> int:
-        for _ in range(16):
-            channel = secrets.randbelow(_MAX_CHANNEL) + 1
-            taken = await s.scalar(select(SessionRow.id).where(SessionRow.channel == channel))
-            if taken is None:
-                return channel
-        raise Unavailable("no_channel", "could not allocate a relay channel; try again")
+    async def _allocate_address(self, conn: AsyncConnection, facts: NodeFacts) -> str:
+        """The client's tunnel address on the node (``a.b.c.d/32``), reserved in this process
+        until the caller's transaction ends; the unique index ``uq_sessions_open_address``
+        guards against every other writer. Raises :class:`_NodeFull` when nothing is free."""
+        used = list((await conn.scalars(queries.OPEN_ADDRESSES, {"node_id": facts.node_id})).all())
+        reserved = self._reserved[facts.node_id]
+        if len(used) + len(reserved) >= facts.max_clients:
+            raise _NodeFull(facts.node_id, len(used))
+        address = routing.allocate_address(facts.tunnel_subnet, [*used, *reserved])
+        if address is None:
+            raise _NodeFull(facts.node_id, len(used))
+        text = f"{address}/32"
+        reserved.add(text)
+        return text
+
+    async def _choose(
+        self,
+        conn: AsyncConnection,
+        client: AuthedClient,
+        req: RouteRequest,
+        wish: routing.RouteWish,
+        holders: dict[str, SessionRow],
+    ) -> tuple[NodeFacts, SessionRow | None]:
+        named: NodeFacts | None = None
+        pool: Iterable[NodeFacts]
+        if req.node_id is not None:
+            named = self.nodes.get(req.node_id) or await _load_one(conn, req.node_id)
+            if named is None:
+                raise NotFound("node_not_found", f"node_id: no node {req.node_id}")
+            pool = [named]
+        else:
+            pool = self.nodes.values()
+        connected = self.hub.is_node_connected
+        # No await from here on: the view cannot change while it is read.
+        if not holders:
+            candidates = [f.candidate(connected(f.node_id)) for f in pool]
+        else:
+            candidates = []
+            for facts in pool:
+                holder = holders.get(facts.node_id)
+                if holder is not None and holder.client_id != client.id:
+                    if req.node_id is not None:
+                        raise Conflict(
+                            "key_in_use",
+                            "client_public_key is already used by another session on this node",
+                        )
+                    continue
+                # The caller's own session with this key will be replaced: it does not count.
+                candidates.append(facts.candidate(connected(facts.node_id), holder is not None))
+        best, why = routing.pick(candidates, wish)
+        chosen = named if named is not None else self.nodes.get(best.node_id) if best else None
+        if best is None or chosen is None:
+            raise Unavailable("no_route", why or "no online node fits the request")
+        return chosen, holders.get(best.node_id)
+
+    async def refresh_view(self) -> int:
+        """Reloads the node view from the database (start, and every sweep: a safety net
+        for changes this process did not see). Returns the number of nodes in it."""
+        self.nodes.begin_reload()
+        try:
+            loaded = await _load_facts(self.db)
+        except BaseException:
+            self.nodes.abort_reload()
+            raise
+        self.nodes.replace_all(loaded)
+        return len(self.nodes)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -310,41 +341,65 @@ class SessionService:
                 .values(expires_at=utcnow() + self.ttl)
             )
 
-    async def renew_by_handshake(self, node_id: str, stats: Sequence[PeerStat]) -> None:
-        """Peers that handshook recently are in use (possibly on the direct path): renew."""
-        fresh = [
+    def fresh_keys(self, stats: Sequence[PeerStat]) -> list[str]:
+        """Peers that handshook recently are in use (possibly on the direct path)."""
+        return [
             p.public_key
             for p in stats
             if p.last_handshake_s is not None
             and p.last_handshake_s <= self.settings.handshake_fresh_s
         ]
+
+    def renew_keys_statement(self, node_id: str, keys: Sequence[str]) -> Update:
+        """The UPDATE renewing the node's open sessions of these keys (run by the caller, e.g.
+        inside the heartbeat's transaction)."""
+        return (
+            update(SessionRow)
+            .where(
+                SessionRow.node_id == node_id,
+                SessionRow.state == "open",
+                SessionRow.client_public_key.in_(keys),
+            )
+            .values(expires_at=utcnow() + self.ttl)
+        )
+
+    async def renew_by_handshake(self, node_id: str, stats: Sequence[PeerStat]) -> None:
+        """``peer_stats`` on the node's link: renew the sessions of fresh peers."""
+        fresh = self.fresh_keys(stats)
         if not fresh:
             return
-        async with self.db.transaction() as s:
-            await s.execute(
-                update(SessionRow)
-                .where(
-                    SessionRow.node_id == node_id,
-                    SessionRow.state == "open",
-                    SessionRow.client_public_key.in_(fresh),
-                )
-                .values(expires_at=utcnow() + self.ttl)
-            )
+        async with self.db.begin() as conn:
+            await conn.execute(self.renew_keys_statement(node_id, fresh))
 
     # --- closing --------------------------------------------------------------------------
 
     async def close(self, client: AuthedClient, session_id: str) -> SessionInfo:
+        """Closes the caller's session (one UPDATE); a closed one is answered as it is."""
+        claimed: list[str] = []
+        params = {
+            "session_id": session_id,
+            "owner_id": client.id,
+            "reason": "client_closed",
+            "now": utcnow(),
+        }
         try:
-            async with self.db.transaction() as s:
-                row = await self._own(s, client, session_id)
-                was_open = row.state == "open"
-                if was_open:
-                    row.state, row.close_reason, row.closed_at = "closed", "client_closed", utcnow()
-                    self._claim([row])
+            async with self.db.begin() as conn:
+                closed = (await conn.execute(queries.CLOSE_OWN_SESSION, params)).first()
+                if closed is not None:
+                    row = _row(closed)
+                    claimed = self._claim([row])
+                else:
+                    found = (
+                        await conn.execute(queries.SESSION_BY_ID, {"session_id": session_id})
+                    ).first()
+                    # Another client's session is reported as missing: ids are not leaked.
+                    if found is None or found.client_id != client.id:
+                        raise NotFound("session_not_found", f"session_id: no session {session_id}")
+                    row = _row(found)
         except BaseException:
-            self._unclaim([session_id])
+            self._unclaim(claimed)
             raise
-        if was_open:
+        if closed is not None:
             await self._announce_closed([row], "client_closed")
         return self.info(row)
 
@@ -413,6 +468,7 @@ class SessionService:
     async def _announce_closed(self, rows: Sequence[SessionRow], reason: str) -> None:
         for row in rows:
             self._announced_open.discard(row.id)
+            self.nodes.session_closed(row.node_id)
             self.metrics.sessions_closed.labels(reason=reason).inc()
             log.info(
                 "session closed",
@@ -446,6 +502,7 @@ class SessionService:
 
     async def reload(self) -> int:
         """After a restart: every open session is admitted to the hub again."""
+        await self.refresh_view()
         rows = await self.open_rows()
         for row in rows:
             self.hub.open_session(row.id, row.channel, row.node_id, row.relay_token_hash)
@@ -491,13 +548,91 @@ async def close_in_db(
     return rows
 
 
-def _forwards_ipv6(node: Node) -> bool:
-    """The node registered an IPv6 prefix and its last heartbeat did not say it lost IPv6."""
-    return bool(node.tunnel_subnet_v6) and (node.metrics or {}).get("ipv6") is not False
+class _NodeFull(Exception):
+    """The chosen node has no free slot or address in the database (the view was stale)."""
+
+    def __init__(self, node_id: str, open_sessions: int) -> None:
+        super().__init__(node_id)
+        self.node_id, self.open_sessions = node_id, open_sessions
 
 
-def _num(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+def _columns(row: SessionRow) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in SessionRow.__table__.columns}
+
+
+def _row(mapping: Any) -> SessionRow:
+    """A detached SessionRow from a Core result row (for announcing and answering)."""
+    return SessionRow(**dict(mapping._mapping))
+
+
+async def _key_holders(conn: AsyncConnection, public_key: str) -> dict[str, SessionRow]:
+    """Open sessions holding ``public_key``, by node (at most one per node)."""
+    rows = (await conn.execute(queries.KEY_HOLDERS, {"public_key": public_key})).all()
+    return {r.node_id: _row(r) for r in rows}
+
+
+_FACT_COLUMNS = (
+    Node.id,
+    Node.state,
+    Node.public_key,
+    Node.endpoint,
+    Node.tunnel_subnet,
+    Node.tunnel_subnet_v6,
+    Node.tunnel_mtu,
+    Node.max_clients,
+    Node.bandwidth_mbps,
+    Node.country,
+    Node.region,
+    Node.metrics,
+)
+
+
+def _facts(row: Any, open_sessions: int) -> NodeFacts:
+    facts = NodeFacts(
+        node_id=row.id,
+        state=row.state,
+        public_key=row.public_key,
+        endpoint=row.endpoint,
+        tunnel_subnet=row.tunnel_subnet,
+        tunnel_subnet_v6=row.tunnel_subnet_v6,
+        tunnel_mtu=row.tunnel_mtu,
+        max_clients=row.max_clients,
+        bandwidth_mbps=row.bandwidth_mbps,
+        country=row.country,
+        region=row.region,
+        open_sessions=open_sessions,
+    )
+    facts.apply_metrics(row.metrics)
+    return facts
+
+
+async def _load_one(conn: AsyncConnection, node_id: str) -> NodeFacts | None:
+    """A node the view does not hold (stopped, or not seen by this process yet)."""
+    row = (await conn.execute(select(*_FACT_COLUMNS).where(Node.id == node_id))).first()
+    if row is None:
+        return None
+    open_n = await conn.scalar(
+        select(func.count())
+        .select_from(SessionRow)
+        .where(SessionRow.node_id == node_id, SessionRow.state == "open")
+    )
+    return _facts(row, int(open_n or 0))
+
+
+async def _load_facts(db: Database) -> list[NodeFacts]:
+    """Every node that is not stopped, with its open-session count."""
+    async with db.begin() as conn:
+        counts = dict(
+            (
+                await conn.execute(
+                    select(SessionRow.node_id, func.count())
+                    .where(SessionRow.state == "open")
+                    .group_by(SessionRow.node_id)
+                )
+            ).all()
+        )
+        rows = (await conn.execute(select(*_FACT_COLUMNS).where(Node.state != "stopped"))).all()
+    return [_facts(r, int(counts.get(r.id, 0))) for r in rows]
 
 
 def session_info(row: SessionRow, counters: Callable[[str], tuple[int, int]]) -> SessionInfo:

@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from higgs.common.errors import ConfigError
+from higgs.server.store.sqlite_inline import inline_creator
 
 __all__ = ["DB_FILE", "Database", "database_url"]
 
@@ -47,18 +49,45 @@ def database_url(database: str | None, data_dir: Path) -> str:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
+    # WAL: readers (the CLI, another process) never block the writer. NORMAL is durable
+    # across an application crash in WAL mode (a power cut may lose the last commits).
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    # Another process (the operator CLI) may hold the write lock for a moment.
     cur.execute("PRAGMA busy_timeout=5000")
+    # Checkpoints stay SQLite's own (every 1,000 WAL pages, inside a commit). Checkpointing
+    # from a worker thread's connection instead was measured worse: the server's writes then
+    # waited in the busy handler on the event loop while the checkpointer held its locks.
     cur.close()
+
+
+# SQLite has one writer at a time. Several pooled connections would queue on the file lock
+# (or fail with SQLITE_BUSY when a read transaction tries to upgrade), so the server uses
+# exactly one connection, run on the event loop thread (see sqlite_inline.py), and
+# transactions queue in the pool instead; each one is short. PostgreSQL: enough connections
+# for the API's concurrent requests (heartbeats, routes) without one per request; the test
+# cluster allows 200.
+_SQLITE_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+# No pre-ping: it costs a round trip on every checkout; a connection broken by a database
+# restart fails one request and is then discarded with the pool (SQLAlchemy invalidates the
+# pool on a disconnect error), and recycling bounds a connection's age.
+_POSTGRES_POOL: dict[str, Any] = {
+    "pool_size": 16,
+    "max_overflow": 16,
+    "pool_timeout": 30,
+    "pool_recycle": 1800,
+}
 
 
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        kwargs = dict(_SQLITE_POOL if self.is_sqlite else _POSTGRES_POOL)
+        if self.is_sqlite:
+            path = make_url(url).database
+            if path and path != ":memory:":
+                kwargs["async_creator"] = inline_creator(path)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -69,6 +98,25 @@ class Database:
         """One unit of work: commits on success, rolls back on error."""
         async with self.sessionmaker() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One unit of work on a Core connection (hot paths: no ORM identity map or flush)."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection where each statement commits on its own: for a unit of work that is
+        one statement (a heartbeat), this saves the BEGIN and COMMIT round trips to
+        PostgreSQL. SQLite has no round trips to save: a plain transaction there."""
+        if self.is_sqlite:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     async def ping(self) -> bool:
         try:

@@ -141,6 +141,13 @@ class Session(Base):
             postgresql_where=text("state = 'open'"),
         ),
         Index("ix_sessions_state_expires", "state", "expires_at"),
+        # Route requests look up which open sessions hold the caller's key.
+        Index(
+            "ix_sessions_open_client_key",
+            "client_public_key",
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

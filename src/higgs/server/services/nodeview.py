@@ -1,0 +1,185 @@
+"""The server's in-memory view of its nodes: what route selection reads.
+
+Choosing a node must not load every node from the database (issue 3, control-plane
+performance: at 1,000 nodes that was the whole cost of a route). Each non-stopped node has one
+:class:`NodeFacts` here: what it registered (subnet, capacity, location), what its last
+heartbeat reported (budget, latency), its state, and how many sessions it has open.
+
+Who keeps it current, all in this process: registration (:meth:`NodeView.upsert`), heartbeats
+(:meth:`NodeView.heartbeat`), the offline sweep and deregistration (:meth:`NodeView.set_state`,
+:meth:`NodeView.remove`), and every session opened or closed (:meth:`NodeView.session_opened`,
+:meth:`NodeView.session_closed`; closes made by the CLI reach it when the sweep announces them).
+The database stays the truth: the route transaction re-counts the chosen node's open sessions,
+and :meth:`NodeView.replace_all` reloads the view from the database at start and at each sweep,
+skipping nodes that changed while the reload was reading (their in-memory figure is newer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from higgs.server.services import routing
+
+__all__ = ["NodeFacts", "NodeView", "metric_number"]
+
+
+def metric_number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    """A numeric heartbeat metric, or None when absent or not a number."""
+    value = (metrics or {}).get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(slots=True)
+class NodeFacts:
+    node_id: str
+    state: str
+    public_key: str
+    endpoint: str | None
+    tunnel_subnet: str
+    tunnel_mtu: int
+    max_clients: int
+    bandwidth_mbps: float | None
+    country: str | None
+    region: str | None
+    # The clients' IPv6 prefix the node registered (None: IPv4 only).
+    tunnel_subnet_v6: str | None = None
+    # The last heartbeat's word on IPv6: False once the node's uplink lost it.
+    ipv6: bool | None = None
+    budget_left_mb: float | None = None
+    budget_total_mb: float | None = None
+    latency_ms: float | None = None
+    open_sessions: int = 0
+    capacity: int = field(init=False, default=0)
+    # The last candidate built; every change to the facts goes through NodeView, which drops
+    # it, so a route request rebuilds only what changed since the previous one.
+    cached: routing.Candidate | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.capacity = routing.host_capacity(self.tunnel_subnet)
+
+    def apply_metrics(self, metrics: Mapping[str, Any] | None) -> None:
+        self.budget_left_mb = metric_number(metrics, "budget_left_mb")
+        self.budget_total_mb = metric_number(metrics, "budget_total_mb")
+        self.latency_ms = metric_number(metrics, "latency_ms")
+        ipv6 = (metrics or {}).get("ipv6")
+        self.ipv6 = ipv6 if isinstance(ipv6, bool) else None
+        mtu = (metrics or {}).get("tunnel_mtu")
+        if isinstance(mtu, int) and not isinstance(mtu, bool):
+            self.tunnel_mtu = mtu
+
+    @property
+    def forwards_ipv6(self) -> bool:
+        """The node registered an IPv6 prefix and its last heartbeat did not say it lost IPv6."""
+        return bool(self.tunnel_subnet_v6) and self.ipv6 is not False
+
+    def candidate(self, connected: bool, replacing: bool = False) -> routing.Candidate:
+        """This node as a routing candidate; ``replacing``: the caller's own session on it
+        is about to be replaced, so it does not count."""
+        cached = self.cached
+        if cached is not None and cached.connected == connected and not replacing:
+            return cached
+        open_n = self.open_sessions - (1 if replacing else 0)
+        candidate = routing.Candidate(
+            node_id=self.node_id,
+            state=self.state,
+            open_sessions=open_n,
+            max_clients=self.max_clients,
+            country=self.country,
+            bandwidth_mbps=self.bandwidth_mbps,
+            has_endpoint=self.endpoint is not None,
+            connected=connected,
+            free_addresses=self.capacity - open_n,
+            budget_left_mb=self.budget_left_mb,
+            budget_total_mb=self.budget_total_mb,
+            latency_ms=self.latency_ms,
+        )
+        if not replacing:
+            self.cached = candidate
+        return candidate
+
+
+class NodeView:
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeFacts] = {}
+        # Nodes changed in memory while a reload is reading the database (None: no reload).
+        self._touched: set[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[NodeFacts]:
+        return iter(list(self._nodes.values()))
+
+    def values(self) -> Iterable[NodeFacts]:
+        """A live view: do not await while iterating it."""
+        return self._nodes.values()
+
+    def get(self, node_id: str) -> NodeFacts | None:
+        return self._nodes.get(node_id)
+
+    def _touch(self, node_id: str) -> None:
+        if self._touched is not None:
+            self._touched.add(node_id)
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            facts.cached = None
+
+    def upsert(self, facts: NodeFacts) -> None:
+        self._touch(facts.node_id)
+        self._nodes[facts.node_id] = facts
+
+    def remove(self, node_id: str) -> None:
+        self._touch(node_id)
+        self._nodes.pop(node_id, None)
+
+    def set_state(self, node_id: str, state: str) -> None:
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.state = state
+
+    def heartbeat(self, node_id: str, metrics: Mapping[str, Any]) -> None:
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.state = "online"
+            facts.apply_metrics(metrics)
+
+    def session_opened(self, node_id: str) -> None:
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.open_sessions += 1
+
+    def session_closed(self, node_id: str) -> None:
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.open_sessions = max(0, facts.open_sessions - 1)
+
+    def set_open_sessions(self, node_id: str, open_sessions: int) -> None:
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.open_sessions = open_sessions
+
+    def begin_reload(self) -> None:
+        self._touched = set()
+
+    def abort_reload(self) -> None:
+        self._touched = None
+
+    def replace_all(self, loaded: Iterable[NodeFacts]) -> None:
+        """Ends a reload begun with :meth:`begin_reload`: the loaded facts replace the view,
+        except for nodes changed in memory since (kept as they are)."""
+        touched, self._touched = self._touched or set(), None
+        fresh = {f.node_id: f for f in loaded}
+        for node_id in touched:
+            current = self._nodes.get(node_id)
+            if current is None:
+                fresh.pop(node_id, None)
+            else:
+                fresh[node_id] = current
+        self._nodes = fresh
