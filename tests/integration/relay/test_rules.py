@@ -92,6 +92,29 @@ async def test_bad_frames_are_dropped_counted_and_the_link_stays_open(
     assert not node.closed.is_set()
 
 
+async def test_data_in_a_non_binary_message_never_crosses_sessions(relay: Relay) -> None:
+    # The hub recognises DATA by content, not by opcode (see SessionLink.on_ws_frame): a
+    # DATA-shaped text or pong message for the link's own channel is forwarded as binary, one
+    # for another channel is refused like any text, and real control text still arrives.
+    node_token = relay.add_node("n_1")
+    session_token = relay.add_session("s_1", 5, "n_1")
+    relay.add_session("s_2", 6, "n_1")
+    node = await raw_connect(relay.node_url, node_token)
+    client = await raw_connect(relay.session_url, session_token)
+    await eventually(lambda: relay.hub.is_node_connected("n_1"))
+
+    client.send(encode_data(6, [b"\x04other-session"]), kind=WSMsgType.TEXT)
+    await eventually(lambda: relay.dropped("malformed") == 1)
+    own = encode_data(5, [b"\x04own-session"])
+    client.send(own, kind=WSMsgType.TEXT)
+    client.send(own, kind=WSMsgType.PONG)
+    await eventually(lambda: node.binary == [own, own])
+    node.send(json.dumps({"type": "peer_stats", "peers": []}).encode(), kind=WSMsgType.TEXT)
+    await eventually(lambda: len(relay.events.messages) == 1)
+    assert relay.hub.session_counters("s_2") == (0, 0)
+    assert not client.closed.is_set()
+
+
 async def test_fragmented_messages_are_reassembled_and_junk_fragments_dropped(
     relay: Relay,
 ) -> None:

@@ -6,9 +6,11 @@ per frame, measured to matter); the frame is validated, authorized by channel, c
 queued on the destination link. Delivery is adaptive (relay-bench.md): a frame that is alone in
 its read buffer goes out through picows' C ``send``; frames that arrive together are collected,
 already framed, in the destination's pending list and written with one ``write()`` when the
-source's read buffer is exhausted (``frame.last_in_buffer``). The list is joined once at flush:
-growing one ``bytearray`` instead re-copied it on every resize, which profiled at a fifth of the
-CPU at 1420-byte datagrams (a read can hold megabytes). When a destination's
+source's read buffer is exhausted (``frame.last_in_buffer``). Small datagrams are joined and
+written at once; large ones go to ``writelines`` (the transport hands the bytes objects to
+``writev`` without copying): growing one ``bytearray`` re-copied it on every resize, and joining
+large datagrams allocated megabytes per flush (a loaded link's reads grow that large), both of
+which profiled at a fifth of the CPU at 1420-byte datagrams. When a destination's
 transport is over its high-water mark, frames wait in a bounded queue that drops its oldest
 frame when full (``queue_full``); WireGuard tolerates loss like UDP. A node link is never paused
 for a slow client (it carries all the node's sessions); a full node link pauses reading its
@@ -54,6 +56,7 @@ _FIN_BINARY = 0x82
 _unpack_head = struct.Struct(">BIH").unpack_from  # type, channel, first record's length
 _ONE_RECORD_OVERHEAD = HEADER_SIZE + RECORD_HEADER_SIZE
 _ONE_RECORD_MIN = _ONE_RECORD_OVERHEAD
+_JOIN_BELOW = 512  # flush: join when the first frame is smaller, else writelines (see above)
 _join = b"".join
 _HDR_SMALL = struct.Struct(">BB")
 _HDR_MEDIUM = struct.Struct(">BBH")
@@ -188,7 +191,10 @@ class _Link(WSListener):
         parts = self.pending
         self.pending = None
         if parts and not self.closed and self.raw is not None:
-            self.raw.write(_join(parts))
+            if len(parts[1]) < _JOIN_BELOW:
+                self.raw.write(_join(parts))
+            else:
+                self.raw.writelines(parts)
 
     def _enqueue(self, framed: bytes) -> None:
         queue = self.queue
@@ -351,12 +357,20 @@ class NodeLink(_Link):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         # Hot path, deliberately inlined (each Python call costs about as much as a check): a
-        # one-datagram DATA frame is recognised from its first record's length; anything else
-        # takes the general path.
+        # one-datagram DATA frame is recognised from its content (type, channel, first record's
+        # length exactly filling the frame); anything else takes the general path, which checks
+        # the WebSocket opcode. The opcode is not read here: on Python 3.11 ``frame.msg_type``
+        # builds an enum member through ``EnumType.__getattr__``, which measured 18% of the
+        # per-frame Python cost. The only frames this lets through that a strict check would
+        # not are a TEXT, PONG or orphan CONTINUATION message that is byte for byte a valid
+        # DATA frame for the link's own channel: forwarding it is what the peer could do with a
+        # binary message anyway (authorization and validation are unchanged). PING never
+        # reaches us (picows answers it); a CLOSE payload never looks like DATA (picows refuses
+        # close codes 256-511).
         self.alive = True
         last = frame.last_in_buffer
         try:
-            if frame.msg_type is _BINARY and frame.fin and self.frag is None:
+            if frame.fin and self.frag is None:
                 payload = frame.get_payload_as_bytes()
                 size = len(payload)
                 if _ONE_RECORD_MIN < size <= MAX_FRAME_SIZE:
@@ -376,9 +390,9 @@ class NodeLink(_Link):
                         else:
                             self._route(payload, channel, 1, last)  # counts the drop
                     else:
-                        self._forward_checked(payload, last)
+                        self._slow_frame(transport, frame)
                 else:
-                    self._forward_checked(payload, last)
+                    self._slow_frame(transport, frame)
             else:
                 self._other_frame(transport, frame)
         except Exception:
@@ -425,7 +439,7 @@ class SessionLink(_Link):
         self.alive = True
         last = frame.last_in_buffer
         try:
-            if frame.msg_type is _BINARY and frame.fin and self.frag is None:
+            if frame.fin and self.frag is None:
                 payload = frame.get_payload_as_bytes()
                 size = len(payload)
                 session = self.session
@@ -447,7 +461,7 @@ class SessionLink(_Link):
                     else:
                         self._route(payload, session.channel, 1, last)  # counts the drop
                 else:
-                    self._forward_checked(payload, last)
+                    self._slow_frame(transport, frame)
             else:
                 self._other_frame(transport, frame)
         except Exception:
