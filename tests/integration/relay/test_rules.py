@@ -313,3 +313,39 @@ async def test_relay_link_does_not_fight_a_newer_instance_for_its_place(relay: R
     async with asyncio.timeout(5):
         result = await link.wait_closed()
     assert result.code == 4003
+
+
+def _masked(payload: bytes) -> bytes:
+    """A client-to-server binary WebSocket frame (all-zero mask key: XOR with it is a no-op)."""
+    n = len(payload)
+    head = bytes([0x82, 0x80 | n]) if n < 126 else bytes([0x82, 0xFE]) + n.to_bytes(2, "big")
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+@pytest.mark.parametrize("size", [100, 1000])
+async def test_frames_arriving_in_one_read_are_forwarded_whole_and_in_order(
+    relay: Relay, size: int
+) -> None:
+    # One write() of many frames reaches the hub in few reads, so they are coalesced per
+    # destination (small ones joined in pieces, large ones handed over as a list).
+    node_token = relay.add_node("n_1")
+    tokens = [relay.add_session("s_1", 5, "n_1"), relay.add_session("s_2", 6, "n_1")]
+    node = await raw_connect(relay.node_url, node_token)
+    clients = [await raw_connect(relay.session_url, t) for t in tokens]
+    await eventually(lambda: relay.hub.is_node_connected("n_1"))
+
+    count = 3000  # enough for the hub's read buffer to grow past one joined piece
+    up = [encode_data(5, [bytes([4]) + i.to_bytes(2, "big") * (size // 2)]) for i in range(count)]
+    assert clients[0].transport is not None
+    clients[0].transport.underlying_transport.write(b"".join(_masked(f) for f in up))
+    down = [encode_data(5 + i % 2, [bytes([4]) + i.to_bytes(4, "big") * 30]) for i in range(count)]
+    assert node.transport is not None
+    node.transport.underlying_transport.write(b"".join(_masked(f) for f in down))
+    await eventually(
+        lambda: (
+            len(node.binary) == count and len(clients[0].binary) + len(clients[1].binary) == count
+        )
+    )
+    assert node.binary == up
+    assert clients[0].binary == down[0::2]
+    assert clients[1].binary == down[1::2]

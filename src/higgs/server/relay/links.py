@@ -57,6 +57,7 @@ _unpack_head = struct.Struct(">BIH").unpack_from  # type, channel, first record'
 _ONE_RECORD_OVERHEAD = HEADER_SIZE + RECORD_HEADER_SIZE
 _ONE_RECORD_MIN = _ONE_RECORD_OVERHEAD
 _JOIN_BELOW = 512  # flush: join when the first frame is smaller, else writelines (see above)
+_JOIN_PARTS = 512  # at most this many parts (header, frame, ...) per joined piece: < 128 KiB
 _join = b"".join
 _HDR_SMALL = struct.Struct(">BB")
 _HDR_MEDIUM = struct.Struct(">BBH")
@@ -191,10 +192,14 @@ class _Link(WSListener):
         parts = self.pending
         self.pending = None
         if parts and not self.closed and self.raw is not None:
-            if len(parts[1]) < _JOIN_BELOW:
-                self.raw.write(_join(parts))
-            else:
+            if len(parts[1]) >= _JOIN_BELOW:
                 self.raw.writelines(parts)
+            elif len(parts) <= _JOIN_PARTS:
+                self.raw.write(_join(parts))
+            else:  # joined in pieces small enough for malloc's heap (no fresh mmap per flush)
+                self.raw.writelines(
+                    [_join(parts[i : i + _JOIN_PARTS]) for i in range(0, len(parts), _JOIN_PARTS)]
+                )
 
     def _enqueue(self, framed: bytes) -> None:
         queue = self.queue
@@ -443,10 +448,14 @@ class SessionLink(_Link):
                 payload = frame.get_payload_as_bytes()
                 size = len(payload)
                 session = self.session
-                if _ONE_RECORD_MIN < size <= MAX_FRAME_SIZE and _unpack_head(payload) == (
-                    FRAME_DATA,
-                    session.channel,
-                    size - _ONE_RECORD_OVERHEAD,
+                if _ONE_RECORD_MIN < size <= MAX_FRAME_SIZE:
+                    kind, channel, first = _unpack_head(payload)
+                else:
+                    kind = channel = first = 0  # not DATA: the general path
+                if (
+                    kind == FRAME_DATA
+                    and first == size - _ONE_RECORD_OVERHEAD
+                    and channel == session.channel
                 ):
                     dest = session.node.link
                     if dest is not None and not dest.closed and not session.closed:
