@@ -5,16 +5,17 @@ Hot path, in order of cost: picows parses the frame in C and calls the link's ``
 per frame, measured to matter); the frame is validated, authorized by channel, counted, and
 queued on the destination link. Delivery is adaptive (relay-bench.md): a frame that is alone in
 its read buffer goes out through picows' C ``send``; frames that arrive together are collected,
-already framed, in the destination's pending list and written with one ``write()`` when the
-source's read buffer is exhausted (``frame.last_in_buffer``). Small datagrams are joined and
-written at once; large ones go to ``writelines`` (the transport hands the bytes objects to
-``writev`` without copying): growing one ``bytearray`` re-copied it on every resize, and joining
-large datagrams allocated megabytes per flush (a loaded link's reads grow that large), both of
-which profiled at a fifth of the CPU at 1420-byte datagrams. When a destination's
-transport is over its high-water mark, frames wait in a bounded queue that drops its oldest
-frame when full (``queue_full``); WireGuard tolerates loss like UDP. A node link is never paused
-for a slow client (it carries all the node's sessions); a full node link pauses reading its
-own client links instead (see :meth:`NodeLink.pause_writing`).
+already framed, in the destination's pending list, joined once and written with one ``write()``
+when the source's read buffer is exhausted (``frame.last_in_buffer``). Measured alternatives:
+growing one ``bytearray`` re-copied it on resizes (a fifth of the CPU at 1420-byte datagrams: a
+loaded link's reads reach megabytes); ``writelines`` of the parts and joining in 64 KiB pieces
+both cost more per datagram than one join. Payloads are copied out of picows' read buffer
+(``bytes``), never kept as views: a frame may wait past the callback that produced it (a
+trailing PING, a protocol error ending a read). When a destination's transport is over its
+high-water mark, frames wait in a bounded queue that drops its oldest frame when full
+(``queue_full``); WireGuard tolerates loss like UDP. A node link is never paused for a slow
+client (it carries all the node's sessions); a full node link pauses reading its own client
+links instead (see :meth:`NodeLink.pause_writing`).
 """
 
 from __future__ import annotations
@@ -56,8 +57,6 @@ _FIN_BINARY = 0x82
 _unpack_head = struct.Struct(">BIH").unpack_from  # type, channel, first record's length
 _ONE_RECORD_OVERHEAD = HEADER_SIZE + RECORD_HEADER_SIZE
 _ONE_RECORD_MIN = _ONE_RECORD_OVERHEAD
-_JOIN_BELOW = 512  # flush: join when the first frame is smaller, else writelines (see above)
-_JOIN_PARTS = 512  # at most this many parts (header, frame, ...) per joined piece: < 128 KiB
 _join = b"".join
 _HDR_SMALL = struct.Struct(">BB")
 _HDR_MEDIUM = struct.Struct(">BBH")
@@ -192,14 +191,7 @@ class _Link(WSListener):
         parts = self.pending
         self.pending = None
         if parts and not self.closed and self.raw is not None:
-            if len(parts[1]) >= _JOIN_BELOW:
-                self.raw.writelines(parts)
-            elif len(parts) <= _JOIN_PARTS:
-                self.raw.write(_join(parts))
-            else:  # joined in pieces small enough for malloc's heap (no fresh mmap per flush)
-                self.raw.writelines(
-                    [_join(parts[i : i + _JOIN_PARTS]) for i in range(0, len(parts), _JOIN_PARTS)]
-                )
+            self.raw.write(_join(parts))
 
     def _enqueue(self, framed: bytes) -> None:
         queue = self.queue
