@@ -327,14 +327,14 @@ async def test_frames_arriving_in_one_read_are_forwarded_whole_and_in_order(
     relay: Relay, size: int
 ) -> None:
     # One write() of many frames reaches the hub in few reads, so they are coalesced per
-    # destination (small ones joined in pieces, large ones handed over as a list).
+    # destination and leave in few writes.
     node_token = relay.add_node("n_1")
     tokens = [relay.add_session("s_1", 5, "n_1"), relay.add_session("s_2", 6, "n_1")]
     node = await raw_connect(relay.node_url, node_token)
     clients = [await raw_connect(relay.session_url, t) for t in tokens]
     await eventually(lambda: relay.hub.is_node_connected("n_1"))
 
-    count = 3000  # enough for the hub's read buffer to grow past one joined piece
+    count = 3000  # enough for the hub's read buffer to grow to reads of hundreds of frames
     up = [encode_data(5, [bytes([4]) + i.to_bytes(2, "big") * (size // 2)]) for i in range(count)]
     assert clients[0].transport is not None
     clients[0].transport.underlying_transport.write(b"".join(_masked(f) for f in up))
