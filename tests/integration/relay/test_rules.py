@@ -92,6 +92,29 @@ async def test_bad_frames_are_dropped_counted_and_the_link_stays_open(
     assert not node.closed.is_set()
 
 
+async def test_data_in_a_non_binary_message_never_crosses_sessions(relay: Relay) -> None:
+    # The hub recognises DATA by content, not by opcode (see SessionLink.on_ws_frame): a
+    # DATA-shaped text or pong message for the link's own channel is forwarded as binary, one
+    # for another channel is refused like any text, and real control text still arrives.
+    node_token = relay.add_node("n_1")
+    session_token = relay.add_session("s_1", 5, "n_1")
+    relay.add_session("s_2", 6, "n_1")
+    node = await raw_connect(relay.node_url, node_token)
+    client = await raw_connect(relay.session_url, session_token)
+    await eventually(lambda: relay.hub.is_node_connected("n_1"))
+
+    client.send(encode_data(6, [b"\x04other-session"]), kind=WSMsgType.TEXT)
+    await eventually(lambda: relay.dropped("malformed") == 1)
+    own = encode_data(5, [b"\x04own-session"])
+    client.send(own, kind=WSMsgType.TEXT)
+    client.send(own, kind=WSMsgType.PONG)
+    await eventually(lambda: node.binary == [own, own])
+    node.send(json.dumps({"type": "peer_stats", "peers": []}).encode(), kind=WSMsgType.TEXT)
+    await eventually(lambda: len(relay.events.messages) == 1)
+    assert relay.hub.session_counters("s_2") == (0, 0)
+    assert not client.closed.is_set()
+
+
 async def test_fragmented_messages_are_reassembled_and_junk_fragments_dropped(
     relay: Relay,
 ) -> None:
@@ -290,3 +313,39 @@ async def test_relay_link_does_not_fight_a_newer_instance_for_its_place(relay: R
     async with asyncio.timeout(5):
         result = await link.wait_closed()
     assert result.code == 4003
+
+
+def _masked(payload: bytes) -> bytes:
+    """A client-to-server binary WebSocket frame (all-zero mask key: XOR with it is a no-op)."""
+    n = len(payload)
+    head = bytes([0x82, 0x80 | n]) if n < 126 else bytes([0x82, 0xFE]) + n.to_bytes(2, "big")
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+@pytest.mark.parametrize("size", [100, 1000])
+async def test_frames_arriving_in_one_read_are_forwarded_whole_and_in_order(
+    relay: Relay, size: int
+) -> None:
+    # One write() of many frames reaches the hub in few reads, so they are coalesced per
+    # destination and leave in few writes.
+    node_token = relay.add_node("n_1")
+    tokens = [relay.add_session("s_1", 5, "n_1"), relay.add_session("s_2", 6, "n_1")]
+    node = await raw_connect(relay.node_url, node_token)
+    clients = [await raw_connect(relay.session_url, t) for t in tokens]
+    await eventually(lambda: relay.hub.is_node_connected("n_1"))
+
+    count = 3000  # enough for the hub's read buffer to grow to reads of hundreds of frames
+    up = [encode_data(5, [bytes([4]) + i.to_bytes(2, "big") * (size // 2)]) for i in range(count)]
+    assert clients[0].transport is not None
+    clients[0].transport.underlying_transport.write(b"".join(_masked(f) for f in up))
+    down = [encode_data(5 + i % 2, [bytes([4]) + i.to_bytes(4, "big") * 30]) for i in range(count)]
+    assert node.transport is not None
+    node.transport.underlying_transport.write(b"".join(_masked(f) for f in down))
+    await eventually(
+        lambda: (
+            len(node.binary) == count and len(clients[0].binary) + len(clients[1].binary) == count
+        )
+    )
+    assert node.binary == up
+    assert clients[0].binary == down[0::2]
+    assert clients[1].binary == down[1::2]

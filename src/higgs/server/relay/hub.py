@@ -128,6 +128,7 @@ class RelayHubServer:
         self.write_low = write_low
         self.read_buffer_init_size = read_buffer_init_size
         self.dirty: list[_Link] = []
+        self._net_armed = False
         self._nodes: dict[str, NodeEntry] = {}
         self._node_tokens: dict[str, NodeEntry] = {}
         self._sessions: dict[str, SessionEntry] = {}
@@ -399,11 +400,17 @@ class RelayHubServer:
     # -- write coalescing ----------------------------------------------------------------------
 
     def mark_dirty(self, link: _Link) -> None:
-        if not self.dirty and self._loop is not None:
+        if not self._net_armed and self._loop is not None:
             # Safety net: the source's last frame normally flushes, but a trailing PING is
-            # answered inside picows without reaching us.
-            self._loop.call_soon(self.flush)
+            # answered inside picows without reaching us. One per loop pass is enough (it runs
+            # after every read of this pass), not one per read.
+            self._net_armed = True
+            self._loop.call_soon(self._net_flush)
         self.dirty.append(link)
+
+    def _net_flush(self) -> None:
+        self._net_armed = False
+        self.flush()
 
     def flush(self) -> None:
         dirty = self.dirty
