@@ -13,7 +13,6 @@ Both firewall backends. Every address is the lab's own.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import select
 import socket
@@ -26,7 +25,7 @@ import pytest
 from higgs.lab.host import Host
 from higgs.lab.lab import Lab
 from higgs.lab.plan import default_plan
-from higgs.lab.product import Product
+from higgs.lab.product import Product, serving_stock_clients
 from higgs.lab.stock import StockClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -58,25 +57,13 @@ class Limited:
 def limited(request: pytest.FixtureRequest) -> Iterator[Limited]:
     backend: str = request.param
     lab = Lab(plan=default_plan(clients=2)).build()
+    config = f'firewall = "{backend}"\n{LIMITS}'
     try:
-        product = Product(lab)
-        try:
-            product.start_server()
-            product.provision("client", "client2")
-            product.start_node(config=f'firewall = "{backend}"\n{LIMITS}')
-            product.wait_node_online()
-            clients = [
-                product.connect_stock(lab.client),
-                product.connect_stock(lab.host("client2")),
-            ]
-        except Exception as exc:
-            exc.add_note("process logs:\n" + lab.log_tails(40))
-            raise
-        yield Limited(lab, product, backend, clients)
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.down()
-        product.stop_node()
+        with serving_stock_clients(lab, [lab.client, lab.host("client2")], config=config) as (
+            product,
+            clients,
+        ):
+            yield Limited(lab, product, backend, clients)
     finally:
         lab.teardown()
     assert not lab.leftovers()

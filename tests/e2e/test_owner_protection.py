@@ -7,7 +7,6 @@ Every address is the lab's own: the "internet" is 192.0.2.10, the owner's LAN 19
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from higgs.lab.errors import CommandError
 from higgs.lab.lab import PRINTER_PORT, Lab
 from higgs.lab.procs import LabProcess, pids_mentioning
-from higgs.lab.product import Product
+from higgs.lab.product import Product, serving_stock_clients
 from higgs.lab.stock import StockClient, StockTunnel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -69,22 +68,10 @@ class Exit:
 def exit_node() -> Iterator[Exit]:
     lab = Lab().build()
     try:
-        product = Product(lab)
-        try:
-            _listener(lab, "home_router", lab.home_router.addr("lan0"), ADMIN_PORT, "admin")
-            _listener(lab, "node", "0.0.0.0", NODE_SERVICE_PORT, "owner's service")
-            product.start_server()
-            product.provision("client")
-            product.start_node()
-            product.wait_node_online()
-            client = product.connect_stock(lab.client)
-        except Exception as exc:
-            exc.add_note("process logs:\n" + lab.log_tails(40))
-            raise
-        yield Exit(lab, product, client)
-        with contextlib.suppress(Exception):
-            client.down()
-        product.stop_node()
+        _listener(lab, "home_router", lab.home_router.addr("lan0"), ADMIN_PORT, "admin")
+        _listener(lab, "node", "0.0.0.0", NODE_SERVICE_PORT, "owner's service")
+        with serving_stock_clients(lab, [lab.client]) as (product, (client,)):
+            yield Exit(lab, product, client)
     finally:
         lab.teardown()
     assert not lab.leftovers()

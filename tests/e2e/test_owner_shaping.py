@@ -8,7 +8,6 @@ iperf3 runs against the lab's internet host (two servers, so both clients measur
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import pytest
 from higgs.lab.host import Host
 from higgs.lab.lab import IPERF_PORTS, Lab
 from higgs.lab.plan import default_plan
-from higgs.lab.product import Product
+from higgs.lab.product import Product, serving_stock_clients
 from higgs.lab.stock import StockClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -44,30 +43,16 @@ class Shaped:
 @pytest.fixture(scope="module")
 def shaped() -> Iterator[Shaped]:
     lab = Lab(plan=default_plan(clients=2)).build()
+    config = (
+        f"[shaping]\ntotal_down_mbit = {CAP_MBIT}\ntotal_up_mbit = {CAP_MBIT}\n"
+        f"per_client_mbit = {PER_CLIENT_MBIT}\n"
+    )
     try:
-        product = Product(lab)
-        try:
-            product.start_server()
-            product.provision("client", "client2")
-            product.start_node(
-                config=(
-                    f"[shaping]\ntotal_down_mbit = {CAP_MBIT}\ntotal_up_mbit = {CAP_MBIT}\n"
-                    f"per_client_mbit = {PER_CLIENT_MBIT}\n"
-                )
-            )
-            product.wait_node_online()
-            clients = [
-                product.connect_stock(lab.client),
-                product.connect_stock(lab.host("client2")),
-            ]
-        except Exception as exc:
-            exc.add_note("process logs:\n" + lab.log_tails(40))
-            raise
-        yield Shaped(lab, product, clients)
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.down()
-        product.stop_node()
+        with serving_stock_clients(lab, [lab.client, lab.host("client2")], config=config) as (
+            product,
+            clients,
+        ):
+            yield Shaped(lab, product, clients)
     finally:
         lab.teardown()
     assert not lab.leftovers()

@@ -17,11 +17,12 @@ docs/protocol.md, over the lab's own network with curl -- so it imports none of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +33,7 @@ from .procs import LabProcess
 from .stock import StockClient
 from .wireguard import new_keypair
 
-__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "Product"]
+__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "Product", "serving_stock_clients"]
 
 API_PORT = 8080
 RELAY_PORT = 8081
@@ -236,3 +237,30 @@ class Product:
         client.up()
         client.wait_handshake()
         return client
+
+
+@contextlib.contextmanager
+def serving_stock_clients(
+    lab: Lab, hosts: Sequence[Host], *, config: str = ""
+) -> Iterator[tuple[Product, list[StockClient]]]:
+    """bosonserver and higgsnode (with ``config``) in ``lab``, and a stock WireGuard client on
+    each of ``hosts`` (one account per host, named after it); afterwards the clients go down
+    and the node stops. A failed start carries the processes' logs."""
+    product = Product(lab)
+    clients: list[StockClient] = []
+    try:
+        product.start_server()
+        product.provision(*(h.role for h in hosts))
+        product.start_node(config=config)
+        product.wait_node_online()
+        clients.extend(product.connect_stock(h) for h in hosts)
+    except Exception as exc:
+        exc.add_note("process logs:\n" + lab.log_tails(40))
+        raise
+    try:
+        yield product, clients
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.down()
+        product.stop_node()
