@@ -293,29 +293,20 @@ def _build_system(
     server_env: dict[str, str] | None = None,
     node_args: tuple[str, ...] = (),
 ) -> System:
+    """bosonserver and one higgsnode (port-forwarded when ``direct``); a failed start carries
+    the processes' logs."""
     try:
-        return _start_system(lab, tmp, direct=direct, server_env=server_env, node_args=node_args)
+        server = Server(lab, tmp / "server", env=dict(server_env or {}))
+        server.start()
+        endpoint = None
+        if direct:
+            lab.forward_udp(NODE_PORT)
+            endpoint = f"{lab.home_router.addr('wan0')}:{NODE_PORT}"
+        node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint, args=node_args)
+        node.start()
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
         raise
-
-
-def _start_system(
-    lab: Lab,
-    tmp: Path,
-    *,
-    direct: bool,
-    server_env: dict[str, str] | None = None,
-    node_args: tuple[str, ...] = (),
-) -> System:
-    server = Server(lab, tmp / "server", env=dict(server_env or {}))
-    server.start()
-    endpoint = None
-    if direct:
-        lab.forward_udp(NODE_PORT)
-        endpoint = f"{lab.home_router.addr('wan0')}:{NODE_PORT}"
-    node = Node(lab, server, tmp / "node", lab.ifname("n"), endpoint, args=node_args)
-    node.start()
     return System(lab, tmp, server, node)
 
 
