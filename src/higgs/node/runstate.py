@@ -48,6 +48,10 @@ class PidFile:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        # A status file a crashed agent left is not this agent's: `status` (and whoever waits
+        # for "online") must not read the dead run's state as ours.
+        with contextlib.suppress(OSError):
+            (self.path.parent / STATUS_FILE).unlink()
         return self
 
     def __exit__(

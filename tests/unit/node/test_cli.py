@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from higgs.node.runstate import PidFile
+from higgs.node.runstate import PidFile, read_status, write_status
 
 
 def higgsnode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,3 +76,12 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(tmp_path: Path) -> None
         pass
     out = higgsnode("status", "--json", "--state-dir", str(tmp_path))
     assert json.loads(out.stdout)["running"] is False  # the lock went with the holder
+
+
+def test_a_new_agent_does_not_show_the_status_a_crashed_one_left(tmp_path: Path) -> None:
+    # What a SIGKILLed agent leaves: its last status, saying it was online.
+    write_status(tmp_path, {"server": {"state": "online", "node_id": "n_old"}})
+    with PidFile(tmp_path):
+        assert read_status(tmp_path) is None
+        out = higgsnode("status", "--json", "--state-dir", str(tmp_path))
+        assert json.loads(out.stdout)["status"] is None
