@@ -176,9 +176,8 @@ class NodeHost:
         problems = [str(e) for e in report.errors]
         problems += firewall.sweep(self.fw_names, self.runner)
         try:
-            undo.apply(
-                undo.link_delete(ifb_name(self.settings.interface)), undo.UndoContext(self.runner)
-            )
+            ifb = undo.link_delete(ifb_name(self.settings.interface))
+            undo.LINK_DELETE.run(ifb, undo.UndoContext(self.runner))
         except OsnetError as exc:
             problems.append(f"removing {ifb_name(self.settings.interface)}: {exc}")
         return problems

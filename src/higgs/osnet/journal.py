@@ -1,7 +1,8 @@
 """Write-ahead journal of host changes (STYLE.md practice 7).
 
 Before a change is made, an entry saying what it is and how to undo it — as data, see
-:mod:`higgs.osnet.undo` — is written durably (temp file, fsync, rename, fsync of the
+:mod:`higgs.osnet.undo`, every operation listed in :mod:`higgs.osnet.undo_registry` — is
+written durably (temp file, fsync, rename, fsync of the
 directory). Stop undoes the entries in reverse order; after a crash, the next start and
 ``cleanup`` replay whatever the journal still holds.
 
@@ -35,12 +36,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from higgs.osnet import undo as undo_ops
+from higgs.osnet import undo_registry
+from higgs.osnet.changes import Entry
 from higgs.osnet.errors import JournalError, UndoError, UndoFailure
 from higgs.osnet.runner import Runner, SubprocessRunner
 
@@ -50,17 +52,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    what: str
-    undo: Mapping[str, Any]
-    time: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "what": self.what, "undo": dict(self.undo), "time": self.time}
 
 
 class Journal:
@@ -178,7 +169,7 @@ class Journal:
         """Durably notes a change about to be made. Make the change only after this returns."""
         if self._lock_fd < 0:
             raise JournalError("the journal is closed")
-        if not isinstance(undo.get("op"), str) or undo["op"] not in undo_ops.registered():
+        if not undo_registry.is_known(undo.get("op")):
             raise ValueError(f"unknown undo operation {undo.get('op')!r}")
         try:
             json.dumps(undo)
@@ -237,7 +228,7 @@ class Journal:
             if entry is None:
                 continue
             try:
-                undo_ops.apply(entry.undo, self._ctx)
+                undo_registry.apply(entry.undo, self._ctx)
             except Exception as exc:  # every step runs; failures are collected
                 log.warning("undo failed: %s: %s", entry.what, exc)
                 failures.append(UndoFailure(entry.id, entry.what, exc))
