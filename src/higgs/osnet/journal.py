@@ -29,6 +29,7 @@ drops the lock when that process dies, however it dies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -278,6 +279,16 @@ class Journal:
 
     @contextlib.asynccontextmanager
     async def atransaction(self, name: str) -> AsyncIterator[Journal]:
-        """:meth:`transaction` for ``async with`` (e.g. a setup that awaits a handshake)."""
-        with self.transaction(name) as journal:
-            yield journal
+        """:meth:`transaction` for ``async with`` (e.g. a setup that awaits a handshake).
+        The rollback runs in a thread: undos run commands and must not stall the event loop.
+        A thread cannot be cancelled, so the rollback completes even if the task is
+        cancelled again meanwhile."""
+        first_id = self._next_id
+        try:
+            yield self
+        except BaseException as exc:
+            mine = [e for e in self._entries if e.id >= first_id]
+            log.warning("%s failed; rolling back %d change(s)", name, len(mine))
+            for failure in await asyncio.to_thread(self._undo, mine):
+                exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")
+            raise
