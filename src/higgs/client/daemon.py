@@ -29,7 +29,6 @@ from typing import Any
 from higgs.client.connect import ConnectError, Connector, Tunnel
 from higgs.client.host import LinuxTunnelHost
 from higgs.client.latency import icmp_rtt_ms
-from higgs.client.process import remove_pidfile, write_pidfile
 from higgs.client.relay_path import BridgedRelayPath
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
@@ -37,6 +36,7 @@ from higgs.client.status import StatusReport, write_status
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
+from higgs.daemon.pidfile import AlreadyRunning, PidFile
 from higgs.osnet.journal import Journal
 from higgs.protocol.api import RouteResponse
 
@@ -289,24 +289,29 @@ def _answer(payload: dict[str, Any]) -> None:
 
 
 async def _main(settings: ClientSettings) -> int:
-    handle = write_pidfile(settings.pid_file)
     try:
-        try:
-            journal = Journal(settings.journal_file)
-        except HiggsError as exc:
-            _answer({"ok": False, "error": str(exc)})
-            return 1
-        with journal:
-            if len(journal):
-                log.warning("undoing %d change(s) a previous run left behind", len(journal))
-                try:
-                    await asyncio.to_thread(journal.replay)
-                except HiggsError as exc:
-                    _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
-                    return 1
-            return await _run(settings, journal)
-    finally:
-        remove_pidfile(settings.pid_file, handle)
+        with PidFile(settings.pid_file):
+            return await _journaled(settings)
+    except AlreadyRunning as exc:
+        _answer({"ok": False, "error": f"already connected (process {exc.pid})"})
+        return 1
+
+
+async def _journaled(settings: ClientSettings) -> int:
+    try:
+        journal = Journal(settings.journal_file)
+    except HiggsError as exc:
+        _answer({"ok": False, "error": str(exc)})
+        return 1
+    with journal:
+        if len(journal):
+            log.warning("undoing %d change(s) a previous run left behind", len(journal))
+            try:
+                await asyncio.to_thread(journal.replay)
+            except HiggsError as exc:
+                _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
+                return 1
+        return await _run(settings, journal)
 
 
 async def _run(settings: ClientSettings, journal: Journal) -> int:
