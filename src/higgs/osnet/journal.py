@@ -13,7 +13,7 @@ File format (``<state-dir>/journal.json``, mode 0600)::
      "entries": [
        {"id": 1, "what": "sysctl net.ipv4.ip_forward=1 (was 0)", "time": 1764081000.5,
         "undo": {"op": "sysctl", "key": "net.ipv4.ip_forward", "value": "0", "netns": null}},
-       {"id": 3, "what": "wireguard-go higgs0", "time": 1764081001.2,
+       {"id": 3, "what": "wireguard-go higgsnode", "time": 1764081001.2,
         "undo": {"op": "kill_pid", "pid": 4242, "start_time": 81234, "socket": "..."}}]}
 
 Crash points and why they are safe:
