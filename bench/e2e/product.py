@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from higgs.lab import Lab, LabError
+from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
 from higgs.lab.wait import wait_until
 
 __all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "product_tunnel"]
-
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 
 
 def _py(module: str, *args: str) -> list[str]:

@@ -25,11 +25,9 @@ import pytest
 
 from higgs.lab import Host, Lab
 from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
+from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
 from higgs.lab.wait import wait_until as lab_wait_until
 
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 DNS_NAME = "www.example.test"
 
 

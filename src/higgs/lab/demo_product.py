@@ -22,14 +22,12 @@ from .errors import LabError
 from .host import Host
 from .lab import Lab
 from .procs import LabProcess
+from .product import API_PORT, NODE_PORT, RELAY_PORT
 from .story import Step, StoryContext, demo_main
 from .wait import wait_until
 
 __all__ = ["STEPS", "main"]
 
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 DNS_NAME = "www.example.test"
 
 
