@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from higgs.common.secrets import hash_token
-from higgs.server.services.sessions import close_in_db
+from higgs.server.store.sessions import close_open_sessions
 from higgs.server.store.tables import Session as SessionRow
 from tests.integration.server.conftest import (
     Harness,
@@ -126,7 +126,7 @@ async def test_revocation_closes_sessions_and_node_is_told(srv: Harness) -> None
     b1 = (await srv.route(bob)).json()["session_id"]
     # What `bosonserver client revoke alice` does: on the database only.
     client_id = await srv.ctx.identity.mark_revoked("alice")
-    await close_in_db(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
+    await close_open_sessions(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
     assert (await srv.http.get("/v1/nodes", headers=bearer(alice))).status_code == 401
 
     async def announced() -> bool:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from higgs.server.services import routing
+from higgs.server.store import node_facts
+from higgs.server.store.db import Database
 
-__all__ = ["NodeFacts", "NodeView", "metric_number"]
+__all__ = ["NodeFacts", "NodeView", "metric_number", "refresh_view"]
 
 
 def metric_number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
@@ -58,6 +60,25 @@ class NodeFacts:
 
     def __post_init__(self) -> None:
         self.capacity = routing.host_capacity(self.tunnel_subnet)
+
+    @classmethod
+    def from_record(cls, record: node_facts.NodeRecord) -> NodeFacts:
+        facts = cls(
+            node_id=record.node_id,
+            state=record.state,
+            public_key=record.public_key,
+            endpoint=record.endpoint,
+            tunnel_subnet=record.tunnel_subnet,
+            tunnel_subnet_v6=record.tunnel_subnet_v6,
+            tunnel_mtu=record.tunnel_mtu,
+            max_clients=record.max_clients,
+            bandwidth_mbps=record.bandwidth_mbps,
+            country=record.country,
+            region=record.region,
+            open_sessions=record.open_sessions,
+        )
+        facts.apply_metrics(record.metrics)
+        return facts
 
     def apply_metrics(self, metrics: Mapping[str, Any] | None) -> None:
         self.budget_left_mb = metric_number(metrics, "budget_left_mb")
@@ -183,3 +204,16 @@ class NodeView:
             else:
                 fresh[node_id] = current
         self._nodes = fresh
+
+
+async def refresh_view(view: NodeView, db: Database) -> int:
+    """Reloads the view from the database (start, and periodically: a safety net for changes
+    this process did not see). Returns the number of nodes in it."""
+    view.begin_reload()
+    try:
+        loaded = await node_facts.load_all(db)
+    except BaseException:
+        view.abort_reload()
+        raise
+    view.replace_all(NodeFacts.from_record(r) for r in loaded)
+    return len(view)

@@ -35,7 +35,7 @@ from higgs.server.services import routing
 from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.services.identity import IdentityService
-from higgs.server.services.nodeview import NodeFacts
+from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.sessions import SessionService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
@@ -54,6 +54,7 @@ class RegistryService:
         hub: RelayHub,
         settings: ServerSettings,
         metrics: ServerMetrics,
+        nodes: NodeView,
         sessions: SessionService,
         identity: IdentityService | None = None,
     ) -> None:
@@ -61,6 +62,7 @@ class RegistryService:
         self.hub = hub
         self.settings = settings
         self.metrics = metrics
+        self.nodes = nodes
         self.sessions = sessions
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
@@ -145,7 +147,7 @@ class RegistryService:
         # The previous token stops working now, and routing sees the node as registered.
         if self.identity is not None:
             self.identity.forget_node(node_id)
-        self.sessions.nodes.upsert(facts)
+        self.nodes.upsert(facts)
         self.hub.allow_node(node_id, hash_token(token))
         self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
         log.info("node registered", extra={"node_id": node_id, "new": created})
@@ -192,10 +194,10 @@ class RegistryService:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
             if fresh:
-                await conn.execute(self.sessions.renew_keys_statement(node_id, fresh))
+                await self.sessions.renew_keys(conn, node_id, fresh)
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
-        self.sessions.nodes.heartbeat(node_id, metrics)
+        self.nodes.heartbeat(node_id, metrics)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )
@@ -207,7 +209,7 @@ class RegistryService:
                 raise NotFound("node_not_found", f"node_id: no node {node_id}")
             node.state = "stopped"
             node.updated_at = utcnow()
-        self.sessions.nodes.remove(node_id)
+        self.nodes.remove(node_id)
         await self.sessions.close_for_node(node_id, "node_stopped")
         self.hub.forget_node(node_id, "stopped")
         log.info("node deregistered", extra={"node_id": node_id})
@@ -237,7 +239,7 @@ class RegistryService:
                     ).all()
                 )
         for node_id in went:
-            self.sessions.nodes.set_state(node_id, "offline")
+            self.nodes.set_state(node_id, "offline")
             self.metrics.nodes_went_offline.inc()
             log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
         return went
