@@ -22,7 +22,8 @@ def test_forgetting_a_node_revokes_its_token_and_drops_an_idle_entry() -> None:
     t = RelayTables()
     t.allow_node("n_1", "tok")
     forgotten = t.forget_node("n_1")
-    assert forgotten is not None and forgotten.token_hash is None
+    assert forgotten is not None
+    assert forgotten.token_hash is None
     assert t.node_by_token("tok") is None
     assert "n_1" not in t.nodes
     assert t.forget_node("n_1") is None  # unknown: nothing to do
@@ -59,7 +60,9 @@ def test_a_closed_session_is_remembered_with_its_reason_and_counters() -> None:
     s = t.open_session("s_1", 7, "n_1", "rt")
     s.up_datagrams, s.up_bytes, s.down_datagrams, s.down_bytes = 2, 200, 3, 300
     closed = t.close_session("s_1", "expired", now=10.0)
-    assert closed is s and s.closed and s.close_reason == "expired"
+    assert closed is s
+    assert s.closed
+    assert s.close_reason == "expired"
     assert t.close_session("s_1", "expired", now=11.0) is None  # once
     assert "s_1" not in t.sessions
     assert t.nodes.get("n_1") is None  # no token, no link, no channel: nothing left
