@@ -26,6 +26,7 @@ from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.store.db import Database
 from higgs.server.store.open import open_database
+from higgs.server.store import sessions as store
 from higgs.server.store.sessions import close_open_sessions
 from higgs.server.store.tables import Session as SessionRow
 
@@ -151,9 +152,10 @@ async def test_renew_moves_the_expiry_of_an_open_session_only(world: World) -> N
     assert renewed.expires_at > utcnow() + timedelta(seconds=590)
     with pytest.raises(NotFound):
         await world.sessions.renew(bob, sid)  # another client's: missing, not forbidden
-    await world.sessions.close(alice, sid)
+    closed = await world.sessions.close(alice, sid)
     with pytest.raises(Conflict, match="is closed \\(client_closed\\)"):
         await world.sessions.renew(alice, sid)
+    assert (await world.sessions.get(alice, sid)).expires_at == closed.expires_at
 
 
 async def test_close_announces_once_and_answers_a_second_close_as_it_is(world: World) -> None:
@@ -232,6 +234,37 @@ async def test_a_close_path_that_claimed_first_is_not_doubled_by_reconcile(world
         world.db, "node_stopped", SessionRow.id == sid, before_commit=reconcile_sees_it_closed
     )
     assert await world.sessions.reconcile() == 0  # the claimer announces, not reconcile
+
+
+async def test_a_reconcile_racing_a_close_does_not_double_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.node()
+    alice = await world.client("alice")
+    answer = await world.sessions.create_route(alice, RouteRequest(client_public_key=new_key()))
+    sid = answer.session_id
+    await close_open_sessions(world.db, "client_revoked", SessionRow.id == sid)
+    real = store.closed_among
+
+    async def then_a_close_path_claims(db: Database, ids: Any) -> list[SessionRow]:
+        rows = await real(db, ids)  # reconcile saw the row closed …
+        assert world.sessions.announcer.ledger.claim([sid]) == [sid]  # … a closer claims
+        return rows
+
+    monkeypatch.setattr(store, "closed_among", then_a_close_path_claims)
+    assert await world.sessions.reconcile() == 0
+    assert world.hub.closed == []  # left to the claimer
+
+
+async def test_a_replaced_session_is_claimed_before_its_close_commits(world: World) -> None:
+    await world.node()
+    alice = await world.client("alice")
+    key = new_key()
+    await world.sessions.create_route(alice, RouteRequest(client_public_key=key))
+    opened = await world.sessions.opener.open(alice, RouteRequest(client_public_key=key))
+    assert opened.replaced is not None
+    # A sweep between the commit and the route's own announcement must not announce it.
+    assert await world.sessions.reconcile() == 0
 
 
 async def test_same_key_again_replaces_the_callers_own_session(world: World) -> None:
