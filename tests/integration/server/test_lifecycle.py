@@ -106,6 +106,8 @@ async def test_node_goes_offline_after_missed_heartbeats_unless_linked(srv: Harn
         return bool({n["node_id"]: n["state"] for n in nodes["nodes"]}[silent] == "offline")
 
     await eventually(silent_offline)
+    # Clients of the silent node are told 4009 (fail over); the linked one is left alone.
+    assert srv.hub.offline == [(silent, "node offline: missed heartbeats")]
     listed = (await srv.http.get("/v1/nodes", headers=bearer(client))).json()["nodes"]
     assert [n["node_id"] for n in listed] == [linked]
     r = await srv.route(client, node_id=silent)

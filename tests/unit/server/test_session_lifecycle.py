@@ -24,9 +24,9 @@ from higgs.server.services.identity import AuthedClient, IdentityService
 from higgs.server.services.nodeview import NodeView, refresh_view
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
+from higgs.server.store import sessions as store
 from higgs.server.store.db import Database
 from higgs.server.store.open import open_database
-from higgs.server.store import sessions as store
 from higgs.server.store.sessions import close_open_sessions
 from higgs.server.store.tables import Session as SessionRow
 

@@ -170,6 +170,14 @@ class RelayHubServer:
         if node is not None and node.link is not None:
             node.link.close(CloseCode.UNAUTHORIZED, reason)
 
+    def node_offline(self, node_id: str, reason: str) -> None:
+        node = self.tables.nodes.get(node_id)
+        if node is None:
+            return
+        for session in list(node.channels.values()):
+            if session.client_link is not None:
+                session.client_link.close(CloseCode.NODE_OFFLINE, reason)
+
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
         self.tables.open_session(session_id, channel, node_id, token_hash)
 

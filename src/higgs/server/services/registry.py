@@ -210,6 +210,8 @@ class RegistryService:
             node.state = "stopped"
             node.updated_at = utcnow()
         self.nodes.remove(node_id)
+        # Clients hear 4009 (fail over now) before their sessions close.
+        self.hub.node_offline(node_id, "node stopped")
         await self.sessions.close_for_node(node_id, "node_stopped")
         self.hub.forget_node(node_id, "stopped")
         log.info("node deregistered", extra={"node_id": node_id})
@@ -240,6 +242,7 @@ class RegistryService:
                 )
         for node_id in went:
             self.nodes.set_state(node_id, "offline")
+            self.hub.node_offline(node_id, "node offline: missed heartbeats")
             self.metrics.nodes_went_offline.inc()
             log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
         return went
