@@ -29,7 +29,7 @@ from picows import (
 )
 from prometheus_client import CollectorRegistry
 
-from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
+from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE, ControlMessage, Hello, SessionClosed
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import LinkHost, NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 NODE_PATH = b"/v1/relay/node"
 SESSION_PATH = b"/v1/relay/session"
 _VERSION = str(PROTOCOL_VERSION)
+
+
+def _wire(message: ControlMessage) -> dict[str, Any]:
+    """A message the hub itself sends, as the JSON object on the wire (unset fields left out)."""
+    return message.model_dump(mode="json", exclude_none=True)
 
 
 def _bearer_hash(request: WSUpgradeRequest) -> str | None:
@@ -185,7 +190,7 @@ class RelayHubServer:
         session = self.tables.close_session(session_id, reason, time.monotonic())
         link = None if session is None else session.client_link
         if link is not None:
-            link.send_text({"type": "session_closed", "reason": reason})
+            link.send_text(_wire(SessionClosed(reason=reason)))
             link.close(CloseCode.SESSION_CLOSED, reason)
 
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
@@ -238,14 +243,12 @@ class RelayHubServer:
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer link")
         log.info("relay: node link up", extra={"node_id": node.node_id})
-        link.send_text(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "node_id": node.node_id,
-                "heartbeat_interval_s": self.heartbeat_interval_s,
-            }
+        hello = Hello(
+            version=PROTOCOL_VERSION,
+            node_id=node.node_id,
+            heartbeat_interval_s=self.heartbeat_interval_s,
         )
+        link.send_text(_wire(hello))
         self._spawn(self.events.node_link_up(node.node_id))
 
     def detach_node_link(self, link: NodeLink) -> None:
@@ -265,7 +268,7 @@ class RelayHubServer:
     def attach_session_link(self, link: SessionLink) -> None:
         session = link.session
         if session.closed:
-            link.send_text({"type": "session_closed", "reason": session.close_reason})
+            link.send_text(_wire(SessionClosed(reason=session.close_reason)))
             link.close(CloseCode.SESSION_CLOSED, session.close_reason)
             return
         self._links.add(link)
@@ -277,14 +280,10 @@ class RelayHubServer:
         if node_link is not None and node_link.paused and link.raw is not None:
             link.raw.pause_reading()  # join the node's other clients in waiting
         log.info("relay: session link up", extra={"session_id": session.session_id})
-        link.send_text(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "session_id": session.session_id,
-                "channel": session.channel,
-            }
+        hello = Hello(
+            version=PROTOCOL_VERSION, session_id=session.session_id, channel=session.channel
         )
+        link.send_text(_wire(hello))
 
     def detach_session_link(self, link: SessionLink) -> None:
         if link not in self._links:
