@@ -17,6 +17,7 @@ from typing import TypeVar
 from higgs.protocol.control import ControlMessage, Peer, PeerAdd, PeerRemove, Sync
 from higgs.server.relay.ports import RelayHub
 from higgs.server.services.ledger import AnnouncementLedger
+from higgs.server.store.states import RouteMode
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["Announcer", "peer_of"]
@@ -34,7 +35,7 @@ def peer_of(row: SessionRow, kind: type[_P]) -> _P:
         channel=row.channel,
         public_key=row.client_public_key,
         address=row.tunnel_address,
-        relayed=row.mode != "direct",
+        relayed=row.mode != RouteMode.DIRECT,
     )
 
 

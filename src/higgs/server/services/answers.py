@@ -24,6 +24,7 @@ from higgs.protocol.api import (
 )
 from higgs.server.services import routing
 from higgs.server.services.nodeview import NodeFacts
+from higgs.server.store.states import RouteMode
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
@@ -72,11 +73,13 @@ def route_answer(
             persistent_keepalive=KEEPALIVE_S,
         ),
         direct=(
-            DirectPath(endpoint=facts.endpoint) if facts.endpoint and row.mode != "relay" else None
+            DirectPath(endpoint=facts.endpoint)
+            if facts.endpoint and row.mode != RouteMode.RELAY
+            else None
         ),
         relay=(
             RelayPath(url=f"{relay_base}{SESSION_RELAY_PATH}", token=token, channel=row.channel)
-            if row.mode != "direct"
+            if row.mode != RouteMode.DIRECT
             else None
         ),
     )

@@ -23,6 +23,7 @@ from typing import Any
 from higgs.server.services import routing
 from higgs.server.store import node_facts
 from higgs.server.store.db import Database
+from higgs.server.store.states import NodeState
 
 __all__ = ["NodeFacts", "NodeView", "metric_number", "refresh_view"]
 
@@ -165,7 +166,7 @@ class NodeView:
         facts = self._nodes.get(node_id)
         if facts is not None:
             self._touch(node_id)
-            facts.state = "online"
+            facts.state = NodeState.ONLINE
             facts.apply_metrics(metrics)
 
     def session_opened(self, node_id: str) -> None:

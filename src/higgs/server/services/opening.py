@@ -38,6 +38,7 @@ from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.store import node_facts
 from higgs.server.store import sessions as store
 from higgs.server.store.db import Database
+from higgs.server.store.states import SessionState
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["Opened", "SessionOpener"]
@@ -112,7 +113,11 @@ class SessionOpener:
                 replaced: SessionRow | None = None
                 if held is not None and await store.close_replaced(conn, held.id, now):
                     replaced = held
-                    held.state, held.close_reason, held.closed_at = "closed", "replaced", now
+                    held.state, held.close_reason, held.closed_at = (
+                        SessionState.CLOSED,
+                        "replaced",
+                        now,
+                    )
                     claimed = self.ledger.claim([held.id])
                 address = await self._allocate_address(conn, facts)
                 reserved = (facts.node_id, address)
@@ -126,7 +131,7 @@ class SessionOpener:
                     channel=secrets.randbelow(_MAX_CHANNEL) + 1,
                     relay_token_hash=hash_token(token),
                     mode=req.mode,
-                    state="open",
+                    state=SessionState.OPEN,
                     close_reason=None,
                     created_at=now,
                     expires_at=now + self.ttl(),

@@ -39,6 +39,7 @@ from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.sessions import SessionService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
+from higgs.server.store.states import NodeState, SessionState
 from higgs.server.store.tables import Node
 from higgs.server.store.tables import Session as SessionRow
 
@@ -119,7 +120,7 @@ class RegistryService:
             node.country = req.country
             node.region = req.region
             node.version = req.version
-            node.state = "online"
+            node.state = NodeState.ONLINE
             node.updated_at = now
             node.last_heartbeat_at = now
             node_id = node.id
@@ -127,11 +128,11 @@ class RegistryService:
             open_n = await s.scalar(
                 select(func.count())
                 .select_from(SessionRow)
-                .where(SessionRow.node_id == node_id, SessionRow.state == "open")
+                .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
             )
             facts = NodeFacts(
                 node_id=node_id,
-                state="online",
+                state=NodeState.ONLINE,
                 public_key=req.public_key,
                 endpoint=req.endpoint,
                 tunnel_subnet=req.tunnel_subnet,
@@ -207,7 +208,7 @@ class RegistryService:
             node = await s.get(Node, node_id, with_for_update=True)
             if node is None:
                 raise NotFound("node_not_found", f"node_id: no node {node_id}")
-            node.state = "stopped"
+            node.state = NodeState.STOPPED
             node.updated_at = utcnow()
         self.nodes.remove(node_id)
         # Clients hear 4009 (fail over now) before their sessions close.
@@ -224,7 +225,7 @@ class RegistryService:
         )
         now = utcnow()
         cutoff = now - limit
-        stale = Node.state == "online", Node.last_heartbeat_at < cutoff
+        stale = Node.state == NodeState.ONLINE, Node.last_heartbeat_at < cutoff
         async with self.db.begin() as conn:
             ids = (await conn.scalars(select(Node.id).where(*stale))).all()
             went = [i for i in ids if not self.hub.is_node_connected(i)]
@@ -235,13 +236,13 @@ class RegistryService:
                         await conn.scalars(
                             update(Node)
                             .where(Node.id.in_(went), *stale)
-                            .values(state="offline", updated_at=now)
+                            .values(state=NodeState.OFFLINE, updated_at=now)
                             .returning(Node.id)
                         )
                     ).all()
                 )
         for node_id in went:
-            self.nodes.set_state(node_id, "offline")
+            self.nodes.set_state(node_id, NodeState.OFFLINE)
             self.hub.node_offline(node_id, "node offline: missed heartbeats")
             self.metrics.nodes_went_offline.inc()
             log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
@@ -251,7 +252,9 @@ class RegistryService:
         """After a restart: nodes that are not stopped may open their links again."""
         async with self.db.transaction() as s:
             rows = (
-                await s.execute(select(Node.id, Node.token_hash).where(Node.state != "stopped"))
+                await s.execute(
+                    select(Node.id, Node.token_hash).where(Node.state != NodeState.STOPPED)
+                )
             ).all()
         for node_id, token_hash in rows:
             self.hub.allow_node(node_id, token_hash)
@@ -264,7 +267,9 @@ class RegistryService:
         counts = await self._open_counts()
         async with self.db.transaction() as s:
             rows = (
-                await s.scalars(select(Node).where(Node.state == "online").order_by(Node.id))
+                await s.scalars(
+                    select(Node).where(Node.state == NodeState.ONLINE).order_by(Node.id)
+                )
             ).all()
         return NodeList(
             nodes=[
@@ -272,7 +277,7 @@ class RegistryService:
                     node_id=n.id,
                     country=n.country,
                     region=n.region,
-                    state="online",
+                    state=NodeState.ONLINE,
                     load=min(1.0, counts.get(n.id, 0) / n.max_clients),
                     bandwidth_mbps=n.bandwidth_mbps,
                     direct=n.endpoint is not None,
@@ -290,9 +295,11 @@ class RegistryService:
                 (await s.execute(select(Node.state, func.count()).group_by(Node.state))).all()
             )
             open_n = await s.scalar(
-                select(func.count()).select_from(SessionRow).where(SessionRow.state == "open")
+                select(func.count())
+                .select_from(SessionRow)
+                .where(SessionRow.state == SessionState.OPEN)
             )
-        for state in ("online", "offline", "stopped"):
+        for state in NodeState:
             self.metrics.nodes.labels(state=state).set(int(by_state.get(state, 0)))
         self.metrics.sessions_open.set(int(open_n or 0))
 
@@ -302,7 +309,7 @@ async def _open_counts(db: Database) -> dict[str, int]:
         rows = (
             await s.execute(
                 select(SessionRow.node_id, func.count())
-                .where(SessionRow.state == "open")
+                .where(SessionRow.state == SessionState.OPEN)
                 .group_by(SessionRow.node_id)
             )
         ).all()

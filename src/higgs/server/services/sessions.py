@@ -41,6 +41,7 @@ from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.opening import SessionOpener
 from higgs.server.store import sessions as store
 from higgs.server.store.db import Database
+from higgs.server.store.states import SessionState
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["SessionService", "admin_sessions", "fresh_keys"]
@@ -153,7 +154,7 @@ class SessionService:
         row = await store.renew_own(self.db, session_id, client.id, utcnow() + self.ttl)
         if row is None:
             raise _not_found(session_id)
-        if row.state != "open":
+        if row.state != SessionState.OPEN:
             raise Conflict(
                 "session_closed",
                 f"session {session_id} is closed ({row.close_reason}); ask for a new route",

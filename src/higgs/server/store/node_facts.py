@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.server.store.db import Database
+from higgs.server.store.states import NodeState, SessionState
 from higgs.server.store.tables import Node
 from higgs.server.store.tables import Session as SessionRow
 
@@ -76,7 +77,7 @@ async def open_count(conn: AsyncConnection, node_id: str) -> int:
     n = await conn.scalar(
         select(func.count())
         .select_from(SessionRow)
-        .where(SessionRow.node_id == node_id, SessionRow.state == "open")
+        .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
     )
     return int(n or 0)
 
@@ -96,10 +97,10 @@ async def load_all(db: Database) -> list[NodeRecord]:
             (
                 await conn.execute(
                     select(SessionRow.node_id, func.count())
-                    .where(SessionRow.state == "open")
+                    .where(SessionRow.state == SessionState.OPEN)
                     .group_by(SessionRow.node_id)
                 )
             ).all()
         )
-        rows = (await conn.execute(select(*_COLUMNS).where(Node.state != "stopped"))).all()
+        rows = (await conn.execute(select(*_COLUMNS).where(Node.state != NodeState.STOPPED))).all()
     return [_record(r, int(counts.get(r.id, 0))) for r in rows]

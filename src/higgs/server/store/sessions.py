@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.server.store import queries
 from higgs.server.store.db import Database
+from higgs.server.store.states import SessionState
 from higgs.server.store.tables import Client
 from higgs.server.store.tables import Session as SessionRow
 
@@ -67,8 +68,8 @@ async def close_replaced(conn: AsyncConnection, session_id: str, now: datetime) 
     """Closes the session with reason ``replaced`` if it is still open; True when it was."""
     closed = await conn.execute(
         update(SessionRow)
-        .where(SessionRow.id == session_id, SessionRow.state == "open")
-        .values(state="closed", close_reason="replaced", closed_at=now)
+        .where(SessionRow.id == session_id, SessionRow.state == SessionState.OPEN)
+        .values(state=SessionState.CLOSED, close_reason="replaced", closed_at=now)
     )
     return bool(closed.rowcount)
 
@@ -88,7 +89,7 @@ async def session_by_id(db: Database, session_id: str) -> SessionRow | None:
 
 async def open_rows(db: Database, node_id: str | None = None) -> list[SessionRow]:
     """Open sessions (of one node, or all), oldest first."""
-    query = select(SessionRow).where(SessionRow.state == "open")
+    query = select(SessionRow).where(SessionRow.state == SessionState.OPEN)
     if node_id is not None:
         query = query.where(SessionRow.node_id == node_id)
     async with db.transaction() as s:
@@ -104,7 +105,7 @@ async def closed_among(db: Database, ids: Sequence[str]) -> list[SessionRow]:
                 await s.scalars(
                     select(SessionRow).where(
                         SessionRow.id.in_(ids[start : start + _CHUNK]),
-                        SessionRow.state == "closed",
+                        SessionRow.state == SessionState.CLOSED,
                     )
                 )
             ).all()
@@ -133,7 +134,7 @@ async def renew_own(
         row = await s.get(SessionRow, session_id)
         if row is None or row.client_id != owner_id:
             return None
-        if row.state == "open":
+        if row.state == SessionState.OPEN:
             row.expires_at = expires_at
         return row
 
@@ -143,7 +144,7 @@ async def extend(db: Database, ids: Sequence[str], expires_at: datetime) -> None
     async with db.transaction() as s:
         await s.execute(
             update(SessionRow)
-            .where(SessionRow.id.in_(ids), SessionRow.state == "open")
+            .where(SessionRow.id.in_(ids), SessionRow.state == SessionState.OPEN)
             .values(expires_at=expires_at)
         )
 
@@ -157,7 +158,7 @@ async def renew_keys(
         update(SessionRow)
         .where(
             SessionRow.node_id == node_id,
-            SessionRow.state == "open",
+            SessionRow.state == SessionState.OPEN,
             SessionRow.client_public_key.in_(keys),
         )
         .values(expires_at=expires_at)
@@ -206,14 +207,14 @@ async def close_open_sessions(
             (
                 await s.scalars(
                     select(SessionRow)
-                    .where(SessionRow.state == "open", *conditions)
+                    .where(SessionRow.state == SessionState.OPEN, *conditions)
                     .with_for_update()
                 )
             ).all()
         )
         now = datetime.now(UTC)
         for row in rows:
-            row.state, row.close_reason, row.closed_at = "closed", reason, now
+            row.state, row.close_reason, row.closed_at = SessionState.CLOSED, reason, now
         if before_commit is not None:
             before_commit(rows)
     return rows
