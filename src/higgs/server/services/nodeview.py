@@ -5,9 +5,9 @@ performance: at 1,000 nodes that was the whole cost of a route). Each non-stoppe
 :class:`NodeFacts` here: what it registered (subnet, capacity, location), what its last
 heartbeat reported (budget, latency), its state, and how many sessions it has open.
 
-The server builds one view (``higgs.server.app``) and hands it to the registry and the session
-service. Who keeps it current, all in this process: registration (:meth:`NodeView.upsert`), heartbeats
-(:meth:`NodeView.heartbeat`), the offline sweep and deregistration (:meth:`NodeView.set_state`,
+The server builds one view (``higgs.server.app``) and hands it to the registry and the
+session service. Who keeps it current, all in this process: registration
+(:meth:`NodeView.upsert`), heartbeats (:meth:`NodeView.heartbeat`), the offline sweep and deregistration (:meth:`NodeView.set_state`,
 :meth:`NodeView.remove`), and every session opened or closed (:meth:`NodeView.session_opened`,
 :meth:`NodeView.session_closed`; closes made by the CLI reach it when the sweep announces them).
 The database stays the truth: the route transaction re-counts the chosen node's open sessions,
