@@ -9,7 +9,8 @@ The server builds one view (``higgs.server.app``) and hands it to the registry a
 session service. Who keeps it current, all in this process: registration
 (:meth:`NodeView.upsert`), heartbeats (:meth:`NodeView.heartbeat`), the offline sweep and
 deregistration (:meth:`NodeView.set_state`, :meth:`NodeView.remove`), and every session opened
-or closed (:meth:`NodeView.session_opened`, :meth:`NodeView.session_closed`; closes made by the CLI reach it when the sweep announces them).
+or closed (:meth:`NodeView.session_opened`, :meth:`NodeView.session_closed`; closes made by the
+CLI reach it when the sweep announces them).
 The database stays the truth: the route transaction re-counts the chosen node's open sessions,
 and :meth:`NodeView.replace_all` reloads the view from the database at start and at each sweep,
 skipping nodes that changed while the reload was reading (their in-memory figure is newer).
