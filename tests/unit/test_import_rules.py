@@ -21,12 +21,7 @@ def test_import_contracts_hold() -> None:
 
 # Cycles that exist and are being removed elsewhere; each line names who removes it. The test
 # fails on any other cycle, and on a listed one that is gone (then delete its line).
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # Issue 16 item 2 (the osnet undo registry, branch joints-host) breaks this one.
-    frozenset(
-        {"higgs.osnet.journal", "higgs.osnet.routes", "higgs.osnet.sysctl", "higgs.osnet.undo"}
-    ),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def import_cycles(graph: grimp.ImportGraph) -> set[frozenset[str]]:

@@ -16,6 +16,7 @@ from higgs.common.cli import EXIT_FAILURE, EXIT_OK, new_parser, run_cli
 from higgs.common.errors import HiggsError
 from higgs.node.runstate import read_status, running_pid
 from higgs.node.settings import NodeSettings, load_node_settings
+from higgs.osnet.names import DEFAULT_INTERFACE
 
 __all__ = ["build_parser", "main"]
 
@@ -27,7 +28,11 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
     p.add_argument(
         "--state-dir", type=Path, metavar="DIR", help="state directory (default /var/lib/higgsnode)"
     )
-    p.add_argument("--interface", metavar="NAME", help="WireGuard interface (default higgs0)")
+    p.add_argument(
+        "--interface",
+        metavar="NAME",
+        help=f"WireGuard interface (default {DEFAULT_INTERFACE['node']})",
+    )
     if not full:
         return
     p.add_argument("--server", metavar="URL", help="bosonserver URL, e.g. https://boson.example")

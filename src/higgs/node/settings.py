@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from higgs.common.config import load_settings
+from higgs.osnet.names import DEFAULT_INTERFACE
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -209,7 +210,7 @@ class NodeSettings(BaseModel):
     server: str | None = None
     enroll_key: SecretStr | None = None
     state_dir: Path = DEFAULT_STATE_DIR
-    interface: str = "higgs0"
+    interface: str = DEFAULT_INTERFACE["node"]
     listen_port: int = Field(default=51820, ge=1, le=65535)
     tunnel_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.77.0.0/24")
     # "auto": forward clients' IPv6 with NAT66 when the uplink has a global IPv6 address and
