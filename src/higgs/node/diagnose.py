@@ -18,6 +18,7 @@ import httpx
 from higgs.node.agent import check_privileges
 from higgs.node.host import NodeHost
 from higgs.node.mtu import decide_mtu, fits_uplink
+from higgs.node.runstate import read_status
 from higgs.node.settings import NodeSettings
 from higgs.osnet import netlink, sysctl
 
@@ -204,6 +205,41 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
             )
         return CheckResult("dns", True, f"forwarder listening on {addr[0]}:{addr[1]}")
 
+    def port_mapping() -> CheckResult:
+        name = "port_mapping"
+        if settings.port_mapping == "off":
+            how = (
+                f"endpoint {settings.endpoint}" if settings.endpoint else "no endpoint: relay only"
+            )
+            return CheckResult(name, True, f"off ({how})")
+        status = read_status(settings.state_dir) if running else None
+        pm = (status or {}).get("port_mapping") or {}
+        port = settings.listen_port
+        by_hand = (
+            f"forward UDP port {port} to this PC on the router and start with "
+            f"--endpoint PUBLIC_IP:{port} --port-mapping off"
+        )
+        if not pm:
+            return CheckResult(name, False, "unknown (the agent is not running)", "see above")
+        if pm.get("state") == "mapped":
+            where = f"{pm.get('external_endpoint')} by {pm.get('method')} on {pm.get('gateway')}"
+            if pm.get("verified") is False:
+                return CheckResult(
+                    name, False, f"{where}, but the server's probe did not arrive", by_hand
+                )
+            state = "verified by the server" if pm.get("verified") else "verification pending"
+            return CheckResult(name, True, f"{where}, {state}")
+        tried = "; ".join(
+            f"{a.get('method')}: {a.get('reason')} ({a.get('detail')})"
+            for a in pm.get("attempts") or []
+        )
+        return CheckResult(
+            name,
+            False,
+            f"no mapping: {tried or 'still trying'}",
+            "enable UPnP-IGD or NAT-PMP/PCP on the home router, or " + by_hand,
+        )
+
     server_date: list[float] = []
 
     def server() -> CheckResult:
@@ -260,6 +296,7 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
     check("mtu", mtu)
     check("nat", nat)
     check("dns", dns)
+    check("port_mapping", port_mapping)
     check("server", server)
     check("clock", clock)
     return results
