@@ -180,7 +180,8 @@ class MiniUpnpd:
         )  # fmt: skip
         self.stun.wait_listening(STUN_PORT, proto="udp", timeout=timeout)
         plan = self.router.plan
-        assert plan.wan_if is not None and plan.lan_net is not None
+        assert plan.wan_if is not None
+        assert plan.lan_net is not None
         conf = self.dir / "miniupnpd.conf"
         conf.write_text(
             render_config(

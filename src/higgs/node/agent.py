@@ -194,8 +194,11 @@ class Agent:
 
     def _start_port_mapping(self) -> None:
         s = self.settings
+        # A manual endpoint means the owner forwarded the port by hand: "auto" leaves the
+        # router alone then; a method named explicitly is still tried.
+        setting = "off" if s.endpoint and s.port_mapping == "auto" else s.port_mapping
         self.portmap = PortMapper(
-            s.port_mapping,
+            setting,
             journal=self.host.open_journal(),
             port=s.listen_port,
             lifetime_s=s.port_mapping_lifetime_s,
