@@ -80,5 +80,5 @@ def test_malformed_replies_are_refused_with_a_reason(data: bytes, reason: str) -
     [((0, 1, 1), {}), ((1, 70000, 1), {}), ((1, 1, -1), {}), ((1, 1, 1), {"op": 3})],
 )
 def test_bad_requests_are_refused(args: tuple[int, int, int], kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bad "):
         natpmp.encode_map_request(*args, **kwargs)
