@@ -46,6 +46,7 @@ HTTP_PORT = 5000
 STUN_PORT = 3478
 NATPMP_PORT = 5351
 MINIUPNPD = "/usr/sbin/miniupnpd"
+FORWARDING_ON = "Port forwarding is now enabled"
 
 
 def render_config(
@@ -211,13 +212,12 @@ class MiniUpnpd:
             self.proc.wait_listening(HTTP_PORT, timeout=timeout)
         if self.natpmp:
             self.proc.wait_listening(NATPMP_PORT, proto="udp", timeout=timeout)
-        # STUN runs before the listeners open; forwarding is off if it said "restrictive".
+        # STUN runs before the listeners open; forwarding stays off if STUN saw a NAT.
         deadline = time.monotonic() + timeout
-        while "STUN" not in self.proc.log_text() and time.monotonic() < deadline:
+        while (log := self.proc.log_text()).find(FORWARDING_ON) < 0:
+            if time.monotonic() > deadline or not self.proc.alive():
+                raise LabError(f"miniupnpd will not forward ports:\n{log[-2000:]}")
             time.sleep(0.1)
-        log = self.proc.log_text()
-        if re.search(r"[Pp]ort forwarding is (impossible|disabled|not possible)|EXITING", log):
-            raise LabError(f"miniupnpd will not forward ports:\n{log[-2000:]}")
 
     def mappings(self) -> list[RouterMapping]:
         """The port mappings the router holds now (its nft DNAT rules)."""
