@@ -159,6 +159,22 @@ def test_sigkill_leaves_no_mapping_after_restart_or_cleanup(
     assert "PCP MAP" not in router.leases()
 
 
+def test_the_client_router_variant_maps_for_its_lan(lab: Lab) -> None:
+    """The client's router can run miniupnpd too (NAT-PMP/PCP only here): a client host gets
+    a mapping by NAT-PMP, and the router holds none after it is deleted."""
+    client_router = MiniUpnpd(lab, router="client_router", upnp=False, natpmp=True).start()
+    try:
+        gw = lab.client_router.addr("lan0")
+        natpmpc = ["natpmpc", "-g", gw, "-a", "40000", "40000", "udp"]
+        out = lab.client.run([*natpmpc, "300"]).stdout
+        assert "Mapped public port 40000 protocol UDP" in out, out
+        assert client_router.mappings() == [RouterMapping("udp", 40000, lab.client.ip, 40000)]
+        lab.client.run([*natpmpc, "0"])
+        assert client_router.mappings() == []
+    finally:
+        client_router.stop()
+
+
 def test_without_a_mapping_router_no_direct_path_and_status_says_why(
     lab: Lab, router: MiniUpnpd, product: Product
 ) -> None:
