@@ -8,18 +8,20 @@
 miniupnpd runs only inside the router's namespace (``ip netns exec``, never in the root
 namespace), with its own config, PID and lease files in the lab's run directory and its own
 nft table (``hl_upnp``, inet) in that namespace: ext_ifname is the router's WAN, it listens on
-the LAN, ``secure_mode`` is on (a LAN host can only map ports to itself). Its WAN address is
-in a documentation range, which miniupnpd refuses as "reserved" unless it learns it by STUN,
-so a STUN responder (``higgs.lab.services.stun``) runs on the lab's internet host — never a
-STUN server outside the lab. ``enable_natpmp`` switches NAT-PMP and PCP together (one switch
-in miniupnpd). The lab stops it by PID like every lab process, and deleting the namespace
-takes its nft table; :meth:`MiniUpnpd.mappings` is what a test checks for leftovers.
+the LAN (with ``ipv6=True`` also on the LAN's IPv6 address, for pinholes), ``secure_mode`` is
+on (a LAN host can only map ports to itself). Its WAN address is in a documentation range,
+which miniupnpd refuses as "reserved" unless it learns it by STUN, so a STUN responder
+(``higgs.lab.services.stun``) runs on the lab's internet host — never a STUN server outside
+the lab. ``enable_natpmp`` switches NAT-PMP and PCP together (one switch in miniupnpd). The
+lab stops it by PID like every lab process, and deleting the namespace takes its nft table;
+:meth:`MiniUpnpd.mappings` is what a test checks for leftovers.
 
 The "none" variant (carrier-grade NAT: no mapping protocol at all) is a router without it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import uuid
@@ -59,11 +61,15 @@ def render_config(
     upnp: bool,
     natpmp: bool,
     uid: str,
+    lan_ip6: str | None = None,
 ) -> str:
-    """miniupnpd.conf for a lab router (pure)."""
+    """miniupnpd.conf for a lab router (pure); ``lan_ip6``: also serve IPv6 there (PCP
+    pinholes, UPnP's WANIPv6FirewallControl)."""
     yes = {True: "yes", False: "no"}
+    v6 = [f"ipv6_listening_ip={lan_ip6}", f"ext_ifname6={wan_if}"] if lan_ip6 else []
     return "\n".join(
         [
+            *v6,
             f"ext_ifname={wan_if}",
             f"listening_ip={lan_if}",
             f"http_port={HTTP_PORT}",
@@ -148,7 +154,13 @@ class MiniUpnpd:
     """miniupnpd on ``router`` (``home_router`` or ``client_router``) of a built lab."""
 
     def __init__(
-        self, lab: Lab, *, router: str = "home_router", upnp: bool = True, natpmp: bool = True
+        self,
+        lab: Lab,
+        *,
+        router: str = "home_router",
+        upnp: bool = True,
+        natpmp: bool = True,
+        ipv6: bool = False,
     ) -> None:
         if lab.workdir is None:
             raise LabError("build the lab first")
@@ -160,6 +172,9 @@ class MiniUpnpd:
             raise LabError(f"{router} is not a NAT router")
         self.upnp = upnp
         self.natpmp = natpmp
+        if ipv6 and self.router.v6 is None:
+            raise LabError("ipv6=True needs a Lab(ipv6=True)")
+        self.ipv6 = ipv6
         self.dir = lab.workdir / f"miniupnpd-{router}"
         self.proc: LabProcess | None = None
         self.stun: LabProcess | None = None
@@ -194,15 +209,14 @@ class MiniUpnpd:
                 upnp=self.upnp,
                 natpmp=self.natpmp,
                 uid=str(uuid.uuid4()),
+                lan_ip6=self.router.addr6(self.lan_if) if self.ipv6 else None,
             )
         )
         self.router.nft(render_table())
         # -d: foreground, logs to stderr (the lab's log file); -P: PID file in the run dir
         # (the default is /var/run/miniupnpd.pid, shared with the root namespace).
-        self.proc = self.router.popen(
-            [MINIUPNPD, "-d", "-f", str(conf), "-P", str(self.dir / "miniupnpd.pid"), "-4"],
-            name="miniupnpd",
-        )
+        argv = [MINIUPNPD, "-d", "-f", str(conf), "-P", str(self.dir / "miniupnpd.pid")]
+        self.proc = self.router.popen([*argv] if self.ipv6 else [*argv, "-4"], name="miniupnpd")
         self._wait_ready(timeout)
         return self
 
@@ -218,6 +232,15 @@ class MiniUpnpd:
             if time.monotonic() > deadline or not self.proc.alive():
                 raise LabError(f"miniupnpd will not forward ports:\n{log[-2000:]}")
             time.sleep(0.1)
+
+    def pinholes(self) -> list[str]:
+        """The IPv6 pinholes the router holds now: the addresses its forward rules open to
+        (miniupnpd writes them as ``@nh,192,128 0x<address in hex>``)."""
+        out = self.router.run(["nft", "list", "chain", "inet", TABLE, "upnp_forward"]).stdout
+        return [
+            str(ipaddress.IPv6Address(int(h, 16)))
+            for h in re.findall(r"@nh,192,128 0x([0-9a-f]{32})", out)
+        ]
 
     def mappings(self) -> list[RouterMapping]:
         """The port mappings the router holds now (its nft DNAT rules)."""

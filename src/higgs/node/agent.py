@@ -53,6 +53,7 @@ from higgs.node.reachability import ProbeListener
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
+from higgs.osnet import discovery
 from higgs.osnet.discovery import UplinkWatcher
 from higgs.osnet.mtu import MtuDecision
 from higgs.osnet.portmap import PortMapping
@@ -192,6 +193,13 @@ class Agent:
             else:
                 self.probes.expect()
 
+    def _uplink6(self) -> Uplink | None:
+        """The IPv6 uplink, for the pinhole (blocking netlink read: a few microseconds)."""
+        try:
+            return discovery.ipv6_uplink(exclude=[self.settings.interface])
+        except HiggsError:
+            return None
+
     def _start_port_mapping(self) -> None:
         s = self.settings
         # A manual endpoint means the owner forwarded the port by hand: "auto" leaves the
@@ -204,6 +212,7 @@ class Agent:
             lifetime_s=s.port_mapping_lifetime_s,
             uplink=lambda: self.uplink,
             on_change=self._mapping_changed,
+            uplink6=self._uplink6,
         )
         if not self.portmap.methods:
             return

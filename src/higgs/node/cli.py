@@ -163,6 +163,14 @@ def _fmt_bytes(n: int) -> str:
 
 
 def _portmap_line(pm: dict[str, Any] | None) -> str:
+    line = _portmap_v4(pm)
+    pinhole = (pm or {}).get("ipv6_pinhole") or {}
+    if pinhole.get("endpoint"):
+        line += f"; IPv6 pinhole {pinhole['endpoint']} by {pinhole.get('method')}"
+    return line
+
+
+def _portmap_v4(pm: dict[str, Any] | None) -> str:
     if not pm:
         return "-"
     if pm.get("state") == "off":

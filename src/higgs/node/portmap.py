@@ -16,13 +16,14 @@ router-granted public endpoint; a punching module reads it rather than asking th
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from higgs.osnet.discovery import Uplink
+from higgs.osnet.discovery import Uplink, internet_v6
 from higgs.osnet.journal import Entry, Journal
 from higgs.osnet.portmap import METHODS, Method, PortMapError, PortMapping
 from higgs.osnet.portmap import udp as pm_udp
@@ -87,6 +88,7 @@ class PortMapper:
         lifetime_s: int,
         uplink: Callable[[], Uplink | None],
         on_change: Callable[[PortMapping | None], Awaitable[None]] | None = None,
+        uplink6: Callable[[], Uplink | None] | None = None,
     ) -> None:
         self.setting = setting
         self.methods = methods_for(setting)
@@ -101,6 +103,12 @@ class PortMapper:
         self.failed_rounds = 0
         self.next_at: float | None = None  # monotonic time of the next renewal/round
         self.verified: bool | None = None  # set by the agent from the server's answer
+        # IPv6: a PCP MAP for the node's global address opens a pinhole in the router's
+        # firewall (no NAT). Best effort: kept and reported, never required.
+        self._uplink6 = uplink6
+        self.pinhole: PortMapping | None = None
+        self._pinhole_entry: Entry | None = None
+        self.pinhole_why: str | None = None
 
     @property
     def state(self) -> str:
@@ -126,6 +134,11 @@ class PortMapper:
                 {"method": a.method.value, "reason": a.reason, "detail": a.detail}
                 for a in self.attempts
             ],
+            "ipv6_pinhole": {
+                "endpoint": self.pinhole.endpoint if self.pinhole else None,
+                "method": self.pinhole.method.value if self.pinhole else None,
+                "reason": self.pinhole_why,
+            },
         }
 
     def why_none(self) -> str | None:
@@ -143,10 +156,13 @@ class PortMapper:
             return
         while True:
             await self.round()
+            await self.pinhole_round()
             if self.mapping is not None:
                 delay = renew_delay(self.mapping.lifetime_s)
             else:
                 delay = retry_delay(self.failed_rounds)
+            if self.pinhole is not None:
+                delay = min(delay, renew_delay(self.pinhole.lifetime_s))
             self.next_at = time.monotonic() + delay
             await asyncio.sleep(delay)
 
@@ -258,6 +274,59 @@ class PortMapper:
             self._entry = None
             raise
 
+    async def pinhole_round(self) -> PortMapping | None:
+        """Opens or renews the IPv6 pinhole (PCP only: NAT-PMP has no IPv6, and UPnP's
+        WANIPv6FirewallControl is not asked yet)."""
+        if Method.PCP not in self.methods or self._uplink6 is None:
+            return None
+        up6 = self._uplink6()
+        addrs = internet_v6(up6.addresses) if up6 is not None else ()
+        if up6 is None or not up6.gateway or not addrs:
+            await self._remove_pinhole()
+            self.pinhole_why = "no IPv6 default route with an internet address"
+            return None
+        gateway = up6.gateway
+        if ipaddress.IPv6Address(gateway).is_link_local:
+            gateway = f"{gateway}%{up6.name}"
+        ip6 = str(addrs[0].ip)
+        old = self.pinhole
+        renewing = (
+            old is not None
+            and self._pinhole_entry is not None
+            and (old.gateway, old.internal_ip) == (gateway, ip6)
+        )
+        if old is not None and not renewing:
+            await self._remove_pinhole()
+        nonce = bytes.fromhex(old.nonce) if renewing and old else pm_udp.pcp_new_nonce()
+        if not renewing:
+            undo = portmap_delete(Method.PCP, gateway, ip6, self.port, nonce=nonce.hex())
+            self._pinhole_entry = self.journal.record("IPv6 pinhole (pcp) on the router", undo)
+        try:
+            self.pinhole = await asyncio.wait_for(
+                pm_udp.pcp_map(gateway, ip6, self.port, self.lifetime_s, nonce), ATTEMPT_TIMEOUT_S
+            )
+        except (PortMapError, TimeoutError) as exc:
+            self.pinhole_why = (
+                f"pcp: {exc.reason} ({exc.detail})" if isinstance(exc, PortMapError) else "timeout"
+            )
+            if renewing:
+                await self._remove_pinhole()
+            elif self._pinhole_entry is not None:
+                self.journal.forget(self._pinhole_entry)
+                self._pinhole_entry = None
+            self.pinhole = None
+            return None
+        self.pinhole_why = None
+        if old is None or old.endpoint != self.pinhole.endpoint:
+            log.info("IPv6 pinhole open on the router", extra={"endpoint": self.pinhole.endpoint})
+        return self.pinhole
+
+    async def _remove_pinhole(self) -> None:
+        entry, self._pinhole_entry = self._pinhole_entry, None
+        self.pinhole = None
+        if entry is not None:
+            await asyncio.to_thread(self.journal.undo, entry)
+
     async def remove(self) -> None:
         """Deletes the mapping on the router (the journal's undo) and forgets it."""
         entry, self._entry = self._entry, None
@@ -266,4 +335,7 @@ class PortMapper:
             await asyncio.to_thread(self.journal.undo, entry)
 
     async def stop(self) -> None:
-        await self.remove()
+        try:
+            await self._remove_pinhole()
+        finally:
+            await self.remove()

@@ -230,3 +230,47 @@ def test_off_does_nothing(journal: Journal) -> None:
     pm = mapper(journal, "off")
     assert pm.state == "off"
     assert pm.why_none() is None
+
+
+def uplink6(gateway: str | None = "fe80::1") -> Uplink:
+    return Uplink(
+        "eth0", 2, 6, gateway, 0, 1500,
+        (ipaddress.IPv6Interface("2001:db8:1::10/64"), ipaddress.IPv6Interface("fe80::10/64")),
+    )  # fmt: skip
+
+
+async def test_ipv6_pinhole_by_pcp_is_journaled_renewed_and_closed(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[str, str, bytes]] = []
+
+    async def pcp_map(gw: str, ip: str, port: int, life: int, nonce: bytes) -> PortMapping:
+        assert any(e.undo["internal_ip"] == ip for e in journal.entries)  # write-ahead
+        asked.append((gw, ip, nonce))
+        return PortMapping(Method.PCP, gw, ip, port, ip, port, 600, 0.0, nonce=nonce.hex())
+
+    deleted: list[str] = []
+    monkeypatch.setattr(pmod.pm_udp, "pcp_map", pcp_map)
+    monkeypatch.setattr(
+        pm_undo.udp, "pcp_delete_blocking", lambda gw, ip, port, nonce: deleted.append(ip) or True
+    )
+    pm = mapper(journal, "auto", uplink6=uplink6)
+    hole = await pm.pinhole_round()
+    assert hole is not None
+    assert hole.endpoint == "[2001:db8:1::10]:51820"
+    # A link-local gateway is reached through the uplink's interface.
+    assert asked[0][:2] == ("fe80::1%eth0", "2001:db8:1::10")
+    await pm.pinhole_round()
+    assert asked[1][2] == asked[0][2]  # renewed with the same nonce
+    assert pm.status()["ipv6_pinhole"]["endpoint"] == "[2001:db8:1::10]:51820"
+    await pm.stop()
+    assert deleted == ["2001:db8:1::10"]
+    assert len(journal) == 0
+
+
+async def test_no_ipv6_uplink_is_reported_not_tried(journal: Journal) -> None:
+    pm = mapper(journal, "auto", uplink6=lambda: None)
+    assert await pm.pinhole_round() is None
+    assert pm.status()["ipv6_pinhole"]["reason"] == "no IPv6 default route with an internet address"
+    assert len(journal) == 0
+    assert await mapper(journal, "natpmp", uplink6=uplink6).pinhole_round() is None  # no v6
