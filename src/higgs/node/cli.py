@@ -251,8 +251,9 @@ def _diagnose(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
         for r in results:
-            print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
-            if not r.ok and r.fix:
+            label = "FAIL" if not r.ok else "warn" if r.warn else "ok  "
+            print(f"{label} {r.name}: {r.detail}")
+            if (not r.ok or r.warn) and r.fix:
                 print(f"     fix: {r.fix}")
     return EXIT_FAILURE if failed else EXIT_OK
 

@@ -33,6 +33,9 @@ class CheckResult:
     ok: bool
     detail: str
     fix: str = ""
+    # Passing, but something the owner may want to fix (e.g. no port mapping: clients are
+    # relayed, which works, but direct mode does not). Does not change the exit status.
+    warn: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,12 +223,18 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
             f"--endpoint PUBLIC_IP:{port} --port-mapping off"
         )
         if not pm:
-            return CheckResult(name, False, "unknown (the agent is not running)", "see above")
+            return CheckResult(
+                name, True, "unknown (the agent is not running)", "see above", warn=True
+            )
         if pm.get("state") == "mapped":
             where = f"{pm.get('external_endpoint')} by {pm.get('method')} on {pm.get('gateway')}"
             if pm.get("verified") is False:
                 return CheckResult(
-                    name, False, f"{where}, but the server's probe did not arrive", by_hand
+                    name,
+                    True,
+                    f"{where}, but the server's probe did not arrive (relay only)",
+                    by_hand,
+                    warn=True,
                 )
             state = "verified by the server" if pm.get("verified") else "verification pending"
             return CheckResult(name, True, f"{where}, {state}")
@@ -235,9 +244,10 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
         )
         return CheckResult(
             name,
-            False,
-            f"no mapping: {tried or 'still trying'}",
+            True,
+            f"no mapping, clients are relayed: {tried or 'still trying'}",
             "enable UPnP-IGD or NAT-PMP/PCP on the home router, or " + by_hand,
+            warn=True,
         )
 
     server_date: list[float] = []
