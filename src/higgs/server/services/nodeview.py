@@ -56,6 +56,9 @@ class NodeFacts:
     budget_total_mb: float | None = None
     latency_ms: float | None = None
     open_sessions: int = 0
+    # The endpoint the node's router mapped (services.reachability); offered as ``endpoint``
+    # only once a probe verified it.
+    mapped: str | None = None
     capacity: int = field(init=False, default=0)
     # The last candidate built; every change to the facts goes through NodeView, which drops
     # it, so a route request rebuilds only what changed since the previous one.
@@ -153,6 +156,13 @@ class NodeView:
     def upsert(self, facts: NodeFacts) -> None:
         self._touch(facts.node_id)
         self._nodes[facts.node_id] = facts
+
+    def set_endpoint(self, node_id: str, endpoint: str | None) -> None:
+        """The endpoint offered for direct mode changed (a verified port mapping)."""
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.endpoint = endpoint
 
     def remove(self, node_id: str) -> None:
         self._touch(node_id)

@@ -36,6 +36,7 @@ from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.services.identity import IdentityService
 from higgs.server.services.nodeview import NodeFacts, NodeView
+from higgs.server.services.reachability import ReachabilityService, new_nonce
 from higgs.server.services.sessions import SessionService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
@@ -67,6 +68,7 @@ class RegistryService:
         self.sessions = sessions
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
+        self.reachability = ReachabilityService(db, sessions.nodes)
 
     async def register(
         self, credential: str, req: NodeRegisterRequest
@@ -111,6 +113,14 @@ class RegistryService:
             node.public_key = req.public_key
             node.token_hash = hash_token(token)
             node.endpoint = req.endpoint
+            # A router mapping is offered only once a probe verified it (services.reachability).
+            pm = req.port_mapping
+            mapped = pm.external_endpoint if pm is not None and pm.method else None
+            node.mapped_endpoint = mapped
+            node.mapped_method = pm.method if mapped and pm is not None else None
+            node.probe_nonce = new_nonce() if mapped else None
+            node.mapped_verified_at = None
+            probe_nonce = node.probe_nonce
             node.listen_port = req.listen_port
             node.tunnel_subnet = req.tunnel_subnet
             node.tunnel_subnet_v6 = req.tunnel_subnet_v6
@@ -144,12 +154,14 @@ class RegistryService:
                 region=req.region,
                 open_sessions=int(open_n or 0),
             )
+            facts.mapped = mapped
             facts.apply_metrics(node.metrics)
         # The previous token stops working now, and routing sees the node as registered.
         if self.identity is not None:
             self.identity.forget_node(node_id)
         self.nodes.upsert(facts)
         self.hub.allow_node(node_id, hash_token(token))
+        self.reachability.registered(node_id, mapped, probe_nonce)
         self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
         log.info("node registered", extra={"node_id": node_id, "new": created})
         return (
@@ -199,6 +211,9 @@ class RegistryService:
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
         self.nodes.heartbeat(node_id, metrics)
+        if req.port_mapping is not None:
+            pm = req.port_mapping
+            await self.reachability.heartbeat(node_id, pm.external_endpoint if pm.method else None)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )
