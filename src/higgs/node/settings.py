@@ -222,6 +222,11 @@ class NodeSettings(BaseModel):
     # "host:port" announced to clients for direct mode (e.g. the router's public IP and the
     # forwarded port). The node cannot see its router's port forward, so it is configured.
     endpoint: str | None = None
+    # Ask the home router to map listen_port (higgs.node.portmap): "auto" tries PCP, NAT-PMP,
+    # UPnP-IGD in that order; "off" when the owner forwarded the port by hand (or has none).
+    port_mapping: Literal["auto", "pcp", "natpmp", "upnp", "off"] = "auto"
+    # Requested lifetime of the mapping; it is renewed at half of what the router grants.
+    port_mapping_lifetime_s: int = Field(default=3600, ge=120, le=86400)
     max_clients: int = Field(default=32, ge=1, le=1000)
     bandwidth_mbps: int = Field(default=50, ge=1, le=100_000)
     country: str | None = None

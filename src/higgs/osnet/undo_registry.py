@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from higgs.osnet import firewall, resolver, routes, sysctl, undo, wireguard
+from higgs.osnet.portmap import undo as portmap_undo
 
 __all__ = ["ALL", "OPS", "apply", "is_known"]
 
@@ -31,6 +32,7 @@ ALL: tuple[undo.UndoOp, ...] = (
     wireguard.UNDO_WIREGUARD_GO,
     resolver.UNDO,
     firewall.UNDO,
+    portmap_undo.UNDO,
 )
 
 
