@@ -168,6 +168,10 @@ class ServerLink:
         self._registration["tunnel_mtu"] = mtu
         self._wake.set()
 
+    def wake(self) -> None:
+        """Something changed the server must hear about now (the owner's pause switch)."""
+        self._wake.set()
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

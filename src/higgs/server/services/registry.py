@@ -37,6 +37,7 @@ from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthor
 from higgs.server.services.identity import IdentityService
 from higgs.server.services.nodeview import NodeFacts
 from higgs.server.services.sessions import SessionService
+from higgs.server.services.usage import UsageService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Node
@@ -64,6 +65,7 @@ class RegistryService:
         self.sessions = sessions
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
+        self.usage: UsageService | None = None  # issue 15: set by the server
 
     async def register(
         self, credential: str, req: NodeRegisterRequest
@@ -196,6 +198,8 @@ class RegistryService:
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
         self.sessions.nodes.heartbeat(node_id, metrics)
+        if self.usage is not None and req.peer_stats:  # issue 15: usage and quotas
+            await self.usage.record(node_id, req.peer_stats)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )
