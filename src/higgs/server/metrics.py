@@ -46,6 +46,18 @@ class ServerMetrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # issue 15: usage accounting (services/usage.py)
+        self.usage_bytes = Counter(
+            "higgs_usage_bytes",
+            "Client bytes the nodes reported, by direction (from_clients, to_clients)",
+            ["direction"],
+            registry=r,
+        )
+        self.usage_bytes.labels(direction="from_clients")
+        self.usage_bytes.labels(direction="to_clients")
+        self.quota_closes = Counter(
+            "higgs_quota_closes", "Clients whose sessions closed at the monthly quota", registry=r
+        )
         self.rate_limited = Counter(
             "higgs_api_rate_limited",
             "Requests refused with 429, by bucket kind",

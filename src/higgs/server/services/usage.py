@@ -42,6 +42,7 @@ class UsageService:
     def __init__(self, db: Database, sessions: SessionService) -> None:
         self.db = db
         self.sessions = sessions
+        self.metrics = sessions.metrics
         self._started = time.time()
         # session id -> the last (rx, tx) reported for its peer
         self._last: dict[str, tuple[int, int]] = {}
@@ -85,10 +86,17 @@ class UsageService:
         added = sum(rx + tx for rx, tx in deltas.values())
         self.total_rx += sum(rx for rx, _ in deltas.values())
         self.total_tx += sum(tx for _, tx in deltas.values())
+        self.metrics.usage_bytes.labels(direction="from_clients").inc(
+            sum(rx for rx, _ in deltas.values())
+        )
+        self.metrics.usage_bytes.labels(direction="to_clients").inc(
+            sum(tx for _, tx in deltas.values())
+        )
         for state in states:
             if state.exhausted:
                 closed = await self.sessions.close_for_client(state.client_id, QUOTA_REASON)
                 if closed:
+                    self.metrics.quota_closes.inc()
                     log.info(
                         "client reached its monthly quota: sessions closed",
                         extra={"client": state.name, "sessions": closed},
