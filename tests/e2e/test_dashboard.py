@@ -22,6 +22,7 @@ from higgs.lab.portal import Portal
 from higgs.lab.product import API_PORT, Product
 from higgs.lab.wireguard import new_keypair
 from tests.e2e.browser import chromium, screenshot, until
+from tests.grafana import exported_names, grafana_names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -232,7 +233,12 @@ def test_quota_cuts_a_client_off_at_its_limit(stack: Stack) -> None:
     until("bob's usage on the page", lambda: any("MB" in r[3] for r in stack.rows("clients")))
     screenshot(b, "clients-quota")
     stack.open("/admin/traffic")
-    until("the traffic page live", lambda: b.find_element(By.ID, "live").text == "live")
+    # The server's own series (sampled every 10 s) shows the download, without a reload.
+    until(
+        "the download in the traffic series",
+        lambda: any(r[2] != "0 B/s" for r in stack.rows("traffic")),
+        timeout=40,
+    )
     screenshot(b, "traffic-after-download")
 
 
@@ -269,6 +275,9 @@ def test_owner_pauses_the_node_and_it_takes_no_new_session(stack: Stack) -> None
         # The exporter on the node's loopback.
         metrics = lab.node.run(["curl", "-sS", f"http://127.0.0.1:{NODE_DASHBOARD_PORT}/metrics"])
         assert "higgs_node_paused 1.0" in metrics.stdout
+        # Every node metric the Grafana dashboard uses is really exported.
+        missing = grafana_names("higgs_node_") - exported_names(metrics.stdout)
+        assert not missing, f"packaging/grafana/higgs.json uses unexported {missing}"
         b.find_element(By.ID, "switch").click()
         until("resumed", lambda: "taking sessions" in b.find_element(By.ID, "state").text)
     carol.down()

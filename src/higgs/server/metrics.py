@@ -26,6 +26,11 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in (
+            "client_closed", "client_revoked", "expired", "node_stopped", "replaced",
+            "quota_exceeded",
+        ):  # fmt: skip
+            self.sessions_closed.labels(reason=reason)
         self.route_retries = Counter(
             "higgs_route_retries",
             "Route requests that chose again (conflict: a concurrent request took the address, "
@@ -64,3 +69,5 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
+        for kind in ("address", "credential", "admin_login"):  # series exist before the first 429
+            self.rate_limited.labels(kind=kind)
