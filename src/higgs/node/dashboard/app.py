@@ -264,7 +264,8 @@ class _Quiet(uvicorn.Server):
 
 
 async def serve_dashboard(source: OwnerSource) -> None:
-    """Serves until cancelled. A port in use is logged, not fatal: the node still serves."""
+    """Serves until cancelled. The page is not essential: a port in use or a failed server
+    is logged and the task waits (it never ends on its own, which would stop the agent)."""
     listen = source.settings.dashboard.listen
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
@@ -277,6 +278,7 @@ async def serve_dashboard(source: OwnerSource) -> None:
     except OSError as exc:
         sock.close()
         log.warning("owner dashboard not started", extra={"listen": listen, "why": str(exc)})
+        await asyncio.Event().wait()
         return
     sock.listen(64)
     sock.setblocking(False)
@@ -288,7 +290,13 @@ async def serve_dashboard(source: OwnerSource) -> None:
     log.info("owner dashboard", extra={"url": f"http://{listen}/"})
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("owner dashboard failed; the node goes on without it")
+        await asyncio.Event().wait()
     finally:
         server.should_exit = True
         server.force_exit = True
