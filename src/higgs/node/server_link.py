@@ -172,6 +172,30 @@ class ServerLink:
         """Something changed the server must hear about now (the owner's pause switch)."""
         self._wake.set()
 
+    def set_port_mapping(self, report: dict[str, Any] | None) -> None:
+        """The router mapping changed: carried by later registrations (the heartbeat body,
+        the agent's, carries it too) and announced now."""
+        self._registration["port_mapping"] = report
+        self._wake.set()
+
+    async def confirm_reachability(self, nonce: str) -> bool:
+        """Posts a probe's nonce (docs/protocol.md §2.9); True when the server verified."""
+        if self.identity is None:
+            return False
+        try:
+            response = await self._post(
+                f"/v1/nodes/{self.identity.node_id}/reachability",
+                json={"nonce": nonce},
+                token=self.identity.node_token,
+            )
+        except _Transient as exc:
+            log.warning("cannot confirm a reachability probe", extra={"why": str(exc)})
+            return False
+        if response.status_code != 200:
+            log.info("probe not confirmed", extra={"why": _error_message(response)})
+            return False
+        return bool(response.json().get("verified"))
+
     async def aclose(self) -> None:
         await self._client.aclose()
 

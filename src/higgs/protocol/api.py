@@ -60,7 +60,10 @@ __all__ = [
     "NodeState",
     "NodeSummary",
     "PeerStat",
+    "PortMappingReport",
     "PublicKey",
+    "ReachabilityConfirm",
+    "ReachabilityResult",
     "RelayPath",
     "RouteMode",
     "RouteNode",
@@ -235,6 +238,37 @@ class Health(_Model):
 # --- nodes -----------------------------------------------------------------------------------
 
 
+# --- port mapping and its reachability check (docs/protocol.md §2.9) ---------------------------
+
+PortMapMethod = Literal["pcp", "natpmp", "upnp"]
+
+
+class PortMappingReport(_Model):
+    """What the node's home router granted (or why nothing), in registrations and heartbeats."""
+
+    method: PortMapMethod | None = Field(
+        default=None, description="the method that worked; null = no mapping"
+    )
+    external_endpoint: Endpoint | None = Field(
+        default=None, description="the router's public address and mapped port"
+    )
+    lifetime_s: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        default=None, description="why there is no mapping (each method's failure)"
+    )
+
+
+class ReachabilityConfirm(_Model):
+    """``POST /v1/nodes/{node_id}/reachability``: the nonce of a probe that reached the node."""
+
+    nonce: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class ReachabilityResult(_Model):
+    verified: bool
+    endpoint: str | None = Field(description="the endpoint now offered for direct mode")
+
+
 class NodeRegisterRequest(_Model):
     """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
 
@@ -255,6 +289,10 @@ class NodeRegisterRequest(_Model):
     country: CountryCode | None = None
     region: Annotated[str, StringConstraints(max_length=64)] | None = None
     version: Annotated[str, StringConstraints(max_length=32)] = ""
+    port_mapping: PortMappingReport | None = Field(
+        default=None,
+        description="the router mapping; its endpoint is offered once a probe verified it",
+    )
 
 
 class NodeRegisterResponse(_Model):
@@ -298,6 +336,9 @@ class HeartbeatRequest(_Model):
         description="the node forwards IPv6 right now (false: its uplink lost global IPv6)",
     )
     peer_stats: list[PeerStat] = Field(default_factory=list, max_length=10_000)
+    port_mapping: PortMappingReport | None = Field(
+        default=None, description="the router mapping now; null = unchanged"
+    )
     # --- issue 15: the owner's pause switch ---
     paused: bool | None = Field(
         default=None,

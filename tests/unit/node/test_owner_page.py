@@ -125,3 +125,16 @@ async def test_a_port_in_use_does_not_end_the_task(tmp_path: Path) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_port_mapping_line() -> None:
+    from higgs.node.dashboard.app import _mapping_text
+
+    assert _mapping_text(None) == ""
+    assert _mapping_text({"setting": "off"}) == ""
+    mapped = {"setting": "auto", "method": "pcp", "external_endpoint": "203.0.113.10:51820",
+              "verified": True}  # fmt: skip
+    assert _mapping_text(mapped) == "pcp: 203.0.113.10:51820 (verified from outside)"
+    failed = {"setting": "auto", "method": None, "state": "failed",
+              "attempts": [{"method": "upnp", "reason": "no_gateway"}]}  # fmt: skip
+    assert _mapping_text(failed) == "no mapping (failed): upnp: no_gateway"

@@ -80,6 +80,19 @@ def _mb(n: float) -> str:
     return f"{n / _MB:.1f} MB"
 
 
+def _mapping_text(status: Any) -> str:
+    """The port mapper's status (node/portmap.py) in a line; empty when it is off."""
+    if not isinstance(status, dict) or status.get("setting") in (None, "off"):
+        return ""
+    if status.get("method"):
+        verified = "verified from outside" if status.get("verified") else "not verified yet"
+        return f"{status['method']}: {status.get('external_endpoint')} ({verified})"
+    failures = "; ".join(
+        f"{a.get('method')}: {a.get('reason')}" for a in status.get("attempts") or []
+    )
+    return f"no mapping ({status.get('state')}){': ' + failures if failures else ''}"
+
+
 def owner_data(source: OwnerSource, rate: _Rate) -> dict[str, Any]:
     s = source.settings
     status = source.status()
@@ -111,15 +124,8 @@ def owner_data(source: OwnerSource, rate: _Rate) -> dict[str, Any]:
          f"{s.shaping.total_down_mbit or 'off'} / {s.shaping.total_up_mbit or 'off'}"],
         ["per client (Mbit/s)", str(s.shaping.per_client_mbit or "off")],
     ]  # fmt: skip
-    mapping = status.get("port_mapping")
-    if isinstance(mapping, dict):
-        mapping_text = ", ".join(f"{k}: {v}" for k, v in sorted(mapping.items()))
-    elif mapping:
-        mapping_text = str(mapping)
-    elif s.endpoint:
-        mapping_text = f"not configured (endpoint announced by hand: {s.endpoint})"
-    else:
-        mapping_text = "not configured"
+    manual = f" (endpoint announced by hand: {s.endpoint})" if s.endpoint else ""
+    mapping_text = _mapping_text(status.get("port_mapping")) or "not configured" + manual
     diag = load_diagnose(s.state_dir)
     problems: list[list[str | dict[str, str]]] = []
     if diag is None:

@@ -50,11 +50,10 @@ def reached(node: AdminNode) -> str:
     punching results when the node reports them, else its announced endpoint and its link."""
     m: Mapping[str, Any] = node.metrics
     ways: list[str] = []
+    # The heartbeat's ``port_mapping`` (PortMappingReport, docs/protocol.md §2.5).
     mapping = m.get("port_mapping")
-    if isinstance(mapping, dict) and mapping.get("external"):
-        ways.append(f"port-mapped {mapping.get('external')} ({mapping.get('protocol', '')})")
-    elif isinstance(mapping, str) and mapping:
-        ways.append(f"port-mapped {mapping}")
+    if isinstance(mapping, dict) and mapping.get("method") and mapping.get("external_endpoint"):
+        ways.append(f"port-mapped {mapping['external_endpoint']} ({mapping['method']})")
     if m.get("hole_punched"):
         ways.append("hole-punched")
     if node.endpoint and not ways:
