@@ -47,6 +47,7 @@ from higgs.node.dns_forwarder import DnsForwarder
 from higgs.node.host import NodeHost, Uplink, WgPeerTable
 from higgs.node.metrics import Budget, collect, heartbeat_body
 from higgs.node.mtu import decide_mtu, fits_uplink, probe
+from higgs.node.ownerstate import is_paused, set_paused
 from higgs.node.peers import PeerManager, PeerRow
 from higgs.node.portmap import PortMapper
 from higgs.node.reachability import ProbeListener
@@ -165,9 +166,17 @@ class Agent:
         if self.mtu is not None:
             body["tunnel_mtu"] = self.mtu.mtu  # the server updates the clients' configs
         body["ipv6"] = self.host.tunnel_v6 is not None and self.host.ipv6_active
+        body["paused"] = is_paused(self.settings.state_dir)  # issue 15: the owner's switch
         if self.portmap is not None and self.portmap.methods:
             body["port_mapping"] = self._port_mapping_report()
         return body
+
+    def set_paused(self, paused: bool) -> None:
+        """The owner's switch: a paused node takes no new peers and the server routes it no
+        new sessions (told at once, by a heartbeat); open sessions drain."""
+        set_paused(self.settings.state_dir, paused)
+        if self.server is not None:
+            self.server.wake()
 
     # ---- port mapping (higgs.node.portmap) -----------------------------------------------
 
@@ -475,7 +484,7 @@ class Agent:
             s.max_clients,
             tunnel_v6=self.host.tunnel_v6,
             on_change=shaper.update,
-            accepting=lambda: not self.budget.exhausted,
+            accepting=lambda: not self.budget.exhausted and not is_paused(s.state_dir),
         )
         server = self.server or self.make_server_link()
         if server.identity is not None and server.status.registrations:
@@ -486,6 +495,10 @@ class Agent:
         if self.host.tunnel_v6 is not None:
             self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")
+        if s.dashboard.enabled:  # issue 15: the owner's page and /metrics on loopback
+            from higgs.node.dashboard.app import serve_dashboard
+
+            self._spawn(serve_dashboard(self), "dashboard")
 
     async def _teardown(self) -> list[str]:
         problems: list[str] = []

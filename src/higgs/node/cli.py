@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 
 from higgs.common.cli import EXIT_FAILURE, EXIT_OK, new_parser, run_cli
 from higgs.common.errors import HiggsError
+from higgs.node.ownerstate import DASHBOARD_TOKEN_FILE, save_diagnose
 from higgs.node.runstate import read_status, running_pid
 from higgs.node.settings import NodeSettings, load_node_settings
 from higgs.osnet.names import DEFAULT_INTERFACE
@@ -105,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ExecStopPost=). Exit status 0 when the host is clean.",
     )
     _settings_args(cleanup, full=False)
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="print the owner page's URL and how to log in",
+        description="The running node serves its owner page and /metrics on a loopback "
+        "address ([dashboard] listen). Log in with the token in the state directory.",
+    )
+    _settings_args(dashboard, full=False)
+    dashboard.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -252,6 +262,8 @@ def _diagnose(args: argparse.Namespace) -> int:
     settings = _load(args)
     results = run_checks(settings, running=running_pid(settings.state_dir) is not None)
     failed = [r for r in results if not r.ok]
+    with contextlib.suppress(OSError):  # the owner's page shows the last findings
+        save_diagnose(settings.state_dir, [r.as_dict() for r in results], time.time())
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
@@ -283,12 +295,31 @@ def _cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    token_file = settings.state_dir / DASHBOARD_TOKEN_FILE
+    url = f"http://{settings.dashboard.listen}/"
+    running = running_pid(settings.state_dir) is not None
+    if args.json:
+        print(json.dumps({"url": url, "token_file": str(token_file), "running": running}))
+    else:
+        print(url)
+        print(f"log in with the token in {token_file} (sudo cat {token_file})")
+        print(f"Prometheus metrics: {url}metrics")
+        if not settings.dashboard.enabled:
+            print("the dashboard is disabled ([dashboard] enabled = false)", file=sys.stderr)
+        elif not running:
+            print("higgsnode is not running: start it first", file=sys.stderr)
+    return EXIT_OK if running and settings.dashboard.enabled else EXIT_FAILURE
+
+
 _COMMANDS = {
     "start": _start,
     "stop": _stop,
     "status": _status,
     "diagnose": _diagnose,
     "cleanup": _cleanup,
+    "dashboard": _dashboard,
 }
 
 

@@ -159,6 +159,10 @@ class ServerLink:
         self._registration["tunnel_mtu"] = mtu
         self._wake.set()
 
+    def wake(self) -> None:
+        """Something changed the server must hear about now (the owner's pause switch)."""
+        self._wake.set()
+
     def set_port_mapping(self, report: dict[str, Any] | None) -> None:
         """The router mapping changed: carried by later registrations (the heartbeat body,
         the agent's, carries it too) and announced now."""

@@ -204,6 +204,28 @@ class ProtectionSettings(BaseModel):
         return sorted(set(value))
 
 
+class DashboardSettings(BaseModel):
+    """The owner's page and the Prometheus exporter (``/metrics``), on one loopback listener."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:9586", description="loopback host:port")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not loopback:
+            raise ValueError("must be a loopback host:port, e.g. 127.0.0.1:9586")
+        return value
+
+
 class NodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -243,6 +265,7 @@ class NodeSettings(BaseModel):
     shaping: ShapingSettings = Field(default_factory=ShapingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     protection: ProtectionSettings = Field(default_factory=ProtectionSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @field_validator("server")
     @classmethod

@@ -42,6 +42,7 @@ __all__ = [
     "ClientCreateRequest",
     "ClientCreated",
     "ClientName",
+    "ClientQuotaRequest",
     "CloseReason",
     "CountryCode",
     "DirectPath",
@@ -338,6 +339,11 @@ class HeartbeatRequest(_Model):
     port_mapping: PortMappingReport | None = Field(
         default=None, description="the router mapping now; null = unchanged"
     )
+    # --- issue 15: the owner's pause switch ---
+    paused: bool | None = Field(
+        default=None,
+        description="the owner paused the node: route no new sessions here (open ones drain)",
+    )
 
 
 class HeartbeatResponse(_Model):
@@ -479,6 +485,17 @@ class AdminClient(_Model):
     revoked: bool
     revoked_at: datetime | None
     open_sessions: int
+    # --- issue 15: usage this UTC month and the monthly quota ---
+    month: str | None = Field(default=None, description="the usage month, YYYY-MM (UTC)")
+    rx_bytes: int = Field(default=0, description="bytes the node received from the client")
+    tx_bytes: int = Field(default=0, description="bytes the node sent to the client")
+    quota_bytes: int | None = Field(default=None, description="monthly quota; null = unlimited")
+
+
+class ClientQuotaRequest(_Model):
+    """``PUT /v1/admin/clients/{name}/quota``: bytes per month both ways; null = unlimited."""
+
+    quota_bytes: int | None = Field(default=None, ge=0, le=10**18)
 
 
 class AdminClientList(_Model):

@@ -37,6 +37,8 @@ from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.nodeview import NodeView, refresh_view
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
+from higgs.server.services.traffic import TrafficSeries
+from higgs.server.services.usage import UsageService
 from higgs.server.store.db import Database
 from higgs.server.store.open import open_database
 
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 # The node view is kept current by this process's own events; reloading it from the database
 # only catches what they missed, so it need not run at every sweep (1,000 rows each time).
 VIEW_RELOAD_S = 60.0
+TRAFFIC_SAMPLE_S = 10.0
 
 
 class ServedHub(RelayHub, Protocol):
@@ -172,7 +175,8 @@ class BosonServer:
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
         registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
-        events.bind(registry, sessions)
+        usage = registry.usage = UsageService(db, sessions)  # issue 15: usage and quotas
+        events.bind(registry, sessions, usage)
 
         relay_host, relay_port = split_listen(s.relay_listen)
         await hub.start(relay_host, relay_port, tls)
@@ -197,6 +201,8 @@ class BosonServer:
             registry=registry,
             sessions=sessions,
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
+            usage=usage,
+            traffic=TrafficSeries(),
         )
         api_host, api_port = split_listen(s.listen)
         sock = _bind(api_host, api_port)
@@ -225,6 +231,7 @@ class BosonServer:
         self._tasks.append(
             asyncio.create_task(self._maintain(db, nodes, registry, sessions), name="sweep")
         )
+        self._tasks.append(asyncio.create_task(self._sample_traffic(self.ctx), name="traffic"))
         log.info(
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
@@ -246,6 +253,21 @@ class BosonServer:
                     view_loaded = time.monotonic()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")
+
+    async def _sample_traffic(self, ctx: ApiContext) -> None:
+        """The dashboard's own time series (services/traffic.py), every TRAFFIC_SAMPLE_S."""
+        assert ctx.traffic is not None
+        assert ctx.usage is not None
+        while True:
+            view = list(ctx.sessions.nodes)
+            ctx.traffic.sample(
+                time.time(),
+                ctx.usage.total_rx,
+                ctx.usage.total_tx,
+                open_sessions=sum(f.open_sessions for f in view),
+                nodes_online=sum(1 for f in view if f.state == "online"),
+            )
+            await asyncio.sleep(TRAFFIC_SAMPLE_S)
 
     async def stop(self) -> None:
         if self._uvicorn is not None:

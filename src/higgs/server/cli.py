@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from higgs.common.cli import new_parser, run_cli
+from higgs.common.errors import ConfigError
 
 # Everything else is imported by the command that needs it: `bosonserver --help`, `--version`
 # and the database commands must not pay for the web stack (FastAPI, uvicorn: `serve` only)
@@ -77,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client_sub.add_parser("revoke", help="revoke a client and close its sessions")
     _add_db_options(revoke)
     revoke.add_argument("name")
+    quota = client_sub.add_parser(
+        "quota", help="set a client's monthly quota (MB both ways); a used-up quota refuses routes"
+    )
+    _add_db_options(quota)
+    quota.add_argument("name")
+    amount = quota.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--mb", type=float, help="megabytes (10^6 bytes) per UTC month")
+    amount.add_argument("--unlimited", action="store_true", help="remove the quota")
 
     nodes = sub.add_parser("nodes", help="list nodes")
     _add_db_options(nodes)
@@ -239,19 +248,48 @@ async def _client_add(db: Database, name: str) -> int:
 
 
 async def _client_list(db: Database, as_json: bool) -> int:
+    from higgs.server.services.clock import utcnow
     from higgs.server.services.identity import IdentityService
+    from higgs.server.services.usage import month_of
+    from higgs.server.store.usage import usage_by_client
 
-    rows = [
-        {
-            "name": r.name,
-            "created_at": r.created_at,
-            "revoked": r.revoked,
-            "revoked_at": r.revoked_at,
-            "open_sessions": r.open_sessions,
-        }
-        for r in await IdentityService(db).list_clients()
-    ]
-    _emit(rows, ["name", "revoked", "open_sessions", "created_at"], as_json)
+    month = month_of(utcnow())
+    async with db.begin() as conn:
+        usage = await usage_by_client(conn, month)
+    rows = []
+    for r in await IdentityService(db).list_clients():
+        rx, tx, quota = usage.get(r.name, (0, 0, None))
+        rows.append(
+            {
+                "name": r.name,
+                "created_at": r.created_at,
+                "revoked": r.revoked,
+                "revoked_at": r.revoked_at,
+                "open_sessions": r.open_sessions,
+                "month": month,
+                "rx_bytes": rx,
+                "tx_bytes": tx,
+                "used_bytes": rx + tx,
+                "quota_bytes": quota,
+            }
+        )
+    _emit(rows, ["name", "revoked", "open_sessions", "used_bytes", "quota_bytes"], as_json)
+    return 0
+
+
+async def _client_quota(db: Database, name: str, mb: float | None) -> int:
+    from higgs.server.services.errors import NotFound
+    from higgs.server.store.usage import set_quota
+
+    if mb is not None and mb < 0:
+        raise ConfigError("--mb: must not be negative")
+    quota = None if mb is None else int(mb * 1_000_000)
+    async with db.begin() as conn:
+        if await set_quota(conn, name, quota) is None:
+            raise NotFound("client_not_found", f"no client named {name!r}")
+    shown = "unlimited" if quota is None else f"{quota} bytes per month"
+    # The running server closes open sessions over the quota at the node's next report.
+    print(f"client {name!r}: quota {shown}")
     return 0
 
 
@@ -316,6 +354,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(_with_db(settings, lambda db: _client_list(db, args.json)))
     if cmd == "client" and action == "revoke":
         return _run(_with_db(settings, lambda db: _client_revoke(db, args.name)))
+    if cmd == "client" and action == "quota":
+        mb = None if args.unlimited else args.mb
+        return _run(_with_db(settings, lambda db: _client_quota(db, args.name, mb)))
     if cmd == "nodes":
         return _run(_with_db(settings, lambda db: _nodes(db, args.json)))
     if cmd == "sessions":

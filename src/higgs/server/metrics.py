@@ -26,6 +26,11 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        for reason in (
+            "client_closed", "client_revoked", "expired", "node_stopped", "replaced",
+            "quota_exceeded",
+        ):  # fmt: skip
+            self.sessions_closed.labels(reason=reason)
         self.route_retries = Counter(
             "higgs_route_retries",
             "Route requests that chose again (conflict: a concurrent request took the address, "
@@ -46,9 +51,23 @@ class ServerMetrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # issue 15: usage accounting (services/usage.py)
+        self.usage_bytes = Counter(
+            "higgs_usage_bytes",
+            "Client bytes the nodes reported, by direction (from_clients, to_clients)",
+            ["direction"],
+            registry=r,
+        )
+        self.usage_bytes.labels(direction="from_clients")
+        self.usage_bytes.labels(direction="to_clients")
+        self.quota_closes = Counter(
+            "higgs_quota_closes", "Clients whose sessions closed at the monthly quota", registry=r
+        )
         self.rate_limited = Counter(
             "higgs_api_rate_limited",
             "Requests refused with 429, by bucket kind",
             ["kind"],
             registry=r,
         )
+        for kind in ("address", "credential", "admin_login"):  # series exist before the first 429
+            self.rate_limited.labels(kind=kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from higgs import __version__
+from higgs.server.admin.routes import admin
 from higgs.server.api.deps import ApiContext
 from higgs.server.api.errors import install_error_handlers
 from higgs.server.api.middleware import ObserveMiddleware
@@ -26,5 +27,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(probes)
+    app.include_router(admin)
     app.add_middleware(ObserveMiddleware, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes)
     return app

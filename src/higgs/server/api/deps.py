@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from higgs.common.secrets import hash_token
+from higgs.common.websession import WebSessions
 from higgs.protocol.api import NODE_ID_PATTERN
 from higgs.server.api.errors import RateLimited
 from higgs.server.api.ratelimit import RateLimiter
@@ -18,6 +19,8 @@ from higgs.server.services.errors import Forbidden, Unauthorized
 from higgs.server.services.identity import AuthedClient, IdentityService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
+from higgs.server.services.traffic import TrafficSeries
+from higgs.server.services.usage import UsageService
 from higgs.server.store.db import Database
 
 __all__ = [
@@ -41,6 +44,12 @@ class ApiContext:
     registry: RegistryService
     sessions: SessionService
     limiter: RateLimiter
+    # --- issue 15: usage/quotas and the /admin dashboard ---
+    usage: UsageService | None = None
+    traffic: TrafficSeries | None = None
+    admin_sessions: WebSessions = field(default_factory=WebSessions)
+    # Logins: a burst of 5 tries, then one per 10 s per address.
+    login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.1, 5))
 
 
 # Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``

@@ -18,6 +18,7 @@ from higgs.protocol.api import (
     AdminSessionList,
     ClientCreated,
     ClientCreateRequest,
+    ClientQuotaRequest,
     EnrollmentKeyCreated,
     EnrollmentKeyRequest,
     ErrorResponse,
@@ -42,6 +43,7 @@ from higgs.server.api.deps import (
     rate_limit,
 )
 from higgs.server.services.clock import utcnow
+from higgs.server.services.errors import Unavailable
 
 __all__ = ["probes", "v1"]
 
@@ -122,11 +124,13 @@ async def list_nodes(ctx: Ctx, client: ClientCaller) -> NodeList:
     "/routes",
     response_model=RouteResponse,
     status_code=201,
-    responses=_errors(401, 404, 409, 503),
+    responses=_errors(401, 403, 404, 409, 503),
     tags=["clients"],
     summary="Pick a node, open a session, return the WireGuard config and both paths",
 )
 async def create_route(body: RouteRequest, ctx: Ctx, client: ClientCaller) -> RouteResponse:
+    if ctx.usage is not None:  # issue 15: a used-up monthly quota refuses new routes (403)
+        await ctx.usage.check_quota(client.id)
     return await ctx.sessions.create_route(client, body)
 
 
@@ -181,6 +185,7 @@ async def admin_sessions(
 @v1.get("/admin/clients", response_model=AdminClientList, responses=_errors(401), tags=["admin"])
 async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
     records = await ctx.identity.list_clients()
+    month, usage = await ctx.usage.by_client() if ctx.usage else (None, {})
     return AdminClientList(
         clients=[
             AdminClient(
@@ -189,10 +194,33 @@ async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
                 revoked=r.revoked,
                 revoked_at=r.revoked_at,
                 open_sessions=r.open_sessions,
+                month=month,
+                rx_bytes=usage.get(r.name, (0, 0, None))[0],
+                tx_bytes=usage.get(r.name, (0, 0, None))[1],
+                quota_bytes=usage.get(r.name, (0, 0, None))[2],
             )
             for r in records
         ]
     )
+
+
+@v1.put(
+    "/admin/clients/{name}/quota",
+    status_code=204,
+    responses=_errors(401, 404),
+    tags=["admin"],
+    summary="Set a client's monthly quota (bytes both ways; null = unlimited)",
+)
+async def admin_set_quota(
+    body: ClientQuotaRequest,
+    ctx: Ctx,
+    _admin: AdminCaller,
+    name: Annotated[str, Path(pattern=CLIENT_NAME_PATTERN, description="client name")],
+) -> Response:
+    if ctx.usage is None:
+        raise Unavailable("usage_off", "usage accounting is not running")
+    await ctx.usage.set_quota(name, body.quota_bytes)
+    return Response(status_code=204)
 
 
 @v1.post(

@@ -10,6 +10,7 @@ from higgs.protocol import control
 from higgs.protocol.api import PeerStat
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
+from higgs.server.services.usage import UsageService
 
 __all__ = ["ServerEvents"]
 
@@ -30,9 +31,12 @@ class ServerEvents:
     def __init__(self) -> None:
         self._registry: RegistryService | None = None
         self._sessions: SessionService | None = None
+        self._usage: UsageService | None = None
 
-    def bind(self, registry: RegistryService, sessions: SessionService) -> None:
-        self._registry, self._sessions = registry, sessions
+    def bind(
+        self, registry: RegistryService, sessions: SessionService, usage: UsageService | None = None
+    ) -> None:
+        self._registry, self._sessions, self._usage = registry, sessions, usage
 
     async def node_link_up(self, node_id: str) -> None:
         log.info("node link up", extra={"node_id": node_id})
@@ -54,6 +58,8 @@ class ServerEvents:
             if self._sessions is not None:
                 stats = [PeerStat(**p.model_dump()) for p in parsed.peers if _is_key(p.public_key)]
                 await self._sessions.renew_by_handshake(node_id, stats)
+                if self._usage is not None:  # issue 15: usage and quotas
+                    await self._usage.record(node_id, stats)
             return
         log.info("control message ignored", extra={"node_id": node_id, "type": parsed.type})
 

@@ -152,6 +152,14 @@ class IdentityService:
             rows = (await s.scalars(select(EnrollmentKey).order_by(EnrollmentKey.id))).all()
         return [EnrollmentRecord(r.id, r.uses_left, r.expires_at, r.created_at) for r in rows]
 
+    async def revoke_enrollment_key(self, key_id: int) -> None:
+        """No further node can enroll with the key (its uses drop to zero)."""
+        async with self.db.transaction() as s:
+            row = await s.get(EnrollmentKey, key_id, with_for_update=True)
+            if row is None:
+                raise NotFound("enrollment_key_not_found", f"no enrollment key {key_id}")
+            row.uses_left = 0
+
     @staticmethod
     async def consume_enrollment_key(s: AsyncSession, key: str) -> int:
         """Uses one use of the key inside the caller's transaction; returns the key's id."""

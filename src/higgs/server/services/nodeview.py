@@ -55,6 +55,8 @@ class NodeFacts:
     budget_left_mb: float | None = None
     budget_total_mb: float | None = None
     latency_ms: float | None = None
+    # The owner's pause switch (issue 15): a paused node takes no new sessions.
+    paused: bool = False
     open_sessions: int = 0
     # The endpoint the node's router mapped (services.reachability); offered as ``endpoint``
     # only once a probe verified it.
@@ -92,6 +94,7 @@ class NodeFacts:
         self.latency_ms = metric_number(metrics, "latency_ms")
         ipv6 = (metrics or {}).get("ipv6")
         self.ipv6 = ipv6 if isinstance(ipv6, bool) else None
+        self.paused = (metrics or {}).get("paused") is True
         mtu = (metrics or {}).get("tunnel_mtu")
         if isinstance(mtu, int) and not isinstance(mtu, bool):
             self.tunnel_mtu = mtu
@@ -110,7 +113,7 @@ class NodeFacts:
         open_n = self.open_sessions - (1 if replacing else 0)
         candidate = routing.Candidate(
             node_id=self.node_id,
-            state=self.state,
+            state="paused" if self.paused and self.state == "online" else self.state,
             open_sessions=open_n,
             max_clients=self.max_clients,
             country=self.country,

@@ -38,6 +38,7 @@ from higgs.server.services.identity import IdentityService
 from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.reachability import ReachabilityService, new_nonce
 from higgs.server.services.sessions import SessionService
+from higgs.server.services.usage import UsageService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.states import NodeState, SessionState
@@ -69,6 +70,7 @@ class RegistryService:
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
         self.reachability = ReachabilityService(db, sessions.nodes)
+        self.usage: UsageService | None = None  # issue 15: set by the server
 
     async def register(
         self, credential: str, req: NodeRegisterRequest
@@ -214,6 +216,8 @@ class RegistryService:
         if req.port_mapping is not None:
             pm = req.port_mapping
             await self.reachability.heartbeat(node_id, pm.external_endpoint if pm.method else None)
+        if self.usage is not None and req.peer_stats:  # issue 15: usage and quotas
+            await self.usage.record(node_id, req.peer_stats)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )

@@ -26,7 +26,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AdminToken", "Base", "Client", "EnrollmentKey", "Node", "Session", "UTCDateTime"]
+__all__ = [
+    "AdminToken",
+    "Base",
+    "Client",
+    "ClientUsage",
+    "EnrollmentKey",
+    "Node",
+    "Session",
+    "UTCDateTime",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -124,6 +133,22 @@ class Client(Base):
     created_at: Mapped[datetime]
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked_at: Mapped[datetime | None]
+    # Monthly volume quota (bytes both ways, UTC calendar month); None = unlimited.
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+
+class ClientUsage(Base):
+    """Bytes a client account moved through nodes in one UTC calendar month (``YYYY-MM``),
+    from the nodes' per-peer counters (services/usage.py)."""
+
+    __tablename__ = "client_usage"
+
+    client_id: Mapped[int] = mapped_column(
+        ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Session(Base):

@@ -1,0 +1,1 @@
+"""bosonserver's operator dashboard under ``/admin`` (docs/dashboard.md)."""

@@ -1,0 +1,110 @@
+"""The /admin dashboard over HTTP: login, cookie, CSRF, same-origin, CSP, escaping, SSE."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.integration.server.conftest import Harness
+
+
+def _origin(srv: Harness) -> dict[str, str]:
+    return {"Origin": srv.server.api_url}
+
+
+async def _login(srv: Harness) -> str:
+    """Logs the harness's client in (it keeps the cookie); returns the page's CSRF token."""
+    r = await srv.http.post("/admin/login", data={"token": srv.admin_token}, headers=_origin(srv))
+    assert r.status_code == 303, r.text
+    page = await srv.http.get("/admin/clients")
+    match = re.search(r'<meta name="csrf" content="([^"]+)"', page.text)
+    assert match
+    return match.group(1)
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_pages_carry_a_csp(srv: Harness) -> None:
+    r = await srv.http.get("/admin/")
+    assert (r.status_code, r.headers["location"]) == (303, "/admin/login")
+    r = await srv.http.get("/admin/login")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    # No Origin (or another site's): refused before the token is even looked at.
+    r = await srv.http.post("/admin/login", data={"token": srv.admin_token})
+    assert r.status_code == 403
+    r = await srv.http.post(
+        "/admin/login", data={"token": srv.admin_token}, headers={"Origin": "http://evil.test"}
+    )
+    assert r.status_code == 403
+    r = await srv.http.post("/admin/login", data={"token": "hga_nope"}, headers=_origin(srv))
+    assert r.status_code == 401
+    r = await srv.http.post("/admin/login", data={"token": srv.admin_token}, headers=_origin(srv))
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/admin" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; TLS adds it
+    assert srv.admin_token not in cookie
+
+
+async def test_logins_are_rate_limited(srv: Harness) -> None:
+    codes = [
+        (
+            await srv.http.post("/admin/login", data={"token": "hga_x"}, headers=_origin(srv))
+        ).status_code
+        for _ in range(7)
+    ]
+    assert codes[:5] == [401] * 5
+    assert codes[-1] == 429
+    r = await srv.http.post("/admin/login", data={"token": srv.admin_token}, headers=_origin(srv))
+    assert r.status_code == 429  # even the right token waits: guessing must not pay
+
+
+async def test_changes_need_the_csrf_token_and_the_same_origin(srv: Harness) -> None:
+    csrf = await _login(srv)
+    r = await srv.http.post(
+        "/admin/clients", data={"name": "mallory", "csrf": "wrong"}, headers=_origin(srv),
+    )  # fmt: skip
+    assert r.status_code == 403
+    r = await srv.http.post(
+        "/admin/clients", data={"name": "mallory", "csrf": csrf},
+        headers={"Origin": "http://evil.test"},
+    )  # fmt: skip
+    assert r.status_code == 403
+    assert "mallory" not in [c.name for c in await srv.ctx.identity.list_clients()]
+    r = await srv.http.post(
+        "/admin/clients", data={"name": "alice", "csrf": csrf}, headers=_origin(srv),
+    )  # fmt: skip
+    assert r.status_code == 200
+    token = re.search(r'<code id="secret">(hgc_[^<]+)</code>', r.text)
+    assert token  # shown once, in the answer to the change
+    assert (await srv.ctx.identity.authenticate_client(token.group(1))).name == "alice"
+    r = await srv.http.post(
+        "/admin/clients/alice/quota", data={"quota_mb": "abc", "csrf": csrf},
+        headers=_origin(srv),
+    )  # fmt: skip
+    assert r.status_code == 200
+    assert "quota: a number of MB" in r.text
+
+
+async def test_values_from_nodes_are_escaped_and_stream_as_json(srv: Harness) -> None:
+    payload = "<script>alert(1)</script>"
+    await srv.node(region=payload)
+    await _login(srv)
+    page = await srv.http.get("/admin/")
+    assert payload not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    async with srv.http.stream("GET", "/admin/events/nodes") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                data = json.loads(line[6:])
+                break
+    (row,) = data["tables"]["nodes"]["rows"]
+    assert row[3] == payload  # JSON text, written with textContent by admin.js
+    srv.http.cookies.clear()  # the client keeps the session cookie: log out of it
+    r = await srv.http.get("/admin/events/nodes")
+    assert r.status_code == 401
