@@ -170,9 +170,11 @@ def _hostile(rng: random.Random, *, node: bool) -> tuple[Send, Counter[str]]:
             return _text(b'{"no_type": 1}'), Counter(malformed=1)
         return _text(b'{"type": "peer_add", "x": 1}'), Counter(unknown_type=1)
     if pick < 86:  # a continuation of nothing
-        return _orphan_continuation(garbage), Counter(malformed=1)
+        return _orphan_continuation(b"\x00" + garbage), Counter(malformed=1)
     if pick < 94:  # a new message in the middle of a fragmented one, both garbage
-        return _interrupted_fragment(garbage, b"\x01" + garbage), Counter(malformed=2)
+        # (the second overruns itself: random bytes can form a valid frame once in 2^16)
+        second = struct.pack(">BIH", 1, VICTIM_CHANNEL, len(garbage) + 1) + garbage
+        return _interrupted_fragment(garbage, second), Counter(malformed=2)
     if pick < 97:  # one frame over the relay's limit
         return _binary(b"\x01" + rng.randbytes(MAX_FRAME_SIZE)), Counter(malformed=1)
     return _oversized_in_fragments(MAX_FRAME_SIZE + 100), Counter(malformed=1)
