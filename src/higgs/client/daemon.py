@@ -30,6 +30,7 @@ from higgs.client.connect import ConnectError, Connector, Tunnel
 from higgs.client.host import LinuxTunnelHost
 from higgs.client.latency import icmp_rtt_ms
 from higgs.client.relay_path import BridgedRelayPath
+from higgs.client.reroute import STALE_HANDSHAKE_S, reroute_reason, session_gone
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.status import StatusReport, write_status
@@ -44,16 +45,12 @@ __all__ = ["STALE_HANDSHAKE_S", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
-# WireGuard re-handshakes every 2 minutes while traffic (or keepalive) flows; a peer whose
-# last handshake is older than this is gone (REJECT_AFTER_TIME is 180 s).
-STALE_HANDSHAKE_S = 200.0
 STATUS_EVERY_S = 2.0
 PING_EVERY_S = 10.0
 # How often the server is asked whether our node is still online: a node that crashed (no
 # graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
 # that long before WireGuard's own handshake goes stale.
 NODE_CHECK_EVERY_S = 15.0
-_SESSION_GONE = {404, 409, 410}
 
 
 @dataclass
@@ -160,7 +157,7 @@ class Daemon:
             except ApiError as exc:
                 self.health.renew_failures += 1
                 self.health.last_error = str(exc)
-                if exc.status in _SESSION_GONE:
+                if session_gone(exc.status):
                     log.warning("the server no longer has our session: %s", exc)
                     self.reroute_why = "the server no longer has our session"
                     self.reroute_needed.set()
@@ -177,7 +174,7 @@ class Daemon:
             tunnel = self.tunnel
             assert tunnel is not None
             stats = await asyncio.to_thread(self.host.peer_stats)
-            reason = self._reroute_reason(tunnel, stats)
+            reason = reroute_reason(tunnel, stats)
             if reason or self.reroute_needed.is_set():
                 reason = reason or self.reroute_why or "the session is gone"
                 self.health.state = "reconnecting"
@@ -198,15 +195,6 @@ class Daemon:
                 self.health.renew_failures = 0
                 self._close_old_session(tunnel)
             await self._write_status()
-
-    def _reroute_reason(self, tunnel: Tunnel, stats: Any) -> str | None:
-        if tunnel.relay is not None and tunnel.relay.closed_reason is not None:
-            return f"relay link closed: {tunnel.relay.closed_reason}"
-        age = stats.handshake_age() if stats is not None else None
-        since = time.time() - tunnel.connected_at
-        if since > STALE_HANDSHAKE_S and (age is None or age > STALE_HANDSHAKE_S):
-            return f"no handshake with node {tunnel.route.node.node_id} for {STALE_HANDSHAKE_S:g}s"
-        return None
 
     def _close_old_session(self, old: Tunnel) -> None:
         async def close() -> None:

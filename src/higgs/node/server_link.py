@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import write_secret_file
+from higgs.daemon import rest
 from higgs.protocol.api import NodeRegisterRequest, NodeRegisterResponse
 
 __all__ = [
@@ -119,21 +120,8 @@ class LinkStatus:
 
 
 def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        if isinstance(body, dict) and "message" in body:
-            return str(body["message"])
-    except ValueError:
-        pass
-    return f"HTTP {response.status_code}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return min(300.0, float(value)) if value else None
-    except ValueError:
-        return None
+    _, message = rest.error_body(response)
+    return message or f"HTTP {response.status_code}"
 
 
 class ServerLink:
@@ -148,6 +136,7 @@ class ServerLink:
         on_identity: Callable[[Identity], Awaitable[None]] | None = None,
         timeout_s: float = 10.0,
         backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._enroll_key = enroll_key
@@ -156,7 +145,9 @@ class ServerLink:
         self._heartbeat_body = heartbeat_body
         self._on_identity = on_identity
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
-        self._client = httpx.AsyncClient(base_url=self.server, timeout=timeout_s, trust_env=False)
+        self._client = rest.new_client(
+            self.server, timeout=timeout_s, user_agent="higgsnode", transport=transport
+        )
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
         self._fresh = False  # registered during this run already
@@ -297,7 +288,7 @@ class ServerLink:
             )
             return self.identity.heartbeat_interval_s
         if response.status_code != 200:
-            raise _Transient(_error_message(response), _retry_after(response))
+            raise _Transient(_error_message(response), rest.retry_after(response))
         try:
             interval = float(response.json().get("heartbeat_interval_s"))
         except (ValueError, TypeError, AttributeError):
@@ -313,7 +304,7 @@ class ServerLink:
         except httpx.HTTPError as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 500 or response.status_code == 429:
-            raise _Transient(_error_message(response), _retry_after(response))
+            raise _Transient(_error_message(response), rest.retry_after(response))
         return response
 
     # ---- the loop ----------------------------------------------------------------------
