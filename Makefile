@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup check test lint typecheck unit integration e2e demo demo-stock bench bench-smoke lock clean
+.PHONY: setup check test soak lint typecheck unit integration e2e demo demo-stock bench bench-smoke lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,10 @@ check: lint typecheck unit
 # pytest's exit code 5 (no tests collected) fails the target on purpose.
 test: lint typecheck
 	$(PY) -m pytest tests --durations=25
+
+# The million-frame hostile storms (docs/testing-hostile.md); `make test` runs short versions.
+soak: setup
+	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
 
 unit: setup
 	$(PY) -m pytest tests/unit

@@ -30,7 +30,7 @@ import logging
 import struct
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import dns.asyncquery
@@ -40,6 +40,7 @@ import dns.message
 import dns.rcode
 import httpx
 
+from higgs.node.dns_drops import DnsDropReason, reason_for
 from higgs.node.settings import Upstream
 
 __all__ = ["DnsForwarder", "ForwarderStats"]
@@ -54,14 +55,17 @@ _DNS_MESSAGE = "application/dns-message"
 
 @dataclass
 class ForwarderStats:
-    """Counters, by name. ``upstream`` counts outcomes per upstream label."""
+    """Counters, by name. ``upstream`` counts outcomes per upstream label; ``drops`` counts
+    the queries in ``dropped_malformed`` by reason."""
 
     counters: Counter[str]
     upstream: dict[str, Counter[str]]
+    drops: Counter[DnsDropReason] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         return {
             **dict(self.counters),
+            "drops": {k.value: v for k, v in self.drops.items()},
             "upstreams": {k: dict(v) for k, v in self.upstream.items()},
         }
 
@@ -172,13 +176,20 @@ class DnsForwarder:
     def _parse_query(self, data: bytes) -> dns.message.Message | None:
         try:
             query = dns.message.from_wire(data)
-        except Exception:  # dnspython raises many kinds on junk; all mean "not a query"
-            self._count("dropped_malformed")
+        except Exception as exc:  # dnspython raises many kinds on junk; all mean "not a query"
+            self._drop(reason_for(exc))
             return None
-        if query.flags & dns.flags.QR or len(query.question) != 1:
-            self._count("dropped_malformed")
+        if query.flags & dns.flags.QR:
+            self._drop(DnsDropReason.NOT_A_QUERY)
+            return None
+        if len(query.question) != 1:
+            self._drop(DnsDropReason.QUESTION_COUNT)
             return None
         return query
+
+    def _drop(self, reason: DnsDropReason) -> None:
+        self._count("dropped_malformed")
+        self._stats.drops[reason] += 1
 
     def _spawn(self, coro: asyncio.Future[None] | object) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]

@@ -263,7 +263,10 @@ class RelayLink:
         except (json.JSONDecodeError, UnicodeDecodeError):
             self.malformed += 1
             return
-        if isinstance(message, dict) and self._on_text_cb is not None:
+        if not isinstance(message, dict):  # JSON, but no control message: count it too
+            self.malformed += 1
+            return
+        if self._on_text_cb is not None:
             self._on_text_cb(message)
 
     def _on_connected(self, transport: WSTransport) -> None:
