@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
 )
 
 from higgs.common.keys import validate_public_key
@@ -33,6 +33,9 @@ __all__ = [
     "API_PREFIX",
     "CLIENT_NAME_PATTERN",
     "CLOSE_REASONS",
+    "NODE_ID_PATTERN",
+    "PUBLIC_KEY_PATTERN",
+    "SESSION_ID_PATTERN",
     "AdminClient",
     "AdminClientList",
     "AdminNode",
@@ -95,20 +98,29 @@ CloseReason = Literal[
 CLOSE_REASONS: tuple[str, ...] = CloseReason.__args__  # type: ignore[attr-defined]
 
 
+# A WireGuard (X25519) public key in canonical base64: 32 bytes are 43 characters whose last
+# carries 2 bits of padding (so only 16 letters can end it), then one '='. Published in the
+# OpenAPI schema so that clients (and the contract fuzzer) know the exact format.
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+
+
 def _public_key(value: str) -> str:
     return validate_public_key(value)
 
 
-PublicKey = Annotated[str, AfterValidator(_public_key)]
-"""A base64 WireGuard public key (32 bytes); normalised to canonical base64."""
+PublicKey = Annotated[
+    str,
+    StringConstraints(min_length=44, max_length=44, pattern=PUBLIC_KEY_PATTERN),
+    AfterValidator(_public_key),
+]
+"""A base64 WireGuard public key (32 bytes), in canonical base64 (44 characters)."""
 
 
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
-
-
-CountryCode = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{2}$")]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(str.upper)]
 """ISO 3166-1 alpha-2 country code; lower case is accepted and upper-cased."""
+
+
+_COUNTER_MAX = 2**53 - 1  # the largest integer every JSON parser holds exactly
 
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
@@ -143,7 +155,14 @@ def _endpoint(value: str) -> str:
     return value
 
 
-Endpoint = Annotated[str, StringConstraints(max_length=300), AfterValidator(_endpoint)]
+# Semantic string formats: JSON Schema cannot express them as patterns, so the schema names
+# them (``format``) and the description says what they are; the validators enforce them.
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=300),
+    AfterValidator(_endpoint),
+    Field(json_schema_extra={"format": "endpoint"}),
+]
 """A UDP endpoint ``host:port`` or ``[ipv6]:port``."""
 
 
@@ -164,7 +183,12 @@ def _tunnel_subnet(value: str) -> str:
     return str(net)
 
 
-TunnelSubnet = Annotated[str, AfterValidator(_tunnel_subnet)]
+TunnelSubnet = Annotated[
+    str,
+    StringConstraints(min_length=9, max_length=18),
+    AfterValidator(_tunnel_subnet),
+    Field(json_schema_extra={"format": "ipv4-private-network"}),
+]
 
 _ULA = ipaddress.IPv6Network("fc00::/7")
 
@@ -183,7 +207,12 @@ def _tunnel_subnet_v6(value: str) -> str:
     return str(net)
 
 
-TunnelSubnetV6 = Annotated[str, AfterValidator(_tunnel_subnet_v6)]
+TunnelSubnetV6 = Annotated[
+    str,
+    StringConstraints(min_length=6, max_length=43),
+    AfterValidator(_tunnel_subnet_v6),
+    Field(json_schema_extra={"format": "ipv6-ula-network"}),
+]
 
 
 def node_address_v6(subnet_v6: str) -> ipaddress.IPv6Interface:
@@ -219,6 +248,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class _Request(_Model):
+    # Requests are validated strictly: ``"ipv6": 0`` or ``"port": "80"`` is a 422 naming the
+    # field, not a silent coercion, so what the schema says is exactly what is accepted.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: object) -> object:
+        # JSON has one number type: 2.0 *is* the integer 2 for JSON Schema, which strict
+        # validation would refuse. Strings and booleans stay refused; a float field takes 2.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
 class ErrorResponse(_Model):
     """Every non-2xx answer. ``error`` is a stable code, ``message`` names the bad field."""
 
@@ -234,7 +278,7 @@ class Health(_Model):
 # --- nodes -----------------------------------------------------------------------------------
 
 
-class NodeRegisterRequest(_Model):
+class NodeRegisterRequest(_Request):
     """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
 
     public_key: PublicKey
@@ -267,23 +311,23 @@ class NodeRegisterResponse(_Model):
     )
 
 
-class PeerStat(_Model):
+class PeerStat(_Request):
     public_key: PublicKey
-    rx_bytes: int = Field(default=0, ge=0)
-    tx_bytes: int = Field(default=0, ge=0)
+    rx_bytes: int = Field(default=0, ge=0, le=_COUNTER_MAX)
+    tx_bytes: int = Field(default=0, ge=0, le=_COUNTER_MAX)
     last_handshake_s: float | None = Field(
         default=None, ge=0, description="seconds since the last handshake; null = never"
     )
 
 
-class HeartbeatRequest(_Model):
+class HeartbeatRequest(_Request):
     """``POST /v1/nodes/{node_id}/heartbeat``; every metric is optional."""
 
     cpu_percent: float | None = Field(default=None, ge=0, le=100)
     memory_percent: float | None = Field(default=None, ge=0, le=100)
-    peers: int | None = Field(default=None, ge=0)
-    rx_bytes: int | None = Field(default=None, ge=0)
-    tx_bytes: int | None = Field(default=None, ge=0)
+    peers: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
+    rx_bytes: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
+    tx_bytes: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
     budget_left_mb: float | None = Field(
         default=None, ge=0, description="bandwidth budget left this period; null = unlimited"
     )
@@ -323,7 +367,7 @@ class NodeList(_Model):
 # --- routes and sessions ---------------------------------------------------------------------
 
 
-class RouteRequest(_Model):
+class RouteRequest(_Request):
     """``POST /v1/routes`` with ``Authorization: Bearer hgc_…``."""
 
     client_public_key: PublicKey
@@ -449,7 +493,7 @@ ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME_PATTERN)]
 """1-64 letters, digits, ``_ . @ -``; starts with a letter or digit."""
 
 
-class ClientCreateRequest(_Model):
+class ClientCreateRequest(_Request):
     """``POST /v1/admin/clients`` (the API form of ``bosonserver client add``)."""
 
     name: ClientName
@@ -460,7 +504,7 @@ class ClientCreated(_Model):
     token: str = Field(description="hgc_ token; shown only in this answer")
 
 
-class EnrollmentKeyRequest(_Model):
+class EnrollmentKeyRequest(_Request):
     """``POST /v1/admin/enrollment-keys`` (the API form of ``bosonserver enroll create``)."""
 
     uses: int = Field(default=1, ge=1, le=100_000)
