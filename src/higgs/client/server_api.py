@@ -16,6 +16,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from higgs.common.errors import HiggsError
+from higgs.common.tls import client_context
 from higgs.protocol.api import (
     NodeList,
     RouteMode,
@@ -62,7 +63,7 @@ class ServerApi:
         headers = {"User-Agent": "higgsvpn"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        verify: Any = str(ca_file) if ca_file else True
+        verify: Any = client_context(ca_file)
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,

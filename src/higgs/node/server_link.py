@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import write_secret_file
+from higgs.common.tls import client_context
 from higgs.protocol.api import NodeRegisterRequest, NodeRegisterResponse
 
 __all__ = [
@@ -156,7 +157,9 @@ class ServerLink:
         self._heartbeat_body = heartbeat_body
         self._on_identity = on_identity
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
-        self._client = httpx.AsyncClient(base_url=self.server, timeout=timeout_s, trust_env=False)
+        self._client = httpx.AsyncClient(
+            base_url=self.server, timeout=timeout_s, trust_env=False, verify=client_context()
+        )
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
         self._fresh = False  # registered during this run already
