@@ -31,6 +31,7 @@ from picows import (
 )
 from prometheus_client import CollectorRegistry
 
+from higgs.common.secrets import tokens_equal
 from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import NodeLink, SessionLink, _Link
@@ -199,7 +200,7 @@ class RelayHubServer:
         node = self._nodes.get(node_id)
         if node is None:
             node = self._nodes[node_id] = NodeEntry(node_id)
-        if node.token_hash is not None and node.token_hash != token_hash:
+        if node.token_hash is not None and not tokens_equal(node.token_hash, token_hash):
             self._node_tokens.pop(node.token_hash, None)
         node.token_hash = token_hash
         self._node_tokens[token_hash] = node
