@@ -55,6 +55,8 @@ __all__ = [
     "Health",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "KeyChallenge",
+    "KeyProof",
     "NodeId",
     "NodeList",
     "NodeRegisterRequest",
@@ -278,6 +280,22 @@ class Health(_Model):
 # --- nodes -----------------------------------------------------------------------------------
 
 
+class KeyChallenge(_Model):
+    """``POST /v1/nodes/challenge``: what a node needs to prove it holds its private key
+    (protocol/keyproof.py)."""
+
+    nonce: str = Field(description="single use; send it back in the registration's proof")
+    server_key: str = Field(description="the server's static X25519 public key (base64)")
+    expires_in_s: int
+
+
+class KeyProof(_Request):
+    """``HMAC-SHA256(HKDF(X25519(node_private, server_key)), nonce ‖ public_key)``."""
+
+    nonce: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    mac: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
 class NodeRegisterRequest(_Request):
     """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
 
@@ -298,6 +316,11 @@ class NodeRegisterRequest(_Request):
     country: CountryCode | None = None
     region: Annotated[str, StringConstraints(max_length=64)] | None = None
     version: Annotated[str, StringConstraints(max_length=32)] = ""
+    proof: KeyProof | None = Field(
+        default=None,
+        description="proof of the private key (from POST /v1/nodes/challenge); required "
+        "unless the server allows unproven keys",
+    )
 
 
 class NodeRegisterResponse(_Model):

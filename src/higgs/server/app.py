@@ -35,6 +35,7 @@ from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
+from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.store.db import Database
@@ -168,6 +169,7 @@ class BosonServer:
         self._hub = hub = self._hub_factory(events, self.metrics.registry)
         sessions = SessionService(db, hub, s, self.metrics)
         registry = RegistryService(db, hub, s, self.metrics, sessions, identity)
+        registry.challenges = ChallengeService.load(s.data_dir, required=s.require_key_proof)
         events.bind(registry, sessions)
 
         relay_host, relay_port = split_listen(s.relay_listen)

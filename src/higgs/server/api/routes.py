@@ -24,6 +24,7 @@ from higgs.protocol.api import (
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
+    KeyChallenge,
     NodeList,
     NodeRegisterRequest,
     NodeRegisterResponse,
@@ -77,6 +78,18 @@ async def register_node(
     answer, created = await ctx.registry.register(credential, body)
     response.status_code = 201 if created else 200
     return answer
+
+
+@v1.post(
+    "/nodes/challenge",
+    response_model=KeyChallenge,
+    responses=_errors(),
+    tags=["nodes"],
+    summary="A single-use nonce and the server's key, to prove the node's private key",
+)
+async def key_challenge(ctx: Ctx) -> KeyChallenge:
+    assert ctx.registry.challenges is not None
+    return ctx.registry.challenges.issue()
 
 
 @v1.post(
