@@ -82,7 +82,9 @@ async def register_nodes(
             # refusals are counted and reported.
             for attempt in range(_REGISTER_TRIES):
                 # Like higgsnode: a fresh challenge, answered with the node's key.
-                async with client.post("/v1/nodes/challenge") as r:
+                async with client.post(
+                    "/v1/nodes/challenge", headers={"Authorization": f"Bearer {enroll_key}"}
+                ) as r:
                     challenge = await r.json() if r.status == 200 else None
                 if challenge is not None:
                     body["proof"] = {

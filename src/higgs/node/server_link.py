@@ -3,7 +3,8 @@
 - **Register** (``POST /v1/nodes/register``) with the node's own token when it has one, else with
   the enrollment key. The answer (node id, node token, relay URL, heartbeat interval) is kept in
   ``<state-dir>/identity.json`` (0600), so a restart keeps the same identity without spending
-  another use of the enrollment key.
+  another use of the enrollment key. Each attempt first fetches a challenge
+  (``POST /v1/nodes/challenge``) and proves the node's private key with it (protocol §2.1).
 - **Heartbeat** at the interval the server gives, with real metrics. A 401, 403, 404 or 409
   means the server has forgotten or stopped the node (its database was reset, the node was
   deleted or deregistered): register again.
@@ -193,7 +194,7 @@ class ServerLink:
             )
         for kind, token in credentials:
             body = dict(self._registration)
-            proof = await self._key_proof()
+            proof = await self._key_proof(token)
             if proof is not None:
                 body["proof"] = proof
             response = await self._post("/v1/nodes/register", json=body, token=token)
@@ -216,16 +217,20 @@ class ServerLink:
             "given: pass --enroll-key hge_…"
         )
 
-    async def _key_proof(self) -> dict[str, str] | None:
+    async def _key_proof(self, token: str) -> dict[str, str] | None:
         """A fresh challenge answered with our private key (docs/protocol.md §2.1); None
         without a key or from a server that predates the proof (404: it registers without)."""
         if self._private_key is None:
             return None
         try:
-            response = await self._client.post("/v1/nodes/challenge")
+            response = await self._client.post(
+                "/v1/nodes/challenge", headers={"authorization": f"Bearer {token}"}
+            )
         except httpx.HTTPError as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code == 404:
+        if response.status_code in (401, 403, 404):
+            # 404: a server older than the proof. 401/403: this credential is refused; the
+            # registration without a proof gets the same refusal and tries the next one.
             return None
         if response.status_code != 200:
             raise _Transient(_error_message(response), _retry_after(response))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.parametrize("settings_overrides", [{"require_key_proof"
 
 
 async def _challenge(srv: Harness) -> dict[str, Any]:
-    r = await srv.http.post("/v1/nodes/challenge")
+    r = await srv.http.post("/v1/nodes/challenge", headers=bearer(await srv.enrollment_key()))
     assert r.status_code == 200, r.text
     data: dict[str, Any] = r.json()
     return data

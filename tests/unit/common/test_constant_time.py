@@ -58,9 +58,7 @@ def offending_comparisons(source: str) -> list[tuple[int, str]]:
 
 
 def test_scanner_finds_a_plain_token_comparison() -> None:
-    assert offending_comparisons("ok = given_token == stored.token_hash\n") == [
-        (1, "given_token")
-    ]
+    assert offending_comparisons("ok = given_token == stored.token_hash\n") == [(1, "given_token")]
     assert offending_comparisons("ok = hmac.compare_digest(a_token, b_token)\n") == []
     assert offending_comparisons("q = Node.token_hash == digest\n") == []
 

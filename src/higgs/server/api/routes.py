@@ -83,11 +83,11 @@ async def register_node(
 @v1.post(
     "/nodes/challenge",
     response_model=KeyChallenge,
-    responses=_errors(),
+    responses=_errors(401),
     tags=["nodes"],
     summary="A single-use nonce and the server's key, to prove the node's private key",
 )
-async def key_challenge(ctx: Ctx) -> KeyChallenge:
+async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChallenge:
     assert ctx.registry.challenges is not None
     return ctx.registry.challenges.issue()
 
