@@ -228,8 +228,8 @@ class ServerLink:
             )
         except httpx.HTTPError as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code in (401, 403, 404):
-            # 404: a server older than the proof. 401/403: this credential is refused; the
+        if response.status_code in (401, 403, 404, 405):
+            # 404/405: a server older than the proof. 401/403: this credential is refused; the
             # registration without a proof gets the same refusal and tries the next one.
             return None
         if response.status_code != 200:
