@@ -16,11 +16,11 @@ from pathlib import Path
 
 from bench.harness import ProcSample, percentile, sample_procs
 from higgs.lab import Host, Lab
+from higgs.lab.lab import IPERF_PORT
 from higgs.lab.procs import pids_in_netns
 
 __all__ = ["HOSTS", "E2eSizes", "measure_row", "parse_iperf", "parse_ping"]
 
-IPERF_PORT = 5201
 # Hosts whose processes' CPU is charged to the row (the tunnel's three parties).
 HOSTS = ("client", "node", "server")
 # The measuring tools run in the client namespace too; their CPU is not the tunnel's.

@@ -12,18 +12,15 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from higgs.lab import Lab, LabError
+from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
+from higgs.lab.wait import wait_until
 
 __all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "product_tunnel"]
-
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 
 
 def _py(module: str, *args: str) -> list[str]:
@@ -31,11 +28,7 @@ def _py(module: str, *args: str) -> list[str]:
 
 
 def _wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    wait_until(what, check, timeout, every)
 
 
 def relayed_datagrams(lab: Lab, url: str) -> float:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
@@ -26,10 +25,9 @@ import pytest
 
 from higgs.lab import Host, Lab
 from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
+from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
+from higgs.lab.wait import wait_until as lab_wait_until
 
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 DNS_NAME = "www.example.test"
 
 
@@ -44,17 +42,9 @@ def _py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: S110 - keep polling until the deadline
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+def wait_until(what: str, check: Callable[[], object], timeout: float, every: float = 0.5) -> None:
+    """The lab's wait_until; a check that raises (a service still starting) means "not yet"."""
+    lab_wait_until(what, check, timeout, every, tolerate=(Exception,))
 
 
 @dataclass

@@ -16,12 +16,12 @@ import pytest
 
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
+from higgs.lab.product import API_PORT
 from tests.integration.node.nodelab import REPO, NodeRun, host_state, osnet_state, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 ENROLL = "hge_" + "e" * 24
-API_PORT = 8080
 
 
 def start_api(lab: Lab) -> tuple[str, LabProcess]:

@@ -16,17 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from higgs.client.process import (
-    ProcessError,
-    read_pidfile,
-    spawn_daemon,
-    stop_daemon,
-)
+from higgs.client.process import ProcessError, spawn_daemon
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.client.status import format_status, read_status
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import ConfigError, HiggsError
+from higgs.daemon import pidfile
 
 __all__ = ["build_parser", "main"]
 
@@ -135,7 +131,7 @@ def _print(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 def _connect(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _need_token(settings)
-    running = read_pidfile(settings.pid_file)
+    running = pidfile.read(settings.pid_file)
     if running is not None:
         raise HiggsError(
             f"already connected (process {running.pid}); run `higgsvpn disconnect` first"
@@ -163,13 +159,13 @@ def _connect(args: argparse.Namespace) -> int:
 
 def _disconnect(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    running = read_pidfile(settings.pid_file)
+    running = pidfile.read(settings.pid_file)
     if running is None:
         undone = _replay(settings)
         text = "not connected" + (f"; undid {undone} leftover change(s)" if undone else "")
         _print(args, {"connected": False, "undone": undone}, text)
         return 0
-    if not stop_daemon(running, timeout=45):
+    if not pidfile.stop(running, timeout=45):
         raise ProcessError(
             f"process {running.pid} did not stop within 45 s; see {settings.log_file}"
         )
@@ -199,7 +195,7 @@ def _replay(settings: ClientSettings) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    running = read_pidfile(settings.pid_file)
+    running = pidfile.read(settings.pid_file)
     report = read_status(settings.status_file) if running is not None else None
     if running is None or report is None or report.pid != running.pid:
         state = "connecting" if running is not None else "not connected"
@@ -264,7 +260,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _cleanup(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    running = read_pidfile(settings.pid_file)
+    running = pidfile.read(settings.pid_file)
     if running is not None:
         raise HiggsError(f"higgsvpn is running (process {running.pid}); use `higgsvpn disconnect`")
     from higgs.client.host import cleanup_host

@@ -212,14 +212,23 @@ class Connector:
             tunnel_addresses(wg),
         )
         exempt = await self._control_addresses(route)
-        self.host.create(self.key, tunnel_addresses(wg), wg.mtu)
-        allowed = self._allowed_ips(route)
-        self.host.route(full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt)
-        if wg.dns:
-            self.host.set_dns(wg.dns)
-        if self.settings.kill_switch_enabled:
-            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
+        await self._build(route, exempt)
         return await self.bring_up_path(route)
+
+    async def _build(self, route: RouteResponse, exempt: list[str]) -> None:
+        """Interface, routes, DNS, kill switch. The host's calls block (commands, netlink, up
+        to 10 s for wireguard-go's socket): each runs in a thread, never on the event loop."""
+        wg = route.wireguard
+        await asyncio.to_thread(self.host.create, self.key, tunnel_addresses(wg), wg.mtu)
+        allowed = self._allowed_ips(route)
+        await asyncio.to_thread(
+            self.host.route, full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt
+        )
+        if wg.dns:
+            await asyncio.to_thread(self.host.set_dns, wg.dns)
+        if self.settings.kill_switch_enabled:
+            endpoints = await self._allow_endpoints(route)
+            await asyncio.to_thread(self.host.kill_switch, allow_endpoints=endpoints)
 
     async def _resolve(self, host: str) -> list[str]:
         """IPv4 addresses of a control host, resolved before the tunnel is up (while the
@@ -261,7 +270,7 @@ class Connector:
                 if mode == "auto" and route.relay is not None
                 else self.settings.handshake_timeout_s
             )
-            self._set_peer(route, route.direct.endpoint)
+            await self._set_peer(route, route.direct.endpoint)
             if await self.wait_handshake(budget):
                 return Tunnel(route, "direct")
             errors.append(
@@ -275,7 +284,7 @@ class Connector:
         relay = self.relay_factory(route)
         try:
             await relay.start()
-            self._set_peer(route, relay.local_endpoint)
+            await self._set_peer(route, relay.local_endpoint)
             if await self.wait_handshake(self.settings.handshake_timeout_s, relay=relay):
                 return Tunnel(route, "relay", relay)
         except BaseException:
@@ -289,10 +298,14 @@ class Connector:
         )
         raise ConnectError("; ".join(errors))
 
-    def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
+    async def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
         wg = route.wireguard
-        self.host.set_peer(
-            wg.node_public_key, endpoint, self._allowed_ips(route), wg.persistent_keepalive
+        await asyncio.to_thread(
+            self.host.set_peer,
+            wg.node_public_key,
+            endpoint,
+            self._allowed_ips(route),
+            wg.persistent_keepalive,
         )
 
     async def wait_handshake(self, wait_s: float, *, relay: RelayPath | None = None) -> bool:
@@ -300,7 +313,7 @@ class Connector:
         started = time.time() - 1  # wg reports whole seconds
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            stats = self.host.peer_stats()
+            stats = await asyncio.to_thread(self.host.peer_stats)
             if stats is not None and stats.latest_handshake >= started:
                 return True
             if relay is not None and relay.closed_reason is not None:
@@ -317,14 +330,6 @@ class Connector:
         if current.relay is not None:
             await current.relay.close()
         exempt = await self._control_addresses(route)
-        self.host.reset_tunnel()
-        wg = route.wireguard
-        self.host.create(self.key, tunnel_addresses(wg), wg.mtu)
-        self.host.route(
-            full=self.settings.full_tunnel, prefixes=self._allowed_ips(route), exempt=exempt
-        )
-        if wg.dns:
-            self.host.set_dns(wg.dns)
-        if self.settings.kill_switch_enabled:
-            self.host.kill_switch(allow_endpoints=await self._allow_endpoints(route))
+        await asyncio.to_thread(self.host.reset_tunnel)
+        await self._build(route, exempt)
         return await self.bring_up_path(route)

@@ -29,14 +29,15 @@ from typing import Any
 from higgs.client.connect import ConnectError, Connector, Tunnel
 from higgs.client.host import LinuxTunnelHost
 from higgs.client.latency import icmp_rtt_ms
-from higgs.client.process import remove_pidfile, write_pidfile
 from higgs.client.relay_path import BridgedRelayPath
+from higgs.client.reroute import STALE_HANDSHAKE_S, reroute_reason, session_gone
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.status import StatusReport, write_status
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
+from higgs.daemon.pidfile import AlreadyRunning, PidFile
 from higgs.osnet.journal import Journal
 from higgs.protocol.api import RouteResponse
 
@@ -44,16 +45,12 @@ __all__ = ["STALE_HANDSHAKE_S", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
-# WireGuard re-handshakes every 2 minutes while traffic (or keepalive) flows; a peer whose
-# last handshake is older than this is gone (REJECT_AFTER_TIME is 180 s).
-STALE_HANDSHAKE_S = 200.0
 STATUS_EVERY_S = 2.0
 PING_EVERY_S = 10.0
 # How often the server is asked whether our node is still online: a node that crashed (no
 # graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
 # that long before WireGuard's own handshake goes stale.
 NODE_CHECK_EVERY_S = 15.0
-_SESSION_GONE = {404, 409, 410}
 
 
 @dataclass
@@ -136,7 +133,7 @@ class Daemon:
                 log.warning("could not close session %s: %s", tunnel.route.session_id, exc)
         await self.api.aclose()
         try:
-            self.journal.undo_all()
+            await asyncio.to_thread(self.journal.undo_all)
         except HiggsError as exc:
             problems.append(str(exc))
         self.settings.status_file.unlink(missing_ok=True)
@@ -160,7 +157,7 @@ class Daemon:
             except ApiError as exc:
                 self.health.renew_failures += 1
                 self.health.last_error = str(exc)
-                if exc.status in _SESSION_GONE:
+                if session_gone(exc.status):
                     log.warning("the server no longer has our session: %s", exc)
                     self.reroute_why = "the server no longer has our session"
                     self.reroute_needed.set()
@@ -176,13 +173,13 @@ class Daemon:
             await asyncio.sleep(STATUS_EVERY_S)
             tunnel = self.tunnel
             assert tunnel is not None
-            stats = self.host.peer_stats()
-            reason = self._reroute_reason(tunnel, stats)
+            stats = await asyncio.to_thread(self.host.peer_stats)
+            reason = reroute_reason(tunnel, stats)
             if reason or self.reroute_needed.is_set():
                 reason = reason or self.reroute_why or "the session is gone"
                 self.health.state = "reconnecting"
                 self.health.last_error = reason
-                self._write_status()
+                await self._write_status()
                 log.warning("taking a new route: %s", reason)
                 try:
                     self.tunnel = await self.connector.switch_route(tunnel)
@@ -197,16 +194,7 @@ class Daemon:
                 self.health.state = "connected"
                 self.health.renew_failures = 0
                 self._close_old_session(tunnel)
-            self._write_status()
-
-    def _reroute_reason(self, tunnel: Tunnel, stats: Any) -> str | None:
-        if tunnel.relay is not None and tunnel.relay.closed_reason is not None:
-            return f"relay link closed: {tunnel.relay.closed_reason}"
-        age = stats.handshake_age() if stats is not None else None
-        since = time.time() - tunnel.connected_at
-        if since > STALE_HANDSHAKE_S and (age is None or age > STALE_HANDSHAKE_S):
-            return f"no handshake with node {tunnel.route.node.node_id} for {STALE_HANDSHAKE_S:g}s"
-        return None
+            await self._write_status()
 
     def _close_old_session(self, old: Tunnel) -> None:
         async def close() -> None:
@@ -244,11 +232,12 @@ class Daemon:
                 )
             await asyncio.sleep(PING_EVERY_S)
 
-    def _write_status(self) -> None:
+    async def _write_status(self) -> None:
         tunnel = self.tunnel
         if tunnel is None:
             return
-        stats = self.host.peer_stats()
+        # `wg show` and the file write block: in a thread, never on the event loop.
+        stats = await asyncio.to_thread(self.host.peer_stats)
         report = StatusReport(
             pid=os.getpid(),
             state=self.health.state,
@@ -274,7 +263,7 @@ class Daemon:
             last_error=self.health.last_error,
             updated_at=time.time(),
         )
-        write_status(self.settings.status_file, report)
+        await asyncio.to_thread(write_status, self.settings.status_file, report)
 
 
 def _answer(payload: dict[str, Any]) -> None:
@@ -288,24 +277,29 @@ def _answer(payload: dict[str, Any]) -> None:
 
 
 async def _main(settings: ClientSettings) -> int:
-    handle = write_pidfile(settings.pid_file)
     try:
-        try:
-            journal = Journal(settings.journal_file)
-        except HiggsError as exc:
-            _answer({"ok": False, "error": str(exc)})
-            return 1
-        with journal:
-            if len(journal):
-                log.warning("undoing %d change(s) a previous run left behind", len(journal))
-                try:
-                    journal.replay()
-                except HiggsError as exc:
-                    _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
-                    return 1
-            return await _run(settings, journal)
-    finally:
-        remove_pidfile(settings.pid_file, handle)
+        with PidFile(settings.pid_file):
+            return await _journaled(settings)
+    except AlreadyRunning as exc:
+        _answer({"ok": False, "error": f"already connected (process {exc.pid})"})
+        return 1
+
+
+async def _journaled(settings: ClientSettings) -> int:
+    try:
+        journal = Journal(settings.journal_file)
+    except HiggsError as exc:
+        _answer({"ok": False, "error": str(exc)})
+        return 1
+    with journal:
+        if len(journal):
+            log.warning("undoing %d change(s) a previous run left behind", len(journal))
+            try:
+                await asyncio.to_thread(journal.replay)
+            except HiggsError as exc:
+                _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
+                return 1
+        return await _run(settings, journal)
 
 
 async def _run(settings: ClientSettings, journal: Journal) -> int:
@@ -338,7 +332,7 @@ async def _run(settings: ClientSettings, journal: Journal) -> int:
             message = f"{message} (every change was rolled back)"
         _answer({"ok": False, "error": message})
         return 1
-    daemon._write_status()
+    await daemon._write_status()
     _answer(
         {
             "ok": True,

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from higgs.common.errors import HiggsError
-from higgs.common.tls import client_context
+from higgs.daemon import rest
+from higgs.daemon.rest import RestError
 from higgs.protocol.api import (
     NodeList,
     RouteMode,
@@ -30,22 +30,8 @@ __all__ = ["ApiError", "ServerApi"]
 M = TypeVar("M", bound=BaseModel)
 
 
-class ApiError(HiggsError):
-    """A REST call failed. ``status`` is the HTTP status, None when the server was unreachable;
-    ``code`` is the server's stable error code when it sent one."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-    @property
-    def unreachable(self) -> bool:
-        return self.status is None
-
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status == 429
+class ApiError(RestError):
+    """A REST call of the client failed (see :class:`higgs.daemon.rest.RestError`)."""
 
 
 class ServerApi:
@@ -60,19 +46,14 @@ class ServerApi:
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"User-Agent": "higgsvpn"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        verify: Any = client_context(ca_file)
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
+        self._http = rest.new_client(
+            self.base_url,
             timeout=timeout,
-            verify=verify,
+            user_agent="higgsvpn",
+            token=token,
+            ca_file=ca_file,
             transport=transport,
-            # Never through an environment proxy: the tunnel's control plane goes straight out.
-            trust_env=False,
         )
         self.last_rtt_ms: float | None = None
 
@@ -125,10 +106,8 @@ class ServerApi:
         started = time.monotonic()
         try:
             resp = await self._http.request(method, path, json=json_body)
-        except httpx.TimeoutException as exc:
-            raise ApiError(f"the server {self.base_url} did not answer in time ({path})") from exc
         except httpx.HTTPError as exc:
-            raise ApiError(f"cannot reach the server {self.base_url}: {exc}") from exc
+            raise ApiError(str(rest.transport_error(self.base_url, path, exc))) from exc
         self.last_rtt_ms = (time.monotonic() - started) * 1000
         if resp.status_code >= 400:
             raise _error_from(resp, path)
@@ -157,17 +136,9 @@ _HINTS = {
 
 
 def _error_from(resp: httpx.Response, path: str) -> ApiError:
-    code: str | None = None
-    message = ""
-    try:
-        data = resp.json()
-        if isinstance(data, dict):
-            code = str(data.get("error")) if data.get("error") else None
-            message = str(data.get("message") or data.get("detail") or "")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        message = resp.text[:200]
+    code, message = rest.error_body(resp)
     hint = _HINTS.get(resp.status_code, "request failed")
     text = f"{path}: HTTP {resp.status_code}: {hint}"
     if message:
         text += f" (server: {message})"
-    return ApiError(text, status=resp.status_code, code=code)
+    return ApiError(text, status=resp.status_code, code=code, retry_after_s=rest.retry_after(resp))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from higgs.common.config import load_settings
+from higgs.osnet.names import DEFAULT_INTERFACE
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -42,7 +43,7 @@ class ClientSettings(BaseModel):
     server_url: str = Field(default="http://127.0.0.1:8080", description="bosonserver REST URL")
     token: str | None = Field(default=None, description="client token hgc_…", repr=False)
     state_dir: Path = DEFAULT_STATE_DIR
-    interface: str = "higgs0"
+    interface: str = DEFAULT_INTERFACE["client"]
     mode: Mode = "auto"
     node_id: str | None = None
     country: str | None = None

@@ -7,13 +7,13 @@ as connected.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from higgs.daemon import statusfile
 
 __all__ = ["StatusReport", "format_status", "read_status", "write_status"]
 
@@ -57,17 +57,14 @@ class StatusReport(BaseModel):
 
 def write_status(path: Path, report: StatusReport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as fh:
-        fh.write(report.model_dump_json())
-    os.replace(tmp, path)
+    statusfile.write(path, report.model_dump(mode="json"))
 
 
 def read_status(path: Path) -> StatusReport | None:
+    data = statusfile.read(path)
     try:
-        return StatusReport.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError):
+        return None if data is None else StatusReport.model_validate(data)
+    except ValidationError:
         return None
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ from .errors import LabError
 from .host import Host
 from .lab import Lab
 from .procs import LabProcess
+from .product import API_PORT, NODE_PORT, RELAY_PORT
 from .story import Step, StoryContext, demo_main
+from .wait import wait_until
 
 __all__ = ["STEPS", "main"]
 
-API_PORT = 8080
-RELAY_PORT = 8081
-NODE_PORT = 51820
 DNS_NAME = "www.example.test"
 
 
@@ -73,11 +71,7 @@ def _vpn(ctx: StoryContext, *args: str, check: bool = True) -> Any:
 
 
 def _wait(what: str, check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(1.0)
+    wait_until(what, check, timeout, 1.0)
 
 
 # --- steps -----------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 Teardown must happen even when a test run is interrupted, so the first lab built in a process
 installs an atexit hook and SIGTERM/SIGINT handlers that tear down every live lab and then
-hand the signal to whatever handler was there before. The set of run names created by this
+hand the signal to whatever handler was there before. The handlers are installed whatever
+disposition the process inherited: a shell that starts a background job without job control
+hands it SIGINT ignored, and a lab must not then outlive an explicit `kill -INT` (the daemons'
+``loop.add_signal_handler`` behaves the same). An inherited SIG_IGN counts as the default
+action: tear down, then die of the signal. The set of run names created by this
 process lets the test session check, at the very end, that nothing of ours remains without
 touching other people's concurrent labs.
 """
@@ -117,7 +121,5 @@ def _install_once() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, OSError):
             previous = signal.getsignal(signum)
-            if previous == signal.SIG_IGN:
-                continue  # whoever started us wants this signal ignored; so do we
-            _previous[signum] = previous
+            _previous[signum] = signal.SIG_DFL if previous == signal.SIG_IGN else previous
             signal.signal(signum, _on_signal)

@@ -14,6 +14,8 @@ Start, in order (each host change journaled with its undo before it is made):
    interception to the forwarder;
 7. DNS forwarder on the tunnel address (and on the IPv6 one);
 8. server link (register, heartbeat) and control link (peers, relayed sessions);
+   port mapping on the home router (higgs.node.portmap: journaled, renewed, reported, and
+   verified by the server's probe, higgs.node.reachability);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
    the tunnel MTU follows (interface, registration, heartbeats, so new clients get it).
 
@@ -46,11 +48,15 @@ from higgs.node.host import NodeHost, Uplink, WgPeerTable
 from higgs.node.metrics import Budget, collect, heartbeat_body
 from higgs.node.mtu import decide_mtu, fits_uplink, probe
 from higgs.node.peers import PeerManager, PeerRow
+from higgs.node.portmap import PortMapper
+from higgs.node.reachability import ProbeListener
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
+from higgs.osnet import discovery
 from higgs.osnet.discovery import UplinkWatcher
 from higgs.osnet.mtu import MtuDecision
+from higgs.osnet.portmap import PortMapping
 from higgs.protocol.api import NodeRegisterRequest
 
 __all__ = ["Agent", "check_privileges", "run_agent"]
@@ -133,6 +139,8 @@ class Agent:
         self.server: ServerLink | None = None
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
+        self.portmap: PortMapper | None = None
+        self.probes: ProbeListener | None = None
         self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -157,7 +165,66 @@ class Agent:
         if self.mtu is not None:
             body["tunnel_mtu"] = self.mtu.mtu  # the server updates the clients' configs
         body["ipv6"] = self.host.tunnel_v6 is not None and self.host.ipv6_active
+        if self.portmap is not None and self.portmap.methods:
+            body["port_mapping"] = self._port_mapping_report()
         return body
+
+    # ---- port mapping (higgs.node.portmap) -----------------------------------------------
+
+    def _port_mapping_report(self) -> dict[str, Any] | None:
+        pm = self.portmap
+        if pm is None or not pm.methods:
+            return None
+        m = pm.mapping
+        if m is None:
+            return {"method": None, "reason": (pm.why_none() or "")[:500]}
+        return {
+            "method": m.method.value,
+            "external_endpoint": m.endpoint,
+            "lifetime_s": m.lifetime_s,
+        }
+
+    async def _mapping_changed(self, mapping: PortMapping | None) -> None:
+        if self.server is not None:
+            self.server.set_port_mapping(self._port_mapping_report())
+        if self.probes is not None:
+            if mapping is None:
+                self.probes.stop()
+            else:
+                self.probes.expect()
+
+    def _uplink6(self) -> Uplink | None:
+        """The IPv6 uplink, for the pinhole (blocking netlink read: a few microseconds)."""
+        try:
+            return discovery.ipv6_uplink(exclude=[self.settings.interface])
+        except HiggsError:
+            return None
+
+    def _start_port_mapping(self) -> None:
+        s = self.settings
+        # A manual endpoint means the owner forwarded the port by hand: "auto" leaves the
+        # router alone then; a method named explicitly is still tried.
+        setting = "off" if s.endpoint and s.port_mapping == "auto" else s.port_mapping
+        self.portmap = PortMapper(
+            setting,
+            journal=self.host.open_journal(),
+            port=s.listen_port,
+            lifetime_s=s.port_mapping_lifetime_s,
+            uplink=lambda: self.uplink,
+            on_change=self._mapping_changed,
+            uplink6=self._uplink6,
+        )
+        if not self.portmap.methods:
+            return
+        server = self.server
+        assert server is not None
+
+        def verified(ok: bool) -> None:
+            if self.portmap is not None:
+                self.portmap.verified = ok
+
+        self.probes = ProbeListener(s.listen_port, server.confirm_reachability, verified)
+        self._spawn(self.portmap.run(), "port-mapping")
 
     def registration(self) -> NodeRegisterRequest:
         assert self.mtu is not None
@@ -256,6 +323,7 @@ class Agent:
             ],
             "sessions": len(self.peers.sessions) if self.peers else 0,
             "dns": self.dns.stats.as_dict() if self.dns else None,
+            "port_mapping": self.portmap.status() if self.portmap else None,
             "budget_left_mb": self.budget.left_mb,
         }
 
@@ -414,6 +482,7 @@ class Agent:
         if server.identity is not None and server.status.registrations:
             await self._on_identity(server.identity)
         self._spawn(server.run(), "server-link")
+        self._start_port_mapping()
         self._spawn(self._watch_uplink(), "uplink-watch")
         if self.host.tunnel_v6 is not None:
             self._spawn(self._watch_ipv6(), "ipv6-watch")
@@ -427,6 +496,13 @@ class Agent:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks = []
+        if self.probes is not None:
+            self.probes.stop()
+        if self.portmap is not None:
+            try:
+                await self.portmap.stop()  # before the server hears we are gone
+            except HiggsError as exc:
+                problems.append(f"port mapping: {exc}")
         if self.control is not None:
             try:
                 await self.control.stop()

@@ -16,6 +16,7 @@ from higgs.common.cli import EXIT_FAILURE, EXIT_OK, new_parser, run_cli
 from higgs.common.errors import HiggsError
 from higgs.node.runstate import read_status, running_pid
 from higgs.node.settings import NodeSettings, load_node_settings
+from higgs.osnet.names import DEFAULT_INTERFACE
 
 __all__ = ["build_parser", "main"]
 
@@ -27,7 +28,11 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
     p.add_argument(
         "--state-dir", type=Path, metavar="DIR", help="state directory (default /var/lib/higgsnode)"
     )
-    p.add_argument("--interface", metavar="NAME", help="WireGuard interface (default higgs0)")
+    p.add_argument(
+        "--interface",
+        metavar="NAME",
+        help=f"WireGuard interface (default {DEFAULT_INTERFACE['node']})",
+    )
     if not full:
         return
     p.add_argument("--server", metavar="URL", help="bosonserver URL, e.g. https://boson.example")
@@ -37,6 +42,12 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
         "--endpoint",
         metavar="IP:PORT",
         help="public endpoint for direct mode (your router's public IP and forwarded port)",
+    )
+    p.add_argument(
+        "--port-mapping",
+        choices=["auto", "pcp", "natpmp", "upnp", "off"],
+        help="ask the home router to map the WireGuard port: auto tries pcp, natpmp, upnp "
+        "(default auto; off when you forwarded the port by hand)",
     )
     p.add_argument("--tunnel-subnet", metavar="CIDR", help="client network (10.77.0.0/24)")
     p.add_argument(
@@ -105,6 +116,7 @@ def _load(args: argparse.Namespace) -> NodeSettings:
         "enroll_key": getattr(args, "enroll_key", None),
         "listen_port": getattr(args, "listen_port", None),
         "endpoint": getattr(args, "endpoint", None),
+        "port_mapping": getattr(args, "port_mapping", None),
         "tunnel_subnet": getattr(args, "tunnel_subnet", None),
         "ipv6": getattr(args, "ipv6", None),
         "tunnel_subnet_v6": getattr(args, "tunnel_subnet_v6", None),
@@ -155,6 +167,32 @@ def _fmt_bytes(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
+def _portmap_line(pm: dict[str, Any] | None) -> str:
+    line = _portmap_v4(pm)
+    pinhole = (pm or {}).get("ipv6_pinhole") or {}
+    if pinhole.get("endpoint"):
+        line += f"; IPv6 pinhole {pinhole['endpoint']} by {pinhole.get('method')}"
+    return line
+
+
+def _portmap_v4(pm: dict[str, Any] | None) -> str:
+    if not pm:
+        return "-"
+    if pm.get("state") == "off":
+        return "off (port_mapping = off)"
+    if pm.get("state") == "mapped":
+        verified = {True: "verified by the server", False: "not verified", None: "verifying"}
+        return (
+            f"{pm.get('external_endpoint')} by {pm.get('method')} on {pm.get('gateway')}, "
+            f"renewed in {pm.get('next_in_s')} s, {verified.get(pm.get('verified'), '?')}"
+        )
+    tried = "; ".join(
+        f"{a.get('method')}: {a.get('reason')} ({a.get('detail')})"
+        for a in pm.get("attempts") or []
+    )
+    return f"none ({tried or 'trying'})"
+
+
 def _status(args: argparse.Namespace) -> int:
     settings = _load(args)
     pid = running_pid(settings.state_dir)
@@ -195,6 +233,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  ipv6       {status['tunnel_address_v6']}, {state}")
     else:
         print("  ipv6       rejected (no internet IPv6 on the uplink, or ipv6 = off)")
+    print(f"  port map   {_portmap_line(status.get('port_mapping'))}")
     print(f"  sessions   {status.get('sessions', 0)}, peers {len(peers)}")
     print(f"  traffic    rx {_fmt_bytes(rx)}, tx {_fmt_bytes(tx)}")
     for p in peers:
@@ -217,8 +256,9 @@ def _diagnose(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in results], indent=1))
     else:
         for r in results:
-            print(f"{'ok  ' if r.ok else 'FAIL'} {r.name}: {r.detail}")
-            if not r.ok and r.fix:
+            label = "FAIL" if not r.ok else "warn" if r.warn else "ok  "
+            print(f"{label} {r.name}: {r.detail}")
+            if (not r.ok or r.warn) and r.fix:
                 print(f"     fix: {r.fix}")
     return EXIT_FAILURE if failed else EXIT_OK
 

@@ -18,6 +18,7 @@ import httpx
 from higgs.node.agent import check_privileges
 from higgs.node.host import NodeHost
 from higgs.node.mtu import decide_mtu, fits_uplink
+from higgs.node.runstate import read_status
 from higgs.node.settings import NodeSettings
 from higgs.osnet import netlink, sysctl
 
@@ -32,6 +33,9 @@ class CheckResult:
     ok: bool
     detail: str
     fix: str = ""
+    # Passing, but something the owner may want to fix (e.g. no port mapping: clients are
+    # relayed, which works, but direct mode does not). Does not change the exit status.
+    warn: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,6 +208,48 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
             )
         return CheckResult("dns", True, f"forwarder listening on {addr[0]}:{addr[1]}")
 
+    def port_mapping() -> CheckResult:
+        name = "port_mapping"
+        if settings.port_mapping == "off":
+            how = (
+                f"endpoint {settings.endpoint}" if settings.endpoint else "no endpoint: relay only"
+            )
+            return CheckResult(name, True, f"off ({how})")
+        status = read_status(settings.state_dir) if running else None
+        pm = (status or {}).get("port_mapping") or {}
+        port = settings.listen_port
+        by_hand = (
+            f"forward UDP port {port} to this PC on the router and start with "
+            f"--endpoint PUBLIC_IP:{port} --port-mapping off"
+        )
+        if not pm:
+            return CheckResult(
+                name, True, "unknown (the agent is not running)", "see above", warn=True
+            )
+        if pm.get("state") == "mapped":
+            where = f"{pm.get('external_endpoint')} by {pm.get('method')} on {pm.get('gateway')}"
+            if pm.get("verified") is False:
+                return CheckResult(
+                    name,
+                    True,
+                    f"{where}, but the server's probe did not arrive (relay only)",
+                    by_hand,
+                    warn=True,
+                )
+            state = "verified by the server" if pm.get("verified") else "verification pending"
+            return CheckResult(name, True, f"{where}, {state}")
+        tried = "; ".join(
+            f"{a.get('method')}: {a.get('reason')} ({a.get('detail')})"
+            for a in pm.get("attempts") or []
+        )
+        return CheckResult(
+            name,
+            True,
+            f"no mapping, clients are relayed: {tried or 'still trying'}",
+            "enable UPnP-IGD or NAT-PMP/PCP on the home router, or " + by_hand,
+            warn=True,
+        )
+
     server_date: list[float] = []
 
     def server() -> CheckResult:
@@ -260,6 +306,7 @@ def run_checks(settings: NodeSettings, *, running: bool) -> list[CheckResult]:
     check("mtu", mtu)
     check("nat", nat)
     check("dns", dns)
+    check("port_mapping", port_mapping)
     check("server", server)
     check("clock", clock)
     return results

@@ -24,6 +24,7 @@ from higgs.osnet.discovery import Uplink
 from higgs.osnet.errors import OsnetError
 from higgs.osnet.firewall import FirewallBackend, FirewallNames, FirewallStatus, get_backend
 from higgs.osnet.journal import Journal
+from higgs.osnet.names import DEFAULT_INTERFACE as OWNED_DEFAULT_INTERFACE
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
 from higgs.osnet.wireguard import Peer as WgPeer
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "journal.json"
 FORWARDING = "net.ipv4.ip_forward"
 FORWARDING_V6 = "net.ipv6.conf.all.forwarding"
-DEFAULT_INTERFACE = "higgs0"
+DEFAULT_INTERFACE = OWNED_DEFAULT_INTERFACE["node"]
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -176,9 +177,8 @@ class NodeHost:
         problems = [str(e) for e in report.errors]
         problems += firewall.sweep(self.fw_names, self.runner)
         try:
-            undo.apply(
-                undo.link_delete(ifb_name(self.settings.interface)), undo.UndoContext(self.runner)
-            )
+            ifb = undo.link_delete(ifb_name(self.settings.interface))
+            undo.LINK_DELETE.run(ifb, undo.UndoContext(self.runner))
         except OsnetError as exc:
             problems.append(f"removing {ifb_name(self.settings.interface)}: {exc}")
         return problems

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey, write_secret_file
-from higgs.common.tls import client_context
+from higgs.daemon import rest
 from higgs.protocol import keyproof
 from higgs.protocol.api import KeyChallenge, NodeRegisterRequest, NodeRegisterResponse
 
@@ -122,21 +122,8 @@ class LinkStatus:
 
 
 def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        if isinstance(body, dict) and "message" in body:
-            return str(body["message"])
-    except ValueError:
-        pass
-    return f"HTTP {response.status_code}"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return min(300.0, float(value)) if value else None
-    except ValueError:
-        return None
+    _, message = rest.error_body(response)
+    return message or f"HTTP {response.status_code}"
 
 
 class ServerLink:
@@ -152,6 +139,7 @@ class ServerLink:
         timeout_s: float = 10.0,
         backoff: Backoff | None = None,
         private_key: PrivateKey | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._private_key = private_key  # proves the public key at registration
@@ -161,8 +149,8 @@ class ServerLink:
         self._heartbeat_body = heartbeat_body
         self._on_identity = on_identity
         self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
-        self._client = httpx.AsyncClient(
-            base_url=self.server, timeout=timeout_s, trust_env=False, verify=client_context()
+        self._client = rest.new_client(
+            self.server, timeout=timeout_s, user_agent="higgsnode", transport=transport
         )
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
@@ -174,6 +162,30 @@ class ServerLink:
         heartbeat body (the agent's), which goes out now rather than at the next interval."""
         self._registration["tunnel_mtu"] = mtu
         self._wake.set()
+
+    def set_port_mapping(self, report: dict[str, Any] | None) -> None:
+        """The router mapping changed: carried by later registrations (the heartbeat body,
+        the agent's, carries it too) and announced now."""
+        self._registration["port_mapping"] = report
+        self._wake.set()
+
+    async def confirm_reachability(self, nonce: str) -> bool:
+        """Posts a probe's nonce (docs/protocol.md §2.9); True when the server verified."""
+        if self.identity is None:
+            return False
+        try:
+            response = await self._post(
+                f"/v1/nodes/{self.identity.node_id}/reachability",
+                json={"nonce": nonce},
+                token=self.identity.node_token,
+            )
+        except _Transient as exc:
+            log.warning("cannot confirm a reachability probe", extra={"why": str(exc)})
+            return False
+        if response.status_code != 200:
+            log.info("probe not confirmed", extra={"why": _error_message(response)})
+            return False
+        return bool(response.json().get("verified"))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -233,7 +245,7 @@ class ServerLink:
             # registration without a proof gets the same refusal and tries the next one.
             return None
         if response.status_code != 200:
-            raise _Transient(_error_message(response), _retry_after(response))
+            raise _Transient(_error_message(response), rest.retry_after(response))
         try:
             challenge = KeyChallenge.model_validate(response.json())
             mac = keyproof.node_proof(self._private_key.raw, challenge.server_key, challenge.nonce)
@@ -308,7 +320,7 @@ class ServerLink:
             )
             return self.identity.heartbeat_interval_s
         if response.status_code != 200:
-            raise _Transient(_error_message(response), _retry_after(response))
+            raise _Transient(_error_message(response), rest.retry_after(response))
         try:
             interval = float(response.json().get("heartbeat_interval_s"))
         except (ValueError, TypeError, AttributeError):
@@ -324,7 +336,7 @@ class ServerLink:
         except httpx.HTTPError as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         if response.status_code >= 500 or response.status_code == 429:
-            raise _Transient(_error_message(response), _retry_after(response))
+            raise _Transient(_error_message(response), rest.retry_after(response))
         return response
 
     # ---- the loop ----------------------------------------------------------------------

@@ -18,9 +18,10 @@ __all__ = ["PROVIDERS", "CleanupError", "CleanupReport", "cleanup", "load_provid
 
 log = logging.getLogger(__name__)
 
-# Modules that register undo operations (undo.register) or sweep hooks (sweep.register_hook)
-# when imported. A fresh `cleanup` process must import them, or it would not know how to undo
-# what a crashed run journaled (e.g. the firewall's "remove our table/chains").
+# Modules that register sweep hooks (sweep.register_hook) when imported. A fresh `cleanup`
+# process must import them, or the sweep would miss what a crashed run left (e.g. the
+# firewall's table/chains). Undo operations need no such list: the journal finds every one in
+# higgs.osnet.undo_registry.
 PROVIDERS = ("higgs.osnet.firewall",)
 
 

@@ -1,7 +1,8 @@
 """Write-ahead journal of host changes (STYLE.md practice 7).
 
 Before a change is made, an entry saying what it is and how to undo it — as data, see
-:mod:`higgs.osnet.undo` — is written durably (temp file, fsync, rename, fsync of the
+:mod:`higgs.osnet.undo`, every operation listed in :mod:`higgs.osnet.undo_registry` — is
+written durably (temp file, fsync, rename, fsync of the
 directory). Stop undoes the entries in reverse order; after a crash, the next start and
 ``cleanup`` replay whatever the journal still holds.
 
@@ -12,7 +13,7 @@ File format (``<state-dir>/journal.json``, mode 0600)::
      "entries": [
        {"id": 1, "what": "sysctl net.ipv4.ip_forward=1 (was 0)", "time": 1764081000.5,
         "undo": {"op": "sysctl", "key": "net.ipv4.ip_forward", "value": "0", "netns": null}},
-       {"id": 3, "what": "wireguard-go higgs0", "time": 1764081001.2,
+       {"id": 3, "what": "wireguard-go higgsnode", "time": 1764081001.2,
         "undo": {"op": "kill_pid", "pid": 4242, "start_time": 81234, "socket": "..."}}]}
 
 Crash points and why they are safe:
@@ -28,6 +29,7 @@ drops the lock when that process dies, however it dies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -35,12 +37,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from higgs.osnet import undo as undo_ops
+from higgs.osnet import undo_registry
+from higgs.osnet.changes import Entry
 from higgs.osnet.errors import JournalError, UndoError, UndoFailure
 from higgs.osnet.runner import Runner, SubprocessRunner
 
@@ -50,17 +53,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: int
-    what: str
-    undo: Mapping[str, Any]
-    time: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "what": self.what, "undo": dict(self.undo), "time": self.time}
 
 
 class Journal:
@@ -178,7 +170,7 @@ class Journal:
         """Durably notes a change about to be made. Make the change only after this returns."""
         if self._lock_fd < 0:
             raise JournalError("the journal is closed")
-        if not isinstance(undo.get("op"), str) or undo["op"] not in undo_ops.registered():
+        if not undo_registry.is_known(undo.get("op")):
             raise ValueError(f"unknown undo operation {undo.get('op')!r}")
         try:
             json.dumps(undo)
@@ -237,7 +229,7 @@ class Journal:
             if entry is None:
                 continue
             try:
-                undo_ops.apply(entry.undo, self._ctx)
+                undo_registry.apply(entry.undo, self._ctx)
             except Exception as exc:  # every step runs; failures are collected
                 log.warning("undo failed: %s: %s", entry.what, exc)
                 failures.append(UndoFailure(entry.id, entry.what, exc))
@@ -287,6 +279,16 @@ class Journal:
 
     @contextlib.asynccontextmanager
     async def atransaction(self, name: str) -> AsyncIterator[Journal]:
-        """:meth:`transaction` for ``async with`` (e.g. a setup that awaits a handshake)."""
-        with self.transaction(name) as journal:
-            yield journal
+        """:meth:`transaction` for ``async with`` (e.g. a setup that awaits a handshake).
+        The rollback runs in a thread: undos run commands and must not stall the event loop.
+        A thread cannot be cancelled, so the rollback completes even if the task is
+        cancelled again meanwhile."""
+        first_id = self._next_id
+        try:
+            yield self
+        except BaseException as exc:
+            mine = [e for e in self._entries if e.id >= first_id]
+            log.warning("%s failed; rolling back %d change(s)", name, len(mine))
+            for failure in await asyncio.to_thread(self._undo, mine):
+                exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")
+            raise

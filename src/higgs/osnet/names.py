@@ -22,7 +22,14 @@ from typing import Literal
 
 from higgs.osnet.errors import OsnetError
 
-__all__ = ["IFNAME_MAX", "WG_SOCKET_DIR", "OwnedNames", "Role", "validate_ifname"]
+__all__ = [
+    "DEFAULT_INTERFACE",
+    "IFNAME_MAX",
+    "WG_SOCKET_DIR",
+    "OwnedNames",
+    "Role",
+    "validate_ifname",
+]
 
 Role = Literal["node", "client"]
 
@@ -32,7 +39,11 @@ _INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,11}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 # "hg" in ASCII; greppable in `ip rule` (as 0x6867....) and in tables of fwmarks.
 _MARK_BASE = 0x68670000
-_DEFAULT_IFNAME: dict[str, str] = {"node": "higgsnode", "client": "higgsvpn"}
+# The one default WireGuard interface per role (the settings' default too); it is also the
+# stem of the role's nft table and chains, so `ip link`, `nft list tables` and the socket
+# directory all show the same name. Distinct per role: a node and a client on one host.
+DEFAULT_INTERFACE: dict[str, str] = {"node": "higgsnode", "client": "higgsvpn"}
+_DEFAULT_IFNAME = DEFAULT_INTERFACE
 
 
 def validate_ifname(name: str) -> str:

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from higgs.osnet import undo as undo_ops
+from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import OsnetError
-from higgs.osnet.journal import Journal
 
 __all__ = [
     "DEFAULT_RESOLV_CONF",
     "MARKER",
+    "UNDO",
     "ResolverError",
     "read_nameservers",
     "render_resolv_conf",
@@ -40,7 +41,6 @@ __all__ = [
 
 DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
 MARKER = "# higgsvpn: DNS through the tunnel; the previous file comes back on disconnect"
-_UNDO_OP = "resolv_restore"
 
 
 class ResolverError(OsnetError):
@@ -93,24 +93,18 @@ def _previous(path: Path) -> dict[str, Any]:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return {"op": _UNDO_OP, "path": str(path), "kind": "absent"}
+        return UNDO.record(path=str(path), kind="absent")
     except OSError as exc:
         raise ResolverError(f"cannot inspect {path}: {exc.strerror}") from exc
     if stat.S_ISLNK(st.st_mode):
-        return {"op": _UNDO_OP, "path": str(path), "kind": "symlink", "target": os.readlink(path)}
+        return UNDO.record(path=str(path), kind="symlink", target=os.readlink(path))
     if not stat.S_ISREG(st.st_mode):
         raise ResolverError(f"{path} is neither a file nor a symlink; refusing to change it")
     try:
         content = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ResolverError(f"cannot read {path}: {exc}") from exc
-    return {
-        "op": _UNDO_OP,
-        "path": str(path),
-        "kind": "file",
-        "content": content,
-        "mode": stat.S_IMODE(st.st_mode),
-    }
+    return UNDO.record(path=str(path), kind="file", content=content, mode=stat.S_IMODE(st.st_mode))
 
 
 def _restore(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
@@ -131,11 +125,11 @@ def _restore(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
         _write_in_place(path, str(params["content"]), None if mode is None else int(mode))
 
 
-undo_ops.register(_UNDO_OP, _restore)
+UNDO = undo_ops.UndoOp("resolv_restore", _restore)
 
 
 def set_nameservers(
-    journal: Journal,
+    journal: ChangeLog,
     servers: Sequence[str],
     *,
     path: Path = DEFAULT_RESOLV_CONF,

@@ -23,13 +23,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from higgs.osnet import netlink, sysctl
+from higgs.osnet import netlink, sysctl, undo
+from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import OsnetError
-from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 
 __all__ = [
     "MAIN_TABLE",
+    "ROUTE_DELETE",
+    "RULE_DELETE",
     "Route",
     "RouteError",
     "Rule",
@@ -41,8 +43,10 @@ __all__ = [
     "list_rules",
     "route_exists",
     "route_get",
+    "route_undo",
     "routes_in_table",
     "rule_exists",
+    "rule_undo",
 ]
 
 MAIN_TABLE = 254
@@ -175,7 +179,7 @@ def route_exists(route: Route, *, netns: str | None = None) -> bool:
     return netlink.call(look, netns)
 
 
-def add_route(journal: Journal, route: Route, *, netns: str | None = None) -> bool:
+def add_route(journal: ChangeLog, route: Route, *, netns: str | None = None) -> bool:
     """Adds ``route`` (journaled first). Returns False when it was already there (then it is
     not ours and nothing is journaled)."""
     if route_exists(route, netns=netns):
@@ -211,8 +215,15 @@ def delete_route(route: Route, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
-def route_undo(route: Route, netns: str | None) -> dict[str, Any]:
-    return {"op": "route_delete", "netns": netns, **asdict(route)}
+def route_undo(route: Route, netns: str | None) -> undo.Undo:
+    return ROUTE_DELETE.record(netns=netns, **asdict(route))
+
+
+def _undo_route(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+    delete_route(Route.from_data(params), netns=params.get("netns"))
+
+
+ROUTE_DELETE = undo.UndoOp("route_delete", _undo_route)
 
 
 def routes_in_table(table: int, *, netns: str | None = None) -> list[Route]:
@@ -302,7 +313,7 @@ def rule_exists(rule: Rule, *, netns: str | None = None) -> bool:
     return rule in list_rules(netns=netns)
 
 
-def add_rule(journal: Journal, rule: Rule, *, netns: str | None = None) -> bool:
+def add_rule(journal: ChangeLog, rule: Rule, *, netns: str | None = None) -> bool:
     """Adds ``rule`` (journaled first); False when an identical rule was already there."""
     if rule_exists(rule, netns=netns):
         return False
@@ -334,15 +345,22 @@ def delete_rule(rule: Rule, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
-def rule_undo(rule: Rule, netns: str | None) -> dict[str, Any]:
-    return {"op": "rule_delete", "netns": netns, **asdict(rule)}
+def rule_undo(rule: Rule, netns: str | None) -> undo.Undo:
+    return RULE_DELETE.record(netns=netns, **asdict(rule))
+
+
+def _undo_rule(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+    delete_rule(Rule.from_data(params), netns=params.get("netns"))
+
+
+RULE_DELETE = undo.UndoOp("rule_delete", _undo_rule)
 
 
 # --- wg-quick's full tunnel ---------------------------------------------------------------
 
 
 def full_tunnel(
-    journal: Journal,
+    journal: ChangeLog,
     names: OwnedNames,
     *,
     families: Iterable[Family] = (4, 6),

@@ -8,16 +8,16 @@ run through the funnel under ``ip netns exec``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from higgs.osnet.errors import OsnetError
+from higgs.osnet import undo
+from higgs.osnet.changes import ChangeLog
+from higgs.osnet.errors import CommandError, OsnetError
 from higgs.osnet.runner import Runner
 
-if TYPE_CHECKING:
-    from higgs.osnet.journal import Journal
-
-__all__ = ["PROC_SYS", "SysctlError", "exists", "read", "set", "undo_spec", "write"]
+__all__ = ["PROC_SYS", "UNDO", "SysctlError", "exists", "read", "set", "undo_spec", "write"]
 
 PROC_SYS = Path("/proc/sys")
 
@@ -62,12 +62,33 @@ def write(key: str, value: str, *, runner: Runner | None = None, netns: str | No
         raise SysctlError(f"cannot set sysctl {key}={value}: {exc.strerror}") from exc
 
 
-def undo_spec(key: str, previous: str, netns: str | None = None) -> dict[str, object]:
-    return {"op": "sysctl", "key": key, "value": previous, "netns": netns}
+def undo_spec(key: str, previous: str, netns: str | None = None) -> undo.Undo:
+    return UNDO.record(key=key, value=previous, netns=netns)
+
+
+def _undo(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+    """Writes the previous value back."""
+    netns = params.get("netns")
+    key = str(params["key"])
+    try:
+        write(key, str(params["value"]), runner=ctx.runner, netns=netns)
+    except CommandError as exc:
+        # The namespace itself is gone: its sysctls went with it.
+        if not exc.not_found:
+            raise
+    except SysctlError:
+        # A per-interface key whose interface is gone (e.g. the uplink's accept_ra after the
+        # uplink was unplugged): the setting went with the interface.
+        if netns is None and not exists(key):
+            return
+        raise
+
+
+UNDO = undo.UndoOp("sysctl", _undo)
 
 
 def set(  # shadows the builtin on purpose: callers write `sysctl.set(...)`
-    journal: Journal,
+    journal: ChangeLog,
     key: str,
     value: str,
     *,

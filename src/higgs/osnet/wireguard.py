@@ -21,19 +21,20 @@ import ipaddress
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from higgs.common.keys import PrivateKey, validate_public_key
 from higgs.osnet import netlink, procs, undo
+from higgs.osnet.changes import ChangeLog, Entry
 from higgs.osnet.errors import CommandError, OsnetError, UndoError
-from higgs.osnet.journal import Entry, Journal
 from higgs.osnet.names import WG_SOCKET_DIR, validate_ifname
 from higgs.osnet.runner import Runner
 
 __all__ = [
+    "UNDO_WIREGUARD_GO",
     "Backend",
     "Dump",
     "Peer",
@@ -43,6 +44,7 @@ __all__ = [
     "is_supported",
     "kernel_module_loaded",
     "parse_dump",
+    "wireguard_go_undo",
 ]
 
 Backend = Literal["auto", "kernel", "userspace"]
@@ -154,6 +156,35 @@ def _check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def wireguard_go_undo(
+    name: str,
+    socket: Path,
+    netns: str | None = None,
+    pid: int | None = None,
+    start_time: int | None = None,
+) -> undo.Undo:
+    return UNDO_WIREGUARD_GO.record(
+        name=name, socket=str(socket), netns=netns, pid=pid, start_time=start_time
+    )
+
+
+def _undo_wireguard_go(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+    """Stops the wireguard-go serving ``name``: by its recorded PID, or — when the process
+    died before the PID was journaled — by the owner of its control socket."""
+    sock = Path(params["socket"])
+    pid, start = params.get("pid"), params.get("start_time")
+    if pid is not None and start is not None:
+        procs.stop_process(int(pid), int(start))
+    for owner, owner_start in procs.socket_owners(sock):
+        procs.stop_process(owner, owner_start)
+    # wireguard-go removes its TUN device on exit; a kernel-held leftover is deleted here.
+    undo.LINK_DELETE.run(params, ctx)
+    sock.unlink(missing_ok=True)
+
+
+UNDO_WIREGUARD_GO = undo.UndoOp("wireguard_go", _undo_wireguard_go)
+
+
 class WireGuard:
     """One WireGuard interface ``name`` (optionally in network namespace ``netns``)."""
 
@@ -161,7 +192,7 @@ class WireGuard:
         self,
         name: str,
         *,
-        journal: Journal,
+        journal: ChangeLog,
         runner: Runner | None = None,
         netns: str | None = None,
         backend: Backend = "auto",
@@ -240,7 +271,7 @@ class WireGuard:
     def _spawn_userspace(self) -> None:
         WG_SOCKET_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         entry = self.journal.record(
-            f"wireguard-go {self.name}", undo.wireguard_go(self.name, self.socket, self.netns)
+            f"wireguard-go {self.name}", wireguard_go_undo(self.name, self.socket, self.netns)
         )
         self._entry = entry
         log_path = self.journal.path.parent / f"wireguard-go-{self.name}.log"
@@ -253,7 +284,7 @@ class WireGuard:
             )
             start = procs.process_start_time(pid)
             self._entry = self.journal.amend(
-                entry, undo.wireguard_go(self.name, self.socket, self.netns, pid, start)
+                entry, wireguard_go_undo(self.name, self.socket, self.netns, pid, start)
             )
             self._wait_for_socket(pid, start, log_path)
         except BaseException as exc:
@@ -282,9 +313,8 @@ class WireGuard:
             self._entry = None
             return
         # Not created by this object (e.g. adopted after a restart): undo from the names.
-        undo.apply(
-            undo.wireguard_go(self.name, self.socket, self.netns),
-            undo.UndoContext(self.runner),
+        _undo_wireguard_go(
+            wireguard_go_undo(self.name, self.socket, self.netns), undo.UndoContext(self.runner)
         )
 
     # --- wg configuration -----------------------------------------------------------------

@@ -64,7 +64,10 @@ __all__ = [
     "NodeState",
     "NodeSummary",
     "PeerStat",
+    "PortMappingReport",
     "PublicKey",
+    "ReachabilityConfirm",
+    "ReachabilityResult",
     "RelayPath",
     "RouteMode",
     "RouteNode",
@@ -296,6 +299,37 @@ class KeyProof(_Request):
     mac: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
 
 
+# --- port mapping and its reachability check (docs/protocol.md §2.9) ---------------------------
+
+PortMapMethod = Literal["pcp", "natpmp", "upnp"]
+
+
+class PortMappingReport(_Model):
+    """What the node's home router granted (or why nothing), in registrations and heartbeats."""
+
+    method: PortMapMethod | None = Field(
+        default=None, description="the method that worked; null = no mapping"
+    )
+    external_endpoint: Endpoint | None = Field(
+        default=None, description="the router's public address and mapped port"
+    )
+    lifetime_s: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        default=None, description="why there is no mapping (each method's failure)"
+    )
+
+
+class ReachabilityConfirm(_Model):
+    """``POST /v1/nodes/{node_id}/reachability``: the nonce of a probe that reached the node."""
+
+    nonce: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class ReachabilityResult(_Model):
+    verified: bool
+    endpoint: str | None = Field(description="the endpoint now offered for direct mode")
+
+
 class NodeRegisterRequest(_Request):
     """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
 
@@ -320,6 +354,10 @@ class NodeRegisterRequest(_Request):
         default=None,
         description="proof of the private key (from POST /v1/nodes/challenge); required "
         "unless the server allows unproven keys",
+    )
+    port_mapping: PortMappingReport | None = Field(
+        default=None,
+        description="the router mapping; its endpoint is offered once a probe verified it",
     )
 
 
@@ -364,6 +402,9 @@ class HeartbeatRequest(_Request):
         description="the node forwards IPv6 right now (false: its uplink lost global IPv6)",
     )
     peer_stats: list[PeerStat] = Field(default_factory=list, max_length=10_000)
+    port_mapping: PortMappingReport | None = Field(
+        default=None, description="the router mapping now; null = unchanged"
+    )
 
 
 class HeartbeatResponse(_Model):

@@ -12,13 +12,13 @@ Server → client session link: ``hello``, ``session_closed`` (right before a 40
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from higgs.common.keys import validate_public_key
 
 __all__ = [
     "MAX_CONTROL_MESSAGE_SIZE",
@@ -48,16 +48,6 @@ class ControlError(ValueError):
     """A text frame that is not a valid control message."""
 
 
-def _check_public_key(value: str) -> str:
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("public_key is not base64") from exc
-    if len(raw) != 32:
-        raise ValueError("public_key must be 32 bytes of base64")
-    return value
-
-
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -84,7 +74,7 @@ class Peer(_Message):
     @field_validator("public_key")
     @classmethod
     def _key(cls, value: str) -> str:
-        return _check_public_key(value)
+        return validate_public_key(value)
 
     @field_validator("address")
     @classmethod
@@ -115,7 +105,7 @@ class PeerRemove(_Message):
     @field_validator("public_key")
     @classmethod
     def _key(cls, value: str) -> str:
-        return _check_public_key(value)
+        return validate_public_key(value)
 
 
 class PeerStat(_Message):

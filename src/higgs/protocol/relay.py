@@ -111,7 +111,7 @@ class CloseCode(IntEnum):
     REPLACED = 4003  # a newer connection took this link's place
     BAD_VERSION = 4004  # protocol version not supported
     TIMEOUT = 4008  # no pong in time: reconnect
-    NODE_OFFLINE = 4009  # (client link) the node's link dropped
+    NODE_OFFLINE = 4009  # (client link) the node deregistered or went offline: fail over
 
 
 class DropReason(StrEnum):

@@ -36,6 +36,7 @@ from higgs.server.relay.ports import RelayEvents, RelayHub
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.keyproof import ChallengeService
+from higgs.server.services.nodeview import NodeView, refresh_view
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.store.db import Database
@@ -167,8 +168,10 @@ class BosonServer:
 
         events = ServerEvents()
         self._hub = hub = self._hub_factory(events, self.metrics.registry)
-        sessions = SessionService(db, hub, s, self.metrics)
-        registry = RegistryService(db, hub, s, self.metrics, sessions, identity)
+        # One view of the nodes, kept current by the registry and the sessions, read by routing.
+        nodes = NodeView()
+        sessions = SessionService(db, hub, nodes, s, self.metrics)
+        registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
         registry.challenges = ChallengeService.load(s.data_dir, required=s.require_key_proof)
         events.bind(registry, sessions)
 
@@ -182,9 +185,10 @@ class BosonServer:
         self.relay_base = s.relay_url or f"{scheme}://{relay_host_for_url}:{bound_relay}"
         sessions.relay_base = registry.relay_base = self.relay_base
 
-        nodes = await registry.reload()
+        allowed = await registry.reload()
+        await refresh_view(nodes, db)
         open_sessions = await sessions.reload()
-        log.info("state reloaded", extra={"nodes": nodes, "open_sessions": open_sessions})
+        log.info("state reloaded", extra={"nodes": allowed, "open_sessions": open_sessions})
 
         self.ctx = ApiContext(
             settings=s,
@@ -223,13 +227,17 @@ class BosonServer:
         self.api_url = s.public_url or (
             f"{'https' if tls else 'http'}://{_url_host(api_host)}:{bound_api}"
         )
-        self._tasks.append(asyncio.create_task(self._maintain(registry, sessions), name="sweep"))
+        self._tasks.append(
+            asyncio.create_task(self._maintain(db, nodes, registry, sessions), name="sweep")
+        )
         log.info(
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
         )
 
-    async def _maintain(self, registry: RegistryService, sessions: SessionService) -> None:
+    async def _maintain(
+        self, db: Database, nodes: NodeView, registry: RegistryService, sessions: SessionService
+    ) -> None:
         """Offline detection and session expiry every ``sweep_interval_s``; the routing view's
         safety-net reload every ``VIEW_RELOAD_S``."""
         view_loaded = time.monotonic()
@@ -239,7 +247,7 @@ class BosonServer:
                 await registry.mark_stale_offline()
                 await sessions.expire_due()
                 if time.monotonic() - view_loaded >= VIEW_RELOAD_S:
-                    await sessions.refresh_view()
+                    await refresh_view(nodes, db)
                     view_loaded = time.monotonic()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")

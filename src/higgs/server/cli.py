@@ -258,11 +258,11 @@ async def _client_list(db: Database, as_json: bool) -> int:
 
 async def _client_revoke(db: Database, name: str) -> int:
     from higgs.server.services.identity import IdentityService
-    from higgs.server.services.sessions import close_in_db
+    from higgs.server.store.sessions import close_open_sessions
     from higgs.server.store.tables import Session as SessionRow
 
     client_id = await IdentityService(db).mark_revoked(name)
-    closed = await close_in_db(db, "client_revoked", SessionRow.client_id == client_id)
+    closed = await close_open_sessions(db, "client_revoked", SessionRow.client_id == client_id)
     print(f"client {name!r} revoked; {len(closed)} session(s) closed")
     return 0
 

@@ -58,6 +58,14 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
         cells = _row(out, row)
         assert cells[1].startswith("not available") or re.fullmatch(_NUMBER, cells[1]), cells
 
+    # relay (its own process, its tables demoted one level): datagrams went through the
+    # Higgs.net relay. This is the only run of the relay smoke in the suite.
+    assert "bench/relay exited" not in out
+    for table in ("#### Throughput", "#### Added latency", "#### Idle sessions"):
+        assert table in out
+    higgs_row = _row(out, "100 B | 2")
+    assert higgs_row[2] not in ("–", "0"), higgs_row
+
     # control: the FastAPI reference answered routes; the real server too when it is built.
     assert re.match(_NUMBER, _row(out, "reference: FastAPI, fixed answer")[1])
     sqlite = _row(out, "SQLite N=4")

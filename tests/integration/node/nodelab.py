@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from higgs.lab.host import Host
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
+from higgs.lab.wait import wait_until
 from higgs.node.runstate import read_status, running_pid
 from higgs.osnet.hoststate import HostState, normalise, snapshot
 
@@ -18,18 +18,6 @@ __all__ = ["REPO", "NodeRun", "host_state", "osnet_state", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[3]
 PY = sys.executable
-
-
-def wait_until(what: str, cond: Any, timeout: float = 30.0, every: float = 0.2) -> Any:
-    """Polls ``cond()`` until it returns something truthy; fails naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def osnet_state(host: Host) -> HostState:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from higgs.osnet import hoststate, procs, routes, undo
+from higgs.osnet import hoststate, procs, routes, wireguard
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.routes import Route, Rule
@@ -128,7 +128,9 @@ def test_journal_replay_finds_wireguard_go_whose_pid_was_never_journaled(
     names = OwnedNames.for_instance("node", f"t{namespaces.tag}", namespaces.ifname("w"))
     runner = SubprocessRunner()
     with Journal(tmp_path / "journal.json", runner=runner) as journal:
-        journal.record("wireguard-go", undo.wireguard_go(names.interface, names.wg_socket, ns))
+        journal.record(
+            "wireguard-go", wireguard.wireguard_go_undo(names.interface, names.wg_socket, ns)
+        )
         pid = runner.spawn(["ip", "netns", "exec", ns, "wireguard-go", "-f", names.interface])
         start = procs.process_start_time(pid)
         assert start is not None

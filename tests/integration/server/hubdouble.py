@@ -23,6 +23,7 @@ class RecordingHub:
     registry: CollectorRegistry
     allowed: dict[str, str] = field(default_factory=dict)
     forgotten: list[tuple[str, str]] = field(default_factory=list)
+    offline: list[tuple[str, str]] = field(default_factory=list)
     sessions: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     closed: list[tuple[str, str]] = field(default_factory=list)
     sent: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
@@ -49,6 +50,9 @@ class RecordingHub:
         self.allowed.pop(node_id, None)
         self.connected.discard(node_id)
         self.forgotten.append((node_id, reason))
+
+    def node_offline(self, node_id: str, reason: str) -> None:
+        self.offline.append((node_id, reason))
 
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
         self.sessions[session_id] = (channel, node_id, token_hash)

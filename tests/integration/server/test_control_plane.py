@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from higgs.server.services.identity import IdentityService
-from higgs.server.services.sessions import close_in_db
+from higgs.server.store.sessions import close_open_sessions
 from higgs.server.store.tables import Session as SessionRow
 from tests.integration.server.conftest import Harness, bearer, new_public_key
 from tests.integration.server.test_lifecycle import eventually
@@ -120,7 +120,7 @@ async def test_node_slot_freed_by_a_close_elsewhere_is_routable_again(srv: Harne
     # `bosonserver client revoke alice` closes her session in the database only; the
     # running server learns it at its next sweep and counts the slot free again.
     client_id = await IdentityService(srv.ctx.db).mark_revoked("alice")
-    await close_in_db(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
+    await close_open_sessions(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
 
     async def routable() -> bool:
         return (await srv.route(bob)).status_code == 201

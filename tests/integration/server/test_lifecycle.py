@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from higgs.common.secrets import hash_token
-from higgs.server.services.sessions import close_in_db
+from higgs.server.store.sessions import close_open_sessions
 from higgs.server.store.tables import Session as SessionRow
 from tests.integration.server.conftest import (
     Harness,
@@ -106,6 +106,8 @@ async def test_node_goes_offline_after_missed_heartbeats_unless_linked(srv: Harn
         return bool({n["node_id"]: n["state"] for n in nodes["nodes"]}[silent] == "offline")
 
     await eventually(silent_offline)
+    # Clients of the silent node are told 4009 (fail over); the linked one is left alone.
+    assert srv.hub.offline == [(silent, "node offline: missed heartbeats")]
     listed = (await srv.http.get("/v1/nodes", headers=bearer(client))).json()["nodes"]
     assert [n["node_id"] for n in listed] == [linked]
     r = await srv.route(client, node_id=silent)
@@ -126,7 +128,7 @@ async def test_revocation_closes_sessions_and_node_is_told(srv: Harness) -> None
     b1 = (await srv.route(bob)).json()["session_id"]
     # What `bosonserver client revoke alice` does: on the database only.
     client_id = await srv.ctx.identity.mark_revoked("alice")
-    await close_in_db(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
+    await close_open_sessions(srv.ctx.db, "client_revoked", SessionRow.client_id == client_id)
     assert (await srv.http.get("/v1/nodes", headers=bearer(alice))).status_code == 401
 
     async def announced() -> bool:

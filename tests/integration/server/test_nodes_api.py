@@ -198,6 +198,7 @@ async def test_deregister_stops_node_and_closes_its_sessions(srv: Harness) -> No
     r = await srv.http.delete(f"/v1/nodes/{node_id}", headers=bearer(token))
     assert r.status_code == 204
     assert (node_id, "stopped") in srv.hub.forgotten
+    assert srv.hub.offline == [(node_id, "node stopped")]  # client links: 4009
     assert (route["session_id"], "node_stopped") in srv.hub.closed
     (removed,) = srv.hub.messages(node_id, "peer_remove")
     assert removed["session_id"] == route["session_id"]

@@ -164,3 +164,40 @@ async def test_reconnecting_node_gets_sync_and_wrong_tokens_are_refused(
         result = await asyncio.wait_for(intruder.start().wait_closed(), 10)
         assert result.code == CloseCode.UNAUTHORIZED
         assert intruder.texts == []
+
+
+async def test_a_deregistered_node_closes_its_client_links_with_4009(
+    real: tuple[BosonServer, httpx.AsyncClient],
+) -> None:
+    server, http = real
+    assert server.ctx is not None
+    enroll = await server.ctx.identity.create_enrollment_key(1)
+    reg = (await http.post("/v1/nodes/register", json=node_body(), headers=bearer(enroll))).json()
+    client_token = await server.ctx.identity.add_client("alice")
+    route = (
+        await http.post(
+            "/v1/routes", json={"client_public_key": new_public_key()}, headers=bearer(client_token)
+        )
+    ).json()
+    texts: list[dict[str, Any]] = []
+    downs: list[int | None] = []
+    client_link = RelayLink(
+        route["relay"]["url"],
+        route["relay"]["token"],
+        on_data=lambda _ch, _dgs: None,
+        on_text=texts.append,
+        # What the client's relay path reads when its link goes down (client/relay_path.py).
+        on_state=lambda up: None if up else downs.append(client_link._close_code),
+        backoff=Backoff(initial=0.05, maximum=0.2),
+    )
+    client_link.start()
+    try:
+        await until(lambda: any(t.get("type") == "hello" for t in texts))
+        gone = await http.delete(f"/v1/nodes/{reg['node_id']}", headers=bearer(reg["node_token"]))
+        assert gone.status_code == 204
+        # The node is gone for good: the client hears 4009 and can fail over at once instead
+        # of waiting for handshakes to time out (a reconnect then finds the session closed).
+        await until(lambda: bool(downs))
+        assert downs[0] == CloseCode.NODE_OFFLINE
+    finally:
+        await client_link.close()

@@ -6,6 +6,7 @@ the endpoints the test says are reachable, which is what a real node behind NAT 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -65,32 +66,43 @@ class FakeHost:
         self.calls: list[tuple[str, Any]] = []
         self.endpoint: str | None = None
         self.handshake = 0.0
+        self.on_the_loop: list[str] = []  # calls made from the event loop's thread
+
+    def _called(self, name: str, args: Any) -> None:
+        self.calls.append((name, args))
+        self._where(name)
+
+    def _where(self, name: str) -> None:
+        # The real host runs commands and waits for wireguard-go: never on the event loop.
+        if threading.current_thread() is threading.main_thread():
+            self.on_the_loop.append(name)
 
     def create(self, private_key: PrivateKey, address: str, mtu: int) -> None:
-        self.calls.append(("create", (address, mtu)))
+        self._called("create", (address, mtu))
 
     def reset_tunnel(self) -> None:
-        self.calls.append(("reset", None))
+        self._called("reset", None)
 
     def set_peer(
         self, public_key: str, endpoint: str, allowed_ips: Sequence[str], keepalive: int | None
     ) -> None:
-        self.calls.append(("peer", (endpoint, tuple(allowed_ips))))
+        self._called("peer", (endpoint, tuple(allowed_ips)))
         self.endpoint = endpoint
         if endpoint in self.reachable:
             self.handshake = time.time()
 
     def route(self, *, full: bool, prefixes: Sequence[str], exempt: Sequence[str] = ()) -> None:
-        self.calls.append(("route", (full, tuple(prefixes))))
+        self._called("route", (full, tuple(prefixes)))
         self.exempt = tuple(exempt)
 
     def set_dns(self, servers: Sequence[str]) -> None:
-        self.calls.append(("dns", tuple(servers)))
+        self._called("dns", tuple(servers))
 
     def kill_switch(self, *, allow_endpoints: Sequence[Endpoint]) -> None:
-        self.calls.append(("kill_switch", tuple(allow_endpoints)))
+        self._called("kill_switch", tuple(allow_endpoints))
 
     def peer_stats(self) -> PeerStats | None:
+        self._where("peer_stats")
         return PeerStats(self.handshake, 0, 0, self.endpoint)
 
     def names(self) -> list[str]:
@@ -233,3 +245,12 @@ async def test_without_ipv6_in_the_route_the_interface_stays_ipv4_only() -> None
     host, relay = FakeHost({"203.0.113.10:51820"}), FakeRelay()
     await _connector(_settings(), _route(), host, relay).connect()
     assert ("create", ("10.77.0.5/32", 1380)) in host.calls
+
+
+async def test_every_host_call_runs_off_the_event_loop() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000"}), FakeRelay()
+    connector = _connector(_settings(), _route(), host, relay)
+    first = await connector.connect()  # direct tried and given up, then the relay
+    await connector.switch_route(first)
+    assert {"create", "route", "dns", "kill_switch", "peer", "reset"} <= set(host.names())
+    assert host.on_the_loop == []

@@ -7,54 +7,66 @@ import threading
 import time
 from pathlib import Path
 
-from higgs.client.process import read_pidfile, remove_pidfile, stop_daemon, write_pidfile
+import pytest
+
 from higgs.client.status import StatusReport, format_status, read_status, write_status
+from higgs.daemon import pidfile
+from higgs.daemon.pidfile import AlreadyRunning, PidFile
 
 
-def test_pidfile_names_this_process(tmp_path: Path) -> None:
+def test_pidfile_names_this_process_while_held(tmp_path: Path) -> None:
     path = tmp_path / "daemon.pid"
-    handle = write_pidfile(path)
-    assert handle.pid == os.getpid()
-    assert read_pidfile(path) == handle
-    remove_pidfile(path, handle)
+    with PidFile(path) as handle:
+        assert handle.pid == os.getpid()
+        assert pidfile.read(path) == handle
+        with pytest.raises(AlreadyRunning, match=str(os.getpid())), PidFile(path):
+            pass
+        assert pidfile.read(path) == handle  # the refused second one changed nothing
     assert not path.exists()
 
 
 def test_stale_pidfile_with_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
     path = tmp_path / "daemon.pid"
-    # Our PID but another start time: a recycled PID must never be signalled.
-    path.write_text(f"{os.getpid()} 1\n")
-    assert read_pidfile(path) is None
+    # Nobody holds the lock: a crash left it, even though the PID is alive.
+    path.write_text(f"{os.getpid()} {pidfile.start_time_of(os.getpid())}\n")
+    assert pidfile.read(path) is None
     path.write_text("garbage\n")
-    assert read_pidfile(path) is None
+    assert pidfile.read(path) is None
 
 
-def test_remove_pidfile_leaves_a_newer_daemons_file(tmp_path: Path) -> None:
+def test_a_held_pidfile_with_another_start_time_is_not_ours(tmp_path: Path) -> None:
     path = tmp_path / "daemon.pid"
-    old = write_pidfile(path)
-    path.write_text("1 2\n")  # another daemon took over
-    remove_pidfile(path, old)
+    with PidFile(path):
+        # Our PID but another start time: a recycled PID must never be signalled.
+        path.write_text(f"{os.getpid()} 1\n")
+        assert pidfile.read(path) is None
+
+
+def test_leaving_keeps_a_file_that_names_another_daemon(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.pid"
+    with PidFile(path):
+        path.write_text("1 2\n")  # another daemon took over
     assert path.read_text() == "1 2\n"
 
 
 def test_stop_daemon_terminates_and_waits(tmp_path: Path) -> None:
-    pidfile = tmp_path / "p.pid"
+    pid_path = tmp_path / "p.pid"
     code = (
-        "import sys; from pathlib import Path; from higgs.client.process import write_pidfile;"
-        f"write_pidfile(Path({str(pidfile)!r})); print('up', flush=True); import time; "
+        "import sys, time; from pathlib import Path; from higgs.daemon.pidfile import PidFile;"
+        f"p = PidFile(Path({str(pid_path)!r})); p.__enter__(); print('up', flush=True); "
         "time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "up"
-        handle = read_pidfile(pidfile)
+        handle = pidfile.read(pid_path)
         assert handle is not None
         assert handle.pid == proc.pid
         # Reap in the background as the real parent (init) would.
         started = time.monotonic()
         threading.Thread(target=proc.wait, daemon=True).start()
-        assert stop_daemon(handle, timeout=10)
+        assert pidfile.stop(handle, timeout=10)
         assert time.monotonic() - started < 10
     finally:
         if proc.poll() is None:

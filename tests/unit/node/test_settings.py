@@ -10,7 +10,7 @@ from higgs.node.settings import load_node_settings, parse_upstream, system_resol
 
 def test_defaults_are_usable_without_a_file() -> None:
     s = load_node_settings(environ={})
-    assert s.interface == "higgs0"
+    assert s.interface == "higgsnode"
     assert str(s.node_address) == "10.77.0.1/24"
     assert s.state_dir == Path("/var/lib/higgsnode")
     assert s.firewall == "auto"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from higgs.osnet import procs, sysctl, undo
+from higgs.osnet import procs, sysctl, undo, undo_registry
 from higgs.osnet.errors import JournalError, UndoError
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import RecordingRunner, SubprocessRunner
@@ -111,7 +111,8 @@ def test_partial_undo_then_crash_resumes_where_it_stopped(
             raise Crash
         ctx.runner.run(params["argv"])
 
-    monkeypatch.setitem(undo._OPS, "argv", crashing_argv)
+    crashing = undo.UndoOp("argv", crashing_argv)
+    monkeypatch.setattr(undo_registry, "OPS", {**undo_registry.OPS, "argv": crashing})
     with pytest.raises(Crash):
         first.undo_all()
     first.close()

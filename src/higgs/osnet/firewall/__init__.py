@@ -2,9 +2,10 @@
 
 Pure plans (:mod:`.plan`) are rendered (:mod:`.nft_render`, :mod:`.iptables_render`) and applied
 by a backend (:mod:`.nft`, :mod:`.iptables`) chosen by :func:`get_backend`, like sshuttle's
-``get_method``. Importing this package registers the journal's ``firewall_remove`` undo and a
-``firewall`` step of :func:`higgs.osnet.sweep.sweep`, so a ``cleanup`` after a crash removes
-our rules from the journal alone, or from the owner's names alone.
+``get_method``. The journal's ``firewall_remove`` undo (:data:`UNDO`, listed in
+:mod:`higgs.osnet.undo_registry`) and a ``firewall`` step of :func:`higgs.osnet.sweep.sweep`
+(registered when this package is imported; ``cleanup`` imports it) let a ``cleanup`` after a
+crash remove our rules from the journal alone, or from the owner's names alone.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, Literal
 
 from higgs.osnet import sweep as sweep_mod
 from higgs.osnet import undo as undo_ops
+from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import CommandError
-from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
 
@@ -38,6 +39,7 @@ from .plan import (
 __all__ = [
     "BACKENDS",
     "KILL_SWITCH_PART",
+    "UNDO",
     "BackendName",
     "DnsRedirect",
     "Endpoint",
@@ -75,7 +77,7 @@ def get_backend(
     name: BackendName | str,
     names: FirewallNames,
     runner: Runner,
-    journal: Journal | None = None,
+    journal: ChangeLog | None = None,
 ) -> FirewallBackend:
     """The backend ``name``, or with ``auto`` the best one this host supports."""
     if name == "auto":
@@ -138,5 +140,5 @@ def _undo_remove(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
     cls.from_undo(params, ctx.runner).remove()
 
 
-undo_ops.register(UNDO_OP, _undo_remove)
+UNDO = undo_ops.UndoOp(UNDO_OP, _undo_remove)
 sweep_mod.register_hook("firewall", _sweep_hook)

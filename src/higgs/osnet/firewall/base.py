@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from higgs.osnet.changes import ChangeLog, Entry
 from higgs.osnet.errors import OsnetError
-from higgs.osnet.journal import Entry, Journal
 from higgs.osnet.runner import Runner
 
 from .plan import FirewallNames, IPAddress, NodePolicy, Plan
@@ -68,7 +68,7 @@ class FirewallBackend(abc.ABC):
     name: ClassVar[str]
 
     def __init__(
-        self, names: FirewallNames, runner: Runner, journal: Journal | None = None
+        self, names: FirewallNames, runner: Runner, journal: ChangeLog | None = None
     ) -> None:
         self.names = names
         self.runner = runner

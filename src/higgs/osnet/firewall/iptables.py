@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import CommandError
-from higgs.osnet.journal import Journal
 from higgs.osnet.runner import Runner
 
 from . import iptables_render, iptables_tables
@@ -104,7 +104,7 @@ class IptablesBackend(FirewallBackend):
         self,
         names: FirewallNames,
         runner: Runner,
-        journal: Journal | None = None,
+        journal: ChangeLog | None = None,
         *,
         flavour: Flavour | None = None,
     ) -> None:

@@ -28,6 +28,8 @@ from higgs.protocol.api import (
     NodeList,
     NodeRegisterRequest,
     NodeRegisterResponse,
+    ReachabilityConfirm,
+    ReachabilityResult,
     RouteRequest,
     RouteResponse,
     SessionInfo,
@@ -100,6 +102,19 @@ async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChalleng
 )
 async def heartbeat(body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller) -> HeartbeatResponse:
     return await ctx.registry.heartbeat(node_id, body)
+
+
+@v1.post(
+    "/nodes/{node_id}/reachability",
+    response_model=ReachabilityResult,
+    responses=_errors(401, 403, 404, 409),
+    tags=["nodes"],
+    summary="The nonce of a reachability probe that reached the node (docs/protocol.md §2.9)",
+)
+async def confirm_reachability(
+    body: ReachabilityConfirm, ctx: Ctx, node_id: NodeCaller
+) -> ReachabilityResult:
+    return await ctx.registry.reachability.confirm(node_id, body.nonce)
 
 
 @v1.delete(

@@ -18,9 +18,7 @@ import json
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 from picows import (
@@ -31,47 +29,25 @@ from picows import (
 )
 from prometheus_client import CollectorRegistry
 
-from higgs.common.secrets import tokens_equal
-from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE
+from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE, ControlMessage, Hello, SessionClosed
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
-from higgs.server.relay.links import NodeLink, SessionLink, _Link
+from higgs.server.relay.links import LinkHost, NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
 from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.relay.tables import RelayTables
 
-__all__ = ["NODE_PATH", "SESSION_PATH", "NodeEntry", "RelayHubServer", "SessionEntry"]
+__all__ = ["NODE_PATH", "SESSION_PATH", "RelayHubServer"]
 
 log = logging.getLogger(__name__)
 
 NODE_PATH = b"/v1/relay/node"
 SESSION_PATH = b"/v1/relay/session"
-_CLOSED_MEMORY = 65_536  # closed sessions remembered (for 4002 and their counters)
-_CLOSED_CHANNEL_TTL_S = 120.0  # node frames for a just-closed channel count as session_closed
 _VERSION = str(PROTOCOL_VERSION)
 
 
-@dataclass(slots=True, eq=False)
-class NodeEntry:
-    node_id: str
-    token_hash: str | None = None
-    link: NodeLink | None = None
-    channels: dict[int, SessionEntry] = field(default_factory=dict)
-    closed_channels: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass(slots=True, eq=False)
-class SessionEntry:
-    session_id: str
-    channel: int
-    node: NodeEntry
-    token_hash: str
-    client_link: SessionLink | None = None
-    closed: bool = False
-    close_reason: str = ""
-    up_datagrams: int = 0  # client → node
-    up_bytes: int = 0
-    down_datagrams: int = 0  # node → client
-    down_bytes: int = 0
-    reported: int = 0
+def _wire(message: ControlMessage) -> dict[str, Any]:
+    """A message the hub itself sends, as the JSON object on the wire (unset fields left out)."""
+    return message.model_dump(mode="json", exclude_none=True)
 
 
 def _bearer_hash(request: WSUpgradeRequest) -> str | None:
@@ -119,7 +95,8 @@ class RelayHubServer:
     ) -> None:
         self.events = events
         self.counters = RelayCounters()
-        registry.register(RelayMetricsCollector(self.counters, self._traffic_totals))
+        self.tables = RelayTables()
+        registry.register(RelayMetricsCollector(self.counters, self.tables.totals))
         self.ping_interval_s = ping_interval_s
         self.dead_after_s = dead_after_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -130,12 +107,6 @@ class RelayHubServer:
         self.read_buffer_init_size = read_buffer_init_size
         self.dirty: list[_Link] = []
         self._net_armed = False
-        self._nodes: dict[str, NodeEntry] = {}
-        self._node_tokens: dict[str, NodeEntry] = {}
-        self._sessions: dict[str, SessionEntry] = {}
-        self._session_tokens: dict[str, SessionEntry] = {}
-        self._closed: OrderedDict[str, SessionEntry] = OrderedDict()
-        self._closed_tokens: dict[str, SessionEntry] = {}
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -197,84 +168,43 @@ class RelayHubServer:
     # -- RelayHub (called by the services) ---------------------------------------------------
 
     def allow_node(self, node_id: str, token_hash: str) -> None:
-        node = self._nodes.get(node_id)
-        if node is None:
-            node = self._nodes[node_id] = NodeEntry(node_id)
-        if node.token_hash is not None and not tokens_equal(node.token_hash, token_hash):
-            self._node_tokens.pop(node.token_hash, None)
-        node.token_hash = token_hash
-        self._node_tokens[token_hash] = node
+        self.tables.allow_node(node_id, token_hash)
 
     def forget_node(self, node_id: str, reason: str) -> None:
-        node = self._nodes.get(node_id)
+        node = self.tables.forget_node(node_id)
+        if node is not None and node.link is not None:
+            node.link.close(CloseCode.UNAUTHORIZED, reason)
+
+    def node_offline(self, node_id: str, reason: str) -> None:
+        node = self.tables.nodes.get(node_id)
         if node is None:
             return
-        if node.token_hash is not None:
-            self._node_tokens.pop(node.token_hash, None)
-            node.token_hash = None
-        if node.link is not None:
-            node.link.close(CloseCode.UNAUTHORIZED, reason)
-        if not node.channels:
-            del self._nodes[node_id]
+        for session in list(node.channels.values()):
+            if session.client_link is not None:
+                session.client_link.close(CloseCode.NODE_OFFLINE, reason)
 
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
-        existing = self._sessions.get(session_id)
-        if existing is not None:
-            if existing.channel == channel and existing.node.node_id == node_id:
-                self._session_tokens.pop(existing.token_hash, None)
-                existing.token_hash = token_hash
-                self._session_tokens[token_hash] = existing
-                return
-            raise ValueError(f"session {session_id} is already open on another channel or node")
-        node = self._nodes.get(node_id)
-        if node is None:
-            node = self._nodes[node_id] = NodeEntry(node_id)
-        taken = node.channels.get(channel)
-        if taken is not None:
-            raise ValueError(f"channel {channel} of node {node_id} is used by {taken.session_id}")
-        session = SessionEntry(session_id, channel, node, token_hash)
-        self._sessions[session_id] = session
-        self._session_tokens[token_hash] = session
-        node.channels[channel] = session
-        node.closed_channels.pop(channel, None)
+        self.tables.open_session(session_id, channel, node_id, token_hash)
 
     def close_session(self, session_id: str, reason: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            return
-        session.closed = True
-        session.close_reason = reason
-        self._session_tokens.pop(session.token_hash, None)
-        node = session.node
-        if node.channels.get(session.channel) is session:
-            del node.channels[session.channel]
-            node.closed_channels[session.channel] = time.monotonic()
-        if not node.channels and node.token_hash is None and node.link is None:
-            self._nodes.pop(node.node_id, None)
-        self._remember_closed(session)
-        link = session.client_link
+        session = self.tables.close_session(session_id, reason, time.monotonic())
+        link = None if session is None else session.client_link
         if link is not None:
-            link.send_text({"type": "session_closed", "reason": reason})
+            link.send_text(_wire(SessionClosed(reason=reason)))
             link.close(CloseCode.SESSION_CLOSED, reason)
 
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
-        node = self._nodes.get(node_id)
+        node = self.tables.nodes.get(node_id)
         if node is None or node.link is None:
             return False
         return node.link.send_text(message)
 
     def is_node_connected(self, node_id: str) -> bool:
-        node = self._nodes.get(node_id)
+        node = self.tables.nodes.get(node_id)
         return node is not None and node.link is not None and not node.link.closed
 
     def session_counters(self, session_id: str) -> tuple[int, int]:
-        session = self._sessions.get(session_id) or self._closed.get(session_id)
-        if session is None:
-            return (0, 0)
-        return (
-            session.up_datagrams + session.down_datagrams,
-            session.up_bytes + session.down_bytes,
-        )
+        return self.tables.counters(session_id)
 
     # -- upgrade: routing and authentication (synchronous, from memory) ----------------------
 
@@ -286,15 +216,13 @@ class RelayHubServer:
         refused = None if request.headers.get(VERSION_HEADER) == _VERSION else CloseCode.BAD_VERSION
         listener: _Link
         if path == NODE_PATH:
-            node = self._node_tokens.get(token_hash) if token_hash else None
+            node = self.tables.node_by_token(token_hash) if token_hash else None
             if node is None:
                 log.info("relay: refused a node link: unknown or missing credential")
                 return _json_error(401, "unauthorized", "unknown or missing node token")
             listener = NodeLink(self, node, refused)
         else:
-            session = self._session_tokens.get(token_hash) if token_hash else None
-            if session is None and token_hash:
-                session = self._closed_tokens.get(token_hash)
+            session = self.tables.session_by_token(token_hash) if token_hash else None
             if session is None:
                 log.info("relay: refused a session link: unknown or missing credential")
                 return _json_error(401, "unauthorized", "unknown or missing relay token")
@@ -315,14 +243,12 @@ class RelayHubServer:
         if old is not None:
             old.close(CloseCode.REPLACED, "replaced by a newer link")
         log.info("relay: node link up", extra={"node_id": node.node_id})
-        link.send_text(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "node_id": node.node_id,
-                "heartbeat_interval_s": self.heartbeat_interval_s,
-            }
+        hello = Hello(
+            version=PROTOCOL_VERSION,
+            node_id=node.node_id,
+            heartbeat_interval_s=self.heartbeat_interval_s,
         )
+        link.send_text(_wire(hello))
         self._spawn(self.events.node_link_up(node.node_id))
 
     def detach_node_link(self, link: NodeLink) -> None:
@@ -337,13 +263,12 @@ class RelayHubServer:
             node.link = None
             log.info("relay: node link down", extra={"node_id": node.node_id})
             self._spawn(self.events.node_link_down(node.node_id))
-            if not node.channels and node.token_hash is None:
-                self._nodes.pop(node.node_id, None)
+            self.tables.release_node(node)
 
     def attach_session_link(self, link: SessionLink) -> None:
         session = link.session
         if session.closed:
-            link.send_text({"type": "session_closed", "reason": session.close_reason})
+            link.send_text(_wire(SessionClosed(reason=session.close_reason)))
             link.close(CloseCode.SESSION_CLOSED, session.close_reason)
             return
         self._links.add(link)
@@ -355,14 +280,10 @@ class RelayHubServer:
         if node_link is not None and node_link.paused and link.raw is not None:
             link.raw.pause_reading()  # join the node's other clients in waiting
         log.info("relay: session link up", extra={"session_id": session.session_id})
-        link.send_text(
-            {
-                "type": "hello",
-                "version": PROTOCOL_VERSION,
-                "session_id": session.session_id,
-                "channel": session.channel,
-            }
+        hello = Hello(
+            version=PROTOCOL_VERSION, session_id=session.session_id, channel=session.channel
         )
+        link.send_text(_wire(hello))
 
     def detach_session_link(self, link: SessionLink) -> None:
         if link not in self._links:
@@ -455,47 +376,14 @@ class RelayHubServer:
                 log.exception("relay: activity sweep failed")
 
     def _activity_sweep(self) -> None:
-        for session in self._sessions.values():
-            seen = session.up_datagrams + session.down_datagrams
-            if seen != session.reported:
-                session.reported = seen
-                try:
-                    self.events.session_activity(session.session_id)
-                except Exception:
-                    log.exception("relay: session_activity failed")
-        cutoff = time.monotonic() - _CLOSED_CHANNEL_TTL_S
-        for node in self._nodes.values():
-            if node.closed_channels:
-                for channel, closed_at in list(node.closed_channels.items()):
-                    if closed_at < cutoff:
-                        del node.closed_channels[channel]
+        for session_id in self.tables.active_sessions():
+            try:
+                self.events.session_activity(session_id)
+            except Exception:
+                log.exception("relay: session_activity failed")
+        self.tables.expire_closed_channels(time.monotonic())
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _traffic_totals(self) -> tuple[int, int, int, int]:
-        """(datagrams, bytes) to node, then to client, since start: summed at scrape time so
-        the data path only counts per session."""
-        c = self.counters
-        up_d, up_b = c.closed_up_datagrams, c.closed_up_bytes
-        down_d, down_b = c.closed_down_datagrams, c.closed_down_bytes
-        for s in self._sessions.values():
-            up_d += s.up_datagrams
-            up_b += s.up_bytes
-            down_d += s.down_datagrams
-            down_b += s.down_bytes
-        return up_d, up_b, down_d, down_b
-
-    def _remember_closed(self, session: SessionEntry) -> None:
-        c = self.counters
-        c.closed_up_datagrams += session.up_datagrams
-        c.closed_up_bytes += session.up_bytes
-        c.closed_down_datagrams += session.down_datagrams
-        c.closed_down_bytes += session.down_bytes
-        self._closed[session.session_id] = session
-        self._closed_tokens[session.token_hash] = session
-        while len(self._closed) > _CLOSED_MEMORY:
-            _, old = self._closed.popitem(last=False)
-            self._closed_tokens.pop(old.token_hash, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -508,5 +396,5 @@ class RelayHubServer:
             log.error("relay: event handler failed", exc_info=task.exception())
 
 
-def _conforms_to_the_seam(hub: RelayHubServer) -> RelayHub:
-    return hub  # mypy checks here that the hub implements the RelayHub protocol
+def _conforms_to_the_seams(hub: RelayHubServer) -> tuple[RelayHub, LinkHost]:
+    return hub, hub  # mypy checks here that the hub implements both protocols

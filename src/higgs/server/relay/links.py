@@ -24,7 +24,7 @@ import json
 import logging
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
@@ -39,13 +39,13 @@ from higgs.protocol.relay import (
     FrameError,
     validate,
 )
+from higgs.server.relay.metrics import RelayCounters
+from higgs.server.relay.tables import NodeEntry, SessionEntry
 
 if TYPE_CHECKING:
     from asyncio import Transport
 
-    from higgs.server.relay.hub import NodeEntry, RelayHubServer, SessionEntry
-
-__all__ = ["NodeLink", "SessionLink"]
+__all__ = ["LinkHost", "NodeLink", "SessionLink"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,33 @@ def _framed(payload: bytes) -> bytes:
     return _header(len(payload)) + payload
 
 
+class LinkHost(Protocol):
+    """What a link needs of the hub that accepted it."""
+
+    write_high: int  # the transport's write buffer limits (when the peer counts as full)
+    write_low: int
+    queue_limit: int  # bytes waiting for a full peer before the oldest frame is dropped
+    counters: RelayCounters
+    # Links with frames pending, flushed when the source's read buffer is exhausted.
+    dirty: list[_Link]
+
+    def mark_dirty(self, link: _Link) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def attach_node_link(self, link: NodeLink) -> None: ...
+
+    def detach_node_link(self, link: NodeLink) -> None: ...
+
+    def attach_session_link(self, link: SessionLink) -> None: ...
+
+    def detach_session_link(self, link: SessionLink) -> None: ...
+
+    def node_text(self, link: NodeLink, data: bytes) -> None: ...
+
+    def session_text(self, link: SessionLink, data: bytes) -> None: ...
+
+
 class _Link(WSListener):
     __slots__ = (
         "alive",
@@ -107,7 +134,7 @@ class _Link(WSListener):
     )
     kind = "link"
 
-    def __init__(self, hub: RelayHubServer, refused: CloseCode | None) -> None:
+    def __init__(self, hub: LinkHost, refused: CloseCode | None) -> None:
         self.hub = hub
         self.refused = refused
         self.transport: WSTransport | None = None
@@ -314,7 +341,7 @@ class NodeLink(_Link):
     __slots__ = ("node",)
     kind = "node"
 
-    def __init__(self, hub: RelayHubServer, node: NodeEntry, refused: CloseCode | None) -> None:
+    def __init__(self, hub: LinkHost, node: NodeEntry, refused: CloseCode | None) -> None:
         super().__init__(hub, refused)
         self.node = node
 
@@ -419,9 +446,7 @@ class SessionLink(_Link):
     __slots__ = ("session",)
     kind = "session"
 
-    def __init__(
-        self, hub: RelayHubServer, session: SessionEntry, refused: CloseCode | None
-    ) -> None:
+    def __init__(self, hub: LinkHost, session: SessionEntry, refused: CloseCode | None) -> None:
         super().__init__(hub, refused)
         self.session = session
 

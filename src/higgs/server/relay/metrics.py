@@ -26,11 +26,8 @@ Totals = Callable[[], tuple[int, int, int, int]]
 
 @dataclass(slots=True)
 class RelayCounters:
-    # Traffic of sessions already closed; open sessions count their own (see RelayHubServer).
-    closed_up_datagrams: int = 0
-    closed_up_bytes: int = 0
-    closed_down_datagrams: int = 0
-    closed_down_bytes: int = 0
+    """Links open and frames dropped; traffic is counted per session (see RelayTables)."""
+
     node_links: int = 0
     session_links: int = 0
     drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))

@@ -39,6 +39,11 @@ class RelayHub(Protocol):
     def forget_node(self, node_id: str, reason: str) -> None:
         """The node may no longer connect; an open link is closed (4001)."""
 
+    def node_offline(self, node_id: str, reason: str) -> None:
+        """The node is gone for good (deregistered, or offline past its grace): its client
+        links are closed with 4009 so that clients fail over at once. Its sessions stay
+        admitted until :meth:`close_session`."""
+
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
         """The client holding the relay token with this hash may attach to ``channel``."""
 

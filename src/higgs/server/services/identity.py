@@ -30,6 +30,7 @@ from higgs.server.services.credcache import CredentialCache
 from higgs.server.services.errors import Conflict, NotFound, Unauthorized
 from higgs.server.store import queries
 from higgs.server.store.db import Database
+from higgs.server.store.states import SessionState
 from higgs.server.store.tables import AdminToken, Client, EnrollmentKey
 from higgs.server.store.tables import Session as SessionRow
 
@@ -216,7 +217,7 @@ class IdentityService:
     async def list_clients(self) -> list[ClientRecord]:
         open_count = (
             select(func.count())
-            .where(SessionRow.client_id == Client.id, SessionRow.state == "open")
+            .where(SessionRow.client_id == Client.id, SessionRow.state == SessionState.OPEN)
             .scalar_subquery()
         )
         async with self.db.transaction() as s:

@@ -5,10 +5,12 @@ performance: at 1,000 nodes that was the whole cost of a route). Each non-stoppe
 :class:`NodeFacts` here: what it registered (subnet, capacity, location), what its last
 heartbeat reported (budget, latency), its state, and how many sessions it has open.
 
-Who keeps it current, all in this process: registration (:meth:`NodeView.upsert`), heartbeats
-(:meth:`NodeView.heartbeat`), the offline sweep and deregistration (:meth:`NodeView.set_state`,
-:meth:`NodeView.remove`), and every session opened or closed (:meth:`NodeView.session_opened`,
-:meth:`NodeView.session_closed`; closes made by the CLI reach it when the sweep announces them).
+The server builds one view (``higgs.server.app``) and hands it to the registry and the
+session service. Who keeps it current, all in this process: registration
+(:meth:`NodeView.upsert`), heartbeats (:meth:`NodeView.heartbeat`), the offline sweep and
+deregistration (:meth:`NodeView.set_state`, :meth:`NodeView.remove`), and every session opened
+or closed (:meth:`NodeView.session_opened`, :meth:`NodeView.session_closed`; closes made by the
+CLI reach it when the sweep announces them).
 The database stays the truth: the route transaction re-counts the chosen node's open sessions,
 and :meth:`NodeView.replace_all` reloads the view from the database at start and at each sweep,
 skipping nodes that changed while the reload was reading (their in-memory figure is newer).
@@ -21,8 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from higgs.server.services import routing
+from higgs.server.store import node_facts
+from higgs.server.store.db import Database
+from higgs.server.store.states import NodeState
 
-__all__ = ["NodeFacts", "NodeView", "metric_number"]
+__all__ = ["NodeFacts", "NodeView", "metric_number", "refresh_view"]
 
 
 def metric_number(metrics: Mapping[str, Any] | None, name: str) -> float | None:
@@ -51,6 +56,9 @@ class NodeFacts:
     budget_total_mb: float | None = None
     latency_ms: float | None = None
     open_sessions: int = 0
+    # The endpoint the node's router mapped (services.reachability); offered as ``endpoint``
+    # only once a probe verified it.
+    mapped: str | None = None
     capacity: int = field(init=False, default=0)
     # The last candidate built; every change to the facts goes through NodeView, which drops
     # it, so a route request rebuilds only what changed since the previous one.
@@ -58,6 +66,25 @@ class NodeFacts:
 
     def __post_init__(self) -> None:
         self.capacity = routing.host_capacity(self.tunnel_subnet)
+
+    @classmethod
+    def from_record(cls, record: node_facts.NodeRecord) -> NodeFacts:
+        facts = cls(
+            node_id=record.node_id,
+            state=record.state,
+            public_key=record.public_key,
+            endpoint=record.endpoint,
+            tunnel_subnet=record.tunnel_subnet,
+            tunnel_subnet_v6=record.tunnel_subnet_v6,
+            tunnel_mtu=record.tunnel_mtu,
+            max_clients=record.max_clients,
+            bandwidth_mbps=record.bandwidth_mbps,
+            country=record.country,
+            region=record.region,
+            open_sessions=record.open_sessions,
+        )
+        facts.apply_metrics(record.metrics)
+        return facts
 
     def apply_metrics(self, metrics: Mapping[str, Any] | None) -> None:
         self.budget_left_mb = metric_number(metrics, "budget_left_mb")
@@ -130,6 +157,13 @@ class NodeView:
         self._touch(facts.node_id)
         self._nodes[facts.node_id] = facts
 
+    def set_endpoint(self, node_id: str, endpoint: str | None) -> None:
+        """The endpoint offered for direct mode changed (a verified port mapping)."""
+        facts = self._nodes.get(node_id)
+        if facts is not None:
+            self._touch(node_id)
+            facts.endpoint = endpoint
+
     def remove(self, node_id: str) -> None:
         self._touch(node_id)
         self._nodes.pop(node_id, None)
@@ -144,7 +178,7 @@ class NodeView:
         facts = self._nodes.get(node_id)
         if facts is not None:
             self._touch(node_id)
-            facts.state = "online"
+            facts.state = NodeState.ONLINE
             facts.apply_metrics(metrics)
 
     def session_opened(self, node_id: str) -> None:
@@ -183,3 +217,16 @@ class NodeView:
             else:
                 fresh[node_id] = current
         self._nodes = fresh
+
+
+async def refresh_view(view: NodeView, db: Database) -> int:
+    """Reloads the view from the database (start, and periodically: a safety net for changes
+    this process did not see). Returns the number of nodes in it."""
+    view.begin_reload()
+    try:
+        loaded = await node_facts.load_all(db)
+    except BaseException:
+        view.abort_reload()
+        raise
+    view.replace_all(NodeFacts.from_record(r) for r in loaded)
+    return len(view)

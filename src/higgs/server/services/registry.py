@@ -36,10 +36,12 @@ from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.services.identity import IdentityService
 from higgs.server.services.keyproof import ChallengeService
-from higgs.server.services.nodeview import NodeFacts
+from higgs.server.services.nodeview import NodeFacts, NodeView
+from higgs.server.services.reachability import ReachabilityService, new_nonce
 from higgs.server.services.sessions import SessionService
 from higgs.server.store import queries
 from higgs.server.store.db import Database
+from higgs.server.store.states import NodeState, SessionState
 from higgs.server.store.tables import Node
 from higgs.server.store.tables import Session as SessionRow
 
@@ -55,6 +57,7 @@ class RegistryService:
         hub: RelayHub,
         settings: ServerSettings,
         metrics: ServerMetrics,
+        nodes: NodeView,
         sessions: SessionService,
         identity: IdentityService | None = None,
     ) -> None:
@@ -62,10 +65,12 @@ class RegistryService:
         self.hub = hub
         self.settings = settings
         self.metrics = metrics
+        self.nodes = nodes
         self.sessions = sessions
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
         self.challenges: ChallengeService | None = None  # set by the server (key proofs)
+        self.reachability = ReachabilityService(db, sessions.nodes)
 
     async def register(
         self, credential: str, req: NodeRegisterRequest
@@ -116,6 +121,14 @@ class RegistryService:
             node.public_key = req.public_key
             node.token_hash = hash_token(token)
             node.endpoint = req.endpoint
+            # A router mapping is offered only once a probe verified it (services.reachability).
+            pm = req.port_mapping
+            mapped = pm.external_endpoint if pm is not None and pm.method else None
+            node.mapped_endpoint = mapped
+            node.mapped_method = pm.method if mapped and pm is not None else None
+            node.probe_nonce = new_nonce() if mapped else None
+            node.mapped_verified_at = None
+            probe_nonce = node.probe_nonce
             node.listen_port = req.listen_port
             node.tunnel_subnet = req.tunnel_subnet
             node.tunnel_subnet_v6 = req.tunnel_subnet_v6
@@ -125,7 +138,7 @@ class RegistryService:
             node.country = req.country
             node.region = req.region
             node.version = req.version
-            node.state = "online"
+            node.state = NodeState.ONLINE
             node.updated_at = now
             node.last_heartbeat_at = now
             node_id = node.id
@@ -133,11 +146,11 @@ class RegistryService:
             open_n = await s.scalar(
                 select(func.count())
                 .select_from(SessionRow)
-                .where(SessionRow.node_id == node_id, SessionRow.state == "open")
+                .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
             )
             facts = NodeFacts(
                 node_id=node_id,
-                state="online",
+                state=NodeState.ONLINE,
                 public_key=req.public_key,
                 endpoint=req.endpoint,
                 tunnel_subnet=req.tunnel_subnet,
@@ -149,12 +162,14 @@ class RegistryService:
                 region=req.region,
                 open_sessions=int(open_n or 0),
             )
+            facts.mapped = mapped
             facts.apply_metrics(node.metrics)
         # The previous token stops working now, and routing sees the node as registered.
         if self.identity is not None:
             self.identity.forget_node(node_id)
-        self.sessions.nodes.upsert(facts)
+        self.nodes.upsert(facts)
         self.hub.allow_node(node_id, hash_token(token))
+        self.reachability.registered(node_id, mapped, probe_nonce)
         self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
         log.info("node registered", extra={"node_id": node_id, "new": created})
         return (
@@ -200,10 +215,13 @@ class RegistryService:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
             if fresh:
-                await conn.execute(self.sessions.renew_keys_statement(node_id, fresh))
+                await self.sessions.renew_keys(conn, node_id, fresh)
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
-        self.sessions.nodes.heartbeat(node_id, metrics)
+        self.nodes.heartbeat(node_id, metrics)
+        if req.port_mapping is not None:
+            pm = req.port_mapping
+            await self.reachability.heartbeat(node_id, pm.external_endpoint if pm.method else None)
         return HeartbeatResponse(
             heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
         )
@@ -213,9 +231,11 @@ class RegistryService:
             node = await s.get(Node, node_id, with_for_update=True)
             if node is None:
                 raise NotFound("node_not_found", f"node_id: no node {node_id}")
-            node.state = "stopped"
+            node.state = NodeState.STOPPED
             node.updated_at = utcnow()
-        self.sessions.nodes.remove(node_id)
+        self.nodes.remove(node_id)
+        # Clients hear 4009 (fail over now) before their sessions close.
+        self.hub.node_offline(node_id, "node stopped")
         await self.sessions.close_for_node(node_id, "node_stopped")
         self.hub.forget_node(node_id, "stopped")
         log.info("node deregistered", extra={"node_id": node_id})
@@ -228,7 +248,7 @@ class RegistryService:
         )
         now = utcnow()
         cutoff = now - limit
-        stale = Node.state == "online", Node.last_heartbeat_at < cutoff
+        stale = Node.state == NodeState.ONLINE, Node.last_heartbeat_at < cutoff
         async with self.db.begin() as conn:
             ids = (await conn.scalars(select(Node.id).where(*stale))).all()
             went = [i for i in ids if not self.hub.is_node_connected(i)]
@@ -239,13 +259,14 @@ class RegistryService:
                         await conn.scalars(
                             update(Node)
                             .where(Node.id.in_(went), *stale)
-                            .values(state="offline", updated_at=now)
+                            .values(state=NodeState.OFFLINE, updated_at=now)
                             .returning(Node.id)
                         )
                     ).all()
                 )
         for node_id in went:
-            self.sessions.nodes.set_state(node_id, "offline")
+            self.nodes.set_state(node_id, NodeState.OFFLINE)
+            self.hub.node_offline(node_id, "node offline: missed heartbeats")
             self.metrics.nodes_went_offline.inc()
             log.warning("node offline: missed heartbeats", extra={"node_id": node_id})
         return went
@@ -254,7 +275,9 @@ class RegistryService:
         """After a restart: nodes that are not stopped may open their links again."""
         async with self.db.transaction() as s:
             rows = (
-                await s.execute(select(Node.id, Node.token_hash).where(Node.state != "stopped"))
+                await s.execute(
+                    select(Node.id, Node.token_hash).where(Node.state != NodeState.STOPPED)
+                )
             ).all()
         for node_id, token_hash in rows:
             self.hub.allow_node(node_id, token_hash)
@@ -267,7 +290,9 @@ class RegistryService:
         counts = await self._open_counts()
         async with self.db.transaction() as s:
             rows = (
-                await s.scalars(select(Node).where(Node.state == "online").order_by(Node.id))
+                await s.scalars(
+                    select(Node).where(Node.state == NodeState.ONLINE).order_by(Node.id)
+                )
             ).all()
         return NodeList(
             nodes=[
@@ -275,7 +300,7 @@ class RegistryService:
                     node_id=n.id,
                     country=n.country,
                     region=n.region,
-                    state="online",
+                    state=NodeState.ONLINE,
                     load=min(1.0, counts.get(n.id, 0) / n.max_clients),
                     bandwidth_mbps=n.bandwidth_mbps,
                     direct=n.endpoint is not None,
@@ -293,9 +318,11 @@ class RegistryService:
                 (await s.execute(select(Node.state, func.count()).group_by(Node.state))).all()
             )
             open_n = await s.scalar(
-                select(func.count()).select_from(SessionRow).where(SessionRow.state == "open")
+                select(func.count())
+                .select_from(SessionRow)
+                .where(SessionRow.state == SessionState.OPEN)
             )
-        for state in ("online", "offline", "stopped"):
+        for state in NodeState:
             self.metrics.nodes.labels(state=state).set(int(by_state.get(state, 0)))
         self.metrics.sessions_open.set(int(open_n or 0))
 
@@ -305,7 +332,7 @@ async def _open_counts(db: Database) -> dict[str, int]:
         rows = (
             await s.execute(
                 select(SessionRow.node_id, func.count())
-                .where(SessionRow.state == "open")
+                .where(SessionRow.state == SessionState.OPEN)
                 .group_by(SessionRow.node_id)
             )
         ).all()

@@ -35,6 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from higgs.server.store.states import NodeState, RouteMode
+
 __all__ = [
     "Candidate",
     "RouteWish",
@@ -89,7 +91,7 @@ class RouteWish:
     node_id: str | None = None
     country: str | None = None
     min_bandwidth_mbps: float | None = None
-    mode: str = "auto"
+    mode: str = RouteMode.AUTO
 
 
 def score(c: Candidate) -> float:
@@ -111,7 +113,7 @@ def score(c: Candidate) -> float:
 
 def _own_rejection(c: Candidate) -> str | None:
     """Why the node cannot take any session, or None (independent of the request)."""
-    if c.state != "online":
+    if c.state != NodeState.ONLINE:
         return f"node is {c.state}"
     if c.open_sessions >= c.max_clients:
         return "node is full"
@@ -132,7 +134,7 @@ def _wish_rejection(c: Candidate, wish: RouteWish) -> str | None:
         c.bandwidth_mbps is None or c.bandwidth_mbps < wish.min_bandwidth_mbps
     ):
         return "bandwidth below the requested minimum"
-    if wish.mode == "direct" and not c.has_endpoint:
+    if wish.mode == RouteMode.DIRECT and not c.has_endpoint:
         return "node has no direct endpoint"
     return None
 
@@ -141,7 +143,7 @@ def _rejection(c: Candidate, wish: RouteWish) -> str | None:
     """Why the candidate cannot take the session, or None when it can."""
     if wish.node_id is not None and c.node_id != wish.node_id:
         return "not the requested node"
-    if c.state != "online":
+    if c.state != NodeState.ONLINE:
         return f"node is {c.state}"
     return _wish_rejection(c, wish) or _own_rejection(c)
 
@@ -151,7 +153,7 @@ def _asks_anything(wish: RouteWish) -> bool:
         wish.node_id is not None
         or wish.country is not None
         or wish.min_bandwidth_mbps is not None
-        or wish.mode == "direct"
+        or wish.mode == RouteMode.DIRECT
     )
 
 
@@ -172,7 +174,7 @@ def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | 
         if not named:
             return None, f"node {wish.node_id} does not exist"
         return None, f"node {wish.node_id} cannot take a session: {_rejection(named[0], wish)}"
-    online = [c for c in candidates if c.state == "online"]
+    online = [c for c in candidates if c.state == NodeState.ONLINE]
     if not online:
         return None, "no node is online"
     reasons = sorted({r for c in online if (r := _rejection(c, wish))})

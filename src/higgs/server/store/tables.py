@@ -89,7 +89,14 @@ class Node(Base):
     enrollment_key_id: Mapped[int | None] = mapped_column(
         ForeignKey("enrollment_keys.id", ondelete="SET NULL")
     )
+    # Offered for direct mode: the manual endpoint, or the port mapping once verified.
     endpoint: Mapped[str | None] = mapped_column(String(300))
+    # The node's router mapping and the nonce of the probe that verifies it
+    # (services.reachability).
+    mapped_endpoint: Mapped[str | None] = mapped_column(String(300), default=None)
+    mapped_method: Mapped[str | None] = mapped_column(String(16), default=None)
+    probe_nonce: Mapped[str | None] = mapped_column(String(32), default=None)
+    mapped_verified_at: Mapped[datetime | None] = mapped_column(default=None)
     listen_port: Mapped[int]
     tunnel_subnet: Mapped[str] = mapped_column(String(43))
     # The node's IPv6 tunnel prefix when it forwards IPv6 (NAT66); clients' IPv6 addresses are
