@@ -304,7 +304,7 @@ class KeyProof(_Request):
 PortMapMethod = Literal["pcp", "natpmp", "upnp"]
 
 
-class PortMappingReport(_Model):
+class PortMappingReport(_Request):
     """What the node's home router granted (or why nothing), in registrations and heartbeats."""
 
     method: PortMapMethod | None = Field(
@@ -319,7 +319,7 @@ class PortMappingReport(_Model):
     )
 
 
-class ReachabilityConfirm(_Model):
+class ReachabilityConfirm(_Request):
     """``POST /v1/nodes/{node_id}/reachability``: the nonce of a probe that reached the node."""
 
     nonce: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
