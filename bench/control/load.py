@@ -21,6 +21,7 @@ import aiohttp
 
 from bench.harness import Budget, percentile, progress
 from higgs.common.keys import PrivateKey
+from higgs.protocol import keyproof
 
 __all__ = ["NodeSim", "WindowResult", "heartbeat_body", "register_nodes", "route_window"]
 
@@ -34,9 +35,9 @@ class NodeSim:
     token: str
 
 
-def _node_body(i: int) -> dict[str, object]:
+def _node_body(i: int, key: PrivateKey) -> dict[str, object]:
     return {
-        "public_key": PrivateKey.generate().public_b64(),
+        "public_key": key.public_b64(),
         "listen_port": 51820,
         # Loopback: the server stores the endpoint and hands it out; nothing is sent to it.
         "endpoint": f"127.0.{(i >> 8) & 255}.{(i & 255) or 1}:51820" if i % 2 == 0 else None,
@@ -75,10 +76,23 @@ async def register_nodes(
         while not budget.expired(next_i):
             i = next_i
             next_i += 1
-            body = _node_body(i)
+            key = PrivateKey.generate()
+            body = _node_body(i, key)
             # A node retries a refused registration (as higgsnode does, with backoff); the
             # refusals are counted and reported.
             for attempt in range(_REGISTER_TRIES):
+                # Like higgsnode: a fresh challenge, answered with the node's key.
+                async with client.post(
+                    "/v1/nodes/challenge", headers={"Authorization": f"Bearer {enroll_key}"}
+                ) as r:
+                    challenge = await r.json() if r.status == 200 else None
+                if challenge is not None:
+                    body["proof"] = {
+                        "nonce": challenge["nonce"],
+                        "mac": keyproof.node_proof(
+                            key.raw, challenge["server_key"], challenge["nonce"]
+                        ),
+                    }
                 async with client.post(
                     "/v1/nodes/register",
                     json=body,

@@ -6,6 +6,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from higgs.lab import secretscan
 from higgs.lab.lab import Lab
 
 
@@ -30,3 +31,15 @@ def lab() -> Iterator[Lab]:
         lab.teardown()
     left = lab.leftovers()
     assert not left, f"lab {lab.names.stem} left behind: {left}"
+    leaked = [str(f) for f in lab.secret_findings]
+    assert not leaked, f"secrets in the logs of lab {lab.names.stem}: {leaked}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_lab_log() -> Iterator[None]:
+    """Every lab of the session (also those a test builds itself) scans its logs at
+    teardown (higgs.lab.secretscan); the session fails if any log held a token or a key."""
+    before = len(secretscan.FINDINGS)
+    yield
+    leaked = [str(f) for f in secretscan.FINDINGS[before:]]
+    assert not leaked, f"secrets in lab logs: {leaked}"

@@ -49,6 +49,10 @@ class PrivateKey:
             raise KeyError_("private key is not valid base64") from exc
         return cls(raw)
 
+    @property
+    def raw(self) -> bytes:
+        return self._raw
+
     def b64(self) -> str:
         return base64.b64encode(self._raw).decode()
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from higgs.common.errors import HiggsError
+from higgs.common.tls import client_context
 
 __all__ = ["RestError", "error_body", "new_client", "retry_after", "transport_error"]
 
@@ -56,7 +57,7 @@ def new_client(
     headers = {"User-Agent": user_agent}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    verify: Any = str(ca_file) if ca_file else True
+    verify: Any = client_context(ca_file)  # TLS 1.2 minimum (higgs.common.tls)
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,

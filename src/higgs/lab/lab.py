@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from . import registry
+from . import registry, secretscan
 from .errors import CommandError, LabError
 from .host import Host
 from .names import RunNames, new_run_names
@@ -200,6 +200,7 @@ class Lab:
                 if role not in ipv6_without:
                     self.hosts[role].v6 = v6
         self.workdir: Path | None = None
+        self.secret_findings: list[secretscan.Finding] = []
         self.timings: dict[str, float] = {}
         self._services = services
         self._initial_forwards = tuple(forward_udp)
@@ -652,7 +653,7 @@ class Lab:
         self._torn_down = True
         started = time.monotonic()
         problems: list[str] = []
-        steps = (self._stop_tracked, self._sweep, self._remove_workdir)
+        steps = (self._stop_tracked, self._sweep, self._scan_logs, self._remove_workdir)
         for step in steps:
             try:
                 problems += step()
@@ -668,6 +669,13 @@ class Lab:
 
     def _sweep(self) -> list[str]:
         return sweep_run(self.names, extra_ifnames=self._wg_ifnames)
+
+    def _scan_logs(self) -> list[str]:
+        # Last look at what the processes wrote before it is deleted (docs/security.md):
+        # recorded, not raised, so the teardown still completes; the test session fails on it.
+        if self.workdir is not None:
+            self.secret_findings += secretscan.scan(self.workdir)
+        return []
 
     def _remove_workdir(self) -> list[str]:
         if self.workdir is None or not self.workdir.exists():

@@ -278,6 +278,7 @@ class Agent:
             heartbeat_body=self._heartbeat_body,
             on_identity=self._on_identity,
             timeout_s=s.server_timeout_s,
+            private_key=self.key,
         )
         return self.server
 

@@ -3,7 +3,8 @@
 - **Register** (``POST /v1/nodes/register``) with the node's own token when it has one, else with
   the enrollment key. The answer (node id, node token, relay URL, heartbeat interval) is kept in
   ``<state-dir>/identity.json`` (0600), so a restart keeps the same identity without spending
-  another use of the enrollment key.
+  another use of the enrollment key. Each attempt first fetches a challenge
+  (``POST /v1/nodes/challenge``) and proves the node's private key with it (protocol §2.1).
 - **Heartbeat** at the interval the server gives, with real metrics. A 401, 403, 404 or 409
   means the server has forgotten or stopped the node (its database was reset, the node was
   deleted or deregistered): register again.
@@ -31,9 +32,10 @@ from pydantic import ValidationError
 
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
-from higgs.common.keys import write_secret_file
+from higgs.common.keys import PrivateKey, write_secret_file
 from higgs.daemon import rest
-from higgs.protocol.api import NodeRegisterRequest, NodeRegisterResponse
+from higgs.protocol import keyproof
+from higgs.protocol.api import KeyChallenge, NodeRegisterRequest, NodeRegisterResponse
 
 __all__ = [
     "EnrollmentRejected",
@@ -136,9 +138,11 @@ class ServerLink:
         on_identity: Callable[[Identity], Awaitable[None]] | None = None,
         timeout_s: float = 10.0,
         backoff: Backoff | None = None,
+        private_key: PrivateKey | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        self._private_key = private_key  # proves the public key at registration
         self._enroll_key = enroll_key
         self._registration = registration.model_dump(mode="json")
         self._state_dir = state_dir
@@ -205,7 +209,11 @@ class ServerLink:
                 "(--enroll-key hge_… from `bosonserver enroll create`)"
             )
         for kind, token in credentials:
-            response = await self._post("/v1/nodes/register", json=self._registration, token=token)
+            body = dict(self._registration)
+            proof = await self._key_proof(token)
+            if proof is not None:
+                body["proof"] = proof
+            response = await self._post("/v1/nodes/register", json=body, token=token)
             if response.status_code in (200, 201):
                 return await self._store(response)
             if response.status_code in (401, 403):
@@ -224,6 +232,30 @@ class ServerLink:
             else "the server no longer accepts this node's token and no enrollment key was "
             "given: pass --enroll-key hge_…"
         )
+
+    async def _key_proof(self, token: str) -> dict[str, str] | None:
+        """A fresh challenge answered with our private key (docs/protocol.md §2.1); None
+        without a key or from a server that predates the proof (404: it registers without)."""
+        if self._private_key is None:
+            return None
+        try:
+            response = await self._client.post(
+                "/v1/nodes/challenge", headers={"authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code in (401, 403, 404, 405):
+            # 404/405: a server older than the proof. 401/403: this credential is refused; the
+            # registration without a proof gets the same refusal and tries the next one.
+            return None
+        if response.status_code != 200:
+            raise _Transient(_error_message(response), rest.retry_after(response))
+        try:
+            challenge = KeyChallenge.model_validate(response.json())
+            mac = keyproof.node_proof(self._private_key.raw, challenge.server_key, challenge.nonce)
+        except (ValueError, ValidationError) as exc:
+            raise _Transient(f"unexpected challenge answer: {exc}") from None
+        return {"nonce": challenge.nonce, "mac": mac}
 
     async def _store(self, response: httpx.Response) -> Identity:
         try:

@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
 )
 
 from higgs.common.keys import validate_public_key
@@ -33,6 +33,9 @@ __all__ = [
     "API_PREFIX",
     "CLIENT_NAME_PATTERN",
     "CLOSE_REASONS",
+    "NODE_ID_PATTERN",
+    "PUBLIC_KEY_PATTERN",
+    "SESSION_ID_PATTERN",
     "AdminClient",
     "AdminClientList",
     "AdminNode",
@@ -53,6 +56,8 @@ __all__ = [
     "Health",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "KeyChallenge",
+    "KeyProof",
     "NodeId",
     "NodeList",
     "NodeRegisterRequest",
@@ -99,20 +104,29 @@ CloseReason = Literal[
 CLOSE_REASONS: tuple[str, ...] = CloseReason.__args__  # type: ignore[attr-defined]
 
 
+# A WireGuard (X25519) public key in canonical base64: 32 bytes are 43 characters whose last
+# carries 2 bits of padding (so only 16 letters can end it), then one '='. Published in the
+# OpenAPI schema so that clients (and the contract fuzzer) know the exact format.
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+
+
 def _public_key(value: str) -> str:
     return validate_public_key(value)
 
 
-PublicKey = Annotated[str, AfterValidator(_public_key)]
-"""A base64 WireGuard public key (32 bytes); normalised to canonical base64."""
+PublicKey = Annotated[
+    str,
+    StringConstraints(min_length=44, max_length=44, pattern=PUBLIC_KEY_PATTERN),
+    AfterValidator(_public_key),
+]
+"""A base64 WireGuard public key (32 bytes), in canonical base64 (44 characters)."""
 
 
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
-
-
-CountryCode = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{2}$")]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(str.upper)]
 """ISO 3166-1 alpha-2 country code; lower case is accepted and upper-cased."""
+
+
+_COUNTER_MAX = 2**53 - 1  # the largest integer every JSON parser holds exactly
 
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
@@ -147,7 +161,14 @@ def _endpoint(value: str) -> str:
     return value
 
 
-Endpoint = Annotated[str, StringConstraints(max_length=300), AfterValidator(_endpoint)]
+# Semantic string formats: JSON Schema cannot express them as patterns, so the schema names
+# them (``format``) and the description says what they are; the validators enforce them.
+Endpoint = Annotated[
+    str,
+    StringConstraints(min_length=3, max_length=300),
+    AfterValidator(_endpoint),
+    Field(json_schema_extra={"format": "endpoint"}),
+]
 """A UDP endpoint ``host:port`` or ``[ipv6]:port``."""
 
 
@@ -168,7 +189,12 @@ def _tunnel_subnet(value: str) -> str:
     return str(net)
 
 
-TunnelSubnet = Annotated[str, AfterValidator(_tunnel_subnet)]
+TunnelSubnet = Annotated[
+    str,
+    StringConstraints(min_length=9, max_length=18),
+    AfterValidator(_tunnel_subnet),
+    Field(json_schema_extra={"format": "ipv4-private-network"}),
+]
 
 _ULA = ipaddress.IPv6Network("fc00::/7")
 
@@ -187,7 +213,12 @@ def _tunnel_subnet_v6(value: str) -> str:
     return str(net)
 
 
-TunnelSubnetV6 = Annotated[str, AfterValidator(_tunnel_subnet_v6)]
+TunnelSubnetV6 = Annotated[
+    str,
+    StringConstraints(min_length=6, max_length=43),
+    AfterValidator(_tunnel_subnet_v6),
+    Field(json_schema_extra={"format": "ipv6-ula-network"}),
+]
 
 
 def node_address_v6(subnet_v6: str) -> ipaddress.IPv6Interface:
@@ -223,6 +254,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class _Request(_Model):
+    # Requests are validated strictly: ``"ipv6": 0`` or ``"port": "80"`` is a 422 naming the
+    # field, not a silent coercion, so what the schema says is exactly what is accepted.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: object) -> object:
+        # JSON has one number type: 2.0 *is* the integer 2 for JSON Schema, which strict
+        # validation would refuse. Strings and booleans stay refused; a float field takes 2.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+
 class ErrorResponse(_Model):
     """Every non-2xx answer. ``error`` is a stable code, ``message`` names the bad field."""
 
@@ -238,12 +284,28 @@ class Health(_Model):
 # --- nodes -----------------------------------------------------------------------------------
 
 
+class KeyChallenge(_Model):
+    """``POST /v1/nodes/challenge``: what a node needs to prove it holds its private key
+    (protocol/keyproof.py)."""
+
+    nonce: str = Field(description="single use; send it back in the registration's proof")
+    server_key: str = Field(description="the server's static X25519 public key (base64)")
+    expires_in_s: int
+
+
+class KeyProof(_Request):
+    """``HMAC-SHA256(HKDF(X25519(node_private, server_key)), nonce ‖ public_key)``."""
+
+    nonce: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    mac: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
 # --- port mapping and its reachability check (docs/protocol.md §2.9) ---------------------------
 
 PortMapMethod = Literal["pcp", "natpmp", "upnp"]
 
 
-class PortMappingReport(_Model):
+class PortMappingReport(_Request):
     """What the node's home router granted (or why nothing), in registrations and heartbeats."""
 
     method: PortMapMethod | None = Field(
@@ -258,7 +320,7 @@ class PortMappingReport(_Model):
     )
 
 
-class ReachabilityConfirm(_Model):
+class ReachabilityConfirm(_Request):
     """``POST /v1/nodes/{node_id}/reachability``: the nonce of a probe that reached the node."""
 
     nonce: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -269,7 +331,7 @@ class ReachabilityResult(_Model):
     endpoint: str | None = Field(description="the endpoint now offered for direct mode")
 
 
-class NodeRegisterRequest(_Model):
+class NodeRegisterRequest(_Request):
     """``POST /v1/nodes/register`` with ``Authorization: Bearer hge_…`` (or the node's hgn_)."""
 
     public_key: PublicKey
@@ -289,6 +351,11 @@ class NodeRegisterRequest(_Model):
     country: CountryCode | None = None
     region: Annotated[str, StringConstraints(max_length=64)] | None = None
     version: Annotated[str, StringConstraints(max_length=32)] = ""
+    proof: KeyProof | None = Field(
+        default=None,
+        description="proof of the private key (from POST /v1/nodes/challenge); required "
+        "unless the server allows unproven keys",
+    )
     port_mapping: PortMappingReport | None = Field(
         default=None,
         description="the router mapping; its endpoint is offered once a probe verified it",
@@ -306,23 +373,23 @@ class NodeRegisterResponse(_Model):
     )
 
 
-class PeerStat(_Model):
+class PeerStat(_Request):
     public_key: PublicKey
-    rx_bytes: int = Field(default=0, ge=0)
-    tx_bytes: int = Field(default=0, ge=0)
+    rx_bytes: int = Field(default=0, ge=0, le=_COUNTER_MAX)
+    tx_bytes: int = Field(default=0, ge=0, le=_COUNTER_MAX)
     last_handshake_s: float | None = Field(
         default=None, ge=0, description="seconds since the last handshake; null = never"
     )
 
 
-class HeartbeatRequest(_Model):
+class HeartbeatRequest(_Request):
     """``POST /v1/nodes/{node_id}/heartbeat``; every metric is optional."""
 
     cpu_percent: float | None = Field(default=None, ge=0, le=100)
     memory_percent: float | None = Field(default=None, ge=0, le=100)
-    peers: int | None = Field(default=None, ge=0)
-    rx_bytes: int | None = Field(default=None, ge=0)
-    tx_bytes: int | None = Field(default=None, ge=0)
+    peers: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
+    rx_bytes: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
+    tx_bytes: int | None = Field(default=None, ge=0, le=_COUNTER_MAX)
     budget_left_mb: float | None = Field(
         default=None, ge=0, description="bandwidth budget left this period; null = unlimited"
     )
@@ -370,7 +437,7 @@ class NodeList(_Model):
 # --- routes and sessions ---------------------------------------------------------------------
 
 
-class RouteRequest(_Model):
+class RouteRequest(_Request):
     """``POST /v1/routes`` with ``Authorization: Bearer hgc_…``."""
 
     client_public_key: PublicKey
@@ -507,7 +574,7 @@ ClientName = Annotated[str, StringConstraints(pattern=CLIENT_NAME_PATTERN)]
 """1-64 letters, digits, ``_ . @ -``; starts with a letter or digit."""
 
 
-class ClientCreateRequest(_Model):
+class ClientCreateRequest(_Request):
     """``POST /v1/admin/clients`` (the API form of ``bosonserver client add``)."""
 
     name: ClientName
@@ -518,7 +585,7 @@ class ClientCreated(_Model):
     token: str = Field(description="hgc_ token; shown only in this answer")
 
 
-class EnrollmentKeyRequest(_Model):
+class EnrollmentKeyRequest(_Request):
     """``POST /v1/admin/enrollment-keys`` (the API form of ``bosonserver enroll create``)."""
 
     uses: int = Field(default=1, ge=1, le=100_000)

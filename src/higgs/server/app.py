@@ -25,6 +25,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from higgs.common.errors import HiggsError
+from higgs.common.tls import harden, server_context
 from higgs.server.api.app import create_app
 from higgs.server.api.deps import ApiContext
 from higgs.server.api.ratelimit import RateLimiter
@@ -34,6 +35,7 @@ from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
+from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.nodeview import NodeView, refresh_view
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
@@ -95,12 +97,10 @@ def relay_hub_factory(settings: ServerSettings) -> HubFactory:
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ctx.load_cert_chain(cert, key)
+        return server_context(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise HiggsError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from exc
-    return ctx
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -175,6 +175,7 @@ class BosonServer:
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
         registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
+        registry.challenges = ChallengeService.load(s.data_dir, required=s.require_key_proof)
         usage = registry.usage = UsageService(db, sessions)  # issue 15: usage and quotas
         events.bind(registry, sessions, usage)
 
@@ -217,6 +218,10 @@ class BosonServer:
             timeout_graceful_shutdown=5,
             server_header=False,
         )
+        config.load()
+        if config.ssl is not None:
+            # uvicorn builds its own context from the files: the same TLS 1.2 floor as the relay.
+            harden(config.ssl)
         self._uvicorn = server = _EmbeddedUvicorn(config)
         serve = asyncio.create_task(server.serve(sockets=[sock]), name="api")
         self._tasks.append(serve)

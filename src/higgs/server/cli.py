@@ -164,9 +164,10 @@ async def _serve(settings: ServerSettings) -> int:
     # and stall every request in flight (seen as heartbeat p99 tails under load).
     gc.freeze()
     if server.new_admin_token:
+        # Only where it is: a daemon's output ends up in the journal, and no log may hold
+        # a credential (docs/security.md). `bosonserver migrate` shows it to the operator.
         print(
-            f"admin token (shown once; also in {server.admin_token_path}): "
-            f"{server.new_admin_token}",
+            f"admin token created in {server.admin_token_path} (0600; read it from there)",
             flush=True,
         )
     print(f"bosonserver: API {server.api_url}  relay {server.relay_base}", flush=True)

@@ -48,6 +48,9 @@ class ServerSettings(BaseModel):
     # Successful credential lookups are cached this long (0: off). A revocation by this server
     # holds at once; one written by the CLI from another process holds within this time.
     auth_cache_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    # Registration must prove the node holds its private key (docs/security.md); false only
+    # to let nodes older than the proof register during an upgrade (logged as a warning).
+    require_key_proof: bool = True
 
     relay_ping_interval_s: float = Field(default=15.0, gt=0, le=3600)
     relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)

@@ -23,6 +23,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from picows.url import WSParsedURL
 
 from higgs.common.backoff import Backoff
+from higgs.common.tls import client_context
 from higgs.protocol.relay import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
@@ -140,8 +141,8 @@ class RelayLink:
         self._on_data = on_data
         self._on_text_cb = on_text
         self._on_state = on_state
-        if ssl_context is None and ca_file is not None:
-            ssl_context = ssl.create_default_context(cafile=ca_file)
+        if ssl_context is None and (ca_file is not None or url.startswith("wss:")):
+            ssl_context = client_context(ca_file)
         self._ssl = ssl_context
         self._fwmark = fwmark
         self._sock_setup = sock_setup

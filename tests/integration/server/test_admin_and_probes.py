@@ -109,16 +109,57 @@ async def test_metrics_use_route_templates(srv: Harness) -> None:
 
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit_per_s": 0.5, "rate_limit_burst": 3}])
 async def test_rate_limit_answers_429_with_retry_after(srv: Harness) -> None:
-    codes = [(await srv.http.get("/v1/nodes")).status_code for _ in range(4)]
+    # Without any credential the answer stays 401: waiting would not help that caller.
+    codes = [(await srv.http.get("/v1/nodes")).status_code for _ in range(6)]
+    assert codes == [401] * 6
+    # Guessing credentials costs tokens.
+    guess = bearer("hgc_" + "x" * 40)
+    codes = [(await srv.http.get("/v1/nodes", headers=guess)).status_code for _ in range(4)]
     assert codes[:3] == [401, 401, 401]
     assert codes[3] == 429
-    r = await srv.http.get("/v1/nodes")
+    r = await srv.http.get("/v1/nodes", headers=guess)
     assert r.status_code == 429
     assert r.json()["error"] == "rate_limited"
     assert int(r.headers["retry-after"]) >= 1
     # Probes are not rate limited.
     assert (await srv.http.get("/healthz")).status_code == 200
     assert 'higgs_api_rate_limited_total{kind="address"}' in (await srv.http.get("/metrics")).text
+
+
+async def test_wrong_method_on_a_path_is_405_with_every_allowed_method(srv: Harness) -> None:
+    # /v1/nodes/register is not a node id: DELETE there is a wrong method, not a bad id.
+    r = await srv.http.delete("/v1/nodes/register")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    r = await srv.http.request("OPTIONS", "/v1/sessions/s_0000000000000000")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "DELETE, GET"
+    # A malformed id names no resource.
+    assert (await srv.http.get("/v1/sessions/nope")).status_code == 404
+
+
+async def test_undecodable_body_is_a_documented_400(srv: Harness) -> None:
+    r = await srv.http.post(
+        "/v1/nodes/register",
+        content=b"\xff\xfe{",
+        headers={**bearer(await srv.enrollment_key()), "content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["message"].startswith("body:")
+    spec = (await srv.http.get("/v1/openapi.json")).json()
+    assert "400" in spec["paths"]["/v1/nodes/register"]["post"]["responses"]
+
+
+async def test_request_bodies_are_not_coerced(srv: Harness) -> None:
+    node_id, token, _ = await srv.node()
+    url = f"/v1/nodes/{node_id}/heartbeat"
+    r = await srv.http.post(url, json={"ipv6": 0}, headers=bearer(token))
+    assert r.status_code == 422
+    assert r.json()["message"].startswith("body.ipv6:")
+    r = await srv.http.post(url, json={"peers": "3"}, headers=bearer(token))
+    assert r.status_code == 422
+    # JSON's 3.0 is the integer 3.
+    assert (await srv.http.post(url, json={"peers": 3.0}, headers=bearer(token))).status_code == 200
 
 
 @pytest.mark.parametrize("settings_overrides", [{"max_body_bytes": 2048}])
@@ -214,4 +255,4 @@ async def test_admin_revocation_closes_sessions_at_once(srv: Harness) -> None:
     assert removed["session_id"] == sid
     assert (await srv.http.get("/v1/nodes", headers=bearer(alice))).status_code == 401
     assert (await srv.http.delete("/v1/admin/clients/nobody", headers=admin)).status_code == 404
-    assert (await srv.http.delete("/v1/admin/clients/b%20d", headers=admin)).status_code == 422
+    assert (await srv.http.delete("/v1/admin/clients/b%20d", headers=admin)).status_code == 404

@@ -185,8 +185,7 @@ async def test_node_acts_only_as_itself(srv: Harness) -> None:
     )
     assert r.status_code == 403
     r = await srv.http.post("/v1/nodes/not-an-id/heartbeat", json={}, headers=bearer(token_a))
-    assert r.status_code == 422
-    assert "node_id" in r.json()["message"]
+    assert r.status_code == 404
     client = await srv.client_token("mallory")
     r = await srv.http.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(client))
     assert r.status_code == 401
@@ -231,3 +230,24 @@ async def test_racing_registrations_of_one_key_make_one_node(srv: Harness) -> No
     assert set(codes) <= {200, 201, 409, 503}, [r.text for r in answers]
     nodes = (await srv.http.get("/v1/admin/nodes", headers=bearer(srv.admin_token))).json()
     assert len(nodes["nodes"]) == 1
+
+
+@pytest.mark.parametrize("uses", [1, 3])
+async def test_enrollment_key_uses_cannot_be_raced(srv: Harness, uses: int) -> None:
+    """Twelve registrations with different keys at once, on one key with ``uses`` uses:
+    exactly ``uses`` nodes get in, on SQLite and PostgreSQL alike."""
+    key = await srv.enrollment_key(uses=uses)
+    answers = await asyncio.gather(
+        *(
+            srv.http.post("/v1/nodes/register", json=node_body(), headers=bearer(key))
+            for _ in range(12)
+        )
+    )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201] * uses + [401] * (12 - uses), [r.text for r in answers]
+    refused = {r.json()["error"] for r in answers if r.status_code == 401}
+    assert refused == {"exhausted_token"}
+    (record,) = await srv.ctx.identity.list_enrollment_keys()
+    assert record.uses_left == 0
+    listed = (await srv.http.get("/v1/admin/nodes", headers=bearer(srv.admin_token))).json()
+    assert len(listed["nodes"]) == uses

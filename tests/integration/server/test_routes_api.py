@@ -249,9 +249,10 @@ async def test_client_sees_only_its_own_sessions(srv: Harness) -> None:
 
 async def test_session_id_is_validated(srv: Harness) -> None:
     client = await srv.client_token("alice")
+    # A malformed id is no resource (the path only matches well-formed ids).
     r = await srv.http.get("/v1/sessions/s_nothex", headers=bearer(client))
-    assert r.status_code == 422
-    assert "session_id" in r.json()["message"]
+    assert r.status_code == 404
+    assert r.json()["error"] == "not_found"
     r = await srv.http.get("/v1/sessions/s_0123456789abcdef", headers=bearer(client))
     assert r.status_code == 404
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from higgs.common.errors import HiggsError
+from higgs.common.tls import client_context
 from higgs.server.app import running_server
 from tests.integration.server.conftest import make_settings
 from tests.tlsca import make_ca_and_server_cert
@@ -62,3 +64,40 @@ async def test_relay_url_follows_public_url_host(
     pinned = make_settings(tmp_path, None, relay_url="wss://relay.example:443")
     async with running_server(pinned, hub_factory[1]) as server:
         assert server.relay_base == "wss://relay.example:443"
+
+
+async def test_tls_1_2_is_the_minimum_on_both_listeners(
+    tmp_path: Path, hub_factory: tuple[list[Any], Any]
+) -> None:
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    hubs, factory = hub_factory
+    settings = make_settings(tmp_path, None, tls_cert=cert, tls_key=key)
+    async with running_server(settings, factory) as server:
+        assert hubs[-1].ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert server._uvicorn is not None
+        assert server._uvicorn.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
+        for version, works in [
+            (ssl.TLSVersion.TLSv1_2, True),
+            (ssl.TLSVersion.TLSv1_3, True),
+            (ssl.TLSVersion.TLSv1_1, False),
+        ]:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = version
+            if not works:
+                with contextlib.suppress(ssl.SSLError):
+                    ctx.set_ciphers("ALL:@SECLEVEL=0")
+            async with httpx.AsyncClient(base_url=server.api_url, verify=ctx) as http:
+                if works:
+                    assert (await http.get("/healthz")).status_code == 200
+                else:
+                    with pytest.raises(httpx.ConnectError):
+                        await http.get("/healthz")
+
+
+def test_every_client_context_refuses_old_tls(tmp_path: Path) -> None:
+    ca, _, _ = make_ca_and_server_cert(tmp_path)
+    for ctx in (client_context(), client_context(ca)):
+        assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert ctx.verify_mode == ssl.CERT_REQUIRED
+        assert ctx.check_hostname

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from higgs import __version__
@@ -11,10 +13,10 @@ from higgs.server.api.errors import install_error_handlers
 from higgs.server.api.middleware import ObserveMiddleware
 from higgs.server.api.routes import probes, v1
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "openapi_document"]
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+def _routed_app() -> FastAPI:
     app = FastAPI(
         title="bosonserver",
         version=__version__,
@@ -23,10 +25,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
         docs_url="/v1/docs",
         redoc_url=None,
     )
-    app.state.ctx = ctx
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(probes)
     app.include_router(admin)
+    return app
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = _routed_app()
+    app.state.ctx = ctx
     app.add_middleware(ObserveMiddleware, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes)
     return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The schema a server serves at /v1/openapi.json, without a server (contract tests)."""
+    return _routed_app().openapi()

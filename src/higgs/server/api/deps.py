@@ -69,7 +69,13 @@ Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 async def rate_limit(request: Request, ctx: Ctx, creds: Bearer) -> None:
-    """Per source address, and per credential (valid or not: guessing costs tokens too)."""
+    """Per source address, and per credential (valid or not: guessing costs tokens too).
+
+    A request without any credential is not counted: it can only get its 401 (every /v1
+    endpoint needs one), which costs no database work, and the caller learns what is wrong
+    instead of being told to wait and then come back to the same 401."""
+    if creds is None or not creds.credentials:
+        return
     host = request.client.host if request.client else "unknown"
     wait = ctx.limiter.take("addr:" + host)
     kind = "address"

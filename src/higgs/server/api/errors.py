@@ -15,10 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from higgs.server.services.errors import ServiceError
 
-__all__ = ["RateLimited", "error_response", "install_error_handlers", "validation_message"]
+__all__ = [
+    "RateLimited",
+    "allowed_methods",
+    "error_response",
+    "install_error_handlers",
+    "validation_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,11 @@ _HTTP_CODES = {
     429: "rate_limited",
 }
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+# FastAPI's detail for a body it cannot decode at all (not UTF-8, or not JSON it can read).
+_FASTAPI_UNPARSABLE = "There was an error parsing the body"
+
 
 class RateLimited(ServiceError):
     status = 429
@@ -41,6 +53,17 @@ class RateLimited(ServiceError):
     def __init__(self, retry_after: str) -> None:
         super().__init__("rate_limited", f"too many requests; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path. Starlette's own ``Allow`` names only the
+    first route that matched the path, so ``GET`` alone on a path that also takes ``DELETE``."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def error_response(
@@ -94,9 +117,14 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no such path: {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and exc.detail == _FASTAPI_UNPARSABLE:
+            message = "body: the request body cannot be decoded; send a UTF-8 JSON object"
         else:
             message = str(exc.detail)
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(exc.status_code, code, message, headers or None)
 
     async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
         log.error(

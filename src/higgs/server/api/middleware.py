@@ -66,7 +66,8 @@ class ObserveMiddleware:
                     await _reply_too_large(send, self.max_body)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # path_format: "/v1/sessions/{session_id}", without the path convertor's name.
+            template = getattr(route, "path_format", None) or "unmatched"
             self.metrics.api_latency.labels(
                 route=template, method=scope.get("method", ""), status=str(status)
             ).observe(time.perf_counter() - start)

@@ -25,6 +25,7 @@ from higgs.protocol.api import (
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
+    KeyChallenge,
     NodeList,
     NodeRegisterRequest,
     NodeRegisterResponse,
@@ -34,6 +35,7 @@ from higgs.protocol.api import (
     RouteResponse,
     SessionInfo,
 )
+from higgs.server.api import paths  # noqa: F401 - registers the {…:node_id} path convertors
 from higgs.server.api.deps import (
     AdminCaller,
     ClientCaller,
@@ -52,6 +54,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in (422, 429, *codes)}
 
 
+def _body_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """An endpoint with a JSON body also answers 400 to a body it cannot even decode."""
+    return _errors(400, *codes)
+
+
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])
 probes = APIRouter()
 
@@ -65,7 +72,7 @@ SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="s_<
     "/nodes/register",
     response_model=NodeRegisterResponse,
     status_code=201,
-    responses={200: {"model": NodeRegisterResponse}, **_errors(401, 403)},
+    responses={200: {"model": NodeRegisterResponse}, **_body_errors(401, 403)},
     tags=["nodes"],
     summary="Register or re-register a node (201 new, 200 known public key)",
 )
@@ -78,9 +85,21 @@ async def register_node(
 
 
 @v1.post(
-    "/nodes/{node_id}/heartbeat",
+    "/nodes/challenge",
+    response_model=KeyChallenge,
+    responses=_errors(401),
+    tags=["nodes"],
+    summary="A single-use nonce and the server's key, to prove the node's private key",
+)
+async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChallenge:
+    assert ctx.registry.challenges is not None
+    return ctx.registry.challenges.issue()
+
+
+@v1.post(
+    "/nodes/{node_id:node_id}/heartbeat",
     response_model=HeartbeatResponse,
-    responses=_errors(401, 403, 404, 409),
+    responses=_body_errors(401, 403, 404, 409),
     tags=["nodes"],
 )
 async def heartbeat(body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller) -> HeartbeatResponse:
@@ -101,7 +120,7 @@ async def confirm_reachability(
 
 
 @v1.delete(
-    "/nodes/{node_id}",
+    "/nodes/{node_id:node_id}",
     status_code=204,
     responses=_errors(401, 403, 404),
     tags=["nodes"],
@@ -124,7 +143,7 @@ async def list_nodes(ctx: Ctx, client: ClientCaller) -> NodeList:
     "/routes",
     response_model=RouteResponse,
     status_code=201,
-    responses=_errors(401, 403, 404, 409, 503),
+    responses=_body_errors(401, 403, 404, 409, 503),
     tags=["clients"],
     summary="Pick a node, open a session, return the WireGuard config and both paths",
 )
@@ -135,7 +154,7 @@ async def create_route(body: RouteRequest, ctx: Ctx, client: ClientCaller) -> Ro
 
 
 @v1.get(
-    "/sessions/{session_id}",
+    "/sessions/{session_id:session_id}",
     response_model=SessionInfo,
     responses=_errors(401, 404),
     tags=["clients"],
@@ -145,7 +164,7 @@ async def get_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath)
 
 
 @v1.post(
-    "/sessions/{session_id}/renew",
+    "/sessions/{session_id:session_id}/renew",
     response_model=SessionInfo,
     responses=_errors(401, 404, 409),
     tags=["clients"],
@@ -155,7 +174,7 @@ async def renew_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPat
 
 
 @v1.delete(
-    "/sessions/{session_id}",
+    "/sessions/{session_id:session_id}",
     response_model=SessionInfo,
     responses=_errors(401, 404),
     tags=["clients"],
@@ -227,7 +246,7 @@ async def admin_set_quota(
     "/admin/clients",
     response_model=ClientCreated,
     status_code=201,
-    responses=_errors(401, 409),
+    responses=_body_errors(401, 409),
     tags=["admin"],
     summary="Create a client; the answer holds its token (shown once)",
 )
@@ -239,7 +258,7 @@ async def admin_add_client(
 
 
 @v1.delete(
-    "/admin/clients/{name}",
+    "/admin/clients/{name:client_name}",
     response_model=AdminClient,
     responses=_errors(401, 404),
     tags=["admin"],
@@ -266,7 +285,7 @@ async def admin_revoke_client(
     "/admin/enrollment-keys",
     response_model=EnrollmentKeyCreated,
     status_code=201,
-    responses=_errors(401),
+    responses=_body_errors(401),
     tags=["admin"],
     summary="Create a node enrollment key (shown once)",
 )

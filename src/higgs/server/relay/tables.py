@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from higgs.common.secrets import tokens_equal
 from higgs.protocol.relay import CloseCode
 
 __all__ = [
@@ -111,7 +112,7 @@ class RelayTables:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeEntry(node_id)
-        if node.token_hash is not None and node.token_hash != token_hash:
+        if node.token_hash is not None and not tokens_equal(node.token_hash, token_hash):
             self._node_tokens.pop(node.token_hash, None)
         node.token_hash = token_hash
         self._node_tokens[token_hash] = node

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from higgs.common.errors import HiggsError
@@ -162,18 +162,34 @@ class IdentityService:
 
     @staticmethod
     async def consume_enrollment_key(s: AsyncSession, key: str) -> int:
-        """Uses one use of the key inside the caller's transaction; returns the key's id."""
-        row = await s.scalar(
-            select(EnrollmentKey).where(EnrollmentKey.key_hash == hash_token(key)).with_for_update()
+        """Uses one use of the key inside the caller's transaction; returns the key's id.
+
+        One conditional UPDATE (``uses_left > 0`` and not expired) does the check and the
+        decrement together, so two registrations racing for the last use cannot both win on
+        either backend: the row lock (PostgreSQL) or the single writer (SQLite) orders them,
+        and the second one's condition no longer holds. Only a refused use reads the row
+        again, to say why."""
+        digest = hash_token(key)
+        now = utcnow()
+        used = await s.scalar(
+            update(EnrollmentKey)
+            .where(
+                EnrollmentKey.key_hash == digest,
+                EnrollmentKey.uses_left > 0,
+                or_(EnrollmentKey.expires_at.is_(None), EnrollmentKey.expires_at > now),
+            )
+            .values(uses_left=EnrollmentKey.uses_left - 1)
+            .returning(EnrollmentKey.id)
+            .execution_options(synchronize_session=False)
         )
+        if used is not None:
+            return int(used)
+        row = await s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == digest))
         if row is None:
             raise Unauthorized("invalid_token", "the enrollment key is not valid")
-        if row.expires_at is not None and row.expires_at <= utcnow():
-            raise Unauthorized("expired_token", "the enrollment key has expired")
         if row.uses_left < 1:
             raise Unauthorized("exhausted_token", "the enrollment key has no uses left")
-        row.uses_left -= 1
-        return row.id
+        raise Unauthorized("expired_token", "the enrollment key has expired")
 
     # --- nodes ----------------------------------------------------------------------------
 

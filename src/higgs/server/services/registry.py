@@ -35,6 +35,7 @@ from higgs.server.services import routing
 from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.services.identity import IdentityService
+from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.reachability import ReachabilityService, new_nonce
 from higgs.server.services.sessions import SessionService
@@ -69,6 +70,7 @@ class RegistryService:
         self.sessions = sessions
         self.identity = identity
         self.relay_base = ""  # set by the server once the relay listener is bound
+        self.challenges: ChallengeService | None = None  # set by the server (key proofs)
         self.reachability = ReachabilityService(db, sessions.nodes)
         self.usage: UsageService | None = None  # issue 15: set by the server
 
@@ -76,6 +78,12 @@ class RegistryService:
         self, credential: str, req: NodeRegisterRequest
     ) -> tuple[NodeRegisterResponse, bool]:
         """Returns the answer and whether the node is new."""
+        if self.challenges is not None:
+            try:
+                self.challenges.verify(req.public_key, req.proof)
+            except Unauthorized:
+                self.metrics.registrations.labels(outcome="refused").inc()
+                raise
         token = new_token("hgn_")
         now = utcnow()
         async with self.db.transaction() as s:
