@@ -559,7 +559,7 @@ class AdminClient(_Model):
     quota_bytes: int | None = Field(default=None, description="monthly quota; null = unlimited")
 
 
-class ClientQuotaRequest(_Model):
+class ClientQuotaRequest(_Request):
     """``PUT /v1/admin/clients/{name}/quota``: bytes per month both ways; null = unlimited."""
 
     quota_bytes: int | None = Field(default=None, ge=0, le=10**18)
