@@ -109,7 +109,7 @@ async def heartbeat(body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller) -> He
 @v1.post(
     "/nodes/{node_id}/reachability",
     response_model=ReachabilityResult,
-    responses=_errors(401, 403, 404, 409),
+    responses=_body_errors(401, 403, 404, 409),
     tags=["nodes"],
     summary="The nonce of a reachability probe that reached the node (docs/protocol.md §2.9)",
 )
@@ -226,7 +226,7 @@ async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
 @v1.put(
     "/admin/clients/{name}/quota",
     status_code=204,
-    responses=_errors(401, 404),
+    responses=_body_errors(401, 404),
     tags=["admin"],
     summary="Set a client's monthly quota (bytes both ways; null = unlimited)",
 )
