@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # Modules that register undo operations (undo.register) or sweep hooks (sweep.register_hook)
 # when imported. A fresh `cleanup` process must import them, or it would not know how to undo
 # what a crashed run journaled (e.g. the firewall's "remove our table/chains").
-PROVIDERS = ("higgs.osnet.firewall",)
+PROVIDERS = ("higgs.osnet.firewall", "higgs.osnet.relaynat")
 
 
 def load_providers() -> None:

@@ -14,7 +14,8 @@ same table and its test vectors):
 3. Initiation (type 1): mac1 valid for the node's key → it comes from the client side; valid
    for the client's key → from the node side; neither → drop ``bad_mac1``. It is remembered
    as *pending* under its sender index (the first source for an index wins; at most
-   ``max_pending`` for ``pending_ttl`` seconds) and as the *candidate* of its side. It is
+   ``max_pending`` for ``pending_ttl`` seconds) and as the *candidate* of its side (from a
+   source that is not a bound leg: at most 10 per second, else ``rate_limited``). It is
    forwarded to the other side's bound leg, else to that side's candidate, else dropped
    ``no_peer``. No leg changes.
 4. Response (type 2): mac1 must be valid for the initiator's key (``bad_mac1``) and its
@@ -40,6 +41,9 @@ Addr = tuple[str, int]
 
 PENDING_TTL_S = 10.0  # a response later than REKEY_TIMEOUT (5 s) x 2 is not waited for
 MAX_PENDING = 8
+# Initiations from sources that are not a bound leg, per second and session: a WireGuard peer
+# sends one per 5 s at most (REKEY_TIMEOUT), so this only caps a flood toward the peer.
+STRANGER_INITIATIONS_PER_S = 10
 
 
 class Side(StrEnum):
@@ -53,6 +57,7 @@ class Drop(StrEnum):
     UNBOUND_SOURCE = "unbound_source"
     NO_PEER = "no_peer"
     UNCONFIRMED = "unconfirmed"
+    RATE_LIMITED = "rate_limited"
 
 
 class Event(StrEnum):
@@ -97,6 +102,8 @@ class Binding:
     _to_client_mac: bytes = b""
     _candidates: dict[Side, Addr] = field(default_factory=dict)
     _pending: dict[int, _Pending] = field(default_factory=dict)
+    _window: float = -1.0
+    _window_count: int = 0
 
     def __post_init__(self) -> None:
         self._to_node_mac = wgmsg.mac1_key(self.node_key)
@@ -143,13 +150,17 @@ class Binding:
         for index in [i for i, p in self._pending.items() if p.at < cutoff]:
             del self._pending[index]
 
-    def _initiation(
-        self, source: Addr, datagram: bytes, msg: wgmsg.Message, now: float
-    ) -> Verdict:
+    def _initiation(self, source: Addr, datagram: bytes, msg: wgmsg.Message, now: float) -> Verdict:
         side = self._side_of(datagram)
         if side is None:
             return _DROPS[Drop.BAD_MAC1]
         assert msg.sender is not None
+        if source != self.leg(side):
+            if now - self._window >= 1.0:
+                self._window, self._window_count = now, 0
+            self._window_count += 1
+            if self._window_count > STRANGER_INITIATIONS_PER_S:
+                return _DROPS[Drop.RATE_LIMITED]
         self._expire(now)
         known = self._pending.get(msg.sender)
         if known is None and len(self._pending) >= self.max_pending:
@@ -163,9 +174,7 @@ class Binding:
             return Verdict(drop=Drop.NO_PEER, event=event)
         return Verdict(to=peer, event=event)
 
-    def _response(
-        self, source: Addr, datagram: bytes, msg: wgmsg.Message, now: float
-    ) -> Verdict:
+    def _response(self, source: Addr, datagram: bytes, msg: wgmsg.Message, now: float) -> Verdict:
         side = self._side_of(datagram)
         if side is None:
             return _DROPS[Drop.BAD_MAC1]

@@ -162,3 +162,13 @@ def test_protocol_md_carries_the_same_vectors() -> None:
         assert f"`{reason.value}`" in text
     for event in Event:
         assert f"`{event.value}`" in text
+
+
+def test_a_flood_of_initiations_from_strangers_is_capped_but_the_legs_are_not() -> None:
+    b = bound()
+    verdicts = [
+        b.receive(ATTACKER, v.initiation(5000 + i, v.NODE_PUB), 30.0).drop for i in range(50)
+    ]
+    assert verdicts.count(Drop.RATE_LIMITED) == 40
+    assert b.receive(CLIENT, v.initiation(0x5555, v.NODE_PUB), 30.1) == Verdict(to=NODE)
+    assert b.receive(ATTACKER, v.initiation(6000, v.NODE_PUB), 31.5).drop is None

@@ -32,7 +32,10 @@ def test_mac1_fails_for_another_key_and_for_any_flipped_byte() -> None:
 @pytest.mark.parametrize(
     ("wire", "expected"),
     [
-        (v.response(0x01020304, 0xA0B0C0D0, v.NODE_PUB), (MsgType.RESPONSE, 0x01020304, 0xA0B0C0D0)),
+        (
+            v.response(0x01020304, 0xA0B0C0D0, v.NODE_PUB),
+            (MsgType.RESPONSE, 0x01020304, 0xA0B0C0D0),
+        ),
         (v.cookie(0xDEADBEEF), (MsgType.COOKIE_REPLY, None, 0xDEADBEEF)),
         (v.data(0x00000007), (MsgType.DATA, None, 7)),
         (v.data(0x7, payload=1400), (MsgType.DATA, None, 7)),

@@ -36,10 +36,7 @@ def initiation(sender: int, recipient: bytes, filler: int = 0x11) -> bytes:
 
 
 def response(sender: int, receiver: int, recipient: bytes) -> bytes:
-    body = (
-        b"\x02\0\0\0" + sender.to_bytes(4, "little") + receiver.to_bytes(4, "little")
-        + bytes(48)
-    )
+    body = b"\x02\0\0\0" + sender.to_bytes(4, "little") + receiver.to_bytes(4, "little") + bytes(48)
     return body + _mac1(recipient, body) + bytes(16)
 
 
@@ -49,6 +46,8 @@ def cookie(receiver: int) -> bytes:
 
 def data(receiver: int, counter: int = 0, payload: int = 16) -> bytes:
     return (
-        b"\x04\0\0\0" + receiver.to_bytes(4, "little") + counter.to_bytes(8, "little")
+        b"\x04\0\0\0"
+        + receiver.to_bytes(4, "little")
+        + counter.to_bytes(8, "little")
         + bytes(payload)
     )
