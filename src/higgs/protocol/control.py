@@ -80,6 +80,19 @@ class Peer(_Message):
     public_key: str
     address: str
     relayed: bool = False
+    # The session's UDP relay endpoint when the node has no verified direct endpoint: the
+    # node sets it as the peer's endpoint with a persistent keepalive (docs/protocol.md §5).
+    relay_endpoint: str | None = None
+
+    @field_validator("relay_endpoint")
+    @classmethod
+    def _relay_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            ipaddress.IPv4Address(host)
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("relay_endpoint must look like IPv4:port")
+        return value
 
     @field_validator("public_key")
     @classmethod

@@ -16,7 +16,7 @@ from types import FrameType
 
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import HiggsError
-from higgs.relay.ports import PortRange
+from higgs.common.relay_ports import PortRange
 from higgs.relay.runner import Reconciler
 from higgs.relay.service import RelaySettings, UdpRelay
 from higgs.relay.sessions_file import read_sessions
@@ -30,7 +30,7 @@ class RelayConfigError(HiggsError):
 
 def add_relay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relay-ip", help="this host's IPv4 address both legs reach (required)")
-    p.add_argument("--relay-ports", default="40000-49999", help="FIRST-LAST (default 40000-49999)")
+    p.add_argument("--relay-ports", help="FIRST-LAST (default 40000-49999)")
     p.add_argument(
         "--relay-state-dir",
         type=Path,
@@ -53,7 +53,7 @@ def settings_from(args: argparse.Namespace, default_state: Path) -> RelaySetting
     if not args.relay_ip:
         raise RelayConfigError("relay_ip: give --relay-ip (an IPv4 address of this host)")
     try:
-        ports = PortRange.parse(args.relay_ports)
+        ports = PortRange.parse(args.relay_ports or "40000-49999")
     except ValueError as exc:
         raise RelayConfigError(f"relay_ports: {exc}") from exc
     return RelaySettings(

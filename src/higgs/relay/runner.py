@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from higgs.relay.binding import Addr
 from higgs.relay.forwarder import SessionSpec
 from higgs.relay.service import UdpRelay
 
@@ -54,9 +55,18 @@ def _addr(addr: tuple[str, int] | None) -> str | None:
 
 
 class Reconciler:
-    def __init__(self, relay: UdpRelay, source: Source, *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        relay: UdpRelay,
+        source: Source,
+        *,
+        interval_s: float = 1.0,
+        on_legs: Callable[[dict[int, tuple[Addr | None, Addr | None]]], None] | None = None,
+    ) -> None:
         self.relay, self.source, self.interval_s = relay, source, interval_s
+        self.on_legs = on_legs
         self._specs: dict[int, SessionSpec] = {}
+        self._legs_told: dict[int, tuple[Addr | None, Addr | None]] = {}
 
     def sync(self) -> None:
         try:
@@ -82,10 +92,24 @@ class Reconciler:
         tmp.write_text(json.dumps(status_of(self.relay)))
         tmp.replace(path)
 
+    def tell_legs(self) -> None:
+        legs = self.relay.legs()
+        if self.on_legs is None or legs == self._legs_told:
+            return
+        try:
+            self.on_legs(legs)
+        except Exception as exc:
+            log.warning("UDP relay: recording the bound legs failed: %s", exc)
+            return
+        self._legs_told = legs
+
     def run(self, stop: threading.Event) -> None:
         status = self.relay.settings.state_dir / STATUS_FILE
-        while not stop.is_set():
-            self.sync()
-            self.write_status(status)
-            stop.wait(self.interval_s)
-        status.unlink(missing_ok=True)
+        try:
+            while not stop.is_set():
+                self.sync()
+                self.tell_legs()
+                self.write_status(status)
+                stop.wait(self.interval_s)
+        finally:
+            status.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from higgs.common.relay_ports import DEFAULT_RANGE, PortRange
 from higgs.osnet import relaynat, sysctl
 from higgs.osnet.journal import Journal
 from higgs.osnet.relaynat import Flow, RelayNat, RelayNatNames
@@ -20,7 +21,6 @@ from higgs.osnet.runner import Runner, SubprocessRunner
 from higgs.relay.binding import Addr
 from higgs.relay.forwarder import Forwarder, SessionSpec
 from higgs.relay.metrics import RelayStats, UdpRelayCollector
-from higgs.relay.ports import DEFAULT_RANGE, PortRange
 
 __all__ = ["Mode", "RelaySettings", "UdpRelay"]
 

@@ -48,9 +48,7 @@ def test_a_flow_maps_both_directions_and_both_snat_back_to_the_relay_port() -> N
 
 def test_flushing_a_port_deletes_both_directions_and_zero_deleted_is_fine() -> None:
     runner = RecordingRunner()
-    runner.script(
-        ["conntrack", "-D"], returncode=1, stderr="0 flow entries have been deleted.\n"
-    )
+    runner.script(["conntrack", "-D"], returncode=1, stderr="0 flow entries have been deleted.\n")
     assert flush_port(runner, "192.0.2.1", 40003) == 0
     assert runner.commands == [
         ["conntrack", "-D", "-p", "udp", "--orig-dst", "192.0.2.1", "--orig-port-dst", "40003"],

@@ -50,6 +50,7 @@ from higgs.server.services.clock import new_session_id, utcnow
 from higgs.server.services.errors import Conflict, NotFound, Unavailable
 from higgs.server.services.identity import AuthedClient
 from higgs.server.services.nodeview import NodeFacts, NodeView
+from higgs.server.services.relay_leases import UdpLeases
 from higgs.server.store import queries
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Client, Node
@@ -96,6 +97,7 @@ class SessionService:
         self.metrics = metrics
         self.relay_base = ""  # set by the server once the relay listener is bound
         self.nodes = NodeView()
+        self.udp_leases = UdpLeases(db, settings)  # UDP relay ports (issue 11)
         # Tunnel addresses handed out by transactions of this process not yet committed.
         self._reserved: defaultdict[str, set[str]] = defaultdict(set)
         self._active: set[str] = set()
@@ -130,6 +132,7 @@ class SessionService:
         else:
             raise Unavailable("no_route", "could not open a session (contention); try again")
         row, facts, token, replaced = opened
+        udp_relay = await self.udp_leases.lease(row, row.created_at)  # UDP relay (issue 11)
         if replaced is not None:
             await self._announce_closed([replaced], "replaced")
         self.nodes.session_opened(facts.node_id)
@@ -140,7 +143,9 @@ class SessionService:
             "session opened",
             extra={"session_id": row.id, "node_id": facts.node_id, "client": client.name},
         )
-        await self._send(facts.node_id, PeerAdd(**peer_object(row)).model_dump(mode="json"))
+        peer = peer_object(row)
+        UdpLeases.for_node(peer, udp_relay.endpoint if udp_relay else None, facts.endpoint)
+        await self._send(facts.node_id, PeerAdd(**peer).model_dump(mode="json"))
         node_ip = routing.node_address(facts.tunnel_subnet).ip
         dns, address_v6 = [str(node_ip)], None
         if facts.forwards_ipv6:
@@ -175,6 +180,7 @@ class SessionService:
                 if req.mode != "direct"
                 else None
             ),
+            udp_relay=udp_relay,
         )
 
     async def _open_session(
@@ -497,7 +503,14 @@ class SessionService:
 
     async def sync_node(self, node_id: str) -> None:
         rows = await self.open_rows(node_id)
-        sync = Sync(peers=[Peer(**peer_object(r)) for r in rows])
+        # --- UDP relay endpoints for the node's peers (issue 11) ---
+        udp = await self.udp_leases.endpoints([r.id for r in rows])
+        facts = self.nodes.get(node_id)
+        peers = [peer_object(r) for r in rows]
+        for peer in peers:
+            UdpLeases.for_node(peer, udp.get(peer["session_id"]), facts.endpoint if facts else None)
+        # ---
+        sync = Sync(peers=[Peer(**p) for p in peers])
         await self._send(node_id, sync.model_dump(mode="json"))
 
     async def reload(self) -> int:

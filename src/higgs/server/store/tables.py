@@ -26,7 +26,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["AdminToken", "Base", "Client", "EnrollmentKey", "Node", "Session", "UTCDateTime"]
+__all__ = [
+    "AdminToken",
+    "Base",
+    "Client",
+    "EnrollmentKey",
+    "Node",
+    "RelayLease",
+    "Session",
+    "UTCDateTime",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -163,3 +172,22 @@ class Session(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
+
+
+class RelayLease(Base):
+    """A UDP relay port held by a session (docs/protocol.md §5). Released when the session
+    closes (its ``closed_at``); the row stays, and the port stays busy, for the cooldown after
+    that, then the next lease on that relay deletes it."""
+
+    __tablename__ = "relay_leases"
+
+    relay_address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), unique=True
+    )
+    leased_at: Mapped[datetime]
+    # The legs' public addresses as the relay bound them ("ip:port"; hole punching reads them).
+    client_seen: Mapped[str | None] = mapped_column(String(64), default=None)
+    node_seen: Mapped[str | None] = mapped_column(String(64), default=None)
+    bound_at: Mapped[datetime | None] = mapped_column(default=None)

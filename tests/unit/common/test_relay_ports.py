@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from higgs.relay.ports import DEFAULT_COOLDOWN_S, PortRange, pick_port
+from higgs.common.relay_ports import DEFAULT_COOLDOWN_S, PortRange, pick_port
 
 
 def test_picks_the_lowest_free_port_then_wraps_after_the_last_lease() -> None:

@@ -1,4 +1,5 @@
-"""Which relay port a new session gets (pure; the store runs it inside its transaction).
+"""Which UDP relay port a new session gets (pure; the server's store runs it inside the
+session-opening transaction, the relay checks its range with it).
 
 A port is *busy* while a session holds it and for ``cooldown_s`` after its release: a
 conntrack entry of the old flow (UDP: 30 s unreplied, 120 s "stream" by default) could still
