@@ -18,7 +18,16 @@ import ipaddress
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 __all__ = [
     "MAX_CONTROL_MESSAGE_SIZE",
@@ -83,6 +92,13 @@ class Peer(_Message):
     # The session's UDP relay endpoint when the node has no verified direct endpoint: the
     # node sets it as the peer's endpoint with a persistent keepalive (docs/protocol.md §5).
     relay_endpoint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_relay(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("relay_endpoint") is None:
+            out.pop("relay_endpoint", None)  # absent unless there is one: older nodes' wire
+        return out
 
     @field_validator("relay_endpoint")
     @classmethod
