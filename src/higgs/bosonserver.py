@@ -81,7 +81,9 @@ def _relay_alone(args: argparse.Namespace) -> int:
         args.relay_instance,
     )
     try:
-        return run_relay(relay, reconciler)
+        return run_relay(
+            relay, reconciler, args.relay_metrics_listen or settings.udp_relay_metrics_listen
+        )
     finally:
         source.close()
 
@@ -102,8 +104,12 @@ def _serve_with_relay(argv: list[str]) -> int:
         settings.udp_relay_userspace,
         "",
     )
+    from higgs.relay.metrics import serve_metrics
+
     stop = threading.Event()
     relay.start()
+    listen = settings.udp_relay_metrics_listen
+    stop_metrics = serve_metrics(relay.collector, listen) if listen else None
     thread = threading.Thread(target=reconciler.run, args=(stop,), name="udp-relay-sync")
     thread.start()
     try:
@@ -111,6 +117,8 @@ def _serve_with_relay(argv: list[str]) -> int:
     finally:
         stop.set()
         thread.join(timeout=30)
+        if stop_metrics is not None:
+            stop_metrics()
         relay.stop()
         source.close()
 

@@ -17,6 +17,7 @@ from types import FrameType
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import HiggsError
 from higgs.common.relay_ports import PortRange
+from higgs.relay.metrics import serve_metrics
 from higgs.relay.runner import Reconciler
 from higgs.relay.service import RelaySettings, UdpRelay
 from higgs.relay.sessions_file import read_sessions
@@ -40,6 +41,7 @@ def add_relay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--userspace", action="store_true", help="no kernel forwarding: carry every packet here"
     )
+    p.add_argument("--relay-metrics-listen", help="HOST:PORT for the relay's /metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +67,7 @@ def settings_from(args: argparse.Namespace, default_state: Path) -> RelaySetting
     )
 
 
-def run_relay(relay: UdpRelay, reconciler: Reconciler) -> int:
+def run_relay(relay: UdpRelay, reconciler: Reconciler, metrics_listen: str | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,9 +76,12 @@ def run_relay(relay: UdpRelay, reconciler: Reconciler) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     relay.start()
+    stop_metrics = serve_metrics(relay.collector, metrics_listen) if metrics_listen else None
     try:
         reconciler.run(stop)
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         relay.stop()
     return 0
 
@@ -87,7 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = settings_from(args, Path("/var/lib/bosonserver/relay"))
     relay = UdpRelay(settings)
     path: Path = args.sessions_file
-    return run_relay(relay, Reconciler(relay, lambda: read_sessions(path) if path.exists() else []))
+    source = Reconciler(relay, lambda: read_sessions(path) if path.exists() else [])
+    return run_relay(relay, source, args.relay_metrics_listen)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["RelayStats", "UdpRelayCollector"]
+__all__ = ["RelayStats", "UdpRelayCollector", "serve_metrics"]
 
 
 @dataclass(slots=True)
@@ -28,6 +28,24 @@ class RelayStats:
 
     def drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
+
+
+def serve_metrics(collector: Collector, listen: str) -> Callable[[], None]:
+    """``/metrics`` of the relay alone on ``HOST:PORT`` (a thread); returns its stop."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(
+        int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry
+    )
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(timeout=5)
+
+    return stop
 
 
 class UdpRelayCollector(Collector):

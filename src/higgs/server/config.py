@@ -60,15 +60,17 @@ class ServerSettings(BaseModel):
     udp_relay_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
     udp_relay_embedded: bool = Field(default=True, description="run it in the serve process")
     udp_relay_userspace: bool = Field(default=False, description="no kernel forwarding")
+    udp_relay_metrics_listen: str | None = Field(default=None, description="HOST:PORT /metrics")
 
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
-    @field_validator("listen", "relay_listen")
+    @field_validator("listen", "relay_listen", "udp_relay_metrics_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        split_listen(value)
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
         return value
 
     @field_validator("udp_relay_ports")

@@ -95,6 +95,7 @@ class Lab:
         argv = [sys.executable, "-m", "higgs.relay", "--relay-ip", RELAY_IP,
                 "--relay-ports", "40000-40009", "--relay-state-dir", str(self.state_dir),
                 "--relay-instance", self.instance,
+                "--relay-metrics-listen", "127.0.0.1:9419",
                 "--sessions-file", str(self.tmp / "s.json")]  # fmt: skip
         if userspace:
             argv.append("--userspace")
@@ -118,6 +119,16 @@ class Lab:
         self.proc.send_signal(sig)
         assert self.proc.wait(timeout=30) in (0, -sig)
         self.proc = None
+
+    def metrics(self) -> dict[str, float]:
+        """The relay's /metrics, as ``{'name{labels}': value}``."""
+        out = ns_run(self.relay, "curl", "-sS", "--noproxy", "*", "http://127.0.0.1:9419/metrics")
+        values = {}
+        for line in out.stdout.splitlines():
+            if line.startswith("higgs_udp_relay_"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
 
     def table(self) -> str:
         table = RelayNatNames.for_instance(self.instance).table
@@ -190,8 +201,7 @@ def test_two_wireguard_go_peers_through_the_relay(lab: Lab, mode: str) -> None:
     lab.start_relay(userspace=userspace)
     assert lab.status()["mode"] == mode
     wait_for("a ping through the relay", lambda: ping_ok(lab.client))
-    status = lab.status()
-    assert status["binds"] == 1
+    status = wait_for("the bind in the status", lambda: (s := lab.status())["binds"] == 1 and s)
     legs = status["legs"][str(PORT)]
     assert legs == {"client": "10.0.1.2:51820", "node": "10.0.2.2:51820"}
     if mode == "kernel":
@@ -227,6 +237,15 @@ def test_two_wireguard_go_peers_through_the_relay(lab: Lab, mode: str) -> None:
     assert drops.get("unbound_source", 0) >= 5000  # the replayed data, live indices and all
     assert drops.get("rate_limited", 0) + drops.get("unconfirmed", 0) >= 4000
     assert ping_ok(lab.client)
+    metrics = lab.metrics()
+    path = "kernel" if mode == "kernel" else "userspace"
+    assert metrics[f'higgs_udp_relay_packets_total{{path="{path}"}}'] > 0
+    assert metrics[f'higgs_udp_relay_bytes_total{{path="{path}"}}'] > 0
+    assert metrics["higgs_udp_relay_binds_total"] == 1
+    assert metrics["higgs_udp_relay_rebinds_total"] == 0
+    assert metrics['higgs_udp_relay_dropped_total{reason="unbound_source"}'] >= 5000
+    assert metrics['higgs_udp_relay_ports{state="leased"}'] == 1
+    assert metrics['higgs_udp_relay_ports{state="free"}'] == 9
 
     # --- the relay is killed mid-session and restarted --------------------------------------
     lab.stop_relay(signal.SIGKILL)
