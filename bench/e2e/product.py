@@ -44,7 +44,15 @@ def relayed_datagrams(lab: Lab, url: str) -> float:
 
 @contextlib.contextmanager
 def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
-    """Server, node and client up, the client connected in ``mode``; all undone on exit."""
+    """Server, node and client up, the client connected in ``mode``; all undone on exit.
+
+    ``udp_relay`` / ``udp_relay_userspace``: the server runs its UDP relay (kernel forwarding,
+    or the userspace forwarder), the node has no port forward, the client takes the UDP relay.
+    """
+    udp = mode.startswith("udp_relay")
+    udp_flags = ["--udp-relay-address", lab.server.ip] if udp else []
+    if mode == "udp_relay_userspace":
+        udp_flags.append("--udp-relay-userspace")
     assert lab.workdir is not None
     work = lab.workdir / "product"
     work.mkdir(mode=0o700, exist_ok=True)
@@ -59,8 +67,9 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
     lab.spawn(
         lab.server,
         _py(
-            "higgs.server.cli",
+            "higgs.bosonserver",
             "serve",
+            *udp_flags,
             "--data-dir",
             str(data_dir),
             "--listen",
@@ -77,7 +86,9 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
     lab.server.wait_port(API_PORT, timeout=60)
     lab.server.wait_port(RELAY_PORT, timeout=60)
     key = server_cli("enroll", "create").split()[-1]
-    lab.forward_udp(NODE_PORT)
+    if not udp:
+        lab.forward_udp(NODE_PORT)
+    endpoint = [] if udp else ["--endpoint", f"{lab.home_router.ip}:{NODE_PORT}"]
     node = lab.spawn(
         lab.node,
         _py(
@@ -93,8 +104,7 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
             lab.ifname("n"),
             "--listen-port",
             str(NODE_PORT),
-            "--endpoint",
-            f"{lab.home_router.ip}:{NODE_PORT}",
+            *endpoint,
             "--country",
             "DE",
             "--dns-upstream",
@@ -136,16 +146,18 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
                 f'resolv_conf = "{resolv}"\n'
             )
         relayed_before = relayed_datagrams(lab, url)
-        vpn("connect", "--mode", mode)
+        answer = json.loads(vpn("connect", "--json", "--mode", "relay" if udp else mode))
         connected = True
+        if udp and answer.get("mode") != "udp_relay":
+            raise LabError(f"expected the UDP relay path, the client took {answer.get('mode')}")
         seen = lab.whoami(lab.client)["ip"]
         if seen != lab.home_router.ip:
             raise LabError(f"connected in {mode} mode but the internet host sees {seen}")
         relayed = relayed_datagrams(lab, url) - relayed_before
         if mode == "relay" and relayed <= 0:
             raise LabError("relay mode, but the relay carried no datagram")
-        if mode == "direct" and relayed > 0:
-            raise LabError(f"direct mode, but the relay carried {relayed:.0f} datagrams")
+        if mode != "relay" and relayed > 0:
+            raise LabError(f"{mode} mode, but the WS relay carried {relayed:.0f} datagrams")
         yield
     finally:
         if connected:

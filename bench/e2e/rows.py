@@ -14,12 +14,23 @@ from dataclasses import dataclass
 
 from higgs.lab import Lab, StockTunnel
 
-__all__ = ["PLAIN", "PRODUCT_DIRECT", "PRODUCT_RELAY", "REFERENCE", "ROWS", "Row"]
+__all__ = [
+    "PLAIN",
+    "PRODUCT_DIRECT",
+    "PRODUCT_RELAY",
+    "PRODUCT_UDP_RELAY",
+    "PRODUCT_UDP_USERSPACE",
+    "REFERENCE",
+    "ROWS",
+    "Row",
+]
 
 REFERENCE = "stock wireguard-go (reference)"
 PLAIN = "no tunnel (NAT only)"
 PRODUCT_DIRECT = "Higgs.net direct"
 PRODUCT_RELAY = "Higgs.net relay"
+PRODUCT_UDP_RELAY = "Higgs.net UDP relay (kernel)"
+PRODUCT_UDP_USERSPACE = "Higgs.net UDP relay (userspace)"
 
 
 @dataclass(frozen=True)
@@ -67,5 +78,7 @@ ROWS: tuple[Row, ...] = (
     Row(REFERENCE, _stock),
     Row(PRODUCT_DIRECT, lambda lab: _product(lab, "direct"), _product_missing),
     Row(PRODUCT_RELAY, lambda lab: _product(lab, "relay"), _product_missing),
+    Row(PRODUCT_UDP_RELAY, lambda lab: _product(lab, "udp_relay"), _product_missing),
+    Row(PRODUCT_UDP_USERSPACE, lambda lab: _product(lab, "udp_relay_userspace"), _product_missing),
     Row(PLAIN, _plain),
 )

@@ -64,7 +64,7 @@ class Server:
         self.proc = self.lab.spawn(
             self.lab.server,
             _py(
-                "higgs.server.cli",
+                "higgs.bosonserver",  # the composition root: the UDP relay runs beside it
                 "serve",
                 "--data-dir",
                 str(self.data_dir),

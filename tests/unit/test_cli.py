@@ -9,7 +9,7 @@ from higgs import __version__
 
 PROGRAMS = ["bosonserver", "higgsnode", "higgsvpn"]
 MODULES = {
-    "bosonserver": "higgs.server.cli",
+    "bosonserver": "higgs.bosonserver",
     "higgsnode": "higgs.node.cli",
     "higgsvpn": "higgs.client.cli",
 }

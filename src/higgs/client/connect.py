@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathMode = Literal["direct", "relay"]
+PathMode = Literal["direct", "udp_relay", "relay"]
 
 
 class ConnectError(HiggsError):
@@ -123,6 +123,7 @@ class Tunnel:
     mode: PathMode
     relay: RelayPath | None = None
     connected_at: float = field(default_factory=time.time)
+    why: str = ""  # why this path (shown by `higgsvpn status`)
 
     @property
     def address(self) -> str:
@@ -196,9 +197,10 @@ class Connector:
 
     async def _allow_endpoints(self, route: RouteResponse) -> list[Endpoint]:
         out = set(await self._control_endpoints(route))
-        if route.direct is not None:
-            host, port = parse_endpoint(route.direct.endpoint)
-            out.update(Endpoint(ip, port, "udp") for ip in await self._resolve(host))
+        for path in (route.direct, route.udp_relay):
+            if path is not None:
+                host, port = parse_endpoint(path.endpoint)
+                out.update(Endpoint(ip, port, "udp") for ip in await self._resolve(host))
         return sorted(out)
 
     async def connect(self) -> Tunnel:
@@ -272,13 +274,28 @@ class Connector:
             )
             await self._set_peer(route, route.direct.endpoint)
             if await self.wait_handshake(budget):
-                return Tunnel(route, "direct")
+                return Tunnel(route, "direct", why="the node has a verified endpoint")
             errors.append(
                 f"no WireGuard handshake with {route.direct.endpoint} (direct) in {budget:g}s"
             )
             if mode == "direct":
                 raise ConnectError(errors[-1] + "; is the node's port forwarded?")
             log.info("direct path did not answer in %gs; trying the relay", budget)
+        # --- the UDP relay (issue 11): before the WebSocket relay, which it outruns ---
+        if mode in ("auto", "relay") and route.udp_relay is not None:
+            endpoint = route.udp_relay.endpoint
+            budget = (
+                self.settings.udp_relay_timeout_s
+                if route.relay is not None
+                else self.settings.handshake_timeout_s
+            )
+            await self._set_peer(route, endpoint)
+            if await self.wait_handshake(budget):
+                why = "; ".join(errors) if errors else "the node has no verified endpoint"
+                return Tunnel(route, "udp_relay", why=why)
+            errors.append(f"no WireGuard handshake through the UDP relay {endpoint} in {budget:g}s")
+            log.info("UDP relay did not answer in %gs; trying the WebSocket relay", budget)
+        # ---
         if route.relay is None:
             raise ConnectError("; ".join(errors) or "no usable path")
         relay = self.relay_factory(route)
@@ -286,7 +303,8 @@ class Connector:
             await relay.start()
             await self._set_peer(route, relay.local_endpoint)
             if await self.wait_handshake(self.settings.handshake_timeout_s, relay=relay):
-                return Tunnel(route, "relay", relay)
+                why = "; ".join(errors) if errors else "no UDP path was offered"
+                return Tunnel(route, "relay", relay, why=why)
         except BaseException:
             await relay.close()
             raise

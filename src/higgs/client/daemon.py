@@ -248,6 +248,7 @@ class Daemon:
             country=tunnel.route.node.country,
             region=tunnel.route.node.region,
             mode=tunnel.mode,
+            path_why=tunnel.why,
             address=tunnel.address,
             dns=list(tunnel.route.wireguard.dns),
             full_tunnel=self.settings.full_tunnel,

@@ -1,4 +1,7 @@
-"""``higgsvpn export``: a direct-mode route as a config for the official WireGuard apps.
+"""``higgsvpn export``: a route as a config for the official WireGuard apps.
+
+The endpoint is the node's direct one when it has one, else the session's UDP relay port
+(docs/protocol.md §5): a node behind a NAT works in a stock app with that config alone.
 
 The exported config has its own key (``export.key`` in the state directory, created once), so
 the phone or laptop that imports it is a device of its own to the server: asking for it never
@@ -26,11 +29,15 @@ async def export_config(settings: ClientSettings) -> str:
         timeout=settings.http_timeout_s,
     ) as api:
         route = await api.route(
-            key.public_b64(), node_id=settings.node_id, country=settings.country, mode="direct"
+            key.public_b64(), node_id=settings.node_id, country=settings.country, mode="auto"
         )
-    if route.direct is None:
+    if route.direct is not None:
+        endpoint = route.direct.endpoint
+    elif route.udp_relay is not None:
+        endpoint = route.udp_relay.endpoint
+    else:
         raise ExportError(
-            f"node {route.node.node_id} is reachable only through the relay; "
+            f"node {route.node.node_id} is reachable only through the WebSocket relay; "
             "stock WireGuard apps cannot use it: connect with higgsvpn instead"
         )
     wg = route.wireguard
@@ -44,7 +51,7 @@ async def export_config(settings: ClientSettings) -> str:
         allowed_ips=allowed,
         dns=tuple(wg.dns),
         mtu=wg.mtu,
-        endpoint=route.direct.endpoint,
+        endpoint=endpoint,
         persistent_keepalive=wg.persistent_keepalive,
     )
     where = ", ".join(p for p in (route.node.country, route.node.region) if p)

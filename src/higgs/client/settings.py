@@ -55,6 +55,8 @@ class ClientSettings(BaseModel):
     ca_file: Path | None = None
     handshake_timeout_s: float = Field(default=20.0, gt=0, le=300)
     direct_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # The UDP relay needs the node's first handshake toward it: up to one REKEY_TIMEOUT (5 s)
+    udp_relay_timeout_s: float = Field(default=12.0, gt=0, le=120)
     http_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("server_url")

@@ -29,6 +29,7 @@ class StatusReport(BaseModel):
     region: str | None
     mode: str
     address: str
+    path_why: str = ""
     dns: list[str]
     full_tunnel: bool
     kill_switch: bool
@@ -88,7 +89,7 @@ def format_status(report: StatusReport, now: float | None = None) -> str:
     lines = [
         f"state:      {report.state}",
         f"node:       {report.node_id}" + (f" ({where})" if where else ""),
-        f"mode:       {report.mode}",
+        f"mode:       {report.mode}" + (f" ({report.path_why})" if report.path_why else ""),
         f"address:    {report.address} on {report.interface} ({tunnel}, "
         f"kill switch {'on' if report.kill_switch else 'off'})",
         f"dns:        {', '.join(report.dns) or '-'}",

@@ -71,7 +71,7 @@ class Product:
         ip = self.lab.server.ip
         self.server_proc = self.lab.server.popen(
             [
-                sys.executable, "-m", "higgs.server.cli", "serve",
+                sys.executable, "-m", "higgs.bosonserver", "serve",
                 "--data-dir", str(self.workdir / "bosonserver"),
                 "--listen", f"{ip}:{API_PORT}",
                 "--relay-listen", f"{ip}:{RELAY_PORT}",

@@ -39,6 +39,7 @@ def _desired(peer: control.Peer) -> DesiredPeer:
         public_key=peer.public_key,
         address=peer.address,
         relayed=peer.relayed,
+        relay_endpoint=peer.relay_endpoint,
     )
 
 

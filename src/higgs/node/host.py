@@ -51,6 +51,9 @@ def instance_for(interface: str) -> str:
     return (stem or "x")[:12]
 
 
+RELAY_KEEPALIVE_S = 25
+
+
 class WgPeerTable:
     """:class:`higgs.node.peers.PeerTable` over osnet's WireGuard interface."""
 
@@ -60,8 +63,16 @@ class WgPeerTable:
     def peers(self) -> tuple[PeerStats, ...]:
         return self._wg.peers()
 
-    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None:
-        self._wg.set_peer(WgPeer(public_key=public_key, allowed_ips=tuple(allowed_ips)))
+    def set_peer(
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str | None = None
+    ) -> None:
+        if endpoint is None:
+            self._wg.set_peer(WgPeer(public_key=public_key, allowed_ips=tuple(allowed_ips)))
+            return
+        # Through the UDP relay: keep the home router's mapping toward it open (§5).
+        self._wg.set_peer(
+            WgPeer(public_key, tuple(allowed_ips), endpoint, persistent_keepalive=RELAY_KEEPALIVE_S)
+        )
 
     def remove_peer(self, public_key: str) -> None:
         self._wg.remove_peer(public_key)

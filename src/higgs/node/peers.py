@@ -42,7 +42,9 @@ class PeerTable(Protocol):
     """The node's WireGuard interface, as far as peers go (implemented over osnet)."""
 
     def peers(self) -> Sequence[PeerRow]: ...
-    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None: ...
+    def set_peer(
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str | None = None
+    ) -> None: ...
     def remove_peer(self, public_key: str) -> None: ...
 
 
@@ -53,6 +55,9 @@ class DesiredPeer:
     public_key: str
     address: str  # "10.77.0.5/32"
     relayed: bool
+    # The session's UDP relay endpoint (docs/protocol.md §5): set as the peer's endpoint with
+    # a persistent keepalive, so the home router's mapping toward the relay stays open.
+    relay_endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,19 @@ class PeerManager:
     def _apply(self, peer: DesiredPeer, present: dict[str, frozenset[str]]) -> bool:
         """Sets the peer on the interface unless it is already there as wanted."""
         want = _canonical_ips(self.allowed_ips(peer))
+        before = self.sessions.get(peer.public_key)
         self.sessions[peer.public_key] = peer
-        if present.get(peer.public_key) == want:
+        # The relay endpoint is set once per change only: setting it again would undo the
+        # endpoint WireGuard roamed to (e.g. a direct path found later).
+        new_endpoint = peer.relay_endpoint is not None and (
+            before is None or before.relay_endpoint != peer.relay_endpoint
+        )
+        if present.get(peer.public_key) == want and not new_endpoint:
             return False
-        self._table.set_peer(peer.public_key, sorted(want))
+        if new_endpoint:
+            self._table.set_peer(peer.public_key, sorted(want), peer.relay_endpoint)
+        else:
+            self._table.set_peer(peer.public_key, sorted(want))
         return True
 
     def allowed_ips(self, peer: DesiredPeer) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from higgs.osnet import firewall, resolver, routes, sysctl, undo, wireguard
+from higgs.osnet import firewall, relaynat, resolver, routes, sysctl, undo, wireguard
 from higgs.osnet.portmap import undo as portmap_undo
 
 __all__ = ["ALL", "OPS", "apply", "is_known"]
@@ -33,6 +33,8 @@ ALL: tuple[undo.UndoOp, ...] = (
     resolver.UNDO,
     firewall.UNDO,
     portmap_undo.UNDO,
+    relaynat.UNDO,
+    relaynat.FLUSH,
 )
 
 

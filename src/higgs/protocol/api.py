@@ -482,6 +482,11 @@ class RelayPath(_Model):
     channel: int = Field(ge=1, le=0xFFFFFFFF)
 
 
+# --- UDP relay (issue 11; docs/protocol.md §2.3 and §5) ---
+class UdpRelayPath(_Model):
+    endpoint: str = Field(description="relay_ip:port leased to this session (both legs use it)")
+
+
 class RouteResponse(_Model):
     session_id: SessionId
     expires_at: datetime
@@ -490,6 +495,7 @@ class RouteResponse(_Model):
     wireguard: WireGuardConfig
     direct: DirectPath | None
     relay: RelayPath | None
+    udp_relay: UdpRelayPath | None = None  # absent from servers without a UDP relay
 
 
 class SessionInfo(_Model):

@@ -16,7 +16,16 @@ import ipaddress
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from higgs.common.keys import validate_public_key
 
@@ -70,6 +79,26 @@ class Peer(_Message):
     public_key: str
     address: str
     relayed: bool = False
+    # The session's UDP relay endpoint when the node has no verified direct endpoint: the
+    # node sets it as the peer's endpoint with a persistent keepalive (docs/protocol.md §5).
+    relay_endpoint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_relay(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("relay_endpoint") is None:
+            out.pop("relay_endpoint", None)  # absent unless there is one: older nodes' wire
+        return out
+
+    @field_validator("relay_endpoint")
+    @classmethod
+    def _relay_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            ipaddress.IPv4Address(host)
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("relay_endpoint must look like IPv4:port")
+        return value
 
     @field_validator("public_key")
     @classmethod

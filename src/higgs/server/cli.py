@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from higgs.common.cli import new_parser, run_cli
-from higgs.common.errors import ConfigError
+from higgs.common.errors import ConfigError, HiggsError
 
 # Everything else is imported by the command that needs it: `bosonserver --help`, `--version`
 # and the database commands must not pay for the web stack (FastAPI, uvicorn: `serve` only)
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from higgs.server.config import ServerSettings
     from higgs.server.store.db import Database
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 T = TypeVar("T")
 
@@ -39,6 +39,23 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML settings file")
     p.add_argument("--data-dir", type=Path, help="state directory (default /var/lib/bosonserver)")
     p.add_argument("--database", help="postgresql://user@host/db (default: SQLite in data dir)")
+
+
+def _add_udp_relay_options(p: argparse.ArgumentParser) -> None:
+    """The UDP relay's settings (docs/protocol.md §5); the relay itself is started by the
+    composition root (higgs.bosonserver), never by the server."""
+    p.add_argument("--udp-relay-address", help="IPv4 address of the UDP relay (default: none)")
+    p.add_argument("--udp-relay-ports", help="FIRST-LAST relay ports (default 40000-49999)")
+    p.add_argument(
+        "--udp-relay-userspace", action="store_const", const=True, help="no kernel forwarding"
+    )
+    p.add_argument(
+        "--no-udp-relay-embedded",
+        dest="udp_relay_embedded",
+        action="store_const",
+        const=False,
+        help="a separate `bosonserver relay` serves the UDP relay address",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--relay-url", help="relay base URL (ws[s]://host:port) put into answers")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (HTTPS and WSS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
+    _add_udp_relay_options(serve)
+
+    # Listed for --help only: the composition root (higgs.bosonserver) runs it.
+    sub.add_parser("relay", help="run the UDP relay alone on this host (shared database)")
 
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     _add_db_options(mig)
@@ -98,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The settings a parsed command line means (the composition root reads them too)."""
+    return _settings(args)
+
+
 def _settings(args: argparse.Namespace) -> ServerSettings:
     from higgs.common.config import load_settings
     from higgs.server.config import ENV_PREFIX, ServerSettings
@@ -106,7 +132,9 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
         "data_dir": args.data_dir,
         "database": args.database,
     }
-    for name in ("listen", "relay_listen", "public_url", "relay_url", "tls_cert", "tls_key"):
+    for name in ("listen", "relay_listen", "public_url", "relay_url", "tls_cert", "tls_key",
+                 "udp_relay_address", "udp_relay_ports", "udp_relay_userspace",
+                 "udp_relay_embedded"):  # fmt: skip
         overrides[name] = getattr(args, name, None)
     return load_settings(
         ServerSettings, file=args.config, env_prefix=ENV_PREFIX, overrides=overrides
@@ -320,6 +348,7 @@ async def _nodes(db: Database, as_json: bool) -> int:
 
 
 async def _sessions(db: Database, as_json: bool, state: str | None) -> int:
+    from higgs.server.services.session_paths import with_paths
     from higgs.server.services.sessions import admin_sessions
 
     listing = await admin_sessions(db, lambda _session_id: (0, 0), state)
@@ -327,9 +356,20 @@ async def _sessions(db: Database, as_json: bool, state: str | None) -> int:
         x.model_dump(mode="json", exclude={"relay_datagrams", "relay_bytes"})
         for x in listing.sessions
     ]
+    rows = await with_paths(db, rows)  # path and UDP relay port (issue 11)
     _emit(
         rows,
-        ["session_id", "state", "client", "node_id", "address", "expires_at", "close_reason"],
+        [
+            "session_id",
+            "state",
+            "client",
+            "node_id",
+            "address",
+            "path",
+            "relay_port",
+            "expires_at",
+            "close_reason",
+        ],
         as_json,
     )
     return 0
@@ -362,6 +402,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(_with_db(settings, lambda db: _nodes(db, args.json)))
     if cmd == "sessions":
         return _run(_with_db(settings, lambda db: _sessions(db, args.json, args.state)))
+    if cmd == "relay":
+        raise HiggsError("`relay` runs from the bosonserver program (higgs.bosonserver)")
     raise AssertionError(f"unhandled command {cmd} {action}")
 
 

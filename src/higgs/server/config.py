@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from higgs.common.relay_ports import DEFAULT_COOLDOWN_S, PortRange
 from higgs.protocol.api import parse_endpoint
 
 __all__ = ["ENV_PREFIX", "ServerSettings", "split_listen"]
@@ -55,14 +57,36 @@ class ServerSettings(BaseModel):
     relay_ping_interval_s: float = Field(default=15.0, gt=0, le=3600)
     relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)
 
+    # UDP relay (docs/protocol.md §5): the address both legs reach; None = no UDP relay.
+    udp_relay_address: str | None = Field(default=None, description="relay IPv4 address")
+    udp_relay_ports: str = Field(default="40000-49999", description="FIRST-LAST")
+    udp_relay_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
+    udp_relay_embedded: bool = Field(default=True, description="run it in the serve process")
+    udp_relay_userspace: bool = Field(default=False, description="no kernel forwarding")
+    udp_relay_metrics_listen: str | None = Field(default=None, description="HOST:PORT /metrics")
+
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
-    @field_validator("listen", "relay_listen")
+    @field_validator("listen", "relay_listen", "udp_relay_metrics_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        split_listen(value)
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @field_validator("udp_relay_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        PortRange.parse(value)
+        return value
+
+    @field_validator("udp_relay_address")
+    @classmethod
+    def _relay_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.IPv4Address(value)
         return value
 
     @field_validator("public_url")

@@ -11,7 +11,7 @@ AnnouncementLedger` makes each close announced exactly once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from higgs.protocol.control import ControlMessage, Peer, PeerAdd, PeerRemove, Sync
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _P = TypeVar("_P", bound=Peer)
 
 
-def peer_of(row: SessionRow, kind: type[_P]) -> _P:
+def peer_of(row: SessionRow, kind: type[_P], relay_endpoint: str | None = None) -> _P:
     """The session as a ``kind``: a :class:`Peer` of ``sync``, or a :class:`PeerAdd`
     (protocol §3.3)."""
     return kind(
@@ -36,6 +36,7 @@ def peer_of(row: SessionRow, kind: type[_P]) -> _P:
         public_key=row.client_public_key,
         address=row.tunnel_address,
         relayed=row.mode != RouteMode.DIRECT,
+        relay_endpoint=relay_endpoint,
     )
 
 
@@ -49,9 +50,9 @@ class Announcer:
         self.hub.open_session(row.id, row.channel, row.node_id, row.relay_token_hash)
         self.ledger.admit(row.id)
 
-    async def opened(self, row: SessionRow) -> None:
-        """``peer_add`` to the session's node."""
-        await self._send(row.node_id, peer_of(row, PeerAdd))
+    async def opened(self, row: SessionRow, relay_endpoint: str | None = None) -> None:
+        """``peer_add`` to the session's node (with its UDP relay endpoint, if any)."""
+        await self._send(row.node_id, peer_of(row, PeerAdd, relay_endpoint))
 
     async def closed(self, row: SessionRow, reason: str) -> None:
         """The hub drops the session (its client link gets 4002) and the node gets
@@ -66,9 +67,12 @@ class Announcer:
         )
         await self._send(row.node_id, remove)
 
-    async def sync(self, node_id: str, rows: Sequence[SessionRow]) -> None:
-        """The node's full set of open sessions (sent when its link comes up)."""
-        await self._send(node_id, Sync(peers=[peer_of(r, Peer) for r in rows]))
+    async def sync(
+        self, node_id: str, rows: Sequence[SessionRow], relay: Mapping[str, str | None]
+    ) -> None:
+        """The node's full set of open sessions (sent when its link comes up); ``relay`` maps
+        a session id to the UDP relay endpoint the node is to use for it."""
+        await self._send(node_id, Sync(peers=[peer_of(r, Peer, relay.get(r.id)) for r in rows]))
 
     async def _send(self, node_id: str, message: ControlMessage) -> None:
         try:

@@ -18,6 +18,7 @@ from higgs.protocol.api import (
     RouteNode,
     RouteResponse,
     SessionInfo,
+    UdpRelayPath,
     WireGuardConfig,
     client_address_v6,
     node_address_v6,
@@ -46,7 +47,13 @@ Counters = Callable[[str], tuple[int, int]]
 
 
 def route_answer(
-    row: SessionRow, facts: NodeFacts, token: str, *, ttl_s: int, relay_base: str
+    row: SessionRow,
+    facts: NodeFacts,
+    token: str,
+    *,
+    ttl_s: int,
+    relay_base: str,
+    udp_relay: UdpRelayPath | None = None,
 ) -> RouteResponse:
     """The answer to the route request that opened ``row`` on the node of ``facts``;
     ``token`` is the session's relay token (stored only hashed, so it is passed in)."""
@@ -82,6 +89,7 @@ def route_answer(
             if row.mode != RouteMode.DIRECT
             else None
         ),
+        udp_relay=udp_relay,
     )
 
 

@@ -39,6 +39,7 @@ from higgs.server.services.errors import Conflict, NotFound
 from higgs.server.services.identity import AuthedClient
 from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.opening import SessionOpener
+from higgs.server.services.relay_leases import UdpLeases
 from higgs.server.store import sessions as store
 from higgs.server.store.db import Database
 from higgs.server.store.states import SessionState
@@ -77,6 +78,7 @@ class SessionService:
         self.opener = SessionOpener(
             db, nodes, hub.is_node_connected, self.announcer.ledger, metrics, lambda: self.ttl
         )
+        self.udp_leases = UdpLeases(db, settings)  # UDP relay ports (issue 11)
         self._active: set[str] = set()
 
     @property
@@ -85,8 +87,15 @@ class SessionService:
 
     # --- the lifecycle hook points ----------------------------------------------------------
 
-    async def _opened(self, row: SessionRow, facts: NodeFacts, client: AuthedClient) -> None:
-        """Once per session this process opened, after its row committed."""
+    async def _opened(
+        self,
+        row: SessionRow,
+        facts: NodeFacts,
+        client: AuthedClient,
+        relay_endpoint: str | None = None,
+    ) -> None:
+        """Once per session this process opened, after its row committed (with the UDP relay
+        endpoint the node is to use for it, if any)."""
         self.nodes.session_opened(facts.node_id)
         self.announcer.admit(row)
         self.metrics.sessions_opened.inc()
@@ -94,7 +103,7 @@ class SessionService:
             "session opened",
             extra={"session_id": row.id, "node_id": facts.node_id, "client": client.name},
         )
-        await self.announcer.opened(row)
+        await self.announcer.opened(row, relay_endpoint)
 
     async def _closed(self, rows: Sequence[SessionRow], reason: str) -> None:
         """Once per closed session, after the close committed (whichever path closed it)."""
@@ -113,13 +122,18 @@ class SessionService:
         opened = await self.opener.open(client, req)
         if opened.replaced is not None:
             await self._closed([opened.replaced], "replaced")
-        await self._opened(opened.row, opened.facts, client)
+        udp_relay = await self.udp_leases.lease(opened.row, opened.row.created_at)
+        relay_endpoint = UdpLeases.for_node(
+            udp_relay.endpoint if udp_relay else None, opened.facts.endpoint
+        )
+        await self._opened(opened.row, opened.facts, client, relay_endpoint)
         return route_answer(
             opened.row,
             opened.facts,
             opened.token,
             ttl_s=self.settings.session_ttl_s,
             relay_base=self.relay_base,
+            udp_relay=udp_relay,
         )
 
     async def reload(self) -> int:
@@ -131,7 +145,12 @@ class SessionService:
 
     async def sync_node(self, node_id: str) -> None:
         """The node's link came up: send it its open sessions."""
-        await self.announcer.sync(node_id, await store.open_rows(self.db, node_id))
+        rows = await store.open_rows(self.db, node_id)
+        udp = await self.udp_leases.endpoints([r.id for r in rows])
+        facts = self.nodes.get(node_id)
+        node_endpoint = facts.endpoint if facts else None
+        relay = {r.id: UdpLeases.for_node(udp.get(r.id), node_endpoint) for r in rows}
+        await self.announcer.sync(node_id, rows, relay)
 
     # --- reading ----------------------------------------------------------------------------
 

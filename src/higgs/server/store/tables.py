@@ -33,6 +33,7 @@ __all__ = [
     "ClientUsage",
     "EnrollmentKey",
     "Node",
+    "RelayLease",
     "Session",
     "UTCDateTime",
 ]
@@ -195,3 +196,22 @@ class Session(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
+
+
+class RelayLease(Base):
+    """A UDP relay port held by a session (docs/protocol.md §5). Released when the session
+    closes (its ``closed_at``); the row stays, and the port stays busy, for the cooldown after
+    that, then the next lease on that relay deletes it."""
+
+    __tablename__ = "relay_leases"
+
+    relay_address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), unique=True
+    )
+    leased_at: Mapped[datetime]
+    # The legs' public addresses as the relay bound them ("ip:port"; hole punching reads them).
+    client_seen: Mapped[str | None] = mapped_column(String(64), default=None)
+    node_seen: Mapped[str | None] = mapped_column(String(64), default=None)
+    bound_at: Mapped[datetime | None] = mapped_column(default=None)

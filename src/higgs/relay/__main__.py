@@ -1,0 +1,5 @@
+import sys
+
+from higgs.relay.cli import main
+
+sys.exit(main())

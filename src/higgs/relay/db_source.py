@@ -1,0 +1,55 @@
+"""Sessions for the UDP relay from the shared database (the relay's only use of the server's
+code is its store layer). Runs on its own event loop in the relay's reconciler thread."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime
+
+from higgs.relay.binding import Addr
+from higgs.relay.forwarder import SessionSpec
+from higgs.server.store import relay_leases
+from higgs.server.store.db import Database
+
+__all__ = ["DbSource"]
+
+
+def _fmt(addr: Addr | None) -> str | None:
+    return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+
+class DbSource:
+    def __init__(self, url: str, relay_address: str) -> None:
+        self.relay_address = relay_address
+        self._loop = asyncio.new_event_loop()
+        self._db = Database(url)
+
+    def __call__(self) -> list[SessionSpec]:
+        rows = self._loop.run_until_complete(self._fetch())
+        return [
+            SessionSpec(
+                r.session_id,
+                r.port,
+                base64.b64decode(r.client_public_key),
+                base64.b64decode(r.node_public_key),
+            )
+            for r in rows
+        ]
+
+    async def _fetch(self) -> list[relay_leases.RelaySession]:
+        async with self._db.begin() as conn:
+            return await relay_leases.relay_sessions(conn, self.relay_address)
+
+    def record(self, legs: dict[int, tuple[Addr | None, Addr | None]]) -> None:
+        """Writes the bound legs into the leases (``bosonserver sessions``, hole punching)."""
+        seen = {port: (_fmt(c), _fmt(n)) for port, (c, n) in legs.items()}
+        self._loop.run_until_complete(self._record(seen))
+
+    async def _record(self, seen: dict[int, tuple[str | None, str | None]]) -> None:
+        async with self._db.begin() as conn:
+            await relay_leases.record_legs(conn, self.relay_address, seen, datetime.now(UTC))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._db.dispose())
+        self._loop.close()

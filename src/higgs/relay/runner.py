@@ -1,0 +1,115 @@
+"""Keeps a running :class:`~higgs.relay.service.UdpRelay` in step with a session source.
+
+A source is a callable returning every session the relay should serve now; the loop opens
+what is new, closes what is gone, and writes a status file (mode, ports, observed legs,
+counters) that tests, ``bosonserver sessions`` on the relay host and operators can read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from higgs.relay.binding import Addr
+from higgs.relay.forwarder import SessionSpec
+from higgs.relay.service import UdpRelay
+
+__all__ = ["STATUS_FILE", "Reconciler", "status_of"]
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "relay-status.json"
+
+Source = Callable[[], list[SessionSpec]]
+
+
+def status_of(relay: UdpRelay) -> dict[str, Any]:
+    packets, octets = relay.kernel_counters()
+    s = relay.stats
+    return {
+        "pid": os.getpid(),
+        "mode": relay.mode,
+        "why": relay.why,
+        "relay_ip": relay.settings.relay_ip,
+        "legs": {
+            str(port): {"client": _addr(c), "node": _addr(n)}
+            for port, (c, n) in sorted(relay.legs().items())
+        },
+        "kernel_packets": packets,
+        "kernel_bytes": octets,
+        "userspace_packets": s.user_packets,
+        "userspace_bytes": s.user_bytes,
+        "binds": s.binds,
+        "rebinds": s.rebinds,
+        "drops": dict(s.drops),
+    }
+
+
+def _addr(addr: tuple[str, int] | None) -> str | None:
+    return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        relay: UdpRelay,
+        source: Source,
+        *,
+        interval_s: float = 1.0,
+        on_legs: Callable[[dict[int, tuple[Addr | None, Addr | None]]], None] | None = None,
+    ) -> None:
+        self.relay, self.source, self.interval_s = relay, source, interval_s
+        self.on_legs = on_legs
+        self._specs: dict[int, SessionSpec] = {}
+        self._legs_told: dict[int, tuple[Addr | None, Addr | None]] = {}
+
+    def sync(self) -> None:
+        try:
+            wanted = {s.port: s for s in self.source()}
+        except Exception as exc:  # a bad source must not stop the sessions already served
+            log.warning("UDP relay: reading sessions failed: %s", exc)
+            return
+        for port, spec in list(self._specs.items()):
+            if wanted.get(port) != spec:
+                self.relay.close(port)
+                del self._specs[port]
+        for port, spec in wanted.items():
+            if port not in self._specs:
+                try:
+                    self.relay.open(spec)
+                except (OSError, ValueError) as exc:
+                    log.warning("UDP relay: session %s port %d: %s", spec.session_id, port, exc)
+                    continue
+                self._specs[port] = spec
+
+    def write_status(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(status_of(self.relay)))
+        tmp.replace(path)
+
+    def tell_legs(self) -> None:
+        legs = self.relay.legs()
+        if self.on_legs is None or legs == self._legs_told:
+            return
+        try:
+            self.on_legs(legs)
+        except Exception as exc:
+            log.warning("UDP relay: recording the bound legs failed: %s", exc)
+            return
+        self._legs_told = legs
+
+    def run(self, stop: threading.Event) -> None:
+        status = self.relay.settings.state_dir / STATUS_FILE
+        try:
+            while not stop.is_set():
+                self.sync()
+                self.tell_legs()
+                self.write_status(status)
+                stop.wait(self.interval_s)
+        finally:
+            status.unlink(missing_ok=True)

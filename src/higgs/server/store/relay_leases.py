@@ -1,0 +1,138 @@
+"""The SQL of UDP relay port leases (table ``relay_leases``; docs/protocol.md §5).
+
+A lease is held while its session is open. It is released by the session's close or expiry
+(``sessions.closed_at``), with no write of its own, so every close path (the API, the sweep,
+``bosonserver client revoke`` on the database) releases it; the port stays busy for the
+cooldown after that, and the next lease on that relay deletes the rows past their cooldown.
+Two concurrent leases of one port collide on the primary key (IntegrityError); the route
+request retries as for its other unique columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from higgs.common.relay_ports import PortRange, pick_port
+from higgs.server.store.tables import Node, RelayLease
+from higgs.server.store.tables import Session as SessionRow
+
+__all__ = [
+    "LeaseView",
+    "RelaySession",
+    "lease_port",
+    "leases_of_sessions",
+    "record_legs",
+    "relay_sessions",
+]
+
+
+async def lease_port(
+    conn: AsyncConnection,
+    relay_address: str,
+    ports: PortRange,
+    cooldown_s: float,
+    session_id: str,
+    now: datetime,
+) -> int | None:
+    """Leases a free port of ``relay_address`` to ``session_id``; None when all are busy."""
+    cutoff = now - timedelta(seconds=cooldown_s)
+    cooled = select(SessionRow.id).where(
+        SessionRow.state == "closed", SessionRow.closed_at < cutoff
+    )
+    await conn.execute(
+        delete(RelayLease).where(
+            RelayLease.relay_address == relay_address, RelayLease.session_id.in_(cooled)
+        )
+    )
+    rows = (
+        await conn.execute(
+            select(RelayLease.port, RelayLease.leased_at).where(
+                RelayLease.relay_address == relay_address
+            )
+        )
+    ).all()
+    latest = max(rows, key=lambda r: r.leased_at).port if rows else None
+    port = pick_port(ports, {r.port for r in rows}, after=latest)
+    if port is None:
+        return None
+    await conn.execute(
+        insert(RelayLease).values(
+            relay_address=relay_address, port=port, session_id=session_id, leased_at=now
+        )
+    )
+    return port
+
+
+@dataclass(frozen=True)
+class RelaySession:
+    session_id: str
+    port: int
+    client_public_key: str
+    node_public_key: str
+
+
+async def relay_sessions(conn: AsyncConnection, relay_address: str) -> list[RelaySession]:
+    """The open sessions holding a port of ``relay_address``, with both public keys."""
+    query = (
+        select(
+            SessionRow.id,
+            RelayLease.port,
+            SessionRow.client_public_key,
+            Node.public_key,
+        )
+        .join(RelayLease, RelayLease.session_id == SessionRow.id)
+        .join(Node, Node.id == SessionRow.node_id)
+        .where(RelayLease.relay_address == relay_address, SessionRow.state == "open")
+    )
+    return [RelaySession(*row) for row in (await conn.execute(query)).all()]
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    relay_address: str
+    port: int
+    client_seen: str | None
+    node_seen: str | None
+
+
+async def leases_of_sessions(conn: AsyncConnection) -> dict[str, LeaseView]:
+    """session id → its lease, for listings."""
+    query = select(
+        RelayLease.session_id,
+        RelayLease.relay_address,
+        RelayLease.port,
+        RelayLease.client_seen,
+        RelayLease.node_seen,
+    )
+    rows = (await conn.execute(query)).all()
+    return {r.session_id: LeaseView(*r[1:]) for r in rows}
+
+
+async def record_legs(
+    conn: AsyncConnection,
+    relay_address: str,
+    legs: dict[int, tuple[str | None, str | None]],
+    now: datetime,
+) -> None:
+    """The relay's bound legs per port (only changed ones are written)."""
+    current = {
+        r.port: (r.client_seen, r.node_seen)
+        for r in (
+            await conn.execute(
+                select(RelayLease.port, RelayLease.client_seen, RelayLease.node_seen).where(
+                    RelayLease.relay_address == relay_address
+                )
+            )
+        ).all()
+    }
+    for port, seen in legs.items():
+        if port in current and current[port] != seen and seen[0] and seen[1]:
+            await conn.execute(
+                update(RelayLease)
+                .where(RelayLease.relay_address == relay_address, RelayLease.port == port)
+                .values(client_seen=seen[0], node_seen=seen[1], bound_at=now)
+            )
