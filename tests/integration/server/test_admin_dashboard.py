@@ -104,7 +104,7 @@ async def test_values_from_nodes_are_escaped_and_stream_as_json(srv: Harness) ->
                 data = json.loads(line[6:])
                 break
     (row,) = data["tables"]["nodes"]["rows"]
-    assert row[3] == payload  # JSON text, written with textContent by admin.js
+    assert row[3] == payload  # JSON text, written with textContent by live.js
     srv.http.cookies.clear()  # the client keeps the session cookie: log out of it
     r = await srv.http.get("/admin/events/nodes")
     assert r.status_code == 401

@@ -17,7 +17,6 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
@@ -29,9 +28,9 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from higgs.common import webui
 from higgs.common.websession import (
     SECURITY_HEADERS,
     WebSession,
@@ -48,15 +47,10 @@ __all__ = ["create_app", "owner_data", "serve_dashboard"]
 log = logging.getLogger(__name__)
 
 COOKIE = "higgs_owner"
-STATIC = Path(__file__).parent / "static"
-_STATIC_FILES = {"owner.js": "text/javascript", "owner.css": "text/css"}
 STREAM_S = 300.0
 _MB = 1_000_000
 
-_env = Environment(
-    loader=PackageLoader("higgs.node.dashboard", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-)
+_env = webui.environment("higgs.node.dashboard")
 
 
 class _Rate:
@@ -251,9 +245,10 @@ def create_app(source: OwnerSource) -> FastAPI:
 
     @app.get("/static/{name}")
     async def static(name: str) -> Response:
-        if name not in _STATIC_FILES:
+        asset = webui.static_path(name)
+        if asset is None:
             return headers(Response("not found", status_code=404, media_type="text/plain"))
-        return headers(FileResponse(STATIC / name, media_type=_STATIC_FILES[name]))
+        return headers(FileResponse(asset[0], media_type=asset[1]))
 
     @app.get("/metrics")
     async def metrics() -> Response:

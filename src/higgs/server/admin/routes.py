@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -23,8 +22,8 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from jinja2 import Environment, PackageLoader, select_autoescape
 
+from higgs.common import webui
 from higgs.common.websession import SECURITY_HEADERS, WebSession, cookie_header, same_origin
 from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.admin.views import PAGES, page_data
@@ -37,16 +36,11 @@ __all__ = ["COOKIE", "admin"]
 log = logging.getLogger(__name__)
 
 COOKIE = "higgs_admin"
-STATIC = Path(__file__).parent / "static"
-_STATIC_FILES = {"admin.js": "text/javascript", "admin.css": "text/css"}
 # An event stream ends after this long; EventSource reconnects by itself (bounds every stream).
 STREAM_S = 300.0
 PUSH_INTERVAL_S = 1.0
 
-_env = Environment(
-    loader=PackageLoader("higgs.server.admin", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-)
+_env = webui.environment("higgs.server.admin")
 
 admin = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -164,9 +158,10 @@ async def other_page(request: Request, page: str) -> Response:
 
 @admin.get("/static/{name}")
 async def static(name: str) -> Response:
-    if name not in _STATIC_FILES:
+    asset = webui.static_path(name)
+    if asset is None:
         return _headers(Response("not found", status_code=404, media_type="text/plain"))
-    return _headers(FileResponse(STATIC / name, media_type=_STATIC_FILES[name]))
+    return _headers(FileResponse(asset[0], media_type=asset[1]))
 
 
 @admin.get("/events/{page}")

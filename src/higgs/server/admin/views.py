@@ -1,9 +1,10 @@
 """What each dashboard page shows, as plain data: tables of cells, built from the services.
 
 The same data renders the first page (Jinja2, autoescaped) and every live update (JSON over
-server-sent events, written into the page with ``textContent`` by admin.js). A cell is a
-string, or a dict describing a form (``{"form": url, "label": …, "input": name, "value": …}``)
-that the template and the script both build; no cell is ever HTML.
+server-sent events, written into the page with ``textContent`` by higgs.common.webui's live.js).
+A cell is a string, or a dict describing a form
+(``{"form": url, "label": …, "input": name, "value": …}``) that the template and the script
+both build; no cell is ever HTML.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
   const page = document.body.dataset.page;
   if (!page || page === "login") return;
   const csrf = (document.querySelector('meta[name="csrf"]') || {}).content || "";
-  const base = document.body.dataset.events || "/admin/events/";
+  const base = document.body.dataset.events;  // each page names its event stream
+  if (!base) return;
   const live = document.getElementById("live");
 
   function cell(c) {
