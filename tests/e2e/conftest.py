@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 
 import pytest
@@ -22,8 +23,10 @@ def pytest_runtest_makereport(
         report.sections.append(("lab process logs", lab.log_tails(30)))
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
+@contextlib.contextmanager
+def built_lab() -> Iterator[Lab]:
+    """A lab, torn down always, then checked to have left nothing and leaked no secret (for
+    module-scoped fixtures too)."""
     lab = Lab().build()
     try:
         yield lab
@@ -33,6 +36,12 @@ def lab() -> Iterator[Lab]:
     assert not left, f"lab {lab.names.stem} left behind: {left}"
     leaked = [str(f) for f in lab.secret_findings]
     assert not leaked, f"secrets in the logs of lab {lab.names.stem}: {leaked}"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with built_lab() as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,6 +24,7 @@ from higgs.lab.lab import Lab
 from higgs.lab.miniupnpd import MiniUpnpd, RouterMapping
 from higgs.lab.product import NODE_PORT, Product
 from higgs.lab.wireguard import new_keypair, wg_show
+from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -43,13 +44,8 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab().build()
-    try:
+    with built_lab() as lab:
         yield lab
-    finally:
-        lab.teardown()
-    left = lab.leftovers()
-    assert not left, f"lab {lab.names.stem} left behind: {left}"
 
 
 @pytest.fixture(scope="module")
