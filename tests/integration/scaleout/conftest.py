@@ -9,8 +9,10 @@ reconnect and backoff are the real ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -25,7 +27,7 @@ import httpx
 import pytest
 
 from higgs.lab.services.haproxy import Backend, argv, write_config
-from tests.integration.conftest import PgCluster, _psql
+from tests.integration.conftest import PgCluster, _as_postgres, _psql
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -174,6 +176,51 @@ class Deployment:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{inst.name} not healthy:\n{self.log_tails()}")
                     await asyncio.sleep(0.1)
+
+
+class PgOutage:
+    """Stops the test cluster (fast shutdown: connections are cut) and starts it again on the
+    same port with the same options (read from its ``postmaster.opts``)."""
+
+    def __init__(self, cluster: PgCluster) -> None:
+        self.cluster = cluster
+        out = subprocess.run(
+            [str(cluster.bindir / "psql"), "-h", cluster.host, "-p", str(cluster.port),
+             "-U", cluster.user, "-d", "postgres", "-Atc", "SHOW data_directory"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        self.data = Path(out.stdout.strip())
+        opts = shlex.split((self.data / "postmaster.opts").read_text())
+        # The first word is the postgres binary; "-D dir" is given to pg_ctl itself.
+        args = opts[1:]
+        if "-D" in args:
+            i = args.index("-D")
+            del args[i : i + 2]
+        self.opts = shlex.join(args)
+        self.log = self.data.parent / "log"
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            _as_postgres([str(self.cluster.bindir / "pg_ctl"), "-D", str(self.data), *args]),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl("-o", self.opts, "-l", str(self.log), "-w", "-t", "60", "start")
+
+
+@pytest.fixture(scope="module")
+def pg_outage(pg_cluster: PgCluster) -> Iterator[PgOutage]:
+    outage = PgOutage(pg_cluster)
+    yield outage
+    # Never leave the session's shared cluster stopped for the tests that follow.
+    with contextlib.suppress(subprocess.CalledProcessError):
+        outage.start()
 
 
 @pytest.fixture(scope="module")
