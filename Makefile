@@ -30,6 +30,7 @@ test: lint typecheck
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
 	HIGGS_SCALEOUT_OUTAGE_S=30 $(PY) -m pytest tests/integration/scaleout -q --reruns 0
+	HIGGS_SOAK=1 $(PY) -m pytest tests/e2e/test_scaleout.py -q --reruns 0
 
 unit: setup
 	$(PY) -m pytest tests/unit

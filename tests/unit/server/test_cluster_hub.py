@@ -158,3 +158,15 @@ async def test_a_link_down_from_an_old_holder_does_not_erase_a_newer_one() -> No
     # A stale link_down from instance "c" (which held the node before) changes nothing.
     await b.bus.publish(ALL, {"from": "c", "op": "link_down", "node_id": "n1"})
     assert a.holders["n1"].instance_id == "b"
+
+
+async def test_a_resync_flag_the_database_refused_waits_for_the_reconciliation() -> None:
+    bus, a, _la, _b, _lb = await pair()
+
+    async def database_down(node_id: str) -> None:
+        raise OSError("connection refused")
+
+    a.on_lost = database_down
+    bus.up = False
+    assert not await a.send_control("n1", {"type": "peer_remove"})
+    assert a.lost == {"n1"}

@@ -4,7 +4,8 @@ reconciliation that repairs whatever the bus lost (docs/scaleout.md).
 Every ``cluster_reconcile_s`` the instance makes its local state equal to the database's:
 
 1. its presence claims equal the links it holds (:func:`presence.assert_links`);
-2. nodes flagged ``resync`` (a command for them may be lost) get a full ``sync``;
+2. commands this instance could not hand over are flagged ``resync`` (if the database could
+   not take the flag when they failed), and nodes flagged ``resync`` here get a full ``sync``;
 3. the presence map (who holds which link) is reloaded;
 4. the local hub admits exactly the allowed nodes and the open sessions;
 5. the routing view is reloaded (heartbeats and registrations other instances handled);
@@ -139,6 +140,9 @@ class Cluster:
         local = self.hub.local
         now = utcnow()
         await presence.assert_links(self.db, self.instance_id, local.connected_nodes(), now)
+        for node_id in list(self.hub.lost):
+            await presence.want_resync(self.db, node_id)
+            self.hub.lost.discard(node_id)
         for node_id in await presence.take_resyncs(self.db, self.instance_id):
             if local.is_node_connected(node_id):
                 await self._sessions.sync_node(node_id)

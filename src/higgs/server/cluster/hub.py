@@ -87,6 +87,7 @@ class ClusterHub:
         self.on_lost: Callable[[str], Awaitable[None]] | None = None
         # Called with "clients" or "nodes" when another instance revoked a credential.
         self.on_invalidate: Callable[[str], None] | None = None
+        self.lost: set[str] = set()  # nodes whose resync flag is not written yet
         self.dropped = 0  # malformed bus messages
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -152,12 +153,20 @@ class ClusterHub:
         if reply is not None and reply.get("delivered") is True:
             return True
         # Not handed over: the link may be on an instance we have not heard of yet, or the
-        # bus is down. The flag in the database reaches the holder whatever the bus does.
+        # bus is down. The flag in the database reaches the holder whatever the bus does;
+        # while the database cannot take it either, the node waits in ``lost`` for the next
+        # reconciliation.
+        self.lost.add(node_id)
         if self.on_lost is not None:
             try:
                 await self.on_lost(node_id)
             except Exception:
-                log.exception("could not flag the node for a resync", extra={"node_id": node_id})
+                log.warning(
+                    "resync flag not written; the reconciliation retries",
+                    extra={"node_id": node_id},
+                )
+            else:
+                self.lost.discard(node_id)
         return False
 
     def is_node_connected(self, node_id: str) -> bool:
