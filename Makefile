@@ -25,9 +25,12 @@ check: lint typecheck unit
 test: lint typecheck
 	$(PY) -m pytest tests --durations=25
 
-# The million-frame hostile storms (docs/testing-hostile.md); `make test` runs short versions.
+# The million-frame hostile storms (docs/testing-hostile.md) and the 30 s bus and PostgreSQL
+# outages of the scale-out (docs/scaleout.md); `make test` runs short versions.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
+	HIGGS_SCALEOUT_OUTAGE_S=30 $(PY) -m pytest tests/integration/scaleout -q --reruns 0
+	HIGGS_SOAK=1 $(PY) -m pytest tests/e2e/test_scaleout.py -q --reruns 0
 
 unit: setup
 	$(PY) -m pytest tests/unit

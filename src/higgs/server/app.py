@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -29,6 +29,8 @@ from higgs.common.tls import harden, server_context
 from higgs.server.api.app import create_app
 from higgs.server.api.deps import ApiContext
 from higgs.server.api.ratelimit import RateLimiter
+from higgs.server.cluster.coordinator import CLUSTER_CACHE_TTL_S, Cluster, default_instance_id
+from higgs.server.cluster.hub import ClusterEvents, ClusterHub, LocalHub
 from higgs.server.config import ServerSettings, split_listen
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.hub import RelayHubServer
@@ -144,6 +146,7 @@ class BosonServer:
         self._db: Database | None = None
         self._hub: ServedHub | None = None
         self.ctx: ApiContext | None = None
+        self._cluster: Cluster | None = None
 
     @property
     def hub(self) -> ServedHub:
@@ -164,13 +167,19 @@ class BosonServer:
 
     async def _start(self, db: Database) -> None:
         s = self.settings
-        identity = IdentityService(db, cache_ttl_s=s.auth_cache_ttl_s)
+        # Scale-out (docs/scaleout.md): no instance may trust a cached credential for long,
+        # since a revocation elsewhere reaches it by the bus, which may lose it.
+        cache_ttl_s = min(s.auth_cache_ttl_s, CLUSTER_CACHE_TTL_S) if s.bus else s.auth_cache_ttl_s
+        identity = IdentityService(db, cache_ttl_s=cache_ttl_s)
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
 
         events = ServerEvents()
-        self._hub = hub = self._hub_factory(events, self.metrics.registry)
+        if s.bus:
+            self._hub = hub = await self._cluster_hub(db, events)
+        else:
+            self._hub = hub = self._hub_factory(events, self.metrics.registry)
         # One view of the nodes, kept current by the registry and the sessions, read by routing.
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
@@ -188,6 +197,9 @@ class BosonServer:
         relay_host_for_url = _url_host(public_host or relay_host)
         self.relay_base = s.relay_url or f"{scheme}://{relay_host_for_url}:{bound_relay}"
         sessions.relay_base = registry.relay_base = self.relay_base
+        if isinstance(hub, ClusterHub):
+            hub.relay_base = s.instance_relay_url or self.relay_base
+            sessions.relay_base_of = hub.relay_base_for
 
         allowed = await registry.reload()
         await refresh_view(nodes, db)
@@ -205,6 +217,8 @@ class BosonServer:
             usage=usage,
             traffic=TrafficSeries(),
         )
+        if self._cluster is not None:
+            await self._cluster.start(identity, sessions, nodes, self.ctx.limiter)
         api_host, api_port = split_listen(s.listen)
         sock = _bind(api_host, api_port)
         bound_api = sock.getsockname()[1]
@@ -241,6 +255,30 @@ class BosonServer:
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
         )
+
+    async def _cluster_hub(self, db: Database, events: ServerEvents) -> ServedHub:
+        """The local hub wrapped for scale-out, its events claiming presence."""
+        from higgs.server.cluster.nats_bus import NatsBus  # only a scale-out needs nats-py
+
+        s = self.settings
+        assert s.bus is not None
+        instance_id = s.instance_id or default_instance_id()
+        bus = await NatsBus.connect(s.bus, f"bosonserver {instance_id}")
+        holder: list[Cluster] = []
+
+        async def claim(node_id: str) -> None:
+            await holder[0].claim(node_id)
+
+        async def release(node_id: str) -> None:
+            await holder[0].release(node_id)
+
+        cluster_events = ClusterEvents(events, claim, release)
+        local = self._hub_factory(cluster_events, self.metrics.registry)
+        hub = ClusterHub(cast(LocalHub, local), bus, instance_id)
+        cluster_events.hub = hub
+        self._cluster = Cluster(s, db, bus, hub)
+        holder.append(self._cluster)
+        return hub
 
     async def _maintain(
         self, db: Database, nodes: NodeView, registry: RegistryService, sessions: SessionService
@@ -285,6 +323,9 @@ class BosonServer:
                 await task
         self._tasks.clear()
         self._uvicorn = None
+        if self._cluster is not None:
+            await self._cluster.stop()
+            self._cluster = None
         if self._hub is not None:
             try:
                 await self._hub.stop()

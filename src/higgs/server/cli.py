@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--relay-listen", help="relay HOST:PORT (default 127.0.0.1:8081)")
     serve.add_argument("--public-url", help="API base URL as clients reach it")
     serve.add_argument("--relay-url", help="relay base URL (ws[s]://host:port) put into answers")
+    serve.add_argument("--bus", help="nats://host:port: run as one of several instances")
+    serve.add_argument("--instance-id", help="this instance's name on the bus (default host-pid)")
+    serve.add_argument("--instance-relay-url", help="this instance's own relay base URL")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (HTTPS and WSS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     _add_udp_relay_options(serve)
@@ -134,7 +137,7 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
     }
     for name in ("listen", "relay_listen", "public_url", "relay_url", "tls_cert", "tls_key",
                  "udp_relay_address", "udp_relay_ports", "udp_relay_userspace",
-                 "udp_relay_embedded"):  # fmt: skip
+                 "udp_relay_embedded", "bus", "instance_id", "instance_relay_url"):  # fmt: skip
         overrides[name] = getattr(args, name, None)
     return load_settings(
         ServerSettings, file=args.config, env_prefix=ENV_PREFIX, overrides=overrides

@@ -69,6 +69,20 @@ class ServerSettings(BaseModel):
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
+    # Scale-out (docs/scaleout.md): several instances on one PostgreSQL, linked by a bus.
+    # None (the default) is the embedded server: one process, no bus, nothing below used.
+    bus: str | None = Field(default=None, description="nats://host:port (default: none)")
+    instance_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="default: host-pid"
+    )
+    # Where clients reach this instance's own relay hub (a relayed session's client link must
+    # land on the instance holding its node's link); default: --relay-url.
+    instance_relay_url: str | None = None
+    cluster_beat_s: float = Field(default=1.0, gt=0, le=60)
+    cluster_reconcile_s: float = Field(default=2.0, gt=0, le=600)
+    # An instance silent this long is dead: its nodes' presence no longer counts.
+    instance_dead_after_s: float = Field(default=5.0, gt=0, le=600)
+
     @field_validator("listen", "relay_listen", "udp_relay_metrics_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
@@ -96,7 +110,14 @@ class ServerSettings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
-    @field_validator("relay_url")
+    @field_validator("bus")
+    @classmethod
+    def _bus_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("nats://", "tls://")):
+            raise ValueError("must start with nats:// (or tls://)")
+        return value
+
+    @field_validator("relay_url", "instance_relay_url")
     @classmethod
     def _ws_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("ws://", "wss://")):
@@ -111,6 +132,8 @@ class ServerSettings(BaseModel):
     def _tls_pair(self) -> Self:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.bus is not None and self.database is None:
+            raise ValueError("bus: several instances share one PostgreSQL; set database too")
         return self
 
     @property

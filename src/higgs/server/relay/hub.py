@@ -206,6 +206,17 @@ class RelayHubServer:
     def session_counters(self, session_id: str) -> tuple[int, int]:
         return self.tables.counters(session_id)
 
+    # -- what a scale-out instance reconciles against the database (server/cluster/) --------
+
+    def connected_nodes(self) -> list[str]:
+        return [n.node_id for n in self.tables.nodes.values() if n.link is not None]
+
+    def allowed_nodes(self) -> list[str]:
+        return [n.node_id for n in self.tables.nodes.values() if n.token_hash is not None]
+
+    def admitted_sessions(self) -> list[str]:
+        return list(self.tables.sessions)
+
     # -- upgrade: routing and authentication (synchronous, from memory) ----------------------
 
     def _route(self, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:

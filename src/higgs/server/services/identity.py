@@ -14,6 +14,7 @@ process (the CLI) takes effect within ``cache_ttl_s``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -105,6 +106,9 @@ class IdentityService:
         self._admins: CredentialCache[bool] = CredentialCache(cache_ttl_s)
         self._nodes: CredentialCache[str] = CredentialCache(cache_ttl_s)
         self._clients: CredentialCache[AuthedClient] = CredentialCache(cache_ttl_s)
+        # Scale-out: told "clients" / "nodes" after a revocation here, so that the other
+        # instances drop their cached entries too (server/cluster/; None when embedded).
+        self.on_revoked: Callable[[str], None] | None = None
 
     # --- admin ----------------------------------------------------------------------------
 
@@ -210,6 +214,8 @@ class IdentityService:
     def forget_node(self, node_id: str) -> None:
         """The node's token changed (re-registration): its old token stops working now."""
         self._nodes.drop_where(lambda cached: cached == node_id)
+        if self.on_revoked is not None:
+            self.on_revoked("nodes")
 
     # --- clients --------------------------------------------------------------------------
 
@@ -247,7 +253,16 @@ class IdentityService:
             client_id = row.id
         # After the commit: a lookup that began earlier holds an older epoch and is not stored.
         self._clients.drop_where(lambda cached: cached.id == client_id)
+        if self.on_revoked is not None:
+            self.on_revoked("clients")
         return client_id
+
+    def drop_cached(self, kind: str) -> None:
+        """Another instance revoked a credential of this kind: forget every cached one."""
+        if kind == "clients":
+            self._clients.clear()
+        elif kind == "nodes":
+            self._nodes.clear()
 
     async def authenticate_client(self, token: str) -> AuthedClient:
         digest = hash_token(token)

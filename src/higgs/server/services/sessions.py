@@ -17,7 +17,7 @@ re-admitted by :meth:`SessionService.reload`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import ColumnElement
@@ -74,6 +74,9 @@ class SessionService:
         self.settings = settings
         self.metrics = metrics
         self.relay_base = ""  # set by the server once the relay listener is bound
+        # Scale-out: the relay base of the instance holding a node's link (a relayed client
+        # must attach there); None = this server's own (docs/scaleout.md).
+        self.relay_base_of: Callable[[str], str | None] | None = None
         self.announcer = Announcer(hub)
         self.opener = SessionOpener(
             db, nodes, hub.is_node_connected, self.announcer.ledger, metrics, lambda: self.ttl
@@ -132,9 +135,14 @@ class SessionService:
             opened.facts,
             opened.token,
             ttl_s=self.settings.session_ttl_s,
-            relay_base=self.relay_base,
+            relay_base=self._relay_base(opened.row.node_id),
             udp_relay=udp_relay,
         )
+
+    def _relay_base(self, node_id: str) -> str:
+        if self.relay_base_of is None:
+            return self.relay_base
+        return self.relay_base_of(node_id) or self.relay_base
 
     async def reload(self) -> int:
         """After a restart: every open session is admitted to the hub again."""

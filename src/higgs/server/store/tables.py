@@ -28,11 +28,13 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "AdminToken",
+    "ApiInstance",
     "Base",
     "Client",
     "ClientUsage",
     "EnrollmentKey",
     "Node",
+    "NodePresence",
     "RelayLease",
     "Session",
     "UTCDateTime",
@@ -215,3 +217,30 @@ class RelayLease(Base):
     client_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     node_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     bound_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ApiInstance(Base):
+    """One running API instance of a scale-out deployment (docs/scaleout.md): it writes
+    ``seen_at`` every ``cluster_beat_s``; one silent past ``instance_dead_after_s`` is dead."""
+
+    __tablename__ = "api_instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    relay_base: Mapped[str] = mapped_column(String(300))
+    seen_at: Mapped[datetime]
+
+
+class NodePresence(Base):
+    """Which instance holds the node's control link (one row per connected node). The truth
+    for routing a command to the node; bus messages only hurry it along."""
+
+    __tablename__ = "node_presence"
+
+    node_id: Mapped[str] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    instance_id: Mapped[str] = mapped_column(String(64), index=True)
+    since: Mapped[datetime]
+    # Set by an instance whose command to the node may have been lost on the bus: the holder
+    # sends the node a full ``sync`` at its next reconciliation and clears it.
+    resync: Mapped[bool] = mapped_column(Boolean, default=False)

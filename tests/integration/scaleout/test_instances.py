@@ -1,0 +1,342 @@
+"""Two instances behind HAProxy: any instance answers, commands reach the node's link through
+the bus, revocations hold everywhere within 1 s, a killed instance's node moves to the other,
+and a stopped bus loses nothing (docs/scaleout.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from higgs.common.keys import PrivateKey
+from higgs.server.config import ServerSettings
+from higgs.server.services.identity import IdentityService
+from higgs.server.store.db import Database
+from higgs.server.store.open import open_database
+from higgs.server.store.tables import NodePresence
+from higgs.transport.relay_link import RelayLink
+from tests.integration.scaleout.conftest import Deployment, PgOutage
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user"),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+# The full outage of the issue in `make soak`; `make test` keeps it short.
+OUTAGE_S = float(os.environ.get("HIGGS_SCALEOUT_OUTAGE_S", "3"))
+
+
+def key() -> str:
+    return PrivateKey.generate().public_b64()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def until(check: Callable[[], Any], within_s: float, what: str) -> float:
+    """Polls ``check`` (sync or async) until truthy; returns the seconds it took."""
+    start = time.monotonic()
+    last: Exception | None = None
+    while True:
+        try:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+        except (httpx.HTTPError, OSError, DBAPIError) as exc:  # an outage being waited out
+            value, last = None, exc
+        if value:
+            return time.monotonic() - start
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"{what}: not within {within_s} s (last error: {last})")
+        await asyncio.sleep(0.05)
+
+
+class FakeNode:
+    """A registered node holding its control link the way higgsnode does (RelayLink)."""
+
+    def __init__(self, node_id: str, token: str, relay_url: str) -> None:
+        self.node_id, self.token = node_id, token
+        self.messages: list[dict[str, Any]] = []
+        self.ups = 0
+        self.link = RelayLink(
+            relay_url,
+            token,
+            on_data=lambda _c, _d: None,
+            on_text=self.messages.append,
+            on_state=self._state,
+            ping_interval_s=2,
+            dead_after_s=6,
+        )
+
+    def _state(self, up: bool) -> None:
+        self.ups += up
+
+    def peers_of(self, kind: str) -> set[str]:
+        return {m["session_id"] for m in self.messages if m.get("type") == kind}
+
+    def synced(self) -> set[str]:
+        out: set[str] = set()
+        for m in self.messages:
+            if m.get("type") == "sync":
+                out = {p["session_id"] for p in m["peers"]}
+        return out
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def db(
+    deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    settings = ServerSettings(database=deployment.database, data_dir=tmp_path_factory.mktemp("cli"))
+    database = await open_database(settings, auto_migrate=False)
+    yield database
+    await database.dispose()
+
+
+async def holder(db: Database, node_id: str) -> str | None:
+    async with db.begin() as conn:
+        value: str | None = await conn.scalar(
+            select(NodePresence.instance_id).where(NodePresence.node_id == node_id)
+        )
+    return value
+
+
+async def new_node(dep: Deployment, db: Database, http: httpx.AsyncClient) -> FakeNode:
+    enroll = await IdentityService(db).create_enrollment_key(1)
+    body = {
+        "public_key": key(), "listen_port": 51820, "endpoint": "127.0.0.1:51820",
+        "tunnel_subnet": "10.77.0.0/24", "max_clients": 8, "bandwidth_mbps": 50,
+        "country": "DE", "region": "Berlin", "version": "0.1.0",
+    }  # fmt: skip
+    r = await http.post(dep.api + "/v1/nodes/register", json=body, headers=bearer(enroll))
+    assert r.status_code == 201, r.text
+    data = r.json()
+    assert data["relay_url"].startswith(dep.relay)  # nodes dial the balancer
+    node = FakeNode(data["node_id"], data["node_token"], data["relay_url"])
+    node.link.start()
+    await until(lambda: holder(db, node.node_id), 10, "presence claimed")
+    beat = f"/v1/nodes/{node.node_id}/heartbeat"
+    assert (await http.post(dep.api + beat, json={}, headers=bearer(node.token))).status_code == 200
+
+    async def online_everywhere() -> bool:
+        for inst in dep.instances.values():
+            r = await http.get(inst.api + "/v1/nodes", headers=bearer(probe))
+            if not any(
+                n["node_id"] == node.node_id and n["state"] == "online" for n in r.json()["nodes"]
+            ):
+                return False
+        return True
+
+    probe = await IdentityService(db).add_client(f"probe-{node.node_id}")
+    await until(online_everywhere, 10, "every instance routes to the node")
+    return node
+
+
+async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
+    deployment: Deployment, db: Database
+) -> None:
+    client = await IdentityService(db).add_client("c-route")
+    async with httpx.AsyncClient(timeout=10) as http:
+        node = await new_node(deployment, db, http)
+        try:
+            held = await holder(db, node.node_id)
+            other = deployment.instances["b" if held == "a" else "a"]
+            r = await http.post(
+                other.api + "/v1/routes",
+                json={"client_public_key": key(), "mode": "relay"},
+                headers=bearer(client),
+            )
+            assert r.status_code == 201, r.text
+            answer = r.json()
+            sid = answer["session_id"]
+            await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add via the bus")
+            # The relayed client is sent to the hub that holds the node's link.
+            holding = deployment.instances[str(held)]
+            assert answer["relay"]["url"].startswith(f"ws://127.0.0.1:{holding.relay_port}/")
+            # Any instance answers for the session; the close reaches the node the same way.
+            via_lb = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+            assert via_lb.status_code == 200
+            r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
+            assert r.status_code == 200, r.text
+            await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
+        finally:
+            await node.link.close()
+
+
+async def test_a_revoked_client_is_refused_by_every_instance_within_1_s(
+    deployment: Deployment, db: Database
+) -> None:
+    identity = IdentityService(db)
+    token = await identity.add_client("c-revoke")
+    async with httpx.AsyncClient(timeout=5) as http:
+        for inst in deployment.instances.values():  # both hold the credential in cache
+            for _ in range(3):
+                r = await http.get(inst.api + "/v1/nodes", headers=bearer(token))
+                assert r.status_code == 200, r.text
+        # Revoked behind every instance's back, as `bosonserver client revoke` does.
+        await identity.mark_revoked("c-revoke")
+        await asyncio.sleep(1.0)
+        for inst in deployment.instances.values():
+            r = await http.get(inst.api + "/v1/nodes", headers=bearer(token))
+            assert r.status_code == 401, (inst.name, r.text)
+            assert r.json()["error"] == "revoked_token"
+
+
+async def test_a_node_stopped_on_one_instance_is_refused_by_all_and_its_link_closed(
+    deployment: Deployment, db: Database
+) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        node = await new_node(deployment, db, http)
+        held = await holder(db, node.node_id)
+        other = deployment.instances["b" if held == "a" else "a"]
+        beat = f"/v1/nodes/{node.node_id}/heartbeat"
+        for inst in deployment.instances.values():
+            assert (
+                await http.post(inst.api + beat, json={}, headers=bearer(node.token))
+            ).status_code == 200
+        r = await http.delete(other.api + f"/v1/nodes/{node.node_id}", headers=bearer(node.token))
+        assert r.status_code in (200, 204), r.text
+        closed = await asyncio.wait_for(node.link.wait_closed(), 5)
+        assert closed.code == 4001  # the holder closed it, told by the other instance
+        await asyncio.sleep(1.0)
+        for inst in deployment.instances.values():
+            r = await http.post(inst.api + beat, json={}, headers=bearer(node.token))
+            assert r.status_code == 409, (inst.name, r.text)
+            assert r.json()["error"] == "node_stopped"
+
+
+async def test_a_command_lost_while_the_bus_is_down_is_repaired_and_the_bus_recovers(
+    deployment: Deployment, db: Database
+) -> None:
+    client = await IdentityService(db).add_client("c-bus")
+    async with httpx.AsyncClient(timeout=10) as http:
+        node = await new_node(deployment, db, http)
+        try:
+            held = await holder(db, node.node_id)
+            other = deployment.instances["b" if held == "a" else "a"]
+            deployment.kill("nats", signal.SIGTERM)
+            started = time.monotonic()
+            r = await http.post(
+                other.api + "/v1/routes",
+                json={"client_public_key": key(), "mode": "relay"},
+                headers=bearer(client),
+            )
+            assert r.status_code == 201, r.text  # the API does not need the bus
+            sid = r.json()["session_id"]
+            # No bus: the holder learns it from the database (resync) and sends a full sync.
+            await until(lambda: sid in node.synced(), 5, "sync repairs the lost peer_add")
+            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+            deployment.start_nats()
+            # The instances reconnect by themselves; a command crosses again.
+            r2 = await http.post(
+                other.api + "/v1/routes",
+                json={"client_public_key": key(), "mode": "relay"},
+                headers=bearer(client),
+            )
+            assert r2.status_code == 201, r2.text
+            sid2 = r2.json()["session_id"]
+            await until(
+                lambda: sid2 in node.peers_of("peer_add") or sid2 in node.synced(),
+                10,
+                "command after the bus came back",
+            )
+            ups = node.ups
+            assert ups == 1, "the node's link never dropped"
+        finally:
+            await node.link.close()
+
+
+async def test_postgresql_down_loses_nothing_and_everything_recovers_by_itself(
+    deployment: Deployment, db: Database, pg_outage: PgOutage
+) -> None:
+    client = await IdentityService(db).add_client("c-pg")
+    async with httpx.AsyncClient(timeout=10) as http:
+        node = await new_node(deployment, db, http)
+        try:
+            held = await holder(db, node.node_id)
+            other = deployment.instances["b" if held == "a" else "a"]
+            route = {"client_public_key": key(), "mode": "relay"}
+            r = await http.post(other.api + "/v1/routes", json=route, headers=bearer(client))
+            assert r.status_code == 201, r.text
+            sid = r.json()["session_id"]
+            await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add")
+            pg_outage.stop()
+            started = time.monotonic()
+            try:
+                down = await http.get(deployment.api + "/v1/nodes", headers=bearer(client))
+                # An outage is answered as one (retry later), never as a crash.
+                assert down.status_code == 503, down.text
+                await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+                for inst in deployment.instances.values():
+                    assert inst.proc is not None
+                    assert inst.proc.poll() is None, f"{inst.name} died with the database"
+            finally:
+                pg_outage.start()
+                await db.engine.dispose()  # this test's own pool: its connections died
+            fresh = {"client_public_key": key(), "mode": "relay"}
+
+            async def routed() -> str | None:
+                r = await http.post(other.api + "/v1/routes", json=fresh, headers=bearer(client))
+                return str(r.json()["session_id"]) if r.status_code == 201 else None
+
+            took = await until(routed, 15, "routes again after the outage")
+            print(f"routes again {took:.2f} s after PostgreSQL came back")
+            # Nothing lost: the session opened before the outage is still open, the node
+            # kept its link and gets commands across instances again.
+            r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "open"
+            assert node.ups == 1
+            await until(
+                lambda: len(node.peers_of("peer_add") | node.synced()) >= 2,
+                10,
+                "a command after the outage",
+            )
+        finally:
+            await node.link.close()
+
+
+async def test_killing_the_instance_holding_a_node_moves_its_link_to_the_other(
+    deployment: Deployment, db: Database
+) -> None:
+    client = await IdentityService(db).add_client("c-kill")
+    async with httpx.AsyncClient(timeout=10) as http:
+        node = await new_node(deployment, db, http)
+        try:
+            held = str(await holder(db, node.node_id))
+            survivor = deployment.instances["b" if held == "a" else "a"]
+            r = await http.post(
+                survivor.api + "/v1/routes",
+                json={"client_public_key": key(), "mode": "relay"},
+                headers=bearer(client),
+            )
+            assert r.status_code == 201, r.text
+            sid = r.json()["session_id"]
+            deployment.kill(held)
+            took = await until(
+                lambda: _is(db, node.node_id, survivor.name),
+                10,
+                "node reconnected to the survivor",
+            )
+            print(f"node link moved to {survivor.name} in {took:.2f} s")
+            # Its open session came back with the sync on the new link.
+            await until(lambda: sid in node.synced(), 5, "sync on the new link")
+            # And the balancer answers from the survivor alone.
+            r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+            assert r.status_code == 200, r.text
+        finally:
+            # Last in the module: the deployment ends with one instance (no restart: seconds).
+            await node.link.close()
+
+
+async def _is(db: Database, node_id: str, instance: str) -> bool:
+    return await holder(db, node_id) == instance
