@@ -25,9 +25,12 @@ check: lint typecheck unit
 test: lint typecheck
 	$(PY) -m pytest tests --durations=25
 
-# The million-frame hostile storms (docs/testing-hostile.md); `make test` runs short versions.
+# The long versions of bounded tests (docs/hostile-input.md, docs/node.md "The host is always
+# restored"): the million-frame and million-datagram storms, 100 start/stop and 20 SIGKILL +
+# restart cycles of the node. `make test` runs short versions of each.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
+	HIGGS_NODE_CYCLES=100 HIGGS_NODE_KILL_CYCLES=20 $(PY) -m pytest tests/e2e/test_node_host_restored.py -q --reruns 0 -k cycles
 
 unit: setup
 	$(PY) -m pytest tests/unit
