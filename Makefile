@@ -30,6 +30,7 @@ test: lint typecheck
 # restart cycles of the node. `make test` runs short versions of each.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
+	HIGGS_UDP_STORM=1000000 $(PY) -m pytest tests/integration/udp_relay/test_udp_relay_storm.py -q --reruns 0
 	HIGGS_NODE_CYCLES=100 HIGGS_NODE_KILL_CYCLES=20 $(PY) -m pytest tests/e2e/test_node_host_restored.py -q --reruns 0 -k cycles
 
 unit: setup
