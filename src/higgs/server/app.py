@@ -169,7 +169,7 @@ class BosonServer:
         self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
 
-        events = ServerEvents()
+        events = ServerEvents(self.metrics)
         self._hub = hub = self._hub_factory(events, self.metrics.registry)
         # One view of the nodes, kept current by the registry and the sessions, read by routing.
         nodes = NodeView()
