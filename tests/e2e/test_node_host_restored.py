@@ -167,6 +167,7 @@ def test_rules_removed_by_another_program_are_put_back(
     assert _ours(lab, node, backend) == ""  # a stop is not taken for another program
 
 
+@pytest.mark.timeout(120 + 30 * (CYCLES + KILL_CYCLES))
 def test_start_stop_and_sigkill_restart_cycles_leave_the_host_identical(
     node_lab: Lab, api: str, tmp_path: Path
 ) -> None:
