@@ -141,14 +141,14 @@ class IptablesBackend(FirewallBackend):
         argv = [self.tools.iptables(family), *_WAIT, "-t", jump.table, "-C", jump.builtin]
         return self.runner.run([*argv, *jump.spec()], check=False).ok
 
-    def _tables(self, family: int) -> tuple[str, ...]:
+    def _tables(self, family: int, runner: Runner | None = None) -> tuple[str, ...]:
         """The tables that can hold rules of ours. Merely listing a legacy table makes the
         kernel create it, so for legacy only the tables that already exist are looked at: a
         sweep or a status check must not change the host."""
         if self.tools.flavour != "legacy":
             return _TABLES
         proc = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
-        result = self.runner.run(["cat", proc], check=False)
+        result = (runner or self.runner).run(["cat", proc], check=False)
         present = set(result.stdout.split()) if result.ok else set()
         return tuple(t for t in _TABLES if t in present)
 
@@ -332,7 +332,7 @@ class IptablesBackend(FirewallBackend):
         prefix = f"{self.names.chain_prefix}-"
         out: list[str] = []
         for family in (4, 6):
-            for table in _TABLES if self.tools.flavour != "legacy" else self._tables(family):
+            for table in self._tables(family, runner):
                 for line in self._list(family, table, runner).splitlines():
                     if prefix in line or self.names.comment in line:
                         out.append(f"{family} {table} {line.strip()}")

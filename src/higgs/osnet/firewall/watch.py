@@ -126,7 +126,12 @@ class RuleWatch:
             expected = backend.applied_fingerprint
             if backend.plan is None or not expected:
                 return None  # not applied yet, or removed on purpose
-            now = backend.fingerprint(self._quiet)
+            try:
+                now = backend.fingerprint(self._quiet)
+            except OsnetError as exc:  # a listing that timed out: try again next time
+                self.stats.failures += 1
+                log.warning("cannot read our %s firewall rules: %s", self.what, exc)
+                return None
             if now == expected:
                 return None
             why = _what_changed(expected, now)
