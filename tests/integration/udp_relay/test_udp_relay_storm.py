@@ -88,7 +88,9 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.parametrize("mode", ["userspace", "kernel"])
+# Garbage takes the same userspace path in both modes; `make test` runs the one where the
+# session's own traffic shares that path too, `make soak` both.
+@pytest.mark.parametrize("mode", ["userspace", "kernel"] if STORM > 20_000 else ["userspace"])
 def test_garbage_and_spoofed_datagrams_are_dropped_and_counted(lab: Lab, mode: str) -> None:
     lab.start_relay(userspace=mode == "userspace")
     wait_for("a ping through the relay", lambda: ping_ok(lab.client))
