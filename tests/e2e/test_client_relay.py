@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from higgs.lab.netns import netns_socket
 from higgs.osnet import hoststate
 from tests.e2e.client_system import (
     Client,
@@ -92,6 +95,67 @@ def test_kill_switch_blocks_outside_the_tunnel(relay: System) -> None:
     client.connect("--mode", "relay")
     forced = _forced_out(relay, client)
     assert forced.returncode != 0, f"kill switch let traffic out: {forced.stdout}"
+    client.disconnect()
+    assert _forced_out(relay, client).returncode == 0, "the kill switch outlived the connection"
+
+
+_ETH_P_ALL = 0x0003
+_PACKET_OUTGOING = 4
+
+
+def _plain_pings_out(cap: socket.socket, to: str) -> tuple[int, int]:
+    """(ICMP echo requests to ``to`` that left unencapsulated, IPv4 packets that left) among
+    the frames captured on the client's uplink (the tunnel's, in relay mode, are TCP)."""
+    target = socket.inet_aton(to)
+    pings = out = 0
+    while True:
+        try:
+            frame, addr = cap.recvfrom(65535)
+        except BlockingIOError:
+            return pings, out
+        if addr[2] != _PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
+            continue
+        out += 1
+        ip = frame[14:]
+        if ip[9] == 1 and ip[16:20] == target and ip[(ip[0] & 0x0F) * 4] == 8:
+            pings += 1
+
+
+def test_kill_switch_removed_by_another_program_is_put_back_and_nothing_leaks(
+    relay: System,
+) -> None:
+    lab = relay.lab
+    client = relay.client()
+    client.connect("--mode", "relay")
+    assert _forced_out(relay, client).returncode != 0
+    cap = netns_socket(client.host.ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+    try:
+        cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        cap.bind(("eth0", 0))
+        cap.setblocking(False)
+        # Traffic all along, every 10 ms, before, during and after the flush.
+        ping = client.host.popen(
+            ["ping", "-q", "-i", "0.01", "-c", "300", "-W", "1", lab.internet.ip], name="ping"
+        )
+        time.sleep(0.5)
+        client.host.run(["nft", "flush", "ruleset"])
+        flushed = time.monotonic()
+
+        def back() -> bool:
+            return "higgs" in client.host.run(["nft", "list", "tables"]).stdout
+
+        wait_until("the kill switch to be put back", back, 5, every=0.05)
+        took = time.monotonic() - flushed
+        wait_until("ping to finish", lambda: not ping.alive(), 20)
+        pings, sent = _plain_pings_out(cap, lab.internet.ip)
+    finally:
+        cap.close()
+    print(f"kill switch back {took:.2f}s after `nft flush ruleset`; {sent} packets out")
+    assert sent > 100, "the capture missed the tunnel's packets: it does not work"
+    assert pings == 0, f"{pings} ping(s) left outside the tunnel"
+    assert _forced_out(relay, client).returncode != 0, "the kill switch is not back"
+    log = (client.state_dir / "daemon.log").read_text()
+    assert "kill switch firewall rules were removed by another program" in log
     client.disconnect()
     assert _forced_out(relay, client).returncode == 0, "the kill switch outlived the connection"
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
 from higgs.daemon.pidfile import AlreadyRunning, PidFile
+from higgs.daemon.stopsignals import StopSignals
 from higgs.osnet.journal import Journal
 from higgs.protocol.api import RouteResponse
 
@@ -101,6 +101,7 @@ class Daemon:
             "watch": self._watch_loop,
             "ping": self._ping_loop,
             "node": self._node_loop,
+            "kill-switch": self._kill_switch_loop,
         }
         tasks: dict[asyncio.Future[Any], str] = {
             asyncio.create_task(fn(), name=name): name for name, fn in loops.items()
@@ -203,6 +204,15 @@ class Daemon:
 
         asyncio.get_running_loop().create_task(close())
 
+    async def _kill_switch_loop(self) -> None:
+        """Puts the kill switch back when another program removes it (osnet's RuleWatch;
+        cancelled before teardown removes it on purpose)."""
+        watch = self.host.kill_switch_watch()
+        if watch is None:
+            await self.stop.wait()  # no kill switch: nothing to watch
+            return
+        await watch.run()
+
     async def _node_loop(self) -> None:
         while True:
             await asyncio.sleep(NODE_CHECK_EVERY_S)
@@ -278,15 +288,19 @@ def _answer(payload: dict[str, Any]) -> None:
 
 
 async def _main(settings: ClientSettings) -> int:
+    # Before the journal replay: a SIGTERM during it lets it finish (higgs.daemon.stopsignals).
+    signals = StopSignals.install()
     try:
         with PidFile(settings.pid_file):
-            return await _journaled(settings)
+            return await _journaled(settings, signals)
     except AlreadyRunning as exc:
         _answer({"ok": False, "error": f"already connected (process {exc.pid})"})
         return 1
+    finally:
+        signals.remove()
 
 
-async def _journaled(settings: ClientSettings) -> int:
+async def _journaled(settings: ClientSettings, signals: StopSignals) -> int:
     try:
         journal = Journal(settings.journal_file)
     except HiggsError as exc:
@@ -300,18 +314,19 @@ async def _journaled(settings: ClientSettings) -> int:
             except HiggsError as exc:
                 _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
                 return 1
-        return await _run(settings, journal)
+        if signals.requested:
+            _answer({"ok": False, "error": "interrupted before the tunnel was up; nothing changed"})
+            return 1
+        return await _run(settings, journal, signals)
 
 
-async def _run(settings: ClientSettings, journal: Journal) -> int:
+async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals) -> int:
     try:
         daemon = Daemon(settings, journal)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, daemon.stop.set)
+    signals.hand_over(lambda _name: daemon.stop.set())
     connect_task = asyncio.create_task(daemon.connect())
     stop_task = asyncio.create_task(daemon.stop.wait())
     await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)

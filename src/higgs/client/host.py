@@ -28,6 +28,7 @@ from higgs.osnet.firewall import (
     KillSwitchPolicy,
     get_backend,
 )
+from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.wireguard import Peer, WireGuard
@@ -35,6 +36,9 @@ from higgs.osnet.wireguard import Peer, WireGuard
 __all__ = ["LinuxTunnelHost", "cleanup_host", "replay_journal"]
 
 log = logging.getLogger(__name__)
+
+# Where nft monitor cannot see changes (legacy iptables): how often the kill switch is checked.
+KILL_SWITCH_CHECK_S = 1.0
 
 
 def owned_names(settings: ClientSettings) -> OwnedNames:
@@ -169,6 +173,14 @@ class LinuxTunnelHost:
             )
         self._firewall.apply(plan)
         self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
+
+    def kill_switch_watch(self) -> RuleWatch | None:
+        """The watch that puts the kill switch back when another program removes it (None
+        before the kill switch is on). Meanwhile the full-tunnel routes still send everything
+        into the tunnel; the switch is what keeps it there when they do not."""
+        if self._firewall is None:
+            return None
+        return RuleWatch(self._firewall, what="kill switch", poll_s=KILL_SWITCH_CHECK_S)
 
     # --- moving to another node --------------------------------------------------------------
 

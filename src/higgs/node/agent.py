@@ -4,7 +4,9 @@ Start, in order (each host change journaled with its undo before it is made):
 
 1. preflight — settings complete, root or CAP_NET_ADMIN, an uplink (default route) exists;
    nothing on the host has been touched if any of these fails;
-2. recovery — undo what a crashed earlier run left in the journal, then sweep our names;
+2. recovery — undo what a crashed earlier run left in the journal, then sweep our names
+   (the stop signals are caught before it: one arriving now lets the recovery finish, then
+   the node stops, exit status 0, without serving — higgs.daemon.stopsignals);
 3. identity — the WireGuard keypair in the state dir (created on first start, 0600);
 4. WireGuard interface with the node's tunnel address (.1 of the subnet), listen port and
    tunnel MTU (configured, or computed from the uplink and an optional path-MTU probe);
@@ -17,7 +19,8 @@ Start, in order (each host change journaled with its undo before it is made):
    port mapping on the home router (higgs.node.portmap: journaled, renewed, reported, and
    verified by the server's probe, higgs.node.reachability);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
-   the tunnel MTU follows (interface, registration, heartbeats, so new clients get it).
+   the tunnel MTU follows (interface, registration, heartbeats, so new clients get it);
+   watch the firewall: rules another program removed are put back (higgs.node.rulewatch).
 
 Stop (SIGTERM, SIGINT, ``higgsnode stop``, an unhandled error): deregister, stop the links and
 the forwarder, then undo every host change newest first — every undo runs even when one
@@ -31,7 +34,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +44,7 @@ from pydantic import ValidationError
 from higgs import __version__
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey, load_or_create_private_key
+from higgs.daemon.stopsignals import StopSignals
 from higgs.node.control_link import ControlLink
 from higgs.node.dns_forwarder import DnsForwarder
 from higgs.node.host import NodeHost, Uplink, WgPeerTable
@@ -51,11 +54,13 @@ from higgs.node.ownerstate import is_paused, set_paused
 from higgs.node.peers import PeerManager, PeerRow
 from higgs.node.portmap import PortMapper
 from higgs.node.reachability import ProbeListener
+from higgs.node.rulewatch import node_rule_watch
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
 from higgs.osnet import discovery
 from higgs.osnet.discovery import UplinkWatcher
+from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.mtu import MtuDecision
 from higgs.osnet.portmap import PortMapping
 from higgs.protocol.api import NodeRegisterRequest
@@ -128,8 +133,15 @@ def registration_request(
 
 
 class Agent:
-    def __init__(self, settings: NodeSettings, host: NodeHost, key: PrivateKey) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        host: NodeHost,
+        key: PrivateKey,
+        signals: StopSignals | None = None,
+    ) -> None:
         self.settings = settings
+        self._signals = signals
         self.host = host
         self.key = key
         self.started_at = time.time()
@@ -142,6 +154,7 @@ class Agent:
         self.peers: PeerManager | None = None
         self.portmap: PortMapper | None = None
         self.probes: ProbeListener | None = None
+        self.rules: RuleWatch | None = None
         self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -333,6 +346,7 @@ class Agent:
             "sessions": len(self.peers.sessions) if self.peers else 0,
             "dns": self.dns.stats.as_dict() if self.dns else None,
             "port_mapping": self.portmap.status() if self.portmap else None,
+            "firewall_watch": self.rules.stats.as_dict() if self.rules else None,
             "budget_left_mb": self.budget.left_mb,
         }
 
@@ -416,9 +430,8 @@ class Agent:
     async def run(self, uplink: Uplink) -> None:
         """Sets up, serves until asked to stop, tears down. Raises what went wrong."""
         self.uplink = uplink
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        signals = self._signals or StopSignals.install()
+        signals.hand_over(self.request_stop)
         try:
             self.mtu = await asyncio.to_thread(self._decide_mtu, uplink)
             # A refused enrollment ends here, before the host is touched; an unreachable
@@ -439,8 +452,8 @@ class Agent:
             self._error = exc
         finally:
             problems = await self._teardown()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            if self._signals is None:
+                signals.remove()
         if problems:
             text = "; ".join(problems)
             if self._error is not None:
@@ -457,6 +470,9 @@ class Agent:
         previous = await asyncio.to_thread(self.host.enable_forwarding, uplink)
         log.info("ip forwarding on", extra={"was": previous})
         await asyncio.to_thread(self.host.apply_firewall, uplink)
+        self.rules = node_rule_watch(self.host)
+        if self.rules is not None:
+            self._spawn(self.rules.run(), "rule-watch")
         if s.dns.enabled:
             upstreams = s.dns_upstreams()
             if not upstreams:
@@ -542,23 +558,38 @@ class Agent:
 async def _main(settings: NodeSettings) -> None:
     check_settings(settings)
     check_privileges()
+    # Before anything touches the host: a SIGTERM during the recovery below lets it finish.
+    signals = StopSignals.install()
+    try:
+        await _recover_then_run(settings, signals)
+    finally:
+        signals.remove()
+
+
+async def _recover_then_run(settings: NodeSettings, signals: StopSignals) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with PidFile(settings.state_dir):
         host = NodeHost(settings)
         try:
             uplink = await asyncio.to_thread(host.uplink)  # no default route: stop here
+            log.info("start-up recovery: undoing what an earlier run left, if anything")
             problems = await asyncio.to_thread(host.recover)
             if problems:
                 raise AgentError(
                     "the host still holds leftovers of an earlier run that could not be "
                     "removed: " + "; ".join(problems)
                 )
+            if signals.requested:
+                log.info(
+                    "node stopped after its start-up recovery", extra={"reason": signals.reason}
+                )
+                return
             key = load_or_create_private_key(settings.state_dir / KEY_FILE)
             await asyncio.to_thread(host.decide_ipv6, uplink, key.public_b64())
             registration_request(
                 settings, key.public_b64(), decide_mtu(settings, uplink.mtu).mtu, host.tunnel_v6
             )
-            await Agent(settings, host, key).run(uplink)
+            await Agent(settings, host, key, signals).run(uplink)
         finally:
             host.close()
 

@@ -254,6 +254,11 @@ class NodeSettings(BaseModel):
     country: str | None = None
     region: str | None = None
     firewall: Literal["auto", "nft", "iptables"] = "auto"
+    # Put our rules back when another program removes them (higgs.node.rulewatch); changes
+    # are seen at once through nft monitor, and checked every firewall_check_s where it
+    # cannot see them (legacy iptables).
+    firewall_watch: bool = True
+    firewall_check_s: float = Field(default=2.0, ge=0.2, le=60)
     # None: computed from the uplink's MTU and the paths served (higgs.node.mtu), and
     # followed when the uplink's MTU changes; a number is used as it is.
     mtu: int | None = Field(default=None, ge=1280, le=9000)

@@ -175,7 +175,7 @@ class BosonServer:
         self.new_admin_token = await identity.ensure_admin_token(s.data_dir)
         tls = server_ssl_context(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
 
-        events = ServerEvents()
+        events = ServerEvents(self.metrics)
         if s.bus:
             self._hub = hub = await self._cluster_hub(db, events)
         else:

@@ -71,3 +71,13 @@ class ServerMetrics:
         )
         for kind in ("address", "credential", "admin_login"):  # series exist before the first 429
             self.rate_limited.labels(kind=kind)
+        # issue 17: what authenticated nodes send on their control link that the server drops
+        self.node_messages_dropped = Counter(
+            "higgs_node_messages_dropped",
+            "Control messages from authenticated nodes dropped, by reason (malformed: not a "
+            "valid control message; unexpected: valid, but not one the server acts on)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("malformed", "unexpected"):
+            self.node_messages_dropped.labels(reason=reason)

@@ -49,6 +49,13 @@ class HubProcess:
         return f"ws://127.0.0.1:{self.port}/v1/relay/{kind}"
 
     async def drops(self) -> dict[str, float]:
+        return await self._family("higgs_relay_dropped", "reason")
+
+    async def refused(self) -> dict[str, float]:
+        """Upgrades refused with 401, as ``{"node/missing": n, ...}``."""
+        return await self._family("higgs_relay_upgrades_refused", "link", "reason")
+
+    async def _family(self, name: str, *labels: str) -> dict[str, float]:
         assert self.process.stdin is not None
         assert self.process.stdout is not None
         self.process.stdin.write(b"scrape\n")
@@ -57,9 +64,9 @@ class HubProcess:
         text = json.loads(line)["metrics"]
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
-            if family.name == "higgs_relay_dropped":
+            if family.name == name:
                 for sample in family.samples:
-                    out[sample.labels["reason"]] = sample.value
+                    out["/".join(sample.labels[label] for label in labels)] = sample.value
         return out
 
     def rss_kb(self) -> int:
@@ -199,19 +206,23 @@ async def _round_trip(node: RawClient, session: RawClient, seq: int) -> None:
     session.binary.clear()
 
 
-async def _unauthenticated(hub: HubProcess, rng: random.Random, count: int) -> None:
-    """Upgrades with no, a wrong or a mistyped credential, and raw bytes that are no HTTP."""
+async def _unauthenticated(hub: HubProcess, rng: random.Random, count: int) -> Counter[str]:
+    """Upgrades with no, a wrong or a mistyped credential, and raw bytes that are no HTTP;
+    returns the refusals the hub must count (``higgs_relay_upgrades_refused_total``)."""
+    refused: Counter[str] = Counter()
     for i in range(count):
         kind = rng.choice(["node", "session"])
         token = [None, new_token("hgn_"), new_token("hgr_"), "x" * 300][i % 4]
         with pytest.raises(WSError):
             await raw_connect(hub.url(kind), token)
+        refused[f"{kind}/{'missing' if token is None else 'unknown'}"] += 1
         reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
         writer.write(rng.randbytes(rng.randrange(1, 2048)) + b"\r\n\r\n")
         await writer.drain()
         with contextlib.suppress(TimeoutError):  # the hub may wait for the rest of a request
             await asyncio.wait_for(reader.read(4096), 5)
         writer.close()
+    return refused
 
 
 @pytest.mark.skipif(FRAMES < 1, reason="HIGGS_HOSTILE_FRAMES=0")
@@ -228,8 +239,10 @@ async def test_relay_counts_every_hostile_frame_and_keeps_the_session(hub: HubPr
             c.text.clear()
         await _round_trip(node, session, 0)
         before = await hub.drops()
+        refused_before = await hub.refused()
         rss_before = hub.rss_kb()
         expected: Counter[str] = Counter()
+        refusals: Counter[str] = Counter()
         async with asyncio.timeout(TIME_LIMIT_S):
             sent = 0
             seq = 0
@@ -246,8 +259,8 @@ async def test_relay_counts_every_hostile_frame_and_keeps_the_session(hub: HubPr
                 seq += 1
                 await _round_trip(node, session, seq)  # the victim still works, both ways
                 if seq % 10 == 0:
-                    await _unauthenticated(hub, rng, 2)
-            await _unauthenticated(hub, rng, 8)
+                    refusals += await _unauthenticated(hub, rng, 2)
+            refusals += await _unauthenticated(hub, rng, 8)
             await _round_trip(node, session, seq + 1)
 
             def delta(now: dict[str, float]) -> Counter[str]:
@@ -269,6 +282,8 @@ async def test_relay_counts_every_hostile_frame_and_keeps_the_session(hub: HubPr
                     break
                 await asyncio.sleep(0.1)
         assert delta(last) == expected
+        refused = await hub.refused()
+        assert {k: int(v - refused_before.get(k, 0)) for k, v in refused.items() if v} == refusals
         assert hub.process.returncode is None, "the hub crashed"
         # A hostile frame is dropped, not a reason to drop the link it came on.
         assert not attacker_session.closed.is_set()

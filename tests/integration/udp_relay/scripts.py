@@ -58,3 +58,53 @@ for i in range(10000):
         time.sleep(0.005)
 print(sent, flush=True)
 """
+
+STORM = r"""
+# The storm of test_udp_relay_storm.py: reads a count per line on stdin, sends that many more
+# datagrams of the fixed rotation below, answers with how many it sent of each drop reason.
+import hashlib, json, os, random, socket, sys
+relay = (sys.argv[1], int(sys.argv[2]))
+client_pub = bytes.fromhex(sys.argv[3])
+sources = sys.argv[4].split(",")
+captured = [bytes.fromhex(h) for h in sys.argv[5:]]
+rng = random.Random(17)
+def rand(n):
+    return rng.randbytes(n)
+def mac1(pub, body):
+    key = hashlib.blake2s(b"mac1----" + pub).digest()
+    return hashlib.blake2s(body, digest_size=16, key=key).digest()
+def valid_response():
+    # From the node side (mac1 for the client's key) to an initiation nobody sent.
+    body = b"\x02\0\0\0" + rand(56)
+    return body + mac1(client_pub, body) + bytes(16)
+KINDS = [
+    ("malformed", lambda: b""),
+    ("malformed", lambda: bytes([rng.randrange(5, 256)]) + rand(rng.randrange(0, 1400))),
+    ("malformed", lambda: b"\x01\0\0\0" + rand(rng.choice([0, 50, 143, 145, 400]))),
+    ("malformed", lambda: b"\x04\x01\0\0" + rand(60)),
+    ("malformed", lambda: b"\x03\0\0\0" + rand(61)),
+    ("malformed", lambda: b"\x04\0\0\0" + rand(rng.randrange(0, 28))),
+    ("malformed", lambda: b"\0" + rand(rng.randrange(1400, 8000))),
+    ("bad_mac1", lambda: b"\x01\0\0\0" + rand(144)),
+    ("bad_mac1", lambda: b"\x02\0\0\0" + rand(88)),
+    ("unbound_source", lambda: rng.choice(captured)),
+    ("unbound_source", lambda: b"\x04\0\0\0" + rand(rng.randrange(28, 1400))),
+    ("unconfirmed", valid_response),
+    ("unconfirmed", lambda: b"\x03\0\0\0" + rand(60)),
+]
+socks = []
+for src in sources:
+    for _ in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        socks.append(s)
+i = 0
+for line in sys.stdin:
+    counts = {}
+    for _ in range(int(line)):
+        reason, make = KINDS[i % len(KINDS)]
+        socks[i % len(socks)].sendto(make(), relay)
+        counts[reason] = counts.get(reason, 0) + 1
+        i += 1
+    print(json.dumps(counts), flush=True)
+"""

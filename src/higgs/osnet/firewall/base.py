@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -75,6 +76,11 @@ class FirewallBackend(abc.ABC):
         self.journal = journal
         self._entry: Entry | None = None
         self._plan: Plan | None = None
+        # Applies and removals from the agent's threads and the rule watch (.watch) take
+        # turns; the fingerprint of what the last apply left lets the watch tell another
+        # program's change from our own.
+        self.lock = threading.RLock()
+        self.applied_fingerprint: tuple[str, ...] = ()
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -109,6 +115,12 @@ class FirewallBackend(abc.ABC):
     def status(self) -> FirewallStatus:
         """What is present now (read from the kernel, not from memory)."""
 
+    @abc.abstractmethod
+    def fingerprint(self, runner: Runner | None = None) -> tuple[str, ...]:
+        """A short summary of our rules as the kernel holds them now (empty: none), equal
+        for equal rule sets and blind to counters and to dynamic set elements. ``runner``
+        (a quiet one, for the periodic checks) replaces :attr:`runner`."""
+
     @classmethod
     @abc.abstractmethod
     def from_undo(cls, params: Mapping[str, Any], runner: Runner) -> FirewallBackend: ...
@@ -127,6 +139,11 @@ class FirewallBackend(abc.ABC):
             raise FirewallError(
                 f"plan for {plan.names.table!r} given to the backend of {self.names.table!r}"
             )
+        with self.lock:
+            self._apply_locked(plan)
+            self.applied_fingerprint = self.fingerprint()
+
+    def _apply_locked(self, plan: Plan) -> None:
         grown = self._before_apply(plan)
         if self.journal is not None and self._entry is None:
             what = f"firewall ({self.name}) rules {self.names.table}"
@@ -150,6 +167,15 @@ class FirewallBackend(abc.ABC):
         self._plan = plan
         log.info("firewall (%s) applied: %s", self.name, self.names.table)
 
+    def reapply(self) -> bool:
+        """Applies the last plan again (another program removed our rules); False when
+        there is none (never applied, or removed by us)."""
+        with self.lock:
+            if self._plan is None:
+                return False
+            self.apply(self._plan)
+            return True
+
     def update_uplink(
         self, uplink_if: str, own_addresses: tuple[IPAddress, ...] | None = None
     ) -> None:
@@ -161,12 +187,15 @@ class FirewallBackend(abc.ABC):
 
     def remove(self) -> None:
         """Removes our rules; idempotent. Clears the journal entry when it succeeds."""
-        if self.journal is not None and self._entry is not None:
-            self.journal.undo(self._entry)  # runs the same removal, then drops the entry
-            self._entry = None
-        else:
-            self._remove()
-        self._plan = None
+        with self.lock:
+            # No plan first: a rule watch must not put back what is being removed on purpose.
+            self._plan = None
+            self.applied_fingerprint = ()
+            if self.journal is not None and self._entry is not None:
+                self.journal.undo(self._entry)  # runs the same removal, then drops the entry
+                self._entry = None
+            else:
+                self._remove()
 
     def is_applied(self) -> bool:
         return self.status().applied

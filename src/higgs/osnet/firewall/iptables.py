@@ -141,19 +141,19 @@ class IptablesBackend(FirewallBackend):
         argv = [self.tools.iptables(family), *_WAIT, "-t", jump.table, "-C", jump.builtin]
         return self.runner.run([*argv, *jump.spec()], check=False).ok
 
-    def _tables(self, family: int) -> tuple[str, ...]:
+    def _tables(self, family: int, runner: Runner | None = None) -> tuple[str, ...]:
         """The tables that can hold rules of ours. Merely listing a legacy table makes the
         kernel create it, so for legacy only the tables that already exist are looked at: a
         sweep or a status check must not change the host."""
         if self.tools.flavour != "legacy":
             return _TABLES
         proc = "/proc/net/ip_tables_names" if family == 4 else "/proc/net/ip6_tables_names"
-        result = self.runner.run(["cat", proc], check=False)
+        result = (runner or self.runner).run(["cat", proc], check=False)
         present = set(result.stdout.split()) if result.ok else set()
         return tuple(t for t in _TABLES if t in present)
 
-    def _list(self, family: int, table: str) -> str:
-        result = self.runner.run(
+    def _list(self, family: int, table: str, runner: Runner | None = None) -> str:
+        result = (runner or self.runner).run(
             [self.tools.iptables(family), *_WAIT, "-t", table, "-S"], check=False
         )
         # A table the kernel cannot provide (no nat module) holds nothing of ours.
@@ -326,6 +326,17 @@ class IptablesBackend(FirewallBackend):
     def status(self) -> FirewallStatus:
         saves = {(f, t): self._list(f, t) for f in (4, 6) for t in self._tables(f)}
         return parse_status(self.names, saves)
+
+    def fingerprint(self, runner: Runner | None = None) -> tuple[str, ...]:
+        """Our chains' rules and our jumps from the built-in chains, as ``-S`` prints them."""
+        prefix = f"{self.names.chain_prefix}-"
+        out: list[str] = []
+        for family in (4, 6):
+            for table in self._tables(family, runner):
+                for line in self._list(family, table, runner).splitlines():
+                    if prefix in line or self.names.comment in line:
+                        out.append(f"{family} {table} {line.strip()}")
+        return tuple(out)
 
 
 _VERSION = re.compile(r"\((nf_tables|legacy)\)")

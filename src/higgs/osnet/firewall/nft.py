@@ -18,7 +18,7 @@ from . import nft_render
 from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
 from .plan import FirewallNames, Plan
 
-__all__ = ["NftBackend", "parse_status"]
+__all__ = ["NftBackend", "fingerprint", "parse_status"]
 
 _MASQ = re.compile(r'oifname "(?P<oif>[^"]+)" ip6? saddr (?P<src>\S+) masquerade')
 _DNAT = re.compile(r"th dport 53 dnat ip6? to (?P<to>\S+)")
@@ -36,6 +36,27 @@ def parse_status(listing: str) -> FirewallStatus:
         mss_clamp="maxseg size set rt mtu" in listing,
         kill_switch="hook output" in listing,
     )
+
+
+def fingerprint(listing: str) -> tuple[str, ...]:
+    """Each chain of our table with its number of rules (``nft list table`` output; empty
+    when the table is absent). Set elements, which the datapath adds, are left out."""
+    chains: list[str] = []
+    chain: str | None = None
+    rules = 0
+    for raw in listing.splitlines():
+        line = raw.strip()
+        if chain is None:
+            if line.startswith("chain ") and line.endswith("{"):
+                chain, rules = line[len("chain ") : -1].strip(), 0
+        elif line == "}":
+            chains.append(f"chain {chain}: {rules} rule(s)")
+            chain = None
+        elif line and not line.startswith(("type ", "policy ", "comment ")):
+            rules += 1
+    if not chains and listing.strip():
+        chains.append("table")  # present but empty (flushed to nothing)
+    return tuple(chains)
 
 
 class NftBackend(FirewallBackend):
@@ -91,10 +112,14 @@ class NftBackend(FirewallBackend):
         )
         return cls(names, runner)
 
-    def listing(self) -> str:
+    def listing(self, runner: Runner | None = None) -> str:
         """Our table as nft prints it ("" when absent)."""
-        result = self.runner.run(["nft", "list", "table", "inet", self.names.table], check=False)
+        argv = ["nft", "list", "table", "inet", self.names.table]
+        result = (runner or self.runner).run(argv, check=False)
         return result.stdout if result.ok else ""
+
+    def fingerprint(self, runner: Runner | None = None) -> tuple[str, ...]:
+        return fingerprint(self.listing(runner))
 
     def status(self) -> FirewallStatus:
         return parse_status(self.listing())

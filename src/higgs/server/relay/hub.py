@@ -29,6 +29,7 @@ from picows import (
 )
 from prometheus_client import CollectorRegistry
 
+from higgs.common.ratelog import RateLimitedLog
 from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE, ControlMessage, Hello, SessionClosed
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
 from higgs.server.relay.links import LinkHost, NodeLink, SessionLink, _Link
@@ -95,6 +96,7 @@ class RelayHubServer:
     ) -> None:
         self.events = events
         self.counters = RelayCounters()
+        self._quiet = RateLimitedLog(log)
         self.tables = RelayTables()
         registry.register(RelayMetricsCollector(self.counters, self.tables.totals))
         self.ping_interval_s = ping_interval_s
@@ -229,17 +231,30 @@ class RelayHubServer:
         if path == NODE_PATH:
             node = self.tables.node_by_token(token_hash) if token_hash else None
             if node is None:
-                log.info("relay: refused a node link: unknown or missing credential")
+                self._refused("node", token_hash)
                 return _json_error(401, "unauthorized", "unknown or missing node token")
             listener = NodeLink(self, node, refused)
         else:
             session = self.tables.session_by_token(token_hash) if token_hash else None
             if session is None:
-                log.info("relay: refused a session link: unknown or missing credential")
+                self._refused("session", token_hash)
                 return _json_error(401, "unauthorized", "unknown or missing relay token")
             listener = SessionLink(self, session, refused)
         response = WSUpgradeResponse.create_101_response({VERSION_HEADER: _VERSION})
         return WSUpgradeResponseWithListener(response, listener)
+
+    def _refused(self, kind: str, token_hash: str | None) -> None:
+        reason = "unknown" if token_hash else "missing"
+        self.counters.refused[(kind, reason)] += 1
+        # Anyone can knock: counted always, logged a few times per window.
+        self._quiet.log(
+            f"refused {kind} links ({reason} credential)",
+            logging.INFO,
+            "relay: refused a %s link: %s credential",
+            kind,
+            reason,
+            extra={"reason": reason},
+        )
 
     # -- link registry (called by links) -------------------------------------------------------
 
@@ -313,11 +328,21 @@ class RelayHubServer:
             message = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             self.counters.drops[DropReason.MALFORMED] += 1
-            log.info("relay: node sent text that is not JSON", extra={"node_id": link.node.node_id})
+            self._quiet.log(
+                f"non-JSON text from node {link.node.node_id}",
+                logging.INFO,
+                "relay: node sent text that is not JSON",
+                extra={"node_id": link.node.node_id},
+            )
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             self.counters.drops[DropReason.MALFORMED] += 1
-            log.info("relay: node sent JSON without a type", extra={"node_id": link.node.node_id})
+            self._quiet.log(
+                f"untyped JSON from node {link.node.node_id}",
+                logging.INFO,
+                "relay: node sent JSON without a type",
+                extra={"node_id": link.node.node_id},
+            )
             return
         self._spawn(self.events.node_message(link.node.node_id, message))
 

@@ -17,6 +17,9 @@ from higgs.protocol.relay import DropReason
 
 __all__ = ["RelayCounters", "RelayMetricsCollector"]
 
+LINK_KINDS = ("node", "session")
+# missing: no bearer token at all; unknown: a token that names no node (session) we know
+REFUSAL_REASONS = ("missing", "unknown")
 TO_NODE = "client_to_node"
 TO_CLIENT = "node_to_client"
 
@@ -31,6 +34,10 @@ class RelayCounters:
     node_links: int = 0
     session_links: int = 0
     drops: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
+    # Upgrades refused with 401, by (link kind, reason): the series exist from the start.
+    refused: dict[tuple[str, str], int] = field(
+        default_factory=lambda: {(k, r): 0 for k in LINK_KINDS for r in REFUSAL_REASONS}
+    )
 
 
 class RelayMetricsCollector(Collector):
@@ -49,6 +56,14 @@ class RelayMetricsCollector(Collector):
         for reason, value in c.drops.items():
             dropped.add_metric([reason.value], value)
         yield dropped
+        refused = CounterMetricFamily(
+            "higgs_relay_upgrades_refused",
+            "Relay WebSocket upgrades refused with 401, by link kind and reason",
+            labels=["link", "reason"],
+        )
+        for (kind, why), value in c.refused.items():
+            refused.add_metric([kind, why], value)
+        yield refused
         datagrams = CounterMetricFamily(
             "higgs_relay_datagrams", "WireGuard datagrams forwarded", labels=["direction"]
         )

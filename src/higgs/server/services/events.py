@@ -6,8 +6,10 @@ import logging
 from typing import Any
 
 from higgs.common.keys import validate_public_key
+from higgs.common.ratelog import RateLimitedLog
 from higgs.protocol import control
 from higgs.protocol.api import PeerStat
+from higgs.server.metrics import ServerMetrics
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.usage import UsageService
@@ -28,7 +30,11 @@ def _is_key(text: str) -> bool:
 class ServerEvents:
     """Bound to the services after the hub exists (the hub is built with this object)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ServerMetrics | None = None) -> None:
+        self._metrics = metrics
+        # One malformed message per millisecond from a node must not fill the log: counted
+        # always (higgs_node_messages_dropped_total), logged a few times per node and window.
+        self._quiet = RateLimitedLog(log)
         self._registry: RegistryService | None = None
         self._sessions: SessionService | None = None
         self._usage: UsageService | None = None
@@ -50,8 +56,12 @@ class ServerEvents:
         try:
             parsed = control.parse_obj(message)
         except control.ControlError as exc:
-            log.warning(
-                "malformed control message dropped", extra={"node_id": node_id, "problem": str(exc)}
+            self._dropped("malformed")
+            self._quiet.log(
+                f"malformed control messages from node {node_id}",
+                logging.WARNING,
+                "malformed control message dropped",
+                extra={"node_id": node_id, "problem": str(exc)[:300]},
             )
             return
         if isinstance(parsed, control.PeerStats):
@@ -61,7 +71,17 @@ class ServerEvents:
                 if self._usage is not None:  # issue 15: usage and quotas
                     await self._usage.record(node_id, stats)
             return
-        log.info("control message ignored", extra={"node_id": node_id, "type": parsed.type})
+        self._dropped("unexpected")
+        self._quiet.log(
+            f"unexpected control messages from node {node_id}",
+            logging.INFO,
+            "control message ignored",
+            extra={"node_id": node_id, "type": parsed.type},
+        )
+
+    def _dropped(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.node_messages_dropped.labels(reason=reason).inc()
 
     def session_activity(self, session_id: str) -> None:
         if self._sessions is not None:

@@ -62,9 +62,11 @@ def test_nft_apply_is_journaled_before_it_is_made(tmp_path: Path) -> None:
     with Journal(path, runner=runner) as journal:
         backend = NftBackend(NODE.names, runner, journal)
         backend.apply(NODE)
-        assert runner.commands == [["nft", "-f", "-"]]
-        assert runner.inputs == [nft_render.render(NODE)]
-        assert runner.entries_seen == [1]
+        # Applied, then read back: the fingerprint the rule watch compares with.
+        listing = ["nft", "list", "table", "inet", NODE.names.table]
+        assert runner.commands == [["nft", "-f", "-"], listing]
+        assert runner.inputs[0] == nft_render.render(NODE)
+        assert runner.entries_seen[0] == 1  # the entry was on disk before nft ran
         assert journal.entries[0].undo == {
             "op": "firewall_remove",
             "backend": "nft",
@@ -74,7 +76,7 @@ def test_nft_apply_is_journaled_before_it_is_made(tmp_path: Path) -> None:
         }
         backend.update_uplink("wlan0")
         assert len(journal) == 1
-        assert 'oifname "wlan0" ip saddr 10.66.0.0/24 masquerade' in (runner.inputs[-1] or "")
+        assert 'oifname "wlan0" ip saddr 10.66.0.0/24 masquerade' in (runner.inputs[-2] or "")
         backend.remove()
         assert len(journal) == 0
         assert runner.inputs[-1] == nft_render.render_delete(NODE.names.table)
