@@ -33,6 +33,7 @@ from higgs.server.config import ServerSettings, split_listen
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.services.devices import DeviceService
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.keyproof import ChallengeService
@@ -204,6 +205,7 @@ class BosonServer:
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
             usage=usage,
             traffic=TrafficSeries(),
+            devices=DeviceService(db, sessions, s, lambda: usage.session_bytes),
         )
         api_host, api_port = split_listen(s.listen)
         sock = _bind(api_host, api_port)
