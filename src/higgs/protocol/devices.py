@@ -1,4 +1,4 @@
-"""REST models of devices (issue 18; docs/protocol.md §2.10): named, long-lived peers of a
+"""REST models of devices (issue 18; docs/protocol.md §2.6): named, long-lived peers of a
 client account for the official WireGuard apps.
 
 ``POST /v1/devices`` takes the device's public key (the client made the key pair; the private

@@ -1,4 +1,4 @@
-"""The /v1 device endpoints (issue 18; docs/protocol.md §2.10): the account's own, and the
+"""The /v1 device endpoints (issue 18; docs/protocol.md §2.6): the account's own, and the
 operator's."""
 
 from __future__ import annotations
