@@ -1,7 +1,7 @@
 """Devices in the product lab (issue 18): a stock wireguard-go client configured only from
 ``higgsvpn export --name`` keeps working until the device is revoked.
 
-One lab for the module, the session lifetime shortened to 6 s (an ordinary exported session
+One lab for the module, the session lifetime shortened to 4 s (an ordinary exported session
 is seen expiring) and the UDP relay run as its own process (``bosonserver relay``), so that
 it and the server restart apart. First the node is behind its NAT with no port forward (the
 device goes through the UDP relay): the device works, still works after an idle period of
@@ -44,7 +44,7 @@ from tests.e2e.client_system import (
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node, pytest.mark.timeout(480)]
 
 RELAY_IP = str(default_plan().host("server").address().ip)
-TTL_S = 6
+TTL_S = 4
 FWMARK = 51822
 
 
@@ -186,7 +186,7 @@ def test_a_relayed_device_outlives_idle_periods_and_restarts(
         wait_until("the device's first ping through the UDP relay", lambda: pings(user), 30)
         assert lab.whoami(user.host)["ip"] == home_public(lab)
 
-        time.sleep(4 * TTL_S)  # idle (only WireGuard's keepalives) for four session lifetimes
+        time.sleep(3 * TTL_S)  # idle (only WireGuard's keepalives) for three session lifetimes
         closed = json.loads(system.server.cli("sessions", "--json", "--state", "closed"))
         reasons = {s["close_reason"] for s in closed if s["address"] == plain["address"]}
         assert reasons == {"expired"}, "the ordinary exported session should have expired"
