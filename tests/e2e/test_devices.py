@@ -6,8 +6,8 @@ is seen expiring) and the UDP relay run as its own process (``bosonserver relay`
 it and the server restart apart. First the node is behind its NAT with no port forward (the
 device goes through the UDP relay): the device works, still works after an idle period of
 several lifetimes and after the node, the relay and the server were each restarted, and its
-bytes are the account's usage.
-Then the node gets a port forward (a direct endpoint): a second device is exported with that
+bytes are the account's usage. The node's restart gives it a port forward (a direct
+endpoint; the relayed device keeps its relay port): a second device is then exported with that
 endpoint and works; revoking it stops it within 5 s and the node no longer holds the peer; the
 operator revokes the first; revoking an account drops its device from the node.
 """
@@ -193,7 +193,11 @@ def test_a_relayed_device_outlives_idle_periods_and_restarts(
         assert pings(user, count=2), "the device stopped working while idle"
         assert phone["public_key"] in node_peers(system)
 
+        # The node restarts, and comes back with a port forward (a direct endpoint): the
+        # device keeps its relay port, which its config names.
         system.node.stop()
+        lab.forward_udp(NODE_PORT)
+        system.node.endpoint = f"{home_public(lab)}:{NODE_PORT}"
         system.node.start()
         wait_until("the device after the node's restart", lambda: pings(user), 60)
 
@@ -224,12 +228,7 @@ def test_a_relayed_device_outlives_idle_periods_and_restarts(
 
 def test_a_direct_device_and_revocation(system: System, user: Client, tmp_path: Path) -> None:
     lab = system.lab
-    # The node gets a port forward and announces it: from now on it has a direct endpoint.
-    lab.forward_udp(NODE_PORT)
-    system.node.stop()
-    system.node.endpoint = f"{home_public(lab)}:{NODE_PORT}"
-    system.node.start()
-
+    assert system.node.endpoint  # the first test's restart gave the node a direct endpoint
     _, cfg = export(user, "laptop", tmp_path)
     assert cfg["endpoint"] == system.node.endpoint
     listed = devices(user)
