@@ -1,4 +1,5 @@
-"""`higgsvpn` command line: connect, disconnect, status, nodes, export, cleanup.
+"""`higgsvpn` command line: connect, disconnect, status, nodes, export, devices,
+revoke-device, cleanup.
 
 Settings come from ``--config FILE`` (TOML), then ``HIGGSVPN_*`` environment variables, then
 flags (see :mod:`higgs.client.settings`). ``connect`` starts the background process that holds
@@ -84,6 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the config here (0600)")
     p.add_argument("--qr", action="store_true", help="show it as a QR code in the terminal")
     p.add_argument("--qr-png", type=Path, metavar="FILE", help="write the QR code as PNG")
+    p.add_argument(
+        "--name",
+        help="make a device of this name: a config that lasts until revoked (else: a session)",
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="with --name: revoke a device of that name first"
+    )
+
+    p = sub.add_parser("devices", help="this account's devices (exported with --name)")
+    _common(p, server=True)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("revoke-device", help="revoke a device: its config stops working")
+    _common(p, server=True)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("cleanup", help="undo what a crashed client left behind")
     _common(p)
@@ -238,7 +255,23 @@ def _export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _need_token(settings)
-    text = asyncio.run(export_config(settings))
+    if args.name:
+        import re
+
+        from higgs.client.devices import export_device
+        from higgs.protocol.devices import DEVICE_NAME_PATTERN
+
+        if not re.match(DEVICE_NAME_PATTERN, args.name):
+            raise ConfigError(
+                f"--name: {args.name!r} is not a device name (1-32 of A-Z a-z 0-9 _ . -, "
+                "starting with a letter or digit)"
+            )
+
+        text = asyncio.run(export_device(settings, args.name, replace=args.replace))
+    elif args.replace:
+        raise ConfigError("--replace: only with --name")
+    else:
+        text = asyncio.run(export_config(settings))
     if args.output:
         from higgs.common.keys import write_secret_file
 
@@ -255,6 +288,26 @@ def _export(args: argparse.Namespace) -> int:
         print(render_qr_terminal(text))
     if not (args.output or args.qr or args.qr_png):
         print(text, end="")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from higgs.client.devices import format_devices, list_devices
+
+    settings = _settings(args)
+    _need_token(settings)
+    listing = asyncio.run(list_devices(settings))
+    _print(args, listing.model_dump(mode="json"), format_devices(listing))
+    return 0
+
+
+def _revoke_device(args: argparse.Namespace) -> int:
+    from higgs.client.devices import revoke_device
+
+    settings = _settings(args)
+    _need_token(settings)
+    info = asyncio.run(revoke_device(settings, args.name))
+    _print(args, info.model_dump(mode="json"), f"device {info.name!r} revoked")
     return 0
 
 
@@ -286,6 +339,8 @@ _COMMANDS = {
     "status": _status,
     "nodes": _nodes,
     "export": _export,
+    "devices": _devices,
+    "revoke-device": _revoke_device,
     "cleanup": _cleanup,
     "_daemon": _daemon,
 }

@@ -24,6 +24,7 @@ from higgs.protocol.api import (
     RouteResponse,
     SessionInfo,
 )
+from higgs.protocol.devices import DeviceCreated, DeviceCreateRequest, DeviceInfo, DeviceList
 
 __all__ = ["ApiError", "ServerApi"]
 
@@ -93,6 +94,18 @@ class ServerApi:
 
     async def close(self, session_id: str) -> None:
         await self._call("DELETE", f"/v1/sessions/{session_id}")
+
+    # --- devices (issue 18) -----------------------------------------------------------------
+
+    async def create_device(self, req: DeviceCreateRequest) -> DeviceCreated:
+        body = req.model_dump(mode="json")
+        return _parse(await self._call("POST", "/v1/devices", json_body=body), DeviceCreated)
+
+    async def devices(self) -> DeviceList:
+        return _parse(await self._call("GET", "/v1/devices"), DeviceList)
+
+    async def revoke_device(self, name: str) -> DeviceInfo:
+        return _parse(await self._call("DELETE", f"/v1/devices/{name}"), DeviceInfo)
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -116,6 +116,17 @@ class Binding:
     def leg(self, side: Side) -> Addr | None:
         return self.client if side is Side.CLIENT else self.node
 
+    def hint(self, client: Addr | None, node: Addr | None) -> None:
+        """Legs a previous run of the relay bound (after a restart, from the lease): they
+        become the sides' *candidates*, never legs. A candidate only receives initiations
+        (rule 3), so the first initiation after the restart reaches the other peer at once
+        and its response binds the session again by the usual rule 4, instead of waiting
+        until both peers happen to initiate (WireGuard's rekey, up to two minutes)."""
+        if client is not None:
+            self._candidates.setdefault(Side.CLIENT, client)
+        if node is not None:
+            self._candidates.setdefault(Side.NODE, node)
+
     def receive(self, source: Addr, datagram: bytes, now: float) -> Verdict:
         kind = datagram[0] if datagram else 0
         if kind == 4 and len(datagram) >= wgmsg.MIN_DATA_SIZE and datagram[1:4] == b"\0\0\0":

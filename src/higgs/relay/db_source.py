@@ -19,6 +19,14 @@ def _fmt(addr: Addr | None) -> str | None:
     return None if addr is None else f"{addr[0]}:{addr[1]}"
 
 
+def _addr(text: str | None) -> Addr | None:
+    """An "ip:port" the relay recorded; anything else is no hint."""
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() and 0 < int(port) < 65536 else None
+
+
 class DbSource:
     def __init__(self, url: str, relay_address: str) -> None:
         self.relay_address = relay_address
@@ -33,6 +41,7 @@ class DbSource:
                 r.port,
                 base64.b64decode(r.client_public_key),
                 base64.b64decode(r.node_public_key),
+                seen=(_addr(r.client_seen), _addr(r.node_seen)),
             )
             for r in rows
         ]

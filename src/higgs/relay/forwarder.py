@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from higgs.relay.binding import Addr, Binding, Event
@@ -54,6 +54,9 @@ class SessionSpec:
     port: int
     client_key: bytes
     node_key: bytes
+    # The (client, node) legs an earlier run of the relay bound (from the lease): hints for
+    # the new binding after a restart (Binding.hint). Not part of the session's identity.
+    seen: tuple[Addr | None, Addr | None] = field(default=(None, None), compare=False)
 
 
 @dataclass(slots=True)
@@ -155,7 +158,9 @@ class Forwarder:
         except OSError:
             sock.close()
             raise
-        session = _Session(spec, sock, Binding(spec.client_key, spec.node_key))
+        binding = Binding(spec.client_key, spec.node_key)
+        binding.hint(*spec.seen)
+        session = _Session(spec, sock, binding)
         self._sessions[spec.port] = session
         self._legs[spec.port] = (None, None)
         self._selector.register(sock, selectors.EVENT_READ, session)

@@ -35,6 +35,7 @@ from higgs.server.config import ServerSettings, split_listen
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.services.devices import DeviceService
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.keyproof import ChallengeService
@@ -216,6 +217,7 @@ class BosonServer:
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
             usage=usage,
             traffic=TrafficSeries(),
+            devices=DeviceService(db, sessions, s, lambda: usage.session_bytes),
         )
         if self._cluster is not None:
             await self._cluster.start(identity, sessions, nodes, self.ctx.limiter)

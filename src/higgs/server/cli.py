@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -119,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_options(sessions)
     sessions.add_argument("--json", action="store_true")
     sessions.add_argument("--state", choices=["open", "closed"])
+
+    device = sub.add_parser("device", help="devices: the accounts' long-lived stock-app peers")
+    device_sub = device.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dlist = device_sub.add_parser("list", help="list devices (state, node, endpoint)")
+    _add_db_options(dlist)
+    dlist.add_argument("--json", action="store_true")
+    dlist.add_argument("--revoked", action="store_true", help="also the revoked ones")
+    drevoke = device_sub.add_parser("revoke", help="revoke a device (the node drops it)")
+    _add_db_options(drevoke)
+    drevoke.add_argument("device_id", help="d_… (from `device list`)")
     return parser
 
 
@@ -378,6 +389,35 @@ async def _sessions(db: Database, as_json: bool, state: str | None) -> int:
     return 0
 
 
+async def _device_list(db: Database, settings: ServerSettings, as_json: bool, revoked: bool) -> int:
+    from higgs.server.services.devices import admin_devices
+
+    gone_after = timedelta(seconds=settings.device_node_gone_s)
+    listing = await admin_devices(db, gone_after, revoked)
+    rows = [d.model_dump(mode="json", exclude={"rx_bytes", "tx_bytes"}) for d in listing.devices]
+    columns = ["device_id", "client", "name", "state", "node_id", "address", "endpoint"]
+    _emit(rows, columns, as_json)
+    return 0
+
+
+async def _device_revoke(db: Database, device_id: str) -> int:
+    from higgs.server.services.devices import REVOKED_REASON
+    from higgs.server.services.errors import NotFound
+    from higgs.server.store import devices
+    from higgs.server.store.sessions import close_open_sessions
+    from higgs.server.store.tables import Session as SessionRow
+
+    record = await devices.by_id(db, device_id)
+    if record is None:
+        raise NotFound("device_not_found", f"no device {device_id}")
+    await devices.mark_revoked(db, device_id, datetime.now(UTC))
+    sid = record.device.session_id
+    await close_open_sessions(db, REVOKED_REASON, SessionRow.id == sid)
+    # The running server tells the node at its next sweep (reconcile).
+    print(f"device {device_id} ({record.client}/{record.device.name}) revoked")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cmd = args.command
@@ -405,6 +445,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(_with_db(settings, lambda db: _nodes(db, args.json)))
     if cmd == "sessions":
         return _run(_with_db(settings, lambda db: _sessions(db, args.json, args.state)))
+    if cmd == "device" and action == "list":
+        return _run(
+            _with_db(settings, lambda db: _device_list(db, settings, args.json, args.revoked))
+        )
+    if cmd == "device" and action == "revoke":
+        return _run(_with_db(settings, lambda db: _device_revoke(db, args.device_id)))
     if cmd == "relay":
         raise HiggsError("`relay` runs from the bosonserver program (higgs.bosonserver)")
     raise AssertionError(f"unhandled command {cmd} {action}")

@@ -65,6 +65,11 @@ class ServerSettings(BaseModel):
     udp_relay_userspace: bool = Field(default=False, description="no kernel forwarding")
     udp_relay_metrics_listen: str | None = Field(default=None, description="HOST:PORT /metrics")
 
+    # Devices (issue 18): long-lived peers of an account; how many one account may hold, and
+    # how long a node may stay away before its devices are reported as gone for good.
+    max_devices_per_client: int = Field(default=10, ge=0, le=10_000)
+    device_node_gone_s: float = Field(default=7 * 86400.0, gt=0)
+
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

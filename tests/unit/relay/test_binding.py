@@ -172,3 +172,24 @@ def test_a_flood_of_initiations_from_strangers_is_capped_but_the_legs_are_not() 
     assert verdicts.count(Drop.RATE_LIMITED) == 40
     assert b.receive(CLIENT, v.initiation(0x5555, v.NODE_PUB), 30.1) == Verdict(to=NODE)
     assert b.receive(ATTACKER, v.initiation(6000, v.NODE_PUB), 31.5).drop is None
+
+
+def test_hints_after_a_restart_forward_the_first_initiation_but_bind_nothing() -> None:
+    """Legs an earlier run bound (issue 18: a device outlives a relay restart): the client's
+    first initiation reaches the node at once; only the node's response binds."""
+    b = make()
+    b.hint(CLIENT, NODE)
+    assert (b.client, b.node) == (None, None)
+    assert b.receive(CLIENT, v.data(N_IDX), 0.0) == Verdict(drop=Drop.UNBOUND_SOURCE)
+    assert b.receive(CLIENT, v.initiation(C_IDX, v.NODE_PUB), 0.1) == Verdict(to=NODE)
+    assert b.receive(NODE, v.response(N_IDX, C_IDX, v.CLIENT_PUB), 0.2) == Verdict(
+        to=CLIENT, event=Event.BIND
+    )
+    assert (b.client, b.node) == (CLIENT, NODE)
+
+
+def test_a_hint_never_replaces_a_live_candidate() -> None:
+    b = make()
+    b.receive(NODE, v.initiation(0x99, v.CLIENT_PUB), 0.0)
+    b.hint(None, ATTACKER)
+    assert b.receive(CLIENT, v.initiation(C_IDX, v.NODE_PUB), 0.1) == Verdict(to=NODE)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from higgs import __version__
 from higgs.server.admin.routes import admin
 from higgs.server.api.deps import ApiContext
+from higgs.server.api.devices import devices
 from higgs.server.api.errors import install_error_handlers
 from higgs.server.api.middleware import ObserveMiddleware
 from higgs.server.api.routes import probes, v1
@@ -27,6 +28,7 @@ def _routed_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(devices)  # issue 18
     app.include_router(probes)
     app.include_router(admin)
     return app

@@ -15,6 +15,7 @@ from higgs.server.api.errors import RateLimited
 from higgs.server.api.ratelimit import RateLimiter
 from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
+from higgs.server.services.devices import DeviceService
 from higgs.server.services.errors import Forbidden, Unauthorized
 from higgs.server.services.identity import AuthedClient, IdentityService
 from higgs.server.services.registry import RegistryService
@@ -48,6 +49,7 @@ class ApiContext:
     usage: UsageService | None = None
     traffic: TrafficSeries | None = None
     admin_sessions: WebSessions = field(default_factory=WebSessions)
+    devices: DeviceService | None = None  # issue 18
     # Logins: a burst of 5 tries, then one per 10 s per address.
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.1, 5))
 

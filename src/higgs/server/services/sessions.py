@@ -12,6 +12,11 @@ whatever path (the client's ``DELETE``, ``replaced``, ``expired``, ``node_stoppe
 ``client_revoked``, or a close found by :meth:`SessionService.reconcile`), passes through
 :meth:`SessionService._closed` once per session. Sessions still open at a restart are
 re-admitted by :meth:`SessionService.reload`.
+
+A device's session (issue 18, :mod:`higgs.server.services.devices`) never expires and
+outlives its node's deregistration: the sweep and :meth:`SessionService.close_for_node` skip
+it, and ``sync`` keeps telling the node its UDP relay endpoint even once the node has a
+direct one (the exported config names the relay port).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from higgs.server.services.opening import SessionOpener
 from higgs.server.services.relay_leases import UdpLeases
 from higgs.server.store import sessions as store
 from higgs.server.store.db import Database
+from higgs.server.store.devices import device_session_ids, sessions_of_devices
 from higgs.server.store.states import SessionState
 from higgs.server.store.tables import Session as SessionRow
 
@@ -144,6 +150,19 @@ class SessionService:
             return self.relay_base
         return self.relay_base_of(node_id) or self.relay_base
 
+    async def announce_opened(
+        self,
+        row: SessionRow,
+        facts: NodeFacts,
+        client: AuthedClient,
+        relay_endpoint: str | None = None,
+    ) -> None:
+        """The lifecycle hook for a session opened by another service (a device's)."""
+        await self._opened(row, facts, client, relay_endpoint)
+
+    async def announce_closed(self, rows: Sequence[SessionRow], reason: str) -> None:
+        await self._closed(rows, reason)
+
     async def reload(self) -> int:
         """After a restart: every open session is admitted to the hub again."""
         rows = await store.open_rows(self.db)
@@ -157,7 +176,13 @@ class SessionService:
         udp = await self.udp_leases.endpoints([r.id for r in rows])
         facts = self.nodes.get(node_id)
         node_endpoint = facts.endpoint if facts else None
-        relay = {r.id: UdpLeases.for_node(udp.get(r.id), node_endpoint) for r in rows}
+        devices = await sessions_of_devices(self.db, [r.id for r in rows])
+        relay = {
+            r.id: udp.get(r.id)
+            if r.id in devices
+            else UdpLeases.for_node(udp.get(r.id), node_endpoint)
+            for r in rows
+        }
         await self.announcer.sync(node_id, rows, relay)
 
     # --- reading ----------------------------------------------------------------------------
@@ -257,14 +282,21 @@ class SessionService:
         return await self.close_where(reason, SessionRow.client_id == client_id)
 
     async def close_for_node(self, node_id: str, reason: str) -> int:
-        return await self.close_where(reason, SessionRow.node_id == node_id)
+        # A device outlives its node's restart: the node gets it again in its next sync.
+        return await self.close_where(
+            reason, SessionRow.node_id == node_id, SessionRow.id.not_in(device_session_ids())
+        )
 
     async def expire_due(self) -> int:
         """The periodic sweep: renewals noted from relay traffic are written first, closes
         made elsewhere are announced, then every session past its expiry is closed."""
         await self.flush_activity()
         await self.reconcile()
-        return await self.close_where("expired", SessionRow.expires_at <= utcnow())
+        return await self.close_where(
+            "expired",
+            SessionRow.expires_at <= utcnow(),
+            SessionRow.id.not_in(device_session_ids()),  # a device lasts until revoked
+        )
 
     async def reconcile(self) -> int:
         """Announces sessions closed behind this process's back (by ``bosonserver client

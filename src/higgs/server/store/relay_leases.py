@@ -73,6 +73,8 @@ class RelaySession:
     port: int
     client_public_key: str
     node_public_key: str
+    client_seen: str | None = None  # the legs the relay last bound ("ip:port")
+    node_seen: str | None = None
 
 
 async def relay_sessions(conn: AsyncConnection, relay_address: str) -> list[RelaySession]:
@@ -83,6 +85,8 @@ async def relay_sessions(conn: AsyncConnection, relay_address: str) -> list[Rela
             RelayLease.port,
             SessionRow.client_public_key,
             Node.public_key,
+            RelayLease.client_seen,
+            RelayLease.node_seen,
         )
         .join(RelayLease, RelayLease.session_id == SessionRow.id)
         .join(Node, Node.id == SessionRow.node_id)

@@ -32,6 +32,7 @@ __all__ = [
     "Base",
     "Client",
     "ClientUsage",
+    "Device",
     "EnrollmentKey",
     "Node",
     "NodePresence",
@@ -244,3 +245,36 @@ class NodePresence(Base):
     # Set by an instance whose command to the node may have been lost on the bus: the holder
     # sends the node a full ``sync`` at its next reconciliation and clears it.
     resync: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Device(Base):
+    """A named, long-lived peer of a client account (issue 18; docs/server.md "Devices"): an
+    official WireGuard app holding an exported config. It owns one session row that never
+    expires (the sweep and a node's deregistration skip it), so the node's ``sync``, the UDP
+    relay's lease and the usage accounting treat it as any open session; revoking the device
+    closes that session. Only the public key is known here: the private key is in the
+    exported config alone."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        # A name is unique among the account's live devices; revoked ones keep their history.
+        Index(
+            "uq_devices_live_name",
+            "client_id",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), unique=True)
+    node_id: Mapped[str] = mapped_column(String(32))
+    endpoint: Mapped[str] = mapped_column(String(300))  # what the exported config names
+    path: Mapped[str] = mapped_column(String(16))  # "direct" or "udp_relay"
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,0 +1,150 @@
+"""The SQL of devices (table ``devices``; issue 18): every statement the device service runs.
+
+A device owns one session row; what the device is now (active, node away or gone, revoked)
+is read together with that session and its node, in one query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy import insert as insert_stmt
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from higgs.server.store.db import Database
+from higgs.server.store.states import SessionState
+from higgs.server.store.tables import Client, Device, Node
+from higgs.server.store.tables import Session as SessionRow
+
+__all__ = [
+    "DeviceRecord",
+    "by_id",
+    "by_name",
+    "count_live",
+    "device_session_ids",
+    "insert",
+    "mark_revoked",
+    "records",
+    "sessions_of_devices",
+]
+
+
+def device_session_ids() -> Select[str]:
+    """The sessions that belong to devices (a subquery: the sweep and a node's
+    deregistration leave them open)."""
+    return select(Device.session_id)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device with its session's and its node's state (the node may be gone: None)."""
+
+    device: Device
+    client: str
+    session_state: str
+    close_reason: str | None
+    address: str
+    node_state: str | None
+    node_updated_at: datetime | None
+    node_subnet: str | None
+
+
+def _records_query() -> Select[Device, str, str, str | None, str, str, datetime, str]:
+    return (
+        select(
+            Device,
+            Client.name,
+            SessionRow.state,
+            SessionRow.close_reason,
+            SessionRow.tunnel_address,
+            Node.state,
+            Node.updated_at,
+            Node.tunnel_subnet,
+        )
+        .join(Client, Client.id == Device.client_id)
+        .join(SessionRow, SessionRow.id == Device.session_id)
+        .outerjoin(Node, Node.id == Device.node_id)
+        .order_by(Device.created_at)
+    )
+
+
+def _record(row: Any) -> DeviceRecord:
+    return DeviceRecord(*tuple(row))
+
+
+async def records(
+    db: Database, client_id: int | None = None, *, with_revoked: bool = False
+) -> list[DeviceRecord]:
+    """The devices of one account (or all), oldest first; revoked ones only when asked."""
+    query = _records_query()
+    if client_id is not None:
+        query = query.where(Device.client_id == client_id)
+    if not with_revoked:
+        query = query.where(Device.revoked_at.is_(None))
+    async with db.transaction() as s:
+        rows = (await s.execute(query)).all()
+    return [_record(row) for row in rows]
+
+
+async def by_name(db: Database, client_id: int, name: str) -> DeviceRecord | None:
+    """The account's live (not revoked) device of this name."""
+    query = _records_query().where(
+        Device.client_id == client_id, Device.name == name, Device.revoked_at.is_(None)
+    )
+    async with db.transaction() as s:
+        row = (await s.execute(query)).first()
+    return None if row is None else _record(row)
+
+
+async def by_id(db: Database, device_id: str) -> DeviceRecord | None:
+    async with db.transaction() as s:
+        row = (await s.execute(_records_query().where(Device.id == device_id))).first()
+    return None if row is None else _record(row)
+
+
+async def count_live(db: Database, client_id: int) -> int:
+    """Devices of the account that still hold an open session (those the limit counts)."""
+    query = (
+        select(func.count())
+        .select_from(Device)
+        .join(SessionRow, SessionRow.id == Device.session_id)
+        .where(
+            Device.client_id == client_id,
+            Device.revoked_at.is_(None),
+            SessionRow.state == SessionState.OPEN,
+        )
+    )
+    async with db.transaction() as s:
+        return int(await s.scalar(query) or 0)
+
+
+async def insert(conn: AsyncConnection, device: Device) -> None:
+    """IntegrityError when a concurrent request took the name (``uq_devices_live_name``)."""
+    columns = {c.key: getattr(device, c.key) for c in Device.__table__.columns}
+    await conn.execute(insert_stmt(Device).values(**columns))
+
+
+async def mark_revoked(db: Database, device_id: str, now: datetime) -> bool:
+    """True when this call revoked it (it was live)."""
+    async with db.begin() as conn:
+        done = await conn.execute(
+            update(Device)
+            .where(Device.id == device_id, Device.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+    return bool(done.rowcount)
+
+
+async def sessions_of_devices(db: Database, session_ids: Sequence[str]) -> set[str]:
+    """Which of these sessions belong to devices."""
+    if not session_ids:
+        return set()
+    async with db.transaction() as s:
+        found = await s.scalars(
+            select(Device.session_id).where(Device.session_id.in_(list(session_ids)))
+        )
+        return set(found.all())
