@@ -53,8 +53,10 @@ class ControlLink:
         peer_rows: Callable[[], Sequence[PeerRow]],
         wg_port: int,
         stats_interval_s: float = 15.0,
+        on_punch: Callable[[control.Punch], None] | None = None,
     ) -> None:
         self._peers = peers
+        self._on_punch = on_punch  # hole punching and steering (higgs.node.punch)
         self._peer_rows = peer_rows
         self._wg = ("127.0.0.1", wg_port)
         self.stats_interval_s = stats_interval_s
@@ -180,6 +182,11 @@ class ControlLink:
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)
+        elif isinstance(message, control.Punch):
+            if self._on_punch is None:
+                self.counters["punch_unsupported"] += 1
+            else:
+                self._on_punch(message)
         else:
             self.counters["control_unexpected"] += 1
 

@@ -17,6 +17,7 @@ from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
 from higgs.server.services.errors import Forbidden, Unauthorized
 from higgs.server.services.identity import AuthedClient, IdentityService
+from higgs.server.services.punch import PunchService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.traffic import TrafficSeries
@@ -50,6 +51,8 @@ class ApiContext:
     admin_sessions: WebSessions = field(default_factory=WebSessions)
     # Logins: a burst of 5 tries, then one per 10 s per address.
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.1, 5))
+    # --- issue 12: hole punching ---
+    punch: PunchService | None = None
 
 
 # Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``
