@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from higgs.node.metrics import peer_stats
+from higgs.node.metrics import peer_stats_with_endpoints
 from higgs.node.peers import DesiredPeer, PeerManager, PeerRow
 from higgs.protocol import control
 from higgs.transport.relay_link import RelayLink
@@ -203,4 +203,4 @@ class ControlLink:
             except Exception as exc:
                 log.warning("cannot read peer counters", extra={"why": str(exc)})
                 continue
-            self._link.send_text({"type": "peer_stats", "peers": peer_stats(rows)})
+            self._link.send_text({"type": "peer_stats", "peers": peer_stats_with_endpoints(rows)})

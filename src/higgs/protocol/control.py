@@ -144,6 +144,8 @@ class PeerStat(_Message):
     rx_bytes: int = Field(ge=0)
     tx_bytes: int = Field(ge=0)
     last_handshake_s: float | None = None
+    # The peer's current WireGuard endpoint (issue 12: the server sees a punched path).
+    endpoint: str | None = None
 
 
 class PeerStats(_Message):

@@ -208,6 +208,7 @@ class BosonServer:
             traffic=TrafficSeries(),
             punch=self._punch_service(db, hub, nodes),
         )
+        events.punch = self.ctx.punch
         api_host, api_port = split_listen(s.listen)
         sock = _bind(api_host, api_port)
         bound_api = sock.getsockname()[1]

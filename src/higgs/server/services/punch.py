@@ -24,12 +24,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from higgs.protocol.api import PunchAnswer, PunchOffer
-from higgs.protocol.control import Punch
+from higgs.protocol.control import PeerStat, Punch
 from higgs.server.relay.ports import RelayHub
 from higgs.server.services.errors import NotFound
 from higgs.server.services.nodeview import NodeView
@@ -39,6 +41,18 @@ from higgs.server.store.tables import RelayLease
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["PunchService", "PunchTimers"]
+
+_COLUMNS = (
+    SessionRow.id,
+    SessionRow.client_id,
+    SessionRow.node_id,
+    SessionRow.client_public_key,
+    SessionRow.mode,
+    SessionRow.state,
+    RelayLease.client_seen,
+    RelayLease.node_seen,
+    RelayLease.bound_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +88,23 @@ class PunchService:
         self.offers = 0
         self.steers = 0
 
-    async def _session(self, session_id: str) -> tuple[SessionRow, RelayLease | None] | None:
+    async def _session(self, session_id: str) -> Any:
         async with self.db.begin() as conn:
-            row = (
+            return (
                 await conn.execute(
-                    select(SessionRow, RelayLease)
+                    select(*_COLUMNS)
                     .outerjoin(RelayLease, RelayLease.session_id == SessionRow.id)
                     .where(SessionRow.id == session_id)
                 )
             ).first()
-        return None if row is None else (row[0], row[1])
 
     async def answer(self, client_id: int, session_id: str) -> PunchAnswer:
-        found = await self._session(session_id)
-        if found is None or found[0].client_id != client_id:
+        row = await self._session(session_id)
+        if row is None or row.client_id != client_id:
             raise NotFound("session_not_found", f"session_id: no session {session_id}")
-        row, lease = found
         now = time.monotonic()
         self._asked[session_id] = now
-        client_public = lease.client_seen if lease else None
-        node_public = lease.node_seen if lease else None
+        client_public, node_public = row.client_seen, row.node_seen
 
         def no(why: str) -> PunchAnswer:
             return PunchAnswer(
@@ -142,11 +153,45 @@ class PunchService:
         )
         return PunchAnswer(client_public=client_public, node_public=node_public, offer=offer)
 
+    async def endpoints(self, node_id: str, peers: Sequence[PeerStat]) -> None:
+        """The node's ``peer_stats``: a peer of a leased session whose endpoint is not the
+        relay sits on a direct path (punched or steered); stored for ``bosonserver sessions``
+        (only changes are written)."""
+        reported = {p.public_key: p.endpoint for p in peers}
+        query = (
+            select(
+                RelayLease.relay_address,
+                RelayLease.port,
+                RelayLease.punched_endpoint,
+                SessionRow.client_public_key,
+            )
+            .join(SessionRow, SessionRow.id == RelayLease.session_id)
+            .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
+        )
+        async with self.db.begin() as conn:
+            for row in (await conn.execute(query)).all():
+                if row.client_public_key not in reported:
+                    continue
+                endpoint = reported[row.client_public_key]
+                relay_host = row.relay_address
+                direct = (
+                    endpoint if endpoint and not endpoint.startswith(relay_host + ":") else None
+                )
+                if direct != row.punched_endpoint:
+                    await conn.execute(
+                        update(RelayLease)
+                        .where(
+                            RelayLease.relay_address == row.relay_address,
+                            RelayLease.port == row.port,
+                        )
+                        .values(punched_endpoint=direct)
+                    )
+
     async def steer_due(self) -> int:
         """Sends ``punch`` with ``steer`` for bound sessions whose client never asked."""
         now = time.monotonic()
         query = (
-            select(SessionRow, RelayLease)
+            select(*_COLUMNS)
             .join(RelayLease, RelayLease.session_id == SessionRow.id)
             .where(
                 SessionRow.state == SessionState.OPEN,
@@ -157,7 +202,7 @@ class PunchService:
         )
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).all()
-        live = {row.id for row, _ in rows}
+        live = {row.id for row in rows}
         for gone in set(self._steered) - live:
             del self._steered[gone]
         for gone in set(self._asked) - live:
@@ -165,10 +210,10 @@ class PunchService:
         for gone in set(self._attempts) - live:
             del self._attempts[gone]
         sent = 0
-        for row, lease in rows:
-            if row.id in self._asked or lease.bound_at is None:
+        for row in rows:
+            if row.id in self._asked or row.bound_at is None:
                 continue
-            bound_age = _age_s(lease.bound_at)
+            bound_age = _age_s(row.bound_at)
             if bound_age < self.timers.steer_after_s:
                 continue
             facts = self.nodes.get(row.node_id)
@@ -176,26 +221,26 @@ class PunchService:
                 continue
             last = self._steered.get(row.id)
             if last is not None and (
-                last[1] == lease.client_seen and now - last[0] < self.timers.retry_s
+                last[1] == row.client_seen and now - last[0] < self.timers.retry_s
             ):
                 continue
-            assert lease.client_seen is not None
+            assert row.client_seen is not None
             message = Punch(
                 session_id=row.id,
                 public_key=row.client_public_key,
-                peer_endpoint=lease.client_seen,
+                peer_endpoint=row.client_seen,
                 nonce=secrets.token_hex(16),
                 at=time.time(),
                 window_s=self.timers.window_s,
                 steer=True,
             )
             if await self.hub.send_control(row.node_id, message.model_dump(mode="json")):
-                self._steered[row.id] = (now, lease.client_seen)
+                self._steered[row.id] = (now, row.client_seen)
                 self.steers += 1
                 sent += 1
                 log.info(
                     "steering a session's client toward the node",
-                    extra={"session_id": row.id, "client": lease.client_seen},
+                    extra={"session_id": row.id, "client": row.client_seen},
                 )
         return sent
 
