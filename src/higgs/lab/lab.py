@@ -210,6 +210,7 @@ class Lab:
         self.dns_log: Path | None = None
         self._built = False
         self._torn_down = False
+        self._set_nat: set[str] = set()
         self.nat_types: dict[str, NatType] = {
             role: h.nat for role, h in self.plan.hosts.items() if h.wan_if is not None
         }
@@ -499,13 +500,15 @@ class Lab:
 
     def set_nat(self, router: str, nat: NatType) -> None:
         """Makes ``router`` a cone or symmetric NAT from now on (plan.NatType); its
-        connection tracking is flushed, so every flow gets a mapping of the new kind. Asking
-        for the type it has already changes nothing."""
-        if self.nat_types.get(router) == nat:
+        connection tracking is flushed, so every flow gets a mapping of the new kind; its
+        ``input`` chain drops unsolicited UDP from the WAN from now on (render_masquerade).
+        Asking again for the type it has already changes nothing."""
+        if self.nat_types.get(router) == nat and router in self._set_nat:
             return
         self.host(router).nft(render_masquerade(self.plan, router, nat))
         self.host(router).run(["conntrack", "-F"], check=False)
         self.nat_types[router] = nat
+        self._set_nat.add(router)
 
     def whoami(
         self, host: Host | str, *, timeout: float = 10.0, ipv6: bool = False

@@ -69,12 +69,7 @@ def render_nat_table(plan: LabPlan, role: str) -> str:
     """A NAT router's table: masquerade its LAN out of its WAN (``random`` ports when the
     router is symmetric); DNAT rules get added later.
 
-    The ``input`` chain drops new UDP from the WAN to the router itself, as a home router's
-    firewall does. It matters for hole punching: an unsolicited datagram that reached the
-    router would leave a conntrack entry for its (source, router port) pair, and the LAN
-    host's own datagram toward that source, sent a moment later, would then be given another
-    public port (the NAT avoids the clash), so the two ends' probes would never meet. Dropped
-    in ``input``, the packet's entry is never confirmed."""
+    Its ``input`` chain is empty until :func:`render_masquerade` (``Lab.set_nat``) fills it."""
     host = plan.host(role)
     if host.wan_if is None or host.lan_net is None:
         raise ValueError(f"{role} is not a NAT router")
@@ -89,20 +84,30 @@ def render_nat_table(plan: LabPlan, role: str) -> str:
         "  }\n"
         "  chain input {\n"
         "    type filter hook input priority filter; policy accept;\n"
-        f'    iifname "{host.wan_if}" meta l4proto udp ct state new drop\n'
         "  }\n"
         "}\n"
     )
 
 
 def render_masquerade(plan: LabPlan, role: str, nat: NatType) -> str:
-    """Switches a built router's NAT type: its postrouting chain again, with ``nat``."""
+    """Switches a built router's NAT type (its postrouting chain again, with ``nat``) and
+    gives it a home router's firewall: new UDP from the WAN to the router itself is dropped.
+
+    The drop matters for hole punching: an unsolicited datagram that reached the router would
+    leave a conntrack entry for its (source, router port) pair, and the LAN host's own
+    datagram toward that source, sent a moment later, would be given another public port (the
+    NAT avoids the clash), so the two ends' probes would never meet. Dropped in ``input``, the
+    packet's entry is never confirmed. (Not in the default lab: with it the UDP relay's first
+    handshake sometimes took longer than higgsvpn's 12 s; see tests/e2e/test_hole_punch.py.)"""
     host = plan.host(role)
     if host.wan_if is None or host.lan_net is None:
         raise ValueError(f"{role} is not a NAT router")
     return (
         f"flush chain ip {NAT_TABLE} postrouting\n"
         f"add rule ip {NAT_TABLE} postrouting {_masquerade_rule(host.wan_if, host.lan_net, nat)}\n"
+        f"flush chain ip {NAT_TABLE} input\n"
+        f'add rule ip {NAT_TABLE} input iifname "{host.wan_if}"'
+        " meta l4proto udp ct state new drop\n"
     )
 
 
