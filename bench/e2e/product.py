@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,14 @@ def relayed_datagrams(lab: Lab, url: str) -> float:
 
 
 @contextlib.contextmanager
-def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
+def product_tunnel(
+    lab: Lab, mode: str, *, client_mode: str | None = None
+) -> Iterator[Callable[..., str]]:
     """Server, node and client up, the client connected in ``mode``; all undone on exit.
+    Yields the client's ``higgsvpn`` runner (``vpn("status", "--json")``).
+
+    ``client_mode``: the client's ``--mode`` (default: ``relay`` for the UDP relay rows, so
+    the path stays the UDP relay; ``auto`` lets it hole-punch, bench/punch).
 
     ``udp_relay`` / ``udp_relay_userspace``: the server runs its UDP relay (kernel forwarding,
     or the userspace forwarder), the node has no port forward, the client takes the UDP relay.
@@ -146,7 +152,8 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
                 f'resolv_conf = "{resolv}"\n'
             )
         relayed_before = relayed_datagrams(lab, url)
-        answer = json.loads(vpn("connect", "--json", "--mode", "relay" if udp else mode))
+        connect_mode = client_mode or ("relay" if udp else mode)
+        answer = json.loads(vpn("connect", "--json", "--mode", connect_mode))
         connected = True
         if udp and answer.get("mode") != "udp_relay":
             raise LabError(f"expected the UDP relay path, the client took {answer.get('mode')}")
@@ -158,7 +165,7 @@ def product_tunnel(lab: Lab, mode: str) -> Iterator[None]:
             raise LabError("relay mode, but the relay carried no datagram")
         if mode != "relay" and relayed > 0:
             raise LabError(f"{mode} mode, but the WS relay carried {relayed:.0f} datagrams")
-        yield
+        yield vpn
     finally:
         if connected:
             with contextlib.suppress(Exception):

@@ -49,7 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathMode = Literal["direct", "udp_relay", "relay"]
+PathMode = Literal["direct", "udp_relay", "relay", "punched"]
+"""``punched``: the UDP relay's session moved onto a hole-punched direct path (issue 12)."""
 
 
 class ConnectError(HiggsError):

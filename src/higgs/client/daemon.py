@@ -28,6 +28,7 @@ from typing import Any
 from higgs.client.connect import ConnectError, Connector, Tunnel
 from higgs.client.host import LinuxTunnelHost
 from higgs.client.latency import icmp_rtt_ms
+from higgs.client.punch import PUNCH_KEEPALIVE_S, PathWatch, punch
 from higgs.client.relay_path import BridgedRelayPath
 from higgs.client.reroute import STALE_HANDSHAKE_S, reroute_reason, session_gone
 from higgs.client.server_api import ApiError, ServerApi
@@ -60,6 +61,8 @@ class _Health:
     renew_failures: int = 0
     tunnel_rtt_ms: float | None = None
     last_error: str | None = None
+    public_endpoint: str | None = None
+    path_changes: int = 0
 
 
 class Daemon:
@@ -102,6 +105,8 @@ class Daemon:
             "ping": self._ping_loop,
             "node": self._node_loop,
             "kill-switch": self._kill_switch_loop,
+            "punch": self._punch_loop,
+            "path": self._path_loop,
         }
         tasks: dict[asyncio.Future[Any], str] = {
             asyncio.create_task(fn(), name=name): name for name, fn in loops.items()
@@ -231,6 +236,104 @@ class Daemon:
                 self.reroute_why = f"node {node_id} is {state or 'gone'}"
                 self.reroute_needed.set()
 
+    # --- issue 12: hole punching and leaving dead direct paths ------------------------------
+
+    async def _punch_loop(self) -> None:
+        """On the UDP relay, asks for hole-punch offers and tries each one once; the server
+        paces retries, so a failed attempt (a symmetric NAT) is tried again later."""
+        tried: str | None = None
+        while True:
+            await asyncio.sleep(self.settings.punch_poll_s)
+            tunnel = self.tunnel
+            if (
+                not self.settings.punch
+                or tunnel is None
+                or tunnel.mode != "udp_relay"
+                or self.reroute_needed.is_set()
+            ):
+                continue
+            try:
+                answer = await self.api.punch(tunnel.route.session_id)
+            except ApiError as exc:
+                log.debug("no punch answer: %s", exc)
+                continue
+            self.health.public_endpoint = answer.client_public
+            offer = answer.offer
+            if offer is None or offer.nonce == tried:
+                continue
+            tried = offer.nonce
+            port = await asyncio.to_thread(self.host.listen_port)
+            opened = await punch(offer, port=port, fwmark=self.host.fwmark)
+            if self.tunnel is not tunnel or tunnel.mode != "udp_relay":
+                continue
+            if not opened:
+                tunnel.why = (
+                    f"hole punching to {offer.peer_endpoint} failed: no probe from the node in "
+                    f"{offer.window_s:g}s (a symmetric NAT on either side?); on the UDP relay"
+                )
+                log.info("%s", tunnel.why)
+                continue
+            await asyncio.to_thread(self.host.move_peer, offer.peer_endpoint, PUNCH_KEEPALIVE_S)
+            tunnel.mode = "punched"
+            tunnel.why = f"hole punched to the node's public address {offer.peer_endpoint}"
+            self.health.path_changes += 1
+            log.info("path: punched (%s)", offer.peer_endpoint)
+            await self._write_status()
+
+    async def _path_loop(self) -> None:
+        """Leaves a direct or punched path on which nothing arrives although we ping."""
+        watch = PathWatch(dead_s=self.settings.path_dead_s)
+        watched: tuple[int, str] | None = None
+        while True:
+            await asyncio.sleep(1.0)
+            tunnel = self.tunnel
+            if (
+                tunnel is None
+                or tunnel.mode not in ("punched", "direct")
+                or self.reroute_needed.is_set()
+            ):
+                watched = None
+                continue
+            stats = await asyncio.to_thread(self.host.peer_stats)
+            if stats is None:
+                continue
+            now = time.monotonic()
+            key = (id(tunnel), tunnel.mode)
+            if watched != key:
+                watched = key
+                watch.reset(stats.rx_bytes, now)
+                continue
+            verdict = watch.observe(stats.rx_bytes, now)
+            if verdict == "provoke" and tunnel.route.wireguard.dns:
+                # Anything the node answers will do: its resolver's address answers a ping.
+                target = tunnel.route.wireguard.dns[0]
+                asyncio.get_running_loop().create_task(
+                    icmp_rtt_ms(target, wait_s=1.0, device=self.settings.interface)
+                )
+            elif verdict == "dead":
+                await self._leave_path(tunnel)
+                watched = None
+
+    async def _leave_path(self, tunnel: Tunnel) -> None:
+        reason = (
+            f"nothing from the node on the {tunnel.mode} path for {self.settings.path_dead_s:g}s"
+        )
+        self.health.last_error = reason
+        self.health.path_changes += 1
+        relay = tunnel.route.udp_relay
+        if tunnel.mode == "punched" and relay is not None:
+            # Back onto the UDP relay with a fresh peer: its handshake goes out at once, so
+            # the relay learns our (maybe new) address without waiting for a rekey.
+            await self.connector._set_peer(tunnel.route, relay.endpoint)
+            tunnel.mode = "udp_relay"
+            tunnel.why = f"left the punched path ({reason}); back on the UDP relay"
+            log.warning("%s", tunnel.why)
+            await self._write_status()
+            return
+        log.warning("the %s path is dead (%s): taking a new route", tunnel.mode, reason)
+        self.reroute_why = reason
+        self.reroute_needed.set()
+
     async def _ping_loop(self) -> None:
         while True:
             tunnel = self.tunnel
@@ -273,6 +376,8 @@ class Daemon:
             reroutes=self.health.reroutes,
             last_error=self.health.last_error,
             updated_at=time.time(),
+            public_endpoint=self.health.public_endpoint,
+            path_changes=self.health.path_changes,
         )
         await asyncio.to_thread(write_status, self.settings.status_file, report)
 

@@ -55,6 +55,7 @@ class LinuxTunnelHost:
         self._firewall: FirewallBackend | None = None
         self._v6 = False
         self._peer_key: str | None = None
+        self._peer_ips: tuple[str, ...] = ()
         self._tunnel_first_entry: int | None = None
         self._kill_switch_entries: set[int] = set()
 
@@ -90,6 +91,21 @@ class LinuxTunnelHost:
             )
         )
         self._peer_key = public_key
+        self._peer_ips = tuple(allowed_ips)
+
+    def move_peer(self, endpoint: str, keepalive: int | None) -> None:
+        """Moves the peer to another path in place: its session keys stay, so traffic goes on
+        with no new handshake (hole punching's make-before-break; higgs.client.punch)."""
+        if self._peer_key is None:
+            raise ValueError("no peer to move")
+        self.wg.set_peer(
+            Peer(
+                public_key=self._peer_key,
+                allowed_ips=self._peer_ips,
+                endpoint=endpoint,
+                persistent_keepalive=keepalive or 0,
+            )
+        )
 
     def peer_stats(self) -> PeerStats | None:
         if self._peer_key is None:

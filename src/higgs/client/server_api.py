@@ -19,6 +19,7 @@ from higgs.daemon import rest
 from higgs.daemon.rest import RestError
 from higgs.protocol.api import (
     NodeList,
+    PunchAnswer,
     RouteMode,
     RouteRequest,
     RouteResponse,
@@ -88,6 +89,10 @@ class ServerApi:
 
     async def session(self, session_id: str) -> SessionInfo:
         return _parse(await self._call("GET", f"/v1/sessions/{session_id}"), SessionInfo)
+
+    async def punch(self, session_id: str) -> PunchAnswer:
+        """The observed public addresses of both ends and a hole-punch offer (§2.7)."""
+        return _parse(await self._call("GET", f"/v1/sessions/{session_id}/punch"), PunchAnswer)
 
     async def renew(self, session_id: str) -> SessionInfo:
         return _parse(await self._call("POST", f"/v1/sessions/{session_id}/renew"), SessionInfo)

@@ -58,6 +58,11 @@ class ClientSettings(BaseModel):
     # The UDP relay needs the node's first handshake toward it: up to one REKEY_TIMEOUT (5 s)
     udp_relay_timeout_s: float = Field(default=12.0, gt=0, le=120)
     http_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Hole punching (issue 12): ask the server for an offer this often while on the UDP relay;
+    # a direct or punched path that received nothing for path_dead_s (while pinged) is left.
+    punch: bool = True
+    punch_poll_s: float = Field(default=2.0, gt=0, le=600)
+    path_dead_s: float = Field(default=6.0, gt=1, le=600)
 
     @field_validator("server_url")
     @classmethod

@@ -43,6 +43,10 @@ class StatusReport(BaseModel):
     reroutes: int
     last_error: str | None
     updated_at: float
+    # Issue 12: our WireGuard socket's public ip:port as the server observed it, and how many
+    # times the path changed while connected (relay → punched → relay ...).
+    public_endpoint: str | None = None
+    path_changes: int = 0
 
     def handshake_age_s(self, now: float | None = None) -> float | None:
         if not self.latest_handshake:
@@ -103,6 +107,8 @@ def format_status(report: StatusReport, now: float | None = None) -> str:
             f"recovered:  {report.reroutes} new route(s), "
             f"{report.relay_reconnects} relay reconnect(s)"
         )
+    if report.public_endpoint:
+        lines.append(f"public:     {report.public_endpoint} (as the server sees us)")
     if report.last_error:
         lines.append(f"last issue: {report.last_error}")
     return "\n".join(lines)

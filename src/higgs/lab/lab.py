@@ -32,12 +32,13 @@ from .errors import CommandError, LabError
 from .host import Host
 from .names import RunNames, new_run_names
 from .netns import NETNS_DIR, netns_exists, ns_argv, run
-from .plan import ROUTER_ROLES, LabPlan, default_plan, ipv6_plan
+from .plan import ROUTER_ROLES, LabPlan, NatType, default_plan, ipv6_plan
 from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
 from .render import (
     render_dnat_udp,
     render_host_batch,
     render_ipv6_batch,
+    render_masquerade,
     render_nat_table,
     render_root_batch,
 )
@@ -209,6 +210,10 @@ class Lab:
         self.dns_log: Path | None = None
         self._built = False
         self._torn_down = False
+        self._set_nat: set[str] = set()
+        self.nat_types: dict[str, NatType] = {
+            role: h.nat for role, h in self.plan.hosts.items() if h.wan_if is not None
+        }
 
     # -- hosts ---------------------------------------------------------------------------
 
@@ -492,6 +497,18 @@ class Lab:
         """Port-forward UDP ``port`` on ``router``'s public address to host ``to``."""
         target = self.host(to)
         self.host(router).nft(render_dnat_udp(self.plan, router, port, target.ip, to_port or port))
+
+    def set_nat(self, router: str, nat: NatType) -> None:
+        """Makes ``router`` a cone or symmetric NAT from now on (plan.NatType); its
+        connection tracking is flushed, so every flow gets a mapping of the new kind; its
+        ``input`` chain drops unsolicited UDP from the WAN from now on (render_masquerade).
+        Asking again for the type it has already changes nothing."""
+        if self.nat_types.get(router) == nat and router in self._set_nat:
+            return
+        self.host(router).nft(render_masquerade(self.plan, router, nat))
+        self.host(router).run(["conntrack", "-F"], check=False)
+        self.nat_types[router] = nat
+        self._set_nat.add(router)
 
     def whoami(
         self, host: Host | str, *, timeout: float = 10.0, ipv6: bool = False

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
+from typing import Literal
 
 __all__ = [
     "HOST_ROLES",
+    "NAT_TYPES",
     "ROUTER_ROLES",
     "Bridge",
     "HostPlan",
     "LabPlan",
     "Link",
+    "NatType",
     "V6HostPlan",
     "default_plan",
     "ipv6_plan",
@@ -38,6 +41,17 @@ HOST_ROLES = (
     "client",
 )
 ROUTER_ROLES = ("core", "home_router", "client_router")
+
+NatType = Literal["cone", "symmetric"]
+NAT_TYPES: tuple[NatType, ...] = ("cone", "symmetric")
+"""How a NAT router maps its LAN's UDP (issue 12's matrix):
+
+- ``cone``: endpoint-independent mapping: Linux masquerade keeps the source port, so one LAN
+  socket has one public ``ip:port`` toward every destination; the filter is the conntrack's
+  (only answers to what went out pass), as on most home routers.
+- ``symmetric``: ``masquerade random``: every new destination gets a new random public port,
+  so the address the relay saw is useless to anyone else (as behind many carrier-grade NATs).
+"""
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,7 @@ class HostPlan:
     # For NAT routers: the interface towards the internet that LAN traffic is masqueraded to.
     wan_if: str | None = None
     lan_net: str | None = None
+    nat: NatType = "cone"
 
     def address(self, ifname: str | None = None) -> IPv4Interface:
         """The address on ``ifname``, or the host's first (primary) address."""
@@ -96,7 +111,9 @@ def _if(text: str) -> IPv4Interface:
     return IPv4Interface(text)
 
 
-def default_plan(*, clients: int = 1) -> LabPlan:
+def default_plan(
+    *, clients: int = 1, home_nat: NatType = "cone", client_nat: NatType = "cone"
+) -> LabPlan:
     """The standard lab: a routed core, two public hosts and two NATed sites.
 
     With ``clients`` > 1 the client router's LAN is a bridge with that many client hosts:
@@ -129,6 +146,7 @@ def default_plan(*, clients: int = 1) -> LabPlan:
             router=True,
             wan_if="wan0",
             lan_net="192.168.1.0/24",
+            nat=home_nat,
         ),
         "node": HostPlan(
             "node", (("eth0", _if("192.168.1.10/24")),), gateway=IPv4Address("192.168.1.1")
@@ -143,6 +161,7 @@ def default_plan(*, clients: int = 1) -> LabPlan:
             router=True,
             wan_if="wan0",
             lan_net="10.0.2.0/24",
+            nat=client_nat,
         ),
         "client": HostPlan(
             "client", (("eth0", _if("10.0.2.10/24")),), gateway=IPv4Address("10.0.2.1")

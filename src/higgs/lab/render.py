@@ -7,13 +7,14 @@ it take a fraction of a second.
 from __future__ import annotations
 
 from .names import RunNames
-from .plan import LabPlan, V6HostPlan
+from .plan import LabPlan, NatType, V6HostPlan
 
 __all__ = [
     "NAT_TABLE",
     "render_dnat_udp",
     "render_host_batch",
     "render_ipv6_batch",
+    "render_masquerade",
     "render_nat_table",
     "render_root_batch",
 ]
@@ -59,8 +60,16 @@ def render_host_batch(plan: LabPlan, role: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _masquerade_rule(wan_if: str, lan_net: str, nat: NatType) -> str:
+    random = " random" if nat == "symmetric" else ""
+    return f'oifname "{wan_if}" ip saddr {lan_net} masquerade{random}'
+
+
 def render_nat_table(plan: LabPlan, role: str) -> str:
-    """A NAT router's table: masquerade its LAN out of its WAN; DNAT rules get added later."""
+    """A NAT router's table: masquerade its LAN out of its WAN (``random`` ports when the
+    router is symmetric); DNAT rules get added later.
+
+    Its ``input`` chain is empty until :func:`render_masquerade` (``Lab.set_nat``) fills it."""
     host = plan.host(role)
     if host.wan_if is None or host.lan_net is None:
         raise ValueError(f"{role} is not a NAT router")
@@ -71,9 +80,34 @@ def render_nat_table(plan: LabPlan, role: str) -> str:
         "  }\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    oifname "{host.wan_if}" ip saddr {host.lan_net} masquerade\n'
+        f"    {_masquerade_rule(host.wan_if, host.lan_net, host.nat)}\n"
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
         "  }\n"
         "}\n"
+    )
+
+
+def render_masquerade(plan: LabPlan, role: str, nat: NatType) -> str:
+    """Switches a built router's NAT type (its postrouting chain again, with ``nat``) and
+    gives it a home router's firewall: new UDP from the WAN to the router itself is dropped.
+
+    The drop matters for hole punching: an unsolicited datagram that reached the router would
+    leave a conntrack entry for its (source, router port) pair, and the LAN host's own
+    datagram toward that source, sent a moment later, would be given another public port (the
+    NAT avoids the clash), so the two ends' probes would never meet. Dropped in ``input``, the
+    packet's entry is never confirmed. (Not in the default lab: with it the UDP relay's first
+    handshake sometimes took longer than higgsvpn's 12 s; see tests/e2e/test_hole_punch.py.)"""
+    host = plan.host(role)
+    if host.wan_if is None or host.lan_net is None:
+        raise ValueError(f"{role} is not a NAT router")
+    return (
+        f"flush chain ip {NAT_TABLE} postrouting\n"
+        f"add rule ip {NAT_TABLE} postrouting {_masquerade_rule(host.wan_if, host.lan_net, nat)}\n"
+        f"flush chain ip {NAT_TABLE} input\n"
+        f'add rule ip {NAT_TABLE} input iifname "{host.wan_if}"'
+        " meta l4proto udp ct state new drop\n"
     )
 
 

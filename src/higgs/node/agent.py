@@ -53,6 +53,7 @@ from higgs.node.mtu import decide_mtu, fits_uplink, probe
 from higgs.node.ownerstate import is_paused, set_paused
 from higgs.node.peers import PeerManager, PeerRow
 from higgs.node.portmap import PortMapper
+from higgs.node.punch import Puncher
 from higgs.node.reachability import ProbeListener
 from higgs.node.rulewatch import node_rule_watch
 from higgs.node.runstate import PidFile, write_status
@@ -155,6 +156,7 @@ class Agent:
         self.portmap: PortMapper | None = None
         self.probes: ProbeListener | None = None
         self.rules: RuleWatch | None = None
+        self.puncher: Puncher | None = None  # issue 12: hole punching and steering
         self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -309,6 +311,7 @@ class Agent:
             peer_rows=self._peer_rows,
             wg_port=self.settings.listen_port,
             stats_interval_s=ident.heartbeat_interval_s,
+            on_punch=self.puncher.handle if self.puncher is not None else None,
         )
         await self.control.start()
 
@@ -331,6 +334,7 @@ class Agent:
             "mtu": {"mtu": self.mtu.mtu, "reason": self.mtu.reason} if self.mtu else None,
             "server": self.server.status.as_dict() if self.server else None,
             "control": self.control.status() if self.control else None,
+            "punch": self.puncher.status() if self.puncher else None,
             "peers": [
                 {
                     "public_key": r.public_key,
@@ -495,14 +499,16 @@ class Agent:
                     max_inflight=s.dns.max_inflight,
                 )
                 await self.dns6.start()
+        table = WgPeerTable(wg)
         self.peers = PeerManager(
-            WgPeerTable(wg),
+            table,
             s.node_address,
             s.max_clients,
             tunnel_v6=self.host.tunnel_v6,
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted and not is_paused(s.state_dir),
         )
+        self.puncher = Puncher(s.listen_port, self.peers, table, table.peers)
         server = self.server or self.make_server_link()
         if server.identity is not None and server.status.registrations:
             await self._on_identity(server.identity)
@@ -527,6 +533,8 @@ class Agent:
         self._tasks = []
         if self.probes is not None:
             self.probes.stop()
+        if self.puncher is not None:
+            await self.puncher.stop()
         if self.portmap is not None:
             try:
                 await self.portmap.stop()  # before the server hears we are gone

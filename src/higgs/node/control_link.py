@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from higgs.node.metrics import peer_stats
+from higgs.node.metrics import peer_stats_with_endpoints
 from higgs.node.peers import DesiredPeer, PeerManager, PeerRow
 from higgs.protocol import control
 from higgs.transport.relay_link import RelayLink
@@ -53,8 +53,10 @@ class ControlLink:
         peer_rows: Callable[[], Sequence[PeerRow]],
         wg_port: int,
         stats_interval_s: float = 15.0,
+        on_punch: Callable[[control.Punch], None] | None = None,
     ) -> None:
         self._peers = peers
+        self._on_punch = on_punch  # hole punching and steering (higgs.node.punch)
         self._peer_rows = peer_rows
         self._wg = ("127.0.0.1", wg_port)
         self.stats_interval_s = stats_interval_s
@@ -180,6 +182,11 @@ class ControlLink:
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)
+        elif isinstance(message, control.Punch):
+            if self._on_punch is None:
+                self.counters["punch_unsupported"] += 1
+            else:
+                self._on_punch(message)
         else:
             self.counters["control_unexpected"] += 1
 
@@ -196,4 +203,4 @@ class ControlLink:
             except Exception as exc:
                 log.warning("cannot read peer counters", extra={"why": str(exc)})
                 continue
-            self._link.send_text({"type": "peer_stats", "peers": peer_stats(rows)})
+            self._link.send_text({"type": "peer_stats", "peers": peer_stats_with_endpoints(rows)})

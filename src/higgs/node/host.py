@@ -74,6 +74,13 @@ class WgPeerTable:
             WgPeer(public_key, tuple(allowed_ips), endpoint, persistent_keepalive=RELAY_KEEPALIVE_S)
         )
 
+    def set_endpoint(
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str, keepalive: int
+    ) -> None:
+        """Moves the peer to ``endpoint`` in place (its session keys stay: no new handshake,
+        no gap), with ``keepalive`` (hole punching, higgs.node.punch)."""
+        self._wg.set_peer(WgPeer(public_key, tuple(allowed_ips), endpoint, keepalive))
+
     def remove_peer(self, public_key: str) -> None:
         self._wg.remove_peer(public_key)
 

@@ -160,6 +160,19 @@ def peer_stats(peers: Sequence[PeerCounters], now: float | None = None) -> list[
     ]
 
 
+def peer_stats_with_endpoints(
+    peers: Sequence[PeerCounters], now: float | None = None
+) -> list[dict[str, Any]]:
+    """``peer_stats`` for the control link: with each peer's endpoint (issue 12), which the
+    REST heartbeat's strict body does not take."""
+    out = peer_stats(peers, now)
+    for row, peer in zip(out, peers, strict=True):
+        endpoint = getattr(peer, "endpoint", None)
+        if endpoint:
+            row["endpoint"] = endpoint
+    return out
+
+
 def heartbeat_body(metrics: NodeMetrics, peers: Sequence[PeerCounters]) -> dict[str, Any]:
     """The JSON body of ``POST /v1/nodes/{id}/heartbeat`` (validated against the API model)."""
     request = HeartbeatRequest.model_validate(

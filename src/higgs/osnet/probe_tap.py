@@ -5,6 +5,12 @@ UDP gets a copy of every UDP datagram delivered to the host; a classic BPF filte
 it passes only datagrams to the WireGuard port whose payload is a probe, so WireGuard traffic
 never wakes Python. Nothing on the host changes (no rule to undo): the filter dies with the
 socket. Needs CAP_NET_RAW (root has it).
+
+The same socket also *sends* probes from the WireGuard port (hole punching, issue 12): a raw
+UDP socket writes the UDP header itself, so the datagram leaves with wireguard-go's source
+port and takes the same NAT mapping as WireGuard's own packets, without touching its socket.
+With ``fwmark`` the probes carry WireGuard's mark, so a client's full tunnel and kill switch
+let them out beside the tunnel like WireGuard's own packets.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from higgs.protocol.reachability import MAGIC, PROBE_LEN, ProbeError, decode_pro
 __all__ = ["ProbeTap", "probe_filter"]
 
 SO_ATTACH_FILTER = 26
+SO_MARK = 36
 _UDP_HEADER = 8
 
 # Classic BPF opcodes used below.
@@ -51,8 +58,9 @@ def probe_filter(port: int) -> list[tuple[int, int, int, int]]:
 class ProbeTap:
     """Non-blocking; use :meth:`fileno` with ``loop.add_reader`` and call :meth:`read`."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, fwmark: int | None = None) -> None:
         self.port = port
+        self.sent = 0
         self.dropped = 0  # datagrams that passed the filter but were not probes for us
         try:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
@@ -65,6 +73,8 @@ class ProbeTap:
             )
             fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
             self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            if fwmark:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
             self._sock.setblocking(False)
             self.read()  # what arrived before the filter was attached
         except BaseException:
@@ -99,6 +109,17 @@ class ProbeTap:
             return decode_probe(packet[ihl + _UDP_HEADER :])
         except ProbeError:
             return None
+
+    def send(self, payload: bytes, host: str, port: int) -> bool:
+        """Sends ``payload`` from the WireGuard port to ``host:port``; False if it failed.
+        The UDP checksum is left 0 (none, allowed for IPv4; NATs keep it 0)."""
+        header = struct.pack("!HHHH", self.port, port, _UDP_HEADER + len(payload), 0)
+        try:
+            self._sock.sendto(header + payload, (host, 0))
+        except OSError:
+            return False
+        self.sent += 1
+        return True
 
     def close(self) -> None:
         self._sock.close()

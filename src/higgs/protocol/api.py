@@ -67,6 +67,8 @@ __all__ = [
     "PeerStat",
     "PortMappingReport",
     "PublicKey",
+    "PunchAnswer",
+    "PunchOffer",
     "ReachabilityConfirm",
     "ReachabilityResult",
     "RelayPath",
@@ -496,6 +498,28 @@ class RouteResponse(_Model):
     direct: DirectPath | None
     relay: RelayPath | None
     udp_relay: UdpRelayPath | None = None  # absent from servers without a UDP relay
+
+
+# --- hole punching (issue 12; docs/protocol.md §2.7) ---
+class PunchOffer(_Model):
+    """One attempt: at wall time ``at`` send probes (the reachability layout with ``nonce``)
+    from the WireGuard port to ``peer_endpoint`` for ``window_s``; the node does the same
+    toward the client. Hearing the node's probe means both NATs are open."""
+
+    nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
+    peer_endpoint: str = Field(description="the node's public ip:port as the UDP relay saw it")
+    at: float = Field(description="unix time at which both ends start sending")
+    window_s: float
+
+
+class PunchAnswer(_Model):
+    """``GET /v1/sessions/{id}/punch``: what the server observed of both WireGuard sockets
+    (from the UDP relay's bound legs) and, when a direct path may be tried, an offer."""
+
+    client_public: str | None = Field(description="the client's public ip:port as observed")
+    node_public: str | None = Field(description="the node's public ip:port as observed")
+    offer: PunchOffer | None
+    why: str = Field(default="", description="why there is no offer")
 
 
 class SessionInfo(_Model):

@@ -5,7 +5,8 @@ Each text WebSocket message is one JSON object with a ``"type"``. Unknown types 
 either is backward compatible. Malformed JSON, a non-object, or a known type with bad fields
 raises :class:`ControlError` naming the problem.
 
-Server → node: ``hello``, ``sync``, ``peer_add``, ``peer_remove``.
+Server → node: ``hello``, ``sync``, ``peer_add``, ``peer_remove``, ``punch`` (hole punching,
+§3.5).
 Node → server: ``peer_stats``.
 Server → client session link: ``hello``, ``session_closed`` (right before a 4002 close).
 """
@@ -39,6 +40,7 @@ __all__ = [
     "PeerRemove",
     "PeerStat",
     "PeerStats",
+    "Punch",
     "SessionClosed",
     "Sync",
     "UnknownMessage",
@@ -142,11 +144,56 @@ class PeerStat(_Message):
     rx_bytes: int = Field(ge=0)
     tx_bytes: int = Field(ge=0)
     last_handshake_s: float | None = None
+    # The peer's current WireGuard endpoint (issue 12: the server sees a punched path).
+    endpoint: str | None = None
 
 
 class PeerStats(_Message):
     type: Literal["peer_stats"] = "peer_stats"
     peers: list[PeerStat]
+
+
+class Punch(_Message):
+    """Server → node: open a direct path to one session's client (docs/protocol.md §3.5).
+
+    ``peer_endpoint`` is the client's public ``ip:port`` as the UDP relay saw it. At wall
+    time ``at`` the node sends probe datagrams (``higgs.protocol.reachability`` layout, with
+    ``nonce``) from its WireGuard port to it for ``window_s``; when it hears the client's
+    probe with the same nonce both NATs are open and it moves the peer's endpoint there.
+    ``steer``: the client runs no software of ours (an official WireGuard app): no probes,
+    the node sets the endpoint at once and WireGuard's roaming moves the client when its NAT
+    lets the node's packets in; the node goes back to the relay if the client did not follow.
+    """
+
+    type: Literal["punch"] = "punch"
+    session_id: str
+    public_key: str
+    peer_endpoint: str
+    nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
+    at: float = Field(ge=0)
+    window_s: float = Field(gt=0, le=60)
+    steer: bool = False
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return validate_public_key(value)
+
+    @field_validator("peer_endpoint")
+    @classmethod
+    def _peer_endpoint(cls, value: str) -> str:
+        _ipv4_endpoint(value, "peer_endpoint")
+        return value
+
+
+def _ipv4_endpoint(value: str, name: str) -> None:
+    host, _, port = value.rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"{name} must look like IPv4:port") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{name} must look like IPv4:port")
 
 
 class SessionClosed(_Message):
@@ -161,7 +208,7 @@ class UnknownMessage(_Message):
     raw: dict[str, Any]
 
 
-ControlMessage = Hello | Sync | PeerAdd | PeerRemove | PeerStats | SessionClosed
+ControlMessage = Hello | Sync | PeerAdd | PeerRemove | PeerStats | SessionClosed | Punch
 
 _KNOWN: dict[str, type[_Message]] = {
     "hello": Hello,
@@ -170,6 +217,7 @@ _KNOWN: dict[str, type[_Message]] = {
     "peer_remove": PeerRemove,
     "peer_stats": PeerStats,
     "session_closed": SessionClosed,
+    "punch": Punch,
 }
 _OBJECT = TypeAdapter(dict[str, Any])
 

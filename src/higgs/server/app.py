@@ -40,6 +40,7 @@ from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
 from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.nodeview import NodeView, refresh_view
+from higgs.server.services.punch import PunchService, PunchTimers
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.traffic import TrafficSeries
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 # only catches what they missed, so it need not run at every sweep (1,000 rows each time).
 VIEW_RELOAD_S = 60.0
 TRAFFIC_SAMPLE_S = 10.0
+STEER_EVERY_S = 2.0
 
 
 class ServedHub(RelayHub, Protocol):
@@ -218,7 +220,9 @@ class BosonServer:
             usage=usage,
             traffic=TrafficSeries(),
             devices=DeviceService(db, sessions, s, lambda: usage.session_bytes),
+            punch=self._punch_service(db, hub, nodes),
         )
+        events.punch = self.ctx.punch
         if self._cluster is not None:
             await self._cluster.start(identity, sessions, nodes, self.ctx.limiter)
         api_host, api_port = split_listen(s.listen)
@@ -253,6 +257,8 @@ class BosonServer:
             asyncio.create_task(self._maintain(db, nodes, registry, sessions), name="sweep")
         )
         self._tasks.append(asyncio.create_task(self._sample_traffic(self.ctx), name="traffic"))
+        if self.ctx.punch is not None:
+            self._tasks.append(asyncio.create_task(self._steer(self.ctx.punch), name="steer"))
         log.info(
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
@@ -298,6 +304,28 @@ class BosonServer:
                     view_loaded = time.monotonic()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")
+
+    def _punch_service(self, db: Database, hub: RelayHub, nodes: NodeView) -> PunchService | None:
+        """Hole punching needs the UDP relay: its bound legs are the observed addresses."""
+        s = self.settings
+        if not s.punch_enabled or s.udp_relay_address is None:
+            return None
+        timers = PunchTimers(
+            lead_s=s.punch_lead_s,
+            window_s=s.punch_window_s,
+            retry_s=s.punch_retry_s,
+            steer_after_s=s.punch_steer_after_s,
+        )
+        return PunchService(db, hub, nodes, timers)
+
+    async def _steer(self, punch: PunchService) -> None:
+        """Official apps ask for no punch: the node steers them (services/punch.py)."""
+        while True:
+            await asyncio.sleep(STEER_EVERY_S)
+            try:
+                await punch.steer_due()
+            except Exception:
+                log.exception("steering round failed; retrying")
 
     async def _sample_traffic(self, ctx: ApiContext) -> None:
         """The dashboard's own time series (services/traffic.py), every TRAFFIC_SAMPLE_S."""

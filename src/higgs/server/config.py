@@ -69,6 +69,13 @@ class ServerSettings(BaseModel):
     # how long a node may stay away before its devices are reported as gone for good.
     max_devices_per_client: int = Field(default=10, ge=0, le=10_000)
     device_node_gone_s: float = Field(default=7 * 86400.0, gt=0)
+    # Hole punching (issue 12, services/punch.py): start lead, probe window, retry pace, and
+    # how long a client that never asks waits before the node steers it (official apps).
+    punch_enabled: bool = True
+    punch_lead_s: float = Field(default=1.0, ge=0, le=30)
+    punch_window_s: float = Field(default=4.0, gt=0, le=60)
+    punch_retry_s: float = Field(default=30.0, gt=0, le=3600)
+    punch_steer_after_s: float = Field(default=15.0, gt=0, le=3600)
 
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")

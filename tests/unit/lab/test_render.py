@@ -73,3 +73,23 @@ def test_dnat_forwards_udp_on_the_wan_address() -> None:
 def test_dnat_refuses_bad_ports(port: int, to_port: int) -> None:
     with pytest.raises(ValueError, match="bad port"):
         render_dnat_udp(default_plan(), "home_router", port, "192.168.1.10", to_port)
+
+
+def test_symmetric_router_masquerades_with_random_ports_cone_keeps_them() -> None:
+    cone = render_nat_table(default_plan(), "home_router")
+    sym = render_nat_table(default_plan(home_nat="symmetric"), "home_router")
+    assert "ip saddr 192.168.1.0/24 masquerade\n" in cone
+    assert "ip saddr 192.168.1.0/24 masquerade random\n" in sym
+    assert "ct state new drop" not in cone  # the default lab's routers filter nothing
+
+
+def test_switching_a_built_router_rewrites_only_its_masquerade() -> None:
+    from higgs.lab.render import render_masquerade
+
+    script = render_masquerade(default_plan(), "client_router", "symmetric")
+    assert script == (
+        "flush chain ip hl_lab postrouting\n"
+        'add rule ip hl_lab postrouting oifname "wan0" ip saddr 10.0.2.0/24 masquerade random\n'
+        "flush chain ip hl_lab input\n"
+        'add rule ip hl_lab input iifname "wan0" meta l4proto udp ct state new drop\n'
+    )

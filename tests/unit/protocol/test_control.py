@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from higgs.protocol import control
 from higgs.protocol.control import (
     ControlError,
     Hello,
@@ -82,3 +83,26 @@ def test_round_trip_through_dump() -> None:
 def test_bad_messages_raise_control_error_naming_the_problem(text: str | bytes, words: str) -> None:
     with pytest.raises(ControlError, match=words):
         parse(text)
+
+
+def test_punch_parses_and_rejects_a_bad_endpoint_or_nonce() -> None:
+    key = "yftnihtnyVAk9rl7bJB0W2pdCW2oWrK+U058k+n17wY="
+    good = {
+        "type": "punch",
+        "session_id": "s_1",
+        "public_key": key,
+        "peer_endpoint": "203.0.113.20:51820",
+        "nonce": "00" * 16,
+        "at": 1796178600.25,
+        "window_s": 4.0,
+    }
+    msg = control.parse_obj(good)
+    assert isinstance(msg, control.Punch)
+    assert not msg.steer
+    assert control.parse(control.dump(msg)) == msg
+    with pytest.raises(control.ControlError, match="peer_endpoint"):
+        control.parse_obj({**good, "peer_endpoint": "example.com:1"})
+    with pytest.raises(control.ControlError, match="nonce"):
+        control.parse_obj({**good, "nonce": "xyz"})
+    with pytest.raises(control.ControlError, match="window_s"):
+        control.parse_obj({**good, "window_s": 0})

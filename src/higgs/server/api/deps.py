@@ -18,6 +18,7 @@ from higgs.server.metrics import ServerMetrics
 from higgs.server.services.devices import DeviceService
 from higgs.server.services.errors import Forbidden, Unauthorized
 from higgs.server.services.identity import AuthedClient, IdentityService
+from higgs.server.services.punch import PunchService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.traffic import TrafficSeries
@@ -52,6 +53,8 @@ class ApiContext:
     devices: DeviceService | None = None  # issue 18
     # Logins: a burst of 5 tries, then one per 10 s per address.
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.1, 5))
+    # --- issue 12: hole punching ---
+    punch: PunchService | None = None
 
 
 # Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``

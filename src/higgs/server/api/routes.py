@@ -29,6 +29,7 @@ from higgs.protocol.api import (
     NodeList,
     NodeRegisterRequest,
     NodeRegisterResponse,
+    PunchAnswer,
     ReachabilityConfirm,
     ReachabilityResult,
     RouteRequest,
@@ -161,6 +162,21 @@ async def create_route(body: RouteRequest, ctx: Ctx, client: ClientCaller) -> Ro
 )
 async def get_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath) -> SessionInfo:
     return await ctx.sessions.get(client, session_id)
+
+
+@v1.get(
+    "/sessions/{session_id:session_id}/punch",
+    response_model=PunchAnswer,
+    responses=_errors(401, 404),
+    tags=["clients"],
+    summary="The public addresses the server observed for both ends, and a hole-punch offer",
+)
+async def punch_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath) -> PunchAnswer:
+    if ctx.punch is None:
+        return PunchAnswer(
+            client_public=None, node_public=None, offer=None, why="hole punching is off"
+        )
+    return await ctx.punch.answer(client.id, session_id)
 
 
 @v1.post(

@@ -10,6 +10,7 @@ from higgs.common.ratelog import RateLimitedLog
 from higgs.protocol import control
 from higgs.protocol.api import PeerStat
 from higgs.server.metrics import ServerMetrics
+from higgs.server.services.punch import PunchService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.usage import UsageService
@@ -38,6 +39,7 @@ class ServerEvents:
         self._registry: RegistryService | None = None
         self._sessions: SessionService | None = None
         self._usage: UsageService | None = None
+        self.punch: PunchService | None = None
 
     def bind(
         self, registry: RegistryService, sessions: SessionService, usage: UsageService | None = None
@@ -66,10 +68,16 @@ class ServerEvents:
             return
         if isinstance(parsed, control.PeerStats):
             if self._sessions is not None:
-                stats = [PeerStat(**p.model_dump()) for p in parsed.peers if _is_key(p.public_key)]
+                stats = [
+                    PeerStat(**p.model_dump(exclude={"endpoint"}))
+                    for p in parsed.peers
+                    if _is_key(p.public_key)
+                ]
                 await self._sessions.renew_by_handshake(node_id, stats)
                 if self._usage is not None:  # issue 15: usage and quotas
                     await self._usage.record(node_id, stats)
+            if self.punch is not None:  # issue 12: which sessions run on a punched path
+                await self.punch.endpoints(node_id, parsed.peers)
             return
         self._dropped("unexpected")
         self._quiet.log(

@@ -101,6 +101,7 @@ class LeaseView:
     port: int
     client_seen: str | None
     node_seen: str | None
+    punched_endpoint: str | None = None
 
 
 async def leases_of_sessions(conn: AsyncConnection) -> dict[str, LeaseView]:
@@ -111,6 +112,7 @@ async def leases_of_sessions(conn: AsyncConnection) -> dict[str, LeaseView]:
         RelayLease.port,
         RelayLease.client_seen,
         RelayLease.node_seen,
+        RelayLease.punched_endpoint,
     )
     rows = (await conn.execute(query)).all()
     return {r.session_id: LeaseView(*r[1:]) for r in rows}

@@ -218,6 +218,9 @@ class RelayLease(Base):
     client_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     node_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     bound_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The client's public ip:port while the node's peer sits on it (hole punched or steered,
+    # issue 12; from the node's peer_stats); None while the session is on the relay.
+    punched_endpoint: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ApiInstance(Base):

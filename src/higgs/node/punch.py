@@ -1,0 +1,266 @@
+"""The node's half of hole punching and steering (issue 12; docs/protocol.md §3.5).
+
+``punch`` (the client runs higgsvpn): at the agreed time both ends send probe datagrams from
+their WireGuard ports to each other's public address, which opens both NATs' filters. A probe
+heard from the client (same nonce) proves the path works both ways *before* anything changes;
+only then is the peer's endpoint moved there, in place (its session keys stay, so traffic
+carries on without a gap: make-before-break). Heard nothing in the window: nothing changed,
+the session stays on the relay.
+
+``punch`` with ``steer`` (an official WireGuard app, no software of ours): the node moves the
+peer's endpoint to the client's public address at once, with a short keepalive; the client's
+WireGuard roams to the node's address if its NAT lets those packets in. If the client did not
+follow (its packets still come through the relay, or none come), the peer goes back to the
+relay endpoint.
+
+A punched peer is watched: no bytes from it for ``dead_s`` (its keepalive is
+``PUNCH_KEEPALIVE_S``) and it goes back to the relay endpoint, so a dead path (the home
+router's public address changed, a NAT mapping expired) is left within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from higgs.common.errors import HiggsError
+from higgs.node.peers import DesiredPeer, PeerManager
+from higgs.osnet.probe_tap import ProbeTap
+from higgs.protocol.control import Punch
+from higgs.transport.punch_probe import exchange
+
+__all__ = ["PUNCH_KEEPALIVE_S", "EndpointTable", "Puncher"]
+
+log = logging.getLogger(__name__)
+
+PUNCH_KEEPALIVE_S = 2
+"""A punched path's keepalive: keeps both NAT mappings open and lets each end notice within
+a few seconds that nothing arrives any more."""
+WATCH_EVERY_S = 1.0
+RELAY_KEEPALIVE_S = 25
+
+
+class EndpointTable(Protocol):
+    def set_endpoint(
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str, keepalive: int
+    ) -> None: ...
+
+    def remove_peer(self, public_key: str) -> None: ...
+
+
+class PeerRowWithEndpoint(Protocol):
+    @property
+    def public_key(self) -> str: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def rx_bytes(self) -> int: ...
+
+
+@dataclass
+class _Punched:
+    session_id: str
+    endpoint: str
+    how: str  # "punched" | "steered"
+    last_rx: int
+    last_rx_at: float
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host, int(port)
+
+
+class Puncher:
+    def __init__(
+        self,
+        port: int,
+        peers: PeerManager,
+        table: EndpointTable,
+        rows: Callable[[], Sequence[PeerRowWithEndpoint]],
+        *,
+        dead_s: float = 6.0,
+        tap_factory: Callable[[int], ProbeTap] = ProbeTap,
+    ) -> None:
+        self.port = port
+        self._peers = peers
+        self._table = table
+        self._rows = rows
+        self.dead_s = dead_s
+        self._tap_factory = tap_factory
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self.punched: dict[str, _Punched] = {}  # public key → its direct path
+        self.counters: Counter[str] = Counter()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "direct_peers": {
+                p.session_id: {"endpoint": p.endpoint, "how": p.how} for p in self.punched.values()
+            },
+        }
+
+    def handle(self, message: Punch) -> None:
+        peer = self._peers.sessions.get(message.public_key)
+        if peer is None or peer.session_id != message.session_id:
+            self.counters["punch_no_session"] += 1
+            log.info("punch for no current session ignored", extra={"session": message.session_id})
+            return
+        old = self._tasks.pop(message.public_key, None)
+        if old is not None:
+            old.cancel()
+        body = self._steer(message, peer) if message.steer else self._punch(message, peer)
+        task = asyncio.get_running_loop().create_task(body, name="punch")
+        self._tasks[message.public_key] = task
+        task.add_done_callback(lambda t: self._done(message.public_key, t))
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    def _done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["punch_failed"] += 1
+            log.warning("hole punch failed", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks.values(), *([self._watch] if self._watch else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._watch = None
+
+    # ---- punching ---------------------------------------------------------------------
+
+    async def _punch(self, message: Punch, peer: DesiredPeer) -> None:
+        try:
+            tap = self._tap_factory(self.port)
+        except HiggsError as exc:
+            self.counters["punch_no_tap"] += 1
+            log.warning("cannot punch: no probe tap", extra={"why": str(exc)})
+            return
+        try:
+            heard = await exchange(
+                tap,
+                bytes.fromhex(message.nonce),
+                message.peer_endpoint,
+                message.at,
+                message.window_s,
+            )
+        finally:
+            tap.close()
+        if not heard:
+            self.counters["punch_unanswered"] += 1
+            log.info(
+                "hole punch: no probe from the client; staying on the relay",
+                extra={"session": message.session_id, "client": message.peer_endpoint},
+            )
+            return
+        await self._move(peer, message.peer_endpoint, "punched")
+        self.counters["punched"] += 1
+        log.info(
+            "hole punched: the peer's endpoint moved to the client's public address",
+            extra={"session": message.session_id, "client": message.peer_endpoint},
+        )
+
+    async def _steer(self, message: Punch, peer: DesiredPeer) -> None:
+        await asyncio.sleep(max(0.0, message.at - time.time()))
+        before = self._row(peer.public_key)
+        rx0 = before.rx_bytes if before is not None else 0
+        await self._move(peer, message.peer_endpoint, "steered")
+        self.punched.pop(peer.public_key, None)  # judged below, not by the watch
+        await asyncio.sleep(message.window_s)
+        row = await asyncio.to_thread(self._row, peer.public_key)
+        followed = row is not None and row.endpoint == message.peer_endpoint and row.rx_bytes > rx0
+        if followed:
+            assert row is not None
+            self.punched[peer.public_key] = _Punched(
+                peer.session_id, message.peer_endpoint, "steered", row.rx_bytes, time.monotonic()
+            )
+            self.counters["steered"] += 1
+            log.info(
+                "steered: the client roamed to the node's address",
+                extra={"session": message.session_id},
+            )
+            return
+        self.counters["steer_not_followed"] += 1
+        log.info(
+            "steering: the client did not follow (its NAT filters); back to the relay",
+            extra={"session": message.session_id},
+        )
+        await self._back_to_relay(peer)
+
+    async def _move(self, peer: DesiredPeer, endpoint: str, how: str) -> None:
+        ips = self._peers.allowed_ips(peer)
+        await asyncio.to_thread(
+            self._table.set_endpoint, peer.public_key, ips, endpoint, PUNCH_KEEPALIVE_S
+        )
+        row = await asyncio.to_thread(self._row, peer.public_key)
+        self.punched[peer.public_key] = _Punched(
+            peer.session_id, endpoint, how, row.rx_bytes if row else 0, time.monotonic()
+        )
+
+    async def _back_to_relay(self, peer: DesiredPeer, *, rehandshake: bool = False) -> None:
+        """``rehandshake``: the path died, perhaps with our public address (the relay then
+        knows us by the old one and forwards only after a handshake): a re-added peer
+        initiates one at once, from wherever we are now."""
+        self.punched.pop(peer.public_key, None)
+        if peer.relay_endpoint is None:
+            return  # a WebSocket-relayed peer: the client's packets bring WireGuard back
+        ips = self._peers.allowed_ips(peer)
+
+        def move() -> None:
+            assert peer.relay_endpoint is not None
+            if rehandshake:
+                self._table.remove_peer(peer.public_key)
+            self._table.set_endpoint(peer.public_key, ips, peer.relay_endpoint, RELAY_KEEPALIVE_S)
+
+        await asyncio.to_thread(move)
+
+    def _row(self, key: str) -> PeerRowWithEndpoint | None:
+        return next((r for r in self._rows() if r.public_key == key), None)
+
+    # ---- watching ---------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            if not self.punched:
+                continue
+            try:
+                rows = {r.public_key: r for r in await asyncio.to_thread(self._rows)}
+            except Exception as exc:
+                log.warning("cannot read peers", extra={"why": str(exc)})
+                continue
+            now = time.monotonic()
+            for key, state in list(self.punched.items()):
+                peer = self._peers.sessions.get(key)
+                row = rows.get(key)
+                if peer is None or row is None or peer.session_id != state.session_id:
+                    self.punched.pop(key, None)
+                    continue
+                if row.rx_bytes > state.last_rx:
+                    state.last_rx, state.last_rx_at = row.rx_bytes, now
+                if row.endpoint != state.endpoint:
+                    # The client came back by another path (WireGuard roamed): keep the relay's
+                    # keepalive again.
+                    self.counters["punch_roamed_away"] += 1
+                    await self._back_to_relay(peer)
+                elif now - state.last_rx_at > self.dead_s:
+                    self.counters["punch_lost"] += 1
+                    log.warning(
+                        "direct path lost: nothing from the client for %.0fs; back to the relay",
+                        self.dead_s,
+                        extra={"session": state.session_id},
+                    )
+                    await self._back_to_relay(peer, rehandshake=True)

@@ -1,0 +1,24 @@
+"""PathWatch: when a direct or punched path is provoked and when it is declared dead."""
+
+from __future__ import annotations
+
+from higgs.client.punch import PathWatch
+
+
+def test_growing_counter_is_ok_and_silence_provokes_then_kills() -> None:
+    watch = PathWatch(dead_s=6.0, provoke_after_s=1.5)
+    assert watch.observe(100, 0.0) == "ok"
+    assert watch.observe(200, 1.0) == "ok"
+    assert watch.observe(200, 2.0) == "ok"  # 1 s quiet
+    assert watch.observe(200, 3.0) == "provoke"
+    assert watch.observe(200, 7.0) == "provoke"  # 6 s quiet: not yet more than dead_s
+    assert watch.observe(200, 7.1) == "dead"
+
+
+def test_an_answer_to_the_provocation_resets_the_clock() -> None:
+    watch = PathWatch(dead_s=6.0, provoke_after_s=1.5)
+    watch.reset(10, 0.0)
+    assert watch.observe(10, 5.0) == "provoke"
+    assert watch.observe(50, 5.5) == "ok"
+    assert watch.observe(50, 11.0) == "provoke"
+    assert watch.observe(50, 11.6) == "dead"
