@@ -255,6 +255,11 @@ class Forwarder:
             return
         if b.client is None or b.node is None:
             return
+        if self._local(b.client[0]) or self._local(b.node[0]):
+            # A leg on this host (the WebSocket relay's bridge beside an embedded relay):
+            # its packets pass the OUTPUT/INPUT hooks, never the PREROUTING DNAT, so the
+            # kernel path cannot carry them; this thread does.
+            return
         try:
             self.kernel.add(session.spec.port, b.client, b.node)
         except Exception as exc:  # the userspace path keeps carrying the session
@@ -263,6 +268,9 @@ class Forwarder:
             session.withdrawn_until = self._clock() + 30.0  # retried, not every tick
             return
         session.kernel = (b.client, b.node)
+
+    def _local(self, ip: str) -> bool:
+        return ip == self.relay_ip or ip.startswith("127.") or ip == "::1"
 
     def _withdraw(self, session: _Session) -> None:
         if self.kernel is None or session.kernel is None:
@@ -275,8 +283,18 @@ class Forwarder:
             log.warning("relay port %d: removing the kernel flow: %s", session.spec.port, exc)
 
     def _tick(self, now: float) -> None:
-        if self.kernel is None:
-            return
+        kernel = userspace = 0
         for session in self._sessions.values():
-            if session.kernel is None and session.binding.bound and now >= session.withdrawn_until:
+            if not session.binding.bound:
+                continue
+            if (
+                self.kernel is not None
+                and session.kernel is None
+                and now >= session.withdrawn_until
+            ):
                 self._offload(session)
+            if session.kernel is not None:
+                kernel += 1
+            else:
+                userspace += 1
+        self.stats.flows_kernel, self.stats.flows_userspace = kernel, userspace
