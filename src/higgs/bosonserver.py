@@ -113,7 +113,8 @@ def _serve_with_relay(argv: list[str]) -> int:
     thread = threading.Thread(target=reconciler.run, args=(stop,), name="udp-relay-sync")
     thread.start()
     try:
-        return server_cli.main(argv)
+        # The relay's counters join the server's /metrics and the dashboard's relay page.
+        return server_cli.main(argv, collectors=[relay.collector])
     finally:
         stop.set()
         thread.join(timeout=30)
