@@ -36,6 +36,7 @@ __all__ = [
     "RelayLease",
     "Session",
     "UTCDateTime",
+    "WebSessionRow",
 ]
 
 
@@ -215,3 +216,14 @@ class RelayLease(Base):
     client_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     node_seen: Mapped[str | None] = mapped_column(String(64), default=None)
     bound_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebSessionRow(Base):
+    """A logged-in operator's browser (/admin). Only the SHA-256 of the cookie's id is kept:
+    the database alone logs no one in. The CSRF token is derived from the id, not stored."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
