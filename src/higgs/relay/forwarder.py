@@ -75,6 +75,7 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.relay_ip, self.stats, self.kernel, self._clock = relay_ip, stats, kernel, clock
+        self._family = socket.AF_INET6 if ":" in relay_ip else socket.AF_INET
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -146,7 +147,7 @@ class Forwarder:
     def _add(self, spec: SessionSpec) -> None:
         if spec.port in self._sessions:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
@@ -204,6 +205,7 @@ class Forwarder:
     def _drain(self, session: _Session) -> None:
         sock, binding, stats = session.sock, session.binding, self.stats
         now = self._clock()
+        v6 = self._family == socket.AF_INET6
         for _ in range(BATCH):
             try:
                 data, source = sock.recvfrom(_MAX_DATAGRAM)
@@ -212,6 +214,8 @@ class Forwarder:
             except OSError as exc:  # ICMP port unreachable from a leg, reported here
                 log.debug("relay port %d: %s", session.spec.port, exc)
                 continue
+            if v6:
+                source = source[:2]  # (host, port, flowinfo, scope): a leg is host and port
             if session.kernel is not None and source in session.kernel:
                 # The tail of what was queued before the flow went into the kernel: sending it
                 # from our socket would make a conntrack entry that clashes with the kernel's.

@@ -47,7 +47,7 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
 def _add_udp_relay_options(p: argparse.ArgumentParser) -> None:
     """The UDP relay's settings (docs/protocol.md §5); the relay itself is started by the
     composition root (higgs.bosonserver), never by the server."""
-    p.add_argument("--udp-relay-address", help="IPv4 address of the UDP relay (default: none)")
+    p.add_argument("--udp-relay-address", help="UDP relay address, IPv4 or IPv6 (default: none)")
     p.add_argument("--udp-relay-ports", help="FIRST-LAST relay ports (default 40000-49999)")
     p.add_argument(
         "--udp-relay-userspace", action="store_const", const=True, help="no kernel forwarding"

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from higgs.protocol import api
 from higgs.protocol.relay import FRAME_DATA, HEADER_SIZE, MAX_FRAME_SIZE, RECORD_HEADER_SIZE
 
 if TYPE_CHECKING:
@@ -93,10 +94,8 @@ def datagrams_of(payload: bytes) -> Iterator[bytes]:
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     """``ip:port`` or ``[v6]:port`` (the lease's endpoint); ValueError names what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"UDP relay endpoint {text!r} is not ip:port")
-    return str(ipaddress.ip_address(host.strip("[]"))), int(port)
+    host, port = api.parse_endpoint(text)
+    return str(ipaddress.ip_address(host)), port
 
 
 @dataclass(slots=True)
