@@ -323,7 +323,7 @@ def test_two_wireguard_go_peers_through_the_relay_over_ipv6(lab6: Lab) -> None:
     status = wait_for("the bind", lambda: (s := lab6.status())["binds"] == 1 and s)
     assert status["legs"][str(PORT)] == {"client": "[fd00:1::2]:51820", "node": "[fd00:2::2]:51820"}
     assert ping_ok(lab6.client, 10)
-    assert lab6.status()["userspace_packets"] >= 20
+    wait_for("the userspace counters", lambda: lab6.status()["userspace_packets"] >= 20)
     # SIGKILL and a restart: the successor undoes, serves again, the peers bind again.
     lab6.stop_relay(signal.SIGKILL)
     lab6.start_relay(userspace=False)

@@ -23,3 +23,18 @@ def test_a_v6_relay_address_is_normalised_and_bracketed(tmp_path: Path) -> None:
     assert UdpLeases(db=Any, settings=v4).endpoint(40001) == "198.51.100.10:40001"  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="udp_relay_address"):
         ServerSettings(data_dir=tmp_path, udp_relay_address="relay.example")
+
+
+def test_the_node_is_told_a_v6_relay_endpoint_and_a_bad_one_is_refused() -> None:
+    from higgs.protocol.control import PeerAdd
+
+    base: dict[str, Any] = {
+        "session_id": "s_" + "a" * 20, "channel": 1, "relayed": True, "address": "10.77.0.5/32",
+        "public_key": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=",
+    }  # fmt: skip
+    add = PeerAdd(**base, relay_endpoint="[2001:db8::10]:40000")
+    assert add.model_dump(mode="json")["relay_endpoint"] == "[2001:db8::10]:40000"
+    assert PeerAdd(**base, relay_endpoint="198.51.100.10:40000").relay_endpoint
+    for bad in ("2001:db8::10:40000", "[198.51.100.10]:40000", "[2001:db8::10]:0"):
+        with pytest.raises(ValidationError, match="relay_endpoint"):
+            PeerAdd(**base, relay_endpoint=bad)
