@@ -9,6 +9,7 @@ the shared database). Every other command is the server's own CLI.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 import threading
@@ -57,6 +58,10 @@ def _relay_pieces(
         port_range = PortRange.parse(ports)
     except ValueError as exc:
         raise _RelayError(f"udp_relay_ports: {exc}") from exc
+    try:
+        relay_ip = str(ipaddress.ip_address(relay_ip))  # the server's spelling of the leases
+    except ValueError as exc:
+        raise _RelayError(f"udp_relay_address: {exc}") from exc
     relay = UdpRelay(
         RelaySettings(relay_ip, state_dir, port_range, instance=instance, kernel=not userspace)
     )
@@ -113,7 +118,8 @@ def _serve_with_relay(argv: list[str]) -> int:
     thread = threading.Thread(target=reconciler.run, args=(stop,), name="udp-relay-sync")
     thread.start()
     try:
-        return server_cli.main(argv)
+        # The relay's counters join the server's /metrics and the dashboard's relay page.
+        return server_cli.main(argv, collectors=[relay.collector])
     finally:
         stop.set()
         thread.join(timeout=30)

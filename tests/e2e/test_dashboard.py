@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 XSS = '<img src=x onerror="window.__xss=1">'
 NODE_DASHBOARD_PORT = 9586
+UDP_PORTS = 10
 
 
 @dataclass
@@ -74,7 +75,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     lab = Lab().build()
     try:
         product = Product(lab)
-        product.start_server()
+        # With the UDP relay embedded (userspace: no host change), for the relay page's stats.
+        product.start_server(args=["--udp-relay-address", lab.server.ip,
+                                   "--udp-relay-ports", f"40000-{40000 + UDP_PORTS - 1}",
+                                   "--udp-relay-userspace"])  # fmt: skip
         product.provision("alice", "bob", "carol")
         with (
             Portal(lab.server.ns, lab.server.ip, API_PORT) as portal,
@@ -139,6 +143,17 @@ def test_login_then_node_comes_online_live_with_region_as_text(stack: Stack) -> 
         until(f"the {page} page live", lambda: b.find_element(By.ID, "live").text == "live")
         screenshot(b, page)
     assert "higgs_relay_datagrams" in b.find_element(By.ID, "relay").text
+    # The embedded UDP relay's own counters, handed to the server by the composition root.
+    udp = b.find_element(By.ID, "udp_summary").text
+    assert f"ports leased 0, free {UDP_PORTS}" in udp
+    assert "forwarded by the kernel 0 packets" in udp
+    assert "by userspace 0 packets" in udp
+    shown = {tuple(r[:2]) for r in stack.rows("udp")}
+    for row in [("higgs_udp_relay_packets_total", "path=kernel"),
+                ("higgs_udp_relay_packets_total", "path=userspace"),
+                ("higgs_udp_relay_ports", "state=leased"),
+                ("higgs_udp_relay_flows", "path=kernel")]:  # fmt: skip
+        assert row in shown, (row, shown)
 
 
 def test_revoke_a_client_and_its_session_disappears_live(stack: Stack) -> None:

@@ -4,8 +4,9 @@ no port forward, so the relay is its only UDP path.
 One lab per forwarding mode (module fixture, ``kernel`` then ``userspace``); in each:
 higgsvpn through the UDP relay (whoami sees the home router, DNS goes via the node, status
 and ``bosonserver sessions`` name the path), the client's public address changing mid-session
-(traffic resumes within 20 s), and a stock wireguard-go client configured only from
-``higgsvpn export``.
+(traffic resumes within 20 s), a stock wireguard-go client configured only from
+``higgsvpn export``, and a client whose network blocks UDP: it takes the WebSocket relay,
+which the server bridges to the session's UDP relay port, so the node speaks only UDP.
 """
 
 from __future__ import annotations
@@ -160,3 +161,127 @@ def test_a_stock_client_configured_only_from_higgsvpn_export(udp: System, tmp_pa
             "rule del table main suppress_prefixlength 0\nroute flush table 51821\n",
             check=False,
         )
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == name or (want and head == f"{name}{{{want}}}"):
+            total += float(value)
+    return total
+
+
+BLOCK_TABLE = "hgtest_block_udp"
+
+
+def test_a_client_whose_network_blocks_udp_is_bridged_to_the_udp_relay(udp: System) -> None:
+    lab = udp.lab
+    client = udp.client()
+    with client.write_config().open("a") as fh:
+        fh.write("udp_relay_timeout_s = 3.0\n")  # the UDP relay cannot answer here: don't wait
+    router = lab.client_router
+    router.run(["nft", "-f", "-"], input=(
+        f"table inet {BLOCK_TABLE} {{\n chain forward {{\n"
+        "  type filter hook forward priority -50; policy accept;\n"
+        '  oifname "wan0" udp dport != 53 counter drop\n }\n}\n'
+    ))  # fmt: skip
+    try:
+        before = udp.server.metrics()
+        answer = client.connect()
+        assert answer["mode"] == "relay"
+        status = client.status()
+        assert status["mode"] == "relay"
+        assert "UDP relay" in status["path_why"]
+        check_tunnel(udp, client)  # whoami sees the home router, DNS goes via the node
+        after = udp.server.metrics()
+
+        def grew(name: str, **labels: str) -> float:
+            return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+        up = grew("higgs_relay_bridge_datagrams_total", direction="to_udp")
+        down = grew("higgs_relay_bridge_datagrams_total", direction="from_udp")
+        assert up > 0, "nothing went to the UDP relay port"
+        assert down > 0, "nothing came back from the UDP relay port"
+        assert grew("higgs_relay_bridge_fallback_datagrams_total") == 0  # no node-link data
+        # The relay bound the bridge as the client leg: the node's leg is its home router.
+        (row,) = [s for s in sessions(udp) if s["session_id"] == status["session_id"]]
+        legs = relay_status(udp)["legs"][str(row["relay_port"])]
+        assert legs["client"].startswith(RELAY_IP + ":")
+        assert legs["node"].startswith(home_public(lab) + ":")
+        blocked = router.run(["nft", "list", "table", "inet", BLOCK_TABLE]).stdout
+        assert re.search(r"counter packets [1-9]", blocked), "the client's UDP was never blocked"
+        client.disconnect()
+    finally:
+        router.run(["nft", "delete", "table", "inet", BLOCK_TABLE], check=False)
+
+
+def _relay_leftovers(system: System, session_id: str) -> dict[str, str]:
+    """What of the UDP relay is on the server host: our nft table, conntrack entries with our
+    mark (what our NAT made) or toward the session's relay port, the session's lease if its
+    session is still open. (Other tests' sessions stay open in this module's lab.)"""
+    from higgs.osnet.relaynat import RelayNatNames
+
+    server = system.lab.server
+    names = RelayNatNames.for_instance("")
+    left: dict[str, str] = {}
+    tables = server.run(["nft", "list", "tables"]).stdout
+    if names.table in tables:
+        left["nft"] = tables
+    db = system.server.data_dir / "bosonserver.db"
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", session_id), session_id  # safe to quote below
+    lease = f"select port from relay_leases where session_id = '{session_id}'"  # noqa: S608
+    port = server.run(["sqlite3", str(db), lease]).stdout.strip()
+    marked = server.run(["conntrack", "-L", "--mark", str(names.mark)], check=False).stdout
+    toward = server.run(["conntrack", "-L", "-p", "udp", "--orig-dst", RELAY_IP], check=False)
+    entries = [
+        line for line in toward.stdout.splitlines() if port and f"dport={port} " in line
+    ] + marked.strip().splitlines()
+    if entries:
+        left["conntrack"] = "\n".join(entries)
+    query = f"select count(*) from sessions where state = 'open' and id = '{session_id}'"  # noqa: S608
+    held = server.run(["sqlite3", str(db), query]).stdout.strip()
+    if held != "0":
+        left["leases"] = held
+    return left
+
+
+def test_the_server_and_its_relay_killed_mid_session_then_restarted(udp: System) -> None:
+    """Runs last in the module: it restarts the server. SIGKILL of ``bosonserver serve`` kills
+    the embedded relay with it; the next start undoes what it left and serves the still-open
+    session again; traffic resumes without the user doing anything."""
+    lab = udp.lab
+    mode = udp.mode  # type: ignore[attr-defined]
+    client = udp.client()
+    with client.write_config().open("a") as fh:
+        fh.write("udp_relay_timeout_s = 30.0\n")  # about restarts, not path timing: no hurry
+    answer = client.connect()
+    assert answer["mode"] == "udp_relay"
+    session_id = str(client.status()["session_id"])
+    wait_until("traffic through the UDP relay", lambda: pings(client.host, lab), 20)
+    if mode == "kernel":
+        wait_until("the kernel forwarding", lambda: relay_status(udp)["kernel_packets"] > 0, 10)
+    udp.server.kill()
+    if mode == "kernel":  # what the dead process left, for its successor to undo
+        assert "nft" in _relay_leftovers(udp, session_id)
+    killed = time.monotonic()
+    udp.server.start()
+    wait_until("traffic after the restart", lambda: pings(client.host, lab), 90, every=0.5)
+    gap = time.monotonic() - killed
+    print(f"\nUDP relay ({mode}) kill + restart: traffic back after {gap:.1f} s")
+    wait_until("both legs bound again", lambda: any(
+        v["client"] and v["node"] for v in relay_status(udp)["legs"].values()), 30)  # fmt: skip
+    assert lab.whoami(client.host)["ip"] == home_public(lab)
+
+    # --- stop: nothing of ours remains ----------------------------------------------------------
+    client.disconnect()  # the session closes: its lease is released, the node drops its peer
+    wait_until("the session closed", lambda: all(
+        s["session_id"] != session_id for s in sessions(udp)), 20)  # fmt: skip
+    time.sleep(2)  # the node's peer_remove: its keepalives would make new conntrack entries
+    udp.server.proc.popen.terminate()
+    udp.server.proc.popen.wait(60)
+    left = _relay_leftovers(udp, session_id)
+    assert left == {}, left
+    assert not (udp.server.data_dir / "relay" / "relay-status.json").exists()
+    udp.server.start()  # the module's teardown stops it as usual

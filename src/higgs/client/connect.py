@@ -235,9 +235,10 @@ class Connector:
 
     async def _resolve(self, host: str) -> list[str]:
         """IPv4 addresses of a control host, resolved before the tunnel is up (while the
-        system resolver still works) and remembered for later route changes."""
+        system resolver still works) and remembered for later route changes. An address
+        literal is itself, IPv6 too (a UDP relay's ``[v6]:port``)."""
         try:
-            return [str(ipaddress.IPv4Address(host))]
+            return [str(ipaddress.ip_address(host))]
         except ValueError:
             pass
         if host not in self._resolved:

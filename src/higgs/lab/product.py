@@ -67,7 +67,8 @@ class Product:
         argv += ["--data-dir", str(self.workdir / "bosonserver")]
         return self.lab.server.run(argv, timeout=timeout).stdout.strip()
 
-    def start_server(self, *, timeout: float = 60) -> LabProcess:
+    def start_server(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
+        """``args``: more ``serve`` options (e.g. ``--udp-relay-address``)."""
         ip = self.lab.server.ip
         self.server_proc = self.lab.server.popen(
             [
@@ -77,6 +78,7 @@ class Product:
                 "--relay-listen", f"{ip}:{RELAY_PORT}",
                 "--public-url", self.server_url,
                 "--relay-url", f"ws://{ip}:{RELAY_PORT}",
+                *args,
             ],
             name="bosonserver",
         )  # fmt: skip

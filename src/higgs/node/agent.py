@@ -507,6 +507,7 @@ class Agent:
             tunnel_v6=self.host.tunnel_v6,
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted and not is_paused(s.state_dir),
+            on_removing=self.budget.settle,  # a removed peer's last bytes count this month
         )
         self.puncher = Puncher(s.listen_port, self.peers, table, table.peers)
         server = self.server or self.make_server_link()

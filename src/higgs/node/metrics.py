@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Budget:
     month: str = ""
     used_bytes: int = 0
     _last: dict[str, int] = field(default_factory=dict)
+    # update() runs on the event loop, settle() in the worker thread that removes peers.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: Path, cap_gb: float) -> Budget:
@@ -82,23 +85,37 @@ class Budget:
         if month != self.month:
             self.month, self.used_bytes = month, 0
 
+    def _delta(self, peer: PeerCounters) -> tuple[int, int]:
+        """(bytes moved since last counted, the peer's total now)."""
+        total = peer.rx_bytes + peer.tx_bytes
+        before = self._last.get(peer.public_key)
+        if before is None:
+            return total, total  # a peer we have not seen: everything it moved is new
+        if total >= before:
+            return total - before, total
+        return total, total  # the counter went down: a new peer under the same key
+
     def update(self, peers: Sequence[PeerCounters]) -> None:
         """Adds what each peer moved since the last call (a counter that went down restarted)."""
-        self._roll()
-        seen: dict[str, int] = {}
-        for peer in peers:
-            total = peer.rx_bytes + peer.tx_bytes
-            before = self._last.get(peer.public_key)
-            if before is None:
-                delta = total  # a peer we have not seen: everything it moved is new
-            elif total >= before:
-                delta = total - before
-            else:
-                delta = total
-            self.used_bytes += delta
-            seen[peer.public_key] = total
-        self._last = seen
-        self._save()
+        with self._lock:
+            self._roll()
+            seen: dict[str, int] = {}
+            for peer in peers:
+                delta, seen[peer.public_key] = self._delta(peer)
+                self.used_bytes += delta
+            self._last = seen
+            self._save()
+
+    def settle(self, peers: Sequence[PeerCounters]) -> None:
+        """The final counters of peers about to be removed: what they moved since the last
+        :meth:`update` would otherwise be lost with them. Their baseline stays until the next
+        update no longer sees them, so counters read before the removal add nothing twice."""
+        with self._lock:
+            self._roll()
+            for peer in peers:
+                delta, self._last[peer.public_key] = self._delta(peer)
+                self.used_bytes += delta
+            self._save()
 
     def _save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -81,6 +81,7 @@ class PeerManager:
         on_change: Callable[[list[str]], None] | None = None,
         accepting: Callable[[], bool] | None = None,
         tunnel_v6: ipaddress.IPv6Interface | None = None,
+        on_removing: Callable[[Sequence[PeerRow]], None] | None = None,
     ) -> None:
         self._table = table
         self._tunnel = tunnel
@@ -93,6 +94,20 @@ class PeerManager:
         # False when the node takes no new clients (its monthly volume is used up).
         self._accepting = accepting
         self.sessions: dict[str, DesiredPeer] = {}  # public key -> the session it belongs to
+        # Told the final counters of peers about to be removed (the monthly volume count).
+        self._on_removing = on_removing
+
+    def _remove_peers(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        if self._on_removing is not None:
+            wanted = set(keys)
+            try:
+                self._on_removing([r for r in self._table.peers() if r.public_key in wanted])
+            except Exception as exc:  # counting must not keep a peer that has to go
+                log.warning("cannot count removed peers", extra={"why": str(exc)})
+        for key in keys:
+            self._table.remove_peer(key)
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -177,8 +192,8 @@ class PeerManager:
             wanted[peer.public_key] = peer
             taken[str(ipaddress.ip_network(peer.address, strict=False))] = peer.public_key
         removed = [key for key in present if key not in wanted]
+        self._remove_peers(removed)
         for key in removed:
-            self._table.remove_peer(key)
             self.sessions.pop(key, None)
         for key in list(self.sessions):
             if key not in wanted:
@@ -210,6 +225,6 @@ class PeerManager:
         if current is not None and current.session_id != session_id:
             return False
         self.sessions.pop(public_key, None)
-        self._table.remove_peer(public_key)
+        self._remove_peers([public_key])
         self._changed()
         return True

@@ -97,9 +97,12 @@ class Peer(_Message):
     def _relay_endpoint(cls, value: str | None) -> str | None:
         if value is not None:
             host, _, port = value.rpartition(":")
-            ipaddress.IPv4Address(host)
+            if host.startswith("[") and host.endswith("]"):
+                ipaddress.IPv6Address(host[1:-1])  # an IPv6 relay: [addr]:port
+            else:
+                ipaddress.IPv4Address(host)
             if not port.isdigit() or not 1 <= int(port) <= 65535:
-                raise ValueError("relay_endpoint must look like IPv4:port")
+                raise ValueError("relay_endpoint must look like IPv4:port or [IPv6]:port")
         return value
 
     @field_validator("public_key")

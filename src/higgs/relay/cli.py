@@ -8,6 +8,7 @@ Stops on SIGTERM/SIGINT, undoing every host change it made.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import threading
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ class RelayConfigError(HiggsError):
 
 
 def add_relay_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--relay-ip", help="this host's IPv4 address both legs reach (required)")
+    p.add_argument("--relay-ip", help="this host's IPv4 or IPv6 address both legs reach (required)")
     p.add_argument("--relay-ports", help="FIRST-LAST (default 40000-49999)")
     p.add_argument(
         "--relay-state-dir",
@@ -53,13 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, default_state: Path) -> RelaySettings:
     if not args.relay_ip:
-        raise RelayConfigError("relay_ip: give --relay-ip (an IPv4 address of this host)")
+        raise RelayConfigError("relay_ip: give --relay-ip (an address of this host)")
+    try:
+        relay_ip = str(ipaddress.ip_address(args.relay_ip))
+    except ValueError as exc:
+        raise RelayConfigError(f"relay_ip: {exc}") from exc
     try:
         ports = PortRange.parse(args.relay_ports or "40000-49999")
     except ValueError as exc:
         raise RelayConfigError(f"relay_ports: {exc}") from exc
     return RelaySettings(
-        relay_ip=args.relay_ip,
+        relay_ip=relay_ip,
         state_dir=args.relay_state_dir or default_state,
         ports=ports,
         instance=args.relay_instance,

@@ -16,7 +16,9 @@ __all__ = ["DbSource"]
 
 
 def _fmt(addr: Addr | None) -> str | None:
-    return None if addr is None else f"{addr[0]}:{addr[1]}"
+    if addr is None:
+        return None
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 def _addr(text: str | None) -> Addr | None:

@@ -78,6 +78,7 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.relay_ip, self.stats, self.kernel, self._clock = relay_ip, stats, kernel, clock
+        self._family = socket.AF_INET6 if ":" in relay_ip else socket.AF_INET
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -149,7 +150,7 @@ class Forwarder:
     def _add(self, spec: SessionSpec) -> None:
         if spec.port in self._sessions:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
@@ -209,6 +210,7 @@ class Forwarder:
     def _drain(self, session: _Session) -> None:
         sock, binding, stats = session.sock, session.binding, self.stats
         now = self._clock()
+        v6 = self._family == socket.AF_INET6
         for _ in range(BATCH):
             try:
                 data, source = sock.recvfrom(_MAX_DATAGRAM)
@@ -217,6 +219,8 @@ class Forwarder:
             except OSError as exc:  # ICMP port unreachable from a leg, reported here
                 log.debug("relay port %d: %s", session.spec.port, exc)
                 continue
+            if v6:
+                source = source[:2]  # (host, port, flowinfo, scope): a leg is host and port
             if session.kernel is not None and source in session.kernel:
                 # The tail of what was queued before the flow went into the kernel: sending it
                 # from our socket would make a conntrack entry that clashes with the kernel's.
@@ -260,6 +264,11 @@ class Forwarder:
             return
         if b.client is None or b.node is None:
             return
+        if self._local(b.client[0]) or self._local(b.node[0]):
+            # A leg on this host (the WebSocket relay's bridge beside an embedded relay):
+            # its packets pass the OUTPUT/INPUT hooks, never the PREROUTING DNAT, so the
+            # kernel path cannot carry them; this thread does.
+            return
         try:
             self.kernel.add(session.spec.port, b.client, b.node)
         except Exception as exc:  # the userspace path keeps carrying the session
@@ -268,6 +277,9 @@ class Forwarder:
             session.withdrawn_until = self._clock() + 30.0  # retried, not every tick
             return
         session.kernel = (b.client, b.node)
+
+    def _local(self, ip: str) -> bool:
+        return ip == self.relay_ip or ip.startswith("127.") or ip == "::1"
 
     def _withdraw(self, session: _Session) -> None:
         if self.kernel is None or session.kernel is None:
@@ -280,8 +292,18 @@ class Forwarder:
             log.warning("relay port %d: removing the kernel flow: %s", session.spec.port, exc)
 
     def _tick(self, now: float) -> None:
-        if self.kernel is None:
-            return
+        kernel = userspace = 0
         for session in self._sessions.values():
-            if session.kernel is None and session.binding.bound and now >= session.withdrawn_until:
+            if not session.binding.bound:
+                continue
+            if (
+                self.kernel is not None
+                and session.kernel is None
+                and now >= session.withdrawn_until
+            ):
                 self._offload(session)
+            if session.kernel is not None:
+                kernel += 1
+            else:
+                userspace += 1
+        self.stats.flows_kernel, self.stats.flows_userspace = kernel, userspace

@@ -2,7 +2,8 @@
 
 Families: ``higgs_udp_relay_packets_total{path}`` / ``..._bytes_total{path}`` (path ``kernel``
 read from the nft counter, ``userspace`` counted by the forwarder), ``..._binds_total``,
-``..._rebinds_total``, ``..._dropped_total{reason}``, ``..._ports{state=leased|free}``.
+``..._rebinds_total``, ``..._dropped_total{reason}``, ``..._ports{state=leased|free}``,
+``..._flows{path=kernel|userspace}`` (sessions with both legs bound, by who forwards them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class RelayStats:
     drops: dict[str, int] = field(default_factory=dict)
     ports_leased: int = 0
     ports_total: int = 0
+    flows_kernel: int = 0  # bound sessions the kernel forwards
+    flows_userspace: int = 0  # bound sessions the forwarder thread carries
 
     def drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -77,3 +80,7 @@ class UdpRelayCollector(Collector):
         ports.add_metric(["leased"], s.ports_leased)
         ports.add_metric(["free"], max(0, s.ports_total - s.ports_leased))
         yield ports
+        flows = GaugeMetricFamily("higgs_udp_relay_flows", "Bound sessions", labels=["path"])
+        flows.add_metric(["kernel"], s.flows_kernel)
+        flows.add_metric(["userspace"], s.flows_userspace)
+        yield flows

@@ -51,7 +51,9 @@ def status_of(relay: UdpRelay) -> dict[str, Any]:
 
 
 def _addr(addr: tuple[str, int] | None) -> str | None:
-    return None if addr is None else f"{addr[0]}:{addr[1]}"
+    if addr is None:
+        return None
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 class Reconciler:

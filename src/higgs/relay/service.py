@@ -31,7 +31,7 @@ Mode = Literal["kernel", "userspace"]
 
 @dataclass(frozen=True)
 class RelaySettings:
-    relay_ip: str  # an address of this host that both legs reach (IPv4)
+    relay_ip: str  # an address of this host that both legs reach (IPv4 or IPv6)
     state_dir: Path
     ports: PortRange = field(default_factory=lambda: PortRange(*DEFAULT_RANGE))
     instance: str = ""
@@ -83,6 +83,9 @@ class UdpRelay:
             nat: RelayNat | None = None
             if not s.kernel:
                 self.why = "kernel forwarding switched off"
+            elif ":" in s.relay_ip:
+                # The nft table and its maps are IPv4 (docs/protocol.md §5.3).
+                self.why = "kernel forwarding is IPv4 only: IPv6 flows take the userspace path"
             elif not RelayNat.is_supported(self.runner):
                 self.why = "nftables or conntrack unavailable here"
             else:

@@ -16,13 +16,14 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from higgs.common.errors import HiggsError
 from higgs.common.tls import harden, server_context
@@ -137,10 +138,20 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class BosonServer:
-    def __init__(self, settings: ServerSettings, hub_factory: HubFactory | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        hub_factory: HubFactory | None = None,
+        *,
+        collectors: Sequence[Collector] = (),
+    ) -> None:
         self.settings = settings
         self._hub_factory = hub_factory or relay_hub_factory(settings)
         self.metrics = ServerMetrics()
+        # Read-only stats of what runs beside the server (the embedded UDP relay's): the
+        # composition root hands them in; the server never imports what produces them.
+        for collector in collectors:
+            self.metrics.registry.register(collector)
         self.new_admin_token: str | None = None  # set when this start created it
         self.api_url = ""
         self.relay_base = ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -28,6 +29,8 @@ from higgs.common.errors import ConfigError, HiggsError
 # and the database commands must not pay for the web stack (FastAPI, uvicorn: `serve` only)
 # nor Alembic (`migrate` only); SQLAlchemy and pydantic only once a command runs.
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from higgs.server.config import ServerSettings
     from higgs.server.store.db import Database
 
@@ -45,7 +48,7 @@ def _add_db_options(p: argparse.ArgumentParser) -> None:
 def _add_udp_relay_options(p: argparse.ArgumentParser) -> None:
     """The UDP relay's settings (docs/protocol.md §5); the relay itself is started by the
     composition root (higgs.bosonserver), never by the server."""
-    p.add_argument("--udp-relay-address", help="IPv4 address of the UDP relay (default: none)")
+    p.add_argument("--udp-relay-address", help="UDP relay address, IPv4 or IPv6 (default: none)")
     p.add_argument("--udp-relay-ports", help="FIRST-LAST relay ports (default 40000-49999)")
     p.add_argument(
         "--udp-relay-userspace", action="store_const", const=True, help="no kernel forwarding"
@@ -195,11 +198,11 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
 # --- commands --------------------------------------------------------------------------------
 
 
-async def _serve(settings: ServerSettings) -> int:
+async def _serve(settings: ServerSettings, collectors: Sequence[Collector] = ()) -> int:
     # Imported here: the web stack is only needed to serve, not for the database commands.
     from higgs.server.app import BosonServer
 
-    server = BosonServer(settings)
+    server = BosonServer(settings, collectors=collectors)
     await server.start()
     # Everything allocated so far (modules, the app, SQLAlchemy's caches) lives as long as
     # the process: keep it out of the collector's full passes, which otherwise walk it all
@@ -418,14 +421,14 @@ async def _device_revoke(db: Database, device_id: str) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, collectors: Sequence[Collector] = ()) -> int:
     settings = _settings(args)
     cmd = args.command
     if cmd != "migrate":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     action = getattr(args, "action", None)
     if cmd == "serve":
-        return _run(_serve(settings))
+        return _run(_serve(settings, collectors))
     if cmd == "migrate":
         return _run(_migrate(settings))
     if cmd == "enroll" and action == "create":
@@ -456,8 +459,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {cmd} {action}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), _dispatch, argv)
+def main(argv: Sequence[str] | None = None, *, collectors: Sequence[Collector] = ()) -> int:
+    """``collectors``: read-only metric sources the composition root hands ``serve`` (the
+    embedded UDP relay's stats): they appear in /metrics and on the dashboard's relay page."""
+    return run_cli(build_parser(), functools.partial(_dispatch, collectors=collectors), argv)
 
 
 if __name__ == "__main__":

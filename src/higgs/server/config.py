@@ -58,7 +58,7 @@ class ServerSettings(BaseModel):
     relay_dead_after_s: float = Field(default=45.0, gt=0, le=3600)
 
     # UDP relay (docs/protocol.md §5): the address both legs reach; None = no UDP relay.
-    udp_relay_address: str | None = Field(default=None, description="relay IPv4 address")
+    udp_relay_address: str | None = Field(default=None, description="relay IPv4 or IPv6 address")
     udp_relay_ports: str = Field(default="40000-49999", description="FIRST-LAST")
     udp_relay_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
     udp_relay_embedded: bool = Field(default=True, description="run it in the serve process")
@@ -112,7 +112,7 @@ class ServerSettings(BaseModel):
     @classmethod
     def _relay_address(cls, value: str | None) -> str | None:
         if value is not None:
-            ipaddress.IPv4Address(value)
+            return str(ipaddress.ip_address(value))  # one spelling: leases are keyed by it
         return value
 
     @field_validator("public_url")

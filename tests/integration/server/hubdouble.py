@@ -28,6 +28,7 @@ class RecordingHub:
     closed: list[tuple[str, str]] = field(default_factory=list)
     sent: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
     connected: set[str] = field(default_factory=set)
+    bridged: dict[str, str | None] = field(default_factory=dict)
     ssl_context: ssl.SSLContext | None = None
     started: bool = False
     stopped: bool = False
@@ -60,6 +61,9 @@ class RecordingHub:
     def close_session(self, session_id: str, reason: str) -> None:
         self.sessions.pop(session_id, None)
         self.closed.append((session_id, reason))
+
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        self.bridged[session_id] = endpoint
 
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
         delivered = node_id in self.connected

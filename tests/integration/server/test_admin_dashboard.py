@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
-from tests.integration.server.conftest import Harness
+from higgs.server.admin.routes import COOKIE
+from tests.integration.server.conftest import Harness, make_settings, start
 
 
 def _origin(srv: Harness) -> dict[str, str]:
@@ -108,3 +111,35 @@ async def test_values_from_nodes_are_escaped_and_stream_as_json(srv: Harness) ->
     srv.http.cookies.clear()  # the client keeps the session cookie: log out of it
     r = await srv.http.get("/admin/events/nodes")
     assert r.status_code == 401
+
+
+async def test_a_login_survives_a_server_restart(
+    tmp_path: Path, database: str | None, hub_factory: tuple[list[Any], Any]
+) -> None:
+    settings = make_settings(tmp_path, database)
+    async with start(settings, hub_factory) as first:
+        csrf = await _login(first)
+        sid = first.http.cookies[COOKIE]
+    async with start(settings, hub_factory) as second:  # a new process's state: only the DB
+        second.http.cookies.set(COOKIE, sid)
+        page = await second.http.get("/admin/clients")
+        assert page.status_code == 200, page.text
+        assert f'<meta name="csrf" content="{csrf}"' in page.text  # the same session
+        second.http.cookies.set(COOKIE, sid[:-2] + "xx")
+        assert (await second.http.get("/admin/clients")).status_code == 303  # to the login
+
+
+def test_the_path_column_shows_any_path_value_as_text() -> None:
+    from datetime import UTC, datetime
+
+    from higgs.protocol.api import AdminSession
+    from higgs.server.admin.views import _sessions
+
+    session = AdminSession.model_construct(
+        session_id="s_1", client="alice", node_id="n_1", mode="auto",
+        relay_datagrams=0, created_at=datetime.now(UTC),
+    )  # fmt: skip
+    for path in ("punched", "udp_relay", "<b>new</b>"):
+        data = _sessions(None, [session], lambda _s: (0, 0), {"s_1": path})  # type: ignore[arg-type]
+        (row,) = data["tables"]["sessions"]["rows"]
+        assert row[3] == f"{path} (asked: auto (direct or relay))"

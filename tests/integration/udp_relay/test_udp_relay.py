@@ -6,7 +6,7 @@
 Both forwarding modes: the binding, spoofing from other addresses (10,000 datagrams, incl.
 captured data with live receiver indices) redirects nothing while a ping runs, SIGKILL and a
 restart of the relay resume the traffic, and after stop no nft table or conntrack entry of the
-relay remains.
+relay remains. Then the same pair over IPv6 (both legs and the relay address v6).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class Lab:
     node_key: PrivateKey
     proc: subprocess.Popen[str] | None = None
     _dead_pid: int | None = None
+    relay_ip: str = RELAY_IP
 
     @property
     def state_dir(self) -> Path:
@@ -92,7 +93,7 @@ class Lab:
             return {}
 
     def start_relay(self, *, userspace: bool) -> None:
-        argv = [sys.executable, "-m", "higgs.relay", "--relay-ip", RELAY_IP,
+        argv = [sys.executable, "-m", "higgs.relay", "--relay-ip", self.relay_ip,
                 "--relay-ports", "40000-40009", "--relay-state-dir", str(self.state_dir),
                 "--relay-instance", self.instance,
                 "--relay-metrics-listen", "127.0.0.1:9419",
@@ -136,7 +137,8 @@ class Lab:
         return result.stdout if result.returncode == 0 else ""
 
     def conntrack(self) -> str:
-        return ns_run(self.relay, "conntrack", "-L", "-p", "udp", "--orig-dst", RELAY_IP).stdout
+        argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", self.relay_ip]
+        return ns_run(self.relay, *argv).stdout
 
 
 @pytest.fixture
@@ -266,3 +268,68 @@ def test_two_wireguard_go_peers_through_the_relay(lab: Lab, mode: str) -> None:
     journal = json.loads((lab.state_dir / "journal.json").read_text())
     assert journal["entries"] == []
     assert os.path.exists(lab.state_dir / "journal.json")
+
+
+RELAY_IP6 = "fd00:9::1"
+
+
+@pytest.fixture
+def lab6(namespaces: Namespaces, tmp_path: Path) -> Iterator[Lab]:
+    """The client and node legs and the relay address in IPv6; the tunnel inside stays v4."""
+    c, r, n = (namespaces.new(x) for x in ("c", "r", "n"))
+    veth(c, "vc", r, "rc")
+    veth(n, "vn", r, "rn")
+    sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    for ns, dev, addr in ((c, "vc", "fd00:1::2/64"), (r, "rc", "fd00:1::1/64"),
+                          (n, "vn", "fd00:2::2/64"), (r, "rn", "fd00:2::1/64"),
+                          (r, "lo", f"{RELAY_IP6}/128")):  # fmt: skip
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, "nodad")
+    for ns, gw in ((c, "fd00:1::1"), (n, "fd00:2::1")):
+        sh("ip", "-n", ns, "-6", "route", "add", "default", "via", gw)
+    ck, nk = PrivateKey.generate(), PrivateKey.generate()
+    write_sessions(tmp_path / "s.json", [SessionSpec("s_test", PORT, pub(ck), pub(nk))])
+    lab = Lab(c, r, n, "", tmp_path, namespaces.tag.replace("-", "")[:12], ck, nk,
+              relay_ip=RELAY_IP6)  # fmt: skip
+    with (
+        Journal(tmp_path / "jc" / "journal.json") as jc,
+        Journal(tmp_path / "jn" / "journal.json") as jn,
+    ):
+        wg_c = WireGuard(namespaces.ifname("c"), journal=jc, netns=c)
+        wg_n = WireGuard(namespaces.ifname("n"), journal=jn, netns=n)
+        for wg, key, address in ((wg_c, ck, "10.99.0.2/24"), (wg_n, nk, "10.99.0.1/24")):
+            wg.create()
+            wg.configure(key, listen_port=51820)
+            wg.set_addresses([address])
+            wg.up(mtu=1400)
+        endpoint = f"[{RELAY_IP6}]:{PORT}"
+        wg_n.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
+        wg_c.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
+        try:
+            yield lab
+        finally:
+            if lab.proc is not None:
+                lab.proc.kill()
+                lab.proc.wait()
+            jc.undo_all()
+            jn.undo_all()
+
+
+def test_two_wireguard_go_peers_through_the_relay_over_ipv6(lab6: Lab) -> None:
+    lab6.start_relay(userspace=False)  # kernel asked for: the v6 flow takes userspace
+    status = lab6.status()
+    assert status["mode"] == "userspace"
+    assert "IPv4 only" in status["why"]
+    wait_for("a ping through the relay over IPv6", lambda: ping_ok(lab6.client))
+    status = wait_for("the bind", lambda: (s := lab6.status())["binds"] == 1 and s)
+    assert status["legs"][str(PORT)] == {"client": "[fd00:1::2]:51820", "node": "[fd00:2::2]:51820"}
+    assert ping_ok(lab6.client, 10)
+    wait_for("the userspace counters", lambda: lab6.status()["userspace_packets"] >= 20)
+    # SIGKILL and a restart: the successor undoes, serves again, the peers bind again.
+    lab6.stop_relay(signal.SIGKILL)
+    lab6.start_relay(userspace=False)
+    wait_for("traffic after the restart", lambda: ping_ok(lab6.client), timeout=60)
+    sh("ip", "-n", lab6.client, "link", "set", "vc", "down")
+    sh("ip", "-n", lab6.node, "link", "set", "vn", "down")
+    lab6.stop_relay()
+    assert lab6.conntrack().strip() == ""
+    assert not (lab6.state_dir / STATUS_FILE).exists()

@@ -59,3 +59,18 @@ def test_damaged_budget_file_starts_from_zero(tmp_path: Path) -> None:
     assert b.used_bytes == 0
     assert b.left_mb is None
     assert not b.exhausted
+
+
+def test_a_peer_removed_between_heartbeats_still_counts_its_last_bytes(tmp_path: Path) -> None:
+    b = Budget.load(tmp_path / "budget.json", cap_gb=0)
+    b.update([Row("a", 100, 0, 0), Row("b", 10, 0, 0)])
+    b.settle([Row("a", 400, 50, 0)])  # its final counters, right before its removal
+    assert b.used_bytes == 460
+    # A heartbeat whose rows were read before the removal adds nothing twice ...
+    b.update([Row("a", 400, 50, 0), Row("b", 30, 0, 0)])
+    assert b.used_bytes == 480
+    # ... and once it is gone, the same key as a new peer counts from zero.
+    b.update([Row("b", 30, 0, 0)])
+    b.update([Row("a", 5, 0, 0), Row("b", 30, 0, 0)])
+    assert b.used_bytes == 485
+    assert json.loads((tmp_path / "budget.json").read_text())["used_bytes"] == 485

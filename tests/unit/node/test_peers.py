@@ -137,3 +137,24 @@ def test_with_ipv6_each_peer_also_gets_its_derived_ipv6_address() -> None:
         K1: ("10.77.0.5/32", "fd12:3456:789a::5/128"),
         K2: ("10.77.0.6/32", "fd12:3456:789a::6/128"),
     }
+
+
+def test_the_final_counters_of_removed_peers_are_told_before_they_go() -> None:
+    table = Table(rows={K1: ("10.77.0.5/32",), K2: ("10.77.0.6/32",), K3: ("10.77.0.7/32",)})
+    told: list[tuple[list[str], dict[str, tuple[str, ...]]]] = []
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        on_removing=lambda rows: told.append(([r.public_key for r in rows], dict(table.rows))),
+    )
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), peer(K2, "10.77.0.6/32", "s2"),
+            peer(K3, "10.77.0.7/32", "s3")])  # fmt: skip
+    assert told == []
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), peer(K2, "10.77.0.6/32", "s2")])
+    assert told[-1][0] == [K3]
+    assert K3 in told[-1][1]  # read while the peer was still there
+    assert m.remove(K2, "s2")
+    assert told[-1][0] == [K2]
+    assert K2 in told[-1][1]
+    assert K2 not in table.rows

@@ -39,6 +39,7 @@ class Hub:
     closed: list[tuple[str, str]] = field(default_factory=list)
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     allowed: dict[str, str] = field(default_factory=dict)
+    bridged: dict[str, str | None] = field(default_factory=dict)
 
     def allow_node(self, node_id: str, token_hash: str) -> None:
         self.allowed[node_id] = token_hash
@@ -51,6 +52,9 @@ class Hub:
 
     def close_session(self, session_id: str, reason: str) -> None:
         self.closed.append((session_id, reason))
+
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        self.bridged[session_id] = endpoint
 
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
         self.sent.append((node_id, message))

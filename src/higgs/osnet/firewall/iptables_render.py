@@ -255,7 +255,7 @@ def _kill_switch(plan: KillSwitchPolicy, fam: Family) -> ChainSet:
         lan = plan.lan_v4 if fam == 4 else plan.lan_v6
         out += [f"-d {n} -j RETURN" for n in lan]
         inp += [f"-s {n} -j RETURN" for n in lan]
-    if fam == 6 and (plan.allow_lan or not plan.block_ipv6_unless_tunnelled):
+    if fam == 6 and plan.needs_neighbour_discovery:
         for t in (133, 134, 135, 136):
             out.append(f"-p ipv6-icmp --icmpv6-type {t} -j RETURN")
             inp.append(f"-p ipv6-icmp --icmpv6-type {t} -j RETURN")

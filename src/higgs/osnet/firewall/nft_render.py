@@ -234,7 +234,7 @@ def render_kill_switch(plan: KillSwitchPolicy) -> str:
     if plan.allow_lan:
         out += ["ip daddr @lan4 accept", "ip6 daddr @lan6 accept"]
         inp += ["ip saddr @lan4 accept", "ip6 saddr @lan6 accept"]
-    if plan.allow_lan or not plan.block_ipv6_unless_tunnelled:
+    if plan.needs_neighbour_discovery:
         # Without neighbour discovery no IPv6 on the link works at all.
         nd = (
             "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, "

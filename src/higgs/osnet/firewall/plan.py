@@ -353,5 +353,15 @@ class KillSwitchPolicy:
     def lan_v6(self) -> tuple[ipaddress.IPv6Network, ...]:
         return _v6(self.lan_ranges)
 
+    @property
+    def needs_neighbour_discovery(self) -> bool:
+        """IPv6 on the link must resolve its neighbours: for the LAN, for unblocked IPv6, or
+        to reach an IPv6 endpoint (a UDP relay on an IPv6 address) while IPv6 is blocked."""
+        return (
+            self.allow_lan
+            or not self.block_ipv6_unless_tunnelled
+            or any(ipaddress.ip_address(ep.address).version == 6 for ep in self.endpoints)
+        )
+
 
 Plan: TypeAlias = NodePolicy | KillSwitchPolicy

@@ -64,8 +64,8 @@ def _render(name: str, status: int = 200, **values: Any) -> Response:
     return _headers(HTMLResponse(html, status_code=status))
 
 
-def _session(request: Request) -> WebSession | None:
-    return _ctx(request).admin_sessions.get(request.cookies.get(COOKIE))
+async def _session(request: Request) -> WebSession | None:
+    return await _ctx(request).admin_sessions.get(request.cookies.get(COOKIE))
 
 
 def _to_login() -> Response:
@@ -78,7 +78,7 @@ def _origin_ok(request: Request) -> bool:
 
 
 async def _page(request: Request, page: str, notice: str = "", secret: str = "") -> Response:
-    session = _session(request)
+    session = await _session(request)
     if session is None:
         return _to_login()
     data = await page_data(_ctx(request), page)
@@ -112,7 +112,7 @@ async def login(request: Request, token: Annotated[str, Form(max_length=200)] = 
     except ServiceError:
         log.warning("admin dashboard login refused", extra={"addr": host})
         return _render("login.html", 401, error="that is not the admin token")
-    sid, _ = ctx.admin_sessions.create()
+    sid, _ = await ctx.admin_sessions.create()
     response = _headers(RedirectResponse("/admin/", status_code=303))
     response.headers["Set-Cookie"] = cookie_header(
         COOKIE, sid, path="/admin", secure=_secure(request),
@@ -123,7 +123,7 @@ async def login(request: Request, token: Annotated[str, Form(max_length=200)] = 
 
 
 async def _checked(request: Request, csrf: str) -> WebSession | Response:
-    session = _session(request)
+    session = await _session(request)
     if session is None:
         return _to_login()
     if not _origin_ok(request) or not _ctx(request).admin_sessions.check_csrf(session, csrf):
@@ -136,7 +136,7 @@ async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Respons
     checked = await _checked(request, csrf)
     if isinstance(checked, Response):
         return checked
-    _ctx(request).admin_sessions.drop(request.cookies.get(COOKIE))
+    await _ctx(request).admin_sessions.drop(request.cookies.get(COOKIE))
     response = _to_login()
     response.headers["Set-Cookie"] = cookie_header(
         COOKIE, "", path="/admin", secure=_secure(request), max_age=0
@@ -168,7 +168,7 @@ async def static(name: str) -> Response:
 async def events(request: Request, page: str) -> Response:
     if page not in PAGES:
         return _headers(Response("no such page", status_code=404, media_type="text/plain"))
-    if _session(request) is None:
+    if await _session(request) is None:
         return _headers(Response("log in first", status_code=401, media_type="text/plain"))
     ctx = _ctx(request)
 
@@ -177,7 +177,7 @@ async def events(request: Request, page: str) -> Response:
         end = loop.time() + STREAM_S
         last = ""
         yield "retry: 2000\n\n"
-        while loop.time() < end and _session(request) is not None:
+        while loop.time() < end and await _session(request) is not None:
             if await request.is_disconnected():
                 return
             try:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from higgs.protocol.api import AdminNode, AdminSession
 from higgs.server.api.deps import ApiContext
 from higgs.server.services.clock import utcnow
+from higgs.server.services.session_paths import with_paths
 
 __all__ = ["PAGES", "page_data"]
 
@@ -93,11 +94,20 @@ def _nodes(ctx: ApiContext, nodes: list[AdminNode]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _sessions(ctx: ApiContext, sessions: list[AdminSession], bytes_of: Any) -> dict[str, Any]:
+def _sessions(
+    ctx: ApiContext,
+    sessions: list[AdminSession],
+    bytes_of: Any,
+    paths: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``paths``: each session's path as ``bosonserver sessions`` names it; any value is shown
+    as text (new paths, e.g. hole-punched ones, need no change here)."""
     rows: list[list[Cell]] = []
     for s in sessions:
         rx, tx = bytes_of(s.session_id)
-        path: str = s.mode if s.mode != "auto" else "auto (direct or relay)"
+        mode: str = s.mode if s.mode != "auto" else "auto (direct or relay)"
+        taken = (paths or {}).get(s.session_id)
+        path = f"{taken} (asked: {mode})" if taken else mode
         if s.relay_datagrams:
             path += f", {s.relay_datagrams} relayed datagrams"
         rows.append(
@@ -200,6 +210,31 @@ def relay_rows(registry: CollectorRegistry) -> list[list[Cell]]:
     return rows
 
 
+def udp_summary(rows: list[list[Cell]]) -> str:
+    """One line of the UDP relay's health from its scraped samples (name, labels, value)."""
+    value: dict[tuple[str, str], float] = {}
+    drops: list[str] = []
+    for name, labels, v in rows:
+        value[(str(name), str(labels))] = float(str(v))
+        if name == "higgs_udp_relay_dropped_total" and float(str(v)):
+            drops.append(f"{str(labels).removeprefix('reason=')} {float(str(v)):g}")
+
+    def n(name: str, labels: str = "") -> int:
+        return int(value.get((f"higgs_udp_relay_{name}", labels), 0))
+
+    return (
+        f"ports leased {n('ports', 'state=leased')}, free {n('ports', 'state=free')}; "
+        f"flows bound: kernel {n('flows', 'path=kernel')}, "
+        f"userspace {n('flows', 'path=userspace')}; "
+        f"forwarded by the kernel {n('packets_total', 'path=kernel')} packets "
+        f"({_bytes(n('bytes_total', 'path=kernel'))}), "
+        f"by userspace {n('packets_total', 'path=userspace')} packets "
+        f"({_bytes(n('bytes_total', 'path=userspace'))}); "
+        f"binds {n('binds_total')}, rebinds {n('rebinds_total')}; "
+        f"dropped: {', '.join(drops) or 'none'}"
+    )
+
+
 def _relay(ctx: ApiContext) -> dict[str, Any]:
     rows = relay_rows(ctx.metrics.registry)
     udp = [r for r in rows if "udp" in str(r[0])]
@@ -207,7 +242,10 @@ def _relay(ctx: ApiContext) -> dict[str, Any]:
     return {
         "stats": {
             "summary": f"{len(ws)} WebSocket relay counters",
-            "udp": "" if udp else "no UDP relay on this server (not configured)",
+            "udp_summary": udp_summary(udp)
+            if udp
+            else "no UDP relay in this process (not configured, or it runs alone: "
+            "see its own /metrics)",
         },
         "tables": {
             "relay": {"columns": ["counter", "labels", "value"], "rows": ws},
@@ -226,7 +264,9 @@ async def page_data(ctx: ApiContext, page: str) -> dict[str, Any]:
         def bytes_of(session_id: str) -> tuple[int, int]:
             return usage.session_bytes.get(session_id, (0, 0)) if usage else (0, 0)
 
-        return _sessions(ctx, listed, bytes_of)
+        rows = [s.model_dump(mode="json") for s in listed]
+        paths = {r["session_id"]: str(r["path"]) for r in await with_paths(ctx.db, rows)}
+        return _sessions(ctx, listed, bytes_of, paths)
     if page == "traffic":
         return _traffic(ctx)
     if page == "clients":

@@ -9,7 +9,6 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from higgs.common.secrets import hash_token
-from higgs.common.websession import WebSessions
 from higgs.protocol.api import NODE_ID_PATTERN
 from higgs.server.api.errors import RateLimited
 from higgs.server.api.ratelimit import RateLimiter
@@ -23,6 +22,7 @@ from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.traffic import TrafficSeries
 from higgs.server.services.usage import UsageService
+from higgs.server.services.web_sessions import AdminWebSessions
 from higgs.server.store.db import Database
 
 __all__ = [
@@ -49,12 +49,16 @@ class ApiContext:
     # --- issue 15: usage/quotas and the /admin dashboard ---
     usage: UsageService | None = None
     traffic: TrafficSeries | None = None
-    admin_sessions: WebSessions = field(default_factory=WebSessions)
+    # The operator dashboard's logins, in the database (a restart logs no one out).
+    admin_sessions: AdminWebSessions = field(init=False)
     devices: DeviceService | None = None  # issue 18
     # Logins: a burst of 5 tries, then one per 10 s per address.
     login_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.1, 5))
     # --- issue 12: hole punching ---
     punch: PunchService | None = None
+
+    def __post_init__(self) -> None:
+        self.admin_sessions = AdminWebSessions(self.db)
 
 
 # Every dependency is ``async def`` although none awaits: FastAPI runs a plain ``def``

@@ -32,10 +32,11 @@ from prometheus_client import CollectorRegistry
 from higgs.common.ratelog import RateLimitedLog
 from higgs.protocol.control import MAX_CONTROL_MESSAGE_SIZE, ControlMessage, Hello, SessionClosed
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode, DropReason
+from higgs.server.relay.bridge import Bridges, parse_endpoint
 from higgs.server.relay.links import LinkHost, NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
 from higgs.server.relay.ports import RelayEvents, RelayHub
-from higgs.server.relay.tables import RelayTables
+from higgs.server.relay.tables import RelayTables, SessionEntry
 
 __all__ = ["NODE_PATH", "SESSION_PATH", "RelayHubServer"]
 
@@ -99,6 +100,8 @@ class RelayHubServer:
         self._quiet = RateLimitedLog(log)
         self.tables = RelayTables()
         registry.register(RelayMetricsCollector(self.counters, self.tables.totals))
+        self.bridges = Bridges(self.flush)
+        registry.register(self.bridges)
         self.ping_interval_s = ping_interval_s
         self.dead_after_s = dead_after_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -163,6 +166,7 @@ class RelayHubServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        self.bridges.close_all()
         deadline = time.monotonic() + 2.0
         while self._links and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded wait
             await asyncio.sleep(0.01)
@@ -188,7 +192,23 @@ class RelayHubServer:
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
         self.tables.open_session(session_id, channel, node_id, token_hash)
 
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        session = self.tables.sessions.get(session_id)
+        if session is None:
+            return
+        try:
+            session.udp_endpoint = None if endpoint is None else parse_endpoint(endpoint)
+        except ValueError as exc:
+            log.warning("relay: not bridging a session: %s", exc)
+            session.udp_endpoint = None
+        if session.udp_endpoint is None:
+            self.bridges.close(session_id)
+
+    def bridge_up(self, session: SessionEntry, payload: bytes, count: int, last: bool) -> bool:
+        return self.bridges.up(session, payload, count, last)
+
     def close_session(self, session_id: str, reason: str) -> None:
+        self.bridges.close(session_id)
         session = self.tables.close_session(session_id, reason, time.monotonic())
         link = None if session is None else session.client_link
         if link is not None:

@@ -112,6 +112,10 @@ class LinkHost(Protocol):
 
     def node_text(self, link: NodeLink, data: bytes) -> None: ...
 
+    def bridge_up(self, session: SessionEntry, payload: bytes, count: int, last: bool) -> bool:
+        """Sends a client's frame to the session's UDP relay port; False: use the node link."""
+        ...
+
     def session_text(self, link: SessionLink, data: bytes) -> None: ...
 
 
@@ -475,7 +479,12 @@ class SessionLink(_Link):
                     and channel == session.channel
                 ):
                     dest = session.node.link
-                    if dest is not None and not dest.closed and not session.closed:
+                    if (
+                        dest is not None
+                        and not dest.closed
+                        and not session.closed
+                        and session.udp_endpoint is None
+                    ):
                         session.up_datagrams += 1
                         session.up_bytes += size
                         pending = dest.pending
@@ -500,6 +509,8 @@ class SessionLink(_Link):
         if channel != session.channel or session.closed:
             reason = _SESSION_CLOSED if session.closed else _WRONG_CHANNEL
             self.hub.counters.drops[reason] += 1
+            return
+        if session.udp_endpoint is not None and self.hub.bridge_up(session, payload, count, last):
             return
         dest = session.node.link
         if dest is None or dest.closed:

@@ -50,6 +50,10 @@ class RelayHub(Protocol):
     def close_session(self, session_id: str, reason: str) -> None:
         """Stop forwarding for the session; its client link is closed with 4002."""
 
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        """The node reaches the session through this UDP relay ``ip:port`` (None: not, or
+        no longer): the client's relay link is bridged to it (docs/protocol.md §3.6)."""
+
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
         """Sends a control message to a node; False when the node has no open link."""
 

@@ -82,6 +82,9 @@ class SessionEntry:
     down_datagrams: int = 0  # node → client
     down_bytes: int = 0
     reported: int = 0  # datagrams at the last activity report
+    # The session's UDP relay port, when the node uses it: the client's datagrams are
+    # bridged there (higgs.server.relay.bridge) instead of over the node's link.
+    udp_endpoint: tuple[str, int] | None = None
 
 
 class RelayTables:

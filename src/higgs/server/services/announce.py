@@ -51,7 +51,9 @@ class Announcer:
         self.ledger.admit(row.id)
 
     async def opened(self, row: SessionRow, relay_endpoint: str | None = None) -> None:
-        """``peer_add`` to the session's node (with its UDP relay endpoint, if any)."""
+        """``peer_add`` to the session's node (with its UDP relay endpoint, if any); the hub
+        bridges the client's relay link to that endpoint."""
+        self._bridge(row.id, relay_endpoint)
         await self._send(row.node_id, peer_of(row, PeerAdd, relay_endpoint))
 
     async def closed(self, row: SessionRow, reason: str) -> None:
@@ -72,7 +74,15 @@ class Announcer:
     ) -> None:
         """The node's full set of open sessions (sent when its link comes up); ``relay`` maps
         a session id to the UDP relay endpoint the node is to use for it."""
+        for r in rows:
+            self._bridge(r.id, relay.get(r.id))
         await self._send(node_id, Sync(peers=[peer_of(r, Peer, relay.get(r.id)) for r in rows]))
+
+    def _bridge(self, session_id: str, relay_endpoint: str | None) -> None:
+        try:
+            self.hub.bridge_session(session_id, relay_endpoint)
+        except Exception:
+            log.exception("hub.bridge_session failed", extra={"session_id": session_id})
 
     async def _send(self, node_id: str, message: ControlMessage) -> None:
         try:

@@ -30,7 +30,8 @@ class UdpLeases:
         self.ports = PortRange.parse(settings.udp_relay_ports)
 
     def endpoint(self, port: int) -> str:
-        return f"{self.address}:{port}"
+        host = f"[{self.address}]" if self.address and ":" in self.address else self.address
+        return f"{host}:{port}"
 
     async def lease(self, row: SessionRow, now: Any) -> UdpRelayPath | None:
         """Leases a port to the just-opened session (its own transaction: a full relay

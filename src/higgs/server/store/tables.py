@@ -39,6 +39,7 @@ __all__ = [
     "RelayLease",
     "Session",
     "UTCDateTime",
+    "WebSessionRow",
 ]
 
 
@@ -281,3 +282,14 @@ class Device(Base):
     path: Mapped[str] = mapped_column(String(16))  # "direct" or "udp_relay"
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebSessionRow(Base):
+    """A logged-in operator's browser (/admin). Only the SHA-256 of the cookie's id is kept:
+    the database alone logs no one in. The CSRF token is derived from the id, not stored."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
