@@ -19,6 +19,7 @@ class FakeLocal:
         self.sessions: dict[str, tuple[int, str, str]] = {}
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.forgotten: list[str] = []
+        self.bridged: dict[str, str | None] = {}
 
     def allow_node(self, node_id: str, token_hash: str) -> None:
         self.allowed[node_id] = token_hash
@@ -32,6 +33,9 @@ class FakeLocal:
 
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
         self.sessions[session_id] = (channel, node_id, token_hash)
+
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        self.bridged[session_id] = endpoint
 
     def close_session(self, session_id: str, reason: str) -> None:
         self.sessions.pop(session_id, None)
@@ -102,6 +106,10 @@ async def test_admissions_reach_every_instance() -> None:
     await settle()
     assert lb.allowed == {"n1": "h1"}
     assert lb.sessions == {"s1": (7, "n1", "t1")}
+    # The client's relay link may land on the other instance: it bridges the session too.
+    a.bridge_session("s1", "198.51.100.10:40001")
+    await settle()
+    assert lb.bridged == {"s1": "198.51.100.10:40001"}
     a.close_session("s1", "client_closed")
     a.forget_node("n1", "stopped")
     await settle()

@@ -45,6 +45,7 @@ class LocalHub(Protocol):
         self, session_id: str, channel: int, node_id: str, token_hash: str
     ) -> None: ...
     def close_session(self, session_id: str, reason: str) -> None: ...
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None: ...
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool: ...
     def is_node_connected(self, node_id: str) -> bool: ...
     def session_counters(self, session_id: str) -> tuple[int, int]: ...
@@ -134,6 +135,11 @@ class ClusterHub:
                 "token_hash": token_hash,
             }
         )
+
+    def bridge_session(self, session_id: str, endpoint: str | None) -> None:
+        # Every instance: the client's relay link may land on any of them.
+        self.local.bridge_session(session_id, endpoint)
+        self.publish({"op": "bridge_session", "session_id": session_id, "endpoint": endpoint})
 
     def close_session(self, session_id: str, reason: str) -> None:
         self.local.close_session(session_id, reason)
@@ -237,6 +243,11 @@ class ClusterHub:
             )
         elif op == "close_session":
             self.local.close_session(_text(m, "session_id"), _text(m, "reason"))
+        elif op == "bridge_session":
+            endpoint = m.get("endpoint")
+            if endpoint is not None and not isinstance(endpoint, str):
+                raise ValueError("endpoint: not a string or null")
+            self.local.bridge_session(_text(m, "session_id"), endpoint)
         elif op == "link_up":
             node_id = _text(m, "node_id")
             if not self.local.is_node_connected(node_id):
