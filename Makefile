@@ -25,9 +25,11 @@ check: lint typecheck unit
 test: lint typecheck
 	$(PY) -m pytest tests --durations=25
 
-# The million-frame hostile storms (docs/testing-hostile.md); `make test` runs short versions.
+# The million-frame hostile storms (docs/hostile-input.md) and the faults at their full durations
+# (docs/faults.md); `make test` runs short versions.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
+	HIGGS_FAULTS_FULL=1 $(PY) -m pytest tests/e2e/test_faults.py -q --reruns 0 --timeout 1800
 
 unit: setup
 	$(PY) -m pytest tests/unit
