@@ -1,17 +1,16 @@
 """Faults, each with its recovery time measured (issue 17, item 3; results in docs/faults.md).
 
 One lab for the whole module: bosonserver on PostgreSQL (a cluster on the server's own
-loopback), its clock 5 minutes off the other hosts' (libfaketime, the clock-skew scenario, in
-force for every other fault too), three higgsnodes on the home LAN and five higgsvpn clients,
-each pinned to its node and path:
+loopback) with the UDP relay (userspace), three higgsnodes on the home LAN and five higgsvpn
+clients, each pinned to its node and path:
 
 | client | node | path | its fault |
 |---|---|---|---|
 | client  | A (node) | direct          | server restart: never interrupted |
-| client2 | A        | UDP relay       | server restart: resumes within 5 s |
-| client3 | A        | WebSocket relay | frozen (SIGSTOP), then the server restart |
+| client2 | A        | WebSocket relay | server restart (A has a direct endpoint: no UDP relay) |
+| client3 | A        | WebSocket relay | frozen (SIGSTOP, with its wireguard-go), then the restart |
 | client4 | B (n2)   | direct          | B's uplink down, then back |
-| client5 | C (n3)   | UDP relay       | C's link flapping |
+| client5 | C (n3)   | UDP relay       | C's link flapping, then the server restart |
 
 The faults that need waiting (uplink, freeze, flapping) run at the same time, each on its own
 node or client, so their waits overlap; the short ones (server restart, PostgreSQL restart)
@@ -22,7 +21,8 @@ is measured from the fault's end to the first of three consecutive answers.
 detection, relay ping and dead-link timeout, session TTL) are shortened in proportion so that
 each fault still outlasts the timers it outlasts in production; `make soak`
 (HIGGS_FAULTS_FULL=1) runs the full durations with the default timers: uplink down 60 s,
-frozen 5 minutes, flapping every 10 s for 2 minutes; HIGGS_FAULTS_SKEW picks the offset.
+frozen 5 minutes, flapping every 10 s for 2 minutes. HIGGS_FAULTS_SKEW=+5m runs the server's
+processes under libfaketime (the clock-skew scenario; not in `make test`, see docs/faults.md).
 After every fault, each session row the fault touched is still there (open, or closed with a
 reason when a new route replaced it), and each client's usage is at least what it was before
 and grows with new traffic.
