@@ -28,13 +28,15 @@ test: lint typecheck
 # The long versions of bounded tests (docs/hostile-input.md, docs/node.md "The host is always
 # restored", docs/scaleout.md): the million-frame and million-datagram storms, 100 start/stop
 # and 20 SIGKILL + restart cycles of the node, the 30 s bus and PostgreSQL outages of the
-# scale-out. `make test` runs short versions of each.
+# scale-out, the network faults at their full durations (docs/faults.md). `make test` runs short
+# versions of each.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
 	HIGGS_UDP_STORM=1000000 $(PY) -m pytest tests/integration/udp_relay/test_udp_relay_storm.py -q --reruns 0
 	HIGGS_NODE_CYCLES=100 HIGGS_NODE_KILL_CYCLES=20 $(PY) -m pytest tests/e2e/test_node_host_restored.py -q --reruns 0 -k cycles
 	HIGGS_SCALEOUT_OUTAGE_S=30 $(PY) -m pytest tests/integration/scaleout -q --reruns 0
 	HIGGS_SOAK=1 $(PY) -m pytest tests/e2e/test_scaleout.py -q --reruns 0
+	HIGGS_FAULTS_FULL=1 $(PY) -m pytest tests/e2e/test_faults.py -q --reruns 0 --timeout 1800
 
 unit: setup
 	$(PY) -m pytest tests/unit

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
   wireguard-go wireguard-tools nftables iptables iproute2 iperf3 curl
   dnsmasq-base procps kmod postgresql ca-certificates iputils-ping
-  chromium chromium-driver conntrack miniupnpd-nftables natpmpc haproxy nats-server
+  chromium chromium-driver conntrack miniupnpd-nftables natpmpc haproxy nats-server faketime
 )
 
 missing=()

@@ -9,6 +9,7 @@ import pytest
 
 from higgs.lab import secretscan
 from higgs.lab.lab import Lab
+from higgs.lab.plan import LabPlan
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -24,10 +25,10 @@ def pytest_runtest_makereport(
 
 
 @contextlib.contextmanager
-def built_lab() -> Iterator[Lab]:
-    """A lab, torn down always, then checked to have left nothing and leaked no secret (for
-    module-scoped fixtures too)."""
-    lab = Lab().build()
+def built_lab(plan: LabPlan | None = None) -> Iterator[Lab]:
+    """A lab (of ``plan``, default the standard one), torn down always, then checked to have
+    left nothing and leaked no secret (for module-scoped fixtures too)."""
+    lab = Lab(plan=plan).build()
     try:
         yield lab
     finally:

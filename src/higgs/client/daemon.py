@@ -158,9 +158,15 @@ class Daemon:
             await asyncio.sleep(delay)
             if self.reroute_needed.is_set():
                 continue
+            # The watch loop may have taken a new route while we slept: renewing the old,
+            # replaced session would get 409 and send it after yet another new route.
+            tunnel = self.tunnel
+            assert tunnel is not None
             try:
                 await self.api.renew(tunnel.route.session_id)
             except ApiError as exc:
+                if self.tunnel is not tunnel:
+                    continue  # replaced while the renewal was in flight
                 self.health.renew_failures += 1
                 self.health.last_error = str(exc)
                 if session_gone(exc.status):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from higgs.common.relay_ports import PortRange
 from higgs.protocol.api import UdpRelayPath
@@ -21,6 +22,10 @@ from higgs.server.store.tables import Session as SessionRow
 __all__ = ["UdpLeases"]
 
 log = logging.getLogger(__name__)
+
+# Concurrent route requests pick the same next port; the loser of the insert picks again,
+# seeing the winner's lease. Bounded: each attempt that loses means another session won.
+LEASE_ATTEMPTS = 8
 
 
 class UdpLeases:
@@ -38,10 +43,23 @@ class UdpLeases:
         leaves the session with its other paths)."""
         if self.address is None or row.mode == "direct":
             return None
-        async with self.db.begin() as conn:
-            port = await store.lease_port(
-                conn, self.address, self.ports, self.settings.udp_relay_cooldown_s, row.id, now
-            )
+        port: int | None = None
+        for _ in range(LEASE_ATTEMPTS):
+            try:
+                async with self.db.begin() as conn:
+                    port = await store.lease_port(
+                        conn,
+                        self.address,
+                        self.ports,
+                        self.settings.udp_relay_cooldown_s,
+                        row.id,
+                        now,
+                    )
+                break
+            except IntegrityError:
+                # The session row is committed already: raising here would answer 409 for a
+                # session that stays open without its relay port.
+                continue
         if port is None:
             log.warning("no free UDP relay port", extra={"session_id": row.id})
             return None
