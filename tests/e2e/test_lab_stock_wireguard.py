@@ -7,24 +7,21 @@ internet with the home router's public address, for HTTP and for DNS.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from higgs.lab.lab import IPERF_PORT, Lab
 from higgs.lab.stock import StockTunnel, StockTunnelConfig
 from higgs.lab.wireguard import wg_show
-from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(shared_lab: Lab) -> Lab:
     """One lab for the module: each test takes its tunnel down again, and only the
     first asks DNS (for names of its own)."""
-    with built_lab() as lab:
-        yield lab
+    return shared_lab
 
 
 def _queries_for(lab: Lab, name: str) -> list[str]:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,15 @@ from higgs.lab.errors import LabError
 from higgs.lab.lab import PRINTER_PORT, SMTP_PORTS, WG_RUN_DIR, Lab, leftovers_of_run, sweep_run
 from higgs.lab.names import RunNames
 from higgs.lab.stock import StockTunnel
-from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(shared_lab: Lab) -> Lab:
     """One lab for the module: the tests that take it only look (each asks DNS for a
     name of its own); those that tear a lab down build their own."""
-    with built_lab() as lab:
-        yield lab
+    return shared_lab
 
 
 def test_each_site_reaches_the_internet_through_its_own_nat(lab: Lab) -> None:

@@ -16,18 +16,11 @@ from higgs.lab.services.whoami import payload_sha256
 from higgs.lab.stock import StockTunnel, StockTunnelConfig
 from higgs.osnet.mtu import probe_path_mtu, tunnel_mtu
 from higgs.osnet.runner import SubprocessRunner
-from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 SMALL = 1400
 BLACK_HOLE = "hl_blackhole"
-
-
-@pytest.fixture(scope="module")
-def shared_lab() -> Iterator[Lab]:
-    with built_lab() as lab:
-        yield lab
 
 
 @pytest.fixture
