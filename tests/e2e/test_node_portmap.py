@@ -24,7 +24,6 @@ from higgs.lab.miniupnpd import MiniUpnpd, RouterMapping
 from higgs.lab.product import NODE_PORT, Product
 from higgs.lab.wait import wait_until
 from higgs.lab.wireguard import new_keypair, wg_show
-from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -32,9 +31,8 @@ METHODS = ["pcp", "natpmp", "upnp", "auto"]
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with built_lab() as lab:
-        yield lab
+def lab(shared_lab: Lab) -> Lab:
+    return shared_lab
 
 
 @pytest.fixture(scope="module")
