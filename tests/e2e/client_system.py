@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
@@ -25,7 +24,8 @@ import pytest
 
 from higgs.lab import Host, Lab
 from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
-from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
+from higgs.lab.procs import LabProcess
+from higgs.lab.product import NODE_PORT, NodeProgram, ServerProgram, client_cli
 from higgs.lab.wait import wait_until as lab_wait_until
 
 DNS_NAME = "www.example.test"
@@ -38,60 +38,13 @@ needs_node = pytest.mark.skipif(
 )
 
 
-def _py(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
-
-
 def wait_until(what: str, check: Callable[[], object], timeout: float, every: float = 0.5) -> None:
     """The lab's wait_until; a check that raises (a service still starting) means "not yet"."""
     lab_wait_until(what, check, timeout, every, tolerate=(Exception,))
 
 
-@dataclass
-class Server:
-    lab: Lab
-    data_dir: Path
-    proc: Any = None
-    # BOSON_* settings for this server (e.g. a short session TTL), on top of the environment.
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.lab.server.ip}:{API_PORT}"
-
-    def start(self) -> None:
-        ip = self.lab.server.ip
-        self.proc = self.lab.spawn(
-            self.lab.server,
-            _py(
-                "higgs.bosonserver",  # the composition root: the UDP relay runs beside it
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--listen",
-                f"{ip}:{API_PORT}",
-                "--relay-listen",
-                f"{ip}:{RELAY_PORT}",
-                "--public-url",
-                self.url,
-                "--relay-url",
-                f"ws://{ip}:{RELAY_PORT}",
-            ),
-            name="bosonserver",
-            env={**os.environ, **self.env},
-        )
-        self.lab.server.wait_port(API_PORT, timeout=30)
-        self.lab.server.wait_port(RELAY_PORT, timeout=30)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.popen.kill()
-        self.proc.popen.wait(10)
-
-    def cli(self, *args: str) -> str:
-        return self.lab.server.run(
-            _py("higgs.server.cli", *args, "--data-dir", str(self.data_dir)), timeout=60
-        ).stdout.strip()
+class Server(ServerProgram):
+    """bosonserver (started by higgs.lab.product), and what these tests read of its metrics."""
 
     def metrics(self) -> str:
         out = self.lab.server.run(
@@ -112,15 +65,25 @@ class Server:
 
 @dataclass
 class Node:
+    """One higgsnode (started by higgs.lab.product) enrolled with ``server``, on ``host``
+    (default: the lab's node), known by the id it came online with."""
+
     lab: Lab
     server: Server
     state_dir: Path
     interface: str
     endpoint: str | None = None
     host: Host | None = None
-    proc: Any = None
     node_id: str | None = None
     args: tuple[str, ...] = ()  # more `higgsnode start` flags (e.g. --ipv6 off)
+    program: NodeProgram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.program = NodeProgram(self.lab, self.state_dir, self.interface, self.host)
+
+    @property
+    def proc(self) -> LabProcess | None:
+        return self.program.proc
 
     def online_ids(self) -> set[str]:
         listing = json.loads(self.server.cli("nodes", "--json"))
@@ -132,42 +95,24 @@ class Node:
         }
 
     def start(self) -> None:
-        host = self.host or self.lab.node
         already = self.online_ids()
         key = self.server.cli("enroll", "create").split()[-1]
-        argv = _py(
-            "higgs.node.cli",
-            "start",
-            "--server",
-            self.server.url,
-            "--enroll-key",
-            key,
-            "--state-dir",
-            str(self.state_dir),
-            "--interface",
-            self.interface,
-            "--listen-port",
-            str(NODE_PORT),
-            "--country",
-            "DE",
-            "--region",
-            "Lab",
-            "--dns-upstream",
-            self.lab.internet.ip,
-        )
+        flags = ["--server", self.server.url, "--enroll-key", key]
+        flags += ["--listen-port", str(NODE_PORT), "--country", "DE", "--region", "Lab"]
+        flags += ["--dns-upstream", self.lab.internet.ip]
         if self.endpoint:
-            argv += ["--endpoint", self.endpoint]
-        argv += self.args
-        self.proc = self.lab.spawn(host, argv, name="higgsnode")
+            flags += ["--endpoint", self.endpoint]
+        self.program.start(*flags, *self.args)
         wait_until(
             "the node to come online", lambda: bool(self.online_ids() - already), 60, every=1.0
         )
         (self.node_id,) = self.online_ids() - already
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.alive():
-            self.proc.popen.terminate()
-            self.proc.popen.wait(60)
+        proc = self.proc
+        if proc is not None and proc.alive():
+            proc.popen.terminate()
+            proc.popen.wait(60)
 
 
 @dataclass
@@ -202,12 +147,8 @@ class Client:
         return cfg
 
     def vpn(self, *args: str, check: bool = True, timeout: float = 90) -> Any:
-        cfg = self.state_dir / "higgsvpn.toml"
-        command, rest = args[0], list(args[1:])
-        return self.host.run(
-            _py("higgs.client.cli", command, "--config", str(cfg), *rest),
-            check=check,
-            timeout=timeout,
+        return client_cli(
+            self.host, self.state_dir / "higgsvpn.toml", *args, check=check, timeout=timeout
         )
 
     def connect(self, *args: str) -> dict[str, Any]:
@@ -242,8 +183,9 @@ class System:
 
     def add_node(self, host: Host, tag: str) -> Node:
         """Another higgsnode, on ``host`` (e.g. the printer PC on the same home LAN)."""
-        node = Node(self.lab, self.server, self.tmp / f"node-{tag}", self.lab.ifname(tag))
-        node.host = host
+        node = Node(
+            self.lab, self.server, self.tmp / f"node-{tag}", self.lab.ifname(tag), host=host
+        )
         self.extra_nodes.append(node)
         node.start()
         return node

@@ -1,4 +1,5 @@
-"""The ``lab`` fixture: a fresh lab per test, torn down always, checked to leave nothing."""
+"""The ``lab`` fixture: a fresh lab per test, torn down always, checked to leave nothing
+(``shared_lab``: one per module)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ def built_lab(plan: LabPlan | None = None) -> Iterator[Lab]:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
+    with built_lab() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def shared_lab() -> Iterator[Lab]:
+    """One lab for a whole module, for modules whose tests only look at the lab or put back
+    what they change (a lab costs seconds to build): checked like the per-test one."""
     with built_lab() as lab:
         yield lab
 

@@ -13,8 +13,9 @@ from higgs.lab.lab import Lab
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lab6() -> Iterator[Lab]:
+    """One IPv6 lab for the module: its tests only look at it."""
     lab = Lab(ipv6=True).build()
     try:
         yield lab

@@ -17,6 +17,13 @@ from higgs.lab.wireguard import wg_show
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
+@pytest.fixture(scope="module")
+def lab(shared_lab: Lab) -> Lab:
+    """One lab for the module: each test takes its tunnel down again, and only the
+    first asks DNS (for names of its own)."""
+    return shared_lab
+
+
 def _queries_for(lab: Lab, name: str) -> list[str]:
     return [q.source for q in lab.wait_dns_queries(name)]
 

@@ -19,6 +19,13 @@ from higgs.lab.stock import StockTunnel
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
+@pytest.fixture(scope="module")
+def lab(shared_lab: Lab) -> Lab:
+    """One lab for the module: the tests that take it only look (each asks DNS for a
+    name of its own); those that tear a lab down build their own."""
+    return shared_lab
+
+
 def test_each_site_reaches_the_internet_through_its_own_nat(lab: Lab) -> None:
     assert lab.whoami(lab.client)["ip"] == lab.client_router.ip
     assert lab.whoami(lab.node)["ip"] == lab.home_router.ip

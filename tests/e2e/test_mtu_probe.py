@@ -7,6 +7,8 @@ ICMP "fragmentation needed" (a black hole is bisected by replies alone).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from higgs.lab.lab import Lab
@@ -18,6 +20,19 @@ from higgs.osnet.runner import SubprocessRunner
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 SMALL = 1400
+BLACK_HOLE = "hl_blackhole"
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Iterator[Lab]:
+    """The module's lab, handed to each test as a fresh one would be: afterwards the home
+    uplink is back at 1500 bytes, the black hole is gone and no host remembers a path MTU it
+    learnt (a cached "fragmentation needed" would answer the next probe by itself)."""
+    yield shared_lab
+    shared_lab.set_mtu("home_router", "wan0", 1500)
+    shared_lab.home_router.run(["nft", "delete", "table", "ip", BLACK_HOLE], check=False)
+    for role in ("node", "home_router", "core", "internet", "client_router", "client"):
+        shared_lab.host(role).run(["ip", "route", "flush", "cache"])
 
 
 def test_set_mtu_changes_both_ends_of_the_link(lab: Lab) -> None:
@@ -41,7 +56,7 @@ def test_probe_finds_the_mtu_of_a_black_hole_path(lab: Lab) -> None:
     lab.set_mtu("home_router", "wan0", SMALL)
     # The home router swallows its own "fragmentation needed" errors: nothing tells the node.
     lab.home_router.nft(
-        "table ip hl_blackhole {\n"
+        f"table ip {BLACK_HOLE} {{\n"
         "  chain output {\n"
         "    type filter hook output priority 0; policy accept;\n"
         "    icmp type destination-unreachable icmp code frag-needed drop\n"

@@ -10,18 +10,34 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from higgs.lab.lab import Lab
-from higgs.lab.procs import LabProcess
+from higgs.lab.procs import LabProcess, stop_processes
 from higgs.lab.product import API_PORT
 from tests.integration.node.nodelab import REPO, NodeRun, host_state, osnet_state, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 ENROLL = "hge_" + "e" * 24
+
+
+@pytest.fixture
+def lab(shared_lab: Lab, tmp_path: Path) -> Iterator[Lab]:
+    """The module's lab, handed to each test as a fresh one would be: afterwards what the test
+    started is stopped (higgsnode with SIGTERM, which undoes its changes; after a crash the
+    test's own state dir is cleaned up) and the node's host must be exactly as the lab built
+    it, or the test fails here naming the difference."""
+    pristine = host_state(shared_lab.node)
+    started = len(shared_lab.processes)
+    yield shared_lab
+    stop_processes(shared_lab.processes[started:], timeout=30)
+    if host_state(shared_lab.node) != pristine:
+        NodeRun(shared_lab, tmp_path / "state").cli("cleanup")
+    assert host_state(shared_lab.node) == pristine, "the test left the node's host changed"
 
 
 def start_api(lab: Lab) -> tuple[str, LabProcess]:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,29 +22,17 @@ from higgs.lab.errors import LabError
 from higgs.lab.lab import Lab
 from higgs.lab.miniupnpd import MiniUpnpd, RouterMapping
 from higgs.lab.product import NODE_PORT, Product
+from higgs.lab.wait import wait_until
 from higgs.lab.wireguard import new_keypair, wg_show
-from tests.e2e.conftest import built_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 METHODS = ["pcp", "natpmp", "upnp", "auto"]
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with built_lab() as lab:
-        yield lab
+def lab(shared_lab: Lab) -> Lab:
+    return shared_lab
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +75,11 @@ def start_mapped(product: Product, method: str) -> dict[str, Any]:
     try:
         product.wait_node_online()
         return dict(
-            wait_for(
+            wait_until(
                 f"a verified {method} mapping",
                 lambda: (pm := port_mapping(product)).get("verified") and pm,
+                60,
+                0.5,
             )
         )
     except Exception as exc:
@@ -144,9 +133,11 @@ def test_sigkill_leaves_no_mapping_after_restart_or_cleanup(
         # The next start undoes the journal first; "off" so it maps nothing itself.
         product.start_node(direct=False, flags=["--port-mapping", "off"])
         # (The server still lists the killed run as online: wait for the new run itself.)
-        wait_for(
+        wait_until(
             "the new run online",
             lambda: node_status(product).get("server", {}).get("state") == "online",
+            60,
+            0.5,
         )
         assert ours(router, lab) == []
         assert product.stop_node() == 0
@@ -178,9 +169,11 @@ def test_without_a_mapping_router_no_direct_path_and_status_says_why(
     product.start_node(direct=False, flags=["--port-mapping", "auto"])
     try:
         product.wait_node_online()
-        pm = wait_for(
+        pm = wait_until(
             "a failed mapping round",
             lambda: (p := port_mapping(product)).get("state") == "failed" and p,
+            60,
+            0.5,
         )
         reasons = {a["method"]: a["reason"] for a in pm["attempts"]}
         assert set(reasons) == {"pcp", "natpmp", "upnp"}, pm

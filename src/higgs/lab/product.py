@@ -1,9 +1,12 @@
 """The real programs in the lab: bosonserver in the server's namespace, higgsnode in the
-node's (UDP port-forwarded on the home router), and stock WireGuard clients configured from
-the server's route answer.
+node's (UDP port-forwarded on the home router), higgsvpn on a client host, and stock WireGuard
+clients configured from the server's route answer.
 
-The lab only starts the programs (``python -m higgs.server.cli`` / ``higgs.node.cli``) and
-speaks to them the way a user does -- their command lines and the REST API of
+This is the one place that starts the product in a lab -- tests, the demo and the benchmarks
+all come here: :class:`ServerProgram`, :class:`NodeProgram` and :func:`client_cli` hold the
+programs' command lines (``python -m higgs.bosonserver`` / ``higgs.server.cli`` /
+``higgs.node.cli`` / ``higgs.client.cli``), :class:`Product` composes them into a working
+service. The lab speaks to them the way a user does -- their command lines and the REST API of
 docs/protocol.md, over the lab's own network with curl -- so it imports none of them.
 
     with Lab() as lab:
@@ -19,11 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import CommandError, LabError
@@ -33,11 +40,119 @@ from .procs import LabProcess
 from .stock import StockClient
 from .wireguard import new_keypair
 
-__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "Product", "serving_stock_clients"]
+__all__ = [
+    "API_PORT",
+    "NODE_PORT",
+    "RELAY_PORT",
+    "NodeProgram",
+    "Product",
+    "ServerProgram",
+    "client_cli",
+    "serving_stock_clients",
+]
 
 API_PORT = 8080
 RELAY_PORT = 8081
 NODE_PORT = 51820
+
+
+def _py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class ServerProgram:
+    """bosonserver with its data directory in the lab's server namespace: ``serve`` in the
+    background (the composition root, the UDP relay beside it), the operator CLI in the
+    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment."""
+
+    lab: Lab
+    data_dir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    proc: LabProcess | None = None
+
+    @property
+    def host(self) -> Host:
+        return self.lab.server
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host.ip}:{API_PORT}"
+
+    def cli(self, *args: str, timeout: float = 60) -> str:
+        """One operator command (``bosonserver client add …``); its stdout, stripped."""
+        argv = _py("higgs.server.cli", *args, "--data-dir", str(self.data_dir))
+        return self.host.run(argv, timeout=timeout).stdout.strip()
+
+    def start(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
+        """``bosonserver serve`` on the lab's API and relay ports; returns once both listen.
+        ``args``: more ``serve`` options."""
+        ip = self.host.ip
+        self.proc = self.host.popen(
+            _py(
+                "higgs.bosonserver", "serve",
+                "--data-dir", str(self.data_dir),
+                "--listen", f"{ip}:{API_PORT}",
+                "--relay-listen", f"{ip}:{RELAY_PORT}",
+                "--public-url", self.url,
+                "--relay-url", f"ws://{ip}:{RELAY_PORT}",
+                *args,
+            ),
+            name="bosonserver",
+            env={**os.environ, **self.env},
+        )  # fmt: skip
+        self.proc.wait_listening(API_PORT, timeout=timeout)
+        self.proc.wait_listening(RELAY_PORT, timeout=timeout)
+        return self.proc
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing of the server's own shutdown runs."""
+        if self.proc is None:
+            raise LabError("no bosonserver was started")
+        self.proc.popen.kill()
+        self.proc.popen.wait(10)
+
+
+@dataclass
+class NodeProgram:
+    """higgsnode with its state directory and WireGuard interface on ``host`` (the lab's node
+    unless given): ``start`` in the background, the other commands in the foreground."""
+
+    lab: Lab
+    state_dir: Path
+    interface: str
+    host: Host | None = None
+    proc: LabProcess | None = None
+
+    @property
+    def on(self) -> Host:
+        return self.host or self.lab.node
+
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``higgsnode <args> --state-dir … --interface …`` (``status``, ``stop``, ``cleanup``)."""
+        argv = _py("higgs.node.cli", *args, "--state-dir", str(self.state_dir))
+        argv += ["--interface", self.interface]
+        return self.on.run(argv, check=check, timeout=timeout)
+
+    def start(self, *flags: str, env: Mapping[str, str] | None = None) -> LabProcess:
+        """``higgsnode start`` with ``flags`` (server, enrollment key, endpoint, …)."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = _py("higgs.node.cli", "start", "--state-dir", str(self.state_dir))
+        argv += ["--interface", self.interface, *flags]
+        self.proc = self.on.popen(argv, name="higgsnode", env=env)
+        return self.proc
+
+
+def client_cli(
+    host: Host, config: Path, *args: str, check: bool = True, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """``higgsvpn <command> --config <config> <rest…>`` on ``host`` (the command first: the
+    CLI's sub-commands take their options after it)."""
+    command, rest = args[0], list(args[1:])
+    argv = _py("higgs.client.cli", command, "--config", str(config), *rest)
+    return host.run(argv, check=check, timeout=timeout)
 
 
 class Product:
@@ -48,10 +163,10 @@ class Product:
             raise LabError("build the lab first")
         self.lab = lab
         self.workdir = lab.workdir
-        self.server_proc: LabProcess | None = None
-        self.node_proc: LabProcess | None = None
-        self.node_state_dir = self.workdir / "higgsnode"
-        self.node_if = lab.ifname("hn")
+        self.server = ServerProgram(lab, self.workdir / "bosonserver")
+        self.node = NodeProgram(lab, self.workdir / "higgsnode", lab.ifname("hn"))
+        self.node_state_dir = self.node.state_dir
+        self.node_if = self.node.interface
         self.clients: list[StockClient] = []
         self._tokens: dict[str, str] = {}
         self._enroll_key: str | None = None
@@ -60,31 +175,18 @@ class Product:
 
     @property
     def server_url(self) -> str:
-        return f"http://{self.lab.server.ip}:{API_PORT}"
+        return self.server.url
+
+    @property
+    def server_proc(self) -> LabProcess | None:
+        return self.server.proc
 
     def server_cli(self, *args: str, timeout: float = 60) -> str:
-        argv = [sys.executable, "-m", "higgs.server.cli", *args]
-        argv += ["--data-dir", str(self.workdir / "bosonserver")]
-        return self.lab.server.run(argv, timeout=timeout).stdout.strip()
+        return self.server.cli(*args, timeout=timeout)
 
     def start_server(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
         """``args``: more ``serve`` options (e.g. ``--udp-relay-address``)."""
-        ip = self.lab.server.ip
-        self.server_proc = self.lab.server.popen(
-            [
-                sys.executable, "-m", "higgs.bosonserver", "serve",
-                "--data-dir", str(self.workdir / "bosonserver"),
-                "--listen", f"{ip}:{API_PORT}",
-                "--relay-listen", f"{ip}:{RELAY_PORT}",
-                "--public-url", self.server_url,
-                "--relay-url", f"ws://{ip}:{RELAY_PORT}",
-                *args,
-            ],
-            name="bosonserver",
-        )  # fmt: skip
-        self.server_proc.wait_listening(API_PORT, timeout=timeout)
-        self.server_proc.wait_listening(RELAY_PORT, timeout=timeout)
-        return self.server_proc
+        return self.server.start(timeout=timeout, args=args)
 
     def add_client(self, name: str) -> str:
         """A client account; returns its token (``hgc_…``)."""
@@ -135,10 +237,12 @@ class Product:
 
     # -- higgsnode ---------------------------------------------------------------------------
 
+    @property
+    def node_proc(self) -> LabProcess | None:
+        return self.node.proc
+
     def node_cli(self, *args: str, check: bool = False, timeout: float = 60) -> Any:
-        argv = [sys.executable, "-m", "higgs.node.cli", *args]
-        argv += ["--state-dir", str(self.node_state_dir), "--interface", self.node_if]
-        return self.lab.node.run(argv, check=check, timeout=timeout)
+        return self.node.cli(*args, check=check, timeout=timeout)
 
     def start_node(
         self,
@@ -154,11 +258,8 @@ class Product:
         and the node announces the router's public address as its endpoint."""
         key = self._enroll_key or self.server_cli("enroll", "create").split()[-1]
         self._enroll_key = None  # one registration per key
-        self.node_state_dir.mkdir(mode=0o700, exist_ok=True)
         argv = [
-            sys.executable, "-m", "higgs.node.cli", "start",
             "--server", self.server_url, "--enroll-key", key,
-            "--state-dir", str(self.node_state_dir), "--interface", self.node_if,
             "--listen-port", str(NODE_PORT), "--country", "DE", "--region", "Lab",
             "--dns-upstream", dns_upstream or self.lab.internet.ip,
         ]  # fmt: skip
@@ -170,8 +271,7 @@ class Product:
             self.lab.forward_udp(NODE_PORT)
             argv += ["--endpoint", f"{self.lab.home_router.ip}:{NODE_PORT}"]
         argv += list(flags)
-        self.node_proc = self.lab.node.popen(argv, name="higgsnode")
-        return self.node_proc
+        return self.node.start(*argv)
 
     def wait_node_online(self, token: str | None = None, *, timeout: float = 60) -> dict[str, Any]:
         """Wait until a client (``token``, default :meth:`token`) sees an online node; returns

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from higgs.lab.host import Host
 from higgs.lab.lab import Lab
-from higgs.lab.procs import LabProcess
+from higgs.lab.product import NodeProgram
 from higgs.lab.wait import wait_until
 from higgs.node.runstate import read_status, running_pid
 from higgs.osnet.hoststate import HostState, normalise, snapshot
@@ -17,7 +16,6 @@ from higgs.osnet.hoststate import HostState, normalise, snapshot
 __all__ = ["REPO", "NodeRun", "host_state", "osnet_state", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[3]
-PY = sys.executable
 
 
 def osnet_state(host: Host) -> HostState:
@@ -58,27 +56,12 @@ def host_state(host: Host) -> dict[str, object]:
     return state
 
 
-class NodeRun:
-    """One higgsnode agent in the lab's node namespace, with its own state dir and names."""
+class NodeRun(NodeProgram):
+    """One higgsnode agent (started by higgs.lab.product) in the lab's node namespace, with
+    its own state dir and names, and what these tests read of its state."""
 
     def __init__(self, lab: Lab, state_dir: Path, *, tag: str = "hn") -> None:
-        self.lab = lab
-        self.state_dir = state_dir
-        self.interface = lab.ifname(tag)
-        self.proc: LabProcess | None = None
-
-    def cli(self, *args: str, check: bool = False, timeout: float = 60) -> Any:
-        argv = [PY, "-m", "higgs.node.cli", *args, "--state-dir", str(self.state_dir)]
-        argv += ["--interface", self.interface]
-        return self.lab.node.run(argv, check=check, timeout=timeout)
-
-    def start(self, *flags: str) -> LabProcess:
-        argv = [
-            PY, "-m", "higgs.node.cli", "start",
-            "--state-dir", str(self.state_dir), "--interface", self.interface, *flags,
-        ]  # fmt: skip
-        self.proc = self.lab.node.popen(argv, name="higgsnode")
-        return self.proc
+        super().__init__(lab, state_dir, lab.ifname(tag))
 
     def status(self) -> dict[str, Any]:
         """What `higgsnode status --json` prints, read from the same files without starting

@@ -15,6 +15,7 @@ from higgs.osnet.routes import Route
 from higgs.osnet.wireguard import Peer, WireGuard
 
 from .conftest import Namespaces, sh, veth
+from .wgpair import WgEndSpec, wireguard_go_pair
 
 pytestmark = pytest.mark.root
 
@@ -77,17 +78,12 @@ def test_datagram_through_a_wireguard_go_pair_then_nothing_is_left(
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     name_a, name_b = namespaces.ifname("a"), namespaces.ifname("b")
 
-    with (
-        Journal(tmp_path / "a" / "journal.json") as journal_a,
-        Journal(tmp_path / "b" / "journal.json") as journal_b,
-    ):
-        wg_a = WireGuard(name_a, journal=journal_a, netns=a)
-        wg_b = WireGuard(name_b, journal=journal_b, netns=b)
-        for wg, key, address in ((wg_a, key_a, "10.99.0.1/24"), (wg_b, key_b, "10.99.0.2/24")):
-            wg.create()
-            wg.configure(key, listen_port=51820)
-            wg.set_addresses([address])
-            wg.up(mtu=1420)
+    with wireguard_go_pair(
+        tmp_path,
+        WgEndSpec(a, name_a, key_a, "10.99.0.1/24"),
+        WgEndSpec(b, name_b, key_b, "10.99.0.2/24"),
+    ) as (end_a, end_b):
+        wg_a, journal_a, wg_b, journal_b = end_a.wg, end_a.journal, end_b.wg, end_b.journal
         assert wg_a.backend_used == "userspace"  # this kernel has no WireGuard module
         # b knows a before a's keepalive starts a handshake: an initiation from an unknown
         # peer is dropped and WireGuard retries only after 5 s (REKEY_TIMEOUT).

@@ -1,8 +1,13 @@
-"""A real bosonserver on loopback (uvicorn on an ephemeral port), on SQLite and PostgreSQL.
+"""A real bosonserver on loopback (uvicorn on an ephemeral port), on SQLite or PostgreSQL.
 
-Every test using ``srv`` runs twice: once with the SQLite file in a temporary data directory,
-once with a fresh database in the throwaway PostgreSQL cluster. Requests go over real HTTP with
-httpx. The relay hub is the recording double (see hubdouble.py).
+A test using ``srv`` (or ``database``) runs on the SQLite file in a temporary data directory.
+A test marked ``stores`` (or in a module with ``pytestmark = pytest.mark.stores``) runs twice:
+once on SQLite, once with a fresh database in the throwaway PostgreSQL cluster. Mark a test
+``stores`` when what it checks is the store's behaviour -- its SQL, a constraint, a race
+between requests, what survives a restart -- since that is where the two databases can
+differ; everything above the store (HTTP, auth, validation, the relay wiring) is the same
+code on either, and a second run on PostgreSQL would only repeat it at twice the cost.
+Requests go over real HTTP with httpx. The relay hub is the recording double (hubdouble.py).
 """
 
 from __future__ import annotations
@@ -110,8 +115,19 @@ def make_settings(tmp_path: Path, database: str | None, **overrides: Any) -> Ser
     return ServerSettings(**values)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" not in metafunc.fixturenames:
+        return
+    stores: list[Any] = ["sqlite"]
+    if metafunc.definition.get_closest_marker("stores") is not None:
+        stores.append(pytest.param("postgresql", marks=pytest.mark.postgres))
+    metafunc.parametrize("database", stores, indirect=True)
+
+
+@pytest.fixture
 def database(request: pytest.FixtureRequest) -> str | None:
+    """None (the SQLite file in the data directory) or a fresh PostgreSQL database's URL; which
+    one is chosen per test by :func:`pytest_generate_tests` above."""
     if request.param == "sqlite":
         return None
     url: str = request.getfixturevalue("postgres_url")

@@ -56,6 +56,7 @@ def db_args(tmp_path: Path, database: str | None) -> list[str]:
     return [*args, "--database", database] if database else args
 
 
+@pytest.mark.stores
 def test_operator_flow(db_args: list[str], tmp_path: Path) -> None:
     before = boson("client", "list", *db_args)
     assert before.returncode == 1

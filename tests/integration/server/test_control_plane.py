@@ -17,6 +17,9 @@ from higgs.server.store.tables import Session as SessionRow
 from tests.integration.server.conftest import Harness, bearer, new_public_key
 from tests.integration.server.test_lifecycle import eventually
 
+# Allocation under concurrency and rows changed behind the server: the store is under test.
+pytestmark = pytest.mark.stores
+
 
 async def test_fifty_concurrent_routes_to_one_node_get_distinct_addresses(srv: Harness) -> None:
     node_id, _, _ = await srv.node(tunnel_subnet="10.77.9.0/24", max_clients=64)

@@ -1,5 +1,5 @@
 """Registration proves the private key (docs/protocol.md §2.1, protocol/keyproof.py): over
-real HTTP, on SQLite and PostgreSQL, with the server's default (proof required)."""
+real HTTP, with the server's default (proof required)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ async def session_state(srv: Harness, client: str, sid: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.stores
 @pytest.mark.parametrize("settings_overrides", [{"session_ttl_s": 1}])
 async def test_unused_session_expires_and_node_is_told(srv: Harness) -> None:
     node_id, _, _ = await srv.node()
@@ -169,6 +170,7 @@ async def test_node_link_up_gets_sync_with_its_open_sessions(srv: Harness) -> No
     await srv.hub.events.node_link_down(node_id)
 
 
+@pytest.mark.stores
 async def test_restart_keeps_state(
     tmp_path: Path, database: str | None, hub_factory: tuple[list[Any], Any]
 ) -> None:
@@ -203,6 +205,7 @@ async def test_restart_keeps_state(
         assert new["relay"]["channel"] != route["relay"]["channel"]
 
 
+@pytest.mark.stores
 async def test_close_racing_the_sweep_announces_once(srv: Harness) -> None:
     node_id, _, _ = await srv.node()
     client = await srv.client_token("alice")

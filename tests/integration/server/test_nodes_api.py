@@ -27,6 +27,7 @@ async def test_register_creates_node_and_allows_its_link(srv: Harness) -> None:
     assert srv.hub.allowed[data["node_id"]] == hash_token(data["node_token"])
 
 
+@pytest.mark.stores
 async def test_same_public_key_is_the_same_node_and_old_token_dies(srv: Harness) -> None:
     node_id, token1, body = await srv.node()
     r = await srv.http.post(
@@ -123,6 +124,7 @@ async def test_register_credentials(srv: Harness) -> None:
     assert r.json()["error"] == "exhausted_token"
 
 
+@pytest.mark.stores
 async def test_expired_enrollment_key_is_refused(srv: Harness) -> None:
     key = await srv.ctx.identity.create_enrollment_key(1, utcnow() + timedelta(milliseconds=1))
     await asyncio.sleep(0.05)
@@ -219,6 +221,7 @@ async def test_deregister_stops_node_and_closes_its_sessions(srv: Harness) -> No
     assert [n["node_id"] for n in nodes.json()["nodes"]] == [node_id]
 
 
+@pytest.mark.stores
 async def test_racing_registrations_of_one_key_make_one_node(srv: Harness) -> None:
     body = node_body()
     keys = [await srv.enrollment_key() for _ in range(4)]
@@ -232,6 +235,7 @@ async def test_racing_registrations_of_one_key_make_one_node(srv: Harness) -> No
     assert len(nodes["nodes"]) == 1
 
 
+@pytest.mark.stores
 @pytest.mark.parametrize("uses", [1, 3])
 async def test_enrollment_key_uses_cannot_be_raced(srv: Harness, uses: int) -> None:
     """Twelve registrations with different keys at once, on one key with ``uses`` uses:

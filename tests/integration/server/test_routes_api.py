@@ -56,6 +56,7 @@ async def test_route_answers_complete_wireguard_config_and_tells_node_and_hub(
     }
 
 
+@pytest.mark.stores
 async def test_addresses_never_collide_and_skip_node_and_broadcast(srv: Harness) -> None:
     await srv.node(tunnel_subnet="10.77.5.0/29", max_clients=50)
     client = await srv.client_token("alice")
@@ -161,6 +162,7 @@ async def test_route_needs_a_client_token(srv: Harness) -> None:
     assert r.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.stores
 async def test_same_key_again_replaces_the_old_session(srv: Harness) -> None:
     node_id, _, _ = await srv.node()
     srv.hub.connected.add(node_id)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from tests.integration.server.conftest import Harness, bearer, node_body
 
 
+@pytest.mark.stores
 async def test_node_with_ipv6_prefix_gets_clients_collision_free_ipv6(srv: Harness) -> None:
     node_id, _token, _body = await srv.node(tunnel_subnet_v6="fd12:3456:789a::/64")
     r = await srv.http.get("/v1/admin/nodes", headers=bearer(srv.admin_token))

@@ -11,6 +11,9 @@ import pytest
 from higgs.server.store import relay_leases
 from tests.integration.server.conftest import Harness, bearer
 
+# Port leases are rows allocated, released and cooled down by SQL: the store is under test.
+pytestmark = pytest.mark.stores
+
 RELAY = "192.0.2.1"
 
 LONG_COOLDOWN = pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.integration.server.conftest import Harness, bearer, new_public_key
 
 
@@ -18,6 +20,7 @@ async def _clients(srv: Harness) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in r.json()["clients"]}
 
 
+@pytest.mark.stores
 async def test_usage_adds_per_session_deltas_and_a_used_up_quota_cuts_off(srv: Harness) -> None:
     node_id, node_token, _ = await srv.node()
     srv.hub.connected.add(node_id)

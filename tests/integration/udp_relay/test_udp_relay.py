@@ -17,23 +17,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from higgs.common.keys import PrivateKey
-from higgs.osnet.journal import Journal
+from higgs.lab.wait import wait_until
 from higgs.osnet.relaynat import RelayNatNames
-from higgs.osnet.wireguard import Peer, WireGuard
+from higgs.osnet.wireguard import Peer
 from higgs.relay.forwarder import SessionSpec
 from higgs.relay.runner import STATUS_FILE
 from higgs.relay.sessions_file import write_sessions
 from tests.integration.osnet.conftest import veth
 from tests.integration.osnet.namespaces import Namespaces, sh
+from tests.integration.osnet.wgpair import WgEndSpec, wireguard_go_pair
 
 from . import scripts
 
@@ -42,6 +42,8 @@ pytestmark = pytest.mark.root
 RELAY_IP = "10.0.9.1"
 PORT = 40003
 ATTACKERS = [f"10.0.3.{i}" for i in range(2, 12)]
+
+T = TypeVar("T")
 
 
 def pub(key: PrivateKey) -> bytes:
@@ -54,14 +56,10 @@ def ns_run(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProc
     )
 
 
-def wait_for(what: str, check: Any, timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait_for(what: str, check: Callable[[], T], timeout: float = 40.0) -> T:
+    """The lab's wait_until, with this module's longer default (the relay starts a Python
+    process and nftables)."""
+    return wait_until(what, check, timeout)
 
 
 def ping_ok(ns: str, count: int = 1) -> bool:
@@ -161,29 +159,19 @@ def lab(namespaces: Namespaces, tmp_path: Path) -> Iterator[Lab]:
     write_sessions(tmp_path / "s.json", [spec])
     lab = Lab(c, r, n, a, tmp_path, namespaces.tag.replace("-", "")[:12], ck, nk)
     name_c, name_n = namespaces.ifname("c"), namespaces.ifname("n")
-    with (
-        Journal(tmp_path / "jc" / "journal.json") as jc,
-        Journal(tmp_path / "jn" / "journal.json") as jn,
-    ):
-        wg_c = WireGuard(name_c, journal=jc, netns=c)
-        wg_n = WireGuard(name_n, journal=jn, netns=n)
-        for wg, key, address in ((wg_c, ck, "10.99.0.2/24"), (wg_n, nk, "10.99.0.1/24")):
-            wg.create()
-            wg.configure(key, listen_port=51820)
-            wg.set_addresses([address])
-            wg.up(mtu=1420)
+    with wireguard_go_pair(
+        tmp_path, WgEndSpec(c, name_c, ck, "10.99.0.2/24"), WgEndSpec(n, name_n, nk, "10.99.0.1/24")
+    ) as (client, node):
         endpoint = f"{RELAY_IP}:{PORT}"
         # The node: the relay as its peer's endpoint, with a persistent keepalive (§5.2).
-        wg_n.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
-        wg_c.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
+        node.wg.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
+        client.wg.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
         try:
             yield lab
         finally:
             if lab.proc is not None:
                 lab.proc.kill()
                 lab.proc.wait()
-            jc.undo_all()
-            jn.undo_all()
 
 
 def capture_data(lab: Lab) -> list[str]:
