@@ -278,28 +278,19 @@ def lab6(namespaces: Namespaces, tmp_path: Path) -> Iterator[Lab]:
     write_sessions(tmp_path / "s.json", [SessionSpec("s_test", PORT, pub(ck), pub(nk))])
     lab = Lab(c, r, n, "", tmp_path, namespaces.tag.replace("-", "")[:12], ck, nk,
               relay_ip=RELAY_IP6)  # fmt: skip
-    with (
-        Journal(tmp_path / "jc" / "journal.json") as jc,
-        Journal(tmp_path / "jn" / "journal.json") as jn,
-    ):
-        wg_c = WireGuard(namespaces.ifname("c"), journal=jc, netns=c)
-        wg_n = WireGuard(namespaces.ifname("n"), journal=jn, netns=n)
-        for wg, key, address in ((wg_c, ck, "10.99.0.2/24"), (wg_n, nk, "10.99.0.1/24")):
-            wg.create()
-            wg.configure(key, listen_port=51820)
-            wg.set_addresses([address])
-            wg.up(mtu=1400)
+    name_c, name_n = namespaces.ifname("c"), namespaces.ifname("n")
+    with wireguard_go_pair(
+        tmp_path, WgEndSpec(c, name_c, ck, "10.99.0.2/24"), WgEndSpec(n, name_n, nk, "10.99.0.1/24")
+    ) as (client, node):
         endpoint = f"[{RELAY_IP6}]:{PORT}"
-        wg_n.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
-        wg_c.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
+        node.wg.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
+        client.wg.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
         try:
             yield lab
         finally:
             if lab.proc is not None:
                 lab.proc.kill()
                 lab.proc.wait()
-            jc.undo_all()
-            jn.undo_all()
 
 
 def test_two_wireguard_go_peers_through_the_relay_over_ipv6(lab6: Lab) -> None:
