@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from higgs import __version__
@@ -54,8 +55,6 @@ from higgs.node.reachability import ProbeListener
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
-from higgs.osnet import discovery
-from higgs.osnet.discovery import UplinkWatcher
 from higgs.osnet.mtu import MtuDecision
 from higgs.osnet.portmap import PortMapping
 from higgs.protocol.api import NodeRegisterRequest
@@ -128,10 +127,19 @@ def registration_request(
 
 
 class Agent:
-    def __init__(self, settings: NodeSettings, host: NodeHost, key: PrivateKey) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        host: NodeHost,
+        key: PrivateKey,
+        *,
+        server_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.settings = settings
         self.host = host
         self.key = key
+        # The server link's HTTP transport (None: the network); the unit tests' seam.
+        self.server_transport = server_transport
         self.started_at = time.time()
         self.uplink: Uplink | None = None
         self.mtu: MtuDecision | None = None
@@ -205,7 +213,7 @@ class Agent:
     def _uplink6(self) -> Uplink | None:
         """The IPv6 uplink, for the pinhole (blocking netlink read: a few microseconds)."""
         try:
-            return discovery.ipv6_uplink(exclude=[self.settings.interface])
+            return self.host.ipv6_uplink()
         except HiggsError:
             return None
 
@@ -279,6 +287,7 @@ class Agent:
             on_identity=self._on_identity,
             timeout_s=s.server_timeout_s,
             private_key=self.key,
+            transport=self.server_transport,
         )
         return self.server
 
@@ -364,9 +373,7 @@ class Agent:
         self.uplink = new
 
     async def _watch_uplink(self) -> None:
-        watcher = UplinkWatcher(
-            self._uplink_changed, exclude=[self.settings.interface], interval=UPLINK_POLL_S
-        )
+        watcher = self.host.uplink_watcher(self._uplink_changed, UPLINK_POLL_S)
         watcher.current = self.uplink
         await watcher.run()
 
