@@ -215,15 +215,28 @@ def delete_route(route: Route, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
+@dataclass(frozen=True)
+class RouteUndo:
+    """A :class:`Route` to delete, and its namespace."""
+
+    dst: str
+    dev: str | None = None
+    gateway: str | None = None
+    table: int = MAIN_TABLE
+    metric: int | None = None
+    netns: str | None = None
+
+
 def route_undo(route: Route, netns: str | None) -> undo.Undo:
-    return ROUTE_DELETE.record(netns=netns, **asdict(route))
+    return ROUTE_DELETE.record(RouteUndo(**asdict(route), netns=netns))
 
 
-def _undo_route(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    delete_route(Route.from_data(params), netns=params.get("netns"))
+def _undo_route(params: RouteUndo, ctx: undo.UndoContext) -> None:
+    route = Route(params.dst, params.dev, params.gateway, params.table, params.metric)
+    delete_route(route, netns=params.netns)
 
 
-ROUTE_DELETE = undo.UndoOp("route_delete", _undo_route)
+ROUTE_DELETE = undo.UndoOp("route_delete", RouteUndo, _undo_route)
 
 
 def routes_in_table(table: int, *, netns: str | None = None) -> list[Route]:
@@ -345,15 +358,36 @@ def delete_rule(rule: Rule, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
+@dataclass(frozen=True)
+class RuleUndo:
+    """A :class:`Rule` to delete, and its namespace."""
+
+    priority: int
+    table: int
+    family: Family = 4
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlength: int | None = None
+    netns: str | None = None
+
+
 def rule_undo(rule: Rule, netns: str | None) -> undo.Undo:
-    return RULE_DELETE.record(netns=netns, **asdict(rule))
+    return RULE_DELETE.record(RuleUndo(**asdict(rule), netns=netns))
 
 
-def _undo_rule(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    delete_rule(Rule.from_data(params), netns=params.get("netns"))
+def _undo_rule(params: RuleUndo, ctx: undo.UndoContext) -> None:
+    rule = Rule(
+        params.priority,
+        params.table,
+        params.family,
+        params.fwmark,
+        params.invert,
+        params.suppress_prefixlength,
+    )
+    delete_rule(rule, netns=params.netns)
 
 
-RULE_DELETE = undo.UndoOp("rule_delete", _undo_rule)
+RULE_DELETE = undo.UndoOp("rule_delete", RuleUndo, _undo_rule)
 
 
 # --- wg-quick's full tunnel ---------------------------------------------------------------

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +106,12 @@ def test_partial_undo_then_crash_resumes_where_it_stopped(
 
     crash_at = {"del", "b"}
 
-    def crashing_argv(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-        if set(params["argv"]) == crash_at:
+    def crashing_argv(params: undo.Argv, ctx: undo.UndoContext) -> None:
+        if set(params.argv) == crash_at:
             raise Crash
-        ctx.runner.run(params["argv"])
+        ctx.runner.run(params.argv)
 
-    crashing = undo.UndoOp("argv", crashing_argv)
+    crashing = undo.UndoOp("argv", undo.Argv, crashing_argv)
     monkeypatch.setattr(undo_registry, "OPS", {**undo_registry.OPS, "argv": crashing})
     with pytest.raises(Crash):
         first.undo_all()
