@@ -19,7 +19,7 @@ import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -76,19 +76,6 @@ class Route:
     def family(self) -> Family:
         return 4 if self.network.version == 4 else 6
 
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Route:
-        def opt(key: str) -> Any:
-            return data.get(key)
-
-        return cls(
-            dst=str(data["dst"]),
-            dev=None if opt("dev") is None else str(opt("dev")),
-            gateway=None if opt("gateway") is None else str(opt("gateway")),
-            table=int(data.get("table", MAIN_TABLE)),
-            metric=None if opt("metric") is None else int(opt("metric")),
-        )
-
     def describe(self) -> str:
         parts = [f"route {self.network}"]
         if self.gateway:
@@ -110,21 +97,6 @@ class Rule:
     fwmark: int | None = None
     invert: bool = False  # "not fwmark M"
     suppress_prefixlength: int | None = None
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Rule:
-        family = int(data.get("family", 4))
-        if family not in (4, 6):
-            raise ValueError(f"bad rule family {family}")
-        fwmark, suppress = data.get("fwmark"), data.get("suppress_prefixlength")
-        return cls(
-            priority=int(data["priority"]),
-            table=int(data["table"]),
-            family=4 if family == 4 else 6,
-            fwmark=None if fwmark is None else int(fwmark),
-            invert=bool(data.get("invert", False)),
-            suppress_prefixlength=None if suppress is None else int(suppress),
-        )
 
     def describe(self) -> str:
         parts = [f"rule {self.priority}:"]
