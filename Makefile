@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup check test soak lint typecheck unit integration e2e demo demo-stock bench bench-smoke lock clean
+.PHONY: setup check test soak lint typecheck deadcode unit integration e2e demo demo-stock bench bench-smoke lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,10 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# Dead code (high-confidence findings only: framework hooks show up below 80%).
+deadcode: setup
+	$(VENV)/bin/vulture src --min-confidence 80
 
 # The fast layer of the pyramid, for every edit: lint, types, import rules and the unit tests
 # (no root, no sockets, no namespaces). Under a minute.

@@ -40,10 +40,6 @@ class RestError(HiggsError):
     def unreachable(self) -> bool:
         return self.status is None
 
-    @property
-    def retryable(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status == 429
-
 
 def new_client(
     base_url: str,

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from higgs import __version__
@@ -59,8 +60,6 @@ from higgs.node.rulewatch import node_rule_watch
 from higgs.node.runstate import PidFile, write_status
 from higgs.node.server_link import Identity, ServerLink
 from higgs.node.settings import NodeSettings
-from higgs.osnet import discovery
-from higgs.osnet.discovery import UplinkWatcher
 from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.mtu import MtuDecision
 from higgs.osnet.portmap import PortMapping
@@ -140,11 +139,15 @@ class Agent:
         host: NodeHost,
         key: PrivateKey,
         signals: StopSignals | None = None,
+        *,
+        server_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self._signals = signals
         self.host = host
         self.key = key
+        # The server link's HTTP transport (None: the network); the unit tests' seam.
+        self.server_transport = server_transport
         self.started_at = time.time()
         self.uplink: Uplink | None = None
         self.mtu: MtuDecision | None = None
@@ -220,7 +223,7 @@ class Agent:
     def _uplink6(self) -> Uplink | None:
         """The IPv6 uplink, for the pinhole (blocking netlink read: a few microseconds)."""
         try:
-            return discovery.ipv6_uplink(exclude=[self.settings.interface])
+            return self.host.ipv6_uplink()
         except HiggsError:
             return None
 
@@ -294,6 +297,7 @@ class Agent:
             on_identity=self._on_identity,
             timeout_s=s.server_timeout_s,
             private_key=self.key,
+            transport=self.server_transport,
         )
         return self.server
 
@@ -382,9 +386,7 @@ class Agent:
         self.uplink = new
 
     async def _watch_uplink(self) -> None:
-        watcher = UplinkWatcher(
-            self._uplink_changed, exclude=[self.settings.interface], interval=UPLINK_POLL_S
-        )
+        watcher = self.host.uplink_watcher(self._uplink_changed, UPLINK_POLL_S)
         watcher.current = self.uplink
         await watcher.run()
 

@@ -76,45 +76,61 @@ def _settings_args(p: argparse.ArgumentParser, *, full: bool) -> None:
     )
 
 
+def _command(
+    sub: Any,
+    name: str,
+    help: str,
+    description: str | None = None,
+    *,
+    full: bool = False,
+    json_output: bool = False,
+) -> argparse.ArgumentParser:
+    """One subcommand: its settings options (all of them with ``full``) and ``--json``."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    _settings_args(parser, full=full)
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("higgsnode", "the Higgs.net exit-node agent")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    start = sub.add_parser(
+    _command(
+        sub,
         "start",
-        help="run the node in the foreground until stopped",
-        description="Sets up WireGuard, NAT and DNS, registers with the server and serves "
+        "run the node in the foreground until stopped",
+        "Sets up WireGuard, NAT and DNS, registers with the server and serves "
         "clients until SIGTERM/SIGINT or `higgsnode stop`; then undoes every change.",
+        full=True,
     )
-    _settings_args(start, full=True)
-    stop = sub.add_parser("stop", help="stop the running node (it undoes its changes)")
-    _settings_args(stop, full=False)
+    stop = _command(sub, "stop", "stop the running node (it undoes its changes)")
     stop.add_argument("--timeout", type=float, default=STOP_WAIT_S, help="seconds to wait")
-    status = sub.add_parser("status", help="server link, peers, sessions, bytes")
-    _settings_args(status, full=False)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    diagnose = sub.add_parser(
+    _command(sub, "status", "server link, peers, sessions, bytes", json_output=True)
+    _command(
+        sub,
         "diagnose",
-        help="check forwarding, NAT, routes, MTU, server, clock; print fixes",
-        description="Each failing check is printed with the command that fixes it; "
+        "check forwarding, NAT, routes, MTU, server, clock; print fixes",
+        "Each failing check is printed with the command that fixes it; "
         "exit status 1 when any check fails.",
+        full=True,
+        json_output=True,
     )
-    _settings_args(diagnose, full=True)
-    diagnose.add_argument("--json", action="store_true", help="machine-readable output")
-    cleanup = sub.add_parser(
+    _command(
+        sub,
         "cleanup",
-        help="undo what a crashed node left behind (journal replay, then sweep)",
-        description="Safe to run any time the node is not running (systemd runs it from "
+        "undo what a crashed node left behind (journal replay, then sweep)",
+        "Safe to run any time the node is not running (systemd runs it from "
         "ExecStopPost=). Exit status 0 when the host is clean.",
     )
-    _settings_args(cleanup, full=False)
-    dashboard = sub.add_parser(
+    _command(
+        sub,
         "dashboard",
-        help="print the owner page's URL and how to log in",
-        description="The running node serves its owner page and /metrics on a loopback "
+        "print the owner page's URL and how to log in",
+        "The running node serves its owner page and /metrics on a loopback "
         "address ([dashboard] listen). Log in with the token in the state directory.",
+        json_output=True,
     )
-    _settings_args(dashboard, full=False)
-    dashboard.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 

@@ -203,4 +203,7 @@ class ControlLink:
             except Exception as exc:
                 log.warning("cannot read peer counters", extra={"why": str(exc)})
                 continue
-            self._link.send_text({"type": "peer_stats", "peers": peer_stats_with_endpoints(rows)})
+            stats = control.PeerStats(
+                peers=[control.PeerStat(**p) for p in peer_stats_with_endpoints(rows)]
+            )
+            self._link.send_text(stats.model_dump(mode="json"))

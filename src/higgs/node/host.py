@@ -2,7 +2,9 @@
 
 The agent calls these steps in order; each one journals its undo (inside osnet) before it
 changes anything, so :meth:`NodeHost.teardown` — or, after a crash, :meth:`NodeHost.recover`
-at the next start or in ``higgsnode cleanup`` — puts the host back as it was.
+at the next start or in ``higgsnode cleanup`` — puts the host back as it was. The host itself
+is reached only through :class:`~higgs.node.hostops.HostOps` (osnet for real, a fake in the
+unit tests of the agent's setup and teardown).
 """
 
 from __future__ import annotations
@@ -12,23 +14,20 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from higgs.common.keys import PrivateKey
+from higgs.node.hostops import Firewall, HostOps, IPInterface, OsnetHostOps, Shaper, Tunnel
 from higgs.node.policy import build_policy, own_addresses
 from higgs.node.settings import NodeSettings
-from higgs.node.shaping import Shaper, ifb_name, plan_for
-from higgs.osnet import cleanup as osnet_cleanup
-from higgs.osnet import discovery, firewall, netlink, sysctl, undo
-from higgs.osnet.discovery import Uplink
-from higgs.osnet.errors import OsnetError
-from higgs.osnet.firewall import FirewallBackend, FirewallNames, FirewallStatus, get_backend
+from higgs.node.shaping import ifb_name, plan_for
+from higgs.osnet.discovery import OnChange, Uplink, UplinkWatcher
+from higgs.osnet.firewall import FirewallNames, FirewallStatus
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import DEFAULT_INTERFACE as OWNED_DEFAULT_INTERFACE
 from higgs.osnet.names import OwnedNames
-from higgs.osnet.runner import Runner, SubprocessRunner
+from higgs.osnet.runner import Runner
 from higgs.osnet.wireguard import Peer as WgPeer
-from higgs.osnet.wireguard import PeerStats, WireGuard
+from higgs.osnet.wireguard import PeerStats
 
 __all__ = ["NodeHost", "Uplink", "WgPeerTable", "instance_for"]
 
@@ -38,8 +37,6 @@ JOURNAL_FILE = "journal.json"
 FORWARDING = "net.ipv4.ip_forward"
 FORWARDING_V6 = "net.ipv6.conf.all.forwarding"
 DEFAULT_INTERFACE = OWNED_DEFAULT_INTERFACE["node"]
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 def instance_for(interface: str) -> str:
@@ -57,7 +54,7 @@ RELAY_KEEPALIVE_S = 25
 class WgPeerTable:
     """:class:`higgs.node.peers.PeerTable` over osnet's WireGuard interface."""
 
-    def __init__(self, wg: WireGuard) -> None:
+    def __init__(self, wg: Tunnel) -> None:
         self._wg = wg
 
     def peers(self) -> tuple[PeerStats, ...]:
@@ -85,34 +82,20 @@ class WgPeerTable:
         self._wg.remove_peer(public_key)
 
 
-def all_addresses(exclude: Sequence[str] = ()) -> list[IPInterface]:
-    """Every address on every interface of this host (namespace), except ``exclude``'s."""
-    skip = set(exclude)
-
-    def dump(ipr: Any) -> list[IPInterface]:
-        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
-        out: list[IPInterface] = []
-        for msg in ipr.addr("dump"):
-            addr = msg.get("address")
-            if addr is None or names.get(msg.get("index")) in skip:
-                continue
-            out.append(ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"))
-        return out
-
-    return netlink.call(dump)
-
-
 class NodeHost:
-    def __init__(self, settings: NodeSettings, *, runner: Runner | None = None) -> None:
+    def __init__(
+        self, settings: NodeSettings, *, runner: Runner | None = None, ops: HostOps | None = None
+    ) -> None:
         self.settings = settings
-        self.runner: Runner = runner if runner is not None else SubprocessRunner()
+        self.ops: HostOps = ops if ops is not None else OsnetHostOps(runner)
+        self.runner: Runner = self.ops.runner
         self.names = OwnedNames.for_instance(
             "node", instance_for(settings.interface), settings.interface
         )
         self.fw_names = FirewallNames.of(self.names)
         self.journal: Journal | None = None
-        self.wg: WireGuard | None = None
-        self.firewall: FirewallBackend | None = None
+        self.wg: Tunnel | None = None
+        self.firewall: Firewall | None = None
         # The node's own IPv6 tunnel address (with the clients' prefix) when it forwards IPv6.
         self.tunnel_v6: ipaddress.IPv6Interface | None = None
         # False while the uplink has lost its internet IPv6: the firewall rejects IPv6 then.
@@ -125,7 +108,7 @@ class NodeHost:
     def open_journal(self) -> Journal:
         """Takes the journal (and its lock: one process per state dir)."""
         if self.journal is None:
-            self.journal = Journal(self.journal_path, runner=self.runner)
+            self.journal = self.ops.open_journal(self.journal_path)
         return self.journal
 
     def close(self) -> None:
@@ -137,7 +120,7 @@ class NodeHost:
 
     def uplink(self) -> Uplink:
         """The interface of the default route; DiscoveryError (nothing changed) when none."""
-        return discovery.default_uplink(exclude=[self.settings.interface])
+        return self.ops.default_uplink([self.settings.interface])
 
     def decide_ipv6(self, uplink: Uplink, public_key: str) -> ipaddress.IPv6Interface | None:
         """Sets (and returns) :attr:`tunnel_v6`: the node forwards IPv6 when allowed and the
@@ -148,7 +131,7 @@ class NodeHost:
         if self.settings.ipv6 == "off":
             log.info("IPv6 forwarding off by configuration: IPv6 from clients is rejected")
             return None
-        up6 = discovery.ipv6_uplink(exclude=[self.settings.interface])
+        up6 = self.ipv6_uplink()
         if up6 is None or up6.name != uplink.name:
             log.info(
                 "no internet IPv6 on the uplink: IPv6 from clients is rejected",
@@ -163,23 +146,25 @@ class NodeHost:
 
     def ipv6_available(self, uplink: Uplink) -> bool:
         """Whether ``uplink`` still has internet IPv6 (IPv6 default route and address)."""
-        up6 = discovery.ipv6_uplink(exclude=[self.settings.interface])
+        up6 = self.ipv6_uplink()
         return up6 is not None and up6.name == uplink.name
 
+    def ipv6_uplink(self) -> Uplink | None:
+        """The interface of the IPv6 default route (with an internet address), if any."""
+        return self.ops.ipv6_uplink([self.settings.interface])
+
     def host_addresses(self) -> list[IPInterface]:
-        return all_addresses(exclude=[self.settings.interface])
+        return self.ops.addresses([self.settings.interface])
 
     def firewall_status(self) -> FirewallStatus | None:
         """What our firewall rules look like in the kernel (for diagnose), by either backend."""
-        for name in ("nft", "iptables"):
-            try:
-                backend = get_backend(name, self.fw_names, self.runner)
-                status = backend.status()
-            except Exception:  # noqa: S112 - a backend this host lacks simply has no rules
-                continue
-            if status.applied:
-                return status
-        return None
+        return self.ops.firewall_status(self.fw_names)
+
+    def uplink_watcher(self, on_change: OnChange, interval: float) -> UplinkWatcher:
+        """Polls the default route (ours excluded) and reports when it moves."""
+        return self.ops.uplink_watcher(
+            on_change, exclude=[self.settings.interface], interval=interval
+        )
 
     # ---- recovery ----------------------------------------------------------------------
 
@@ -189,23 +174,18 @@ class NodeHost:
         Returns the problems met (empty when the host is clean). Raises JournalError when a
         live agent owns the journal: sweeping under it would pull its interface away."""
         self.close()
-        report = osnet_cleanup.cleanup(self.journal_path, self.names, runner=self.runner)
-        if report.undone:
-            log.warning("undid %d change(s) left by an earlier run", report.undone)
-        problems = [str(e) for e in report.errors]
-        problems += firewall.sweep(self.fw_names, self.runner)
-        try:
-            ifb = undo.link_delete(ifb_name(self.settings.interface))
-            undo.LINK_DELETE.run(ifb, undo.UndoContext(self.runner))
-        except OsnetError as exc:
-            problems.append(f"removing {ifb_name(self.settings.interface)}: {exc}")
+        undone, problems = self.ops.recover(
+            self.journal_path, self.names, self.fw_names, ifb_name(self.settings.interface)
+        )
+        if undone:
+            log.warning("undid %d change(s) left by an earlier run", undone)
         return problems
 
     # ---- setup steps -------------------------------------------------------------------
 
-    def bring_up_interface(self, key: PrivateKey, mtu: int) -> WireGuard:
+    def bring_up_interface(self, key: PrivateKey, mtu: int) -> Tunnel:
         journal = self.open_journal()
-        wg = WireGuard(self.settings.interface, journal=journal, runner=self.runner)
+        wg = self.ops.tunnel(self.settings.interface, journal)
         wg.create()
         self.wg = wg
         wg.configure(key, listen_port=self.settings.listen_port)
@@ -224,7 +204,7 @@ class NodeHost:
     def setup_shaping(self) -> Shaper:
         """tc trees for the owner's rates (nothing when no rate is set)."""
         net6 = self.tunnel_v6.network if self.tunnel_v6 is not None else None
-        shaper = Shaper(plan_for(self.settings, net6), self.open_journal(), self.runner)
+        shaper = self.ops.shaper(plan_for(self.settings, net6), self.open_journal())
         shaper.setup()
         return shaper
 
@@ -232,16 +212,16 @@ class NodeHost:
         """Turns IPv4 forwarding on (and IPv6 forwarding with NAT66); returns the IPv4 value
         found. Every value found is journaled and restored on stop."""
         journal = self.open_journal()
-        previous = sysctl.set(journal, FORWARDING, "1", runner=self.runner)
+        previous = self.ops.set_sysctl(journal, FORWARDING, "1")
         if self.tunnel_v6 is not None:
             # With forwarding on, the kernel ignores router advertisements on links whose
             # accept_ra is 1: the uplink would lose its SLAAC default route; 2 keeps them.
             # (A dotted name such as a VLAN cannot be written as a sysctl key here: skipped.)
             if uplink is not None and "." not in uplink.name:
                 ra = f"net.ipv6.conf.{uplink.name}.accept_ra"
-                if sysctl.read(ra, runner=self.runner) == "1":
-                    sysctl.set(journal, ra, "2", runner=self.runner)
-            was = sysctl.set(journal, FORWARDING_V6, "1", runner=self.runner)
+                if self.ops.read_sysctl(ra) == "1":
+                    self.ops.set_sysctl(journal, ra, "2")
+            was = self.ops.set_sysctl(journal, FORWARDING_V6, "1")
             log.info("ipv6 forwarding on", extra={"was": was})
         return previous
 
@@ -256,7 +236,7 @@ class NodeHost:
             tunnel_v6=self.tunnel_v6 if self.ipv6_active else None,
         )
         if self.firewall is None:
-            self.firewall = get_backend(self.settings.firewall, self.fw_names, self.runner, journal)
+            self.firewall = self.ops.firewall(self.settings.firewall, self.fw_names, journal)
         self.firewall.apply(policy)
         log.info("firewall applied", extra={"backend": self.firewall.name, "uplink": uplink.name})
 

@@ -35,7 +35,12 @@ from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey, write_secret_file
 from higgs.daemon import rest
 from higgs.protocol import keyproof
-from higgs.protocol.api import KeyChallenge, NodeRegisterRequest, NodeRegisterResponse
+from higgs.protocol.api import (
+    KeyChallenge,
+    NodeRegisterRequest,
+    NodeRegisterResponse,
+    ReachabilityConfirm,
+)
 
 __all__ = [
     "EnrollmentRejected",
@@ -180,7 +185,7 @@ class ServerLink:
         try:
             response = await self._post(
                 f"/v1/nodes/{self.identity.node_id}/reachability",
-                json={"nonce": nonce},
+                json=ReachabilityConfirm(nonce=nonce).model_dump(mode="json"),
                 token=self.identity.node_token,
             )
         except _Transient as exc:

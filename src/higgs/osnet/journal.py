@@ -25,6 +25,11 @@ Crash points and why they are safe:
 One process at a time owns a journal: it holds an ``flock`` on ``journal.json.lock`` for as
 long as the :class:`Journal` is open, so ``cleanup`` cannot race a running node; the kernel
 drops the lock when that process dies, however it dies.
+
+Within that process several threads may write it at once (the node's port mapper records from
+the event loop while host steps run in worker threads): every change of the entries and its
+save happen under one lock, so no entry is lost and no two saves share the temp file. The
+lock is not held while a change or an undo is carried out (those run commands).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -66,6 +72,7 @@ class Journal:
         self.path = path
         self.runner: Runner = runner if runner is not None else SubprocessRunner()
         self._ctx = undo_ops.UndoContext(self.runner)
+        self._mutex = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = self._lock()
         try:
@@ -161,10 +168,12 @@ class Journal:
 
     @property
     def entries(self) -> tuple[Entry, ...]:
-        return tuple(self._entries)
+        with self._mutex:
+            return tuple(self._entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._mutex:
+            return len(self._entries)
 
     def record(self, what: str, undo: Mapping[str, Any]) -> Entry:
         """Durably notes a change about to be made. Make the change only after this returns."""
@@ -176,14 +185,15 @@ class Journal:
             json.dumps(undo)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"an undo must be JSON data: {exc}") from exc
-        entry = Entry(self._next_id, what, dict(undo), time.time())
-        self._next_id += 1
-        self._entries.append(entry)
-        try:
-            self._save()
-        except BaseException:
-            self._entries.pop()
-            raise
+        with self._mutex:
+            entry = Entry(self._next_id, what, dict(undo), time.time())
+            self._next_id += 1
+            self._entries.append(entry)
+            try:
+                self._save()
+            except BaseException:
+                self._entries.remove(entry)
+                raise
         log.debug("journal: +%d %s", entry.id, what)
         return entry
 
@@ -203,19 +213,21 @@ class Journal:
         journaled before it was spawned). Same id, same place in the order."""
         new = Entry(entry.id, entry.what, dict(undo), entry.time)
         json.dumps(new.undo)
-        old = list(self._entries)
-        self._entries = [new if e.id == entry.id else e for e in self._entries]
-        try:
-            self._save()
-        except BaseException:
-            self._entries = old
-            raise
+        with self._mutex:
+            old = list(self._entries)
+            self._entries = [new if e.id == entry.id else e for e in self._entries]
+            try:
+                self._save()
+            except BaseException:
+                self._entries = old
+                raise
         return new
 
     def forget(self, entry: Entry) -> None:
         """Drops an entry whose change the caller has reverted by other means."""
-        self._entries = [e for e in self._entries if e.id != entry.id]
-        self._save()
+        with self._mutex:
+            self._entries = [e for e in self._entries if e.id != entry.id]
+            self._save()
 
     # --- undoing --------------------------------------------------------------------------
 
@@ -225,7 +237,8 @@ class Journal:
         failures: list[UndoFailure] = []
         for stale in reversed(entries):
             # The caller's copy may predate an amend(); the journal's own is authoritative.
-            entry = next((e for e in self._entries if e.id == stale.id), None)
+            with self._mutex:
+                entry = next((e for e in self._entries if e.id == stale.id), None)
             if entry is None:
                 continue
             try:
@@ -235,12 +248,13 @@ class Journal:
                 failures.append(UndoFailure(entry.id, entry.what, exc))
                 continue
             log.info("undone: %s", entry.what)
-            self._entries = [e for e in self._entries if e.id != entry.id]
-            try:
-                self._save()
-            except JournalError as exc:
-                # Harmless: the undo is replayed later and then finds nothing to do.
-                failures.append(UndoFailure(entry.id, entry.what, exc))
+            with self._mutex:
+                self._entries = [e for e in self._entries if e.id != entry.id]
+                try:
+                    self._save()
+                except JournalError as exc:
+                    # Harmless: the undo is replayed later and then finds nothing to do.
+                    failures.append(UndoFailure(entry.id, entry.what, exc))
         return failures
 
     def undo(self, entry: Entry) -> None:
@@ -252,11 +266,11 @@ class Journal:
     def undo_all(self) -> int:
         """Undoes every entry, newest first. Raises UndoError listing every failed step
         after attempting all of them; the failed entries stay for a later ``cleanup``."""
-        count = len(self._entries)
-        failures = self._undo(list(self._entries))
+        entries = self.entries
+        failures = self._undo(list(entries))
         if failures:
             raise UndoError(failures)
-        return count
+        return len(entries)
 
     replay = undo_all
     """At start (and in ``cleanup``): undo what a crashed predecessor left."""
@@ -271,7 +285,7 @@ class Journal:
         try:
             yield self
         except BaseException as exc:
-            mine = [e for e in self._entries if e.id >= first_id]
+            mine = [e for e in self.entries if e.id >= first_id]
             log.warning("%s failed; rolling back %d change(s)", name, len(mine))
             for failure in self._undo(mine):
                 exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")
@@ -287,7 +301,7 @@ class Journal:
         try:
             yield self
         except BaseException as exc:
-            mine = [e for e in self._entries if e.id >= first_id]
+            mine = [e for e in self.entries if e.id >= first_id]
             log.warning("%s failed; rolling back %d change(s)", name, len(mine))
             for failure in await asyncio.to_thread(self._undo, mine):
                 exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,11 +196,13 @@ class RelayNat:
 
     def undo_spec(self) -> dict[str, Any]:
         return UNDO.record(
-            table=self.names.table,
-            mark=self.names.mark,
-            relay_ip=self.relay_ip,
-            first=self.ports[0],
-            last=self.ports[1],
+            RelayNatUndo(
+                table=self.names.table,
+                mark=self.names.mark,
+                relay_ip=self.relay_ip,
+                first=self.ports[0],
+                last=self.ports[1],
+            )
         )
 
     def install(self) -> None:
@@ -240,15 +241,25 @@ class RelayNat:
         return result.stdout if result.ok else ""
 
 
-def _op_remove(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    _remove_table(ctx.runner, str(params["table"]))
-    _flush_all(
-        ctx.runner,
-        str(params["relay_ip"]),
-        int(params["first"]),
-        int(params["last"]),
-        int(params["mark"]),
-    )
+@dataclass(frozen=True)
+class RelayNatUndo:
+    table: str
+    mark: int
+    relay_ip: str
+    first: int  # the relay's port range
+    last: int
+
+
+@dataclass(frozen=True)
+class RelayFlushUndo:
+    relay_ip: str
+    first: int
+    last: int
+
+
+def _op_remove(params: RelayNatUndo, ctx: undo.UndoContext) -> None:
+    _remove_table(ctx.runner, params.table)
+    _flush_all(ctx.runner, params.relay_ip, params.first, params.last, params.mark)
 
 
 def sweep(names: RelayNatNames, runner: Runner) -> list[str]:
@@ -261,7 +272,7 @@ def sweep(names: RelayNatNames, runner: Runner) -> list[str]:
     return [f"nft table ip {names.table}"]
 
 
-UNDO = undo.UndoOp(UNDO_OP, _op_remove)
+UNDO = undo.UndoOp(UNDO_OP, RelayNatUndo, _op_remove)
 
 
 FLUSH_OP = "relay_conntrack_flush"
@@ -271,16 +282,16 @@ def journal_flush(journal: ChangeLog, relay_ip: str, first: int, last: int) -> N
     """Userspace mode: no table, but the relay's sockets leave conntrack entries behind."""
     journal.record(
         f"conntrack entries of the UDP relay {relay_ip}:{first}-{last}",
-        FLUSH.record(relay_ip=relay_ip, first=first, last=last),
+        FLUSH.record(RelayFlushUndo(relay_ip, first, last)),
     )
 
 
-def _op_flush(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+def _op_flush(params: RelayFlushUndo, ctx: undo.UndoContext) -> None:
     try:
         ctx.runner.run(["conntrack", "--version"], timeout=10)
     except (CommandError, OSError):
         return  # no conntrack tool: nothing we could list either
-    _flush_all(ctx.runner, str(params["relay_ip"]), int(params["first"]), int(params["last"]), 0)
+    _flush_all(ctx.runner, params.relay_ip, params.first, params.last, 0)
 
 
-FLUSH = undo.UndoOp(FLUSH_OP, _op_flush)
+FLUSH = undo.UndoOp(FLUSH_OP, RelayFlushUndo, _op_flush)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from higgs.osnet import undo as undo_ops
 from higgs.osnet.changes import ChangeLog
@@ -88,44 +89,54 @@ def _write_in_place(path: Path, content: str, mode: int | None) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class ResolvUndo:
+    path: str
+    kind: Literal["absent", "symlink", "file"]
+    target: str | None = None  # symlink: where it pointed
+    content: str | None = None  # file: what it held
+    mode: int | None = None
+
+
 def _previous(path: Path) -> dict[str, Any]:
     """What the file is now, as the undo's parameters."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return UNDO.record(path=str(path), kind="absent")
+        return UNDO.record(ResolvUndo(str(path), "absent"))
     except OSError as exc:
         raise ResolverError(f"cannot inspect {path}: {exc.strerror}") from exc
     if stat.S_ISLNK(st.st_mode):
-        return UNDO.record(path=str(path), kind="symlink", target=os.readlink(path))
+        return UNDO.record(ResolvUndo(str(path), "symlink", target=os.readlink(path)))
     if not stat.S_ISREG(st.st_mode):
         raise ResolverError(f"{path} is neither a file nor a symlink; refusing to change it")
     try:
         content = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ResolverError(f"cannot read {path}: {exc}") from exc
-    return UNDO.record(path=str(path), kind="file", content=content, mode=stat.S_IMODE(st.st_mode))
+    return UNDO.record(
+        ResolvUndo(str(path), "file", content=content, mode=stat.S_IMODE(st.st_mode))
+    )
 
 
-def _restore(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
-    path = Path(str(params["path"]))
-    kind = params.get("kind")
+def _restore(params: ResolvUndo, ctx: undo_ops.UndoContext) -> None:
+    path = Path(params.path)
+    kind = params.kind
     if kind == "symlink":
-        if path.is_symlink() and os.readlink(path) == params["target"]:
+        if path.is_symlink() and os.readlink(path) == params.target:
             return
         path.unlink(missing_ok=True)
-        os.symlink(str(params["target"]), path)
+        os.symlink(str(params.target), path)
     elif kind == "absent":
         if path.exists() and not path.is_symlink() and path.read_text().startswith(MARKER):
             path.unlink()
     else:
         if path.is_symlink():
             path.unlink()
-        mode = params.get("mode")
-        _write_in_place(path, str(params["content"]), None if mode is None else int(mode))
+        _write_in_place(path, str(params.content), params.mode)
 
 
-UNDO = undo_ops.UndoOp("resolv_restore", _restore)
+UNDO = undo_ops.UndoOp("resolv_restore", ResolvUndo, _restore)
 
 
 def set_nameservers(

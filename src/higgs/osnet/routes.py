@@ -19,7 +19,7 @@ import contextlib
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -76,19 +76,6 @@ class Route:
     def family(self) -> Family:
         return 4 if self.network.version == 4 else 6
 
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Route:
-        def opt(key: str) -> Any:
-            return data.get(key)
-
-        return cls(
-            dst=str(data["dst"]),
-            dev=None if opt("dev") is None else str(opt("dev")),
-            gateway=None if opt("gateway") is None else str(opt("gateway")),
-            table=int(data.get("table", MAIN_TABLE)),
-            metric=None if opt("metric") is None else int(opt("metric")),
-        )
-
     def describe(self) -> str:
         parts = [f"route {self.network}"]
         if self.gateway:
@@ -110,21 +97,6 @@ class Rule:
     fwmark: int | None = None
     invert: bool = False  # "not fwmark M"
     suppress_prefixlength: int | None = None
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Rule:
-        family = int(data.get("family", 4))
-        if family not in (4, 6):
-            raise ValueError(f"bad rule family {family}")
-        fwmark, suppress = data.get("fwmark"), data.get("suppress_prefixlength")
-        return cls(
-            priority=int(data["priority"]),
-            table=int(data["table"]),
-            family=4 if family == 4 else 6,
-            fwmark=None if fwmark is None else int(fwmark),
-            invert=bool(data.get("invert", False)),
-            suppress_prefixlength=None if suppress is None else int(suppress),
-        )
 
     def describe(self) -> str:
         parts = [f"rule {self.priority}:"]
@@ -215,15 +187,28 @@ def delete_route(route: Route, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
+@dataclass(frozen=True)
+class RouteUndo:
+    """A :class:`Route` to delete, and its namespace."""
+
+    dst: str
+    dev: str | None = None
+    gateway: str | None = None
+    table: int = MAIN_TABLE
+    metric: int | None = None
+    netns: str | None = None
+
+
 def route_undo(route: Route, netns: str | None) -> undo.Undo:
-    return ROUTE_DELETE.record(netns=netns, **asdict(route))
+    return ROUTE_DELETE.record(RouteUndo(**asdict(route), netns=netns))
 
 
-def _undo_route(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    delete_route(Route.from_data(params), netns=params.get("netns"))
+def _undo_route(params: RouteUndo, ctx: undo.UndoContext) -> None:
+    route = Route(params.dst, params.dev, params.gateway, params.table, params.metric)
+    delete_route(route, netns=params.netns)
 
 
-ROUTE_DELETE = undo.UndoOp("route_delete", _undo_route)
+ROUTE_DELETE = undo.UndoOp("route_delete", RouteUndo, _undo_route)
 
 
 def routes_in_table(table: int, *, netns: str | None = None) -> list[Route]:
@@ -345,15 +330,36 @@ def delete_rule(rule: Rule, *, netns: str | None = None) -> None:
         netlink.call(delete, netns)
 
 
+@dataclass(frozen=True)
+class RuleUndo:
+    """A :class:`Rule` to delete, and its namespace."""
+
+    priority: int
+    table: int
+    family: Family = 4
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlength: int | None = None
+    netns: str | None = None
+
+
 def rule_undo(rule: Rule, netns: str | None) -> undo.Undo:
-    return RULE_DELETE.record(netns=netns, **asdict(rule))
+    return RULE_DELETE.record(RuleUndo(**asdict(rule), netns=netns))
 
 
-def _undo_rule(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    delete_rule(Rule.from_data(params), netns=params.get("netns"))
+def _undo_rule(params: RuleUndo, ctx: undo.UndoContext) -> None:
+    rule = Rule(
+        params.priority,
+        params.table,
+        params.family,
+        params.fwmark,
+        params.invert,
+        params.suppress_prefixlength,
+    )
+    delete_rule(rule, netns=params.netns)
 
 
-RULE_DELETE = undo.UndoOp("rule_delete", _undo_rule)
+RULE_DELETE = undo.UndoOp("rule_delete", RuleUndo, _undo_rule)
 
 
 # --- wg-quick's full tunnel ---------------------------------------------------------------

@@ -106,7 +106,7 @@ def sweep(
         present = netlink.call(lambda ipr: ipr.link_lookup(ifname=names.interface), netns)
         if not present:
             return []
-        undo.LINK_DELETE.run(undo.link_delete(names.interface, netns), undo.UndoContext(run))
+        undo.LINK_DELETE.run(undo.LinkDelete(names.interface, netns), undo.UndoContext(run))
         return [f"interface {names.interface}"]
 
     def rules() -> list[str]:

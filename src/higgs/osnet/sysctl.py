@@ -8,16 +8,25 @@ run through the funnel under ``ip netns exec``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from higgs.osnet import undo
 from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import CommandError, OsnetError
 from higgs.osnet.runner import Runner
 
-__all__ = ["PROC_SYS", "UNDO", "SysctlError", "exists", "read", "set", "undo_spec", "write"]
+__all__ = [
+    "PROC_SYS",
+    "UNDO",
+    "SysctlError",
+    "SysctlUndo",
+    "exists",
+    "read",
+    "set",
+    "undo_spec",
+    "write",
+]
 
 PROC_SYS = Path("/proc/sys")
 
@@ -62,16 +71,22 @@ def write(key: str, value: str, *, runner: Runner | None = None, netns: str | No
         raise SysctlError(f"cannot set sysctl {key}={value}: {exc.strerror}") from exc
 
 
+@dataclass(frozen=True)
+class SysctlUndo:
+    key: str
+    value: str  # the value found, written back
+    netns: str | None = None
+
+
 def undo_spec(key: str, previous: str, netns: str | None = None) -> undo.Undo:
-    return UNDO.record(key=key, value=previous, netns=netns)
+    return UNDO.record(SysctlUndo(key, previous, netns))
 
 
-def _undo(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+def _undo(params: SysctlUndo, ctx: undo.UndoContext) -> None:
     """Writes the previous value back."""
-    netns = params.get("netns")
-    key = str(params["key"])
+    netns, key = params.netns, params.key
     try:
-        write(key, str(params["value"]), runner=ctx.runner, netns=netns)
+        write(key, params.value, runner=ctx.runner, netns=netns)
     except CommandError as exc:
         # The namespace itself is gone: its sysctls went with it.
         if not exc.not_found:
@@ -84,7 +99,7 @@ def _undo(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
         raise
 
 
-UNDO = undo.UndoOp("sysctl", _undo)
+UNDO = undo.UndoOp("sysctl", SysctlUndo, _undo)
 
 
 def set(  # shadows the builtin on purpose: callers write `sysctl.set(...)`

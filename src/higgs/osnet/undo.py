@@ -4,6 +4,12 @@ An undo is a JSON object ``{"op": NAME, ...params}`` so that a later process (af
 or ``cleanup``) can carry it out without the objects that made the change. Every operation
 treats "already gone" as success, so replaying an undo twice is harmless.
 
+Each operation's parameters are a frozen dataclass (:attr:`UndoOp.params`): a record is built
+from one (:meth:`UndoOp.record`) and parsed back into one (:meth:`UndoOp.parse`, validated by
+pydantic) before it runs. The JSON on disk is the dataclass's fields, flat beside ``op``, as it
+always was: a key a newer version added is ignored, one an older version lacked takes its
+default, and a record that cannot be parsed names the field.
+
 Each operation is an :class:`UndoOp` defined next to the change it undoes (as wg-quick pairs
 ``add_if`` with ``del_if``): ``sysctl`` in :mod:`~higgs.osnet.sysctl`, ``route_delete`` and
 ``rule_delete`` in :mod:`~higgs.osnet.routes`, ``wireguard_go`` in
@@ -32,7 +38,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 from higgs.osnet import procs
 from higgs.osnet.errors import CommandError, OsnetError
@@ -43,6 +51,11 @@ __all__ = [
     "FILE_RESTORE",
     "KILL_PID",
     "LINK_DELETE",
+    "Argv",
+    "BadUndoRecord",
+    "FileRestore",
+    "KillPid",
+    "LinkDelete",
     "Undo",
     "UndoContext",
     "UndoOp",
@@ -63,41 +76,104 @@ class UndoContext:
     runner: Runner
 
 
-@dataclass(frozen=True)
-class UndoOp:
-    """One kind of undo: its name in the journal and how to carry it out. Build its records
-    with :meth:`record`, never by spelling the dict by hand."""
+P = TypeVar("P")
 
-    name: str
-    run: Callable[[Mapping[str, Any], UndoContext], None]
 
-    def record(self, **params: Any) -> Undo:
-        return {"op": self.name, **params}
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(params: type[Any]) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(params)
+    if adapter is None:  # built once per op (a race builds it twice: harmless)
+        adapter = _ADAPTERS[params] = TypeAdapter(params)
+    return adapter
 
 
 class UnknownUndoOp(OsnetError):
     """The journal holds an undo this program does not know (a newer version wrote it?)."""
 
 
+class BadUndoRecord(OsnetError):
+    """A journaled undo whose parameters do not fit its operation (a damaged journal)."""
+
+
+@dataclass(frozen=True)
+class UndoOp(Generic[P]):
+    """One kind of undo: its name in the journal, its parameters (a frozen dataclass) and how
+    to carry it out. Its records are built with :meth:`record` and read with :meth:`parse`."""
+
+    name: str
+    params: type[P]
+    run: Callable[[P, UndoContext], None]
+
+    def record(self, params: P) -> Undo:
+        if not isinstance(params, self.params):
+            raise TypeError(f"undo {self.name} takes {self.params.__name__}, not {params!r}")
+        data: dict[str, Any] = _adapter(self.params).dump_python(params, mode="json")
+        return {"op": self.name, **data}
+
+    def parse(self, record: Mapping[str, Any]) -> P:
+        data = {k: v for k, v in record.items() if k != "op"}
+        try:
+            parsed: P = _adapter(self.params).validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "?"
+            raise BadUndoRecord(
+                f"undo {self.name}: field '{field}': {first['msg']} (in {dict(record)!r})"
+            ) from None
+        return parsed
+
+    def apply(self, record: Mapping[str, Any], ctx: UndoContext) -> None:
+        """Parses a journaled record and carries it out."""
+        self.run(self.parse(record), ctx)
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Argv:
+    argv: list[str]
+
+
+@dataclass(frozen=True)
+class LinkDelete:
+    name: str
+    netns: str | None = None
+
+
+@dataclass(frozen=True)
+class FileRestore:
+    path: str
+    content: str | None  # None: the file did not exist, delete it
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class KillPid:
+    pid: int
+    start_time: int
+    socket: str | None = None
+
+
 # --- constructors (so callers do not spell dicts by hand) ---------------------------------
 
 
 def argv(command: list[str]) -> Undo:
-    return ARGV.record(argv=list(command))
+    return ARGV.record(Argv([str(a) for a in command]))
 
 
 def link_delete(name: str, netns: str | None = None) -> Undo:
-    return LINK_DELETE.record(name=name, netns=netns)
+    return LINK_DELETE.record(LinkDelete(name, netns))
 
 
 def file_restore(path: Path, content: str | None, mode: int | None = None) -> Undo:
-    return FILE_RESTORE.record(path=str(path), content=content, mode=mode)
+    return FILE_RESTORE.record(FileRestore(str(path), content, mode))
 
 
 def kill_pid(pid: int, start_time: int, socket: Path | None = None) -> Undo:
-    return KILL_PID.record(
-        pid=pid, start_time=start_time, socket=None if socket is None else str(socket)
-    )
+    return KILL_PID.record(KillPid(pid, start_time, None if socket is None else str(socket)))
 
 
 # --- implementations ----------------------------------------------------------------------
@@ -111,43 +187,41 @@ def run_tolerant(ctx: UndoContext, command: list[str]) -> None:
             raise
 
 
-def _op_argv(params: Mapping[str, Any], ctx: UndoContext) -> None:
-    run_tolerant(ctx, [str(a) for a in params["argv"]])
+def _op_argv(params: Argv, ctx: UndoContext) -> None:
+    run_tolerant(ctx, list(params.argv))
 
 
-def _op_link_delete(params: Mapping[str, Any], ctx: UndoContext) -> None:
-    netns = params.get("netns")
-    prefix = ["ip"] if netns is None else ["ip", "-n", str(netns)]
-    run_tolerant(ctx, [*prefix, "link", "delete", "dev", str(params["name"])])
+def _op_link_delete(params: LinkDelete, ctx: UndoContext) -> None:
+    prefix = ["ip"] if params.netns is None else ["ip", "-n", params.netns]
+    run_tolerant(ctx, [*prefix, "link", "delete", "dev", params.name])
 
 
-def _op_file_restore(params: Mapping[str, Any], ctx: UndoContext) -> None:
-    path = Path(params["path"])
-    content = params.get("content")
+def _op_file_restore(params: FileRestore, ctx: UndoContext) -> None:
+    path = Path(params.path)
+    content = params.content
     if content is None:
         path.unlink(missing_ok=True)
         return
-    mode = params.get("mode")
+    mode = params.mode
     tmp = path.with_name(f".{path.name}.higgs-restore")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if mode is None else mode)
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        os.write(fd, str(content).encode())
+        os.write(fd, content.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
 
 
-def _op_kill_pid(params: Mapping[str, Any], ctx: UndoContext) -> None:
-    procs.stop_process(int(params["pid"]), int(params["start_time"]))
-    sock = params.get("socket")
-    if sock:
-        Path(sock).unlink(missing_ok=True)
+def _op_kill_pid(params: KillPid, ctx: UndoContext) -> None:
+    procs.stop_process(params.pid, params.start_time)
+    if params.socket:
+        Path(params.socket).unlink(missing_ok=True)
 
 
-ARGV = UndoOp("argv", _op_argv)
-LINK_DELETE = UndoOp("link_delete", _op_link_delete)
-FILE_RESTORE = UndoOp("file_restore", _op_file_restore)
-KILL_PID = UndoOp("kill_pid", _op_kill_pid)
+ARGV = UndoOp("argv", Argv, _op_argv)
+LINK_DELETE = UndoOp("link_delete", LinkDelete, _op_link_delete)
+FILE_RESTORE = UndoOp("file_restore", FileRestore, _op_file_restore)
+KILL_PID = UndoOp("kill_pid", KillPid, _op_kill_pid)

@@ -21,7 +21,7 @@ from higgs.osnet.portmap import undo as portmap_undo
 
 __all__ = ["ALL", "OPS", "apply", "is_known"]
 
-ALL: tuple[undo.UndoOp, ...] = (
+ALL: tuple[undo.UndoOp[Any], ...] = (
     undo.ARGV,
     undo.LINK_DELETE,
     undo.FILE_RESTORE,
@@ -38,8 +38,8 @@ ALL: tuple[undo.UndoOp, ...] = (
 )
 
 
-def _by_name(ops: tuple[undo.UndoOp, ...]) -> Mapping[str, undo.UndoOp]:
-    table: dict[str, undo.UndoOp] = {}
+def _by_name(ops: tuple[undo.UndoOp[Any], ...]) -> Mapping[str, undo.UndoOp[Any]]:
+    table: dict[str, undo.UndoOp[Any]] = {}
     for op in ops:
         if op.name in table:
             raise ValueError(f"two undo operations are named {op.name!r}")
@@ -47,7 +47,7 @@ def _by_name(ops: tuple[undo.UndoOp, ...]) -> Mapping[str, undo.UndoOp]:
     return MappingProxyType(table)
 
 
-OPS: Mapping[str, undo.UndoOp] = _by_name(ALL)
+OPS: Mapping[str, undo.UndoOp[Any]] = _by_name(ALL)
 
 
 def is_known(name: object) -> bool:
@@ -55,9 +55,10 @@ def is_known(name: object) -> bool:
 
 
 def apply(record: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-    """Carries out one journaled undo (``{"op": NAME, ...params}``)."""
+    """Carries out one journaled undo (``{"op": NAME, ...params}``), parsed into its
+    operation's parameters first (BadUndoRecord names the field that does not fit)."""
     name = record.get("op")
     op = OPS.get(name) if isinstance(name, str) else None
     if op is None:
         raise undo.UnknownUndoOp(f"unknown undo operation {name!r}")
-    op.run(record, ctx)
+    op.apply(record, ctx)

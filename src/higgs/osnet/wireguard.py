@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -163,26 +163,32 @@ def wireguard_go_undo(
     pid: int | None = None,
     start_time: int | None = None,
 ) -> undo.Undo:
-    return UNDO_WIREGUARD_GO.record(
-        name=name, socket=str(socket), netns=netns, pid=pid, start_time=start_time
-    )
+    return UNDO_WIREGUARD_GO.record(WireguardGoUndo(name, str(socket), netns, pid, start_time))
 
 
-def _undo_wireguard_go(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
+@dataclass(frozen=True)
+class WireguardGoUndo:
+    name: str
+    socket: str
+    netns: str | None = None
+    pid: int | None = None  # None: journaled before it was spawned
+    start_time: int | None = None
+
+
+def _undo_wireguard_go(params: WireguardGoUndo, ctx: undo.UndoContext) -> None:
     """Stops the wireguard-go serving ``name``: by its recorded PID, or — when the process
     died before the PID was journaled — by the owner of its control socket."""
-    sock = Path(params["socket"])
-    pid, start = params.get("pid"), params.get("start_time")
-    if pid is not None and start is not None:
-        procs.stop_process(int(pid), int(start))
+    sock = Path(params.socket)
+    if params.pid is not None and params.start_time is not None:
+        procs.stop_process(params.pid, params.start_time)
     for owner, owner_start in procs.socket_owners(sock):
         procs.stop_process(owner, owner_start)
     # wireguard-go removes its TUN device on exit; a kernel-held leftover is deleted here.
-    undo.LINK_DELETE.run(params, ctx)
+    undo.LINK_DELETE.run(undo.LinkDelete(params.name, params.netns), ctx)
     sock.unlink(missing_ok=True)
 
 
-UNDO_WIREGUARD_GO = undo.UndoOp("wireguard_go", _undo_wireguard_go)
+UNDO_WIREGUARD_GO = undo.UndoOp("wireguard_go", WireguardGoUndo, _undo_wireguard_go)
 
 
 class WireGuard:
@@ -313,7 +319,7 @@ class WireGuard:
             self._entry = None
             return
         # Not created by this object (e.g. adopted after a restart): undo from the names.
-        _undo_wireguard_go(
+        UNDO_WIREGUARD_GO.apply(
             wireguard_go_undo(self.name, self.socket, self.netns), undo.UndoContext(self.runner)
         )
 

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +106,12 @@ def test_partial_undo_then_crash_resumes_where_it_stopped(
 
     crash_at = {"del", "b"}
 
-    def crashing_argv(params: Mapping[str, Any], ctx: undo.UndoContext) -> None:
-        if set(params["argv"]) == crash_at:
+    def crashing_argv(params: undo.Argv, ctx: undo.UndoContext) -> None:
+        if set(params.argv) == crash_at:
             raise Crash
-        ctx.runner.run(params["argv"])
+        ctx.runner.run(params.argv)
 
-    crashing = undo.UndoOp("argv", crashing_argv)
+    crashing = undo.UndoOp("argv", undo.Argv, crashing_argv)
     monkeypatch.setattr(undo_registry, "OPS", {**undo_registry.OPS, "argv": crashing})
     with pytest.raises(Crash):
         first.undo_all()
@@ -349,3 +349,43 @@ def test_changes_in_a_namespace_that_is_gone_count_as_undone(journal: Journal) -
     journal.record("route", route_undo(Route("10.1.0.0/16", dev="x"), gone))
     journal.record("rule", rule_undo(Rule(5000, 254, 4, suppress_prefixlength=0), gone))
     assert journal.undo_all() == 2
+
+
+# --- several threads writing one journal --------------------------------------------------
+
+
+def test_threads_recording_and_forgetting_at_once_lose_nothing(tmp_path: Path) -> None:
+    """The node's port mapper records from the event loop while host steps record from
+    worker threads: every entry must reach the file, each with its own id."""
+    import threading
+
+    threads, per_thread = 4, 15
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    with Journal(tmp_path / "journal.json", runner=RecordingRunner()) as journal:
+
+        def work(n: int) -> None:
+            try:
+                start.wait()
+                for i in range(per_thread):
+                    entry = journal.record(f"t{n} #{i}", undo.argv(["true", str(n), str(i)]))
+                    if i % 5 == 4:
+                        journal.forget(entry)
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+        assert errors == []
+        kept = {(f"t{n} #{i}") for n in range(threads) for i in range(per_thread) if i % 5 != 4}
+        assert {e.what for e in journal.entries} == kept
+        ids = [e.id for e in journal.entries]
+        assert len(set(ids)) == len(ids)
+    on_disk = json.loads((tmp_path / "journal.json").read_text())["entries"]
+    assert {e["what"] for e in on_disk} == kept
+    assert len({e["id"] for e in on_disk}) == len(on_disk)
+    with Journal(tmp_path / "journal.json", runner=RecordingRunner()) as again:
+        assert again.undo_all() == len(kept)

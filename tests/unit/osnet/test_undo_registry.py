@@ -8,6 +8,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import higgs.osnet
 from higgs.osnet import undo, undo_registry
 
@@ -53,4 +55,17 @@ def test_a_fresh_process_that_opens_a_journal_knows_every_operation() -> None:
 
 def test_records_carry_their_operation_name() -> None:
     assert undo.argv(["true"]) == {"op": "argv", "argv": ["true"]}
-    assert all(op.record()["op"] == op.name for op in undo_registry.ALL)
+    assert undo.link_delete("hg0") == {"op": "link_delete", "name": "hg0", "netns": None}
+
+
+def test_every_operation_has_a_dataclass_of_parameters() -> None:
+    import dataclasses
+
+    for op in undo_registry.ALL:
+        assert dataclasses.is_dataclass(op.params), op.name
+        assert op.params.__dataclass_params__.frozen, op.name  # type: ignore[attr-defined]
+
+
+def test_a_record_is_built_from_its_parameters_only() -> None:
+    with pytest.raises(TypeError, match="takes LinkDelete"):
+        undo.LINK_DELETE.record(undo.Argv(["true"]))  # type: ignore[arg-type]

@@ -11,17 +11,15 @@ crash remove our rules from the journal alone, or from the owner's names alone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from higgs.osnet import sweep as sweep_mod
-from higgs.osnet import undo as undo_ops
 from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import CommandError
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
 
-from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
+from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, FirewallUndo
 from .iptables import IptablesBackend, detect_flavour
 from .nft import NftBackend
 from .plan import (
@@ -48,6 +46,7 @@ __all__ = [
     "FirewallNames",
     "FirewallPlanError",
     "FirewallStatus",
+    "FirewallUndo",
     "IptablesBackend",
     "KillSwitchPolicy",
     "NftBackend",
@@ -133,12 +132,4 @@ def _sweep_hook(owned: OwnedNames, runner: Runner, netns: str | None) -> list[st
     return removed
 
 
-def _undo_remove(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
-    cls = BACKENDS.get(str(params.get("backend")))
-    if cls is None:
-        raise FirewallError(f"journal names an unknown firewall backend {params.get('backend')!r}")
-    cls.from_undo(params, ctx.runner).remove()
-
-
-UNDO = undo_ops.UndoOp(UNDO_OP, _undo_remove)
 sweep_mod.register_hook("firewall", _sweep_hook)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from higgs.osnet import undo as undo_ops
 from higgs.osnet.changes import ChangeLog, Entry
 from higgs.osnet.errors import OsnetError
 from higgs.osnet.runner import Runner
 
 from .plan import FirewallNames, IPAddress, NodePolicy, Plan
 
-__all__ = ["UNDO_OP", "FirewallBackend", "FirewallError", "FirewallStatus"]
+__all__ = ["UNDO", "UNDO_OP", "FirewallBackend", "FirewallError", "FirewallStatus", "FirewallUndo"]
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ class FirewallBackend(abc.ABC):
         Returns what was there and is gone now."""
 
     @abc.abstractmethod
-    def undo_spec(self) -> dict[str, Any]:
-        """The journal's undo for our rules: JSON data that :meth:`from_undo` turns back
-        into a backend able to remove them."""
+    def undo_spec(self) -> undo_ops.Undo:
+        """The journal's undo for our rules (:data:`UNDO` of a :class:`FirewallUndo`), which
+        :meth:`from_undo` turns back into a backend able to remove them."""
 
     @abc.abstractmethod
     def status(self) -> FirewallStatus:
@@ -123,7 +123,7 @@ class FirewallBackend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_undo(cls, params: Mapping[str, Any], runner: Runner) -> FirewallBackend: ...
+    def from_undo(cls, params: FirewallUndo, runner: Runner) -> FirewallBackend: ...
 
     # --- the public surface -----------------------------------------------------------------
 
@@ -209,3 +209,35 @@ class FirewallBackend(abc.ABC):
         """Removes anything under ``names`` without any state (last line of defence);
         returns what it removed."""
         return cls(names, runner)._remove()
+
+
+@dataclass(frozen=True)
+class FirewallUndo:
+    """The ``firewall_remove`` undo's parameters: our names, and what the backend needs to
+    remove exactly what it added."""
+
+    backend: str
+    table: str
+    chain_prefix: str
+    comment: str
+    # iptables only: its flavour, and the nft tables and built-in chains it created.
+    flavour: str | None = None
+    # Items stay untyped here: iptables_tables.parse_* keep only iptables' own, so a damaged
+    # or edited journal can neither make us delete another table nor block the undo.
+    created_tables: list[Any] = field(default_factory=list)
+    created_chains: list[Any] = field(default_factory=list)
+
+    @property
+    def names(self) -> FirewallNames:
+        return FirewallNames(self.table, self.chain_prefix, self.comment)
+
+
+def _undo_remove(params: FirewallUndo, ctx: undo_ops.UndoContext) -> None:
+    backends = {cls.name: cls for cls in FirewallBackend.__subclasses__()}
+    cls = backends.get(params.backend)
+    if cls is None:
+        raise FirewallError(f"journal names an unknown firewall backend {params.backend!r}")
+    cls.from_undo(params, ctx.runner).remove()
+
+
+UNDO = undo_ops.UndoOp(UNDO_OP, FirewallUndo, _undo_remove)

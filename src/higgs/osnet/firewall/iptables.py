@@ -28,7 +28,7 @@ from higgs.osnet.errors import CommandError
 from higgs.osnet.runner import Runner
 
 from . import iptables_render, iptables_tables
-from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
+from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, FirewallUndo
 from .iptables_render import ChainSet, Jump
 from .iptables_tables import NftChain, NftTable
 from .plan import FirewallNames, Plan
@@ -296,31 +296,28 @@ class IptablesBackend(FirewallBackend):
 
     # --- journal and status ----------------------------------------------------------------
 
-    def undo_spec(self) -> dict[str, Any]:
+    def undo_spec(self) -> dict[str, Any]:  # the journal record of a FirewallUndo
         n = self.names
-        return {
-            "op": UNDO_OP,
-            "backend": self.name,
-            "flavour": self.tools.flavour,
-            "table": n.table,
-            "chain_prefix": n.chain_prefix,
-            "comment": n.comment,
-            "created_tables": [list(t) for t in sorted(self._created_tables)],
-            "created_chains": [list(c) for c in sorted(self._created_chains)],
-        }
+        return UNDO.record(
+            FirewallUndo(
+                self.name,
+                n.table,
+                n.chain_prefix,
+                n.comment,
+                flavour=self.tools.flavour,
+                created_tables=[list(t) for t in sorted(self._created_tables)],
+                created_chains=[list(c) for c in sorted(self._created_chains)],
+            )
+        )
 
     @classmethod
-    def from_undo(cls, params: Mapping[str, Any], runner: Runner) -> IptablesBackend:
-        names = FirewallNames(
-            str(params["table"]), str(params["chain_prefix"]), str(params["comment"])
-        )
-        flavour = params.get("flavour")
-        if flavour not in ("nft", "legacy", "plain"):
-            flavour = None
-        backend = cls(names, runner, flavour=flavour)
+    def from_undo(cls, params: FirewallUndo, runner: Runner) -> IptablesBackend:
+        flavours: dict[str | None, Flavour] = {"nft": "nft", "legacy": "legacy", "plain": "plain"}
+        flavour = flavours.get(params.flavour)  # an unknown one: detected again
+        backend = cls(params.names, runner, flavour=flavour)
         # Journals written before these were noted have none: those stay, as they did then.
-        backend._created_tables = iptables_tables.parse_tables(params.get("created_tables") or ())
-        backend._created_chains = iptables_tables.parse_chains(params.get("created_chains") or ())
+        backend._created_tables = iptables_tables.parse_tables(params.created_tables)
+        backend._created_chains = iptables_tables.parse_chains(params.created_chains)
         return backend
 
     def status(self) -> FirewallStatus:

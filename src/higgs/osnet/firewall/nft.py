@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Mapping
 from typing import Any
 
 from higgs.osnet.errors import CommandError
 from higgs.osnet.runner import Runner
 
 from . import nft_render
-from .base import UNDO_OP, FirewallBackend, FirewallError, FirewallStatus
+from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, FirewallUndo
 from .plan import FirewallNames, Plan
 
 __all__ = ["NftBackend", "fingerprint", "parse_status"]
@@ -95,22 +94,13 @@ class NftBackend(FirewallBackend):
             return []  # no nft here, so no table of ours either
         return super().sweep(names, runner)
 
-    def undo_spec(self) -> dict[str, Any]:
+    def undo_spec(self) -> dict[str, Any]:  # the journal record of a FirewallUndo
         n = self.names
-        return {
-            "op": UNDO_OP,
-            "backend": self.name,
-            "table": n.table,
-            "chain_prefix": n.chain_prefix,
-            "comment": n.comment,
-        }
+        return UNDO.record(FirewallUndo(self.name, n.table, n.chain_prefix, n.comment))
 
     @classmethod
-    def from_undo(cls, params: Mapping[str, Any], runner: Runner) -> NftBackend:
-        names = FirewallNames(
-            str(params["table"]), str(params["chain_prefix"]), str(params["comment"])
-        )
-        return cls(names, runner)
+    def from_undo(cls, params: FirewallUndo, runner: Runner) -> NftBackend:
+        return cls(params.names, runner)
 
     def listing(self, runner: Runner | None = None) -> str:
         """Our table as nft prints it ("" when absent)."""

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from higgs.osnet import undo as undo_ops
 from higgs.osnet.portmap import udp, upnp
 from higgs.osnet.portmap.types import Method
 
-__all__ = ["OP", "UNDO", "portmap_delete"]
+__all__ = ["OP", "UNDO", "PortmapUndo", "portmap_delete"]
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +50,33 @@ def portmap_delete(
     location: str = "",
 ) -> dict[str, Any]:
     return UNDO.record(
-        method=method.value,
-        gateway=gateway,
-        internal_ip=internal_ip,
-        internal_port=internal_port,
-        external_port=external_port,
-        nonce=nonce,
-        location=location,
+        PortmapUndo(method, gateway, internal_ip, internal_port, external_port, nonce, location)
     )
 
 
-def _op_portmap_delete(params: Mapping[str, Any], ctx: undo_ops.UndoContext) -> None:
-    method = Method(str(params["method"]))
-    gateway = str(params["gateway"])
-    port = int(params["internal_port"])
+@dataclass(frozen=True)
+class PortmapUndo:
+    """The parameters in the table above."""
+
+    method: Method
+    gateway: str
+    internal_ip: str
+    internal_port: int
+    external_port: int = 0
+    nonce: str = ""
+    location: str = ""
+
+
+def _op_portmap_delete(params: PortmapUndo, ctx: undo_ops.UndoContext) -> None:
+    method, gateway, port = params.method, params.gateway, params.internal_port
     if method is Method.NATPMP:
         done = udp.natpmp_delete_blocking(gateway, port)
     elif method is Method.PCP:
         done = udp.pcp_delete_blocking(
-            gateway, str(params["internal_ip"]), port, bytes.fromhex(str(params["nonce"]))
+            gateway, params.internal_ip, port, bytes.fromhex(params.nonce)
         )
     else:
-        done = _upnp_delete(str(params.get("location") or ""), int(params["external_port"]))
+        done = _upnp_delete(params.location, params.external_port)
     if not done:
         log.warning(
             "the router did not confirm the removal of our port mapping; it expires by its "
@@ -92,4 +97,4 @@ def _upnp_delete(location: str, external_port: int) -> bool:
     return True
 
 
-UNDO = undo_ops.UndoOp(OP, _op_portmap_delete)
+UNDO = undo_ops.UndoOp(OP, PortmapUndo, _op_portmap_delete)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from higgs.common.errors import HiggsError
@@ -29,11 +28,8 @@ from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.services.clock import utcnow
 from higgs.server.services.credcache import CredentialCache
 from higgs.server.services.errors import Conflict, NotFound, Unauthorized
-from higgs.server.store import queries
+from higgs.server.store import credentials
 from higgs.server.store.db import Database
-from higgs.server.store.states import SessionState
-from higgs.server.store.tables import AdminToken, Client, EnrollmentKey
-from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
@@ -115,11 +111,10 @@ class IdentityService:
     async def ensure_admin_token(self, data_dir: Path) -> str | None:
         """Creates the admin token on first start; returns it then (to print once), else None."""
         async with self.db.transaction() as s:
-            existing = await s.scalar(select(func.count()).select_from(AdminToken))
-            if existing:
+            if await credentials.admin_tokens(s):
                 return None
             token = new_token("hga_")
-            s.add(AdminToken(token_hash=hash_token(token), created_at=utcnow()))
+            credentials.add_admin_token(s, hash_token(token), utcnow())
         write_secret_file(data_dir / ADMIN_TOKEN_FILE, token + "\n")
         return token
 
@@ -129,7 +124,7 @@ class IdentityService:
             return
         epoch = self._admins.epoch
         async with self.db.begin() as conn:
-            found = await conn.scalar(queries.ADMIN_BY_TOKEN, {"token_hash": digest})
+            found = await credentials.admin_by_token(conn, digest)
         if found is None:
             raise Unauthorized("invalid_token", "the admin token is not valid")
         self._admins.put(digest, True, epoch)
@@ -141,54 +136,32 @@ class IdentityService:
             raise HiggsError("--uses must be at least 1")
         key = new_token("hge_")
         async with self.db.transaction() as s:
-            s.add(
-                EnrollmentKey(
-                    key_hash=hash_token(key),
-                    uses_left=uses,
-                    expires_at=expires_at,
-                    created_at=utcnow(),
-                )
-            )
+            credentials.add_enrollment_key(s, hash_token(key), uses, expires_at, utcnow())
         return key
 
     async def list_enrollment_keys(self) -> list[EnrollmentRecord]:
         async with self.db.transaction() as s:
-            rows = (await s.scalars(select(EnrollmentKey).order_by(EnrollmentKey.id))).all()
+            rows = await credentials.enrollment_keys(s)
         return [EnrollmentRecord(r.id, r.uses_left, r.expires_at, r.created_at) for r in rows]
 
     async def revoke_enrollment_key(self, key_id: int) -> None:
         """No further node can enroll with the key (its uses drop to zero)."""
         async with self.db.transaction() as s:
-            row = await s.get(EnrollmentKey, key_id, with_for_update=True)
+            row = await credentials.enrollment_for_update(s, key_id)
             if row is None:
                 raise NotFound("enrollment_key_not_found", f"no enrollment key {key_id}")
             row.uses_left = 0
 
     @staticmethod
     async def consume_enrollment_key(s: AsyncSession, key: str) -> int:
-        """Uses one use of the key inside the caller's transaction; returns the key's id.
-
-        One conditional UPDATE (``uses_left > 0`` and not expired) does the check and the
-        decrement together, so two registrations racing for the last use cannot both win on
-        either backend: the row lock (PostgreSQL) or the single writer (SQLite) orders them,
-        and the second one's condition no longer holds. Only a refused use reads the row
-        again, to say why."""
+        """Uses one use of the key inside the caller's transaction (race-free: see
+        :func:`higgs.server.store.credentials.use_enrollment_key`); returns the key's id.
+        Only a refused use reads the row again, to say why."""
         digest = hash_token(key)
-        now = utcnow()
-        used = await s.scalar(
-            update(EnrollmentKey)
-            .where(
-                EnrollmentKey.key_hash == digest,
-                EnrollmentKey.uses_left > 0,
-                or_(EnrollmentKey.expires_at.is_(None), EnrollmentKey.expires_at > now),
-            )
-            .values(uses_left=EnrollmentKey.uses_left - 1)
-            .returning(EnrollmentKey.id)
-            .execution_options(synchronize_session=False)
-        )
+        used = await credentials.use_enrollment_key(s, digest, utcnow())
         if used is not None:
-            return int(used)
-        row = await s.scalar(select(EnrollmentKey).where(EnrollmentKey.key_hash == digest))
+            return used
+        row = await credentials.enrollment_by_hash(s, digest)
         if row is None:
             raise Unauthorized("invalid_token", "the enrollment key is not valid")
         if row.uses_left < 1:
@@ -205,7 +178,7 @@ class IdentityService:
             return cached
         epoch = self._nodes.epoch
         async with self.db.begin() as conn:
-            node_id: str | None = await conn.scalar(queries.NODE_BY_TOKEN, {"token_hash": digest})
+            node_id = await credentials.node_by_token(conn, digest)
         if node_id is None:
             raise Unauthorized("invalid_token", "the node token is not valid")
         self._nodes.put(digest, node_id, epoch)
@@ -223,28 +196,21 @@ class IdentityService:
         validate_client_name(name)
         token = new_token("hgc_")
         async with self.db.transaction() as s:
-            if await s.scalar(select(Client.id).where(Client.name == name)) is not None:
+            if await credentials.client_id(s, name) is not None:
                 raise Conflict("client_exists", f"a client named {name!r} already exists")
-            s.add(Client(name=name, token_hash=hash_token(token), created_at=utcnow()))
+            credentials.add_client(s, name, hash_token(token), utcnow())
         return token
 
     async def list_clients(self) -> list[ClientRecord]:
-        open_count = (
-            select(func.count())
-            .where(SessionRow.client_id == Client.id, SessionRow.state == SessionState.OPEN)
-            .scalar_subquery()
-        )
         async with self.db.transaction() as s:
-            rows = (await s.execute(select(Client, open_count).order_by(Client.name))).all()
-        return [
-            ClientRecord(c.name, c.created_at, c.revoked, c.revoked_at, int(n)) for c, n in rows
-        ]
+            rows = await credentials.clients_with_open_sessions(s)
+        return [ClientRecord(c.name, c.created_at, c.revoked, c.revoked_at, n) for c, n in rows]
 
     async def mark_revoked(self, name: str) -> int:
         """Marks the client revoked; returns its id (the caller closes its sessions).
         Its token is refused from the next request on (the cached entry is dropped)."""
         async with self.db.transaction() as s:
-            row = await s.scalar(select(Client).where(Client.name == name).with_for_update())
+            row = await credentials.client_for_update(s, name)
             if row is None:
                 raise NotFound("client_not_found", f"no client named {name!r}")
             if not row.revoked:
@@ -271,7 +237,7 @@ class IdentityService:
             return cached
         epoch = self._clients.epoch
         async with self.db.begin() as conn:
-            row = (await conn.execute(queries.CLIENT_BY_TOKEN, {"token_hash": digest})).first()
+            row = await credentials.client_by_token(conn, digest)
         if row is None:
             raise Unauthorized("invalid_token", "the client token is not valid")
         if row.revoked:

@@ -14,8 +14,6 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
-
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
     AdminNode,
@@ -40,11 +38,10 @@ from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.reachability import ReachabilityService, new_nonce
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.usage import UsageService
-from higgs.server.store import queries
+from higgs.server.store import nodes as node_rows
 from higgs.server.store.db import Database
-from higgs.server.store.states import NodeState, SessionState
+from higgs.server.store.states import NodeState
 from higgs.server.store.tables import Node
-from higgs.server.store.tables import Session as SessionRow
 
 __all__ = ["RegistryService", "admin_nodes"]
 
@@ -87,10 +84,10 @@ class RegistryService:
         token = new_token("hgn_")
         now = utcnow()
         async with self.db.transaction() as s:
-            by_key = await s.scalar(select(Node).where(Node.public_key == req.public_key))
+            by_key = await node_rows.by_public_key(s, req.public_key)
             enrollment_id: int | None = None
             if credential.startswith("hgn_"):
-                node = await s.scalar(select(Node).where(Node.token_hash == hash_token(credential)))
+                node = await node_rows.by_token_hash(s, hash_token(credential))
                 if node is None:
                     self.metrics.registrations.labels(outcome="refused").inc()
                     raise Unauthorized("invalid_token", "the node token is not valid")
@@ -145,11 +142,7 @@ class RegistryService:
             node.last_heartbeat_at = now
             node_id = node.id
             await s.flush()
-            open_n = await s.scalar(
-                select(func.count())
-                .select_from(SessionRow)
-                .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
-            )
+            open_n = await node_rows.open_sessions(s, node_id)
             facts = NodeFacts(
                 node_id=node_id,
                 state=NodeState.ONLINE,
@@ -162,7 +155,7 @@ class RegistryService:
                 bandwidth_mbps=req.bandwidth_mbps,
                 country=req.country,
                 region=req.region,
-                open_sessions=int(open_n or 0),
+                open_sessions=open_n,
             )
             facts.mapped = mapped
             facts.apply_metrics(node.metrics)
@@ -199,20 +192,10 @@ class RegistryService:
         # Without fresh peers the heartbeat is one statement: run it as its own transaction.
         unit = self.db.begin() if fresh else self.db.autocommit()
         async with unit as conn:
-            row = (
-                await conn.execute(
-                    queries.HEARTBEAT,
-                    {
-                        "node_id": node_id,
-                        "now": now,
-                        "node_metrics": metrics,
-                        # The node's uplink changed: route answers from now on carry the new MTU.
-                        "tunnel_mtu": req.tunnel_mtu,
-                    },
-                )
-            ).first()
+            # A new tunnel MTU (the node's uplink changed) goes into route answers from now on.
+            row = await node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu)
             if row is None:
-                state = await conn.scalar(queries.NODE_STATE, {"node_id": node_id})
+                state = await node_rows.state_of(conn, node_id)
                 if state is None:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
@@ -232,7 +215,7 @@ class RegistryService:
 
     async def deregister(self, node_id: str) -> None:
         async with self.db.transaction() as s:
-            node = await s.get(Node, node_id, with_for_update=True)
+            node = await node_rows.for_update(s, node_id)
             if node is None:
                 raise NotFound("node_not_found", f"node_id: no node {node_id}")
             node.state = NodeState.STOPPED
@@ -252,22 +235,11 @@ class RegistryService:
         )
         now = utcnow()
         cutoff = now - limit
-        stale = Node.state == NodeState.ONLINE, Node.last_heartbeat_at < cutoff
         async with self.db.begin() as conn:
-            ids = (await conn.scalars(select(Node.id).where(*stale))).all()
+            ids = await node_rows.stale_online(conn, cutoff)
             went = [i for i in ids if not self.hub.is_node_connected(i)]
             if went:
-                # Conditions repeated: a heartbeat that landed meanwhile keeps its node online.
-                went = list(
-                    (
-                        await conn.scalars(
-                            update(Node)
-                            .where(Node.id.in_(went), *stale)
-                            .values(state=NodeState.OFFLINE, updated_at=now)
-                            .returning(Node.id)
-                        )
-                    ).all()
-                )
+                went = await node_rows.mark_offline(conn, went, cutoff, now)
         for node_id in went:
             self.nodes.set_state(node_id, NodeState.OFFLINE)
             self.hub.node_offline(node_id, "node offline: missed heartbeats")
@@ -278,11 +250,7 @@ class RegistryService:
     async def reload(self) -> int:
         """After a restart: nodes that are not stopped may open their links again."""
         async with self.db.transaction() as s:
-            rows = (
-                await s.execute(
-                    select(Node.id, Node.token_hash).where(Node.state != NodeState.STOPPED)
-                )
-            ).all()
+            rows = await node_rows.live_tokens(s)
         for node_id, token_hash in rows:
             self.hub.allow_node(node_id, token_hash)
         return len(rows)
@@ -293,11 +261,7 @@ class RegistryService:
     async def list_for_clients(self) -> NodeList:
         counts = await self._open_counts()
         async with self.db.transaction() as s:
-            rows = (
-                await s.scalars(
-                    select(Node).where(Node.state == NodeState.ONLINE).order_by(Node.id)
-                )
-            ).all()
+            rows = await node_rows.online(s)
         return NodeList(
             nodes=[
                 NodeSummary(
@@ -318,36 +282,23 @@ class RegistryService:
 
     async def refresh_gauges(self) -> None:
         async with self.db.transaction() as s:
-            by_state = dict(
-                (await s.execute(select(Node.state, func.count()).group_by(Node.state))).all()
-            )
-            open_n = await s.scalar(
-                select(func.count())
-                .select_from(SessionRow)
-                .where(SessionRow.state == SessionState.OPEN)
-            )
+            by_state = await node_rows.state_counts(s)
+            open_n = await node_rows.open_total(s)
         for state in NodeState:
-            self.metrics.nodes.labels(state=state).set(int(by_state.get(state, 0)))
-        self.metrics.sessions_open.set(int(open_n or 0))
+            self.metrics.nodes.labels(state=state).set(by_state.get(state, 0))
+        self.metrics.sessions_open.set(open_n)
 
 
 async def _open_counts(db: Database) -> dict[str, int]:
     async with db.transaction() as s:
-        rows = (
-            await s.execute(
-                select(SessionRow.node_id, func.count())
-                .where(SessionRow.state == SessionState.OPEN)
-                .group_by(SessionRow.node_id)
-            )
-        ).all()
-    return {node_id: int(n) for node_id, n in rows}
+        return await node_rows.open_counts(s)
 
 
 async def admin_nodes(db: Database, is_connected: Callable[[str], bool]) -> AdminNodeList:
     """Every node with its details (the admin API and ``bosonserver nodes``)."""
     counts = await _open_counts(db)
     async with db.transaction() as s:
-        rows = (await s.scalars(select(Node).order_by(Node.registered_at))).all()
+        rows = await node_rows.by_registration(s)
     return AdminNodeList(
         nodes=[
             AdminNode(

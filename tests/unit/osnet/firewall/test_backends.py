@@ -73,6 +73,10 @@ def test_nft_apply_is_journaled_before_it_is_made(tmp_path: Path) -> None:
             "table": NODE.names.table,
             "chain_prefix": NODE.names.chain_prefix,
             "comment": NODE.names.comment,
+            # FirewallUndo's iptables-only fields (a journal without them still parses).
+            "flavour": None,
+            "created_tables": [],
+            "created_chains": [],
         }
         backend.update_uplink("wlan0")
         assert len(journal) == 1

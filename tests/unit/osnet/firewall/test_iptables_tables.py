@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from higgs.osnet.firewall import DnsRedirect, FirewallError, IptablesBackend, NodePolicy
+from higgs.osnet.firewall import UNDO, DnsRedirect, FirewallError, IptablesBackend, NodePolicy
 from higgs.osnet.firewall import iptables_tables as tables
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import RecordingRunner
@@ -111,7 +111,7 @@ def test_replay_after_a_crash_deletes_them_and_a_second_replay_finds_nothing(
     spec = IptablesBackend(NODE.names, runner, flavour="nft")
     spec._created_tables = {("ip", "filter"), ("ip6", "nat")}
     spec._created_chains = {("ip", "nat", "PREROUTING")}
-    replayed = IptablesBackend.from_undo(spec.undo_spec(), runner)
+    replayed = IptablesBackend.from_undo(UNDO.parse(spec.undo_spec()), runner)
     assert replayed._remove() == []  # no error either
     assert _deletes(runner) == []
 
@@ -211,7 +211,7 @@ def test_a_journal_naming_other_tables_deletes_none_of_them() -> None:
     spec = IptablesBackend(NODE.names, runner, flavour="nft").undo_spec()
     spec["created_tables"] = [["inet", "higgsnode_x"], ["ip", "docker"], "ip filter", ["ip"]]
     spec["created_chains"] = [["ip", "filter", "DOCKER"], ["inet", "filter", "INPUT"], None]
-    backend = IptablesBackend.from_undo(spec, runner)
+    backend = IptablesBackend.from_undo(UNDO.parse(spec), runner)
     assert backend._created_tables == set()
     assert backend._created_chains == set()
 
