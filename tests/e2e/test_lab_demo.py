@@ -1,4 +1,5 @@
-"""`make demo` tells the stock story, and a failing step still tears everything down."""
+"""`make demo` tells the product's story, `make demo-stock` the stock one, and a failing step
+still tears everything down."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def test_demo_shows_client_router_before_and_home_router_after() -> None:
     assert "before the tunnel: 203.0.113.20 (client router)" in result.stdout
     assert "through the tunnel: 203.0.113.10 (home router)" in result.stdout
     assert "nothing left behind" in result.stdout
+
+
+def test_make_demo_connects_through_the_relay_then_directly_and_leaves_nothing() -> None:
+    # README's first command: the real bosonserver, higgsnode and higgsvpn in the lab.
+    result = subprocess.run(
+        [sys.executable, "-m", "higgs.lab.demo_product"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "before Higgs.net:      203.0.113.20 (client router)" in out
+    assert "through the relay:     203.0.113.10 (home router)" in out
+    assert "directly to the node:  203.0.113.10 (home router)" in out
+    assert "after disconnecting:   203.0.113.20 (client router)" in out
+    assert "nothing left behind" in out
 
 
 def test_failing_step_reports_tears_down_and_exits_1() -> None:
