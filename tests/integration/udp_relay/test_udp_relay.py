@@ -154,15 +154,24 @@ def lab(namespaces: Namespaces, tmp_path: Path) -> Iterator[Lab]:
     sh("ip", "-n", r, "addr", "add", f"{RELAY_IP}/32", "dev", "lo")
     for ns, gw in ((c, "10.0.1.1"), (n, "10.0.2.1"), (a, "10.0.3.1")):
         sh("ip", "-n", ns, "route", "add", "default", "via", gw)
+    yield from _peers_through_the_relay(namespaces, tmp_path, (c, r, n, a), RELAY_IP)
+
+
+def _peers_through_the_relay(
+    namespaces: Namespaces, tmp_path: Path, hosts: tuple[str, str, str, str], relay_ip: str
+) -> Iterator[Lab]:
+    """Both wireguard-go ends with the relay as each other's endpoint; the relay is started
+    by the test and killed at the end."""
+    c, r, n, a = hosts
     ck, nk = PrivateKey.generate(), PrivateKey.generate()
-    spec = SessionSpec("s_test", PORT, pub(ck), pub(nk))
-    write_sessions(tmp_path / "s.json", [spec])
-    lab = Lab(c, r, n, a, tmp_path, namespaces.tag.replace("-", "")[:12], ck, nk)
+    write_sessions(tmp_path / "s.json", [SessionSpec("s_test", PORT, pub(ck), pub(nk))])
+    tag = namespaces.tag.replace("-", "")[:12]
+    lab = Lab(c, r, n, a, tmp_path, tag, ck, nk, relay_ip=relay_ip)
     name_c, name_n = namespaces.ifname("c"), namespaces.ifname("n")
     with wireguard_go_pair(
         tmp_path, WgEndSpec(c, name_c, ck, "10.99.0.2/24"), WgEndSpec(n, name_n, nk, "10.99.0.1/24")
     ) as (client, node):
-        endpoint = f"{RELAY_IP}:{PORT}"
+        endpoint = f"[{relay_ip}]:{PORT}" if ":" in relay_ip else f"{relay_ip}:{PORT}"
         # The node: the relay as its peer's endpoint, with a persistent keepalive (§5.2).
         node.wg.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
         client.wg.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
@@ -274,23 +283,7 @@ def lab6(namespaces: Namespaces, tmp_path: Path) -> Iterator[Lab]:
         sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, "nodad")
     for ns, gw in ((c, "fd00:1::1"), (n, "fd00:2::1")):
         sh("ip", "-n", ns, "-6", "route", "add", "default", "via", gw)
-    ck, nk = PrivateKey.generate(), PrivateKey.generate()
-    write_sessions(tmp_path / "s.json", [SessionSpec("s_test", PORT, pub(ck), pub(nk))])
-    lab = Lab(c, r, n, "", tmp_path, namespaces.tag.replace("-", "")[:12], ck, nk,
-              relay_ip=RELAY_IP6)  # fmt: skip
-    name_c, name_n = namespaces.ifname("c"), namespaces.ifname("n")
-    with wireguard_go_pair(
-        tmp_path, WgEndSpec(c, name_c, ck, "10.99.0.2/24"), WgEndSpec(n, name_n, nk, "10.99.0.1/24")
-    ) as (client, node):
-        endpoint = f"[{RELAY_IP6}]:{PORT}"
-        node.wg.set_peer(Peer(ck.public_b64(), ("10.99.0.2/32",), endpoint, 1))
-        client.wg.set_peer(Peer(nk.public_b64(), ("10.99.0.1/32",), endpoint))
-        try:
-            yield lab
-        finally:
-            if lab.proc is not None:
-                lab.proc.kill()
-                lab.proc.wait()
+    yield from _peers_through_the_relay(namespaces, tmp_path, (c, r, n, ""), RELAY_IP6)
 
 
 def test_two_wireguard_go_peers_through_the_relay_over_ipv6(lab6: Lab) -> None:
