@@ -8,10 +8,10 @@ state directory, never sent to the server).
 
 from __future__ import annotations
 
-from higgs.client.connect import tunnel_addresses
+from higgs.client.export import stock_tunnel
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings
-from higgs.client.wgconfig import TunnelConfig, render_wg_quick
+from higgs.client.wgconfig import render_wg_quick
 from higgs.common.keys import PrivateKey
 from higgs.protocol.devices import DeviceCreated, DeviceCreateRequest, DeviceInfo, DeviceList
 
@@ -39,19 +39,7 @@ def device_config(
 ) -> str:
     """The wg-quick text of the device (pure): named in its first comment line."""
     wg, dev = created.wireguard, created.device
-    allowed = (
-        tuple(wg.allowed_ips) if settings.full_tunnel else tuple(str(p) for p in settings.split)
-    )
-    cfg = TunnelConfig(
-        private_key=key,
-        address=tunnel_addresses(wg),
-        peer_public_key=wg.node_public_key,
-        allowed_ips=allowed,
-        dns=tuple(wg.dns),
-        mtu=wg.mtu,
-        endpoint=dev.endpoint,
-        persistent_keepalive=wg.persistent_keepalive,
-    )
+    cfg = stock_tunnel(key, wg, settings, dev.endpoint)
     node = created.node
     where = ", ".join(p for p in (node.country, node.region) if p)
     comment = (

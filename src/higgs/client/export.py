@@ -15,9 +15,30 @@ from higgs.client.connect import tunnel_addresses
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.wgconfig import ExportError, TunnelConfig, render_wg_quick
-from higgs.common.keys import load_or_create_private_key
+from higgs.common.keys import PrivateKey, load_or_create_private_key
+from higgs.protocol.api import WireGuardConfig
 
-__all__ = ["export_config"]
+__all__ = ["export_config", "stock_tunnel"]
+
+
+def stock_tunnel(
+    key: PrivateKey, wg: WireGuardConfig, settings: ClientSettings, endpoint: str
+) -> TunnelConfig:
+    """The tunnel a stock WireGuard app runs: the route's or device's parameters, the
+    client's tunnel choice (full or split), one fixed endpoint."""
+    allowed = (
+        tuple(wg.allowed_ips) if settings.full_tunnel else tuple(str(p) for p in settings.split)
+    )
+    return TunnelConfig(
+        private_key=key,
+        address=tunnel_addresses(wg),
+        peer_public_key=wg.node_public_key,
+        allowed_ips=allowed,
+        dns=tuple(wg.dns),
+        mtu=wg.mtu,
+        endpoint=endpoint,
+        persistent_keepalive=wg.persistent_keepalive,
+    )
 
 
 async def export_config(settings: ClientSettings) -> str:
@@ -41,19 +62,7 @@ async def export_config(settings: ClientSettings) -> str:
             "stock WireGuard apps cannot use it: connect with higgsvpn instead"
         )
     wg = route.wireguard
-    allowed = (
-        tuple(wg.allowed_ips) if settings.full_tunnel else tuple(str(p) for p in settings.split)
-    )
-    cfg = TunnelConfig(
-        private_key=key,
-        address=tunnel_addresses(wg),
-        peer_public_key=wg.node_public_key,
-        allowed_ips=allowed,
-        dns=tuple(wg.dns),
-        mtu=wg.mtu,
-        endpoint=endpoint,
-        persistent_keepalive=wg.persistent_keepalive,
-    )
+    cfg = stock_tunnel(key, wg, settings, endpoint)
     where = ", ".join(p for p in (route.node.country, route.node.region) if p)
     comment = (
         f"Higgs.net node {route.node.node_id}"
