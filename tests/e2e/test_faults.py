@@ -48,13 +48,12 @@ import pytest
 from higgs.lab import Lab
 from higgs.lab.netns import ns_argv
 from higgs.lab.plan import HostPlan, LabPlan, default_plan
-from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
+from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT, _py
 from tests.e2e.client_system import (
     Client,
     Node,
     Server,
     System,
-    _py,
     _teardown_system,
     needs_node,
     wait_until,
@@ -226,6 +225,7 @@ class TaggedNode(Node):
 
     def __post_init__(self) -> None:
         self.args = (*self.args, "--region", self.tag)
+        super().__post_init__()
 
     def online_ids(self) -> set[str]:
         listing = json.loads(self.server.cli("nodes", "--json"))
@@ -315,8 +315,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
             nodes: dict[str, Node] = {}
             for tag, (role, endpoint) in where.items():
                 ifname = lab.ifname(f"n{tag.lower()}")
-                node = TaggedNode(lab, server, tmp / f"node-{tag}", ifname, endpoint, tag=tag)
-                node.host = lab.host(role)
+                node = TaggedNode(
+                    lab, server, tmp / f"node-{tag}", ifname, endpoint, lab.host(role), tag=tag
+                )
                 nodes[tag] = node
             system = System(lab, tmp, server, nodes["A"])
             system.extra_nodes.extend([nodes["B"], nodes["C"]])
