@@ -11,20 +11,22 @@ import contextlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from higgs.lab import Lab, LabError
-from higgs.lab.product import API_PORT, NODE_PORT, RELAY_PORT
+from higgs.lab.product import (
+    API_PORT,
+    NODE_PORT,
+    RELAY_PORT,
+    NodeProgram,
+    ServerProgram,
+    client_cli,
+)
 from higgs.lab.wait import wait_until
 
 __all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "product_tunnel"]
-
-
-def _py(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
 
 
 def _wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
@@ -62,61 +64,21 @@ def product_tunnel(
     assert lab.workdir is not None
     work = lab.workdir / "product"
     work.mkdir(mode=0o700, exist_ok=True)
-    ip = lab.server.ip
-    url = f"http://{ip}:{API_PORT}"
-    data_dir = work / "server"
+    server = ServerProgram(lab, work / "server")
+    url = server.url
 
     def server_cli(*args: str) -> str:
-        argv = _py("higgs.server.cli", *args, "--data-dir", str(data_dir))
-        return lab.server.run(argv, timeout=120).stdout.strip()
+        return server.cli(*args, timeout=120)
 
-    lab.spawn(
-        lab.server,
-        _py(
-            "higgs.bosonserver",
-            "serve",
-            *udp_flags,
-            "--data-dir",
-            str(data_dir),
-            "--listen",
-            f"{ip}:{API_PORT}",
-            "--relay-listen",
-            f"{ip}:{RELAY_PORT}",
-            "--public-url",
-            url,
-            "--relay-url",
-            f"ws://{ip}:{RELAY_PORT}",
-        ),
-        name="bosonserver",
-    )
-    lab.server.wait_port(API_PORT, timeout=60)
-    lab.server.wait_port(RELAY_PORT, timeout=60)
+    server.start(timeout=60, args=udp_flags)
     key = server_cli("enroll", "create").split()[-1]
     if not udp:
         lab.forward_udp(NODE_PORT)
     endpoint = [] if udp else ["--endpoint", f"{lab.home_router.ip}:{NODE_PORT}"]
-    node = lab.spawn(
-        lab.node,
-        _py(
-            "higgs.node.cli",
-            "start",
-            "--server",
-            url,
-            "--enroll-key",
-            key,
-            "--state-dir",
-            str(work / "node"),
-            "--interface",
-            lab.ifname("n"),
-            "--listen-port",
-            str(NODE_PORT),
-            *endpoint,
-            "--country",
-            "DE",
-            "--dns-upstream",
-            lab.internet.ip,
-        ),
-        name="higgsnode",
+    node = NodeProgram(lab, work / "node", lab.ifname("n")).start(
+        *("--server", url, "--enroll-key", key, "--listen-port", str(NODE_PORT)),
+        *endpoint,
+        *("--country", "DE", "--dns-upstream", lab.internet.ip),
     )
 
     def online() -> bool:
@@ -130,13 +92,7 @@ def product_tunnel(
     cfg = work / "higgsvpn.toml"
 
     def vpn(*args: str, check: bool = True) -> str:
-        command, rest = args[0], list(args[1:])
-        out = lab.client.run(
-            _py("higgs.client.cli", command, "--config", str(cfg), *rest),
-            check=check,
-            timeout=180,
-        )
-        return out.stdout
+        return client_cli(lab.client, cfg, *args, check=check, timeout=180).stdout
 
     connected = False
     try:

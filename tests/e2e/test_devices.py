@@ -15,10 +15,8 @@ operator revokes the first; revoking an account drops its device from the node.
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 
 from higgs.lab.plan import default_plan
 from higgs.lab.procs import LabProcess, stop_processes
-from higgs.lab.product import NODE_PORT
+from higgs.lab.product import NODE_PORT, RelayProgram, client_cli
 from higgs.lab.stock import full_tunnel_client
 from higgs.lab.wireguard import KeyPair
 from tests.e2e.client_system import (
@@ -56,13 +54,9 @@ class Relay:
         self.proc: LabProcess | None = None
 
     def start(self) -> None:
-        lab, server = self.system.lab, self.system.server
-        argv = [
-            *(sys.executable, "-m", "higgs.bosonserver", "relay"),
-            *("--data-dir", str(server.data_dir), "--relay-ip", RELAY_IP),
-            *("--relay-ports", "40000-40099"),
-        ]
-        self.proc = lab.spawn(lab.server, argv, name="udp-relay", env={**os.environ})
+        server = self.system.server
+        program = RelayProgram(self.system.lab, server.data_dir)
+        self.proc = program.start("--relay-ip", RELAY_IP, "--relay-ports", "40000-40099")
         status = server.data_dir / "relay" / "relay-status.json"
         status.unlink(missing_ok=True)
         wait_until("the UDP relay to start", lambda: status.exists(), 30)
@@ -242,9 +236,8 @@ def test_a_direct_device_and_revocation(system: System, user: Client, tmp_path: 
 
         # From another host (the user's other computer): this host's own traffic to the
         # server goes through the tunnel that the revocation ends.
-        cfg_file = str(user.state_dir / "higgsvpn.toml")
-        argv = [sys.executable, "-m", "higgs.client.cli", "revoke-device", "--config", cfg_file]
-        lab.server.run([*argv, "laptop"], timeout=60)
+        cfg_file = user.state_dir / "higgsvpn.toml"
+        client_cli(lab.server, cfg_file, "revoke-device", "laptop", timeout=60)
         revoked = time.monotonic()
         wait_until("the revoked device to stop", lambda: not pings(user), 5, every=0.2)
         assert time.monotonic() - revoked <= 5

@@ -13,10 +13,9 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,62 +24,37 @@ import pytest
 
 from higgs.lab.lab import Lab
 from higgs.lab.procs import LabProcess
+from higgs.lab.product import ServerProgram
 from higgs.lab.wireguard import new_keypair, start_wireguard_go, wg_set, wg_show
 from tests.integration.node.nodelab import REPO, NodeRun, host_state, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-# The server program; HIGGS_TEST_BOSONSERVER can point at another checkout's interpreter.
-BOSON = shlex.split(
-    os.environ.get("HIGGS_TEST_BOSONSERVER", f"{sys.executable} -m higgs.server.cli")
-)
-API_PORT, RELAY_PORT, WG_PORT = 8080, 8081, 51820
+# HIGGS_TEST_BOSONSERVER can point at another checkout's bosonserver (its interpreter with
+# `-m higgs.bosonserver`).
+BOSON = tuple(shlex.split(os.environ.get("HIGGS_TEST_BOSONSERVER", "")))
+WG_PORT = 51820
 CLIENT_MARK = 51820
 
 
-def boson(data: Path, *args: str) -> str:
-    return boson_many(data, args)[0]
-
-
-def boson_many(data: Path, *commands: Sequence[str]) -> list[str]:
-    """Runs bosonserver admin commands side by side (each start costs seconds on a busy host)."""
-    procs = [
-        subprocess.Popen(
-            [*BOSON, *args, "--data-dir", str(data)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
-    outs = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=90)
-        assert proc.returncode == 0, stderr
-        outs.append(stdout)
-    return outs
+def server_program(lab: Lab, data: Path) -> ServerProgram:
+    # Short heartbeats: re-registration after a 409 happens at the next one.
+    env = {"BOSON_HEARTBEAT_INTERVAL_S": "2"}
+    return ServerProgram(lab, data, env=env, command=BOSON)
 
 
 def start_server(lab: Lab, data: Path) -> tuple[str, str, str, LabProcess]:
     """Migrated database, one enrollment key, one client; `bosonserver serve` in the server ns."""
-    boson(data, "migrate")
-    enrolled, added = boson_many(
-        data, ("enroll", "create", "--uses", "10"), ("client", "add", "alice")
-    )
-    enroll_key = enrolled.split()[0]
-    client_token = next(t for t in added.split() if t.startswith("hgc_"))
-    ip = lab.server.ip
-    proc = lab.server.popen(
-        [*BOSON, "serve", "--data-dir", str(data), "--listen", f"{ip}:{API_PORT}",
-         "--relay-listen", f"{ip}:{RELAY_PORT}", "--public-url", f"http://{ip}:{API_PORT}",
-         "--relay-url", f"ws://{ip}:{RELAY_PORT}"],
-        name="bosonserver",
-        # Short heartbeats: re-registration after a 409 happens at the next one.
-        env={**os.environ, "BOSON_HEARTBEAT_INTERVAL_S": "2"},
-    )  # fmt: skip
-    proc.wait_listening(API_PORT, timeout=30)
-    proc.wait_listening(RELAY_PORT, timeout=30)
-    return f"http://{ip}:{API_PORT}", enroll_key, client_token, proc
+    server = server_program(lab, data)
+    server.cli("migrate")
+    # Side by side: each CLI start costs seconds on a busy host.
+    with ThreadPoolExecutor(2) as pool:
+        enrolled = pool.submit(server.cli, "enroll", "create", "--uses", "10")
+        added = pool.submit(server.cli, "client", "add", "alice")
+        enroll_key = enrolled.result().split()[0]
+        client_token = next(t for t in added.result().split() if t.startswith("hgc_"))
+    proc = server.start(timeout=30)
+    return server.url, enroll_key, client_token, proc
 
 
 def request_route(
@@ -314,7 +288,8 @@ def test_node_registers_again_after_the_server_stopped_it(lab: Lab, tmp_path: Pa
     node_stopped, and it registers again with its own token — same node id, no enrollment use
     (the key allows one registration only)."""
     url, _, _, _ = start_server(lab, tmp_path / "server")
-    one_use = boson(tmp_path / "server", "enroll", "create", "--uses", "1").split()[0]
+    one_use = server_program(lab, tmp_path / "server").cli("enroll", "create", "--uses", "1")
+    one_use = one_use.split()[0]
     node = NodeRun(lab, tmp_path / "node")
     node.start("--server", url, "--enroll-key", one_use, "--dns-upstream", lab.internet.ip)
     first = node.wait_server_online()["server"]

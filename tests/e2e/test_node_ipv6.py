@@ -11,7 +11,6 @@ stays out of reach. One lab for the module; the last test stops the node and com
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -99,11 +98,7 @@ def test_relay_client_gets_ipv6_through_nat66(v6: System) -> None:
     # The owner's printer is reachable over IPv6 from the node's host: the block is the node's.
     assert lab.node.run(["ping", "-6", "-c", "1", "-W", "2", lab.printer.ip6]).returncode == 0
 
-    node = v6.node
-    status = lab.node.run(
-        [sys.executable, "-m", "higgs.node.cli", "status", "--state-dir", str(node.state_dir),
-         "--interface", node.interface]
-    ).stdout  # fmt: skip
+    status = v6.node.program.cli("status", check=True).stdout
     assert "NAT66" in status, status
 
     client.disconnect()

@@ -22,17 +22,13 @@ from .errors import LabError
 from .host import Host
 from .lab import Lab
 from .procs import LabProcess
-from .product import API_PORT, NODE_PORT, RELAY_PORT
+from .product import NODE_PORT, RELAY_PORT, NodeProgram, ServerProgram, client_cli
 from .story import Step, StoryContext, demo_main
 from .wait import wait_until
 
 __all__ = ["STEPS", "main"]
 
 DNS_NAME = "www.example.test"
-
-
-def _py(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
 
 
 def _seen(lab: Lab, ip: object) -> str:
@@ -51,11 +47,16 @@ def _work(ctx: StoryContext) -> Path:
     return work
 
 
+def _server_program(ctx: StoryContext) -> ServerProgram:
+    server = ctx.data.get("server")
+    if not isinstance(server, ServerProgram):
+        server = ServerProgram(ctx.require_lab(), _work(ctx) / "server")
+        ctx.data["server"] = server
+    return server
+
+
 def _server_cli(ctx: StoryContext, *args: str) -> str:
-    lab = ctx.require_lab()
-    data_dir = _work(ctx) / "server"
-    argv = _py("higgs.server.cli", *args, "--data-dir", str(data_dir))
-    return lab.server.run(argv, timeout=60).stdout.strip()
+    return _server_program(ctx).cli(*args)
 
 
 def _client_host(ctx: StoryContext) -> Host:
@@ -64,10 +65,7 @@ def _client_host(ctx: StoryContext) -> Host:
 
 def _vpn(ctx: StoryContext, *args: str, check: bool = True) -> Any:
     cfg = _work(ctx) / "higgsvpn.toml"
-    command, rest = args[0], list(args[1:])
-    return _client_host(ctx).run(
-        _py("higgs.client.cli", command, "--config", str(cfg), *rest), check=check, timeout=120
-    )
+    return client_cli(_client_host(ctx), cfg, *args, check=check, timeout=120)
 
 
 def _wait(what: str, check: Any, timeout: float) -> None:
@@ -100,31 +98,10 @@ def _before(ctx: StoryContext) -> str:
 
 
 def _server(ctx: StoryContext) -> str:
-    lab = ctx.require_lab()
-    ip = lab.server.ip
-    url = f"http://{ip}:{API_PORT}"
-    ctx.data["server_url"] = url
-    lab.spawn(
-        lab.server,
-        _py(
-            "higgs.server.cli",
-            "serve",
-            "--data-dir",
-            str(_work(ctx) / "server"),
-            "--listen",
-            f"{ip}:{API_PORT}",
-            "--relay-listen",
-            f"{ip}:{RELAY_PORT}",
-            "--public-url",
-            url,
-            "--relay-url",
-            f"ws://{ip}:{RELAY_PORT}",
-        ),
-        name="bosonserver",
-    )
-    lab.server.wait_port(API_PORT, timeout=30)
-    lab.server.wait_port(RELAY_PORT, timeout=30)
-    return f"bosonserver serve: API {url}, relay ws://{ip}:{RELAY_PORT}, SQLite"
+    server = _server_program(ctx)
+    ctx.data["server_url"] = server.url
+    server.start(timeout=30)
+    return f"bosonserver serve: API {server.url}, relay ws://{server.host.ip}:{RELAY_PORT}, SQLite"
 
 
 def _node(ctx: StoryContext) -> str:
@@ -132,31 +109,11 @@ def _node(ctx: StoryContext) -> str:
     key = _server_cli(ctx, "enroll", "create").split()[-1]
     lab.forward_udp(NODE_PORT)
     endpoint = f"{lab.home_router.ip}:{NODE_PORT}"
-    proc = lab.spawn(
-        lab.node,
-        _py(
-            "higgs.node.cli",
-            "start",
-            "--server",
-            str(ctx.data["server_url"]),
-            "--enroll-key",
-            key,
-            "--state-dir",
-            str(_work(ctx) / "node"),
-            "--interface",
-            lab.ifname("n"),
-            "--listen-port",
-            str(NODE_PORT),
-            "--endpoint",
-            endpoint,
-            "--country",
-            "DE",
-            "--region",
-            "Lab",
-            "--dns-upstream",
-            lab.internet.ip,
-        ),
-        name="higgsnode",
+    node = NodeProgram(lab, _work(ctx) / "node", lab.ifname("n"))
+    proc = node.start(
+        *("--server", str(ctx.data["server_url"]), "--enroll-key", key),
+        *("--listen-port", str(NODE_PORT), "--endpoint", endpoint),
+        *("--country", "DE", "--region", "Lab", "--dns-upstream", lab.internet.ip),
     )
     ctx.data["node_proc"] = proc
 

@@ -46,6 +46,7 @@ __all__ = [
     "RELAY_PORT",
     "NodeProgram",
     "Product",
+    "RelayProgram",
     "ServerProgram",
     "client_cli",
     "serving_stock_clients",
@@ -64,12 +65,18 @@ def _py(module: str, *args: str) -> list[str]:
 class ServerProgram:
     """bosonserver with its data directory in the lab's server namespace: ``serve`` in the
     background (the composition root, the UDP relay beside it), the operator CLI in the
-    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment."""
+    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment;
+    ``command`` runs another bosonserver (e.g. another checkout's interpreter with ``-m
+    higgs.bosonserver``) for both instead of this interpreter's modules."""
 
     lab: Lab
     data_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
     proc: LabProcess | None = None
+    command: Sequence[str] = ()
+
+    def _argv(self, module: str, *args: str) -> list[str]:
+        return [*self.command, *args] if self.command else _py(module, *args)
 
     @property
     def host(self) -> Host:
@@ -81,7 +88,7 @@ class ServerProgram:
 
     def cli(self, *args: str, timeout: float = 60) -> str:
         """One operator command (``bosonserver client add …``); its stdout, stripped."""
-        argv = _py("higgs.server.cli", *args, "--data-dir", str(self.data_dir))
+        argv = self._argv("higgs.server.cli", *args, "--data-dir", str(self.data_dir))
         return self.host.run(argv, timeout=timeout).stdout.strip()
 
     def start(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
@@ -89,7 +96,7 @@ class ServerProgram:
         ``args``: more ``serve`` options."""
         ip = self.host.ip
         self.proc = self.host.popen(
-            _py(
+            self._argv(
                 "higgs.bosonserver", "serve",
                 "--data-dir", str(self.data_dir),
                 "--listen", f"{ip}:{API_PORT}",
@@ -142,6 +149,28 @@ class NodeProgram:
         argv = _py("higgs.node.cli", "start", "--state-dir", str(self.state_dir))
         argv += ["--interface", self.interface, *flags]
         self.proc = self.on.popen(argv, name="higgsnode", env=env)
+        return self.proc
+
+
+@dataclass
+class RelayProgram:
+    """``bosonserver relay``: the UDP relay as its own process on a server's data directory
+    (its database), on ``host`` (the lab's server unless given), in the background."""
+
+    lab: Lab
+    data_dir: Path
+    host: Host | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    proc: LabProcess | None = None
+
+    @property
+    def on(self) -> Host:
+        return self.host or self.lab.server
+
+    def start(self, *args: str) -> LabProcess:
+        """``bosonserver relay --data-dir … <args>`` (``--relay-ip``, ``--relay-ports``, …)."""
+        argv = _py("higgs.bosonserver", "relay", "--data-dir", str(self.data_dir), *args)
+        self.proc = self.on.popen(argv, name="udp-relay", env={**os.environ, **self.env})
         return self.proc
 
 
