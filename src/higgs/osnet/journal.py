@@ -30,12 +30,18 @@ Within that process several threads may write it at once (the node's port mapper
 the event loop while host steps run in worker threads): every change of the entries and its
 save happen under one lock, so no entry is lost and no two saves share the temp file. The
 lock is not held while a change or an undo is carried out (those run commands).
+
+A transaction rolls back only what was recorded in its own context (its thread or task, and
+the threads and tasks it started: ``asyncio.to_thread`` and ``create_task`` copy the context),
+never what another thread recorded meanwhile — the port mapper's mapping must survive a
+failed peer setup that happened to run at the same moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import json
 import logging
@@ -59,6 +65,12 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 T = TypeVar("T")
+
+# The ids recorded by each transaction open in this context, innermost last. A tuple of
+# lists: a context copied into a thread or task shares the lists, so its records count too.
+_scopes: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVar(
+    "higgs_journal_scopes", default=()
+)
 
 
 class Journal:
@@ -194,6 +206,8 @@ class Journal:
             except BaseException:
                 self._entries.remove(entry)
                 raise
+        for scope in _scopes.get():
+            scope.append(entry.id)
         log.debug("journal: +%d %s", entry.id, what)
         return entry
 
@@ -281,15 +295,18 @@ class Journal:
     def transaction(self, name: str) -> Iterator[Journal]:
         """Rolls back every change recorded inside the block if the block raises
         (STYLE.md practice 5); on success the changes stay in effect and journaled."""
-        first_id = self._next_id
+        ids: list[int] = []
+        token = _scopes.set((*_scopes.get(), ids))
         try:
             yield self
         except BaseException as exc:
-            mine = [e for e in self.entries if e.id >= first_id]
+            mine = self._recorded(ids)
             log.warning("%s failed; rolling back %d change(s)", name, len(mine))
             for failure in self._undo(mine):
                 exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")
             raise
+        finally:
+            _scopes.reset(token)
 
     @contextlib.asynccontextmanager
     async def atransaction(self, name: str) -> AsyncIterator[Journal]:
@@ -297,12 +314,20 @@ class Journal:
         The rollback runs in a thread: undos run commands and must not stall the event loop.
         A thread cannot be cancelled, so the rollback completes even if the task is
         cancelled again meanwhile."""
-        first_id = self._next_id
+        ids: list[int] = []
+        token = _scopes.set((*_scopes.get(), ids))
         try:
             yield self
         except BaseException as exc:
-            mine = [e for e in self.entries if e.id >= first_id]
+            mine = self._recorded(ids)
             log.warning("%s failed; rolling back %d change(s)", name, len(mine))
             for failure in await asyncio.to_thread(self._undo, mine):
                 exc.add_note(f"rollback of {failure.what!r} failed: {failure.error}")
             raise
+        finally:
+            _scopes.reset(token)
+
+    def _recorded(self, ids: list[int]) -> list[Entry]:
+        """The journal's current entries among ``ids``, in journal order."""
+        wanted = set(ids)
+        return [e for e in self.entries if e.id in wanted]

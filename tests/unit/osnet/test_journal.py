@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,45 @@ def test_threads_recording_and_forgetting_at_once_lose_nothing(tmp_path: Path) -
     assert len({e["id"] for e in on_disk}) == len(on_disk)
     with Journal(tmp_path / "journal.json", runner=RecordingRunner()) as again:
         assert again.undo_all() == len(kept)
+
+
+def test_transaction_leaves_what_another_thread_recorded_meanwhile(
+    journal: Journal, runner: RecordingRunner
+) -> None:
+    inside = threading.Event()
+    recorded = threading.Event()
+
+    def port_mapper() -> None:
+        inside.wait(5)
+        journal.record("router mapping", undo.argv(["del", "mapping"]))
+        recorded.set()
+
+    other = threading.Thread(target=port_mapper)
+    other.start()
+
+    def setup() -> None:
+        with journal.transaction("peer setup"):
+            journal.step("peer", undo.argv(["del", "peer"]), lambda: None)
+            inside.set()
+            recorded.wait(5)
+            raise RuntimeError("handshake failed")
+
+    with pytest.raises(RuntimeError, match="handshake failed"):
+        setup()
+    other.join(5)
+    assert runner.commands == [["del", "peer"]]
+    assert [e.what for e in journal.entries] == ["router mapping"]
+
+
+async def test_async_transaction_rolls_back_what_its_threads_recorded(
+    journal: Journal, runner: RecordingRunner
+) -> None:
+    async def connect() -> None:
+        async with journal.atransaction("connect"):
+            await asyncio.to_thread(journal.step, "one", undo.argv(["del", "one"]), lambda: None)
+            raise RuntimeError("later step failed")
+
+    with pytest.raises(RuntimeError):
+        await connect()
+    assert runner.commands == [["del", "one"]]
+    assert len(journal) == 0
