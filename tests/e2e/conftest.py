@@ -19,7 +19,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
     report = outcome.get_result()
-    lab = getattr(item, "funcargs", {}).get("lab")
+    args = getattr(item, "funcargs", {})
+    lab = args.get("lab") or getattr(args.get("system"), "lab", None)  # (client_system's too)
     # The logs live in the lab's work directory, which teardown removes: attach them now.
     if report.failed and call.when == "call" and isinstance(lab, Lab):
         report.sections.append(("lab process logs", lab.log_tails(30)))

@@ -4,12 +4,16 @@
 One lab for the module, the session lifetime shortened to 4 s (an ordinary exported session
 is seen expiring) and the UDP relay run as its own process (``bosonserver relay``), so that
 it and the server restart apart. First the node is behind its NAT with no port forward (the
-device goes through the UDP relay): the device works, still works after an idle period of
-several lifetimes and after the node, the relay and the server were each restarted, and its
-bytes are the account's usage. The node's restart gives it a port forward (a direct
-endpoint; the relayed device keeps its relay port): a second device is then exported with that
-endpoint and works; revoking it stops it within 5 s and the node no longer holds the peer; the
-operator revokes the first; revoking an account drops its device from the node.
+device goes through the UDP relay). Behind a full-cone client router, the node steers the
+app off the relay onto the direct path (issue 12: WireGuard roaming). Behind the ordinary
+(filtering) one the steering fails and the device stays on the relay: it works, still works
+after an idle period of several lifetimes and after the node, the relay and the server were
+each restarted, and its bytes are the account's usage. The node's restart gives it a port
+forward (a direct endpoint; the relayed device keeps its relay port): a second device is then
+exported with that endpoint and works; revoking it stops it within 5 s and the node no
+longer holds the peer; the operator revokes the first; revoking an account drops its device
+from the node. Last, the node leaves for good: ``higgsvpn devices`` says so, and
+re-exporting gives a working config on another node (on the printer PC).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from higgs.lab.wireguard import KeyPair
 from tests.e2e.client_system import (
     Client,
     System,
+    client_public,
     home_public,
     needs_node,
     running_system,
@@ -43,6 +48,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node, pytest.mark.timeout
 
 RELAY_IP = str(default_plan().host("server").address().ip)
 TTL_S = 4
+GONE_S = 6  # a node away this long is gone for good (BOSON_DEVICE_NODE_GONE_S)
 FWMARK = 51822
 
 
@@ -77,6 +83,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "BOSON_SWEEP_INTERVAL_S": "1",
         "BOSON_HEARTBEAT_INTERVAL_S": "2",
         "BOSON_MISSED_HEARTBEATS": "5",
+        "BOSON_PUNCH_STEER_AFTER_S": "3",
+        "BOSON_PUNCH_RETRY_S": "10",
+        "BOSON_DEVICE_NODE_GONE_S": str(GONE_S),
     }
     with running_system(tmp_path_factory.mktemp("devices"), direct=False, server_env=env) as s:
         relay = Relay(s)
@@ -109,6 +118,30 @@ def node_peers(system: System) -> set[str]:
     host = system.node.host or system.lab.node
     out = host.run(["wg", "show", system.node.interface, "peers"], check=False)
     return set(out.stdout.split())
+
+
+def endpoints(host: Any, interface: str) -> dict[str, str]:
+    """``wg show IF endpoints``: peer key -> endpoint (what a user checks)."""
+    out = host.run(["wg", "show", interface, "endpoints"], check=False)
+    return dict(line.split("\t", 1) for line in out.stdout.splitlines() if "\t" in line)
+
+
+def app_endpoint(client: Client) -> str:
+    (endpoint,) = endpoints(client.host, client.lab.ifname("dv")).values()
+    return endpoint
+
+
+def node_status(system: System) -> dict[str, Any]:
+    out = system.node.program.cli("status", "--json").stdout
+    status: dict[str, Any] = json.loads(out)["status"]
+    return status
+
+
+def device_session(system: System, address: str) -> dict[str, Any]:
+    """The device's row in ``bosonserver sessions`` (by its tunnel address)."""
+    rows = json.loads(system.server.cli("sessions", "--json", "--state", "open"))
+    (row,) = [r for r in rows if r["address"] == address]
+    return dict(row)
 
 
 def used_bytes(system: System, client: Client) -> int:
@@ -163,6 +196,45 @@ def export(client: Client, name: str, tmp: Path) -> tuple[str, dict[str, str]]:
     return text, parse_config(text)
 
 
+def test_a_stock_app_is_steered_onto_the_direct_path_where_the_nat_allows(
+    system: System, user: Client, tmp_path: Path
+) -> None:
+    """Issue 12's last item: the client's router filters by nothing but its mapping (full
+    cone), so the node's packets to the app's public address reach it and the app roams."""
+    lab = system.lab
+    lab.set_nat("client_router", "full_cone")
+    _, cfg = export(user, "steered", tmp_path)
+    assert cfg["endpoint"].startswith(RELAY_IP + ":")  # the app starts on the UDP relay
+    key, address = devices(user)["steered"]["public_key"], devices(user)["steered"]["address"]
+    app = StockApp(user, cfg)
+    try:
+        wait_until("the app's first ping through the UDP relay", lambda: pings(user), 30)
+        seen = device_session(system, address)["client_seen"]
+        assert seen, "the UDP relay bound no client leg"
+        assert seen.startswith(client_public(lab) + ":")
+        wait_until(  # (its pings show the node it followed)
+            "the node to steer the app onto the direct path",
+            lambda: pings(user) and app_endpoint(user).startswith(home_public(lab) + ":"),
+            45,
+        )
+        assert endpoints(lab.node, system.node.interface)[key] == seen
+        assert pings(user, count=3)
+        assert lab.whoami(user.host)["ip"] == home_public(lab)
+        assert app_endpoint(user).startswith(home_public(lab) + ":")  # it stayed there
+        wait_until(
+            "the server to show the steered path",
+            lambda: device_session(system, address)["path"] == "punched",
+            15,
+        )
+        session = device_session(system, address)
+        assert session["punched_endpoint"] == seen
+        assert node_status(system)["punch"]["counters"].get("steered", 0) >= 1
+    finally:
+        app.stop()
+        lab.set_nat("client_router", "cone")  # the ordinary filtering router from now on
+    user.vpn("revoke-device", "steered")
+
+
 def test_a_relayed_device_outlives_idle_periods_and_restarts(
     system: System, user: Client, tmp_path: Path
 ) -> None:
@@ -183,9 +255,20 @@ def test_a_relayed_device_outlives_idle_periods_and_restarts(
         time.sleep(3 * TTL_S)  # idle (only WireGuard's keepalives) for three session lifetimes
         closed = json.loads(system.server.cli("sessions", "--json", "--state", "closed"))
         reasons = {s["close_reason"] for s in closed if s["address"] == plain["address"]}
-        assert reasons == {"expired"}, "the ordinary exported session should have expired"
+        # (the address may have been the first test's revoked device's before)
+        assert reasons - {"device_revoked"} == {"expired"}, "the ordinary session should expire"
         assert pings(user, count=2), "the device stopped working while idle"
         assert phone["public_key"] in node_peers(system)
+        # The node tried to steer it (the server's steer_after_s is 3 s), its router filtered
+        # that out, and the app stayed on the relay with no black hole (the pings above).
+        wait_until(
+            "the node to see the app did not follow",
+            lambda: node_status(system)["punch"]["counters"].get("steer_not_followed", 0) >= 1,
+            10,
+        )
+        assert pings(user, count=2)
+        assert app_endpoint(user) == cfg["endpoint"]
+        assert device_session(system, phone["address"])["path"] == "udp_relay"
 
         # The node restarts, and comes back with a port forward (a direct endpoint): the
         # device keeps its relay port, which its config names.
@@ -262,3 +345,28 @@ def test_a_direct_device_and_revocation(system: System, user: Client, tmp_path: 
     system.server.cli("client", "revoke", f"{other.name}-{lab.names.stem}")
     wait_until("the node to drop the revoked account's device",
                lambda: tablet_key not in node_peers(system), 5, every=0.2)  # fmt: skip
+
+
+def test_a_node_gone_for_good_and_re_export(system: System, user: Client, tmp_path: Path) -> None:
+    lab = system.lab
+    _, cfg = export(user, "tab", tmp_path)
+    assert devices(user)["tab"]["state"] == "active"
+    old_node = devices(user)["tab"]["node_id"]
+    other = system.add_node(lab.printer, "p2")  # another node of the operator's
+    system.node.stop()
+    wait_until(
+        "higgsvpn devices to say the node is gone",
+        lambda: devices(user)["tab"]["state"] == "node_gone",
+        GONE_S + 30,
+    )
+    _, cfg = export(user, "tab", tmp_path)  # the same name: the dead one is replaced
+    tab = devices(user)["tab"]
+    assert (tab["state"], tab["node_id"]) == ("active", other.node_id)
+    assert tab["node_id"] != old_node
+    app = StockApp(user, cfg)
+    try:
+        wait_until("the re-exported device's first ping", lambda: pings(user), 30)
+        assert lab.whoami(user.host)["ip"] == home_public(lab)
+        assert tab["public_key"] in endpoints(lab.printer, other.interface)
+    finally:
+        app.stop()

@@ -499,7 +499,7 @@ class Lab:
         self.host(router).nft(render_dnat_udp(self.plan, router, port, target.ip, to_port or port))
 
     def set_nat(self, router: str, nat: NatType) -> None:
-        """Makes ``router`` a cone or symmetric NAT from now on (plan.NatType); its
+        """Makes ``router`` a cone, symmetric or full-cone NAT from now on (plan.NatType); its
         connection tracking is flushed, so every flow gets a mapping of the new kind; its
         ``input`` chain drops unsolicited UDP from the WAN from now on (render_masquerade).
         Asking again for the type it has already changes nothing."""

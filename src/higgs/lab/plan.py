@@ -42,7 +42,7 @@ HOST_ROLES = (
 )
 ROUTER_ROLES = ("core", "home_router", "client_router")
 
-NatType = Literal["cone", "symmetric"]
+NatType = Literal["cone", "symmetric", "full_cone"]
 NAT_TYPES: tuple[NatType, ...] = ("cone", "symmetric")
 """How a NAT router maps its LAN's UDP (issue 12's matrix):
 
@@ -51,6 +51,10 @@ NAT_TYPES: tuple[NatType, ...] = ("cone", "symmetric")
   (only answers to what went out pass), as on most home routers.
 - ``symmetric``: ``masquerade random``: every new destination gets a new random public port,
   so the address the relay saw is useless to anyone else (as behind many carrier-grade NATs).
+- ``full_cone`` (not in the matrix; ``Lab.set_nat`` only): ``cone``'s mapping with
+  endpoint-independent *filtering*: once a LAN socket sent out, UDP from anyone to its public
+  port reaches it (RFC 4787 "full cone", as many consumer routers and phone carriers do).
+  This is what lets the node steer an official WireGuard app off the relay (issue 12).
 """
 
 

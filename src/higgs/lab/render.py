@@ -61,6 +61,7 @@ def render_host_batch(plan: LabPlan, role: str) -> str:
 
 
 def _masquerade_rule(wan_if: str, lan_net: str, nat: NatType) -> str:
+    # full_cone maps like cone (the port kept); its filtering is _full_cone's.
     random = " random" if nat == "symmetric" else ""
     return f'oifname "{wan_if}" ip saddr {lan_net} masquerade{random}'
 
@@ -108,6 +109,36 @@ def render_masquerade(plan: LabPlan, role: str, nat: NatType) -> str:
         f"flush chain ip {NAT_TABLE} input\n"
         f'add rule ip {NAT_TABLE} input iifname "{host.wan_if}"'
         " meta l4proto udp ct state new drop\n"
+    ) + _full_cone(host.wan_if, host.lan_net, str(host.address(host.wan_if).ip), nat)
+
+
+def _full_cone(wan_if: str, lan_net: str, wan: str, nat: NatType) -> str:
+    """Endpoint-independent filtering (``full_cone``), or none (the chains emptied).
+
+    Every UDP datagram a LAN host sends out records its public port -> its LAN address in a
+    dynamic map (after masquerade, which kept the port: the ``cone`` mapping); UDP from anyone
+    to a recorded port is DNATed back to that host, same port. The lab's LAN sockets are few,
+    so a port is one host's (what a full-cone router's mapping table holds). Own chains, so
+    that switching back empties them without touching the port forwards in ``prerouting``."""
+    t = NAT_TABLE
+    out = (
+        f"add map ip {t} cone_ports {{ type inet_service : ipv4_addr;"
+        " flags dynamic,timeout; timeout 120s; }\n"
+        f"add chain ip {t} cone_record"
+        " { type filter hook postrouting priority srcnat + 1; policy accept; }\n"
+        f"add chain ip {t} cone_in"
+        " { type nat hook prerouting priority dstnat + 1; policy accept; }\n"
+        f"flush chain ip {t} cone_record\n"
+        f"flush chain ip {t} cone_in\n"
+        f"flush map ip {t} cone_ports\n"
+    )
+    if nat != "full_cone":
+        return out
+    return out + (
+        f'add rule ip {t} cone_record oifname "{wan_if}" ct original ip saddr {lan_net}'
+        " meta l4proto udp update @cone_ports { udp sport timeout 120s : ct original ip saddr }\n"
+        f'add rule ip {t} cone_in iifname "{wan_if}" ip daddr {wan}'
+        " udp dport @cone_ports dnat ip to udp dport map @cone_ports\n"
     )
 
 

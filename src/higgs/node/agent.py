@@ -157,6 +157,7 @@ class Agent:
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
         self.portmap: PortMapper | None = None
+        self._mapped_host: str | None = None  # the mapping's external address, last seen
         self.probes: ProbeListener | None = None
         self.rules: RuleWatch | None = None
         self.puncher: Puncher | None = None  # issue 12: hole punching and steering
@@ -176,6 +177,10 @@ class Agent:
 
     def _peer_rows(self) -> Sequence[PeerRow]:
         return self.host.wg.peers() if self.host.wg is not None else ()
+
+    def _reported_rows(self) -> Sequence[PeerRow]:
+        rows = self._peer_rows()
+        return self.puncher.reported(rows) if self.puncher is not None else rows
 
     async def _heartbeat_body(self) -> dict[str, Any]:
         rows = await asyncio.to_thread(self._peer_rows)
@@ -214,6 +219,11 @@ class Agent:
     async def _mapping_changed(self, mapping: PortMapping | None) -> None:
         if self.server is not None:
             self.server.set_port_mapping(self._port_mapping_report())
+        host = mapping.external_ip if mapping is not None else None
+        before, self._mapped_host = self._mapped_host, host or self._mapped_host
+        if host and before and host != before and self.puncher is not None:
+            # Our public address moved: direct peers (devices) follow by WireGuard roaming.
+            await self.puncher.address_changed()
         if self.probes is not None:
             if mapping is None:
                 self.probes.stop()
@@ -312,7 +322,7 @@ class Agent:
             ident.relay_url,
             ident.node_token,
             peers=self.peers,
-            peer_rows=self._peer_rows,
+            peer_rows=self._reported_rows,
             wg_port=self.settings.listen_port,
             stats_interval_s=ident.heartbeat_interval_s,
             on_punch=self.puncher.handle if self.puncher is not None else None,

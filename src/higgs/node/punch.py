@@ -14,7 +14,8 @@ follow (its packets still come through the relay, or none come), the peer goes b
 relay endpoint.
 
 A punched peer is watched: no bytes from it for ``dead_s`` (its keepalive is
-``PUNCH_KEEPALIVE_S``) and it goes back to the relay endpoint, so a dead path (the home
+``PUNCH_KEEPALIVE_S``; a steered app's own is longer: ``STEERED_DEAD_S``) and it goes back to
+the relay endpoint, so a dead path (the home
 router's public address changed, a NAT mapping expired) is left within seconds.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 PUNCH_KEEPALIVE_S = 2
 """A punched path's keepalive: keeps both NAT mappings open and lets each end notice within
 a few seconds that nothing arrives any more."""
+STEERED_DEAD_S = 60.0
+"""A steered app sends only its own PersistentKeepalive (25 s in an exported config) when
+idle: two of those missed, and its path is dead."""
 WATCH_EVERY_S = 1.0
 RELAY_KEEPALIVE_S = 25
 
@@ -97,6 +102,7 @@ class Puncher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         self.punched: dict[str, _Punched] = {}  # public key → its direct path
+        self._judging: set[str] = set()  # keys being steered, not yet followed
         self.counters: Counter[str] = Counter()
 
     def status(self) -> dict[str, Any]:
@@ -174,14 +180,30 @@ class Puncher:
         )
 
     async def _steer(self, message: Punch, peer: DesiredPeer) -> None:
+        """The app answers nothing to our keepalives: what shows it followed is its own next
+        packet (data, or its keepalive, every 25 s in an exported config) arriving from its
+        public address. So the window is long (``punch_steer_window_s``) and watched each
+        second: a packet through the relay roams our endpoint back (WireGuard) and ends it
+        early -- the app's NAT filtered us out, nothing was lost but our keepalives."""
         await asyncio.sleep(max(0.0, message.at - time.time()))
         before = self._row(peer.public_key)
         rx0 = before.rx_bytes if before is not None else 0
-        await self._move(peer, message.peer_endpoint, "steered")
-        self.punched.pop(peer.public_key, None)  # judged below, not by the watch
-        await asyncio.sleep(message.window_s)
-        row = await asyncio.to_thread(self._row, peer.public_key)
-        followed = row is not None and row.endpoint == message.peer_endpoint and row.rx_bytes > rx0
+        self._judging.add(peer.public_key)
+        try:
+            await self._move(peer, message.peer_endpoint, "steered")
+            self.punched.pop(peer.public_key, None)  # judged below, not by the watch
+            deadline = time.monotonic() + message.window_s
+            followed = False
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(WATCH_EVERY_S, max(0.0, deadline - time.monotonic())))
+                row = await asyncio.to_thread(self._row, peer.public_key)
+                if row is None or row.endpoint != message.peer_endpoint:
+                    break  # it came through the relay (or the peer went away)
+                if row.rx_bytes > rx0:
+                    followed = True
+                    break
+        finally:
+            self._judging.discard(peer.public_key)
         if followed:
             assert row is not None
             self.punched[peer.public_key] = _Punched(
@@ -202,9 +224,17 @@ class Puncher:
 
     async def _move(self, peer: DesiredPeer, endpoint: str, how: str) -> None:
         ips = self._peers.allowed_ips(peer)
-        await asyncio.to_thread(
-            self._table.set_endpoint, peer.public_key, ips, endpoint, PUNCH_KEEPALIVE_S
-        )
+
+        def move() -> None:
+            if how == "steered":
+                # WireGuard sends a keepalive at once when persistent keepalive is turned on
+                # (from 0): the app hears the node's address now, before its own next packet
+                # (its passive keepalive, 10 s after our last data) goes out through the relay
+                # and roams us back.
+                self._table.set_endpoint(peer.public_key, ips, endpoint, 0)
+            self._table.set_endpoint(peer.public_key, ips, endpoint, PUNCH_KEEPALIVE_S)
+
+        await asyncio.to_thread(move)
         row = await asyncio.to_thread(self._row, peer.public_key)
         self.punched[peer.public_key] = _Punched(
             peer.session_id, endpoint, how, row.rx_bytes if row else 0, time.monotonic()
@@ -227,8 +257,52 @@ class Puncher:
 
         await asyncio.to_thread(move)
 
+    def _dead_s(self, state: _Punched) -> float:
+        return max(self.dead_s, STEERED_DEAD_S) if state.how == "steered" else self.dead_s
+
+    def reported(self, rows: Sequence[Any]) -> list[Any]:
+        """Rows for ``peer_stats``: a peer being steered shows its relay endpoint until the app
+        has shown it followed (the server's ``bosonserver sessions`` would otherwise show a
+        direct path that an app behind a filtering NAT never had)."""
+        out = []
+        for row in rows:
+            peer = self._peers.sessions.get(row.public_key)
+            if row.public_key in self._judging and peer is not None and peer.relay_endpoint:
+                row = dataclasses.replace(row, endpoint=peer.relay_endpoint)
+            out.append(row)
+        return out
+
     def _row(self, key: str) -> PeerRowWithEndpoint | None:
         return next((r for r in self._rows() if r.public_key == key), None)
+
+    # ---- our address changed -----------------------------------------------------------
+
+    async def address_changed(self) -> int:
+        """Our public address changed (the port mapping's external address did): peers on a
+        direct path (an exported device above all) still send to the old one, and an official
+        app has no server to ask. Turning a peer's persistent keepalive on makes WireGuard send
+        one at once, from the new address: the app roams to it if its NAT lets it in (the
+        server offers the new endpoint once verified; docs/protocol.md §2.5). Returns how
+        many peers were told."""
+        rows = await asyncio.to_thread(self._rows)
+        told = 0
+        for row in rows:
+            peer = self._peers.sessions.get(row.public_key)
+            if peer is None or not row.endpoint or row.endpoint == peer.relay_endpoint:
+                continue
+            keep = PUNCH_KEEPALIVE_S if row.public_key in self.punched else 0
+            ips = self._peers.allowed_ips(peer)
+            await asyncio.to_thread(self._tell, row.public_key, ips, row.endpoint, keep)
+            told += 1
+        self.counters["address_changed_told"] += told
+        log.info("our public address changed: direct peers told", extra={"peers": told})
+        return told
+
+    def _tell(self, key: str, ips: Sequence[str], endpoint: str, keep: int) -> None:
+        self._table.set_endpoint(key, ips, endpoint, 0)
+        self._table.set_endpoint(key, ips, endpoint, PUNCH_KEEPALIVE_S)  # one keepalive now
+        if keep != PUNCH_KEEPALIVE_S:
+            self._table.set_endpoint(key, ips, endpoint, keep)
 
     # ---- watching ---------------------------------------------------------------------
 
@@ -256,11 +330,11 @@ class Puncher:
                     # keepalive again.
                     self.counters["punch_roamed_away"] += 1
                     await self._back_to_relay(peer)
-                elif now - state.last_rx_at > self.dead_s:
+                elif now - state.last_rx_at > self._dead_s(state):
                     self.counters["punch_lost"] += 1
                     log.warning(
                         "direct path lost: nothing from the client for %.0fs; back to the relay",
-                        self.dead_s,
+                        self._dead_s(state),
                         extra={"session": state.session_id},
                     )
                     await self._back_to_relay(peer, rehandshake=True)

@@ -326,6 +326,7 @@ class BosonServer:
             window_s=s.punch_window_s,
             retry_s=s.punch_retry_s,
             steer_after_s=s.punch_steer_after_s,
+            steer_window_s=s.punch_steer_window_s,
         )
         return PunchService(db, hub, nodes, timers)
 

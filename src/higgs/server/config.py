@@ -76,6 +76,7 @@ class ServerSettings(BaseModel):
     punch_window_s: float = Field(default=4.0, gt=0, le=60)
     punch_retry_s: float = Field(default=30.0, gt=0, le=3600)
     punch_steer_after_s: float = Field(default=15.0, gt=0, le=3600)
+    punch_steer_window_s: float = Field(default=30.0, gt=0, le=60)  # (Punch.window_s)
 
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="sustained requests/s")
     rate_limit_burst: int = Field(default=60, ge=1, description="bucket size")

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from higgs.protocol.reachability import decode_probe
@@ -116,3 +117,37 @@ async def test_a_node_cannot_confirm_for_another(srv: Harness, udp: socket.socke
         f"/v1/nodes/{node_id}/reachability", json={"nonce": nonce}, headers=bearer(other_token)
     )
     assert r.status_code == 403
+
+
+async def test_a_heartbeat_from_a_new_address_verifies_the_mapping_again(
+    srv: Harness, udp: socket.socket
+) -> None:
+    """The node's public address changed but it still reports the mapping it had: the server
+    stops offering it until a new probe reaches the node through it."""
+    node_id, token, _ = await srv.node(endpoint=None, port_mapping=mapping(udp))
+    srv.hub.connected.add(node_id)
+    client = await srv.client_token("alice")
+    url = f"/v1/nodes/{node_id}/reachability"
+    nonce = await probe_nonce(udp)
+    assert (await srv.http.post(url, json={"nonce": nonce}, headers=bearer(token))).is_success
+    body = {"port_mapping": mapping(udp)}
+    beat = f"/v1/nodes/{node_id}/heartbeat"
+    assert (await srv.http.post(beat, json=body, headers=bearer(token))).is_success
+    assert (await srv.route(client, mode="direct")).status_code == 201  # same address: kept
+
+    moved = httpx.AsyncClient(
+        base_url=str(srv.http.base_url),
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"),
+        timeout=10,
+    )
+    async with moved:
+        r = await moved.post(beat, json=body, headers=bearer(token))
+        assert r.status_code == 200, r.text
+    r = await srv.route(client, mode="direct")
+    assert r.status_code == 503, r.text  # withdrawn at once
+    stale = await srv.http.post(url, json={"nonce": nonce}, headers=bearer(token))
+    assert stale.status_code == 409
+    fresh = await probe_nonce(udp)  # probed again: it still reaches the node
+    assert (await srv.http.post(url, json={"nonce": fresh}, headers=bearer(token))).is_success
+    r = await srv.route(client, mode="direct")
+    assert r.json()["direct"]["endpoint"] == mapping(udp)["external_endpoint"]

@@ -87,9 +87,29 @@ def test_switching_a_built_router_rewrites_only_its_masquerade() -> None:
     from higgs.lab.render import render_masquerade
 
     script = render_masquerade(default_plan(), "client_router", "symmetric")
-    assert script == (
+    assert script.startswith(
         "flush chain ip hl_lab postrouting\n"
         'add rule ip hl_lab postrouting oifname "wan0" ip saddr 10.0.2.0/24 masquerade random\n'
         "flush chain ip hl_lab input\n"
         'add rule ip hl_lab input iifname "wan0" meta l4proto udp ct state new drop\n'
+    )
+    # ... and empties the full-cone chains (switching back from full_cone), adding no rule.
+    rest = script.split("ct state new drop\n", 1)[1]
+    assert "flush chain ip hl_lab cone_in\n" in rest
+    assert "flush map ip hl_lab cone_ports\n" in rest
+    assert "add rule" not in rest
+
+
+def test_a_full_cone_router_sends_anyone_s_udp_to_a_mapped_port_back_in() -> None:
+    from higgs.lab.render import render_masquerade
+
+    script = render_masquerade(default_plan(), "client_router", "full_cone")
+    assert 'postrouting oifname "wan0" ip saddr 10.0.2.0/24 masquerade\n' in script  # cone's
+    assert (
+        'add rule ip hl_lab cone_record oifname "wan0" ct original ip saddr 10.0.2.0/24'
+        " meta l4proto udp update @cone_ports { udp sport timeout 120s : ct original ip saddr }\n"
+    ) in script
+    assert script.endswith(
+        'add rule ip hl_lab cone_in iifname "wan0" ip daddr 203.0.113.20'
+        " udp dport @cone_ports dnat ip to udp dport map @cone_ports\n"
     )

@@ -25,8 +25,8 @@ def record(**over: object) -> DeviceRecord:
         public_key=PrivateKey.generate().public_b64(),
         session_id="s_0123456789abcdef",
         node_id="n_0123456789abcdef",
-        endpoint="198.51.100.10:40001",
-        path="udp_relay",
+        endpoint=over.pop("endpoint", "198.51.100.10:40001"),
+        path=over.pop("path", "udp_relay"),
         created_at=NOW - timedelta(days=30),
         revoked_at=over.pop("revoked_at", None),
     )
@@ -55,6 +55,29 @@ def record(**over: object) -> DeviceRecord:
         ({"node_subnet": "10.88.0.0/24"}, "node_gone"),  # its peer would be refused
         ({"session_state": "closed", "close_reason": "client_revoked"}, "revoked"),
         ({"revoked_at": NOW}, "revoked"),
+        # A direct device: its endpoint still the node's, gone, or another one now.
+        (
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "node_endpoint": "203.0.113.10:51820",
+            },
+            "active",
+        ),
+        ({"path": "direct", "endpoint": "203.0.113.10:51820"}, "endpoint_lost"),
+        (
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "node_endpoint": "203.0.113.11:51820",
+            },
+            "endpoint_lost",
+        ),
+        (
+            {"path": "direct", "endpoint": "203.0.113.10:51820", "node_state": "stopped"},
+            "node_offline",
+        ),
+        ({"node_endpoint": "203.0.113.10:51820"}, "active"),  # a relay port stays its own
     ],
 )
 def test_device_state(over: dict[str, object], state: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -78,9 +78,13 @@ SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="s_<
     summary="Register or re-register a node (201 new, 200 known public key)",
 )
 async def register_node(
-    body: NodeRegisterRequest, ctx: Ctx, credential: RegisterCredential, response: Response
+    body: NodeRegisterRequest,
+    ctx: Ctx,
+    credential: RegisterCredential,
+    response: Response,
+    request: Request,
 ) -> NodeRegisterResponse:
-    answer, created = await ctx.registry.register(credential, body)
+    answer, created = await ctx.registry.register(credential, body, source=_source(request))
     response.status_code = 201 if created else 200
     return answer
 
@@ -103,8 +107,16 @@ async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChalleng
     responses=_body_errors(401, 403, 404, 409),
     tags=["nodes"],
 )
-async def heartbeat(body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller) -> HeartbeatResponse:
-    return await ctx.registry.heartbeat(node_id, body)
+async def heartbeat(
+    body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller, request: Request
+) -> HeartbeatResponse:
+    return await ctx.registry.heartbeat(node_id, body, source=_source(request))
+
+
+def _source(request: Request) -> str | None:
+    """The caller's address as this server sees it (a node's heartbeat from a new one: its
+    public address changed, and a port mapping it reports may be stale)."""
+    return request.client.host if request.client else None
 
 
 @v1.post(

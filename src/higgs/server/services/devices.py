@@ -73,7 +73,8 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
 
     Gone for good: the node's row is gone, it has been away (stopped or offline) for longer
     than ``gone_after``, or it came back with a tunnel subnet that no longer holds the
-    device's address (its peer would be refused)."""
+    device's address (its peer would be refused). Endpoint lost: a direct device's endpoint
+    is no longer the node's verified one (a relay port stays the device's while it lives)."""
     if record.device.revoked_at is not None or record.session_state != SessionState.OPEN:
         return "revoked"
     if record.node_state is None or record.node_subnet is None:
@@ -82,6 +83,8 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
     if address not in ipaddress.ip_network(record.node_subnet, strict=False):
         return "node_gone"
     if record.node_state == NodeState.ONLINE:
+        if record.device.path == "direct" and record.node_endpoint != record.device.endpoint:
+            return "endpoint_lost"
         return "active"
     since = record.node_updated_at
     if since is not None and now - since > gone_after:

@@ -63,6 +63,8 @@ class PunchTimers:
     window_s: float = 4.0  # probes are sent this long; no meeting → both stay on the relay
     retry_s: float = 30.0  # a failed attempt is tried again after this
     steer_after_s: float = 15.0  # a client silent this long after binding is not ours
+    # An app shows it followed with its own next packet: its keepalive is 25 s when idle.
+    steer_window_s: float = 30.0
 
 
 @dataclass
@@ -191,7 +193,7 @@ class PunchService:
         """Sends ``punch`` with ``steer`` for bound sessions whose client never asked."""
         now = time.monotonic()
         query = (
-            select(*_COLUMNS)
+            select(*_COLUMNS, RelayLease.punched_endpoint)
             .join(RelayLease, RelayLease.session_id == SessionRow.id)
             .where(
                 SessionRow.state == SessionState.OPEN,
@@ -200,6 +202,8 @@ class PunchService:
                 RelayLease.node_seen.is_not(None),
             )
         )
+        # An attempt runs for its window: not retried before it could have been judged.
+        retry_s = max(self.timers.retry_s, self.timers.steer_window_s)
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).all()
         live = {row.id for row in rows}
@@ -211,8 +215,8 @@ class PunchService:
             del self._attempts[gone]
         sent = 0
         for row in rows:
-            if row.id in self._asked or row.bound_at is None:
-                continue
+            if row.id in self._asked or row.bound_at is None or row.punched_endpoint:
+                continue  # ours, not bound yet, or already on a direct path
             bound_age = _age_s(row.bound_at)
             if bound_age < self.timers.steer_after_s:
                 continue
@@ -220,9 +224,7 @@ class PunchService:
             if facts is not None and facts.endpoint:
                 continue
             last = self._steered.get(row.id)
-            if last is not None and (
-                last[1] == row.client_seen and now - last[0] < self.timers.retry_s
-            ):
+            if last is not None and (last[1] == row.client_seen and now - last[0] < retry_s):
                 continue
             assert row.client_seen is not None
             message = Punch(
@@ -231,7 +233,7 @@ class PunchService:
                 peer_endpoint=row.client_seen,
                 nonce=secrets.token_hex(16),
                 at=time.time(),
-                window_s=self.timers.window_s,
+                window_s=self.timers.steer_window_s,
                 steer=True,
             )
             if await self.hub.send_control(row.node_id, message.model_dump(mode="json")):

@@ -48,12 +48,17 @@ class ReachabilityService:
         self.db = db
         self.nodes = nodes
         self._announced: dict[str, str | None] = {}  # node_id -> mapped endpoint seen here
+        self._sources: dict[str, str] = {}  # node_id -> the address its requests came from
         self._probes: dict[str, asyncio.Task[None]] = {}
         self.sent = 0
 
-    def registered(self, node_id: str, mapped: str | None, nonce: str | None) -> None:
+    def registered(
+        self, node_id: str, mapped: str | None, nonce: str | None, *, source: str | None = None
+    ) -> None:
         """A registration stored ``mapped`` with ``nonce`` (in its own transaction)."""
         self._announced[node_id] = mapped
+        if source is not None:
+            self._sources[node_id] = source
         if mapped and nonce:
             self._probe(node_id, mapped, nonce)
 
@@ -80,6 +85,37 @@ class ReachabilityService:
         if facts is not None:
             facts.mapped = mapped
         self.registered(node_id, mapped, nonce)
+
+    async def source(self, node_id: str, address: str) -> None:
+        """A heartbeat came from ``address``. From another address than before, the node's
+        public address has probably changed, and the mapping it still reports (routers and
+        the node's renewals may keep the old external address for a while) may lead nowhere:
+        the mapped endpoint is withdrawn and probed again under a new nonce, so it is offered
+        again only if it still reaches the node (a manual endpoint stays)."""
+        before = self._sources.get(node_id)
+        self._sources[node_id] = address
+        mapped = self._announced.get(node_id)
+        if before is None or before == address or not mapped:
+            return
+        log.info(
+            "node heartbeat from a new address: verifying its port mapping again",
+            extra={"node_id": node_id, "mapped": mapped},
+        )
+        nonce = new_nonce()
+        async with self.db.begin() as conn:
+            await conn.execute(
+                update(Node)
+                .where(Node.id == node_id)
+                .values(
+                    endpoint=_keep_manual_endpoint(),
+                    probe_nonce=nonce,
+                    mapped_verified_at=None,
+                )
+            )
+        facts = self.nodes.get(node_id)
+        if facts is not None and facts.endpoint is not None and facts.endpoint == facts.mapped:
+            self.nodes.set_endpoint(node_id, None)
+        self._probe(node_id, mapped, nonce)
 
     async def confirm(self, node_id: str, nonce: str) -> ReachabilityResult:
         async with self.db.begin() as conn:

@@ -72,7 +72,7 @@ class RegistryService:
         self.usage: UsageService | None = None  # issue 15: set by the server
 
     async def register(
-        self, credential: str, req: NodeRegisterRequest
+        self, credential: str, req: NodeRegisterRequest, *, source: str | None = None
     ) -> tuple[NodeRegisterResponse, bool]:
         """Returns the answer and whether the node is new."""
         if self.challenges is not None:
@@ -164,7 +164,7 @@ class RegistryService:
             self.identity.forget_node(node_id)
         self.nodes.upsert(facts)
         self.hub.allow_node(node_id, hash_token(token))
-        self.reachability.registered(node_id, mapped, probe_nonce)
+        self.reachability.registered(node_id, mapped, probe_nonce, source=source)
         self.metrics.registrations.labels(outcome="created" if created else "renewed").inc()
         log.info("node registered", extra={"node_id": node_id, "new": created})
         return (
@@ -181,7 +181,9 @@ class RegistryService:
             created,
         )
 
-    async def heartbeat(self, node_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
+    async def heartbeat(
+        self, node_id: str, req: HeartbeatRequest, *, source: str | None = None
+    ) -> HeartbeatResponse:
         """One transaction: one UPDATE of the node (state, time, metrics; ``updated_at`` moves
         only when the node comes back), plus the renewal of sessions whose peers handshook.
         Offline detection is not done here but by the periodic sweep (mark_stale_offline)."""
@@ -207,6 +209,8 @@ class RegistryService:
         if req.port_mapping is not None:
             pm = req.port_mapping
             await self.reachability.heartbeat(node_id, pm.external_endpoint if pm.method else None)
+        if source is not None:
+            await self.reachability.source(node_id, source)
         if self.usage is not None and req.peer_stats:  # issue 15: usage and quotas
             await self.usage.record(node_id, req.peer_stats)
         return HeartbeatResponse(

@@ -51,9 +51,10 @@ class DeviceRecord:
     node_state: str | None
     node_updated_at: datetime | None
     node_subnet: str | None
+    node_endpoint: str | None = None  # the node's verified direct endpoint now
 
 
-def _records_query() -> Select[Device, str, str, str | None, str, str, datetime, str]:
+def _records_query() -> Select[Device, str, str, str | None, str, str, datetime, str, str | None]:
     return (
         select(
             Device,
@@ -64,6 +65,7 @@ def _records_query() -> Select[Device, str, str, str | None, str, str, datetime,
             Node.state,
             Node.updated_at,
             Node.tunnel_subnet,
+            Node.endpoint,
         )
         .join(Client, Client.id == Device.client_id)
         .join(SessionRow, SessionRow.id == Device.session_id)
