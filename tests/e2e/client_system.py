@@ -52,6 +52,25 @@ class Server(ServerProgram):
         )
         return out.stdout
 
+    def admin_page(self, path: str = "/admin/") -> str:
+        """A page of the operator dashboard as a logged-in browser gets it: curl logs in with
+        the admin token (from a 0600 copy without its newline, never on a command line) and
+        keeps the session cookie in a jar beside it."""
+        token = (self.data_dir / "admin.token").read_text().strip()
+        form = self.data_dir.parent / "admin-login.form"
+        jar = self.data_dir.parent / "admin.cookies"
+        fd = os.open(form, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        curl = ["curl", "-sS", "--noproxy", "*", "--max-time", "10", "-b", str(jar), "-c", str(jar)]
+        try:
+            login = ["-o", "/dev/null", "-H", f"Origin: {self.url}", "--data-urlencode",
+                     f"token@{form}", f"{self.url}/admin/login"]  # fmt: skip
+            self.lab.server.run([*curl, *login])
+            return self.lab.server.run([*curl, "--fail", f"{self.url}{path}"]).stdout
+        finally:
+            form.unlink(missing_ok=True)
+
     def relayed_datagrams(self) -> float:
         """Datagrams the relay forwarded, summed over directions (from /metrics)."""
         total = 0.0

@@ -98,6 +98,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert not left, f"lab {lab.names.stem} left behind: {left}"
 
 
+# Marks the document (a navigation would lose the mark) and records every row added to the
+# table ``arguments[0]`` (only live.js changes a table once the page is loaded).
+LIVE_WATCH = """
+window.__sameDocument = 42;
+window.__added = [];
+new MutationObserver(changes => changes.forEach(c => c.addedNodes.forEach(n => {
+  if (n.tagName === 'TR') window.__added.push(n.textContent);
+}))).observe(document.getElementById(arguments[0]), {childList: true});
+"""
+NO_POLLING = """
+return performance.getEntriesByType('resource')
+  .filter(e => e.initiatorType === 'fetch' || e.initiatorType === 'xmlhttprequest')
+  .map(e => e.name);
+"""
+
+
 def _no_script_ran(browser: WebDriver) -> bool:
     return browser.execute_script("return window.__xss === undefined") is True
 
@@ -106,6 +122,7 @@ def test_login_then_node_comes_online_live_with_region_as_text(stack: Stack) -> 
     b = stack.browser
     stack.open("/admin/")
     assert b.current_url.endswith("/admin/login")
+    screenshot(b, "login")
     # A wrong token is refused, the right one logs in.
     b.find_element(By.ID, "token").send_keys("hga_wrong")
     b.find_element(By.ID, "login").click()
@@ -116,7 +133,9 @@ def test_login_then_node_comes_online_live_with_region_as_text(stack: Stack) -> 
     assert stack.admin_token not in b.page_source  # nothing secret in the page
     until("the live stream", lambda: b.find_element(By.ID, "live").text == "live")
     assert stack.rows("nodes") == []
-    b.execute_script("window.__sameDocument = 42")
+    # Whatever changes the table from now on is recorded as it happens, in this document.
+    b.execute_script(LIVE_WATCH, "nodes")
+    updates = int(b.execute_script("return document.body.dataset.updates || '0'"))
 
     stack.product.start_node(flags=["--region", XSS])
     row = until(
@@ -124,8 +143,14 @@ def test_login_then_node_comes_online_live_with_region_as_text(stack: Stack) -> 
         lambda: next((r for r in stack.rows("nodes") if r[1] == "online"), None),
         timeout=90,
     )
-    # No reload happened: the marker set on this document is still there.
+    # No reload happened: the marker set on this document is still there, and the row was
+    # written into it by the event stream (live.js counts the messages it applied).
     assert b.execute_script("return window.__sameDocument") == 42
+    added = b.execute_script("return window.__added")
+    assert any("online" in text and XSS in text for text in added), added
+    assert int(b.execute_script("return document.body.dataset.updates")) > updates
+    # Only the event stream fed the page: no polling request of any kind.
+    assert b.execute_script(NO_POLLING) == [], "the page polled instead of streaming"
     assert row[2] == "DE"
     assert row[3] == XSS  # the payload is text in the cell...
     assert b.find_element(By.ID, "nodes").find_elements(By.TAG_NAME, "img") == []  # ...not markup
@@ -164,6 +189,7 @@ def test_revoke_a_client_and_its_session_disappears_live(stack: Stack) -> None:
     stack.open("/admin/sessions")
     until("alice's session", lambda: any("alice" in r[1] for r in stack.rows("sessions")))
     screenshot(b, "sessions")
+    b.execute_script(LIVE_WATCH, "sessions")
     sessions_tab = b.current_window_handle
 
     b.switch_to.new_window("tab")
@@ -183,6 +209,16 @@ def test_revoke_a_client_and_its_session_disappears_live(stack: Stack) -> None:
         "alice's session gone from the live page",
         lambda: not any("alice" in r[1] for r in stack.rows("sessions")),
     )
+    assert b.execute_script("return window.__sameDocument") == 42  # left without a reload
+    screenshot(b, "sessions-after-revoke")
+    # Revoked on the clients page too, and its token no longer opens anything.
+    stack.open("/admin/clients")
+    until(
+        "alice revoked on the clients page",
+        lambda: any("alice" in r[0] and r[1] == "revoked" for r in stack.rows("clients")),
+    )
+    with pytest.raises(LabError, match="HTTP 401"):
+        stack.product.route(stack.lab.server, stack.product.token("alice"), new_keypair().public)
     # The far end sees it too: the node dropped the peer, traffic no longer passes.
     until(
         "the tunnel of the revoked client to stop passing traffic",
@@ -245,8 +281,18 @@ def test_quota_cuts_a_client_off_at_its_limit(stack: Stack) -> None:
     with pytest.raises(LabError, match=r"HTTP 403.*quota_exceeded.*monthly quota"):
         product.route(lab.client, product.token("bob"), new_keypair().public)
     stack.open("/admin/clients")
-    until("bob's usage on the page", lambda: any("MB" in r[3] for r in stack.rows("clients")))
+
+    def bob_used_mb() -> float | None:
+        row = next((r for r in stack.rows("clients") if r[0] == name), None)
+        return float(row[3].removesuffix(" MB")) if row and row[3].endswith(" MB") else None
+
+    assert until("bob's usage on the page", bob_used_mb) >= 2.0
+    quota = stack.in_row("clients", name, "return row.querySelector('[name=quota_mb]').value;")
+    assert quota == "2"
     screenshot(b, "clients-quota")
+    stack.open("/admin/sessions")
+    until("the sessions page live", lambda: b.find_element(By.ID, "live").text == "live")
+    assert not any(name in r[1] for r in stack.rows("sessions"))
     stack.open("/admin/traffic")
     # The server's own series (sampled every 10 s) shows the download, without a reload.
     until(
@@ -277,14 +323,17 @@ def test_owner_pauses_the_node_and_it_takes_no_new_session(stack: Stack) -> None
         until("paused", lambda: "paused" in b.find_element(By.ID, "state").text)
         screenshot(b, "owner-paused")
 
-        def refused() -> bool:
+        def refused() -> str | None:
             try:
-                product.route(lab.server, product.token("carol"), new_keypair().public)
+                answer = product.route(lab.server, product.token("carol"), new_keypair().public)
             except LabError as exc:
-                return "503" in str(exc) or "409" in str(exc)
-            return False
+                return str(exc)
+            _close(product, lab, answer)  # not paused yet: the session must not linger
+            return None
 
-        until("the server to route no new session to the paused node", refused, timeout=60)
+        why = until("the server to route no new session to the paused node", refused, 60)
+        assert "HTTP 503" in why, why  # no node fits: not some other refusal
+        assert "no_route" in why, why
         # The open session drains: it still carries traffic.
         assert lab.whoami(lab.client)["ip"] == lab.home_router.ip
         # The exporter on the node's loopback.
@@ -293,7 +342,26 @@ def test_owner_pauses_the_node_and_it_takes_no_new_session(stack: Stack) -> None
         # Every node metric the Grafana dashboard uses is really exported.
         missing = grafana_names("higgs_node_") - exported_names(metrics.stdout)
         assert not missing, f"packaging/grafana/higgs.json uses unexported {missing}"
+        # The operator sees it paused.
+        stack.open("/admin/")
+        until("paused on the nodes page", lambda: "(paused)" in stack.rows("nodes")[0][1])
+        screenshot(b, "nodes-paused")
+        b.get(node_page.url + "/")
+        until("the owner page live", lambda: b.find_element(By.ID, "live").text == "live")
         b.find_element(By.ID, "switch").click()
         until("resumed", lambda: "taking sessions" in b.find_element(By.ID, "state").text)
+
+        def routed() -> bool:
+            _close(product, lab, product.route(lab.server, product.token("carol"),
+                                               new_keypair().public))  # fmt: skip
+            return True
+
+        # Resumed, it takes sessions again: the refusal above was the pause.
+        until("a new session on the resumed node", routed, timeout=60)
     carol.down()
     product.clients.remove(carol)
+
+
+def _close(product: Product, lab: Lab, answer: dict[str, object]) -> None:
+    product.api(lab.server, "DELETE", f"/v1/sessions/{answer['session_id']}",
+                product.token("carol"), None)  # fmt: skip

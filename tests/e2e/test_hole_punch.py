@@ -134,6 +134,8 @@ def test_nat_pair(punch: System, home: NatType, client_nat: NatType, expected: s
             return bool(rows) and rows[0]["path"] == "punched"
 
         wait_until("bosonserver sessions to say punched", server_says_punched, 30)
+        # The operator's nodes page says how the node is reached now (issue 15).
+        assert "hole-punched (1 session)" in punch.server.admin_page("/admin/")
     else:
         wait_until(
             "the failed punch attempt",

@@ -7,14 +7,18 @@ token, no node available) with the server's own error code and message when it s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from higgs.common.backoff import Backoff
 from higgs.daemon import rest
 from higgs.daemon.rest import RestError
 from higgs.protocol.api import (
@@ -27,9 +31,18 @@ from higgs.protocol.api import (
 )
 from higgs.protocol.devices import DeviceCreated, DeviceCreateRequest, DeviceInfo, DeviceList
 
-__all__ = ["ApiError", "ServerApi"]
+__all__ = ["CONFLICT_RETRIES", "ApiError", "ServerApi", "retryable_conflict"]
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+# A 409 ``conflict`` is the server's "a concurrent request changed the same record; retry"
+# (two requests raced for one unique row; its transaction rolled back, nothing was done): the
+# same request is sent again, this many more times at most, after a jittered backoff. Every
+# other 409 (``key_in_use``, ``session_closed``, ``client_exists``…) is an answer, not a race.
+CONFLICT_RETRIES = 3
+_CONFLICT_BACKOFF_S = (0.25, 2.0)  # first ceiling, largest ceiling
 
 
 class ApiError(RestError):
@@ -47,8 +60,12 @@ class ServerApi:
         ca_file: Path | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        conflict_retries: int = CONFLICT_RETRIES,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.conflict_retries = conflict_retries
+        self._sleep = sleep
         self._http = rest.new_client(
             self.base_url,
             timeout=timeout,
@@ -121,6 +138,21 @@ class ServerApi:
         *,
         json_body: dict[str, Any] | None = None,
     ) -> httpx.Response:
+        backoff = Backoff(*_CONFLICT_BACKOFF_S)
+        for retry in range(self.conflict_retries + 1):
+            try:
+                return await self._call_once(method, path, json_body)
+            except ApiError as exc:
+                if not retryable_conflict(exc) or retry == self.conflict_retries:
+                    raise
+                delay = max(0.05, backoff.next_delay(), min(exc.retry_after_s or 0.0, 5.0))
+                log.info("%s %s: %s; retrying in %.2f s", method, path, exc, delay)
+                await self._sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _call_once(
+        self, method: str, path: str, json_body: dict[str, Any] | None
+    ) -> httpx.Response:
         started = time.monotonic()
         try:
             resp = await self._http.request(method, path, json=json_body)
@@ -130,6 +162,10 @@ class ServerApi:
         if resp.status_code >= 400:
             raise _error_from(resp, path)
         return resp
+
+
+def retryable_conflict(exc: ApiError) -> bool:
+    return exc.status == 409 and exc.code == "conflict"
 
 
 def _parse(resp: httpx.Response, model: type[M]) -> M:

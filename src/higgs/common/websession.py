@@ -1,8 +1,9 @@
 """Browser sessions for the two dashboards (bosonserver's /admin, higgsnode's owner page).
 
-Mechanism only, no policy: an in-memory store of random session ids, each with its own CSRF
-token (synchronizer token pattern), the cookie attributes, the same-origin check for changes
-and the security headers every dashboard response carries.
+Mechanism only, no policy: session ids hashed for storage and their CSRF tokens derived
+(synchronizer token pattern), a file-backed store of them (the node's; the server keeps its own
+in the database), the cookie attributes, the same-origin check for changes and the security
+headers every dashboard response carries.
 
 - The cookie is ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no cross-site request
   carries it), ``Secure`` when served over TLS, ``Path`` limited to the dashboard.
@@ -14,18 +15,26 @@ and the security headers every dashboard response carries.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
+import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 __all__ = [
     "SECURITY_HEADERS",
+    "FileWebSessions",
     "WebSession",
-    "WebSessions",
+    "check_csrf",
     "cookie_header",
+    "derive_csrf",
     "same_origin",
+    "session_id_hash",
 ]
 
 SECURITY_HEADERS: dict[str, str] = {
@@ -46,43 +55,89 @@ class WebSession:
     expires: float
 
 
+def session_id_hash(sid: str) -> str:
+    """What a store keeps of a session id: its SHA-256 (a leaked store logs no one in)."""
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def derive_csrf(sid: str, label: bytes) -> str:
+    """The session's CSRF token, derived from its id under ``label`` (so it needs no storage,
+    changes with every login and reveals neither the id nor its stored hash)."""
+    return hashlib.sha256(label + b"\0" + sid.encode()).hexdigest()
+
+
+def check_csrf(session: WebSession, token: str | None) -> bool:
+    return token is not None and hmac.compare_digest(session.csrf, token)
+
+
 @dataclass
-class WebSessions:
-    """Logged-in browsers: session id -> CSRF token and expiry (monotonic seconds)."""
+class FileWebSessions:
+    """Logged-in browsers in a small JSON file (0600), so a restart logs no one out: only the
+    SHA-256 of each cookie's random id is kept, with its expiry (Unix seconds: a monotonic
+    clock does not survive a restart), which :meth:`get` enforces. Every call reads the file
+    (a few hundred bytes): it is the only truth, and a store that cannot be read (missing,
+    damaged) holds no session -- the owner logs in again, nothing worse."""
 
+    path: Path
+    csrf_label: bytes
     ttl_s: float = 8 * 3600
-    max_sessions: int = 1000
-    _by_id: dict[str, WebSession] = field(default_factory=dict)
+    max_sessions: int = 100
+    clock: Callable[[], float] = time.time
 
-    def create(self, now: float | None = None) -> tuple[str, WebSession]:
-        now = time.monotonic() if now is None else now
-        if len(self._by_id) >= self.max_sessions:
-            self._prune(now)
-            if len(self._by_id) >= self.max_sessions:  # the oldest goes
-                self._by_id.pop(min(self._by_id, key=lambda k: self._by_id[k].expires))
+    def create(self) -> tuple[str, WebSession]:
+        now = self.clock()
+        kept = {h: e for h, e in self._load().items() if e > now}
+        while len(kept) >= self.max_sessions:  # the oldest goes
+            kept.pop(min(kept, key=lambda h: kept[h]))
         sid = secrets.token_urlsafe(32)
-        session = self._by_id[sid] = WebSession(secrets.token_urlsafe(32), now + self.ttl_s)
-        return sid, session
+        expires = now + self.ttl_s
+        kept[session_id_hash(sid)] = expires
+        self._save(kept)
+        return sid, WebSession(derive_csrf(sid, self.csrf_label), expires)
 
-    def get(self, sid: str | None, now: float | None = None) -> WebSession | None:
-        if not sid:
+    def get(self, sid: str | None) -> WebSession | None:
+        if not sid or len(sid) > 100:
             return None
-        now = time.monotonic() if now is None else now
-        session = self._by_id.get(sid)
-        if session is None or session.expires <= now:
-            self._by_id.pop(sid, None)
+        stored = self._load()
+        id_hash = session_id_hash(sid)
+        expires = stored.get(id_hash)
+        if expires is None:
             return None
-        return session
+        if expires <= self.clock():
+            del stored[id_hash]
+            self._save(stored)
+            return None
+        return WebSession(derive_csrf(sid, self.csrf_label), expires)
 
     def drop(self, sid: str | None) -> None:
-        if sid:
-            self._by_id.pop(sid, None)
+        if not sid:
+            return
+        stored = self._load()
+        if stored.pop(session_id_hash(sid), None) is not None:
+            self._save(stored)
 
-    def check_csrf(self, session: WebSession, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(session.csrf, token)
+    check_csrf = staticmethod(check_csrf)
 
-    def _prune(self, now: float) -> None:
-        self._by_id = {k: s for k, s in self._by_id.items() if s.expires > now}
+    def _load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        sessions = data.get("sessions") if isinstance(data, dict) else None
+        if not isinstance(sessions, dict):
+            return {}
+        return {
+            str(h): float(e)
+            for h, e in sessions.items()
+            if isinstance(e, int | float) and len(str(h)) == 64
+        }
+
+    def _save(self, sessions: dict[str, float]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"sessions": sessions}, f)
+        os.replace(tmp, self.path)
 
 
 def cookie_header(name: str, value: str, *, path: str, secure: bool, max_age: int) -> str:

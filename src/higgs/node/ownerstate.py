@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DASHBOARD_SESSIONS_FILE",
     "DASHBOARD_TOKEN_FILE",
     "DIAGNOSE_FILE",
     "PAUSED_FILE",
@@ -27,6 +28,8 @@ __all__ = [
 PAUSED_FILE = "paused"
 DIAGNOSE_FILE = "diagnose.json"
 DASHBOARD_TOKEN_FILE = "dashboard.token"  # noqa: S105 - a file name
+# The owner's logins (hashed ids and expiries; common/websession.FileWebSessions).
+DASHBOARD_SESSIONS_FILE = "dashboard-sessions.json"
 
 
 def _write_private(path: Path, text: str) -> None:

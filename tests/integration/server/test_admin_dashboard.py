@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from higgs.server.admin.routes import COOKIE
 from tests.integration.server.conftest import Harness, make_settings, start
 
@@ -143,3 +145,29 @@ def test_the_path_column_shows_any_path_value_as_text() -> None:
         data = _sessions(None, [session], lambda _s: (0, 0), {"s_1": path})  # type: ignore[arg-type]
         (row,) = data["tables"]["sessions"]["rows"]
         assert row[3] == f"{path} (asked: auto (direct or relay))"
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"udp_relay_address": "192.0.2.1", "udp_relay_ports": "40000-40001"}]
+)
+async def test_a_session_on_a_punched_path_shows_its_node_as_hole_punched(srv: Harness) -> None:
+    from sqlalchemy import update
+
+    from higgs.server.store.tables import RelayLease
+
+    await srv.node(endpoint=None)  # behind its home router: no direct endpoint
+    r = await srv.route(await srv.client_token("alice"))
+    assert r.status_code == 201, r.text
+    await _login(srv)
+    assert "relayed (1 session" in (await srv.http.get("/admin/")).text
+    # What the punch service records once the node's peer sits on the client's public address.
+    async with srv.ctx.db.begin() as conn:
+        await conn.execute(
+            update(RelayLease)
+            .where(RelayLease.session_id == r.json()["session_id"])
+            .values(client_seen="198.51.100.9:5000", node_seen="203.0.113.4:6000",
+                    punched_endpoint="198.51.100.9:5000")
+        )  # fmt: skip
+    page = (await srv.http.get("/admin/")).text
+    assert "hole-punched (1 session)" in page
+    assert "relayed (1 session" not in page

@@ -97,3 +97,33 @@ async def test_a_paused_node_gets_no_new_session_and_keeps_its_open_ones(srv: Ha
     assert info.json()["state"] == "open"  # drains
     await _heartbeat(srv, node_id, node_token, paused=False)
     assert (await srv.route(alice)).status_code == 201
+
+
+async def test_a_used_up_quota_refuses_routes_and_devices_alike(srv: Harness) -> None:
+    """One gate (deps.ClientWithinQuota) for everything that opens a session: the same 403
+    with the same message, after the client's own authentication."""
+    node_id, node_token, _ = await srv.node()
+    srv.hub.connected.add(node_id)
+    alice = await srv.client_token("alice")
+    key = new_public_key()
+    assert (await srv.route(alice, client_public_key=key)).status_code == 201
+    r = await srv.http.put(
+        "/v1/admin/clients/alice/quota", json={"quota_bytes": 1000}, headers=bearer(srv.admin_token)
+    )
+    assert r.status_code == 204
+    peer = {"public_key": key, "rx_bytes": 800, "tx_bytes": 800, "last_handshake_s": 1}
+    await _heartbeat(srv, node_id, node_token, peer_stats=[peer])
+    route = await srv.route(alice)
+    device = await srv.http.post(
+        "/v1/devices", json={"name": "phone", "public_key": new_public_key()},
+        headers=bearer(alice),
+    )  # fmt: skip
+    for refused in (route, device):
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "quota_exceeded"
+    assert route.json()["message"] == device.json()["message"]
+    # Authentication still comes first: a bad token is a 401, whatever the quota.
+    r = await srv.http.post("/v1/routes", json={"client_public_key": key}, headers=bearer("hgc_x"))
+    assert r.status_code == 401
+    # Listing is not opening: an account over its quota still sees its devices.
+    assert (await srv.http.get("/v1/devices", headers=bearer(alice))).status_code == 200

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from higgs.node.dashboard.app import _Rate, owner_data, serve_dashboard
 from higgs.node.dashboard.exporter import node_registry
 from higgs.node.metrics import Budget
-from higgs.node.ownerstate import is_paused, set_paused
+from higgs.node.ownerstate import dashboard_token, is_paused, set_paused
 from higgs.node.settings import NodeSettings
 from tests.grafana import exported_names, grafana_names
 
@@ -138,3 +138,34 @@ def test_port_mapping_line() -> None:
     failed = {"setting": "auto", "method": None, "state": "failed",
               "attempts": [{"method": "upnp", "reason": "no_gateway"}]}  # fmt: skip
     assert _mapping_text(failed) == "no mapping (failed): upnp: no_gateway"
+
+
+async def test_a_login_survives_a_restart_of_the_agent(tmp_path: Path) -> None:
+    """The owner's session lives in the state directory (hashed, 0600), not in the process."""
+    from higgs.node.dashboard.app import COOKIE, create_app
+    from higgs.node.ownerstate import DASHBOARD_SESSIONS_FILE
+
+    base = "http://127.0.0.1:9586"
+    token = dashboard_token(tmp_path)
+
+    def client(app: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+
+    async with client(create_app(FakeAgent(tmp_path))) as first:
+        r = await first.post("/login", data={"token": token}, headers={"Origin": base})
+        assert r.status_code == 303
+        sid = r.cookies[COOKIE]
+        csrf = (await first.get("/")).text.split('name="csrf" content="')[1].split('"')[0]
+    stored = tmp_path / DASHBOARD_SESSIONS_FILE
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert sid not in stored.read_text()
+    async with client(create_app(FakeAgent(tmp_path))) as second:  # the agent restarted
+        second.cookies.set(COOKIE, sid)
+        page = await second.get("/")
+        assert page.status_code == 200, page.headers
+        assert f'name="csrf" content="{csrf}"' in page.text  # the same session
+        r = await second.post("/pause", data={"csrf": csrf}, headers={"Origin": base})
+        assert r.status_code == 303
+        assert is_paused(tmp_path)
+        second.cookies.set(COOKIE, sid[:-2] + "xx")
+        assert (await second.get("/")).status_code == 303  # to the login

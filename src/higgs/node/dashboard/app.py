@@ -33,14 +33,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from higgs.common import webui
 from higgs.common.websession import (
     SECURITY_HEADERS,
+    FileWebSessions,
     WebSession,
-    WebSessions,
     cookie_header,
     same_origin,
 )
 from higgs.node.dashboard.exporter import node_registry
 from higgs.node.dashboard.source import OwnerSource
-from higgs.node.ownerstate import dashboard_token, is_paused, load_diagnose
+from higgs.node.ownerstate import (
+    DASHBOARD_SESSIONS_FILE,
+    dashboard_token,
+    is_paused,
+    load_diagnose,
+)
 
 __all__ = ["create_app", "owner_data", "serve_dashboard"]
 
@@ -156,10 +161,11 @@ def owner_data(source: OwnerSource, rate: _Rate) -> dict[str, Any]:
 
 def create_app(source: OwnerSource) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    sessions = WebSessions()
+    state_dir = source.settings.state_dir
+    # In the state directory, so that restarting the agent does not log the owner out.
+    sessions = FileWebSessions(state_dir / DASHBOARD_SESSIONS_FILE, b"higgs owner csrf")
     rate = _Rate()
     registry = node_registry(source)
-    state_dir = source.settings.state_dir
     attempts: dict[str, float] = {}
 
     def headers(response: Response) -> Response:

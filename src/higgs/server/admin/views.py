@@ -10,7 +10,7 @@ both build; no cell is ever HTML.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,25 +47,41 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def reached(node: AdminNode) -> str:
-    """How clients reach the node, from what the server knows: the port-mapping and hole
-    punching results when the node reports them, else its announced endpoint and its link."""
+# The paths (session_paths.path_of) on which a client reaches the node through the relay.
+_RELAYED = frozenset({"udp_relay", "udp_relay_pending", "ws_relay"})
+
+
+def _count(n: int) -> str:
+    return f"{n} session{'s' if n != 1 else ''}"
+
+
+def reached(node: AdminNode, paths: Sequence[str] = ()) -> str:
+    """How clients reach the node, from what the server knows: the port-mapping result the
+    node reports, else its announced endpoint; then its open sessions' paths (``paths``, as
+    ``bosonserver sessions`` names them: a ``punched`` one -- hole-punched or steered onto the
+    client's public address -- is the only evidence of hole punching), and its relay link."""
     m: Mapping[str, Any] = node.metrics
     ways: list[str] = []
     # The heartbeat's ``port_mapping`` (PortMappingReport, docs/protocol.md §2.5).
     mapping = m.get("port_mapping")
     if isinstance(mapping, dict) and mapping.get("method") and mapping.get("external_endpoint"):
         ways.append(f"port-mapped {mapping['external_endpoint']} ({mapping['method']})")
-    if m.get("hole_punched"):
-        ways.append("hole-punched")
-    if node.endpoint and not ways:
+    elif node.endpoint:
         ways.append(f"direct {node.endpoint}")
-    if node.connected:
-        ways.append("relayed (link up)")
+    punched = sum(1 for p in paths if p == "punched")
+    if punched:
+        ways.append(f"hole-punched ({_count(punched)})")
+    relayed = sum(1 for p in paths if p in _RELAYED)
+    link = ["link up"] if node.connected else []
+    if relayed or link:
+        ways.append(f"relayed ({', '.join(([_count(relayed)] if relayed else []) + link)})")
     return " · ".join(ways) or "unreachable"
 
 
-def _nodes(ctx: ApiContext, nodes: list[AdminNode]) -> dict[str, Any]:
+def _nodes(
+    ctx: ApiContext, nodes: list[AdminNode], paths: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """``paths``: node id -> the paths of its open sessions (see :func:`reached`)."""
     rows: list[list[Cell]] = []
     for n in nodes:
         left = n.metrics.get("budget_left_mb")
@@ -75,7 +91,8 @@ def _nodes(ctx: ApiContext, nodes: list[AdminNode]) -> dict[str, Any]:
         rows.append(
             [
                 n.node_id, state, n.country or "", n.region or "",
-                f"{n.open_sessions}/{n.max_clients}", budget, reached(n), n.version,
+                f"{n.open_sessions}/{n.max_clients}", budget,
+                reached(n, (paths or {}).get(n.node_id, ())), n.version,
                 _age(n.last_heartbeat_at),
             ]
         )  # fmt: skip
@@ -254,18 +271,28 @@ def _relay(ctx: ApiContext) -> dict[str, Any]:
     }
 
 
+async def _open_sessions(ctx: ApiContext) -> tuple[list[AdminSession], dict[str, str]]:
+    """The open sessions, and each one's path as ``bosonserver sessions`` names it."""
+    listed = (await ctx.sessions.list_admin("open")).sessions
+    rows = await with_paths(ctx.db, [s.model_dump(mode="json") for s in listed])
+    return listed, {str(r["session_id"]): str(r["path"]) for r in rows}
+
+
 async def page_data(ctx: ApiContext, page: str) -> dict[str, Any]:
     if page == "nodes":
-        return _nodes(ctx, (await ctx.registry.list_admin()).nodes)
+        nodes = (await ctx.registry.list_admin()).nodes
+        listed, paths = await _open_sessions(ctx)
+        by_node: dict[str, list[str]] = {}
+        for s in listed:
+            by_node.setdefault(s.node_id, []).append(paths.get(s.session_id, ""))
+        return _nodes(ctx, nodes, by_node)
     if page == "sessions":
-        listed = (await ctx.sessions.list_admin("open")).sessions
+        listed, paths = await _open_sessions(ctx)
         usage = ctx.usage
 
         def bytes_of(session_id: str) -> tuple[int, int]:
             return usage.session_bytes.get(session_id, (0, 0)) if usage else (0, 0)
 
-        rows = [s.model_dump(mode="json") for s in listed]
-        paths = {r["session_id"]: str(r["path"]) for r in await with_paths(ctx.db, rows)}
         return _sessions(ctx, listed, bytes_of, paths)
     if page == "traffic":
         return _traffic(ctx)

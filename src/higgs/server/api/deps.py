@@ -29,6 +29,7 @@ __all__ = [
     "AdminCaller",
     "ApiContext",
     "ClientCaller",
+    "ClientWithinQuota",
     "Ctx",
     "NodeCaller",
     "RegisterCredential",
@@ -139,6 +140,18 @@ async def _register_credential(creds: Bearer) -> str:
 
 
 ClientCaller = Annotated[AuthedClient, Depends(_client)]
+
+
+async def _client_within_quota(ctx: Ctx, client: ClientCaller) -> AuthedClient:
+    """A client that may open something new (a route, a device): authenticated, and its
+    monthly quota not used up (issue 15: 403 ``quota_exceeded`` with the usage in the message).
+    A dependency, so it runs before the body is validated and before the endpoint."""
+    if ctx.usage is not None:
+        await ctx.usage.check_quota(client.id)
+    return client
+
+
+ClientWithinQuota = Annotated[AuthedClient, Depends(_client_within_quota)]
 AdminCaller = Annotated[None, Depends(_admin)]
 NodeCaller = Annotated[str, Depends(_node)]
 RegisterCredential = Annotated[str, Depends(_register_credential)]

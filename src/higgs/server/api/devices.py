@@ -3,11 +3,10 @@ operator's."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from higgs.protocol.api import ErrorResponse
 from higgs.protocol.devices import (
     DEVICE_ID_PATTERN,
     DEVICE_NAME_PATTERN,
@@ -18,7 +17,8 @@ from higgs.protocol.devices import (
     DeviceInfo,
     DeviceList,
 )
-from higgs.server.api.deps import AdminCaller, ClientCaller, Ctx, rate_limit
+from higgs.server.api.deps import AdminCaller, ClientCaller, ClientWithinQuota, Ctx, rate_limit
+from higgs.server.api.errors import documented_errors
 from higgs.server.services.devices import DeviceService
 from higgs.server.services.errors import Unavailable
 
@@ -28,10 +28,6 @@ devices = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])
 
 DeviceNamePath = Annotated[str, Path(pattern=DEVICE_NAME_PATTERN, description="device name")]
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="d_<16 hex>")]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in (422, 429, *codes)}
 
 
 def _service(ctx: Ctx) -> DeviceService:
@@ -44,18 +40,20 @@ def _service(ctx: Ctx) -> DeviceService:
     "/devices",
     response_model=DeviceCreated,
     status_code=201,
-    responses=_errors(400, 401, 403, 404, 409, 503),
+    responses=documented_errors(401, 403, 404, 409, 503, body=True),
     tags=["clients"],
     summary="Create a device: a named peer that lasts until revoked (config for stock apps)",
 )
-async def create_device(body: DeviceCreateRequest, ctx: Ctx, client: ClientCaller) -> DeviceCreated:
-    service = _service(ctx)
-    if ctx.usage is not None:  # a used-up quota refuses new devices as it refuses routes
-        await ctx.usage.check_quota(client.id)
-    return await service.create(client, body)
+async def create_device(
+    body: DeviceCreateRequest, ctx: Ctx, client: ClientWithinQuota
+) -> DeviceCreated:
+    # A used-up quota refuses new devices as it refuses routes (ClientWithinQuota).
+    return await _service(ctx).create(client, body)
 
 
-@devices.get("/devices", response_model=DeviceList, responses=_errors(401), tags=["clients"])
+@devices.get(
+    "/devices", response_model=DeviceList, responses=documented_errors(401), tags=["clients"]
+)
 async def list_devices(ctx: Ctx, client: ClientCaller) -> DeviceList:
     return await _service(ctx).list(client)
 
@@ -63,7 +61,7 @@ async def list_devices(ctx: Ctx, client: ClientCaller) -> DeviceList:
 @devices.delete(
     "/devices/{name}",
     response_model=DeviceInfo,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["clients"],
     summary="Revoke the device: the node drops its peer at once",
 )
@@ -72,7 +70,10 @@ async def revoke_device(ctx: Ctx, client: ClientCaller, name: DeviceNamePath) ->
 
 
 @devices.get(
-    "/admin/devices", response_model=AdminDeviceList, responses=_errors(401), tags=["admin"]
+    "/admin/devices",
+    response_model=AdminDeviceList,
+    responses=documented_errors(401),
+    tags=["admin"],
 )
 async def admin_list_devices(
     ctx: Ctx,
@@ -85,7 +86,7 @@ async def admin_list_devices(
 @devices.delete(
     "/admin/devices/{device_id}",
     response_model=AdminDevice,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["admin"],
     summary="Revoke any account's device",
 )

@@ -17,11 +17,13 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from higgs.protocol.api import ErrorResponse
 from higgs.server.services.errors import ServiceError
 
 __all__ = [
     "RateLimited",
     "allowed_methods",
+    "documented_errors",
     "error_response",
     "install_error_handlers",
     "validation_message",
@@ -53,6 +55,14 @@ class RateLimited(ServiceError):
     def __init__(self, retry_after: str) -> None:
         super().__init__("rate_limited", f"too many requests; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+def documented_errors(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """An endpoint's ``responses=`` for the OpenAPI schema: the error shape for each of
+    ``codes``, plus 422 and 429 that any /v1 endpoint may answer, plus 400 (a body it cannot
+    even decode) for an endpoint that takes a JSON ``body``."""
+    extra = (400,) if body else ()
+    return {code: {"model": ErrorResponse} for code in (422, 429, *extra, *codes)}
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -21,7 +21,6 @@ from higgs.protocol.api import (
     ClientQuotaRequest,
     EnrollmentKeyCreated,
     EnrollmentKeyRequest,
-    ErrorResponse,
     Health,
     HeartbeatRequest,
     HeartbeatResponse,
@@ -40,24 +39,17 @@ from higgs.server.api import paths  # noqa: F401 - registers the {…:node_id} p
 from higgs.server.api.deps import (
     AdminCaller,
     ClientCaller,
+    ClientWithinQuota,
     Ctx,
     NodeCaller,
     RegisterCredential,
     rate_limit,
 )
+from higgs.server.api.errors import documented_errors
 from higgs.server.services.clock import utcnow
 from higgs.server.services.errors import Unavailable
 
 __all__ = ["probes", "v1"]
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in (422, 429, *codes)}
-
-
-def _body_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """An endpoint with a JSON body also answers 400 to a body it cannot even decode."""
-    return _errors(400, *codes)
 
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(rate_limit)])
@@ -73,7 +65,7 @@ SessionIdPath = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="s_<
     "/nodes/register",
     response_model=NodeRegisterResponse,
     status_code=201,
-    responses={200: {"model": NodeRegisterResponse}, **_body_errors(401, 403)},
+    responses={200: {"model": NodeRegisterResponse}, **documented_errors(401, 403, body=True)},
     tags=["nodes"],
     summary="Register or re-register a node (201 new, 200 known public key)",
 )
@@ -92,7 +84,7 @@ async def register_node(
 @v1.post(
     "/nodes/challenge",
     response_model=KeyChallenge,
-    responses=_errors(401),
+    responses=documented_errors(401),
     tags=["nodes"],
     summary="A single-use nonce and the server's key, to prove the node's private key",
 )
@@ -104,7 +96,7 @@ async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChalleng
 @v1.post(
     "/nodes/{node_id:node_id}/heartbeat",
     response_model=HeartbeatResponse,
-    responses=_body_errors(401, 403, 404, 409),
+    responses=documented_errors(401, 403, 404, 409, body=True),
     tags=["nodes"],
 )
 async def heartbeat(
@@ -122,7 +114,7 @@ def _source(request: Request) -> str | None:
 @v1.post(
     "/nodes/{node_id}/reachability",
     response_model=ReachabilityResult,
-    responses=_body_errors(401, 403, 404, 409),
+    responses=documented_errors(401, 403, 404, 409, body=True),
     tags=["nodes"],
     summary="The nonce of a reachability probe that reached the node (docs/protocol.md §2.9)",
 )
@@ -135,7 +127,7 @@ async def confirm_reachability(
 @v1.delete(
     "/nodes/{node_id:node_id}",
     status_code=204,
-    responses=_errors(401, 403, 404),
+    responses=documented_errors(401, 403, 404),
     tags=["nodes"],
     summary="Graceful deregistration: the node goes 'stopped', its sessions close",
 )
@@ -144,7 +136,7 @@ async def deregister(ctx: Ctx, node_id: NodeCaller) -> Response:
     return Response(status_code=204)
 
 
-@v1.get("/nodes", response_model=NodeList, responses=_errors(401), tags=["clients"])
+@v1.get("/nodes", response_model=NodeList, responses=documented_errors(401), tags=["clients"])
 async def list_nodes(ctx: Ctx, client: ClientCaller) -> NodeList:
     return await ctx.registry.list_for_clients()
 
@@ -156,20 +148,18 @@ async def list_nodes(ctx: Ctx, client: ClientCaller) -> NodeList:
     "/routes",
     response_model=RouteResponse,
     status_code=201,
-    responses=_body_errors(401, 403, 404, 409, 503),
+    responses=documented_errors(401, 403, 404, 409, 503, body=True),
     tags=["clients"],
     summary="Pick a node, open a session, return the WireGuard config and both paths",
 )
-async def create_route(body: RouteRequest, ctx: Ctx, client: ClientCaller) -> RouteResponse:
-    if ctx.usage is not None:  # issue 15: a used-up monthly quota refuses new routes (403)
-        await ctx.usage.check_quota(client.id)
+async def create_route(body: RouteRequest, ctx: Ctx, client: ClientWithinQuota) -> RouteResponse:
     return await ctx.sessions.create_route(client, body)
 
 
 @v1.get(
     "/sessions/{session_id:session_id}",
     response_model=SessionInfo,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["clients"],
 )
 async def get_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath) -> SessionInfo:
@@ -179,7 +169,7 @@ async def get_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath)
 @v1.get(
     "/sessions/{session_id:session_id}/punch",
     response_model=PunchAnswer,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["clients"],
     summary="The public addresses the server observed for both ends, and a hole-punch offer",
 )
@@ -194,7 +184,7 @@ async def punch_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPat
 @v1.post(
     "/sessions/{session_id:session_id}/renew",
     response_model=SessionInfo,
-    responses=_errors(401, 404, 409),
+    responses=documented_errors(401, 404, 409),
     tags=["clients"],
 )
 async def renew_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPath) -> SessionInfo:
@@ -204,7 +194,7 @@ async def renew_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPat
 @v1.delete(
     "/sessions/{session_id:session_id}",
     response_model=SessionInfo,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["clients"],
     summary="Close the session (idempotent: a closed session stays closed)",
 )
@@ -215,12 +205,19 @@ async def close_session(ctx: Ctx, client: ClientCaller, session_id: SessionIdPat
 # --- admin -----------------------------------------------------------------------------------
 
 
-@v1.get("/admin/nodes", response_model=AdminNodeList, responses=_errors(401), tags=["admin"])
+@v1.get(
+    "/admin/nodes", response_model=AdminNodeList, responses=documented_errors(401), tags=["admin"]
+)
 async def admin_nodes(ctx: Ctx, _admin: AdminCaller) -> AdminNodeList:
     return await ctx.registry.list_admin()
 
 
-@v1.get("/admin/sessions", response_model=AdminSessionList, responses=_errors(401), tags=["admin"])
+@v1.get(
+    "/admin/sessions",
+    response_model=AdminSessionList,
+    responses=documented_errors(401),
+    tags=["admin"],
+)
 async def admin_sessions(
     ctx: Ctx,
     _admin: AdminCaller,
@@ -229,7 +226,12 @@ async def admin_sessions(
     return await ctx.sessions.list_admin(state)
 
 
-@v1.get("/admin/clients", response_model=AdminClientList, responses=_errors(401), tags=["admin"])
+@v1.get(
+    "/admin/clients",
+    response_model=AdminClientList,
+    responses=documented_errors(401),
+    tags=["admin"],
+)
 async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
     records = await ctx.identity.list_clients()
     month, usage = await ctx.usage.by_client() if ctx.usage else (None, {})
@@ -254,7 +256,7 @@ async def admin_clients(ctx: Ctx, _admin: AdminCaller) -> AdminClientList:
 @v1.put(
     "/admin/clients/{name}/quota",
     status_code=204,
-    responses=_body_errors(401, 404),
+    responses=documented_errors(401, 404, body=True),
     tags=["admin"],
     summary="Set a client's monthly quota (bytes both ways; null = unlimited)",
 )
@@ -274,7 +276,7 @@ async def admin_set_quota(
     "/admin/clients",
     response_model=ClientCreated,
     status_code=201,
-    responses=_body_errors(401, 409),
+    responses=documented_errors(401, 409, body=True),
     tags=["admin"],
     summary="Create a client; the answer holds its token (shown once)",
 )
@@ -288,7 +290,7 @@ async def admin_add_client(
 @v1.delete(
     "/admin/clients/{name:client_name}",
     response_model=AdminClient,
-    responses=_errors(401, 404),
+    responses=documented_errors(401, 404),
     tags=["admin"],
     summary="Revoke a client: its token stops working and its sessions close",
 )
@@ -313,7 +315,7 @@ async def admin_revoke_client(
     "/admin/enrollment-keys",
     response_model=EnrollmentKeyCreated,
     status_code=201,
-    responses=_body_errors(401),
+    responses=documented_errors(401, body=True),
     tags=["admin"],
     summary="Create a node enrollment key (shown once)",
 )

@@ -8,25 +8,19 @@ needs no storage, changes with every login and reveals neither the id nor the st
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from higgs.common.websession import WebSession
+from higgs.common.websession import WebSession, check_csrf, derive_csrf, session_id_hash
 from higgs.server.store import web_sessions as store
 from higgs.server.store.db import Database
 
 __all__ = ["AdminWebSessions"]
 
 
-def _id_hash(sid: str) -> str:
-    return hashlib.sha256(sid.encode()).hexdigest()
-
-
 def _csrf(sid: str) -> str:
-    return hashlib.sha256(b"higgs admin csrf\0" + sid.encode()).hexdigest()
+    return derive_csrf(sid, b"higgs admin csrf")
 
 
 class AdminWebSessions:
@@ -45,13 +39,13 @@ class AdminWebSessions:
         now = self._clock()
         expires = now + timedelta(seconds=self.ttl_s)
         async with self.db.begin() as conn:
-            await store.add(conn, _id_hash(sid), now, expires, self.max_sessions)
+            await store.add(conn, session_id_hash(sid), now, expires, self.max_sessions)
         return sid, WebSession(_csrf(sid), expires.timestamp())
 
     async def get(self, sid: str | None) -> WebSession | None:
         if not sid or len(sid) > 100:
             return None
-        id_hash = _id_hash(sid)
+        id_hash = session_id_hash(sid)
         async with self.db.begin() as conn:
             expires = await store.expiry(conn, id_hash)
             if expires is None:
@@ -64,8 +58,6 @@ class AdminWebSessions:
     async def drop(self, sid: str | None) -> None:
         if sid:
             async with self.db.begin() as conn:
-                await store.remove(conn, _id_hash(sid))
+                await store.remove(conn, session_id_hash(sid))
 
-    @staticmethod
-    def check_csrf(session: WebSession, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(session.csrf, token)
+    check_csrf = staticmethod(check_csrf)
