@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 BATCH = 64
 TICK_S = 0.25
 WITHDRAW_S = 5.0  # a candidate's answer comes within REKEY_TIMEOUT, or not at all
+# A flow goes into the kernel this long after its (re)bind, not at once: the initiator answers
+# the response with a keepalive one round trip later, and the responder counts the handshake
+# complete only when that keepalive arrives. Offloading at once queued it behind the nft and
+# conntrack commands, and the queued tail from a bound leg must be dropped (``in_kernel``), so
+# the responder waited for the next initiation (5 s and more): the first-handshake flake.
+CONFIRM_S = 1.0
 _MAX_DATAGRAM = 65535
 _SOCKET_BUFFER = 4 << 20
 
@@ -255,8 +261,7 @@ class Forwarder:
                     binding.node,
                 )
                 self._withdraw(session)
-                session.withdrawn_until = 0.0
-                self._offload(session)
+                session.withdrawn_until = now + CONFIRM_S  # _tick offloads (CONFIRM_S)
 
     def _offload(self, session: _Session) -> None:
         b = session.binding
