@@ -40,32 +40,30 @@ class NetLab:
         self.procs: list[subprocess.Popen[str]] = []
         registry.register(self)
         self.client, self.relay, self.node = (self._ns(x) for x in ("c", "r", "n"))
-        self._veth(self.client, "vc", self.relay, "rc")
-        self._veth(self.node, "vn", self.relay, "rn")
-        for ns, dev, addr in ((self.client, "vc", f"{CLIENT}/24"),
-                              (self.relay, "rc", "10.0.1.1/24"),
-                              (self.node, "vn", f"{NODE}/24"),
-                              (self.relay, "rn", "10.0.2.1/24")):  # fmt: skip
-            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
-        sh("ip", "-n", self.relay, "addr", "add", f"{RELAY_IP}/32", "dev", "lo")
-        sh("ip", "-n", self.client, "route", "add", "default", "via", "10.0.1.1")
-        sh("ip", "-n", self.node, "route", "add", "default", "via", "10.0.2.1")
-        sh("ip", "netns", "exec", self.relay, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        c, r, n = self.client, self.relay, self.node
+        # One `ip -batch` per namespace for the links, addresses and routes: each process
+        # start costs a good fraction of a second on a loaded machine.
+        batches = {
+            "": [f"link add vc netns {c} type veth peer name rc netns {r}",
+                 f"link add vn netns {n} type veth peer name rn netns {r}"],
+            c: ["link set lo up", "link set vc up", f"addr add {CLIENT}/24 dev vc",
+                "route add default via 10.0.1.1"],
+            n: ["link set lo up", "link set vn up", f"addr add {NODE}/24 dev vn",
+                "route add default via 10.0.2.1"],
+            r: ["link set lo up", "link set rc up", "link set rn up",
+                "addr add 10.0.1.1/24 dev rc", "addr add 10.0.2.1/24 dev rn",
+                f"addr add {RELAY_IP}/32 dev lo"],
+        }  # fmt: skip
+        for ns, lines in batches.items():
+            sh("ip", *(["-n", ns] if ns else []), "-batch", "-", input="\n".join(lines) + "\n")
+        sh("ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         self.drop_at(self.node, "vn")
 
     def _ns(self, role: str) -> str:
         name = self.names.ns(role)
         sh("ip", "netns", "add", name)
         self.created.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
-
-    @staticmethod
-    def _veth(a: str, name_a: str, b: str, name_b: str) -> None:
-        sh("ip", "-n", a, "link", "add", name_a, "type", "veth", "peer", "name", name_b,
-           "netns", b)  # fmt: skip
-        sh("ip", "-n", a, "link", "set", name_a, "up")
-        sh("ip", "-n", b, "link", "set", name_b, "up")
 
     def drop_at(self, ns: str, dev: str) -> None:
         """Every UDP datagram arriving on ``dev`` is counted and dropped before the stack sees
