@@ -1,9 +1,9 @@
-"""Runs every benchmark: ``python -m bench [--smoke] [--only e2e,relay,control,profile]``.
+"""Runs every benchmark: ``python -m bench [--smoke] [--only e2e,relay,control,udprelay,profile]``.
 
 Writes the Markdown report to ``bench/results/report-<date>.md`` (gitignored) and prints it
 on stdout; progress lines go to stderr. Each part can also run alone:
 ``python -m bench.e2e``, ``python -m bench.relay``, ``python -m bench.control``,
-``python -m bench.profile``.
+``python -m bench.udprelay``, ``python -m bench.profile``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,12 @@ def _control(smoke: bool, rounds: int | None) -> Section:
     return run(smoke=smoke, rounds=rounds)
 
 
+def _udprelay(smoke: bool, rounds: int | None) -> Section:
+    from bench.udprelay.__main__ import run
+
+    return run(smoke=smoke, rounds=rounds)
+
+
 def _profile(smoke: bool, rounds: int | None) -> Section:
     from bench.profile import run
 
@@ -93,6 +99,7 @@ PARTS: dict[str, Callable[[bool, int | None], Section]] = {
     "e2e": _e2e,
     "relay": lambda smoke, rounds: relay_section(smoke),
     "control": _control,
+    "udprelay": _udprelay,
     "profile": _profile,
 }
 

@@ -84,7 +84,10 @@ def test_higgsvpn_through_the_udp_relay_and_a_roaming_client(udp: System) -> Non
     check_tunnel(udp, client)
     status = client.status()
     assert status["mode"] == "udp_relay"
-    assert "no verified endpoint" in status["path_why"]
+    # Why not direct: no verified endpoint; once the hole punching that follows (issue 12)
+    # gave up on the lab's NATs, the reason says that and that the session stays relayed.
+    why = status["path_why"]
+    assert "no verified endpoint" in why or ("hole punching" in why and "UDP relay" in why), why
     # Nothing over the WebSocket relay.
     assert udp.server.relayed_datagrams() == relayed_before
 

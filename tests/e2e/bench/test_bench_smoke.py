@@ -74,3 +74,8 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
         assert "#### Self time by package" in out
     else:
         assert sqlite[1].startswith("not available")
+
+    # udprelay (issue 11): the product's forwarder and the kernel path forwarded datagrams.
+    assert "## UDP relay" in out
+    assert re.match(_NUMBER, _row(out, "Higgs.net userspace forwarder")[1])
+    assert re.match(_NUMBER, _row(out, "UDP relay, kernel (nft DNAT/SNAT)")[1])
