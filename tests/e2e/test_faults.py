@@ -513,10 +513,22 @@ def _check_kept(f: Faults, role: str, before: Before) -> dict[str, Any]:
     reason when a new route replaced it), the client's current session is open, and its usage
     is at least what it was and grows with new traffic."""
     client = f.clients[role]
-    rows = f.sessions()
+    settled: list[tuple[str, dict[str, dict[str, Any]]]] = []
+
+    def current_open() -> bool:
+        # A client that took a new route after the fault (e.g. its renewal was refused while
+        # its node was offline) may still be switching: its status names the session it is
+        # leaving until the new one is up.
+        current, rows = f.session_of(client), f.sessions()
+        settled[:] = [(current, rows)]
+        return rows.get(current, {}).get("state") == "open"
+
+    with contextlib.suppress(Exception):
+        wait_until(f"{role}'s current session to be open", current_open, 30, every=1.0)
+    assert settled, f"{role}: no status or session listing"
+    current, rows = settled[0]
     assert before.session in rows, f"{role}: session {before.session} vanished from the server"
     old = rows[before.session]
-    current = f.session_of(client)
     assert rows[current]["state"] == "open", f"{role}: its session is not open: {rows[current]}"
     if current != before.session:
         assert old["state"] == "closed", f"{role}: {old}"
