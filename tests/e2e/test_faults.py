@@ -468,6 +468,7 @@ def phase1(faults: Faults) -> dict[str, Any]:
             f"traffic through {role} after the {scenario} fault", partial(probe.flowing_since, end)
         )
         results[scenario] = {**ends[scenario], "recovered": back - end, "role": role}
+        record(f"{scenario} recovery", role=role, recovered_s=round(back - end, 2))
     return results
 
 
