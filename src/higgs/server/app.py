@@ -223,7 +223,6 @@ class BosonServer:
             hub.relay_base = s.instance_relay_url or self.relay_base
             sessions.relay_base_of = hub.relay_base_for
 
-
         self.ctx = ApiContext(
             settings=s,
             db=db,
