@@ -19,11 +19,15 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
     report = outcome.get_result()
-    args = getattr(item, "funcargs", {})
-    lab = args.get("lab") or getattr(args.get("system"), "lab", None)  # (client_system's too)
     # The logs live in the lab's work directory, which teardown removes: attach them now.
-    if report.failed and call.when == "call" and isinstance(lab, Lab):
-        report.sections.append(("lab process logs", lab.log_tails(30)))
+    # The lab is the ``lab`` fixture or the ``lab`` of another one (a module's system); a
+    # module fixture that fails while it measures (setup) gets them too.
+    if report.failed and call.when in ("setup", "call"):
+        funcargs = getattr(item, "funcargs", {})
+        labs = [funcargs.get("lab"), *(getattr(v, "lab", None) for v in funcargs.values())]
+        lab = next((x for x in labs if isinstance(x, Lab)), None)
+        if lab is not None:
+            report.sections.append(("lab process logs", lab.log_tails(30)))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -134,32 +133,40 @@ class PingProbe:
     proc: LabProcess | None = None
 
     def start(self) -> PingProbe:
+        # ping quits on some errors (a "Packet filtered" from the kill switch while the client
+        # changes routes, "Destination Host Unreachable" from a node whose uplink is down):
+        # the probe starts it again at once, bounded by ``limit`` as a whole. Each run begins
+        # with a "PING" line and counts its sequence numbers from 1 again.
         count = int(self.limit / self.interval)
+        ping = f"ping -D -O -n -i {self.interval:g} -W 1 -c {count} -w {self.limit:g} {self.target}"
         self.proc = self.host.popen(
-            ["ping", "-D", "-O", "-n", "-i", f"{self.interval:g}", "-W", "1",
-             "-c", str(count), "-w", f"{self.limit:g}", self.target],
+            ["timeout", f"{self.limit:g}", "sh", "-c", f"while :; do {ping}; sleep 0.1; done"],
             name="ping-probe",
-        )  # fmt: skip
+        )
         return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.alive():
-            self.proc.popen.send_signal(signal.SIGINT)
+            self.proc.popen.terminate()
             try:
                 self.proc.popen.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.popen.kill()
                 self.proc.popen.wait(5)
 
-    def _events(self) -> tuple[dict[int, float], dict[int, float]]:
+    def _events(self) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
+        """Replies and misses by (run of ping, icmp_seq)."""
         assert self.proc is not None
-        replies: dict[int, float] = {}
-        misses: dict[int, float] = {}
+        replies: dict[tuple[int, int], float] = {}
+        misses: dict[tuple[int, int], float] = {}
+        run = 0
         for line in self.proc.log_text().splitlines():
-            if m := _REPLY.match(line):
-                replies.setdefault(int(m.group(2)), float(m.group(1)))
+            if line.startswith("PING "):
+                run += 1
+            elif m := _REPLY.match(line):
+                replies.setdefault((run, int(m.group(2))), float(m.group(1)))
             elif m := _NO_ANSWER.match(line):
-                misses.setdefault(int(m.group(2)), float(m.group(1)))
+                misses.setdefault((run, int(m.group(2))), float(m.group(1)))
         return replies, misses
 
     def replies_after(self, t: float) -> list[float]:
@@ -170,7 +177,7 @@ class PingProbe:
         after = self.replies_after(t)
         return after[0] if after else None
 
-    def lost_between(self, start: float, end: float) -> list[int]:
+    def lost_between(self, start: float, end: float) -> list[tuple[int, int]]:
         """Requests sent in [start, end] that never got a reply, not even a late one (``-O``
         prints "no answer yet" when it sends the next request, one interval later)."""
         replies, misses = self._events()
@@ -184,11 +191,11 @@ class PingProbe:
         """When traffic was flowing again after ``t``: the first of ``replies`` consecutive
         answers after ``t`` (one lucky packet is not a path). None: not yet."""
         got, _ = self._events()
-        seqs = sorted(seq for seq, ts in got.items() if ts >= t)
-        for i, seq in enumerate(seqs):
+        seqs = sorted(key for key, ts in got.items() if ts >= t)
+        for i, (run, seq) in enumerate(seqs):
             window = seqs[i : i + replies]
-            if len(window) == replies and window[-1] - seq == replies - 1:
-                return got[seq]
+            if len(window) == replies and window[-1] == (run, seq + replies - 1):
+                return got[(run, seq)]
         return None
 
 

@@ -77,9 +77,11 @@ class Host:
         check: bool = True,
         timeout: float = 30.0,
         input: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside this host's namespace and wait for it."""
-        return run(ns_argv(self.ns, argv), check=check, timeout=timeout, input=input)
+        """Run a command inside this host's namespace and wait for it (``env``: its whole
+        environment, default ours)."""
+        return run(ns_argv(self.ns, argv), check=check, timeout=timeout, input=input, env=env)
 
     def popen(
         self,

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import CommandError, LabError
@@ -44,12 +44,15 @@ def run(
     input: str | None = None,
     check: bool = True,
     timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion; with ``check``, a non-zero exit raises CommandError."""
+    """Run a command to completion; with ``check``, a non-zero exit raises CommandError.
+    ``env``: the whole environment (default: ours)."""
     try:
         proc = subprocess.run(
             list(argv),
             input=input,
+            env=None if env is None else dict(env),
             capture_output=True,
             text=True,
             timeout=timeout,

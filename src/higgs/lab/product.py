@@ -65,7 +65,8 @@ def _py(module: str, *args: str) -> list[str]:
 class ServerProgram:
     """bosonserver with its data directory in the lab's server namespace: ``serve`` in the
     background (the composition root, the UDP relay beside it), the operator CLI in the
-    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment;
+    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment of
+    both;
     ``command`` runs another bosonserver (e.g. another checkout's interpreter with ``-m
     higgs.bosonserver``) for both instead of this interpreter's modules."""
 
@@ -87,9 +88,11 @@ class ServerProgram:
         return f"http://{self.host.ip}:{API_PORT}"
 
     def cli(self, *args: str, timeout: float = 60) -> str:
-        """One operator command (``bosonserver client add …``); its stdout, stripped."""
+        """One operator command (``bosonserver client add …``) with ``env`` as ``serve`` has
+        it (the same database, the same clock); its stdout, stripped."""
         argv = self._argv("higgs.server.cli", *args, "--data-dir", str(self.data_dir))
-        return self.host.run(argv, timeout=timeout).stdout.strip()
+        env = {**os.environ, **self.env}
+        return self.host.run(argv, timeout=timeout, env=env).stdout.strip()
 
     def start(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
         """``bosonserver serve`` on the lab's API and relay ports; returns once both listen.

@@ -153,7 +153,11 @@ class ServerLink:
         self._state_dir = state_dir
         self._heartbeat_body = heartbeat_body
         self._on_identity = on_identity
-        self._backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        # Short while the server was reachable in the last minute (a restart), growing to a
+        # minute for a server that stays away.
+        self._backoff = backoff or Backoff(
+            initial=1.0, maximum=60.0, recent_maximum=2.0, recent_window_s=60.0
+        )
         self._client = rest.new_client(
             self.server, timeout=timeout_s, user_agent="higgsnode", transport=transport
         )

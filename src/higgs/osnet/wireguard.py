@@ -10,8 +10,10 @@ MTU and link state go through netlink (pyroute2).
 
 wireguard-go's control socket is ``/var/run/wireguard/NAME.sock``; that directory is shared by
 every network namespace of the host, so names must be unique host-wide. The socket appears
-only after the TUN device exists and the listener is bound: we wait for it (and for the daemon
-to still be alive) before configuring.
+only after the TUN device exists, but it is bound before it listens: in between a connect is
+refused, and ``wg`` then *deletes* the socket as a dead daemon's and falls back to the kernel
+(``Protocol not supported``), leaving wireguard-go unreachable for good. So we wait until the
+socket accepts a connection (and for the daemon to still be alive) before configuring.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import ipaddress
 import logging
 import shutil
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ __all__ = [
     "PeerStats",
     "WireGuard",
     "WireGuardError",
+    "accepts_connections",
     "is_supported",
     "kernel_module_loaded",
     "parse_dump",
@@ -54,6 +58,19 @@ log = logging.getLogger(__name__)
 SOCKET_WAIT = 10.0
 USERSPACE_ATTEMPTS = 3
 _NO_KERNEL_WG = ("Unknown device type", "Not supported", "not supported", "No such device")
+
+
+def accepts_connections(path: Path) -> bool:
+    """True once a process listens on the UNIX socket ``path`` (it may exist, bound, before:
+    a connect is then refused). Our probe connection is closed at once; wireguard-go reads a
+    command per connection and takes an empty one as a hang-up."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
+            return False
+    return True
 
 
 class WireGuardError(OsnetError):
@@ -303,7 +320,7 @@ class WireGuard:
 
     def _wait_for_socket(self, pid: int, start: int | None, log_path: Path) -> None:
         deadline = time.monotonic() + SOCKET_WAIT
-        while not self.socket.exists():
+        while not accepts_connections(self.socket):
             if start is None or not procs.is_running(pid, start):
                 raise _EarlyExit(f"wireguard-go {self.name} exited at start: {_tail(log_path)}")
             if time.monotonic() > deadline:

@@ -116,12 +116,19 @@ class Binding:
     def leg(self, side: Side) -> Addr | None:
         return self.client if side is Side.CLIENT else self.node
 
-    def hint(self, client: Addr | None, node: Addr | None) -> None:
-        """Legs a previous run of the relay bound (after a restart, from the lease): they
-        become the sides' *candidates*, never legs. A candidate only receives initiations
-        (rule 3), so the first initiation after the restart reaches the other peer at once
-        and its response binds the session again by the usual rule 4, instead of waiting
-        until both peers happen to initiate (WireGuard's rekey, up to two minutes)."""
+    def restore(self, client: Addr | None, node: Addr | None) -> None:
+        """Legs a previous run of the relay bound (after a restart, from the lease). Both
+        known: they are the legs again, with no new event -- the state the relay had when it
+        stopped, each leg confirmed then by rule 4 -- so the session's data flows as soon as
+        the relay is back, instead of after the peers' next handshake (wireguard-go initiates
+        one only 15 s after its last answer). A leg that moved meanwhile is followed by the
+        usual rules (its next handshake). Only one known: it becomes its side's *candidate*,
+        never a leg; a candidate only receives initiations (rule 3), so the first initiation
+        reaches the other peer and its response binds the session (rule 4)."""
+        if client is not None and node is not None and not self.bound:
+            self.client, self.node = client, node
+            self.generation += 1
+            return
         if client is not None:
             self._candidates.setdefault(Side.CLIENT, client)
         if node is not None:

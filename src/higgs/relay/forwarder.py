@@ -63,7 +63,7 @@ class SessionSpec:
     client_key: bytes
     node_key: bytes
     # The (client, node) legs an earlier run of the relay bound (from the lease): hints for
-    # the new binding after a restart (Binding.hint). Not part of the session's identity.
+    # the new binding after a restart (Binding.restore). Not part of the session's identity.
     seen: tuple[Addr | None, Addr | None] = field(default=(None, None), compare=False)
 
 
@@ -172,10 +172,14 @@ class Forwarder:
             sock.close()
             raise
         binding = Binding(spec.client_key, spec.node_key)
-        binding.hint(*spec.seen)
+        binding.restore(*spec.seen)
         session = _Session(spec, sock, binding)
         self._sessions[spec.port] = session
-        self._legs[spec.port] = (None, None)
+        self._legs[spec.port] = (binding.client, binding.node)
+        if binding.bound:
+            log.info(
+                "relay port %d: restored client %s node %s", spec.port, binding.client, binding.node
+            )
         self._selector.register(sock, selectors.EVENT_READ, session)
         self.stats.ports_leased = len(self._sessions)
 

@@ -202,6 +202,14 @@ class BosonServer:
         usage = registry.usage = UsageService(db, sessions)  # issue 15: usage and quotas
         events.bind(registry, sessions, usage)
 
+        # The links' credentials are in the hub before its listener opens: a node or client
+        # that reconnects the moment a restarted server listens must not get 401 (final for
+        # its link) for a token that was only not loaded yet.
+        allowed = await registry.reload()
+        await refresh_view(nodes, db)
+        open_sessions = await sessions.reload()
+        log.info("state reloaded", extra={"nodes": allowed, "open_sessions": open_sessions})
+
         relay_host, relay_port = split_listen(s.relay_listen)
         await hub.start(relay_host, relay_port, tls)
         bound_relay = hub.port
@@ -214,11 +222,6 @@ class BosonServer:
         if isinstance(hub, ClusterHub):
             hub.relay_base = s.instance_relay_url or self.relay_base
             sessions.relay_base_of = hub.relay_base_for
-
-        allowed = await registry.reload()
-        await refresh_view(nodes, db)
-        open_sessions = await sessions.reload()
-        log.info("state reloaded", extra={"nodes": allowed, "open_sessions": open_sessions})
 
         self.ctx = ApiContext(
             settings=s,

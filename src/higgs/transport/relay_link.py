@@ -2,7 +2,8 @@
 
 Bytes in, bytes out: the link sends DATA frames for a channel and text control messages, and
 hands received frames to callbacks. It batches what is queued (flushed on the next event-loop
-turn, never waiting to fill a batch), reconnects with jittered backoff, and stops for good on
+turn, never waiting to fill a batch), reconnects with jittered backoff (kept short
+right after a link was lost: a server restart costs seconds), and stops for good on
 the close codes that say retrying cannot help (4001 unauthorized, 4002 session closed, 4004 bad
 version, 4003 replaced by another instance; HTTP 401 on the upgrade counts as 4001).
 """
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 FINAL_CLOSE_CODES = frozenset(
     {CloseCode.UNAUTHORIZED, CloseCode.SESSION_CLOSED, CloseCode.REPLACED, CloseCode.BAD_VERSION}
 )
+RECENT_MAX_S = 1.0  # the reconnect ceiling right after a link was lost
 _MAX_PENDING = 2048  # datagrams waiting for the next flush; beyond, the oldest are dropped
 
 DataCallback = Callable[[int, list[memoryview]], None]
@@ -146,7 +148,12 @@ class RelayLink:
         self._ssl = ssl_context
         self._fwmark = fwmark
         self._sock_setup = sock_setup
-        self._backoff = backoff or Backoff()
+        # At once (jittered) after a drop, and at most every RECENT_MAX_S while the server
+        # was reachable in the last minute: a restarted server has its relay paths back
+        # within seconds (issue 17); beyond that minute, the usual growth to 30 s.
+        self._backoff = backoff or Backoff(
+            initial=0.25, maximum=30.0, recent_maximum=RECENT_MAX_S, recent_window_s=60.0
+        )
         self._ping_interval_s = ping_interval_s
         self._dead_after_s = dead_after_s
         self._connect_timeout_s = connect_timeout_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,65 @@ def test_a_kernel_error_other_than_unsupported_is_not_papered_over(
             WireGuard("hgunit-p0", journal=journal).create()
         assert len(runner.calls) == 1
         assert len(journal) == 0
+
+
+@pytest.fixture
+def sock_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short socket directory of our own (a UNIX socket path has at most 107 bytes)."""
+    import shutil
+    import tempfile
+
+    from higgs.osnet import wireguard
+
+    path = Path(tempfile.mkdtemp(prefix="hgwg", dir="/tmp"))
+    monkeypatch.setattr(wireguard, "WG_SOCKET_DIR", path)
+    monkeypatch.setattr(wireguard.procs, "is_running", lambda pid, start: True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_configuring_waits_until_wireguard_go_listens_not_until_its_socket_exists(
+    tmp_path: Path, sock_dir: Path, runner: RecordingRunner
+) -> None:
+    """wireguard-go binds its socket before it listens; a `wg set` in between is refused,
+    deletes the socket and fails with "Protocol not supported" (seen in the soak): the wait
+    ends only once a connection is accepted."""
+    import socket
+    import threading
+
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        wg = WireGuard("hgunit-w0", journal=journal)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(wg.socket))  # exists, not listening yet: a connect is refused
+        listening = threading.Event()
+
+        def listen_later() -> None:
+            time.sleep(0.3)
+            server.listen(4)
+            listening.set()
+
+        thread = threading.Thread(target=listen_later)
+        thread.start()
+        try:
+            wg._wait_for_socket(pid=1, start=1, log_path=tmp_path / "wg.log")
+            assert listening.is_set(), "the wait ended while the socket still refused"
+            assert wg.socket.exists(), "our readiness probe must not remove the socket"
+        finally:
+            thread.join()
+            server.close()
+
+
+def test_a_socket_that_never_listens_is_a_clear_error(
+    tmp_path: Path, sock_dir: Path, runner: RecordingRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from higgs.osnet import wireguard
+
+    monkeypatch.setattr(wireguard, "SOCKET_WAIT", 0.3)
+    with Journal(tmp_path / "journal.json", runner=runner) as journal:
+        wg = WireGuard("hgunit-w1", journal=journal)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+            bound.bind(str(wg.socket))
+            with pytest.raises(WireGuardError, match="no control socket"):
+                wg._wait_for_socket(pid=1, start=1, log_path=tmp_path / "wg.log")

@@ -174,11 +174,27 @@ def test_a_flood_of_initiations_from_strangers_is_capped_but_the_legs_are_not() 
     assert b.receive(ATTACKER, v.initiation(6000, v.NODE_PUB), 31.5).drop is None
 
 
-def test_hints_after_a_restart_forward_the_first_initiation_but_bind_nothing() -> None:
-    """Legs an earlier run bound (issue 18: a device outlives a relay restart): the client's
-    first initiation reaches the node at once; only the node's response binds."""
+def test_legs_recorded_before_a_restart_carry_data_at_once() -> None:
+    """Legs an earlier run bound (issue 17: a server restart): data flows again as soon as the
+    relay is back, without waiting for the peers' next handshake (15 s after their last
+    answer); a handshake from a new source still rebinds only when confirmed."""
     b = make()
-    b.hint(CLIENT, NODE)
+    b.restore(CLIENT, NODE)
+    assert (b.client, b.node) == (CLIENT, NODE)
+    assert b.bound
+    assert b.generation == 1
+    assert b.receive(CLIENT, v.data(N_IDX), 0.0) == Verdict(to=NODE)
+    assert b.receive(NODE, v.data(C_IDX), 0.0) == Verdict(to=CLIENT)
+    assert b.receive(ATTACKER, v.data(N_IDX), 0.0) == Verdict(drop=Drop.UNBOUND_SOURCE)
+    b.receive(ATTACKER, v.initiation(0x77, v.NODE_PUB), 0.1)
+    assert (b.client, b.node) == (CLIENT, NODE)
+
+
+def test_one_recorded_leg_after_a_restart_forwards_the_first_initiation_but_binds_nothing() -> None:
+    """Only the node's leg was recorded: it is a candidate, never a leg; the client's first
+    initiation reaches it at once and only the node's response binds."""
+    b = make()
+    b.restore(None, NODE)
     assert (b.client, b.node) == (None, None)
     assert b.receive(CLIENT, v.data(N_IDX), 0.0) == Verdict(drop=Drop.UNBOUND_SOURCE)
     assert b.receive(CLIENT, v.initiation(C_IDX, v.NODE_PUB), 0.1) == Verdict(to=NODE)
@@ -191,5 +207,5 @@ def test_hints_after_a_restart_forward_the_first_initiation_but_bind_nothing() -
 def test_a_hint_never_replaces_a_live_candidate() -> None:
     b = make()
     b.receive(NODE, v.initiation(0x99, v.CLIENT_PUB), 0.0)
-    b.hint(None, ATTACKER)
+    b.restore(None, ATTACKER)
     assert b.receive(CLIENT, v.initiation(C_IDX, v.NODE_PUB), 0.1) == Verdict(to=NODE)

@@ -11,6 +11,7 @@ registration issues a new ``hgn_`` token and invalidates the previous one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -70,6 +71,10 @@ class RegistryService:
         self.challenges: ChallengeService | None = None  # set by the server (key proofs)
         self.reachability = ReachabilityService(db, sessions.nodes)
         self.usage: UsageService | None = None  # issue 15: set by the server
+        # Heartbeats missed while this process was not running are not the node's fault: a
+        # node gets its full allowance counted from when the server could hear it again, so a
+        # server restart does not take its nodes offline and fail their relayed clients over.
+        self._started = time.monotonic()
 
     async def register(
         self, credential: str, req: NodeRegisterRequest, *, source: str | None = None
@@ -237,6 +242,8 @@ class RegistryService:
         limit = timedelta(
             seconds=self.settings.heartbeat_interval_s * self.settings.missed_heartbeats
         )
+        if time.monotonic() - self._started < limit.total_seconds():
+            return []
         now = utcnow()
         cutoff = now - limit
         async with self.db.begin() as conn:
