@@ -1,0 +1,136 @@
+"""The SQL of the relay-host registry (table ``relay_hosts``; docs/scaleout.md "Relay hosts").
+
+Written by the relay hosts (their beat, once a second) and read by the API (route selection,
+failover, the dashboard's relay page). A host is live while its ``seen_at`` is recent; the
+API never deletes a row, so a host that stopped shows as down until an operator removes it
+(``bosonserver relay`` registers again under the same address when it comes back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from higgs.server.store.tables import RelayHost, RelayLease
+from higgs.server.store.tables import Session as SessionRow
+
+__all__ = [
+    "HostView",
+    "MovedLease",
+    "all_hosts",
+    "beat",
+    "drop_lease",
+    "forget",
+    "leases_per_host",
+    "open_leases_on",
+]
+
+
+@dataclass(frozen=True)
+class HostView:
+    address: str
+    ports: str
+    probe_port: int
+    ws_url: str | None
+    started_at: datetime
+    seen_at: datetime
+    stats: Mapping[str, Any]
+
+    def live(self, now: datetime, dead_after_s: float) -> bool:
+        return now - self.seen_at <= timedelta(seconds=dead_after_s)
+
+
+async def beat(
+    conn: AsyncConnection,
+    address: str,
+    *,
+    ports: str,
+    probe_port: int,
+    ws_url: str | None,
+    stats: Mapping[str, Any],
+    now: datetime,
+    started: bool = False,
+) -> None:
+    """The host's heartbeat (``started``: its first one since it started)."""
+    values: dict[str, Any] = {
+        "ports": ports,
+        "probe_port": probe_port,
+        "ws_url": ws_url,
+        "seen_at": now,
+        "stats": dict(stats),
+    }
+    if started:
+        values["started_at"] = now
+    done = await conn.execute(update(RelayHost).where(RelayHost.address == address).values(values))
+    if done.rowcount == 0:
+        await conn.execute(
+            insert(RelayHost).values(address=address, **({"started_at": now} | values))
+        )
+
+
+async def all_hosts(conn: AsyncConnection) -> list[HostView]:
+    query = select(
+        RelayHost.address,
+        RelayHost.ports,
+        RelayHost.probe_port,
+        RelayHost.ws_url,
+        RelayHost.started_at,
+        RelayHost.seen_at,
+        RelayHost.stats,
+    ).order_by(RelayHost.address)
+    return [HostView(*row) for row in (await conn.execute(query)).all()]
+
+
+async def forget(conn: AsyncConnection, address: str) -> bool:
+    return bool(
+        (await conn.execute(delete(RelayHost).where(RelayHost.address == address))).rowcount
+    )
+
+
+async def leases_per_host(conn: AsyncConnection) -> dict[str, int]:
+    """relay address → ports held by open sessions (a port cooling down is not counted)."""
+    query = (
+        select(RelayLease.relay_address, RelayLease.port)
+        .join(SessionRow, SessionRow.id == RelayLease.session_id)
+        .where(SessionRow.state == "open")
+    )
+    out: dict[str, int] = {}
+    for row in (await conn.execute(query)).all():
+        out[row.relay_address] = out.get(row.relay_address, 0) + 1
+    return out
+
+
+@dataclass(frozen=True)
+class MovedLease:
+    session_id: str
+    node_id: str
+    relay_address: str
+    port: int
+
+
+async def open_leases_on(conn: AsyncConnection, addresses: Collection[str]) -> list[MovedLease]:
+    """The open sessions holding a port of one of ``addresses``."""
+    if not addresses:
+        return []
+    query = (
+        select(SessionRow.id, SessionRow.node_id, RelayLease.relay_address, RelayLease.port)
+        .join(RelayLease, RelayLease.session_id == SessionRow.id)
+        .where(RelayLease.relay_address.in_(list(addresses)), SessionRow.state == "open")
+        .order_by(SessionRow.created_at)
+    )
+    return [MovedLease(*row) for row in (await conn.execute(query)).all()]
+
+
+async def drop_lease(conn: AsyncConnection, session_id: str, relay_address: str) -> bool:
+    """Frees the session's port on a dead host; False when another instance moved it first."""
+    done = await conn.execute(
+        delete(RelayLease).where(
+            RelayLease.session_id == session_id, RelayLease.relay_address == relay_address
+        )
+    )
+    return bool(done.rowcount)
