@@ -57,10 +57,11 @@ class ProbeResponder:
                 if answer is None:
                     self.stats.drop("probe_malformed")
                     continue
+                self.answered += 1  # before the send: a prober that got it sees it counted
                 try:
                     sock.sendto(answer, addr)
-                    self.answered += 1
                 except OSError:
+                    self.answered -= 1
                     self.stats.drop("probe_send_failed")
 
     def stop(self) -> None:

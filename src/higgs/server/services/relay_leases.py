@@ -181,11 +181,13 @@ class UdpLeases:
         for _ in range(LEASE_ATTEMPTS):
             try:
                 async with self.db.begin() as conn:
-                    if not await hosts_store.drop_lease(conn, session_id, dead):
+                    legs = await hosts_store.drop_lease(conn, session_id, dead)
+                    if legs is None:
                         return None
                     got = await self._lease_in(conn, session_id, now, None, node_rtt, dead)
                     if got is None:
                         raise _NoPort
+                    await hosts_store.hint_legs(conn, session_id, legs)
                 return endpoint_of(*got)
             except IntegrityError:
                 continue

@@ -26,6 +26,7 @@ __all__ = [
     "beat",
     "drop_lease",
     "forget",
+    "hint_legs",
     "leases_per_host",
     "open_leases_on",
 ]
@@ -126,11 +127,35 @@ async def open_leases_on(conn: AsyncConnection, addresses: Collection[str]) -> l
     return [MovedLease(*row) for row in (await conn.execute(query)).all()]
 
 
-async def drop_lease(conn: AsyncConnection, session_id: str, relay_address: str) -> bool:
-    """Frees the session's port on a dead host; False when another instance moved it first."""
+async def drop_lease(
+    conn: AsyncConnection, session_id: str, relay_address: str
+) -> tuple[str | None, str | None] | None:
+    """Frees the session's port on a dead host and returns the legs it had bound (hints for
+    the new host); None when another instance moved it first."""
+    legs = (
+        await conn.execute(
+            select(RelayLease.client_seen, RelayLease.node_seen).where(
+                RelayLease.session_id == session_id, RelayLease.relay_address == relay_address
+            )
+        )
+    ).first()
     done = await conn.execute(
         delete(RelayLease).where(
             RelayLease.session_id == session_id, RelayLease.relay_address == relay_address
         )
     )
-    return bool(done.rowcount)
+    if not done.rowcount or legs is None:
+        return None
+    return legs.client_seen, legs.node_seen
+
+
+async def hint_legs(
+    conn: AsyncConnection, session_id: str, legs: tuple[str | None, str | None]
+) -> None:
+    """The moved lease starts with the old host's legs as hints (docs/protocol.md §5.4): the
+    new host forwards each side's first handshake to the other side's last known address."""
+    await conn.execute(
+        update(RelayLease)
+        .where(RelayLease.session_id == session_id)
+        .values(client_seen=legs[0], node_seen=legs[1])
+    )
