@@ -202,7 +202,12 @@ class Connector:
         except ApiError as exc:
             log.debug("no relay hosts to time: %s", exc)
             return {}
-        return await measure_all((r.address, r.probe_port) for r in listing.relays)
+        # On a reroute the kill switch is in place: the probe carries WireGuard's fwmark.
+        fwmark = getattr(self.host, "fwmark", None)
+        return await measure_all(
+            ((r.address, r.probe_port) for r in listing.relays),
+            fwmark=fwmark if isinstance(fwmark, int) else None,
+        )
 
     def _allowed_ips(self, route: RouteResponse) -> list[str]:
         if self.settings.full_tunnel:

@@ -31,16 +31,27 @@ class _Echo(asyncio.DatagramProtocol):
 
 
 async def measure_one(
-    host: str, port: int, *, probes: int = PROBES, timeout_s: float = TIMEOUT_S
+    host: str,
+    port: int,
+    *,
+    probes: int = PROBES,
+    timeout_s: float = TIMEOUT_S,
+    fwmark: int | None = None,
 ) -> float | None:
-    """The smallest RTT in milliseconds of ``probes`` pings, or None when none came back."""
+    """The smallest RTT in milliseconds of ``probes`` pings, or None when none came back.
+    ``fwmark``: SO_MARK of the socket, so that a client's kill switch and full tunnel let the
+    probe go to the relay directly, as WireGuard's own packets do."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        transport, echo = await loop.create_datagram_endpoint(
-            _Echo, remote_addr=(host, port), family=family
-        )
+        if fwmark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+        sock.setblocking(False)
+        sock.connect((host, port))
+        transport, echo = await loop.create_datagram_endpoint(_Echo, sock=sock)
     except OSError:
+        sock.close()
         return None
     best: float | None = None
     try:
@@ -63,14 +74,17 @@ async def measure_one(
 
 
 async def measure_all(
-    targets: Iterable[tuple[str, int]], *, timeout_s: float = TIMEOUT_S
+    targets: Iterable[tuple[str, int]],
+    *,
+    timeout_s: float = TIMEOUT_S,
+    fwmark: int | None = None,
 ) -> dict[str, float]:
     """relay address → RTT in ms, for every target that answered (measured concurrently)."""
     listed = list(dict.fromkeys(targets))[:64]
 
     async def one(host: str, port: int) -> tuple[str, float | None]:
         with contextlib.suppress(Exception):
-            return host, await measure_one(host, port, timeout_s=timeout_s)
+            return host, await measure_one(host, port, timeout_s=timeout_s, fwmark=fwmark)
         return host, None
 
     results = await asyncio.gather(*(one(h, p) for h, p in listed))
