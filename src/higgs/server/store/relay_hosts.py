@@ -2,8 +2,8 @@
 
 Written by the relay hosts (their beat, once a second) and read by the API (route selection,
 failover, the dashboard's relay page). A host is live while its ``seen_at`` is recent; the
-API never deletes a row, so a host that stopped shows as down until an operator removes it
-(``bosonserver relay`` registers again under the same address when it comes back).
+API never deletes a row, so a host that stopped shows as down until an operator deletes its
+row (no command for it yet); ``bosonserver relay`` registers again under the same address.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ __all__ = [
     "all_hosts",
     "beat",
     "drop_lease",
-    "forget",
     "hint_legs",
-    "leases_per_host",
     "open_leases_on",
 ]
 
@@ -85,25 +83,6 @@ async def all_hosts(conn: AsyncConnection) -> list[HostView]:
         RelayHost.stats,
     ).order_by(RelayHost.address)
     return [HostView(*row) for row in (await conn.execute(query)).all()]
-
-
-async def forget(conn: AsyncConnection, address: str) -> bool:
-    return bool(
-        (await conn.execute(delete(RelayHost).where(RelayHost.address == address))).rowcount
-    )
-
-
-async def leases_per_host(conn: AsyncConnection) -> dict[str, int]:
-    """relay address → ports held by open sessions (a port cooling down is not counted)."""
-    query = (
-        select(RelayLease.relay_address, RelayLease.port)
-        .join(SessionRow, SessionRow.id == RelayLease.session_id)
-        .where(SessionRow.state == "open")
-    )
-    out: dict[str, int] = {}
-    for row in (await conn.execute(query)).all():
-        out[row.relay_address] = out.get(row.relay_address, 0) + 1
-    return out
 
 
 @dataclass(frozen=True)
