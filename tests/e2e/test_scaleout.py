@@ -1,8 +1,11 @@
 """Scale-out in the product lab: on the server host, PostgreSQL, nats-server, two bosonserver
-instances and HAProxy in front of them (docs/scaleout.md); the real higgsnode behind its home
-router and a stock WireGuard client on a direct session. Killing the instance that holds the
-node's control link moves the link to the other within 10 s, and the client's traffic, which
-never crosses the API, is not interrupted at all."""
+instances and HAProxy in front of them (docs/scaleout.md), and two relay hosts (`bosonserver
+relay` on the server host and on the internet host, each its own address and port range); the
+real higgsnode behind its home router and a stock WireGuard client on a direct session.
+Killing the instance that holds the node's control link moves the link to the other within
+10 s, and the client's traffic, which never crosses the API, is not interrupted at all.
+Killing a relay host moves its sessions to the other within 15 s, with both instances racing
+to move them (the lease's delete is the claim: each session moves once)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,8 +24,9 @@ import pytest
 
 from higgs.lab import Lab
 from higgs.lab.procs import LabProcess
-from higgs.lab.product import API_PORT, RELAY_PORT, Product
+from higgs.lab.product import API_PORT, RELAY_PORT, Product, RelayProgram, ServerProgram
 from higgs.lab.services.haproxy import Backend, argv, write_config
+from higgs.lab.wireguard import new_keypair
 from tests.e2e.conftest import built_lab
 
 pytestmark = [
@@ -39,6 +42,7 @@ NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 PG_PORT, NATS_PORT = 5432, 4222
 INSTANCES = {"a": (9101, 9102), "b": (9201, 9202)}  # API and relay ports on the server host
 DATABASE = f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres"
+RELAY_PORTS = {"server": "40000-40099", "internet": "41000-41099"}  # relay host → its range
 
 
 class ScaleoutProduct(Product):
@@ -68,9 +72,14 @@ def start_postgres(lab: Lab, root: Path) -> LabProcess:
     as_pg = ["runuser", "-u", "postgres", "--"]
     lab.server.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
                     "-U", "postgres", "--no-sync"], timeout=120)  # fmt: skip
+    # The relay host on the internet host reaches it over the lab's network (trust: a
+    # throwaway cluster inside the lab's namespaces only).
+    with (data / "pg_hba.conf").open("a") as hba:
+        hba.write(f"host all postgres {lab.internet.ip}/32 trust\n")
     proc = lab.server.popen(
         [*as_pg, str(bindir / "postgres"), "-D", str(data), "-p", str(PG_PORT), "-k", str(sock),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"],
+         "-c", f"listen_addresses=127.0.0.1,{lab.server.ip}", "-c", "fsync=off",
+         "-c", "synchronous_commit=off"],
         name="postgres",
     )  # fmt: skip
     proc.wait_listening(PG_PORT, timeout=60)
@@ -78,38 +87,44 @@ def start_postgres(lab: Lab, root: Path) -> LabProcess:
 
 
 def start_instance(lab: Lab, name: str) -> LabProcess:
+    """One API instance behind the balancer: the harness's ServerProgram on loopback ports,
+    its public URLs the balancer's."""
     assert lab.workdir is not None
     api, relay = INSTANCES[name]
-    ip = lab.server.ip
-    env = dict(os.environ)
-    env.update(
-        {
-            "BOSON_CLUSTER_RECONCILE_S": "1",
-            "BOSON_CLUSTER_BEAT_S": "0.5",
-            "BOSON_INSTANCE_DEAD_AFTER_S": "2",
-        }
-    )
-    proc = lab.server.popen(
-        [
-            sys.executable, "-m", "higgs.bosonserver", "serve",
-            "--data-dir", str(lab.workdir / f"bosonserver-{name}"),
-            "--database", DATABASE,
-            "--bus", f"nats://127.0.0.1:{NATS_PORT}",
-            "--instance-id", name,
-            "--listen", f"127.0.0.1:{api}",
-            "--relay-listen", f"127.0.0.1:{relay}",
-            "--public-url", f"http://{ip}:{API_PORT}",
-            "--relay-url", f"ws://{ip}:{RELAY_PORT}",
-        ],
-        name=f"bosonserver-{name}",
+    env = {
+        "BOSON_CLUSTER_RECONCILE_S": "1",
+        "BOSON_CLUSTER_BEAT_S": "0.5",
+        "BOSON_INSTANCE_DEAD_AFTER_S": "2",
+        "BOSON_RELAY_HOST_DEAD_AFTER_S": "3",
+        "BOSON_RELAY_FAILOVER_CHECK_S": "1",
+    }
+    program = ServerProgram(
+        lab,
+        lab.workdir / f"bosonserver-{name}",
         env=env,
+        listen_host="127.0.0.1",
+        api_port=api,
+        relay_port=relay,
+    )
+    args = ["--database", DATABASE, "--bus", f"nats://127.0.0.1:{NATS_PORT}",
+            "--instance-id", name]  # fmt: skip
+    return program.start(timeout=90, args=args)
+
+
+def start_relay_host(lab: Lab, host: Any, data_dir: Path) -> LabProcess:
+    """`bosonserver relay` on ``host``, on the shared PostgreSQL (over the lab's network)."""
+    database = DATABASE if host is lab.server else DATABASE.replace("127.0.0.1", lab.server.ip)
+    program = RelayProgram(lab, data_dir, host=host)
+    return program.start(
+        "--database", database, "--relay-ip", host.ip, "--relay-ports", RELAY_PORTS[host.role],
+        "--userspace", "--relay-state-dir", str(data_dir / f"relay-{host.role}"),
     )  # fmt: skip
-    proc.wait_listening(api, timeout=90)
-    return proc
 
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[tuple[ScaleoutProduct, dict[str, LabProcess]]]:
+    """The product and its processes by name: instances "a" and "b", relay hosts by their
+    lab host ("server", "internet")."""
     if not PG_BINDIRS or not Path(NATS).exists() or not shutil.which("haproxy"):
         pytest.skip("PostgreSQL, nats-server or haproxy missing (scripts/setup.sh installs them)")
     pg_root = Path(tempfile.mkdtemp(prefix="higgs-scaleout-pg-"))
@@ -137,12 +152,16 @@ def system() -> Iterator[tuple[ScaleoutProduct, dict[str, LabProcess]]]:
             [Backend(n, f"127.0.0.1:{a}", f"127.0.0.1:{r}") for n, (a, r) in INSTANCES.items()],
         )
         lab.server.popen(argv(cfg), name="haproxy").wait_listening(API_PORT)
+        relays = {
+            h.role: start_relay_host(lab, h, lab.workdir / "bosonserver-a")
+            for h in (lab.server, lab.internet)
+        }
         product = ScaleoutProduct(lab)
         product.provision("client")
         product.start_node()
         product.wait_node_online()
         try:
-            yield product, instances
+            yield product, {**instances, **relays}
         finally:
             product.stop_node()
 
@@ -156,7 +175,8 @@ def received(ping_log: str) -> tuple[int, int]:
 def test_killing_the_nodes_instance_moves_its_link_and_leaves_a_direct_session_alone(
     system: tuple[ScaleoutProduct, dict[str, Any]],
 ) -> None:
-    product, instances = system
+    product, procs = system
+    instances = {n: p for n, p in procs.items() if n in INSTANCES}
     lab = product.lab
     client = product.connect_stock(lab.client)
     node_id = product.sql("SELECT node_id FROM node_presence LIMIT 1")
@@ -182,3 +202,50 @@ def test_killing_the_nodes_instance_moves_its_link_and_leaves_a_direct_session_a
     nodes = product.api(lab.client, "GET", "/v1/nodes", product.token())["nodes"]
     assert [n["state"] for n in nodes] == ["online"]
     client.down()
+
+
+def test_killing_a_relay_host_moves_its_sessions_to_the_other_within_15_s(
+    system: tuple[ScaleoutProduct, dict[str, Any]],
+) -> None:
+    product, procs = system
+    lab = product.lab
+    hosts = {lab.server.ip: "server", lab.internet.ip: "internet"}
+    deadline = time.monotonic() + 30
+    while (
+        product.sql("SELECT count(*) FROM relay_hosts WHERE seen_at > now() - interval '3 s'")
+        != "2"
+    ):
+        if time.monotonic() > deadline:
+            listed = product.sql("SELECT address, seen_at, now() FROM relay_hosts")
+            pytest.fail(f"the two relay hosts did not register: {listed}\n{lab.log_tails(30)}")
+        time.sleep(0.5)
+    token = product.token()
+    sessions = []
+    for _ in range(4):  # several sessions: the two instances race to move them
+        key = new_keypair().public
+        sessions.append(product.route(lab.client, token, key, mode="relay")["session_id"])
+
+    def lease_hosts() -> dict[str, str]:
+        ids = ",".join(f"'{s}'" for s in sessions if re.fullmatch(r"s_[0-9a-f]+", s))
+        rows = product.sql(
+            f"SELECT session_id, relay_address FROM relay_leases WHERE session_id IN ({ids})"  # noqa: S608 - ids checked
+        )
+        return dict(line.split("|") for line in rows.splitlines())
+
+    before = lease_hosts()
+    assert set(before) == set(sessions)
+    victim = before[sessions[0]]
+    survivor = next(ip for ip in hosts if ip != victim)
+    procs[hosts[victim]].popen.kill()  # SIGKILL: it just stops heartbeating
+    killed = time.monotonic()
+    while any(ip == victim for ip in lease_hosts().values()):
+        assert time.monotonic() - killed < 15, f"sessions still on {victim}: {lease_hosts()}"
+        time.sleep(0.2)
+    moved = time.monotonic() - killed
+    after = lease_hosts()
+    print(f"relay host {victim} killed: {sum(1 for ip in before.values() if ip == victim)} "
+          f"sessions moved to {survivor} in {moved:.1f} s")  # fmt: skip
+    assert set(after.values()) == {survivor}
+    assert set(after) == set(sessions)  # one lease each: none moved twice or lost
+    info = product.api(lab.client, "GET", f"/v1/sessions/{sessions[0]}", token)
+    assert info["udp_relay"]["endpoint"].startswith(f"{survivor}:")

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-from higgs.client.server_api import ServerApi
+from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey
-from higgs.protocol.api import RouteResponse, WireGuardConfig, parse_endpoint
+from higgs.protocol.api import RouteResponse, UdpRelayPath, WireGuardConfig, parse_endpoint
+from higgs.transport.relay_rtt import measure_all
 
 __all__ = [
     "ConnectError",
@@ -177,7 +178,11 @@ class Connector:
     async def request_route(self) -> RouteResponse:
         s = self.settings
         route = await self.api.route(
-            self.key.public_b64(), node_id=s.node_id, country=s.country, mode=s.mode
+            self.key.public_b64(),
+            node_id=s.node_id,
+            country=s.country,
+            mode=s.mode,
+            relay_rtt_ms=await self._relay_rtts() if s.mode != "direct" else None,
         )
         if s.mode == "direct" and route.direct is None:
             raise ConnectError(
@@ -188,6 +193,21 @@ class Connector:
         if route.direct is None and route.relay is None:
             raise ConnectError("the server's route has neither a direct nor a relay path")
         return route
+
+    async def _relay_rtts(self) -> dict[str, float]:
+        """Our RTT to each relay host, for the server's choice of the session's relay; none
+        when the server has no relay hosts (or is older than them)."""
+        try:
+            listing = await self.api.relays()
+        except ApiError as exc:
+            log.debug("no relay hosts to time: %s", exc)
+            return {}
+        # On a reroute the kill switch is in place: the probe carries WireGuard's fwmark.
+        fwmark = getattr(self.host, "fwmark", None)
+        return await measure_all(
+            ((r.address, r.probe_port) for r in listing.relays),
+            fwmark=fwmark if isinstance(fwmark, int) else None,
+        )
 
     def _allowed_ips(self, route: RouteResponse) -> list[str]:
         if self.settings.full_tunnel:
@@ -317,6 +337,19 @@ class Connector:
             + (f" (relay: {reason})" if reason else " (is the node online?)")
         )
         raise ConnectError("; ".join(errors))
+
+    async def move_relay(self, tunnel: Tunnel, endpoint: str) -> None:
+        """The server moved the session to another relay host (its first one died): the
+        same session, peer and keys, on the new relay endpoint (both legs are re-pinned there
+        by the server; the node was told in a ``sync``)."""
+        route = tunnel.route.model_copy(update={"udp_relay": UdpRelayPath(endpoint=endpoint)})
+        if self.settings.kill_switch_enabled:
+            endpoints = await self._allow_endpoints(route)
+            await asyncio.to_thread(self.host.kill_switch, allow_endpoints=endpoints)
+        tunnel.route = route
+        if tunnel.mode == "udp_relay":
+            await self._set_peer(route, endpoint)
+            tunnel.why = f"on the UDP relay {endpoint} (the previous relay host went down)"
 
     async def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
         wg = route.wireguard

@@ -107,6 +107,7 @@ class Daemon:
             "kill-switch": self._kill_switch_loop,
             "punch": self._punch_loop,
             "path": self._path_loop,
+            "relay": self._relay_loop,
         }
         tasks: dict[asyncio.Future[Any], str] = {
             asyncio.create_task(fn(), name=name): name for name, fn in loops.items()
@@ -285,6 +286,28 @@ class Daemon:
             self.health.path_changes += 1
             log.info("path: punched (%s)", offer.peer_endpoint)
             await self._write_status()
+
+    async def _relay_loop(self) -> None:
+        """Follows the session's UDP relay endpoint: when its relay host dies the server
+        moves the session to another host, and the peer moves with it (no new session)."""
+        while True:
+            await asyncio.sleep(self.settings.relay_check_s)
+            tunnel = self.tunnel
+            if tunnel is None or tunnel.route.udp_relay is None or self.reroute_needed.is_set():
+                continue
+            try:
+                info = await self.api.session(tunnel.route.session_id)
+            except ApiError as exc:
+                log.debug("relay check failed: %s", exc)
+                continue
+            if self.tunnel is not tunnel or info.udp_relay is None:
+                continue
+            endpoint = info.udp_relay.endpoint
+            if tunnel.route.udp_relay is not None and endpoint != tunnel.route.udp_relay.endpoint:
+                log.warning("relay host moved: %s -> %s", tunnel.route.udp_relay.endpoint, endpoint)
+                await self.connector.move_relay(tunnel, endpoint)
+                self.health.path_changes += 1
+                await self._write_status()
 
     async def _path_loop(self) -> None:
         """Leaves a direct or punched path on which nothing arrives although we ping."""

@@ -24,6 +24,7 @@ from higgs.daemon.rest import RestError
 from higgs.protocol.api import (
     NodeList,
     PunchAnswer,
+    RelayList,
     RouteMode,
     RouteRequest,
     RouteResponse,
@@ -97,12 +98,21 @@ class ServerApi:
         node_id: str | None = None,
         country: str | None = None,
         mode: RouteMode = "auto",
+        relay_rtt_ms: dict[str, float] | None = None,
     ) -> RouteResponse:
         body = RouteRequest(
-            client_public_key=public_key, node_id=node_id, country=country, mode=mode
+            client_public_key=public_key,
+            node_id=node_id,
+            country=country,
+            mode=mode,
+            relay_rtt_ms=relay_rtt_ms or None,
         )
         resp = await self._call("POST", "/v1/routes", json_body=body.model_dump(mode="json"))
         return _parse(resp, RouteResponse)
+
+    async def relays(self) -> RelayList:
+        """The live relay hosts to time before a route (docs/protocol.md §5.5)."""
+        return _parse(await self._call("GET", "/v1/relays"), RelayList)
 
     async def session(self, session_id: str) -> SessionInfo:
         return _parse(await self._call("GET", f"/v1/sessions/{session_id}"), SessionInfo)

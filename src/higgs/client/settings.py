@@ -62,6 +62,9 @@ class ClientSettings(BaseModel):
     # a direct or punched path that received nothing for path_dead_s (while pinged) is left.
     punch: bool = True
     punch_poll_s: float = Field(default=2.0, gt=0, le=600)
+    # How often the session's UDP relay endpoint is checked: a relay host that dies moves the
+    # session to another one (docs/scaleout.md), which we learn here.
+    relay_check_s: float = Field(default=2.0, gt=0, le=600)
     path_dead_s: float = Field(default=6.0, gt=1, le=600)
 
     @field_validator("server_url")

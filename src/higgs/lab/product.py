@@ -75,6 +75,11 @@ class ServerProgram:
     env: Mapping[str, str] = field(default_factory=dict)
     proc: LabProcess | None = None
     command: Sequence[str] = ()
+    # Where ``serve`` listens (default: the server's address, the lab's ports); an instance
+    # behind a balancer listens elsewhere while ``url`` stays the balancer's (docs/scaleout.md).
+    listen_host: str | None = None
+    api_port: int = API_PORT
+    relay_port: int = RELAY_PORT
 
     def _argv(self, module: str, *args: str) -> list[str]:
         return [*self.command, *args] if self.command else _py(module, *args)
@@ -98,12 +103,13 @@ class ServerProgram:
         """``bosonserver serve`` on the lab's API and relay ports; returns once both listen.
         ``args``: more ``serve`` options."""
         ip = self.host.ip
+        bind = self.listen_host or ip
         self.proc = self.host.popen(
             self._argv(
                 "higgs.bosonserver", "serve",
                 "--data-dir", str(self.data_dir),
-                "--listen", f"{ip}:{API_PORT}",
-                "--relay-listen", f"{ip}:{RELAY_PORT}",
+                "--listen", f"{bind}:{self.api_port}",
+                "--relay-listen", f"{bind}:{self.relay_port}",
                 "--public-url", self.url,
                 "--relay-url", f"ws://{ip}:{RELAY_PORT}",
                 *args,
@@ -111,8 +117,8 @@ class ServerProgram:
             name="bosonserver",
             env={**os.environ, **self.env},
         )  # fmt: skip
-        self.proc.wait_listening(API_PORT, timeout=timeout)
-        self.proc.wait_listening(RELAY_PORT, timeout=timeout)
+        self.proc.wait_listening(self.api_port, timeout=timeout)
+        self.proc.wait_listening(self.relay_port, timeout=timeout)
         return self.proc
 
     def kill(self) -> None:

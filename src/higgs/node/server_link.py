@@ -40,7 +40,9 @@ from higgs.protocol.api import (
     NodeRegisterRequest,
     NodeRegisterResponse,
     ReachabilityConfirm,
+    RelayTarget,
 )
+from higgs.transport.relay_rtt import measure_all
 
 __all__ = [
     "EnrollmentRejected",
@@ -70,6 +72,19 @@ class _Transient(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+def _relay_targets(answer: Any) -> list[tuple[str, int]]:
+    """The relay hosts to time from a heartbeat answer (older servers send none)."""
+    relays = answer.get("relays") if isinstance(answer, dict) else None
+    out = []
+    for item in relays if isinstance(relays, list) else []:
+        try:
+            target = RelayTarget.model_validate(item)
+        except ValidationError:
+            continue
+        out.append((target.address, target.probe_port))
+    return out[:64]
 
 
 class _Forgotten(Exception):
@@ -164,6 +179,7 @@ class ServerLink:
         self.identity: Identity | None = load_identity(state_dir, self.server)
         self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
         self._fresh = False  # registered during this run already
+        self._relay_targets: list[tuple[str, int]] = []  # from the last heartbeat answer
         self._wake = asyncio.Event()  # something the server should hear about at once
 
     def set_tunnel_mtu(self, mtu: int) -> None:
@@ -317,6 +333,11 @@ class ServerLink:
         except Exception as exc:  # metrics are best effort; the heartbeat itself must go out
             log.warning("cannot collect metrics", extra={"why": f"{type(exc).__name__}: {exc}"})
             body = {}
+        if self._relay_targets:
+            # Timed now, sent now: the server picks a session's relay by both legs' RTT.
+            rtts = await measure_all(self._relay_targets)
+            if rtts:
+                body["relay_rtt_ms"] = rtts
         response = await self._post(
             f"/v1/nodes/{self.identity.node_id}/heartbeat",
             json=body,
@@ -335,9 +356,11 @@ class ServerLink:
         if response.status_code != 200:
             raise _Transient(_error_message(response), rest.retry_after(response))
         try:
-            interval = float(response.json().get("heartbeat_interval_s"))
+            answer = response.json()
+            interval = float(answer.get("heartbeat_interval_s"))
         except (ValueError, TypeError, AttributeError):
-            interval = self.identity.heartbeat_interval_s
+            answer, interval = {}, self.identity.heartbeat_interval_s
+        self._relay_targets = _relay_targets(answer)
         self.status.heartbeats += 1
         return max(1.0, min(interval, 300.0))
 

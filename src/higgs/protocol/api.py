@@ -71,7 +71,10 @@ __all__ = [
     "PunchOffer",
     "ReachabilityConfirm",
     "ReachabilityResult",
+    "RelayList",
     "RelayPath",
+    "RelayRtts",
+    "RelayTarget",
     "RouteMode",
     "RouteNode",
     "RouteRequest",
@@ -384,6 +387,33 @@ class PeerStat(_Request):
     )
 
 
+# --- relay hosts and their RTT (issue 14; docs/protocol.md §5.5) ---
+def _relay_address(value: str) -> str:
+    return str(ipaddress.ip_address(value))
+
+
+RelayRtts = Annotated[
+    dict[
+        Annotated[str, AfterValidator(_relay_address)],
+        Annotated[float, Field(ge=0, le=60_000)],
+    ],
+    Field(max_length=64),
+]
+
+
+class RelayTarget(_Model):
+    """A live relay host as nodes and clients time it: the probe goes to address:probe_port."""
+
+    address: str
+    probe_port: int = Field(ge=1, le=65535)
+
+
+class RelayList(_Model):
+    """``GET /v1/relays`` (a client's token): the relay hosts to time before a route."""
+
+    relays: list[RelayTarget]
+
+
 class HeartbeatRequest(_Request):
     """``POST /v1/nodes/{node_id}/heartbeat``; every metric is optional."""
 
@@ -413,11 +443,17 @@ class HeartbeatRequest(_Request):
         default=None,
         description="the owner paused the node: route no new sessions here (open ones drain)",
     )
+    relay_rtt_ms: RelayRtts | None = Field(
+        default=None, description="relay address → the node's RTT to it in ms (§5.5)"
+    )
 
 
 class HeartbeatResponse(_Model):
     heartbeat_interval_s: int
     state: NodeState
+    relays: list[RelayTarget] = Field(
+        default_factory=list, description="the live relay hosts to time (§5.5)"
+    )
 
 
 class NodeSummary(_Model):
@@ -449,6 +485,9 @@ class RouteRequest(_Request):
     mode: RouteMode = Field(
         default="auto",
         description="auto: both paths; direct: only nodes with an endpoint; relay: relay only",
+    )
+    relay_rtt_ms: RelayRtts | None = Field(
+        default=None, description="relay address → the client's RTT to it in ms (§5.5)"
     )
 
 
@@ -538,6 +577,9 @@ class SessionInfo(_Model):
     close_reason: str | None
     relay_datagrams: int = 0
     relay_bytes: int = 0
+    udp_relay: UdpRelayPath | None = Field(
+        default=None, description="the UDP relay endpoint now (it changes when a relay host dies)"
+    )
 
 
 # --- admin -----------------------------------------------------------------------------------

@@ -43,6 +43,12 @@ def add_relay_options(p: argparse.ArgumentParser) -> None:
         "--userspace", action="store_true", help="no kernel forwarding: carry every packet here"
     )
     p.add_argument("--relay-metrics-listen", help="HOST:PORT for the relay's /metrics")
+    p.add_argument(
+        "--relay-probe-port",
+        type=int,
+        help="UDP port of the RTT probe (docs/protocol.md §5.5; default 39999, 0: any free one)",
+    )
+    p.add_argument("--relay-ws-url", help="this host's WebSocket relay URL, registered with it")
 
 
 def build_parser() -> argparse.ArgumentParser:

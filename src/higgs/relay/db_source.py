@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from higgs.relay.binding import Addr
 from higgs.relay.forwarder import SessionSpec
-from higgs.server.store import relay_leases
+from higgs.server.store import relay_hosts, relay_leases
 from higgs.server.store.db import Database
 
-__all__ = ["DbSource"]
+__all__ = ["DbSource", "HostInfo"]
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What a relay host registers (table ``relay_hosts``)."""
+
+    ports: str  # FIRST-LAST
+    probe_port: int  # 0: no RTT probe here
+    ws_url: str | None = None
 
 
 def _fmt(addr: Addr | None) -> str | None:
@@ -34,6 +46,7 @@ class DbSource:
         self.relay_address = relay_address
         self._loop = asyncio.new_event_loop()
         self._db = Database(url)
+        self._beaten = False
 
     def __call__(self) -> list[SessionSpec]:
         rows = self._loop.run_until_complete(self._fetch())
@@ -60,6 +73,32 @@ class DbSource:
     async def _record(self, seen: dict[int, tuple[str | None, str | None]]) -> None:
         async with self._db.begin() as conn:
             await relay_leases.record_legs(conn, self.relay_address, seen, datetime.now(UTC))
+
+    def beat(self, info: HostInfo, stats: Mapping[str, Any]) -> None:
+        """Registers (first call) and heartbeats this host with a stats snapshot."""
+        first = not self._beaten
+        self._loop.run_until_complete(self._beat(info, stats, datetime.now(UTC), first))
+        self._beaten = True
+
+    def goodbye(self, info: HostInfo, stats: Mapping[str, Any]) -> None:
+        """A clean stop: shown as down at once, so its sessions move without waiting."""
+        stopped = datetime.now(UTC) - timedelta(days=1)
+        self._loop.run_until_complete(self._beat(info, {**stats, "stopped": True}, stopped, False))
+
+    async def _beat(
+        self, info: HostInfo, stats: Mapping[str, Any], now: datetime, first: bool
+    ) -> None:
+        async with self._db.begin() as conn:
+            await relay_hosts.beat(
+                conn,
+                self.relay_address,
+                ports=info.ports,
+                probe_port=info.probe_port,
+                ws_url=info.ws_url,
+                stats=stats,
+                now=now,
+                started=first,
+            )
 
     def close(self) -> None:
         self._loop.run_until_complete(self._db.dispose())

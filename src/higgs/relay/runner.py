@@ -19,7 +19,7 @@ from higgs.relay.binding import Addr
 from higgs.relay.forwarder import SessionSpec
 from higgs.relay.service import UdpRelay
 
-__all__ = ["STATUS_FILE", "Reconciler", "status_of"]
+__all__ = ["STATUS_FILE", "Reconciler", "host_stats", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,24 @@ def status_of(relay: UdpRelay) -> dict[str, Any]:
     }
 
 
+def host_stats(relay: UdpRelay) -> dict[str, Any]:
+    """The snapshot a relay host beats with (the dashboard's relay page shows it per host)."""
+    packets, octets = relay.kernel_counters()
+    s = relay.stats
+    return {
+        "mode": relay.mode,
+        "ports_leased": len(relay.ports()),
+        "ports_total": s.ports_total,
+        "kernel_packets": packets,
+        "kernel_bytes": octets,
+        "userspace_packets": s.user_packets,
+        "userspace_bytes": s.user_bytes,
+        "binds": s.binds,
+        "rebinds": s.rebinds,
+        "drops": dict(s.drops),
+    }
+
+
 def _addr(addr: tuple[str, int] | None) -> str | None:
     if addr is None:
         return None
@@ -64,9 +82,11 @@ class Reconciler:
         *,
         interval_s: float = 1.0,
         on_legs: Callable[[dict[int, tuple[Addr | None, Addr | None]]], None] | None = None,
+        on_beat: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.relay, self.source, self.interval_s = relay, source, interval_s
         self.on_legs = on_legs
+        self.on_beat = on_beat
         self._specs: dict[int, SessionSpec] = {}
         self._legs_told: dict[int, tuple[Addr | None, Addr | None]] = {}
 
@@ -105,12 +125,21 @@ class Reconciler:
             return
         self._legs_told = legs
 
+    def beat(self) -> None:
+        if self.on_beat is None:
+            return
+        try:
+            self.on_beat(host_stats(self.relay))
+        except Exception as exc:  # the database away: the sessions already served go on
+            log.warning("UDP relay: the host heartbeat failed: %s", exc)
+
     def run(self, stop: threading.Event) -> None:
         status = self.relay.settings.state_dir / STATUS_FILE
         try:
             while not stop.is_set():
                 self.sync()
                 self.tell_legs()
+                self.beat()
                 self.write_status(status)
                 stop.wait(self.interval_s)
         finally:

@@ -43,6 +43,7 @@ from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.nodeview import NodeView, refresh_view
 from higgs.server.services.punch import PunchService, PunchTimers
 from higgs.server.services.registry import RegistryService
+from higgs.server.services.relay_failover import RelayFailover
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.traffic import TrafficSeries
 from higgs.server.services.usage import UsageService
@@ -271,6 +272,11 @@ class BosonServer:
             asyncio.create_task(self._maintain(db, nodes, registry, sessions), name="sweep")
         )
         self._tasks.append(asyncio.create_task(self._sample_traffic(self.ctx), name="traffic"))
+        self._tasks.append(
+            asyncio.create_task(
+                self._relay_failover(RelayFailover(sessions)), name="relay-failover"
+            )
+        )
         if self.ctx.punch is not None:
             self._tasks.append(asyncio.create_task(self._steer(self.ctx.punch), name="steer"))
         log.info(
@@ -318,6 +324,15 @@ class BosonServer:
                     view_loaded = time.monotonic()
             except Exception:
                 log.exception("maintenance sweep failed; retrying next interval")
+
+    async def _relay_failover(self, failover: RelayFailover) -> None:
+        """Sessions of a relay host that stopped heartbeating move to another (issue 14)."""
+        while True:
+            await asyncio.sleep(self.settings.relay_failover_check_s)
+            try:
+                await failover.run_once()
+            except Exception:
+                log.exception("relay failover round failed; retrying")
 
     def _punch_service(self, db: Database, hub: RelayHub, nodes: NodeView) -> PunchService | None:
         """Hole punching needs the UDP relay: its bound legs are the observed addresses."""

@@ -64,6 +64,12 @@ class ServerSettings(BaseModel):
     udp_relay_embedded: bool = Field(default=True, description="run it in the serve process")
     udp_relay_userspace: bool = Field(default=False, description="no kernel forwarding")
     udp_relay_metrics_listen: str | None = Field(default=None, description="HOST:PORT /metrics")
+    # The embedded relay's RTT probe (docs/protocol.md §5.5); 0: any free port, registered.
+    udp_relay_probe_port: int = Field(default=0, ge=0, le=65535)
+    # Relay hosts (docs/scaleout.md): one silent this long is down and its sessions move to
+    # another; the API looks for such hosts every relay_failover_check_s.
+    relay_host_dead_after_s: float = Field(default=5.0, gt=0, le=600)
+    relay_failover_check_s: float = Field(default=1.0, gt=0, le=600)
 
     # Devices (issue 18): long-lived peers of an account; how many one account may hold, and
     # how long a node may stay away before its devices are reported as gone for good.

@@ -158,3 +158,28 @@ def test_the_final_counters_of_removed_peers_are_told_before_they_go() -> None:
     assert told[-1][0] == [K2]
     assert K2 in told[-1][1]
     assert K2 not in table.rows
+
+
+@dataclass
+class EndpointTable(Table):
+    endpoints: dict[str, str | None] = field(default_factory=dict)
+
+    def set_peer(  # type: ignore[override]
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str | None = None
+    ) -> None:
+        super().set_peer(public_key, allowed_ips)
+        if endpoint is not None:
+            self.endpoints[public_key] = endpoint
+
+
+def test_a_peer_moved_to_another_relay_host_is_re_added_for_a_fresh_handshake() -> None:
+    table = EndpointTable()
+    m = manager(table)
+    first = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, "192.0.2.10:40001")
+    assert m.add(first)
+    m.sync([first])  # the same endpoint again: nothing to do
+    assert table.ops == [("set", K1)]
+    moved = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, "198.51.100.10:41000")
+    m.sync([moved])  # the server moved the session (its relay host died)
+    assert table.ops == [("set", K1), ("remove", K1), ("set", K1)]
+    assert table.endpoints[K1] == "198.51.100.10:41000"

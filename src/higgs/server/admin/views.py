@@ -17,9 +17,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from higgs.protocol.api import AdminNode, AdminSession
+from higgs.server.admin.relay_hosts import COLUMNS, host_rows, hosts_summary
 from higgs.server.api.deps import ApiContext
 from higgs.server.services.clock import utcnow
 from higgs.server.services.session_paths import with_paths
+from higgs.server.store import relay_hosts
 
 __all__ = ["PAGES", "page_data"]
 
@@ -252,7 +254,11 @@ def udp_summary(rows: list[list[Cell]]) -> str:
     )
 
 
-def _relay(ctx: ApiContext) -> dict[str, Any]:
+async def _relay(ctx: ApiContext) -> dict[str, Any]:
+    async with ctx.db.begin() as conn:
+        hosts = host_rows(
+            await relay_hosts.all_hosts(conn), utcnow(), ctx.settings.relay_host_dead_after_s
+        )
     rows = relay_rows(ctx.metrics.registry)
     udp = [r for r in rows if "udp" in str(r[0])]
     ws = [r for r in rows if "udp" not in str(r[0])]
@@ -263,8 +269,10 @@ def _relay(ctx: ApiContext) -> dict[str, Any]:
             if udp
             else "no UDP relay in this process (not configured, or it runs alone: "
             "see its own /metrics)",
+            "hosts_summary": hosts_summary(hosts),
         },
         "tables": {
+            "hosts": {"columns": COLUMNS, "rows": hosts},
             "relay": {"columns": ["counter", "labels", "value"], "rows": ws},
             "udp": {"columns": ["counter", "labels", "value"], "rows": udp},
         },
@@ -299,5 +307,5 @@ async def page_data(ctx: ApiContext, page: str) -> dict[str, Any]:
     if page == "clients":
         return await _clients(ctx)
     if page == "relay":
-        return _relay(ctx)
+        return await _relay(ctx)
     raise KeyError(page)

@@ -151,7 +151,7 @@ class DeviceService:
         if facts.endpoint is not None:
             endpoint, relay_endpoint = facts.endpoint, None
         else:
-            udp_relay = await leases.lease(row, row.created_at)
+            udp_relay = await leases.lease(row, row.created_at, None, facts.relay_rtt_ms)
             if udp_relay is None:
                 await self._drop(row, facts, client)
                 raise Unavailable(

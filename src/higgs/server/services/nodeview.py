@@ -61,6 +61,8 @@ class NodeFacts:
     # The endpoint the node's router mapped (services.reachability); offered as ``endpoint``
     # only once a probe verified it.
     mapped: str | None = None
+    # The node's measured RTT to each relay host (its last heartbeat; issue 14 item 3).
+    relay_rtt_ms: Mapping[str, float] = field(default_factory=dict)
     capacity: int = field(init=False, default=0)
     # The last candidate built; every change to the facts goes through NodeView, which drops
     # it, so a route request rebuilds only what changed since the previous one.
@@ -98,6 +100,12 @@ class NodeFacts:
         mtu = (metrics or {}).get("tunnel_mtu")
         if isinstance(mtu, int) and not isinstance(mtu, bool):
             self.tunnel_mtu = mtu
+        rtts = (metrics or {}).get("relay_rtt_ms")
+        self.relay_rtt_ms = (
+            {str(k): float(v) for k, v in rtts.items() if isinstance(v, int | float)}
+            if isinstance(rtts, dict)
+            else {}
+        )
 
     @property
     def forwards_ipv6(self) -> bool:

@@ -219,7 +219,9 @@ class RegistryService:
         if self.usage is not None and req.peer_stats:  # issue 15: usage and quotas
             await self.usage.record(node_id, req.peer_stats)
         return HeartbeatResponse(
-            heartbeat_interval_s=self.settings.heartbeat_interval_s, state="online"
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+            state="online",
+            relays=await self.sessions.udp_leases.targets(now),  # to time (protocol §5.5)
         )
 
     async def deregister(self, node_id: str) -> None:

@@ -28,7 +28,14 @@ from datetime import timedelta
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from higgs.protocol.api import AdminSessionList, PeerStat, RouteRequest, RouteResponse, SessionInfo
+from higgs.protocol.api import (
+    AdminSessionList,
+    PeerStat,
+    RouteRequest,
+    RouteResponse,
+    SessionInfo,
+    UdpRelayPath,
+)
 from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.ports import RelayHub
@@ -131,7 +138,9 @@ class SessionService:
         opened = await self.opener.open(client, req)
         if opened.replaced is not None:
             await self._closed([opened.replaced], "replaced")
-        udp_relay = await self.udp_leases.lease(opened.row, opened.row.created_at)
+        udp_relay = await self.udp_leases.lease(
+            opened.row, opened.row.created_at, req.relay_rtt_ms, opened.facts.relay_rtt_ms
+        )
         relay_endpoint = UdpLeases.for_node(
             udp_relay.endpoint if udp_relay else None, opened.facts.endpoint
         )
@@ -190,12 +199,22 @@ class SessionService:
     def info(self, row: SessionRow) -> SessionInfo:
         return session_info(row, self.hub.session_counters)
 
+    async def _with_relay(self, row: SessionRow) -> SessionInfo:
+        """The session with its UDP relay endpoint now (it moves when a relay host dies)."""
+        info = self.info(row)
+        if row.state != SessionState.OPEN or row.mode == "direct":
+            return info
+        endpoint = (await self.udp_leases.endpoints([row.id])).get(row.id)
+        if endpoint is None:
+            return info
+        return info.model_copy(update={"udp_relay": UdpRelayPath(endpoint=endpoint)})
+
     async def get(self, client: AuthedClient, session_id: str) -> SessionInfo:
         row = await store.session_by_id(self.db, session_id)
         # Another client's session is reported as missing, not forbidden: ids are not leaked.
         if row is None or row.client_id != client.id:
             raise _not_found(session_id)
-        return self.info(row)
+        return await self._with_relay(row)
 
     async def list_admin(self, state: str | None = None) -> AdminSessionList:
         return await admin_sessions(self.db, self.hub.session_counters, state)
@@ -211,7 +230,7 @@ class SessionService:
                 "session_closed",
                 f"session {session_id} is closed ({row.close_reason}); ask for a new route",
             )
-        return self.info(row)
+        return await self._with_relay(row)
 
     def note_activity(self, session_id: str) -> None:
         """Relay traffic seen; the TTL is extended at the next flush (no I/O here)."""

@@ -224,6 +224,22 @@ class RelayLease(Base):
     punched_endpoint: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
+class RelayHost(Base):
+    """One UDP relay host (``bosonserver relay``, or the relay embedded in ``serve``): it
+    registers itself and writes ``seen_at`` and a stats snapshot every second; one silent past
+    ``relay_host_dead_after_s`` is down, and its sessions move to another (docs/scaleout.md)."""
+
+    __tablename__ = "relay_hosts"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)  # the leases' key
+    ports: Mapped[str] = mapped_column(String(16))  # FIRST-LAST
+    probe_port: Mapped[int] = mapped_column(Integer)  # the RTT probe (docs/protocol.md §5.5)
+    ws_url: Mapped[str | None] = mapped_column(String(300), default=None)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+    stats: Mapped[dict[str, Any]]
+
+
 class ApiInstance(Base):
     """One running API instance of a scale-out deployment (docs/scaleout.md): it writes
     ``seen_at`` every ``cluster_beat_s``; one silent past ``instance_dead_after_s`` is dead."""

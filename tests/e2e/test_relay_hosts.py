@@ -1,0 +1,155 @@
+"""Two relay hosts in the lab (issue 14 items 3 and 4b): `bosonserver relay` on the server's
+host and on the internet host, each with its own address and port range, both on the
+server's database. A client (higgsvpn) reaches the node behind its home NAT over the UDP
+relay the server chose; killing that relay host (SIGKILL, by PID) moves the session to the
+other one, and the tunnel carries pings again within 15 s (measured and printed)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from higgs.lab.host import Host
+from higgs.lab.plan import default_plan
+from higgs.lab.procs import LabProcess, stop_processes
+from higgs.lab.product import RelayProgram
+from tests.e2e.client_system import System, needs_node, running_system, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node, pytest.mark.timeout(420)]
+
+PLAN = default_plan()
+SERVER_IP = str(PLAN.host("server").address().ip)
+RECOVERY_BOUND_S = 15.0
+
+
+class RelayHost:
+    def __init__(self, system: System, host: Host, ip: str, ports: str, tag: str) -> None:
+        self.system, self.host, self.ip, self.ports = system, host, ip, ports
+        self.state_dir = system.tmp / f"relay-{tag}"
+        self.proc: LabProcess | None = None
+
+    def start(self) -> None:
+        program = RelayProgram(self.system.lab, self.system.server.data_dir, host=self.host)
+        self.proc = program.start(
+            "--relay-ip", self.ip, "--relay-ports", self.ports, "--userspace",
+            "--relay-state-dir", str(self.state_dir), "--relay-probe-port", "39999",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_processes([self.proc], timeout=20)
+            self.proc = None
+
+
+def db_rows(system: System, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = Path(system.server.data_dir) / "bosonserver.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        return list(conn.execute(query, args).fetchall())
+
+
+def live_hosts(system: System) -> set[str]:
+    """The relay hosts whose last heartbeat is under 3 s old."""
+    now = datetime.now(UTC)
+    out = set()
+    for address, seen_at in db_rows(system, "SELECT address, seen_at FROM relay_hosts"):
+        seen = datetime.fromisoformat(str(seen_at))
+        seen = seen if seen.tzinfo else seen.replace(tzinfo=UTC)
+        if (now - seen).total_seconds() < 3:
+            out.add(address)
+    return out
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    env = {
+        "BOSON_UDP_RELAY_ADDRESS": SERVER_IP,
+        "BOSON_UDP_RELAY_PORTS": "40000-40099",
+        "BOSON_UDP_RELAY_EMBEDDED": "false",
+        "BOSON_PUNCH_ENABLED": "false",  # the session stays on the relay: that is the test
+        "BOSON_HEARTBEAT_INTERVAL_S": "2",  # the node times the relays at every heartbeat
+        "BOSON_RELAY_HOST_DEAD_AFTER_S": "3",
+        "BOSON_RELAY_FAILOVER_CHECK_S": "1",
+    }
+    with running_system(tmp_path_factory.mktemp("relayhosts"), direct=False, server_env=env) as s:
+        lab = s.lab
+        relays = [
+            RelayHost(s, lab.server, SERVER_IP, "40000-40099", "a"),
+            RelayHost(s, lab.internet, lab.internet.ip, "41000-41099", "b"),
+        ]
+        try:
+            for r in relays:
+                r.start()
+            wanted = {r.ip for r in relays}
+            wait_until("both relay hosts to register", lambda: live_hosts(s) >= wanted, 60)
+            s.relays = relays  # type: ignore[attr-defined]
+            yield s
+        finally:
+            for r in relays:
+                r.stop()
+
+
+def tunnel_ping(system: System, host: Host) -> bool:
+    out = host.run(["ping", "-c", "1", "-W", "1", system.lab.internet.ip], check=False, timeout=10)
+    return out.returncode == 0
+
+
+def test_killing_the_sessions_relay_host_moves_it_to_the_other_within_15_s(
+    system: System,
+) -> None:
+    relays: list[RelayHost] = system.relays  # type: ignore[attr-defined]
+    # The node reports its RTT to both relay hosts (it times them at each heartbeat).
+    node_id = system.node.node_id
+
+    def node_rtts() -> dict[str, Any]:
+        rows = db_rows(system, "SELECT metrics FROM nodes WHERE id = ?", node_id)
+        return dict(json.loads(rows[0][0]).get("relay_rtt_ms") or {}) if rows else {}
+
+    wanted = {r.ip for r in relays}
+    wait_until("the node to time both relays", lambda: set(node_rtts()) >= wanted, 30)
+
+    client = system.client()
+    answer = client.connect("--mode", "auto")
+    assert client.status()["mode"] == "udp_relay", answer
+    session_id = client.status()["session_id"]
+    (lease,) = db_rows(
+        system, "SELECT relay_address FROM relay_leases WHERE session_id = ?", session_id
+    )
+    first = next(r for r in relays if r.ip == lease[0])
+    other = next(r for r in relays if r is not first)
+    wait_until("a ping through the tunnel", lambda: tunnel_ping(system, client.host), 30)
+
+    assert first.proc is not None
+    pid = first.proc.popen.pid
+    killed_at = time.monotonic()
+    first.proc.popen.kill()  # SIGKILL: no goodbye, the host just stops heartbeating
+    first.proc.popen.wait(10)
+    first.proc = None
+
+    recovered: float | None = None
+    while time.monotonic() - killed_at < 2 * RECOVERY_BOUND_S:
+        if tunnel_ping(system, client.host):
+            recovered = time.monotonic() - killed_at
+            break
+        time.sleep(0.2)
+    (moved,) = db_rows(
+        system, "SELECT relay_address FROM relay_leases WHERE session_id = ?", session_id
+    )
+    print(
+        f"\nrelay host {first.ip} (pid {pid}) killed: session {session_id} moved to "
+        f"{moved[0]}; tunnel answered again after "
+        f"{'never' if recovered is None else f'{recovered:.1f} s'} (bound {RECOVERY_BOUND_S:g} s)"
+    )
+    assert moved[0] == other.ip
+    assert client.status()["session_id"] == session_id  # the same session, not a new route
+    assert recovered is not None
+    assert recovered <= RECOVERY_BOUND_S
+    # The dead host stays registered and shows as down; the other one beats on.
+    assert live_hosts(system) == {other.ip}
+    client.disconnect()
