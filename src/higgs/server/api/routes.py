@@ -142,7 +142,7 @@ async def list_nodes(ctx: Ctx, client: ClientCaller) -> NodeList:
     return await ctx.registry.list_for_clients()
 
 
-@v1.get("/relays", response_model=RelayList, responses=_errors(401), tags=["clients"])
+@v1.get("/relays", response_model=RelayList, responses=documented_errors(401), tags=["clients"])
 async def list_relays(ctx: Ctx, client: ClientCaller) -> RelayList:
     """The live relay hosts a client times before asking for a route (protocol §5.5)."""
     return RelayList(relays=await ctx.sessions.udp_leases.targets(utcnow()))
