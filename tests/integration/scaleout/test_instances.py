@@ -5,6 +5,7 @@ and a stopped bus loses nothing (docs/scaleout.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ from higgs.server.store.db import Database
 from higgs.server.store.open import open_database
 from higgs.server.store.tables import NodePresence
 from higgs.transport.relay_link import RelayLink
-from tests.integration.scaleout.conftest import Deployment, PgOutage
+from tests.integration.scaleout.conftest import Deployment, Instance, PgOutage
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user"),
@@ -124,7 +125,34 @@ async def holder(db: Database, node_id: str) -> str | None:
     return value
 
 
-async def new_node(dep: Deployment, db: Database, http: httpx.AsyncClient) -> FakeNode:
+def admin_token(dep: Deployment) -> str:
+    """The admin token instance ``a`` wrote at its first start (both share the database)."""
+    return (dep.root / "a" / "admin.token").read_text().strip()
+
+
+def other_than(dep: Deployment, held: str | None) -> Instance:
+    return dep.instances["b" if held == "a" else "a"]
+
+
+async def route(http: httpx.AsyncClient, inst: Instance, client: str) -> dict[str, Any]:
+    """A relayed route asked of ``inst``; its answer (201 asserted)."""
+    r = await http.post(
+        inst.api + "/v1/routes",
+        json={"client_public_key": key(), "mode": "relay"},
+        headers=bearer(client),
+    )
+    assert r.status_code == 201, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def attached_node(
+    dep: Deployment, db: Database, http: httpx.AsyncClient
+) -> AsyncIterator[FakeNode]:
+    """A node registered through the balancer, its link up, and every instance knowing
+    which instance holds it (so that a route on either picks it and reaches it). On the way
+    out it is stopped: the next test's routes have only their own node to choose."""
     enroll = await IdentityService(db).create_enrollment_key(1)
     body = {
         "public_key": key(), "listen_port": 51820, "endpoint": "127.0.0.1:51820",
@@ -137,53 +165,52 @@ async def new_node(dep: Deployment, db: Database, http: httpx.AsyncClient) -> Fa
     assert data["relay_url"].startswith(dep.relay)  # nodes dial the balancer
     node = FakeNode(data["node_id"], data["node_token"], data["relay_url"])
     node.link.start()
-    await until(lambda: holder(db, node.node_id), 10, "presence claimed")
-    beat = f"/v1/nodes/{node.node_id}/heartbeat"
-    assert (await http.post(dep.api + beat, json={}, headers=bearer(node.token))).status_code == 200
+    try:
+        await until(lambda: holder(db, node.node_id), 10, "presence claimed")
+        beat = f"/v1/nodes/{node.node_id}/heartbeat"
+        r = await http.post(dep.api + beat, json={}, headers=bearer(node.token))
+        assert r.status_code == 200, r.text
+        admin = bearer(admin_token(dep))
 
-    async def online_everywhere() -> bool:
-        for inst in dep.instances.values():
-            r = await http.get(inst.api + "/v1/nodes", headers=bearer(probe))
-            if not any(
-                n["node_id"] == node.node_id and n["state"] == "online" for n in r.json()["nodes"]
-            ):
-                return False
-        return True
+        async def connected_everywhere() -> bool:
+            for inst in dep.instances.values():
+                if inst.proc is None or inst.proc.poll() is not None:
+                    continue
+                nodes = (await http.get(inst.api + "/v1/admin/nodes", headers=admin)).json()
+                if not any(
+                    n["node_id"] == node.node_id and n["state"] == "online" and n["connected"]
+                    for n in nodes["nodes"]
+                ):
+                    return False
+            return True
 
-    probe = await IdentityService(db).add_client(f"probe-{node.node_id}")
-    await until(online_everywhere, 10, "every instance routes to the node")
-    return node
+        await until(connected_everywhere, 10, "every instance sees the node's link")
+        yield node
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            await http.delete(dep.api + f"/v1/nodes/{node.node_id}", headers=bearer(node.token))
+        await node.link.close()
 
 
 async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
     deployment: Deployment, db: Database
 ) -> None:
     client = await IdentityService(db).add_client(unique("c-route"))
-    async with httpx.AsyncClient(timeout=10) as http:
-        node = await new_node(deployment, db, http)
-        try:
-            held = await holder(db, node.node_id)
-            other = deployment.instances["b" if held == "a" else "a"]
-            r = await http.post(
-                other.api + "/v1/routes",
-                json={"client_public_key": key(), "mode": "relay"},
-                headers=bearer(client),
-            )
-            assert r.status_code == 201, r.text
-            answer = r.json()
-            sid = answer["session_id"]
-            await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add via the bus")
-            # The relayed client is sent to the hub that holds the node's link.
-            holding = deployment.instances[str(held)]
-            assert answer["relay"]["url"].startswith(f"ws://127.0.0.1:{holding.relay_port}/")
-            # Any instance answers for the session; the close reaches the node the same way.
-            via_lb = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
-            assert via_lb.status_code == 200
-            r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
-            assert r.status_code == 200, r.text
-            await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
-        finally:
-            await node.link.close()
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
+        held = await holder(db, node.node_id)
+        other = other_than(deployment, held)
+        answer = await route(http, other, client)
+        sid = answer["session_id"]
+        await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add via the bus")
+        # The relayed client is sent to the hub that holds the node's link.
+        holding = deployment.instances[str(held)]
+        assert answer["relay"]["url"].startswith(f"ws://127.0.0.1:{holding.relay_port}/")
+        # Any instance answers for the session; the close reaches the node the same way.
+        via_lb = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        assert via_lb.status_code == 200
+        r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        assert r.status_code == 200, r.text
+        await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
 
 
 async def test_a_revoked_client_is_refused_by_every_instance_within_1_s(
@@ -209,15 +236,12 @@ async def test_a_revoked_client_is_refused_by_every_instance_within_1_s(
 async def test_a_node_stopped_on_one_instance_is_refused_by_all_and_its_link_closed(
     deployment: Deployment, db: Database
 ) -> None:
-    async with httpx.AsyncClient(timeout=5) as http:
-        node = await new_node(deployment, db, http)
-        held = await holder(db, node.node_id)
-        other = deployment.instances["b" if held == "a" else "a"]
+    async with httpx.AsyncClient(timeout=5) as http, attached_node(deployment, db, http) as node:
+        other = other_than(deployment, await holder(db, node.node_id))
         beat = f"/v1/nodes/{node.node_id}/heartbeat"
         for inst in deployment.instances.values():
-            assert (
-                await http.post(inst.api + beat, json={}, headers=bearer(node.token))
-            ).status_code == 200
+            r = await http.post(inst.api + beat, json={}, headers=bearer(node.token))
+            assert r.status_code == 200, r.text
         r = await http.delete(other.api + f"/v1/nodes/{node.node_id}", headers=bearer(node.token))
         assert r.status_code in (200, 204), r.text
         closed = await asyncio.wait_for(node.link.wait_closed(), 5)
@@ -233,124 +257,86 @@ async def test_a_command_lost_while_the_bus_is_down_is_repaired_and_the_bus_reco
     deployment: Deployment, db: Database
 ) -> None:
     client = await IdentityService(db).add_client(unique("c-bus"))
-    async with httpx.AsyncClient(timeout=10) as http:
-        node = await new_node(deployment, db, http)
-        try:
-            held = await holder(db, node.node_id)
-            other = deployment.instances["b" if held == "a" else "a"]
-            deployment.kill("nats", signal.SIGTERM)
-            started = time.monotonic()
-            r = await http.post(
-                other.api + "/v1/routes",
-                json={"client_public_key": key(), "mode": "relay"},
-                headers=bearer(client),
-            )
-            assert r.status_code == 201, r.text  # the API does not need the bus
-            sid = r.json()["session_id"]
-            # No bus: the holder learns it from the database (resync) and sends a full sync.
-            await until(lambda: sid in node.synced(), 5, "sync repairs the lost peer_add")
-            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
-            deployment.start_nats()
-            # The instances reconnect by themselves; a command crosses again.
-            r2 = await http.post(
-                other.api + "/v1/routes",
-                json={"client_public_key": key(), "mode": "relay"},
-                headers=bearer(client),
-            )
-            assert r2.status_code == 201, r2.text
-            sid2 = r2.json()["session_id"]
-            await until(
-                lambda: sid2 in node.peers_of("peer_add") or sid2 in node.synced(),
-                10,
-                "command after the bus came back",
-            )
-            ups = node.ups
-            assert ups == 1, "the node's link never dropped"
-        finally:
-            await node.link.close()
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
+        other = other_than(deployment, await holder(db, node.node_id))
+        deployment.kill("nats", signal.SIGTERM)
+        started = time.monotonic()
+        sid = (await route(http, other, client))["session_id"]  # the API does not need the bus
+        # No bus: the holder learns it from the database (resync) and sends a full sync.
+        await until(lambda: sid in node.synced(), 5, "sync repairs the lost peer_add")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+        deployment.start_nats()
+        # The instances reconnect by themselves; a command crosses again.
+        sid2 = (await route(http, other, client))["session_id"]
+        await until(
+            lambda: sid2 in node.peers_of("peer_add") or sid2 in node.synced(),
+            10,
+            "command after the bus came back",
+        )
+        assert node.ups == 1, "the node's link never dropped"
 
 
 async def test_postgresql_down_loses_nothing_and_everything_recovers_by_itself(
     deployment: Deployment, db: Database, pg_outage: PgOutage
 ) -> None:
     client = await IdentityService(db).add_client(unique("c-pg"))
-    async with httpx.AsyncClient(timeout=10) as http:
-        node = await new_node(deployment, db, http)
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
+        other = other_than(deployment, await holder(db, node.node_id))
+        sid = (await route(http, other, client))["session_id"]
+        await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add")
+        pg_outage.stop()
+        started = time.monotonic()
         try:
-            held = await holder(db, node.node_id)
-            other = deployment.instances["b" if held == "a" else "a"]
-            route = {"client_public_key": key(), "mode": "relay"}
-            r = await http.post(other.api + "/v1/routes", json=route, headers=bearer(client))
-            assert r.status_code == 201, r.text
-            sid = r.json()["session_id"]
-            await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add")
-            pg_outage.stop()
-            started = time.monotonic()
-            try:
-                down = await http.get(deployment.api + "/v1/nodes", headers=bearer(client))
-                # An outage is answered as one (retry later), never as a crash.
-                assert down.status_code == 503, down.text
-                await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
-                for inst in deployment.instances.values():
-                    assert inst.proc is not None
-                    assert inst.proc.poll() is None, f"{inst.name} died with the database"
-            finally:
-                pg_outage.start()
-                await db.engine.dispose()  # this test's own pool: its connections died
-            fresh = {"client_public_key": key(), "mode": "relay"}
-
-            async def routed() -> str | None:
-                r = await http.post(other.api + "/v1/routes", json=fresh, headers=bearer(client))
-                return str(r.json()["session_id"]) if r.status_code == 201 else None
-
-            took = await until(routed, 15, "routes again after the outage")
-            print(f"routes again {took:.2f} s after PostgreSQL came back")
-            # Nothing lost: the session opened before the outage is still open, the node
-            # kept its link and gets commands across instances again.
-            r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
-            assert r.status_code == 200, r.text
-            assert r.json()["state"] == "open"
-            assert node.ups == 1
-            await until(
-                lambda: len(node.peers_of("peer_add") | node.synced()) >= 2,
-                10,
-                "a command after the outage",
-            )
+            down = await http.get(deployment.api + "/v1/nodes", headers=bearer(client))
+            # An outage is answered as one (retry later), never as a crash.
+            assert down.status_code == 503, down.text
+            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
+            for inst in deployment.instances.values():
+                assert inst.proc is not None
+                assert inst.proc.poll() is None, f"{inst.name} died with the database"
         finally:
-            await node.link.close()
+            pg_outage.start()
+            await db.engine.dispose()  # this test's own pool: its connections died
+        fresh = {"client_public_key": key(), "mode": "relay"}
+
+        async def routed() -> str | None:
+            r = await http.post(other.api + "/v1/routes", json=fresh, headers=bearer(client))
+            return str(r.json()["session_id"]) if r.status_code == 201 else None
+
+        took = await until(routed, 15, "routes again after the outage")
+        print(f"routes again {took:.2f} s after PostgreSQL came back")
+        # Nothing lost: the session opened before the outage is still open, the node
+        # kept its link and gets commands across instances again.
+        r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "open"
+        assert node.ups == 1
+        await until(
+            lambda: len(node.peers_of("peer_add") | node.synced()) >= 2,
+            10,
+            "a command after the outage",
+        )
 
 
 async def test_killing_the_instance_holding_a_node_moves_its_link_to_the_other(
     deployment: Deployment, db: Database
 ) -> None:
     client = await IdentityService(db).add_client(unique("c-kill"))
-    async with httpx.AsyncClient(timeout=10) as http:
-        node = await new_node(deployment, db, http)
-        try:
-            held = str(await holder(db, node.node_id))
-            survivor = deployment.instances["b" if held == "a" else "a"]
-            r = await http.post(
-                survivor.api + "/v1/routes",
-                json={"client_public_key": key(), "mode": "relay"},
-                headers=bearer(client),
-            )
-            assert r.status_code == 201, r.text
-            sid = r.json()["session_id"]
-            deployment.kill(held)
-            took = await until(
-                lambda: _is(db, node.node_id, survivor.name),
-                10,
-                "node reconnected to the survivor",
-            )
-            print(f"node link moved to {survivor.name} in {took:.2f} s")
-            # Its open session came back with the sync on the new link.
-            await until(lambda: sid in node.synced(), 5, "sync on the new link")
-            # And the balancer answers from the survivor alone.
-            r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
-            assert r.status_code == 200, r.text
-        finally:
-            # Last in the module: the deployment ends with one instance (no restart: seconds).
-            await node.link.close()
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
+        held = str(await holder(db, node.node_id))
+        survivor = other_than(deployment, held)
+        sid = (await route(http, survivor, client))["session_id"]
+        # Last in the module: the deployment ends with one instance (no restart: seconds).
+        deployment.kill(held)
+        took = await until(
+            lambda: _is(db, node.node_id, survivor.name), 10, "node reconnected to the survivor"
+        )
+        print(f"node link moved to {survivor.name} in {took:.2f} s")
+        # Its open session came back with the sync on the new link.
+        await until(lambda: sid in node.synced(), 5, "sync on the new link")
+        # And the balancer answers from the survivor alone.
+        r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        assert r.status_code == 200, r.text
 
 
 async def _is(db: Database, node_id: str, instance: str) -> bool:
