@@ -198,7 +198,12 @@ class BosonServer:
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
         registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
-        registry.challenges = ChallengeService.load(s.data_dir, required=s.require_key_proof)
+        # Instances of one deployment share the key through the database (docs/scaleout.md).
+        registry.challenges = (
+            await ChallengeService.shared(db, s.data_dir, required=s.require_key_proof)
+            if s.bus
+            else ChallengeService.load(s.data_dir, required=s.require_key_proof)
+        )
         usage = registry.usage = UsageService(db, sessions)  # issue 15: usage and quotas
         events.bind(registry, sessions, usage)
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from higgs.common.keys import PrivateKey
+from higgs.protocol import keyproof
 from higgs.server.config import ServerSettings
 from higgs.server.services.identity import IdentityService
 from higgs.server.store.db import Database
@@ -125,6 +126,14 @@ async def holder(db: Database, node_id: str) -> str | None:
     return value
 
 
+def node_body(public_key: str) -> dict[str, Any]:
+    return {
+        "public_key": public_key, "listen_port": 51820, "endpoint": "127.0.0.1:51820",
+        "tunnel_subnet": "10.77.0.0/24", "max_clients": 8, "bandwidth_mbps": 50,
+        "country": "DE", "region": "Berlin", "version": "0.1.0",
+    }  # fmt: skip
+
+
 def admin_token(dep: Deployment) -> str:
     """The admin token instance ``a`` wrote at its first start (both share the database)."""
     return (dep.root / "a" / "admin.token").read_text().strip()
@@ -154,11 +163,7 @@ async def attached_node(
     which instance holds it (so that a route on either picks it and reaches it). On the way
     out it is stopped: the next test's routes have only their own node to choose."""
     enroll = await IdentityService(db).create_enrollment_key(1)
-    body = {
-        "public_key": key(), "listen_port": 51820, "endpoint": "127.0.0.1:51820",
-        "tunnel_subnet": "10.77.0.0/24", "max_clients": 8, "bandwidth_mbps": 50,
-        "country": "DE", "region": "Berlin", "version": "0.1.0",
-    }  # fmt: skip
+    body = node_body(key())
     r = await http.post(dep.api + "/v1/nodes/register", json=body, headers=bearer(enroll))
     assert r.status_code == 201, r.text
     data = r.json()
@@ -171,20 +176,26 @@ async def attached_node(
         r = await http.post(dep.api + beat, json={}, headers=bearer(node.token))
         assert r.status_code == 200, r.text
         admin = bearer(admin_token(dep))
+        probe = bearer(await IdentityService(db).add_client(f"probe-{node.node_id}"))
 
-        async def connected_everywhere() -> bool:
+        def listed(answer: httpx.Response, **want: Any) -> bool:
+            return any(
+                n["node_id"] == node.node_id and all(n[k] == v for k, v in want.items())
+                for n in answer.json()["nodes"]
+            )
+
+        async def routable_everywhere() -> bool:
             for inst in dep.instances.values():
                 if inst.proc is None or inst.proc.poll() is not None:
                     continue
-                nodes = (await http.get(inst.api + "/v1/admin/nodes", headers=admin)).json()
-                if not any(
-                    n["node_id"] == node.node_id and n["state"] == "online" and n["connected"]
-                    for n in nodes["nodes"]
-                ):
+                # The routing view (reloaded by each reconciliation) and the link's holder.
+                seen = await http.get(inst.api + "/v1/nodes", headers=probe)
+                linked = await http.get(inst.api + "/v1/admin/nodes", headers=admin)
+                if not (listed(seen, state="online") and listed(linked, connected=True)):
                     return False
             return True
 
-        await until(connected_everywhere, 10, "every instance sees the node's link")
+        await until(routable_everywhere, 10, "every instance routes to the node's link")
         yield node
     finally:
         with contextlib.suppress(httpx.HTTPError):
@@ -211,6 +222,40 @@ async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
         r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
         assert r.status_code == 200, r.text
         await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
+
+
+async def test_a_challenge_from_one_instance_is_proved_on_the_other_and_not_replayed(
+    deployment: Deployment, db: Database
+) -> None:
+    a, b = deployment.instances["a"], deployment.instances["b"]
+    node_key = PrivateKey.generate()
+
+    async def register(inst: Instance, proof: dict[str, str]) -> httpx.Response:
+        enroll = await IdentityService(db).create_enrollment_key(1)
+        body = {**node_body(node_key.public_b64()), "proof": proof}
+        return await http.post(inst.api + "/v1/nodes/register", json=body, headers=bearer(enroll))
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        enroll = await IdentityService(db).create_enrollment_key(1)
+        r = await http.post(a.api + "/v1/nodes/challenge", headers=bearer(enroll))
+        assert r.status_code == 200, r.text
+        challenge = r.json()
+        # Both instances sign with the deployment's one key (from the database).
+        r_b = await http.post(b.api + "/v1/nodes/challenge", headers=bearer(enroll))
+        assert r_b.json()["server_key"] == challenge["server_key"]
+        mac = keyproof.node_proof(node_key.raw, challenge["server_key"], challenge["nonce"])
+        proof = {"nonce": challenge["nonce"], "mac": mac}
+        r = await register(b, proof)
+        assert r.status_code == 201, r.text
+        await http.delete(
+            deployment.api + f"/v1/nodes/{r.json()['node_id']}",
+            headers=bearer(r.json()["node_token"]),
+        )
+        for inst in (a, b):  # the spent nonce is refused wherever the replay lands
+            r = await register(inst, proof)
+            assert r.status_code == 401, (inst.name, r.text)
+            assert r.json()["error"] == "invalid_key_proof"
+            assert "already used" in r.json()["message"]
 
 
 async def test_a_revoked_client_is_refused_by_every_instance_within_1_s(
