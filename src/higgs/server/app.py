@@ -219,6 +219,8 @@ class BosonServer:
         if isinstance(hub, ClusterHub):
             hub.relay_base = s.instance_relay_url or self.relay_base
             sessions.relay_base_of = hub.relay_base_for
+            if isinstance(hub.local, RelayHubServer):
+                hub.local.held_elsewhere = hub.held_elsewhere
 
         allowed = await registry.reload()
         await refresh_view(nodes, db)

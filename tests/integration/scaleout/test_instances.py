@@ -32,13 +32,6 @@ from tests.integration.scaleout.conftest import Deployment, Instance, PgOutage
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as its own user"),
     pytest.mark.asyncio(loop_scope="module"),
-    # Opt-in until a known fault is fixed: in some runs a node's control link through HAProxy
-    # drops right after it came up and the cross-instance command then misses its 5 s
-    # (docs/scaleout.md, "Known faults"). `make soak` runs it, with the 30 s outages.
-    pytest.mark.skipif(
-        not (os.environ.get("HIGGS_SCALEOUT") or os.environ.get("HIGGS_SCALEOUT_OUTAGE_S")),
-        reason="opt-in (HIGGS_SCALEOUT=1, make soak): a known flaky link drop, docs/scaleout.md",
-    ),
 ]
 
 # The full outage of the issue in `make soak`; `make test` keeps it short.
@@ -83,11 +76,12 @@ class FakeNode:
     def __init__(self, node_id: str, token: str, relay_url: str) -> None:
         self.node_id, self.token = node_id, token
         self.messages: list[dict[str, Any]] = []
+        self.data: list[tuple[int, bytes]] = []
         self.ups = 0
         self.link = RelayLink(
             relay_url,
             token,
-            on_data=lambda _c, _d: None,
+            on_data=lambda ch, dgs: self.data.extend((ch, bytes(d)) for d in dgs),
             on_text=self.messages.append,
             on_state=self._state,
             ping_interval_s=2,
@@ -222,6 +216,53 @@ async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
         r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
         assert r.status_code == 200, r.text
         await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
+
+
+async def relayed_data_flows(node: FakeNode, url: str, relay: dict[str, Any]) -> None:
+    """A client's session link to ``url`` carries datagrams to the node and back."""
+    channel: int = relay["channel"]
+    got: list[bytes] = []
+    link = RelayLink(
+        url,
+        relay["token"],
+        on_data=lambda _ch, dgs: got.extend(bytes(d) for d in dgs),
+        ping_interval_s=2,
+        dead_after_s=6,
+    )
+    link.start()
+
+    def sent(via: RelayLink, payload: bytes, arrived: Callable[[], bool]) -> bool:
+        via.send_datagrams(channel, [payload])  # again each poll: a datagram may drop
+        return arrived()
+
+    try:
+        await asyncio.wait_for(link.wait_connected(), 5)
+        up, down = f"up {url}".encode(), f"down {url}".encode()
+        await until(
+            lambda: sent(link, up, lambda: (channel, up) in node.data), 5, f"{url}: to the node"
+        )
+        await until(lambda: sent(node.link, down, lambda: down in got), 5, f"{url}: to the client")
+    finally:
+        await link.close()
+
+
+async def test_a_websocket_relayed_session_carries_data_across_instances(
+    deployment: Deployment, db: Database
+) -> None:
+    client = await IdentityService(db).add_client(unique("c-data"))
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
+        held = await holder(db, node.node_id)
+        other = other_than(deployment, held)
+        answer = await route(http, other, client)
+        relay = answer["relay"]
+        await until(lambda: answer["session_id"] in node.peers_of("peer_add"), 5, "peer_add")
+        # The answer sends the client to the hub that holds the node's link, although the
+        # other instance served the route.
+        await relayed_data_flows(node, relay["url"], relay)
+        # A client on the other instance's hub (a balancer's pick, or the node moved since
+        # the answer) is spliced to the holder's hub: data still flows both ways.
+        path = relay["url"].split("/", 3)[3]
+        await relayed_data_flows(node, f"ws://127.0.0.1:{other.relay_port}/{path}", relay)
 
 
 async def test_a_challenge_from_one_instance_is_proved_on_the_other_and_not_replayed(

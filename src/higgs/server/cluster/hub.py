@@ -252,6 +252,16 @@ class ClusterHub:
     def invalidate(self, kind: str) -> None:
         self.publish({"op": "invalidate", "kind": kind})
 
+    def held_elsewhere(self, node_id: str) -> str | None:
+        """The relay base of another instance holding the node's link (the local hub splices
+        a client's session link there); None when the link is here or nowhere known."""
+        if self.local.is_node_connected(node_id):
+            return None
+        holder = self.holders.get(node_id)
+        if holder is None or holder.instance_id == self.instance_id or not holder.relay_base:
+            return None
+        return holder.relay_base
+
     def relay_base_for(self, node_id: str) -> str | None:
         """The relay base of the instance holding the node's link (a relayed session's client
         must attach there); None when unknown."""
