@@ -11,6 +11,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -129,8 +130,12 @@ def node_body(public_key: str) -> dict[str, Any]:
 
 
 def admin_token(dep: Deployment) -> str:
-    """The admin token instance ``a`` wrote at its first start (both share the database)."""
-    return (dep.root / "a" / "admin.token").read_text().strip()
+    """The admin token the first instance to start wrote (both share the database)."""
+    for name in dep.instances:
+        path = dep.root / name / "admin.token"
+        if path.exists():
+            return path.read_text().strip()
+    raise AssertionError("no instance wrote an admin token")
 
 
 def other_than(dep: Deployment, held: str | None) -> Instance:
@@ -197,25 +202,49 @@ async def attached_node(
         await node.link.close()
 
 
-async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
-    deployment: Deployment, db: Database
-) -> None:
-    client = await IdentityService(db).add_client(unique("c-route"))
-    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
-        held = await holder(db, node.node_id)
-        other = other_than(deployment, held)
+@dataclass
+class CrossRoute:
+    """A relayed route asked of the instance that does not hold the node's link."""
+
+    http: httpx.AsyncClient
+    node: FakeNode
+    client: str  # the client's token
+    held: Instance  # holds the node's link
+    other: Instance  # served the route
+    answer: dict[str, Any]
+
+    @property
+    def session_id(self) -> str:
+        return str(self.answer["session_id"])
+
+
+@contextlib.asynccontextmanager
+async def routed_across(dep: Deployment, db: Database, name: str) -> AsyncIterator[CrossRoute]:
+    """A node attached to one instance, a route for it asked of the other, its peer_add
+    delivered through the bus."""
+    client = await IdentityService(db).add_client(unique(name))
+    async with httpx.AsyncClient(timeout=10) as http, attached_node(dep, db, http) as node:
+        held = dep.instances[str(await holder(db, node.node_id))]
+        other = other_than(dep, held.name)
         answer = await route(http, other, client)
         sid = answer["session_id"]
         await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add via the bus")
+        yield CrossRoute(http, node, client, held, other, answer)
+
+
+async def test_a_route_on_one_instance_reaches_the_node_on_the_other(
+    deployment: Deployment, db: Database
+) -> None:
+    async with routed_across(deployment, db, "c-route") as x:
+        sid, auth = x.session_id, bearer(x.client)
         # The relayed client is sent to the hub that holds the node's link.
-        holding = deployment.instances[str(held)]
-        assert answer["relay"]["url"].startswith(f"ws://127.0.0.1:{holding.relay_port}/")
+        assert x.answer["relay"]["url"].startswith(f"ws://127.0.0.1:{x.held.relay_port}/")
         # Any instance answers for the session; the close reaches the node the same way.
-        via_lb = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        via_lb = await x.http.get(deployment.api + f"/v1/sessions/{sid}", headers=auth)
         assert via_lb.status_code == 200
-        r = await http.delete(other.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        r = await x.http.delete(x.other.api + f"/v1/sessions/{sid}", headers=auth)
         assert r.status_code == 200, r.text
-        await until(lambda: sid in node.peers_of("peer_remove"), 5, "peer_remove via the bus")
+        await until(lambda: sid in x.node.peers_of("peer_remove"), 5, "peer_remove via the bus")
 
 
 async def relayed_data_flows(node: FakeNode, url: str, relay: dict[str, Any]) -> None:
@@ -249,20 +278,15 @@ async def relayed_data_flows(node: FakeNode, url: str, relay: dict[str, Any]) ->
 async def test_a_websocket_relayed_session_carries_data_across_instances(
     deployment: Deployment, db: Database
 ) -> None:
-    client = await IdentityService(db).add_client(unique("c-data"))
-    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
-        held = await holder(db, node.node_id)
-        other = other_than(deployment, held)
-        answer = await route(http, other, client)
-        relay = answer["relay"]
-        await until(lambda: answer["session_id"] in node.peers_of("peer_add"), 5, "peer_add")
+    async with routed_across(deployment, db, "c-data") as x:
+        relay = x.answer["relay"]
         # The answer sends the client to the hub that holds the node's link, although the
         # other instance served the route.
-        await relayed_data_flows(node, relay["url"], relay)
+        await relayed_data_flows(x.node, relay["url"], relay)
         # A client on the other instance's hub (a balancer's pick, or the node moved since
         # the answer) is spliced to the holder's hub: data still flows both ways.
         path = relay["url"].split("/", 3)[3]
-        await relayed_data_flows(node, f"ws://127.0.0.1:{other.relay_port}/{path}", relay)
+        await relayed_data_flows(x.node, f"ws://127.0.0.1:{x.other.relay_port}/{path}", relay)
 
 
 async def test_a_challenge_from_one_instance_is_proved_on_the_other_and_not_replayed(
@@ -365,15 +389,12 @@ async def test_a_command_lost_while_the_bus_is_down_is_repaired_and_the_bus_reco
 async def test_postgresql_down_loses_nothing_and_everything_recovers_by_itself(
     deployment: Deployment, db: Database, pg_outage: PgOutage
 ) -> None:
-    client = await IdentityService(db).add_client(unique("c-pg"))
-    async with httpx.AsyncClient(timeout=10) as http, attached_node(deployment, db, http) as node:
-        other = other_than(deployment, await holder(db, node.node_id))
-        sid = (await route(http, other, client))["session_id"]
-        await until(lambda: sid in node.peers_of("peer_add"), 5, "peer_add")
+    async with routed_across(deployment, db, "c-pg") as x:
+        auth = bearer(x.client)
         pg_outage.stop()
         started = time.monotonic()
         try:
-            down = await http.get(deployment.api + "/v1/nodes", headers=bearer(client))
+            down = await x.http.get(deployment.api + "/v1/nodes", headers=auth)
             # An outage is answered as one (retry later), never as a crash.
             assert down.status_code == 503, down.text
             await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
@@ -386,19 +407,19 @@ async def test_postgresql_down_loses_nothing_and_everything_recovers_by_itself(
         fresh = {"client_public_key": key(), "mode": "relay"}
 
         async def routed() -> str | None:
-            r = await http.post(other.api + "/v1/routes", json=fresh, headers=bearer(client))
+            r = await x.http.post(x.other.api + "/v1/routes", json=fresh, headers=auth)
             return str(r.json()["session_id"]) if r.status_code == 201 else None
 
         took = await until(routed, 15, "routes again after the outage")
         print(f"routes again {took:.2f} s after PostgreSQL came back")
         # Nothing lost: the session opened before the outage is still open, the node
         # kept its link and gets commands across instances again.
-        r = await http.get(deployment.api + f"/v1/sessions/{sid}", headers=bearer(client))
+        r = await x.http.get(deployment.api + f"/v1/sessions/{x.session_id}", headers=auth)
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "open"
-        assert node.ups == 1
+        assert x.node.ups == 1
         await until(
-            lambda: len(node.peers_of("peer_add") | node.synced()) >= 2,
+            lambda: len(x.node.peers_of("peer_add") | x.node.synced()) >= 2,
             10,
             "a command after the outage",
         )
