@@ -165,6 +165,18 @@ class Deployment:
         )
         log = self._spawn("haproxy", argv(cfg))
         wait_port(self.api_port, self.procs["haproxy"], log)
+        # Until its checks pass HAProxy answers 503: the tests start when both instances
+        # answer through it (round robin: a run of good answers reaches each).
+        deadline, good = time.monotonic() + 30, 0
+        while good < 4:
+            try:
+                ok = httpx.get(self.api + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            good = good + 1 if ok else 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HAProxy has no healthy instance:\n{self.log_tails()}")
+            time.sleep(0.1)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)

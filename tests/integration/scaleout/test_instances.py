@@ -143,14 +143,22 @@ def other_than(dep: Deployment, held: str | None) -> Instance:
 
 
 async def route(http: httpx.AsyncClient, inst: Instance, client: str) -> dict[str, Any]:
-    """A relayed route asked of ``inst``; its answer (201 asserted)."""
-    r = await http.post(
-        inst.api + "/v1/routes",
-        json={"client_public_key": key(), "mode": "relay"},
-        headers=bearer(client),
-    )
-    assert r.status_code == 201, r.text
-    answer: dict[str, Any] = r.json()
+    """A relayed route asked of ``inst``; its answer. An instance that did not register the
+    node routes to it once its routing view is reloaded (every reconciliation, 0.5 s here):
+    ``no_route`` is asked again for a few reconciliations, anything else fails at once."""
+    body = {"client_public_key": key(), "mode": "relay"}
+    answers: list[httpx.Response] = []
+
+    async def routed() -> bool:
+        r = await http.post(inst.api + "/v1/routes", json=body, headers=bearer(client))
+        answers.append(r)
+        if r.status_code != 201:
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "no_route", r.text
+        return r.status_code == 201
+
+    await until(routed, 5, f"a route on {inst.name} (last: {answers[-1].text if answers else ''})")
+    answer: dict[str, Any] = answers[-1].json()
     return answer
 
 
