@@ -42,6 +42,7 @@ from .servers import (
     SERVER_CPU,
     RunningServer,
     bosonserver,
+    nats_server,
     postgres_cluster,
     reference_server,
     server_unavailable,
@@ -65,6 +66,9 @@ class ControlSizes:
     seconds: float = 8.0
     max_requests: int = 100_000
     register_seconds: float = 120.0
+    # Issue 14 item 5: N nodes heartbeating on one instance, and one instance against two.
+    scale_nodes: int = 10_000
+    cluster_nodes: int = 1000
 
     @property
     def full_nodes(self) -> int:
@@ -81,7 +85,11 @@ SMOKE = ControlSizes(
     seconds=1.0,
     max_requests=200,
     register_seconds=30.0,
+    scale_nodes=8,
+    cluster_nodes=4,
 )
+ONE, TWO = "one instance", "two instances"
+TARGET_CPU_RATIO = 1.10  # two instances: at most 10 % more server CPU per route than one
 
 
 def row_name(db: str, n: int) -> str:
@@ -98,19 +106,26 @@ def _http(base_url: str) -> aiohttp.ClientSession:
     )
 
 
+def _cpu(servers: Sequence[RunningServer]) -> float:
+    return sum(cpu_seconds(s.pid) for s in servers)
+
+
 async def _window(
-    srv: RunningServer,
+    srv: RunningServer | Sequence[RunningServer],
     sizes: ControlSizes,
     *,
     token: str,
     sessions: int,
     nodes: list[NodeSim],
 ) -> dict[str, float]:
+    """One window; with several instances the load is dealt round robin and their CPU summed."""
+    servers = [srv] if isinstance(srv, RunningServer) else list(srv)
     me = os.getpid()
-    srv_cpu0, gen_cpu0, t0 = cpu_seconds(srv.pid), cpu_seconds(me), time.perf_counter()
-    async with _http(srv.url) as client:
+    srv_cpu0, gen_cpu0, t0 = _cpu(servers), cpu_seconds(me), time.perf_counter()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(_http(s.url)) for s in servers]
         res = await route_window(
-            client,
+            clients,
             client_token=token,
             sessions=sessions,
             nodes=nodes,
@@ -120,7 +135,7 @@ async def _window(
             max_requests=sizes.max_requests,
         )
     wall = time.perf_counter() - t0
-    srv_cpu = cpu_seconds(srv.pid) - srv_cpu0
+    srv_cpu = _cpu(servers) - srv_cpu0
     values = res.metrics()
     routes = len(res.route_latencies)
     values["srv_cpu_pct"] = 100.0 * srv_cpu / wall
@@ -129,7 +144,7 @@ async def _window(
         1000.0 * srv_cpu / routes * (res.seconds / wall) if routes else float("nan")
     )
     values["gen_cpu_pct"] = 100.0 * (cpu_seconds(me) - gen_cpu0) / wall
-    values["rss_mib"] = rss_bytes(srv.pid) / MIB
+    values["rss_mib"] = sum(rss_bytes(s.pid) for s in servers) / MIB
     if res.errors:
         progress(f"control: errors {dict(res.errors)}")
     return values
@@ -154,6 +169,57 @@ def _reference_case(sizes: ControlSizes) -> Case:
     return Case(REFERENCE, run)
 
 
+async def _register(
+    srv: RunningServer, enroll: str, n: int, sizes: ControlSizes
+) -> tuple[list[NodeSim], float, int]:
+    async with _http(srv.url) as client:
+        nodes, took, errors = await register_nodes(
+            client, enroll, n, seconds=sizes.register_seconds
+        )
+    if len(nodes) < n:
+        raise RuntimeError(f"registered {len(nodes)}/{n} nodes; errors {dict(errors)}")
+    return nodes, took, sum(errors.values())
+
+
+def _scale_case(db: str, sizes: ControlSizes, new_database: Callable[[], str] | None) -> Case:
+    """``scale_nodes`` registered nodes heartbeating on one instance, S default sessions."""
+    n, s = sizes.scale_nodes, sizes.default_sessions
+
+    def run() -> Mapping[str, float]:
+        url = new_database() if new_database is not None else None
+        with bosonserver(url) as srv:
+            enroll, token = srv.provision(n, "bench")
+            nodes, took, _refused = asyncio.run(_register(srv, enroll, n, sizes))
+            out = {"reg_s": took}
+            return out | asyncio.run(_window(srv, sizes, token=token, sessions=s, nodes=nodes))
+
+    return Case(f"scale {row_name(db, n)}", run)
+
+
+def _cluster_case(
+    instances: int, sizes: ControlSizes, new_database: Callable[[], str] | None
+) -> Case:
+    """A scale-out deployment of ``instances`` on PostgreSQL and NATS, the load dealt to the
+    instances in turn (no balancer: its CPU is not the server's)."""
+    n, s = sizes.cluster_nodes, sizes.default_sessions
+
+    def run() -> Mapping[str, float]:
+        if new_database is None:
+            raise RuntimeError("PostgreSQL is not available")
+        url = new_database()
+        with contextlib.ExitStack() as stack:
+            bus = stack.enter_context(nats_server())
+            # The first alone: it runs the migrations.
+            servers = [stack.enter_context(bosonserver(url, bus, "bench-a"))]
+            for i in range(1, instances):
+                servers.append(stack.enter_context(bosonserver(url, bus, f"bench-{i}")))
+            enroll, token = servers[0].provision(n, "bench")
+            nodes, _took, _refused = asyncio.run(_register(servers[0], enroll, n, sizes))
+            return asyncio.run(_window(servers, sizes, token=token, sessions=s, nodes=nodes))
+
+    return Case(ONE if instances == 1 else TWO, run)
+
+
 def _server_case(
     db: str, n: int, sizes: ControlSizes, new_database: Callable[[], str] | None
 ) -> Case:
@@ -164,16 +230,7 @@ def _server_case(
             enroll, token = srv.provision(n, "bench")
             out["rss_idle_mib"] = rss_bytes(srv.pid) / MIB
 
-            async def register() -> tuple[list[NodeSim], float, int]:
-                async with _http(srv.url) as client:
-                    nodes, took, errors = await register_nodes(
-                        client, enroll, n, seconds=sizes.register_seconds
-                    )
-                if len(nodes) < n:
-                    raise RuntimeError(f"registered {len(nodes)}/{n} nodes; errors {dict(errors)}")
-                return nodes, took, sum(errors.values())
-
-            nodes, took, refused = asyncio.run(register())
+            nodes, took, refused = asyncio.run(_register(srv, enroll, n, sizes))
             out["reg_refused"] = float(refused)
             out["reg_s"] = took
             out["reg_rate"] = n / took
@@ -234,6 +291,78 @@ def _main_table(res: Results, sizes: ControlSizes, rows: Sequence[str]) -> Table
                 res.cell(row, p + "rss_mib"),
                 res.cell(row, p + "gen_cpu_pct", spread=False),
                 fmt(max(res.rounds(row, p + "errors"), default=0)),
+            ]
+        )
+    return t
+
+
+def _scale_table(res: Results, sizes: ControlSizes) -> Table:
+    n = sizes.scale_nodes
+    t = Table(
+        [
+            "server",
+            "nodes",
+            "heartbeats/s",
+            "heartbeat p99 ms (target < 100)",
+            "route p99 ms (target < 50)",
+            "routes/s",
+            "server CPU ms per route",
+            "time to register all s",
+            "errors",
+        ],
+        f"{n:,} nodes heartbeating every {sizes.heartbeat_interval:g} s on one instance, "
+        f"{sizes.default_sessions} clients routing (issue 14 item 5)",
+    )
+    for db in DATABASES:
+        row = f"scale {row_name(db, n)}"
+        if row in res.unavailable:
+            t.add([db, f"{n:,}", "not available (see below)", *[""] * 6])
+            continue
+        t.add(
+            [
+                db,
+                f"{n:,}",
+                res.cell(row, "hb_rate", spread=False),
+                res.cell(row, "hb_p99"),
+                res.cell(row, "route_p99"),
+                res.cell(row, "route_rps"),
+                res.cell(row, "srv_ms_per_route"),
+                res.cell(row, "reg_s"),
+                fmt(max(res.rounds(row, "errors"), default=0)),
+            ]
+        )
+    return t
+
+
+def _cluster_table(res: Results, sizes: ControlSizes) -> Table:
+    t = Table(
+        [
+            "deployment",
+            "routes/s",
+            "route p99 ms",
+            "heartbeat p99 ms",
+            "server CPU ms per route (all instances)",
+            f"ratio to one (target ≤ {TARGET_CPU_RATIO:.2f})",
+            "errors",
+        ],
+        f"One instance against two (PostgreSQL + NATS, {sizes.cluster_nodes:,} nodes, "
+        f"{sizes.default_sessions} clients dealt to the instances in turn; issue 14 item 5). "
+        f"Both instances share CPU {SERVER_CPU}: the figure is CPU per route, not throughput",
+    )
+    for row in (ONE, TWO):
+        if row in res.unavailable:
+            t.add([row, "not available (see below)", *[""] * 5])
+            continue
+        ratio = "1.00" if row == ONE else _fmt_ratio(res.ratio(row, "srv_ms_per_route", ONE))
+        t.add(
+            [
+                row,
+                res.cell(row, "route_rps"),
+                res.cell(row, "route_p99"),
+                res.cell(row, "hb_p99"),
+                res.cell(row, "srv_ms_per_route"),
+                ratio,
+                fmt(max(res.rounds(row, "errors"), default=0)),
             ]
         )
     return t
@@ -372,6 +501,7 @@ def run(
     sizes: ControlSizes | None = None,
     databases: Sequence[str] = DATABASES,
     reference: bool = True,
+    scaleout: bool = True,
 ) -> Section:
     sizes = sizes or (SMOKE if smoke else FULL)
     n_rounds = rounds or (1 if smoke else 3)
@@ -396,6 +526,18 @@ def run(
                 if db not in databases:
                     case.unavailable = "left out of this run (--databases)"
                 cases.append(case)
+        for db in DATABASES:
+            case = _scale_case(db, sizes, pg_factory if db == "PostgreSQL" else None)
+            case.unavailable = missing if db == "SQLite" else pg_missing
+            if db not in databases or not scaleout:
+                case.unavailable = "left out of this run (--databases, --no-scaleout)"
+            cases.append(case)
+        for k in (1, 2):
+            case = _cluster_case(k, sizes, pg_factory)
+            case.unavailable = pg_missing
+            if "PostgreSQL" not in databases or not scaleout:
+                case.unavailable = "left out of this run (--databases, --no-scaleout)"
+            cases.append(case)
         stack.enter_context(_pinned(GENERATOR_CPU))
         res = run_rounds(
             cases,
@@ -423,6 +565,8 @@ def run(
             _main_table(res, sizes, rows),
             _registration_table(res, sizes),
             *_growth_tables(res, sizes),
+            _scale_table(res, sizes),
+            _cluster_table(res, sizes),
         ],
         notes=notes,
     )
@@ -463,6 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--databases", type=_databases, default=DATABASES, help="sqlite,postgresql (default both)"
     )
     p.add_argument("--no-reference", action="store_true", help="skip the FastAPI reference")
+    p.add_argument("--scale-nodes", type=int, help="nodes of the heartbeat row (10000)")
+    p.add_argument("--cluster-nodes", type=int, help="nodes of the one-vs-two row (1000)")
+    p.add_argument("--no-scaleout", action="store_true", help="skip the issue 14 rows")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     if args.nodes:
@@ -473,6 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.seconds:
         sizes = dataclasses.replace(sizes, seconds=args.seconds)
+    if args.scale_nodes:
+        sizes = dataclasses.replace(sizes, scale_nodes=args.scale_nodes)
+    if args.cluster_nodes:
+        sizes = dataclasses.replace(sizes, cluster_nodes=args.cluster_nodes)
     exit_on_sigterm()
     report = Report("Higgs.net control-plane benchmark", smoke=args.smoke)
     report.add(
@@ -482,6 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sizes=sizes,
             databases=args.databases,
             reference=not args.no_reference,
+            scaleout=not args.no_scaleout,
         )
     )
     print(report.render())

@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,7 +24,22 @@ from bench.harness import Budget, percentile, progress
 from higgs.common.keys import PrivateKey
 from higgs.protocol import keyproof
 
-__all__ = ["NodeSim", "WindowResult", "heartbeat_body", "register_nodes", "route_window"]
+__all__ = [
+    "Clients",
+    "NodeSim",
+    "WindowResult",
+    "heartbeat_body",
+    "register_nodes",
+    "route_window",
+]
+
+# One server, or several instances of one deployment: the load is dealt to them in turn, as a
+# round-robin balancer would (client i and node j to instance i mod k, j mod k).
+Clients = aiohttp.ClientSession | Sequence[aiohttp.ClientSession]
+
+
+def _as_list(clients: Clients) -> list[aiohttp.ClientSession]:
+    return [clients] if isinstance(clients, aiohttp.ClientSession) else list(clients)
 
 
 _REGISTER_TRIES = 4
@@ -138,7 +154,7 @@ class WindowResult:
 
 
 async def _heartbeats(
-    client: aiohttp.ClientSession,
+    clients: list[aiohttp.ClientSession],
     nodes: list[NodeSim],
     interval: float,
     deadline: float,
@@ -152,7 +168,7 @@ async def _heartbeats(
     inflight = asyncio.Semaphore(64)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(node: NodeSim) -> None:
+    async def one(node: NodeSim, client: aiohttp.ClientSession) -> None:
         async with inflight:
             t = time.perf_counter()
             try:
@@ -183,7 +199,8 @@ async def _heartbeats(
             break
         if due > now:
             await asyncio.sleep(due - now)
-        task = asyncio.create_task(one(nodes[i % len(nodes)]))
+        j = i % len(nodes)
+        task = asyncio.create_task(one(nodes[j], clients[j % len(clients)]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         i += 1
@@ -248,7 +265,7 @@ async def _route_worker(
 
 
 async def route_window(
-    client: aiohttp.ClientSession,
+    clients: Clients,
     *,
     client_token: str,
     sessions: int,
@@ -266,16 +283,17 @@ async def route_window(
     start = time.perf_counter()
     deadline = start + warmup + seconds
     keys = [PrivateKey.generate().public_b64() for _ in range(sessions)]
+    to = _as_list(clients)
     tasks = [
         asyncio.create_task(
-            _route_worker(client, client_token, key, deadline, max_requests, out, measuring, close)
+            _route_worker(
+                to[i % len(to)], client_token, key, deadline, max_requests, out, measuring, close
+            )
         )
-        for key in keys
+        for i, key in enumerate(keys)
     ]
     tasks.append(
-        asyncio.create_task(
-            _heartbeats(client, nodes, heartbeat_interval, deadline, out, measuring)
-        )
+        asyncio.create_task(_heartbeats(to, nodes, heartbeat_interval, deadline, out, measuring))
     )
     await asyncio.sleep(warmup)
     measuring.set()

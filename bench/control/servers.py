@@ -31,6 +31,7 @@ __all__ = [
     "SERVER_CPU",
     "RunningServer",
     "bosonserver",
+    "nats_server",
     "postgres_cluster",
     "reference_server",
     "server_unavailable",
@@ -153,8 +154,36 @@ def reference_server() -> Iterator[RunningServer]:
 
 
 @contextlib.contextmanager
-def bosonserver(database: str | None = None) -> Iterator[RunningServer]:
-    """A real ``bosonserver serve`` on loopback; SQLite unless ``database`` is given."""
+def nats_server() -> Iterator[str]:
+    """A ``nats-server`` on loopback (Debian's), for the scale-out rows; its URL."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not Path(binary).exists():
+        raise RuntimeError("nats-server is not installed (scripts/setup.sh installs it)")
+    port = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="higgs-bench-nats-"))
+    log = workdir / "nats.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_port(port, proc, log, timeout=30)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bosonserver(
+    database: str | None = None, bus: str | None = None, instance_id: str | None = None
+) -> Iterator[RunningServer]:
+    """A real ``bosonserver serve`` on loopback; SQLite unless ``database`` is given; one
+    instance of a scale-out deployment when ``bus`` is given (docs/scaleout.md)."""
     port, relay_port = _free_port(), _free_port()
     env = {
         "BOSON_RATE_LIMIT_PER_S": "1000000000",
@@ -178,6 +207,9 @@ def bosonserver(database: str | None = None) -> Iterator[RunningServer]:
     ]
     if database:
         argv += ["--database", database]
+    if bus:
+        argv += ["--bus", bus, "--instance-id", instance_id or f"bench-{port}"]
+        argv += ["--instance-relay-url", f"ws://127.0.0.1:{relay_port}"]
     try:
         with _process(argv, port, env, data) as srv:
             srv.database = database

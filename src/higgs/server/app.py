@@ -199,7 +199,12 @@ class BosonServer:
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
         registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
-        registry.challenges = ChallengeService.load(s.data_dir, required=s.require_key_proof)
+        # Instances of one deployment share the key through the database (docs/scaleout.md).
+        registry.challenges = (
+            await ChallengeService.shared(db, s.data_dir, required=s.require_key_proof)
+            if s.bus
+            else ChallengeService.load(s.data_dir, required=s.require_key_proof)
+        )
         usage = registry.usage = UsageService(db, sessions)  # issue 15: usage and quotas
         events.bind(registry, sessions, usage)
 
@@ -223,6 +228,8 @@ class BosonServer:
         if isinstance(hub, ClusterHub):
             hub.relay_base = s.instance_relay_url or self.relay_base
             sessions.relay_base_of = hub.relay_base_for
+            if isinstance(hub.local, RelayHubServer):
+                hub.local.held_elsewhere = hub.held_elsewhere
 
         self.ctx = ApiContext(
             settings=s,

@@ -27,6 +27,8 @@ import httpx
 import pytest
 
 from higgs.lab.services.haproxy import Backend, argv, write_config
+from higgs.server.config import ServerSettings
+from higgs.server.store.open import open_database
 from tests.integration.conftest import PgCluster, _as_postgres, _psql
 
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -44,7 +46,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"process {proc.pid} exited:\n{log.read_text()[-3000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -95,7 +97,33 @@ class Deployment:
         log = self._spawn("nats", cmd)
         wait_port(self.nats_port, self.procs["nats"], log)
 
+    def start_instances(self, *names: str) -> None:
+        """Started together (each start is seconds of imports on a busy machine); the schema
+        is migrated first, by :meth:`migrate`, so that no two instances race to do it."""
+        for name in names:
+            self.spawn_instance(name)
+        for name in names:
+            self.wait_instance(name)
+
     def start_instance(self, name: str) -> None:
+        self.start_instances(name)
+
+    def migrate(self) -> None:
+        async def go() -> None:
+            settings = ServerSettings(database=self.database, data_dir=self.root / "migrate")
+            db = await open_database(settings, auto_migrate=True)
+            await db.dispose()
+
+        asyncio.run(go())
+
+    def wait_instance(self, name: str) -> None:
+        inst = self.instances[name]
+        assert inst.proc is not None
+        log = self.root / f"{name}.log"
+        wait_port(inst.api_port, inst.proc, log, timeout=90)
+        wait_port(inst.relay_port, inst.proc, log, timeout=10)
+
+    def spawn_instance(self, name: str) -> None:
         inst = self.instances[name]
         env = dict(os.environ)
         env.update(
@@ -121,10 +149,8 @@ class Deployment:
             "--bus", f"nats://127.0.0.1:{self.nats_port}",
             "--instance-id", name,
         ]  # fmt: skip
-        log = self._spawn(name, cmd, env)
+        self._spawn(name, cmd, env)
         inst.proc = self.procs[name]
-        wait_port(inst.api_port, inst.proc, log, timeout=60)
-        wait_port(inst.relay_port, inst.proc, log, timeout=10)
 
     def start_haproxy(self) -> None:
         backends = [
@@ -139,6 +165,18 @@ class Deployment:
         )
         log = self._spawn("haproxy", argv(cfg))
         wait_port(self.api_port, self.procs["haproxy"], log)
+        # Until its checks pass HAProxy answers 503: the tests start when both instances
+        # answer through it (round robin: a run of good answers reaches each).
+        deadline, good = time.monotonic() + 30, 0
+        while good < 4:
+            try:
+                ok = httpx.get(self.api + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            good = good + 1 if ok else 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"HAProxy has no healthy instance:\n{self.log_tails()}")
+            time.sleep(0.1)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)
@@ -243,8 +281,8 @@ def deployment(
     )
     try:
         dep.start_nats()
-        dep.start_instance("a")  # first alone: it runs the migrations
-        dep.start_instance("b")
+        dep.migrate()
+        dep.start_instances("a", "b")
         dep.start_haproxy()
         yield dep
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from typing import Any
 
 from higgs.server.cluster.bus import ALL, LocalBus
@@ -178,3 +179,30 @@ async def test_a_resync_flag_the_database_refused_waits_for_the_reconciliation()
     bus.up = False
     assert not await a.send_control("n1", {"type": "peer_remove"})
     assert a.lost == {"n1"}
+
+
+async def test_a_presence_snapshot_read_before_a_link_up_does_not_erase_it() -> None:
+    _bus, a, _la, b, lb = await pair()
+    since = time.monotonic()  # the reconciliation's read begins: n1 is linked nowhere yet
+    lb.linked.add("n1")
+    b.link_up("n1")  # heard on the bus while the read is under way
+    await settle()
+    a.set_holders({}, since)  # the read's answer, from before the claim
+    assert a.holders["n1"].instance_id == "b"
+    # The next read (begun after the link_up) is taken as it is.
+    a.set_holders({}, time.monotonic() + 1)
+    assert "n1" not in a.holders
+
+
+async def test_admissions_heard_during_a_read_are_not_undone_by_it() -> None:
+    _bus, a, _la, b, lb = await pair()
+    since = time.monotonic()
+    a.allow_node("n1", "h1")
+    a.open_session("s1", 7, "n1", "t1")
+    await settle()
+    # A read begun before those changes may not show them: b leaves them alone.
+    assert b.changed_since("node", "n1", since)
+    assert b.changed_since("session", "s1", since)
+    assert not b.changed_since("node", "n2", since)
+    assert not b.changed_since("node", "n1", time.monotonic() + 1)
+    assert lb.allowed == {"n1": "h1"}

@@ -35,6 +35,9 @@ def render_config(api_bind: str, relay_bind: str, backends: Sequence[Backend]) -
         "defaults",
         "    mode http",
         "    timeout connect 1s",
+        # A check slower than its 500 ms interval is a busy instance, not a dead one (a
+        # killed one refuses the connect at once): give it 2 s before counting a failure.
+        "    timeout check 2s",
         "    timeout client 60s",
         "    timeout server 60s",
         # A WebSocket, once upgraded, is a tunnel: the node pings it every few seconds.

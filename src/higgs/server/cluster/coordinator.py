@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import delete, select
@@ -146,8 +147,9 @@ class Cluster:
         for node_id in await presence.take_resyncs(self.db, self.instance_id):
             if local.is_node_connected(node_id):
                 await self._sessions.sync_node(node_id)
+        since = time.monotonic()
         holders = await presence.holders(self.db, now, self.settings.instance_dead_after_s)
-        self.hub.holders = {n: h for n, h in holders.items() if h.instance_id != self.instance_id}
+        self.hub.set_holders(holders, since)
         await self._admit_from_store()
         await refresh_view(self._nodes, self.db)
         if self._limiter is not None:
@@ -156,8 +158,11 @@ class Cluster:
         self.reconciled += 1
 
     async def _admit_from_store(self) -> None:
-        """The local hub admits what the database allows, whatever the bus delivered."""
-        local = self.hub.local
+        """The local hub admits what the database allows, whatever the bus delivered; except
+        what changed here while the database was being read (the read may predate it)."""
+        hub = self.hub
+        local = hub.local
+        since = time.monotonic()
         async with self.db.begin() as conn:
             allowed = {
                 r[0]: r[1]
@@ -168,16 +173,20 @@ class Cluster:
                 ).all()
             }
         for node_id in set(local.allowed_nodes()) - set(allowed):
-            local.forget_node(node_id, "stopped")
+            if not hub.changed_since("node", node_id, since):
+                local.forget_node(node_id, "stopped")
         for node_id, token_hash in allowed.items():
-            local.allow_node(node_id, token_hash)
+            if not hub.changed_since("node", node_id, since):
+                local.allow_node(node_id, token_hash)
+        since = time.monotonic()
         rows = await session_store.open_rows(self.db)
         open_ids = {r.id for r in rows}
         for session_id in set(local.admitted_sessions()) - open_ids:
-            local.close_session(session_id, "closed")
+            if not hub.changed_since("session", session_id, since):
+                local.close_session(session_id, "closed")
         admitted = set(local.admitted_sessions())
         for row in rows:
-            if row.id not in admitted:
+            if row.id not in admitted and not hub.changed_since("session", row.id, since):
                 try:
                     local.open_session(row.id, row.channel, row.node_id, row.relay_token_hash)
                 except ValueError:

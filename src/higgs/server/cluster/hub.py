@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # A command's holder answers at once (it only writes to a socket); past this the bus is
 # taken to be down and the command is left to the reconciliation.
 REQUEST_TIMEOUT_S = 1.0
+
+# How long a change made here or heard on the bus is remembered (far longer than one
+# reconciliation's database reads take, however loaded the machine).
+CHANGE_MEMORY_S = 60.0
 
 
 class LocalHub(Protocol):
@@ -91,6 +96,11 @@ class ClusterHub:
         self.lost: set[str] = set()  # nodes whose resync flag is not written yet
         self.dropped = 0  # malformed bus messages
         self._tasks: set[asyncio.Task[None]] = set()
+        # "node:<id>", "session:<id>", "holder:<id>" → when it last changed here (monotonic).
+        # The reconciliation reads the database while bus messages keep arriving: a snapshot
+        # read from before a change must not undo it (a node allowed by the bus and already
+        # linked here, then forgotten by a stale read, would be closed with 4001 for good).
+        self._changed: dict[str, float] = {}
 
     async def attach(self) -> None:
         await self.bus.subscribe(ALL, self._on_broadcast)
@@ -113,11 +123,11 @@ class ClusterHub:
     # -- RelayHub ----------------------------------------------------------------------------
 
     def allow_node(self, node_id: str, token_hash: str) -> None:
-        self.local.allow_node(node_id, token_hash)
+        self._allow(node_id, token_hash)
         self.publish({"op": "allow_node", "node_id": node_id, "token_hash": token_hash})
 
     def forget_node(self, node_id: str, reason: str) -> None:
-        self.local.forget_node(node_id, reason)
+        self._forget(node_id, reason)
         self.publish({"op": "forget_node", "node_id": node_id, "reason": reason})
 
     def node_offline(self, node_id: str, reason: str) -> None:
@@ -125,7 +135,7 @@ class ClusterHub:
         self.publish({"op": "node_offline", "node_id": node_id, "reason": reason})
 
     def open_session(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
-        self.local.open_session(session_id, channel, node_id, token_hash)
+        self._open(session_id, channel, node_id, token_hash)
         self.publish(
             {
                 "op": "open_session",
@@ -142,7 +152,7 @@ class ClusterHub:
         self.publish({"op": "bridge_session", "session_id": session_id, "endpoint": endpoint})
 
     def close_session(self, session_id: str, reason: str) -> None:
-        self.local.close_session(session_id, reason)
+        self._close(session_id, reason)
         self.publish({"op": "close_session", "session_id": session_id, "reason": reason})
 
     async def send_control(self, node_id: str, message: dict[str, Any]) -> bool:
@@ -185,16 +195,72 @@ class ClusterHub:
 
     def link_up(self, node_id: str) -> None:
         self.holders[node_id] = Holder(self.instance_id, self.relay_base)
+        self._touch("holder", node_id)
         self.publish({"op": "link_up", "node_id": node_id, "relay_base": self.relay_base})
 
     def link_down(self, node_id: str) -> None:
         held = self.holders.get(node_id)
         if held is not None and held.instance_id == self.instance_id:
             del self.holders[node_id]
+        self._touch("holder", node_id)
         self.publish({"op": "link_down", "node_id": node_id})
+
+    # -- what the reconciliation may change --------------------------------------------------
+
+    def _touch(self, kind: str, ident: str) -> None:
+        self._changed[f"{kind}:{ident}"] = time.monotonic()
+
+    def changed_since(self, kind: str, ident: str, since: float) -> bool:
+        """Whether ``kind`` ("node", "session", "holder") ``ident`` changed here (a call or
+        a bus message) at or after ``since``: a database read begun at ``since`` may not
+        show that change yet, so the reconciliation leaves it as it is."""
+        return self._changed.get(f"{kind}:{ident}", float("-inf")) >= since
+
+    def set_holders(self, snapshot: dict[str, Holder], since: float) -> None:
+        """Replaces the presence map by ``snapshot`` (read from the database at ``since``),
+        except for the nodes whose link_up/link_down arrived meanwhile."""
+        fresh = dict(snapshot)
+        for key in [k for k, t in self._changed.items() if t >= since]:
+            kind, _, node_id = key.partition(":")
+            if kind != "holder":
+                continue
+            live = self.holders.get(node_id)
+            if live is None:
+                fresh.pop(node_id, None)
+            else:
+                fresh[node_id] = live
+        self.holders = {n: h for n, h in fresh.items() if h.instance_id != self.instance_id}
+        horizon = time.monotonic() - CHANGE_MEMORY_S
+        self._changed = {k: t for k, t in self._changed.items() if t >= horizon}
+
+    def _allow(self, node_id: str, token_hash: str) -> None:
+        self._touch("node", node_id)
+        self.local.allow_node(node_id, token_hash)
+
+    def _forget(self, node_id: str, reason: str) -> None:
+        self._touch("node", node_id)
+        self.local.forget_node(node_id, reason)
+
+    def _open(self, session_id: str, channel: int, node_id: str, token_hash: str) -> None:
+        self._touch("session", session_id)
+        self.local.open_session(session_id, channel, node_id, token_hash)
+
+    def _close(self, session_id: str, reason: str) -> None:
+        self._touch("session", session_id)
+        self.local.close_session(session_id, reason)
 
     def invalidate(self, kind: str) -> None:
         self.publish({"op": "invalidate", "kind": kind})
+
+    def held_elsewhere(self, node_id: str) -> str | None:
+        """The relay base of another instance holding the node's link (the local hub splices
+        a client's session link there); None when the link is here or nowhere known."""
+        if self.local.is_node_connected(node_id):
+            return None
+        holder = self.holders.get(node_id)
+        if holder is None or holder.instance_id == self.instance_id or not holder.relay_base:
+            return None
+        return holder.relay_base
 
     def relay_base_for(self, node_id: str) -> str | None:
         """The relay base of the instance holding the node's link (a relayed session's client
@@ -229,20 +295,18 @@ class ClusterHub:
     def _apply(self, m: Message, sender: str) -> None:
         op = _text(m, "op")
         if op == "allow_node":
-            self.local.allow_node(_text(m, "node_id"), _text(m, "token_hash"))
+            self._allow(_text(m, "node_id"), _text(m, "token_hash"))
         elif op == "forget_node":
-            self.local.forget_node(_text(m, "node_id"), _text(m, "reason"))
+            self._forget(_text(m, "node_id"), _text(m, "reason"))
         elif op == "node_offline":
             self.local.node_offline(_text(m, "node_id"), _text(m, "reason"))
         elif op == "open_session":
             channel = m.get("channel")
             if not isinstance(channel, int):
                 raise ValueError("channel: not an integer")
-            self.local.open_session(
-                _text(m, "session_id"), channel, _text(m, "node_id"), _text(m, "token_hash")
-            )
+            self._open(_text(m, "session_id"), channel, _text(m, "node_id"), _text(m, "token_hash"))
         elif op == "close_session":
-            self.local.close_session(_text(m, "session_id"), _text(m, "reason"))
+            self._close(_text(m, "session_id"), _text(m, "reason"))
         elif op == "bridge_session":
             endpoint = m.get("endpoint")
             if endpoint is not None and not isinstance(endpoint, str):
@@ -252,11 +316,13 @@ class ClusterHub:
             node_id = _text(m, "node_id")
             if not self.local.is_node_connected(node_id):
                 self.holders[node_id] = Holder(sender, _text(m, "relay_base"))
+                self._touch("holder", node_id)
         elif op == "link_down":
             node_id = _text(m, "node_id")
             held = self.holders.get(node_id)
             if held is not None and held.instance_id == sender:
                 del self.holders[node_id]
+                self._touch("holder", node_id)
         elif op == "invalidate":
             kind = _text(m, "kind")
             if kind not in ("clients", "nodes"):

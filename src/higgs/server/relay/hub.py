@@ -18,7 +18,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from picows import (
@@ -36,6 +36,7 @@ from higgs.server.relay.bridge import Bridges, parse_endpoint
 from higgs.server.relay.links import LinkHost, NodeLink, SessionLink, _Link
 from higgs.server.relay.metrics import RelayCounters, RelayMetricsCollector
 from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.relay.splice import SPLICED_HEADER, SpliceLink
 from higgs.server.relay.tables import RelayTables, SessionEntry
 
 __all__ = ["NODE_PATH", "SESSION_PATH", "RelayHubServer"]
@@ -52,7 +53,7 @@ def _wire(message: ControlMessage) -> dict[str, Any]:
     return message.model_dump(mode="json", exclude_none=True)
 
 
-def _bearer_hash(request: WSUpgradeRequest) -> str | None:
+def _bearer(request: WSUpgradeRequest) -> str | None:
     value = request.headers.get("Authorization")
     if not value:
         return None
@@ -60,7 +61,12 @@ def _bearer_hash(request: WSUpgradeRequest) -> str | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
-    return hashlib.sha256(token.encode()).hexdigest()
+    return token
+
+
+def _bearer_hash(request: WSUpgradeRequest) -> str | None:
+    token = _bearer(request)
+    return None if token is None else hashlib.sha256(token.encode()).hexdigest()
 
 
 def _json_error(status: int, code: str, message: str) -> WSUpgradeResponseWithListener:
@@ -116,6 +122,10 @@ class RelayHubServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Scale-out: the relay base of the other instance's hub holding a node's link (None:
+        # not known elsewhere). A session link for such a node is spliced there (splice.py).
+        self.held_elsewhere: Callable[[str], str | None] | None = None
+        self.splices: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -247,7 +257,7 @@ class RelayHubServer:
             return None
         token_hash = _bearer_hash(request)
         refused = None if request.headers.get(VERSION_HEADER) == _VERSION else CloseCode.BAD_VERSION
-        listener: _Link
+        listener: _Link | SpliceLink
         if path == NODE_PATH:
             node = self.tables.node_by_token(token_hash) if token_hash else None
             if node is None:
@@ -259,9 +269,25 @@ class RelayHubServer:
             if session is None:
                 self._refused("session", token_hash)
                 return _json_error(401, "unauthorized", "unknown or missing relay token")
-            listener = SessionLink(self, session, refused)
+            splice = None if refused else self._splice(request, session)
+            listener = splice or SessionLink(self, session, refused)
         response = WSUpgradeResponse.create_101_response({VERSION_HEADER: _VERSION})
         return WSUpgradeResponseWithListener(response, listener)
+
+    def _splice(self, request: WSUpgradeRequest, session: SessionEntry) -> SpliceLink | None:
+        """A splice to the hub holding the session's node, when that is another instance's."""
+        if self.held_elsewhere is None or session.node.link is not None:
+            return None
+        if request.headers.get(SPLICED_HEADER):
+            return None  # already spliced once: never bounce between hubs
+        base = self.held_elsewhere(session.node.node_id)
+        token = _bearer(request)
+        if base is None or token is None:
+            return None
+        log.info(
+            "relay: session link spliced to %s", base, extra={"session_id": session.session_id}
+        )
+        return SpliceLink(base + SESSION_PATH.decode(), token, self.splices)
 
     def _refused(self, kind: str, token_hash: str | None) -> None:
         reason = "unknown" if token_hash else "missing"

@@ -82,7 +82,7 @@ class RegistryService:
         """Returns the answer and whether the node is new."""
         if self.challenges is not None:
             try:
-                self.challenges.verify(req.public_key, req.proof)
+                await self.challenges.verify(req.public_key, req.proof)
             except Unauthorized:
                 self.metrics.registrations.labels(outcome="refused").inc()
                 raise

@@ -267,6 +267,27 @@ class NodePresence(Base):
     resync: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ClusterSecret(Base):
+    """A secret every instance of a scale-out deployment must share (docs/scaleout.md): the
+    first instance to start writes it, the others read it. Today only the registration key
+    (the server's static key that makes and checks registration challenges)."""
+
+    __tablename__ = "cluster_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class UsedNonce(Base):
+    """A registration nonce spent by an accepted key proof, kept until it would have expired
+    anyway: a replay is refused by whichever instance it reaches."""
+
+    __tablename__ = "used_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Device(Base):
     """A named, long-lived peer of a client account (issue 18; docs/server.md "Devices"): an
     official WireGuard app holding an exported config. It owns one session row that never
