@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from higgs.common.errors import HiggsError
+from higgs.common.secrets import redact
 
 __all__ = ["CommandError", "LabError"]
 
 
 class LabError(HiggsError):
-    """Building, using or tearing down the lab failed."""
+    """Building, using or tearing down the lab failed.
+
+    The message is scrubbed of credentials: it lands in test reports and CI logs, and a failed
+    ``client add`` or an HTTP answer may carry a token (the raw output stays on the error)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redact(message))
 
 
 class CommandError(LabError):
