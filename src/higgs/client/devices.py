@@ -20,7 +20,8 @@ __all__ = ["device_config", "export_device", "format_devices", "list_devices", "
 _STATE_TEXT = {
     "active": "active",
     "node_offline": "node offline (works again when it is back)",
-    "endpoint_lost": "the node's direct endpoint changed: export it again with --replace",
+    "endpoint_lost": "its endpoint no longer reaches the node (the node's address or its relay"
+    " host changed): export it again with --replace",
     "node_gone": "node gone for good: export it again with --replace",
     "revoked": "revoked",
 }

@@ -45,10 +45,12 @@ DeviceName = Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN)]
 DeviceState = Literal["active", "node_offline", "endpoint_lost", "node_gone", "revoked"]
 """``active``: the node holds the peer (or will at its next ``sync``); ``node_offline``: the
 node is away for now (its restart, its link) and the config works again when it is back;
-``endpoint_lost``: the device's config names the node's direct endpoint, which the node no
-longer has (its port mapping or its public address went away or changed): the app works only
-if it roamed along (WireGuard follows the node's packets when the app's NAT lets them in),
-so export it again (``--replace``) for a config with the node's current endpoint or relay port;
+``endpoint_lost``: the device's config names an endpoint that no longer reaches the node: the
+node's direct endpoint, which the node no longer has (its port mapping or its public address
+went away or changed), or a relay port on a relay host that died (the lease moved to
+another host): the app works only if it roamed along (WireGuard follows the node's packets
+when the app's NAT lets them in), so export it again (``--replace``) for a config with the
+node's current endpoint or relay port;
 ``node_gone``: the node left for good (or changed its tunnel subnet): export the device again
 (``--replace``) for a config on another node; ``revoked``: the device, its account or its
 quota ended it."""

@@ -39,6 +39,8 @@ def record(**over: object) -> DeviceRecord:
         "node_state": "online",
         "node_updated_at": NOW - timedelta(days=1),
         "node_subnet": "10.77.0.0/24",
+        "lease_address": "198.51.100.10",
+        "lease_port": 40001,
     }
     values.update(over)
     return DeviceRecord(**values)  # type: ignore[arg-type]
@@ -78,6 +80,14 @@ def record(**over: object) -> DeviceRecord:
             "node_offline",
         ),
         ({"node_endpoint": "203.0.113.10:51820"}, "active"),  # a relay port stays its own
+        # A relayed device whose relay host died: its lease moved to another host (or is
+        # gone), so the port in its config reaches nothing.
+        ({"lease_address": "198.51.100.20"}, "endpoint_lost"),
+        ({"lease_address": None, "lease_port": None}, "endpoint_lost"),
+        (
+            {"endpoint": "[2001:db8::10]:40001", "lease_address": "2001:db8::10"},
+            "active",
+        ),
     ],
 )
 def test_device_state(over: dict[str, object], state: str) -> None:

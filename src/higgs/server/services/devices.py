@@ -41,6 +41,7 @@ from higgs.server.services.clock import utcnow
 from higgs.server.services.errors import Conflict, NotFound, Unavailable
 from higgs.server.services.identity import AuthedClient
 from higgs.server.services.nodeview import NodeFacts
+from higgs.server.services.relay_leases import endpoint_of
 from higgs.server.services.sessions import SessionService
 from higgs.server.store import devices as store
 from higgs.server.store.db import Database
@@ -73,8 +74,9 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
 
     Gone for good: the node's row is gone, it has been away (stopped or offline) for longer
     than ``gone_after``, or it came back with a tunnel subnet that no longer holds the
-    device's address (its peer would be refused). Endpoint lost: a direct device's endpoint
-    is no longer the node's verified one (a relay port stays the device's while it lives)."""
+    device's address (its peer would be refused). Endpoint lost: the endpoint in the device's
+    config no longer reaches the node: a direct device's is no longer the node's verified one,
+    or a relayed device's lease moved to another relay host (its old host died)."""
     if record.device.revoked_at is not None or record.session_state != SessionState.OPEN:
         return "revoked"
     if record.node_state is None or record.node_subnet is None:
@@ -85,11 +87,19 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
     if record.node_state == NodeState.ONLINE:
         if record.device.path == "direct" and record.node_endpoint != record.device.endpoint:
             return "endpoint_lost"
+        if record.device.path == "udp_relay" and _lease_endpoint(record) != record.device.endpoint:
+            return "endpoint_lost"
         return "active"
     since = record.node_updated_at
     if since is not None and now - since > gone_after:
         return "node_gone"
     return "node_offline"
+
+
+def _lease_endpoint(record: store.DeviceRecord) -> str | None:
+    if record.lease_address is None or record.lease_port is None:
+        return None
+    return endpoint_of(record.lease_address, record.lease_port)
 
 
 def limit_reached(live: int, limit: int) -> bool:

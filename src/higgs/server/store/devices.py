@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.server.store.db import Database
 from higgs.server.store.states import SessionState
-from higgs.server.store.tables import Client, Device, Node
+from higgs.server.store.tables import Client, Device, Node, RelayLease
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
@@ -52,9 +52,14 @@ class DeviceRecord:
     node_updated_at: datetime | None
     node_subnet: str | None
     node_endpoint: str | None = None  # the node's verified direct endpoint now
+    # The session's UDP relay lease now (it moves when its relay host dies, issue 14).
+    lease_address: str | None = None
+    lease_port: int | None = None
 
 
-def _records_query() -> Select[Device, str, str, str | None, str, str, datetime, str, str | None]:
+def _records_query() -> Select[
+    Device, str, str, str | None, str, str, datetime, str, str | None, str | None, int | None
+]:
     return (
         select(
             Device,
@@ -66,10 +71,13 @@ def _records_query() -> Select[Device, str, str, str | None, str, str, datetime,
             Node.updated_at,
             Node.tunnel_subnet,
             Node.endpoint,
+            RelayLease.relay_address,
+            RelayLease.port,
         )
         .join(Client, Client.id == Device.client_id)
         .join(SessionRow, SessionRow.id == Device.session_id)
         .outerjoin(Node, Node.id == Device.node_id)
+        .outerjoin(RelayLease, RelayLease.session_id == Device.session_id)
         .order_by(Device.created_at)
     )
 
