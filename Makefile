@@ -38,8 +38,8 @@ test: lint typecheck
 # The long versions of bounded tests (docs/hostile-input.md, docs/node.md "The host is always
 # restored", docs/scaleout.md): the million-frame and million-datagram storms, 100 start/stop
 # and 20 SIGKILL + restart cycles of the node, the 30 s bus and PostgreSQL outages of the
-# scale-out, the network faults at their full durations (docs/faults.md). `make test` runs short
-# versions of each.
+# scale-out, the network faults at their full durations (docs/faults.md), 20 hole-punch attempts
+# (cone/cone, 19 within 10 s; docs/client.md). `make test` runs short versions of each.
 soak: setup
 	HIGGS_HOSTILE_FRAMES=1000000 $(PY) -m pytest tests/integration/relay/test_hostile_frames.py -q --reruns 0
 	HIGGS_UDP_STORM=1000000 $(PY) -m pytest tests/integration/udp_relay/test_udp_relay_storm.py -q --reruns 0
@@ -47,6 +47,7 @@ soak: setup
 	HIGGS_SCALEOUT_OUTAGE_S=30 $(PY) -m pytest tests/integration/scaleout -q --reruns 0
 	HIGGS_SOAK=1 $(PY) -m pytest tests/e2e/test_scaleout.py -q --reruns 0
 	HIGGS_FAULTS_FULL=1 $(PY) -m pytest tests/e2e/test_faults.py -q --reruns 0 --timeout 1800
+	HIGGS_PUNCH_ATTEMPTS=20 $(PY) -m pytest tests/e2e/test_hole_punch.py -q --reruns 0 -s -k 19_of_20
 
 unit: setup
 	$(PY) -m pytest tests/unit

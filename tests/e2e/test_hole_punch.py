@@ -19,13 +19,19 @@ and the relay's counters stop growing.
 from __future__ import annotations
 
 import json
+import os
+import re
+import statistics
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from higgs.client.status import read_status
 from higgs.lab import Host, Lab
+from higgs.lab.netns import ns_argv
 from higgs.lab.plan import NatType, default_plan
 from higgs.lab.render import NAT_TABLE
 from tests.e2e.client_system import (
@@ -42,12 +48,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
 
 RELAY_IP = str(default_plan().host("server").address().ip)
 
-PAIRS: list[tuple[NatType, NatType, str]] = [
-    ("cone", "cone", "punched"),
-    ("cone", "symmetric", "udp_relay"),
-    ("symmetric", "symmetric", "udp_relay"),
-    ("symmetric", "cone", "udp_relay"),
+# cone/cone (punched) is test_cone_cone_punches_within_10_s_in_19_of_20_attempts.
+RELAY_PAIRS: list[tuple[NatType, NatType]] = [
+    ("cone", "symmetric"),
+    ("symmetric", "symmetric"),
+    ("symmetric", "cone"),
 ]
+PING_EVERY_S = 0.1
+ENDS_WITHIN_S = 10.0  # the done-when: "end on the relay within 10 s, with no black hole"
+MAX_GAP_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +84,13 @@ def sessions(system: System) -> list[dict[str, Any]]:
 def pings(host: Host, lab: Lab) -> bool:
     out = host.run(["ping", "-c", "1", "-W", "1", lab.internet.ip], check=False)
     return out.returncode == 0
+
+
+def daemon_report(client: Client) -> dict[str, Any]:
+    """The daemon's status file, read directly: what ``higgsvpn status`` prints, without its
+    start-up (seconds on a busy machine, which would blur every timing here). {} if none."""
+    report = read_status(client.state_dir / "status.json")
+    return report.to_json() if report is not None else {}
 
 
 def wg_endpoint(client: Client) -> str:
@@ -105,49 +121,140 @@ def connect(system: System, client: Client) -> dict[str, object]:
     raise last
 
 
-@pytest.mark.parametrize(("home", "client_nat", "expected"), PAIRS, ids=lambda v: str(v))
-def test_nat_pair(punch: System, home: NatType, client_nat: NatType, expected: str) -> None:
+class Pinger:
+    """``ping`` every 100 ms from the client through the tunnel, in the background; the
+    longest run of unanswered ones is the worst gap in traffic (a black hole shows as one
+    that never ends)."""
+
+    def __init__(self, host: Host, target: str, seconds: float) -> None:
+        self.count = round(seconds / PING_EVERY_S)
+        argv = ["ping", "-n", "-i", str(PING_EVERY_S), "-c", str(self.count), "-W", "1", target]
+        self.proc = subprocess.Popen(
+            ns_argv(host.ns, argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+
+    def longest_gap_s(self) -> float:
+        out, _ = self.proc.communicate(timeout=self.count * PING_EVERY_S + 30)
+        seen = {int(m.group(1)) for m in re.finditer(r"icmp_seq=(\d+)", out)}
+        longest = run = 0
+        for seq in range(1, self.count + 1):
+            run = 0 if seq in seen else run + 1
+            longest = max(longest, run)
+        return longest * PING_EVERY_S
+
+
+@pytest.mark.parametrize(("home", "client_nat"), RELAY_PAIRS, ids=lambda v: str(v))
+def test_nat_pair_that_cannot_punch_ends_on_the_relay(
+    punch: System, home: NatType, client_nat: NatType
+) -> None:
     lab = punch.lab
     lab.set_nat("home_router", home)
     lab.set_nat("client_router", client_nat)
     client = new_client(punch)
     answer = connect(punch, client)
-    started = time.monotonic()
     assert answer["mode"] == "udp_relay", f"{client.status()}\n{lab.log_tails(30)}"
-    assert pings(client.host, lab)
-    if expected == "punched":
-        try:
-            wait_until("the punched path", lambda: client.status()["mode"] == "punched", 15, 0.3)
-        except Exception as exc:
-            exc.add_note(f"status: {client.status()}\n" + lab.log_tails(40))
-            raise
-        took = time.monotonic() - started
-        status = client.status()
-        assert wg_endpoint(client).startswith(home_public(lab) + ":")
-        assert status["public_endpoint"].startswith(lab.client_router.addr("wan0") + ":")
-        assert pings(client.host, lab)
-        assert lab.whoami(client.host)["ip"] == home_public(lab)
-        print(f"{home}/{client_nat}: punched {took:.1f} s after connect returned")
-
-        def server_says_punched() -> bool:
-            rows = [r for r in sessions(punch) if r["session_id"] == status["session_id"]]
-            return bool(rows) and rows[0]["path"] == "punched"
-
-        wait_until("bosonserver sessions to say punched", server_says_punched, 30)
-        # The operator's nodes page says how the node is reached now (issue 15).
-        assert "hole-punched (1 session)" in punch.server.admin_page("/admin/")
-    else:
+    pinger = Pinger(client.host, lab.internet.ip, ENDS_WITHIN_S + 5)
+    try:
         wait_until(
             "the failed punch attempt",
-            lambda: "hole punching" in client.status()["path_why"],
-            15,
-            0.5,
+            lambda: "hole punching" in daemon_report(client).get("path_why", ""),
+            30,
+            0.2,
         )
-        status = client.status()
-        assert status["mode"] == "udp_relay"
-        assert "symmetric" in status["path_why"]
-        assert wg_endpoint(client).startswith(RELAY_IP + ":")
-        assert pings(client.host, lab), "no traffic after the failed attempt: a black hole"
+    finally:
+        gap = pinger.longest_gap_s()
+    status = client.status()
+    # The daemon's stamps: from the relay being up to the end of the first attempt, which
+    # failed (the status poll may have seen later ones, every BOSON_PUNCH_RETRY_S).
+    first_at, result = status["punches"][0]
+    assert result == "failed", status
+    ended = float(first_at) - float(status["connected_at"])
+    print(f"{home}/{client_nat}: on the relay for good {ended:.2f} s after it was up; "
+          f"longest gap in pings every {PING_EVERY_S:g} s: {gap:.1f} s")  # fmt: skip
+    assert status["mode"] == "udp_relay"
+    assert "symmetric" in status["path_why"]
+    assert wg_endpoint(client).startswith(RELAY_IP + ":")
+    assert ended <= ENDS_WITHIN_S
+    assert gap <= MAX_GAP_S, f"traffic stopped for {gap:.1f} s: a black hole"
+    assert pings(client.host, lab), "no traffic after the failed attempt: a black hole"
+
+
+# The done-when of issue 12: "cone/cone ends direct by hole punching within 10 s in at least 19
+# of 20 attempts". `make soak` runs the 20; `make test` a short run (3, none may miss), each
+# attempt ~30-45 s on the loaded machine, mostly `connect`'s UDP relay handshake.
+ATTEMPTS = int(os.environ.get("HIGGS_PUNCH_ATTEMPTS", "3"))
+PUNCH_WITHIN_S = 10.0
+OBSERVE_S = 30.0  # how long the test waits to see `punched` at all
+
+
+def attempt_punch(punch: System, client: Client) -> tuple[float, float, dict[str, Any]]:
+    """A fresh session on the UDP relay, then the wait for ``punched``. Returns the seconds
+    from the relay being up to ``punched`` by the daemon's own stamps (``connected_at``: the
+    handshake through the relay; ``path_since``: the peer moved onto the punched path), the
+    seconds until this test saw it in the status file (written every 2 s and on a change),
+    and the last status. inf when it never punched."""
+    if client.connected:
+        client.disconnect()
+    before = time.time()
+    answer = connect(punch, client)
+    up = time.monotonic()
+    assert answer["mode"] == "udp_relay", f"{client.status()}\n{punch.lab.log_tails(30)}"
+    status: dict[str, Any] = {}
+    while time.monotonic() - up < OBSERVE_S:
+        status = daemon_report(client)
+        if status.get("mode") == "punched" and status["connected_at"] >= before:
+            seen = time.monotonic() - up
+            connected_at, since = float(status["connected_at"]), float(status["path_since"])
+            # The stamps are the daemon's; this test's clock (the same host's) bounds them.
+            assert before <= connected_at <= since <= time.time(), status
+            assert client.status()["mode"] == "punched"  # and the CLI says so too
+            return since - connected_at, seen, status
+        time.sleep(0.1)
+    return float("inf"), float("inf"), status
+
+
+@pytest.mark.timeout(300 + 150 * ATTEMPTS)  # a fresh session took up to 130 s at load 26
+def test_cone_cone_punches_within_10_s_in_19_of_20_attempts(punch: System) -> None:
+    """Each attempt is a new session (a new interface, WireGuard port and relay lease, so new
+    NAT mappings on both routers). At most one in 20 may take longer than 10 s. Each punched
+    path really is direct (the client's WireGuard endpoint is the home router, traffic flows);
+    the first is also checked the way a user would (whoami, bosonserver sessions)."""
+    lab = punch.lab
+    lab.set_nat("home_router", "cone")
+    lab.set_nat("client_router", "cone")
+    client = new_client(punch)
+    took: list[float] = []
+    for n in range(ATTEMPTS):
+        punched_s, seen_s, status = attempt_punch(punch, client)
+        took.append(punched_s)
+        print(f"attempt {n + 1}/{ATTEMPTS}: punched {punched_s:.2f} s after the relay was up "
+              f"(seen by the test after {seen_s:.2f} s)")  # fmt: skip
+        if punched_s == float("inf"):
+            print(f"  status: {status}")
+            continue
+        assert wg_endpoint(client).startswith(home_public(lab) + ":")
+        assert pings(client.host, lab), f"attempt {n + 1}: no traffic on the punched path"
+        if n == 0:
+            assert status["public_endpoint"].startswith(lab.client_router.addr("wan0") + ":")
+            assert lab.whoami(client.host)["ip"] == home_public(lab)
+
+            def server_says_punched(session_id: str = status["session_id"]) -> bool:
+                rows = [r for r in sessions(punch) if r["session_id"] == session_id]
+                return bool(rows) and rows[0]["path"] == "punched"
+
+            wait_until("bosonserver sessions to say punched", server_says_punched, 30)
+            # The operator's nodes page says how the node is reached now (issue 15).
+            assert "hole-punched (1 session)" in punch.server.admin_page("/admin/")
+    within = [t for t in took if t <= PUNCH_WITHIN_S]
+    finite = [t for t in took if t != float("inf")] or [float("nan")]
+    median = statistics.median(took)
+    print(f"cone/cone: punched within {PUNCH_WITHIN_S:g} s in {len(within)} of {ATTEMPTS}; "
+          f"median {median:.2f} s [{min(finite):.2f}-{max(finite):.2f}]")  # fmt: skip
+    allowed_misses = ATTEMPTS // 20
+    assert len(within) >= ATTEMPTS - allowed_misses, (
+        f"only {len(within)} of {ATTEMPTS} attempts punched within {PUNCH_WITHIN_S:g} s: {took}\n"
+        + lab.log_tails(40)
+    )
 
 
 NEW_HOME_PUBLIC = "203.0.113.11"

@@ -1,6 +1,7 @@
-"""Issue 12 item 1, IPv6: where the home router offers it (miniupnpd serving PCP on its LAN's
-IPv6 address), the node also opens a pinhole for its WireGuard port on its global IPv6
-address — best effort, shown by status — and closes it on stop."""
+"""Issue 12 item 1, IPv6: where the home router offers it (miniupnpd serving PCP, or UPnP's
+WANIPv6FirewallControl, on its LAN's IPv6 address), the node also opens a pinhole for its
+WireGuard port on its global IPv6 address — best effort, shown by status — and closes it on
+stop. Each method forced in turn, the router offering only that one."""
 
 from __future__ import annotations
 
@@ -37,20 +38,23 @@ def port_mapping(product: Product) -> dict[str, Any]:
     return dict(status.get("port_mapping") or {})
 
 
-def test_pcp_opens_an_ipv6_pinhole_and_stop_closes_it(lab: Lab) -> None:
-    router = MiniUpnpd(lab, upnp=False, natpmp=True, ipv6=True).start()
+@pytest.mark.parametrize("method", ["pcp", "upnp"])
+def test_the_method_opens_an_ipv6_pinhole_and_stop_closes_it(lab: Lab, method: str) -> None:
+    upnp = method == "upnp"
+    router = MiniUpnpd(lab, upnp=upnp, natpmp=not upnp, ipv6=True).start()
     product = Product(lab)
     try:
         product.start_server()
         product.provision("client")
-        product.start_node(direct=False, flags=["--port-mapping", "pcp"])
+        product.start_node(direct=False, flags=["--port-mapping", method])
         product.wait_node_online()
         deadline = time.monotonic() + 60
         while not (pm := port_mapping(product)).get("ipv6_pinhole", {}).get("endpoint"):
             assert time.monotonic() < deadline, f"no IPv6 pinhole: {pm}"
             time.sleep(0.5)
         assert pm["ipv6_pinhole"]["endpoint"] == f"[{lab.node.ip6}]:{NODE_PORT}"
-        assert pm["method"] == "pcp"  # the IPv4 mapping too
+        assert pm["ipv6_pinhole"]["method"] == method
+        assert pm["method"] == method  # the IPv4 mapping too
         assert router.pinholes() == [lab.node.ip6]
         assert "IPv6 pinhole" in product.node_cli("status").stdout
     except Exception as exc:

@@ -126,6 +126,14 @@ class Tunnel:
     relay: RelayPath | None = None
     connected_at: float = field(default_factory=time.time)
     why: str = ""  # why this path (shown by `higgsvpn status`)
+    path_since: float = 0.0  # unix time the current path came up; 0 = at connected_at
+
+    def __post_init__(self) -> None:
+        self.path_since = self.path_since or self.connected_at
+
+    def change_path(self, mode: PathMode, why: str) -> None:
+        """A path change while connected (relay → punched → relay ...), stamped for status."""
+        self.mode, self.why, self.path_since = mode, why, time.time()
 
     @property
     def address(self) -> str:

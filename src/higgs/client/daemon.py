@@ -22,7 +22,8 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from higgs.client.connect import ConnectError, Connector, Tunnel
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 2.0
 PING_EVERY_S = 10.0
+PUNCHES_KEPT = 10  # hole-punch attempts shown by `status --json`
 # How often the server is asked whether our node is still online: a node that crashed (no
 # graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
 # that long before WireGuard's own handshake goes stale.
@@ -63,6 +65,8 @@ class _Health:
     last_error: str | None = None
     public_endpoint: str | None = None
     path_changes: int = 0
+    # The latest hole-punch attempts: (unix time it ended, "punched" | "failed").
+    punches: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=PUNCHES_KEPT))
 
 
 class Daemon:
@@ -249,9 +253,16 @@ class Daemon:
         """On the UDP relay, asks for hole-punch offers and tries each one once; the server
         paces retries, so a failed attempt (a symmetric NAT) is tried again later."""
         tried: str | None = None
+        seen: tuple[int, float] | None = None
         while True:
-            await asyncio.sleep(self.settings.punch_poll_s)
             tunnel = self.tunnel
+            # A path that just came up is asked about at once: the first ask, not the poll,
+            # sets how soon a new session leaves the relay (docs/client.md).
+            if tunnel is None or (id(tunnel), tunnel.path_since) == seen:
+                await asyncio.sleep(self.settings.punch_poll_s)
+                tunnel = self.tunnel
+            if tunnel is not None:
+                seen = (id(tunnel), tunnel.path_since)
             if (
                 not self.settings.punch
                 or tunnel is None
@@ -273,16 +284,19 @@ class Daemon:
             opened = await punch(offer, port=port, fwmark=self.host.fwmark)
             if self.tunnel is not tunnel or tunnel.mode != "udp_relay":
                 continue
+            self.health.punches.append((time.time(), "punched" if opened else "failed"))
             if not opened:
                 tunnel.why = (
                     f"hole punching to {offer.peer_endpoint} failed: no probe from the node in "
                     f"{offer.window_s:g}s (a symmetric NAT on either side?); on the UDP relay"
                 )
                 log.info("%s", tunnel.why)
+                await self._write_status()
                 continue
             await asyncio.to_thread(self.host.move_peer, offer.peer_endpoint, PUNCH_KEEPALIVE_S)
-            tunnel.mode = "punched"
-            tunnel.why = f"hole punched to the node's public address {offer.peer_endpoint}"
+            tunnel.change_path(
+                "punched", f"hole punched to the node's public address {offer.peer_endpoint}"
+            )
             self.health.path_changes += 1
             log.info("path: punched (%s)", offer.peer_endpoint)
             await self._write_status()
@@ -354,8 +368,9 @@ class Daemon:
             # Back onto the UDP relay with a fresh peer: its handshake goes out at once, so
             # the relay learns our (maybe new) address without waiting for a rekey.
             await self.connector._set_peer(tunnel.route, relay.endpoint)
-            tunnel.mode = "udp_relay"
-            tunnel.why = f"left the punched path ({reason}); back on the UDP relay"
+            tunnel.change_path(
+                "udp_relay", f"left the punched path ({reason}); back on the UDP relay"
+            )
             log.warning("%s", tunnel.why)
             await self._write_status()
             return
@@ -396,6 +411,7 @@ class Daemon:
             full_tunnel=self.settings.full_tunnel,
             kill_switch=self.settings.kill_switch_enabled,
             connected_at=tunnel.connected_at,
+            path_since=tunnel.path_since,
             latest_handshake=stats.latest_handshake if stats else 0.0,
             rx_bytes=stats.rx_bytes if stats else 0,
             tx_bytes=stats.tx_bytes if stats else 0,
@@ -407,6 +423,7 @@ class Daemon:
             updated_at=time.time(),
             public_endpoint=self.health.public_endpoint,
             path_changes=self.health.path_changes,
+            punches=[p for p in self.health.punches if p[0] >= tunnel.connected_at],
         )
         await asyncio.to_thread(write_status, self.settings.status_file, report)
 

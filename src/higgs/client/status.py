@@ -47,6 +47,9 @@ class StatusReport(BaseModel):
     # times the path changed while connected (relay → punched → relay ...).
     public_endpoint: str | None = None
     path_changes: int = 0
+    path_since: float | None = None  # unix time the current path (mode) came up
+    # This session's latest hole-punch attempts: (unix time it ended, punched | failed).
+    punches: list[tuple[float, str]] = []
 
     def handshake_age_s(self, now: float | None = None) -> float | None:
         if not self.latest_handshake:

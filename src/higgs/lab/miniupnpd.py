@@ -63,10 +63,14 @@ def render_config(
     uid: str,
     lan_ip6: str | None = None,
 ) -> str:
-    """miniupnpd.conf for a lab router (pure); ``lan_ip6``: also serve IPv6 there (PCP
-    pinholes, UPnP's WANIPv6FirewallControl)."""
+    """miniupnpd.conf for a lab router (pure); ``lan_ip6`` given: also serve IPv6 on the
+    LAN (PCP pinholes, UPnP's WANIPv6FirewallControl), on the LAN interface's own addresses.
+
+    No ``ipv6_listening_ip``: with it miniupnpd 2.3.1 binds its one HTTP socket to that IPv6
+    address alone (``ss``: ``[2001:db8:1::1]%lan0:5000``), so UPnP over IPv4 is refused;
+    without it the socket is dual-stack on the LAN (``*%lan0:5000``)."""
     yes = {True: "yes", False: "no"}
-    v6 = [f"ipv6_listening_ip={lan_ip6}", f"ext_ifname6={wan_if}"] if lan_ip6 else []
+    v6 = [f"ext_ifname6={wan_if}"] if lan_ip6 else []
     return "\n".join(
         [
             *v6,
@@ -223,7 +227,10 @@ class MiniUpnpd:
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
         if self.upnp:
-            self.proc.wait_listening(HTTP_PORT, timeout=timeout)
+            # With IPv6 its HTTP socket is one dual-stack IPv6 socket (/proc/net/tcp6).
+            self.proc.wait_listening(
+                HTTP_PORT, proto="tcp6" if self.ipv6 else "tcp", timeout=timeout
+            )
         if self.natpmp:
             self.proc.wait_listening(NATPMP_PORT, proto="udp", timeout=timeout)
         # STUN runs before the listeners open; forwarding stays off if STUN saw a NAT.

@@ -103,8 +103,8 @@ class PortMapper:
         self.failed_rounds = 0
         self.next_at: float | None = None  # monotonic time of the next renewal/round
         self.verified: bool | None = None  # set by the agent from the server's answer
-        # IPv6: a PCP MAP for the node's global address opens a pinhole in the router's
-        # firewall (no NAT). Best effort: kept and reported, never required.
+        # IPv6: a pinhole in the router's firewall (no NAT) for the node's global address, by
+        # PCP (a MAP) or UPnP (WANIPv6FirewallControl). Best effort: reported, never required.
         self._uplink6 = uplink6
         self.pinhole: PortMapping | None = None
         self._pinhole_entry: Entry | None = None
@@ -274,10 +274,16 @@ class PortMapper:
             self._entry = None
             raise
 
+    def _pinhole_methods(self) -> tuple[Method, ...]:
+        """PCP (a MAP for an IPv6 address is a pinhole) and UPnP (WANIPv6FirewallControl),
+        in the setting's order; NAT-PMP has no IPv6."""
+        return tuple(m for m in self.methods if m in (Method.PCP, Method.UPNP))
+
     async def pinhole_round(self) -> PortMapping | None:
-        """Opens or renews the IPv6 pinhole (PCP only: NAT-PMP has no IPv6, and UPnP's
-        WANIPv6FirewallControl is not asked yet)."""
-        if Method.PCP not in self.methods or self._uplink6 is None:
+        """Opens or renews the IPv6 pinhole: the method that opened it first, else each of
+        :meth:`_pinhole_methods` in turn; the reasons of all that failed are kept."""
+        methods = self._pinhole_methods()
+        if not methods or self._uplink6 is None:
             return None
         up6 = self._uplink6()
         addrs = internet_v6(up6.addresses) if up6 is not None else ()
@@ -297,29 +303,83 @@ class PortMapper:
         )
         if old is not None and not renewing:
             await self._remove_pinhole()
-        nonce = bytes.fromhex(old.nonce) if renewing and old else pm_udp.pcp_new_nonce()
-        if not renewing:
-            undo = portmap_delete(Method.PCP, gateway, ip6, self.port, nonce=nonce.hex())
-            self._pinhole_entry = self.journal.record("IPv6 pinhole (pcp) on the router", undo)
+            old = None
+        if old is not None:
+            methods = (old.method, *(m for m in methods if m is not old.method))
+        why: list[str] = []
+        for method in methods:
+            again = old is not None and method is old.method
+            try:
+                self.pinhole = await asyncio.wait_for(
+                    self._open_pinhole(method, gateway, up6.name, ip6, old if again else None),
+                    ATTEMPT_TIMEOUT_S,
+                )
+            except (PortMapError, TimeoutError) as exc:
+                why.append(
+                    f"{method.value}: {exc.reason} ({exc.detail})"
+                    if isinstance(exc, PortMapError)
+                    else f"{method.value}: timeout"
+                )
+                if again or isinstance(exc, TimeoutError):
+                    # A failed renewal starts over; a timeout may have left a pinhole the
+                    # router granted after all: its journaled undo closes it either way.
+                    await self._remove_pinhole()
+                    old = None
+                continue
+            self.pinhole_why = None
+            if old is None or old.endpoint != self.pinhole.endpoint:
+                log.info(
+                    "IPv6 pinhole open on the router",
+                    extra={"endpoint": self.pinhole.endpoint, "method": method.value},
+                )
+            return self.pinhole
+        self.pinhole = None
+        self.pinhole_why = "; ".join(why)
+        return None
+
+    async def _open_pinhole(
+        self, method: Method, gateway: str, interface: str, ip6: str, current: PortMapping | None
+    ) -> PortMapping:
+        """One method's pinhole, journaled before the router is asked (its undo closes it);
+        a refusal forgets the entry."""
+        if current is None:
+            if method is Method.PCP:
+                nonce = pm_udp.pcp_new_nonce()
+                undo = portmap_delete(method, gateway, ip6, self.port, nonce=nonce.hex())
+            else:
+                location = await pm_upnp.discover(gateway, interface)
+                undo = portmap_delete(
+                    method, gateway, ip6, self.port, location=location, pinhole=True
+                )
+            self._pinhole_entry = self.journal.record(
+                f"IPv6 pinhole ({method.value}) on the router", undo
+            )
+        entry = self._pinhole_entry
+        assert entry is not None
         try:
-            self.pinhole = await asyncio.wait_for(
-                pm_udp.pcp_map(gateway, ip6, self.port, self.lifetime_s, nonce), ATTEMPT_TIMEOUT_S
+            if method is Method.PCP:
+                nonce = bytes.fromhex(current.nonce if current else entry.undo["nonce"])
+                return await pm_udp.pcp_map(gateway, ip6, self.port, self.lifetime_s, nonce)
+            opened = await pm_upnp.upnp_pinhole(
+                gateway,
+                ip6,
+                self.port,
+                self.lifetime_s,
+                location=entry.undo["location"],
+                pinhole_id=current.pinhole_id if current else None,
             )
-        except (PortMapError, TimeoutError) as exc:
-            self.pinhole_why = (
-                f"pcp: {exc.reason} ({exc.detail})" if isinstance(exc, PortMapError) else "timeout"
-            )
-            if renewing:
-                await self._remove_pinhole()
-            elif self._pinhole_entry is not None:
-                self.journal.forget(self._pinhole_entry)
+        except PortMapError:
+            if current is None:
+                self.journal.forget(entry)
                 self._pinhole_entry = None
-            self.pinhole = None
-            return None
-        self.pinhole_why = None
-        if old is None or old.endpoint != self.pinhole.endpoint:
-            log.info("IPv6 pinhole open on the router", extra={"endpoint": self.pinhole.endpoint})
-        return self.pinhole
+            raise
+        if current is None:  # the router's id for it: the undo deletes exactly that one
+            undo = portmap_delete(
+                method, gateway, ip6, self.port, location=opened.location, pinhole=True,
+                pinhole_id=opened.pinhole_id,
+            )  # fmt: skip
+            self._pinhole_entry = self.journal.amend(entry, undo)
+        return opened
 
     async def _remove_pinhole(self) -> None:
         entry, self._pinhole_entry = self._pinhole_entry, None

@@ -275,3 +275,68 @@ async def test_no_ipv6_uplink_is_reported_not_tried(journal: Journal) -> None:
     assert pm.status()["ipv6_pinhole"]["reason"] == "no IPv6 default route with an internet address"
     assert len(journal) == 0
     assert await mapper(journal, "natpmp", uplink6=uplink6).pinhole_round() is None  # no v6
+
+
+async def test_ipv6_pinhole_falls_back_to_upnp_journaled_with_the_routers_id(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PCP refused: UPnP's WANIPv6FirewallControl opens it; the journal's undo learns the
+    router's UniqueID, renewals update that pinhole, stop deletes exactly it."""
+    location = "http://[2001:db8:1::1]:5000/rootDesc.xml"
+    calls: list[tuple[str, int | None]] = []
+
+    async def pcp_map(gw: str, ip: str, port: int, life: int, nonce: bytes) -> PortMapping:
+        raise PortMapError(Method.PCP, "port_unreachable", "nothing listens")
+
+    async def discover(gw: str, interface: str = "") -> str:
+        assert interface == "eth0"  # the uplink: the search socket's scope
+        return location
+
+    async def upnp_pinhole(
+        gw: str, ip: str, port: int, life: int, location: str = "", pinhole_id: int | None = None
+    ) -> PortMapping:
+        undo = [e.undo for e in journal.entries if e.undo.get("pinhole")]
+        assert undo, "asked before it was journaled"
+        calls.append(("update" if pinhole_id is not None else "add", pinhole_id))
+        return PortMapping(
+            Method.UPNP, gw, ip, port, ip, port, life, 0.0, location=location,
+            pinhole_id=7 if pinhole_id is None else pinhole_id,
+        )  # fmt: skip
+
+    deleted: list[tuple[str, str, int, int | None]] = []
+
+    async def upnp_pinhole_delete(loc: str, ip: str, port: int, uid: int | None) -> None:
+        deleted.append((loc, ip, port, uid))
+
+    monkeypatch.setattr(pmod.pm_udp, "pcp_map", pcp_map)
+    monkeypatch.setattr(pmod.pm_upnp, "discover", discover)
+    monkeypatch.setattr(pmod.pm_upnp, "upnp_pinhole", upnp_pinhole)
+    monkeypatch.setattr(pm_undo.upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
+    pm = mapper(journal, "auto", uplink6=lambda: uplink6("2001:db8:1::1"))
+    hole = await pm.pinhole_round()
+    assert hole is not None
+    assert hole.method is Method.UPNP
+    assert hole.endpoint == "[2001:db8:1::10]:51820"
+    assert pm.status()["ipv6_pinhole"]["method"] == "upnp"
+    (entry,) = journal.entries  # the PCP attempt's entry was forgotten
+    assert entry.undo["pinhole_id"] == 7
+    await pm.pinhole_round()
+    assert calls == [("add", None), ("update", 7)]
+    await pm.stop()
+    assert deleted == [(location, "2001:db8:1::10", PORT, 7)]
+    assert len(journal) == 0
+
+
+def test_pinhole_undo_without_the_id_asks_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed before the router's answer was journaled: the undo still finds the pinhole."""
+    seen: list[int | None] = []
+
+    async def upnp_pinhole_delete(loc: str, ip: str, port: int, uid: int | None) -> None:
+        seen.append(uid)
+
+    monkeypatch.setattr(pm_undo.upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
+    record = pm_undo.portmap_delete(
+        Method.UPNP, "2001:db8:1::1", "2001:db8:1::10", PORT, location="http://x/", pinhole=True
+    )
+    pm_undo.UNDO.apply(json.loads(json.dumps(record)), None)  # type: ignore[arg-type]
+    assert seen == [None]

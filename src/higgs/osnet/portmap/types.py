@@ -48,6 +48,7 @@ class PortMapping:
     granted_at: float
     nonce: str = ""  # PCP: hex of the 12-byte nonce (renewals and the delete must reuse it)
     location: str = ""  # UPnP: the device description URL
+    pinhole_id: int | None = None  # UPnP IPv6 pinhole: the router's UniqueID for it
 
     @property
     def endpoint(self) -> str:

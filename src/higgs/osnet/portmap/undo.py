@@ -13,6 +13,8 @@ param              meaning
 ``external_port``  UPnP: the external port to delete
 ``nonce``          PCP: hex of the nonce that created the mapping (PCP refuses others)
 ``location``       UPnP: the device description URL (no discovery needed to delete)
+``pinhole``        UPnP: an IPv6 pinhole (WANIPv6FirewallControl), not a port mapping
+``pinhole_id``     UPnP pinhole: the router's UniqueID; -1 until its answer was journaled
 =================  =====================================================================
 
 A router that no longer answers (the node moved to another network, the router restarted)
@@ -48,9 +50,21 @@ def portmap_delete(
     external_port: int = 0,
     nonce: str = "",
     location: str = "",
+    pinhole: bool = False,
+    pinhole_id: int | None = None,
 ) -> dict[str, Any]:
     return UNDO.record(
-        PortmapUndo(method, gateway, internal_ip, internal_port, external_port, nonce, location)
+        PortmapUndo(
+            method,
+            gateway,
+            internal_ip,
+            internal_port,
+            external_port,
+            nonce,
+            location,
+            pinhole,
+            -1 if pinhole_id is None else pinhole_id,
+        )
     )
 
 
@@ -65,6 +79,8 @@ class PortmapUndo:
     external_port: int = 0
     nonce: str = ""
     location: str = ""
+    pinhole: bool = False
+    pinhole_id: int = -1
 
 
 def _op_portmap_delete(params: PortmapUndo, ctx: undo_ops.UndoContext) -> None:
@@ -75,6 +91,8 @@ def _op_portmap_delete(params: PortmapUndo, ctx: undo_ops.UndoContext) -> None:
         done = udp.pcp_delete_blocking(
             gateway, params.internal_ip, port, bytes.fromhex(params.nonce)
         )
+    elif params.pinhole:
+        done = _upnp_pinhole_delete(params)
     else:
         done = _upnp_delete(params.location, params.external_port)
     if not done:
@@ -93,6 +111,25 @@ def _upnp_delete(location: str, external_port: int) -> bool:
         asyncio.run(asyncio.wait_for(upnp.upnp_delete(location, external_port), 10))
     except Exception as exc:  # the router's SOAP fault for "no such entry" lands here too
         log.info("UPnP delete: %s: %s", type(exc).__name__, exc)
+        return False
+    return True
+
+
+def _upnp_pinhole_delete(params: PortmapUndo) -> bool:
+    if not params.location:
+        return False
+    known = params.pinhole_id if params.pinhole_id >= 0 else None
+    try:
+        asyncio.run(
+            asyncio.wait_for(
+                upnp.upnp_pinhole_delete(
+                    params.location, params.internal_ip, params.internal_port, known
+                ),
+                10,
+            )
+        )
+    except Exception as exc:
+        log.info("UPnP pinhole delete: %s: %s", type(exc).__name__, exc)
         return False
     return True
 
