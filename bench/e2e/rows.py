@@ -36,7 +36,7 @@ PRODUCT_UDP_USERSPACE = "Higgs.net UDP relay (userspace)"
 @dataclass(frozen=True)
 class Row:
     name: str
-    up: Callable[[Lab], contextlib.AbstractContextManager[None]]
+    up: Callable[[Lab], contextlib.AbstractContextManager[object]]
     # Checked before any lab is built; a reason means the row prints "not available".
     unavailable: Callable[[], str | None] = lambda: None
 
@@ -68,7 +68,7 @@ def _product_missing() -> str | None:
     return None
 
 
-def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[None]:
+def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[object]:
     from .product import product_tunnel
 
     return product_tunnel(lab, mode)

@@ -232,6 +232,7 @@ def test_node_crash_fails_over_without_user_action(relay: System) -> None:
     client = relay.client()
     first = client.connect("--mode", "relay")
     (used,) = [n for n in nodes if n.node_id == first["node_id"]]
+    assert used.proc is not None
     used.proc.popen.kill()
     used.proc.popen.wait(10)
     wait_until(

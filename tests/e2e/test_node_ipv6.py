@@ -208,6 +208,7 @@ def test_node_stop_restores_its_host(v6: System) -> None:
     assert _sysctl(lab, "net.ipv6.conf.all.forwarding") == "1"
     assert _BEFORE["node"].diff(hoststate.snapshot(netns=lab.node.ns)), "node changed nothing?"
     v6.node.stop()
+    assert v6.node.proc is not None
     assert v6.node.proc.popen.returncode == 0, v6.node.proc.log.read_text()[-3000:]
     assert _BEFORE["node"].diff(hoststate.snapshot(netns=lab.node.ns)) == ""
     assert _sysctl(lab, "net.ipv6.conf.eth0.accept_ra") == _BEFORE_RA["eth0"]

@@ -282,6 +282,7 @@ def test_the_server_and_its_relay_killed_mid_session_then_restarted(udp: System)
     wait_until("the session closed", lambda: all(
         s["session_id"] != session_id for s in sessions(udp)), 20)  # fmt: skip
     time.sleep(2)  # the node's peer_remove: its keepalives would make new conntrack entries
+    assert udp.server.proc is not None
     udp.server.proc.popen.terminate()
     udp.server.proc.popen.wait(60)
     left = _relay_leftovers(udp, session_id)

@@ -44,7 +44,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{proc.args!r} exited:\n{log.read_text()[-3000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

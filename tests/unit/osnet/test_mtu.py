@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -158,7 +159,13 @@ class SimulatedPath:
         out = head + reply + stats.format(t=target, r=1, e="0% packet loss, time 0ms\n")
         return CommandResult(tuple(argv), 0, out, "")
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> int:
         raise AssertionError("the probe starts no daemon")
 
 
@@ -218,7 +225,14 @@ def test_probe_never_reports_more_than_the_local_interface_allows() -> None:
 
 def test_missing_ping_gives_none_not_a_crash() -> None:
     class NoPing(SimulatedPath):
-        def run(self, argv: Sequence[str], **kwargs: object) -> CommandResult:
+        def run(
+            self,
+            argv: Sequence[str],
+            *,
+            input: str | None = None,
+            check: bool = True,
+            timeout: float = DEFAULT_TIMEOUT,
+        ) -> CommandResult:
             raise CommandError(argv, None, "executable not found: ping")
 
     assert probe_path_mtu("192.0.2.10", NoPing(1400)) is None
