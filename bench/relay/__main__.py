@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.smoke:
         sizes, counts, rounds = [100], [2], 1
-        duration, warmup, rate, latency_s = 0.5, 0.3, 1000, 1.0
-        idle_sessions = 200
+        duration, warmup, rate, latency_s = 0.3, 0.1, 1000, 0.5
+        idle_sessions = 50
     else:
         sizes, counts, rounds = [1420, 100], [1, 10, 100], a.rounds
         duration, warmup, rate, latency_s = a.duration, 1.0, 5000, 4.0
