@@ -74,7 +74,8 @@ def no_secret_in_any_lab_log() -> Iterator[None]:
 
 def each_test(system_fixture: str, name: str) -> Any:
     """A fixture called ``name``: the module's system of fixture ``system_fixture``, with
-    every client disconnected after each test, so that none stays connected into the next."""
+    every client disconnected after each test, so that none stays connected into the next.
+    Not for a parametrized ``system_fixture``: that one must be a declared dependency."""
 
     @pytest.fixture(name=name)
     def each(request: pytest.FixtureRequest) -> Iterator[System]:

@@ -31,11 +31,12 @@ from tests.e2e.client_system import (
     System,
     check_tunnel,
     client_public,
+    disconnect_all,
     home_public,
     running_system,
     wait_until,
 )
-from tests.e2e.conftest import PRODUCT_MARKS, each_test, udp_relay_status
+from tests.e2e.conftest import PRODUCT_MARKS, udp_relay_status
 
 pytestmark = PRODUCT_MARKS
 
@@ -56,7 +57,12 @@ def udp_system(
         yield system
 
 
-udp = each_test("udp_system", "udp")
+@pytest.fixture
+def udp(udp_system: System) -> Iterator[System]:
+    # Requested by name, not through system_fixtures: a parametrized fixture must be a
+    # declared dependency (request.getfixturevalue cannot parametrize).
+    yield udp_system
+    disconnect_all(udp_system)
 
 
 def sessions(system: System) -> list[dict[str, Any]]:
