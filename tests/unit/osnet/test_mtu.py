@@ -113,6 +113,7 @@ class SimulatedPath:
     icmp: bool = True
     lose: int = 0
     unreachable: bool = False
+    no_ping: bool = False  # the host has no ping binary
     sizes: list[int] = field(default_factory=list)
     _cached: int | None = None
 
@@ -131,6 +132,8 @@ class SimulatedPath:
         target = argv[-1]
         head = f"PING {target} ({target}) {size - 28}({size}) bytes of data.\n"
         stats = "\n--- {t} ping statistics ---\n1 packets transmitted, {r} received, {e}"
+        if self.no_ping:
+            raise CommandError(argv, None, "executable not found: ping")
         if self.unreachable:
             return CommandResult(tuple(argv), 2, "", "ping: connect: Network is unreachable\n")
         limit = min(self.local_mtu, self._cached or self.local_mtu)
@@ -224,18 +227,7 @@ def test_probe_never_reports_more_than_the_local_interface_allows() -> None:
 
 
 def test_missing_ping_gives_none_not_a_crash() -> None:
-    class NoPing(SimulatedPath):
-        def run(
-            self,
-            argv: Sequence[str],
-            *,
-            input: str | None = None,
-            check: bool = True,
-            timeout: float = DEFAULT_TIMEOUT,
-        ) -> CommandResult:
-            raise CommandError(argv, None, "executable not found: ping")
-
-    assert probe_path_mtu("192.0.2.10", NoPing(1400)) is None
+    assert probe_path_mtu("192.0.2.10", SimulatedPath(1400, no_ping=True)) is None
 
 
 def test_probe_bounds_are_checked() -> None:
