@@ -269,8 +269,10 @@ def run_rounds(
     budget: Budget | None = None,
     seed: int | None = None,
     label: str = "",
+    shuffle: bool = True,
 ) -> Results:
-    """Run every available case once per round, shuffled within each round.
+    """Run every available case once per round, shuffled within each round (unless not
+    ``shuffle``: then in the order given).
 
     A case that raises is recorded (its message goes to ``results.errors``) and the others go
     on; :class:`Unavailable` marks the row unavailable. The budget bounds the whole run: when
@@ -284,7 +286,8 @@ def run_rounds(
     todo = [c for c in cases if not c.unavailable]
     for round_no in range(rounds):
         order = list(todo)
-        rng.shuffle(order)
+        if shuffle:
+            rng.shuffle(order)
         for case in order:
             if case.name in results.unavailable:
                 continue

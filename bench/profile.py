@@ -157,7 +157,7 @@ def run(*, smoke: bool = False) -> Section:
         return Section(title, text="Not available: py-spy is not installed (make setup).")
     n = 4 if smoke else 1000
     sessions = 2 if smoke else 10
-    seconds = 2.0 if smoke else 15.0
+    seconds = 1.0 if smoke else 15.0
     with (
         tempfile.TemporaryDirectory(prefix="higgs-bench-prof-") as tmp,
         contextlib.ExitStack() as st,

@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,15 +64,31 @@ def product_tunnel(
     if mode == "udp_relay_userspace":
         udp_flags.append("--udp-relay-userspace")
     assert lab.workdir is not None
-    work = lab.workdir / "product"
-    work.mkdir(mode=0o700, exist_ok=True)
+    # A directory of its own: the smoke brings several tunnels up, one after another, in one
+    # lab, each with a fresh server database and node state.
+    work = Path(tempfile.mkdtemp(prefix=f"product-{mode}-", dir=lab.workdir))
     server = ServerProgram(lab, work / "server")
+    server_proc = server.start(timeout=60, args=udp_flags)
+    with contextlib.ExitStack() as stack:
+        # The next tunnel in this lab listens on the same ports.
+        stack.callback(_stop, server_proc.popen)
+        yield from _with_server(lab, mode, work, server, udp, client_mode)
+
+
+def _stop(popen: subprocess.Popen[bytes]) -> None:
+    popen.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        popen.wait(30)
+
+
+def _with_server(
+    lab: Lab, mode: str, work: Path, server: ServerProgram, udp: bool, client_mode: str | None
+) -> Iterator[Callable[..., str]]:
     url = server.url
 
     def server_cli(*args: str) -> str:
         return server.cli(*args, timeout=120)
 
-    server.start(timeout=60, args=udp_flags)
     key = server_cli("enroll", "create").split()[-1]
     if not udp:
         lab.forward_udp(NODE_PORT)

@@ -2,7 +2,8 @@
 
 A row is a context manager that takes a built lab and brings its tunnel up; the benchmark
 measures while it is up. A fresh lab per row and round keeps rows from influencing each
-other (no leftover routes, conntrack entries or processes of the previous row).
+other (no leftover routes, conntrack entries or processes of the previous row); the smoke
+shares one lab between rows (it checks that rows come up, not their figures).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = [
     "REFERENCE",
     "ROWS",
     "Row",
+    "smoke_left_out",
+    "smoke_order",
 ]
 
 REFERENCE = "stock wireguard-go (reference)"
@@ -36,7 +39,7 @@ PRODUCT_UDP_USERSPACE = "Higgs.net UDP relay (userspace)"
 @dataclass(frozen=True)
 class Row:
     name: str
-    up: Callable[[Lab], contextlib.AbstractContextManager[None]]
+    up: Callable[[Lab], contextlib.AbstractContextManager[object]]
     # Checked before any lab is built; a reason means the row prints "not available".
     unavailable: Callable[[], str | None] = lambda: None
 
@@ -68,10 +71,29 @@ def _product_missing() -> str | None:
     return None
 
 
-def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[None]:
+def _product(lab: Lab, mode: str) -> contextlib.AbstractContextManager[object]:
     from .product import product_tunnel
 
     return product_tunnel(lab, mode)
+
+
+# The one product row the smoke brings up: starting bosonserver, higgsnode and higgsvpn is
+# most of a row's cost, and the other modes are each brought up by their e2e tests
+# (test_client_direct, test_client_relay, test_udp_relay).
+SMOKE_PRODUCT_ROW = PRODUCT_UDP_RELAY
+SMOKE_LEFT_OUT = f"not run by the smoke (it brings up one product row: {SMOKE_PRODUCT_ROW})"
+
+
+def smoke_order() -> list[Row]:
+    """The rows in the order the smoke runs them in one lab: the reference first (the row
+    every other is compared with), then the plain path, then the product row."""
+    return sorted(ROWS, key=lambda r: (r.name != REFERENCE, r.name == SMOKE_PRODUCT_ROW))
+
+
+def smoke_left_out(row: Row) -> str | None:
+    """Why the smoke does not run ``row`` (None: it does)."""
+    product = row.unavailable is _product_missing
+    return SMOKE_LEFT_OUT if product and row.name != SMOKE_PRODUCT_ROW else None
 
 
 ROWS: tuple[Row, ...] = (

@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.smoke:
         sizes, counts, rounds = [100], [2], 1
-        duration, warmup, rate, latency_s = 0.5, 0.3, 1000, 1.0
-        idle_sessions = 200
+        duration, warmup, rate, latency_s = 0.3, 0.1, 1000, 0.5
+        idle_sessions = 50
     else:
         sizes, counts, rounds = [1420, 100], [1, 10, 100], a.rounds
         duration, warmup, rate, latency_s = a.duration, 1.0, 5000, 4.0
@@ -219,12 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         for n in counts:
             h = tput.get(("higgs", size, n), [])
-            r = tput.get(("node-ws", size, n), [])
-            hd, rd = _median(h, "datagrams_per_s"), _median(r, "datagrams_per_s")
-            hu, ru = _median(h, "server_us_per_datagram"), _median(r, "server_us_per_datagram")
+            ref = tput.get(("node-ws", size, n), [])
+            hd, rd = _median(h, "datagrams_per_s"), _median(ref, "datagrams_per_s")
+            hu, ru = _median(h, "server_us_per_datagram"), _median(ref, "server_us_per_datagram")
             print(
                 f"| {size} B | {n} | {_fmt(hd)} | {_fmt(_median(h, 'mbit_per_s'))} "
-                f"| {_fmt(rd)} | {_fmt(_median(r, 'mbit_per_s'))} | {_ratio(hd, rd)} "
+                f"| {_fmt(rd)} | {_fmt(_median(ref, 'mbit_per_s'))} | {_ratio(hd, rd)} "
                 f"| {_fmt(hu, 2)} | {_fmt(ru, 2)} | {_ratio(ru, hu)} "
                 f"| {_fmt(1e6 / hu if hu else None)} |"
             )
@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling is 1e6 / that figure: an extrapolation, valid only if the cost per datagram "
         "stayed the same at full load (with the hub's write coalescing it falls as load rises)."
     )
-    errors = [(k, x["error"]) for k, runs in tput.items() for x in runs if "error" in x]
+    errors: list[tuple[object, Any]] = [
+        (k, x["error"]) for k, runs in tput.items() for x in runs if "error" in x
+    ]
     print("\n### Added latency (paced, 1420 B, 10 sessions)\n")
     print("| relay | rate /s | delivered | p50 µs | p99 µs | server CPU % |")
     print("|---|---|---|---|---|---|")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
@@ -215,7 +216,7 @@ async def run_tput(a: argparse.Namespace) -> dict[str, Any]:
     rx: list[CountingRx] = []
     for n in range(nodes):
         _, proto = await loop.create_connection(
-            lambda n=n: CountingRx(f"hgn_bench-node-{n}"), "127.0.0.1", a.port
+            functools.partial(CountingRx, f"hgn_bench-node-{n}"), "127.0.0.1", a.port
         )
         await asyncio.wait_for(proto.ready, 10)
         rx.append(proto)

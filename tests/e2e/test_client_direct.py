@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from higgs.lab import start_wireguard_go
-from tests.e2e.client_system import (
-    System,
-    check_tunnel,
-    client_public,
-    disconnect_all,
-    home_public,
-    needs_node,
-    running_system,
-    wait_until,
-)
+from tests.e2e.client_system import System, check_tunnel, client_public, home_public, wait_until
+from tests.e2e.conftest import PRODUCT_MARKS, export_fields, system_fixtures, wg_setconf_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
+pytestmark = PRODUCT_MARKS
 
-
-@pytest.fixture(scope="module")
-def direct_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with running_system(tmp_path_factory.mktemp("direct"), direct=True) as system:
-        yield system
-
-
-@pytest.fixture
-def direct(direct_system: System) -> Iterator[System]:
-    yield direct_system
-    disconnect_all(direct_system)
+direct_system, direct = system_fixtures("direct", direct=True)
 
 
 def test_direct_mode_through_port_forward_bypasses_the_relay(direct: System) -> None:
@@ -73,19 +51,11 @@ def test_exported_config_works_with_stock_wireguard(direct: System) -> None:
     lab = direct.lab
     client = direct.client()
     text = client.vpn("export").stdout
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep:
-            fields[key.strip()] = value.strip()
-    # `wg setconf` takes what wg-quick leaves after stripping its own keys.
-    wg_only = "\n".join(
-        line for line in text.splitlines() if not line.startswith(("Address", "DNS", "MTU", "#"))
-    )
+    fields = export_fields(text)
     ifname = lab.ifname("stk")
     start_wireguard_go(client.host, ifname)
     try:
-        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_only + "\n")
+        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_setconf_text(text))
         client.host.run(["ip", "address", "add", fields["Address"], "dev", ifname])
         client.host.run(["ip", "link", "set", ifname, "mtu", fields["MTU"], "up"])
         # Only the internet host through the tunnel: the endpoint stays on the normal route.

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,26 +22,14 @@ from tests.e2e.client_system import (
     System,
     check_tunnel,
     client_public,
-    disconnect_all,
     home_public,
-    needs_node,
-    running_system,
     wait_until,
 )
+from tests.e2e.conftest import PRODUCT_MARKS, system_fixtures
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
+pytestmark = PRODUCT_MARKS
 
-
-@pytest.fixture(scope="module")
-def relay_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with running_system(tmp_path_factory.mktemp("relay"), direct=False) as system:
-        yield system
-
-
-@pytest.fixture
-def relay(relay_system: System) -> Iterator[System]:
-    yield relay_system
-    disconnect_all(relay_system)
+relay_system, relay = system_fixtures("relay", direct=False)
 
 
 def test_relay_mode_ping_http_dns_through_the_node(relay: System) -> None:
@@ -232,6 +219,7 @@ def test_node_crash_fails_over_without_user_action(relay: System) -> None:
     client = relay.client()
     first = client.connect("--mode", "relay")
     (used,) = [n for n in nodes if n.node_id == first["node_id"]]
+    assert used.proc is not None
     used.proc.popen.kill()
     used.proc.popen.wait(10)
     wait_until(

@@ -173,12 +173,12 @@ def test_login_then_node_comes_online_live_with_region_as_text(stack: Stack) -> 
     assert f"ports leased 0, free {UDP_PORTS}" in udp
     assert "forwarded by the kernel 0 packets" in udp
     assert "by userspace 0 packets" in udp
-    shown = {tuple(r[:2]) for r in stack.rows("udp")}
-    for row in [("higgs_udp_relay_packets_total", "path=kernel"),
+    shown = {(r[0], r[1]) for r in stack.rows("udp")}
+    for metric in [("higgs_udp_relay_packets_total", "path=kernel"),
                 ("higgs_udp_relay_packets_total", "path=userspace"),
                 ("higgs_udp_relay_ports", "state=leased"),
                 ("higgs_udp_relay_flows", "path=kernel")]:  # fmt: skip
-        assert row in shown, (row, shown)
+        assert metric in shown, (metric, shown)
 
 
 def test_revoke_a_client_and_its_session_disappears_live(stack: Stack) -> None:

@@ -11,26 +11,14 @@ stays out of reach. One lab for the module; the last test stops the node and com
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from higgs.lab import Lab, start_wireguard_go
 from higgs.lab.lab import WHOAMI_PORT
 from higgs.osnet import hoststate
-from tests.e2e.client_system import (
-    DNS_NAME,
-    Client,
-    System,
-    client_public,
-    disconnect_all,
-    home_public,
-    needs_node,
-    running_system,
-    wait_until,
-)
+from tests.e2e.client_system import DNS_NAME, Client, System, client_public, home_public, wait_until
+from tests.e2e.conftest import PRODUCT_MARKS, export_fields, system_fixtures, wg_setconf_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
+pytestmark = PRODUCT_MARKS
 
 _BEFORE: dict[str, hoststate.HostState] = {}
 _BEFORE_RA: dict[str, str] = {}
@@ -47,18 +35,7 @@ def _snapshot_node(lab: Lab) -> None:
     _BEFORE_RA["eth0"] = _sysctl(lab, "net.ipv6.conf.eth0.accept_ra")
 
 
-@pytest.fixture(scope="module")
-def v6_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with running_system(
-        tmp_path_factory.mktemp("nat66"), direct=True, ipv6=True, before_start=_snapshot_node
-    ) as system:
-        yield system
-
-
-@pytest.fixture
-def v6(v6_system: System) -> Iterator[System]:
-    yield v6_system
-    disconnect_all(v6_system)
+v6_system, v6 = system_fixtures("v6", direct=True, ipv6=True, before_start=_snapshot_node)
 
 
 def _pings6(client: Client, addr: str) -> bool:
@@ -125,11 +102,7 @@ def test_exported_config_has_ipv6_and_works_with_stock_wireguard(v6: System) -> 
     lab = v6.lab
     client = v6.client()
     text = client.vpn("export").stdout
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep:
-            fields[key.strip()] = value.strip()
+    fields = export_fields(text)
     v4, v6addr = (a.strip() for a in fields["Address"].split(","))
     assert v4.startswith("10.")
     assert v6addr.startswith("fd")
@@ -137,13 +110,10 @@ def test_exported_config_has_ipv6_and_works_with_stock_wireguard(v6: System) -> 
     assert fields["AllowedIPs"] == "0.0.0.0/0, ::/0"
     assert len(fields["DNS"].split(",")) == 2
     # What a stock app does with it (no higgsvpn): IPv6 to the internet host leaves NATed.
-    wg_only = "\n".join(
-        line for line in text.splitlines() if not line.startswith(("Address", "DNS", "MTU", "#"))
-    )
     ifname = lab.ifname("stk6")
     start_wireguard_go(client.host, ifname)
     try:
-        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_only + "\n")
+        client.host.run(["wg", "setconf", ifname, "/dev/stdin"], input=wg_setconf_text(text))
         client.host.run(["ip", "address", "add", v4, "dev", ifname])
         client.host.run(["ip", "address", "add", v6addr, "dev", ifname, "nodad"])
         client.host.run(["ip", "link", "set", ifname, "mtu", fields["MTU"], "up"])
@@ -208,6 +178,7 @@ def test_node_stop_restores_its_host(v6: System) -> None:
     assert _sysctl(lab, "net.ipv6.conf.all.forwarding") == "1"
     assert _BEFORE["node"].diff(hoststate.snapshot(netns=lab.node.ns)), "node changed nothing?"
     v6.node.stop()
+    assert v6.node.proc is not None
     assert v6.node.proc.popen.returncode == 0, v6.node.proc.log.read_text()[-3000:]
     assert _BEFORE["node"].diff(hoststate.snapshot(netns=lab.node.ns)) == ""
     assert _sysctl(lab, "net.ipv6.conf.eth0.accept_ra") == _BEFORE_RA["eth0"]

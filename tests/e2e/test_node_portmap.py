@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -41,7 +40,7 @@ def router(lab: Lab) -> MiniUpnpd:
 
 
 @pytest.fixture(scope="module")
-def product(lab: Lab, router: MiniUpnpd) -> Iterator[Product]:
+def product(lab: Lab, router: MiniUpnpd) -> Product:
     product = Product(lab)
     try:
         product.start_server()

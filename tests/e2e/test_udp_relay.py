@@ -33,12 +33,12 @@ from tests.e2e.client_system import (
     client_public,
     disconnect_all,
     home_public,
-    needs_node,
     running_system,
     wait_until,
 )
+from tests.e2e.conftest import PRODUCT_MARKS, udp_relay_status
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
+pytestmark = PRODUCT_MARKS
 
 RELAY_IP = str(default_plan().host("server").address().ip)
 NEW_CLIENT_PUBLIC = "203.0.113.21"
@@ -59,13 +59,10 @@ def udp_system(
 
 @pytest.fixture
 def udp(udp_system: System) -> Iterator[System]:
+    # Requested by name, not through system_fixtures: a parametrized fixture must be a
+    # declared dependency (request.getfixturevalue cannot parametrize).
     yield udp_system
     disconnect_all(udp_system)
-
-
-def relay_status(system: System) -> dict[str, Any]:
-    path = system.server.data_dir / "relay" / "relay-status.json"
-    return dict(json.loads(path.read_text()))
 
 
 def sessions(system: System) -> list[dict[str, Any]]:
@@ -91,13 +88,13 @@ def test_higgsvpn_through_the_udp_relay_and_a_roaming_client(udp: System) -> Non
     # Nothing over the WebSocket relay.
     assert udp.server.relayed_datagrams() == relayed_before
 
-    relay = relay_status(udp)
+    relay = udp_relay_status(udp)
     assert relay["mode"] == mode
     (legs,) = [v for v in relay["legs"].values() if v["client"]]
     assert legs["client"].startswith(client_public(lab) + ":")
     assert legs["node"].startswith(home_public(lab) + ":")
     if mode == "kernel":
-        wait_until("the kernel forwarding", lambda: relay_status(udp)["kernel_packets"] > 0, 10)
+        wait_until("the kernel forwarding", lambda: udp_relay_status(udp)["kernel_packets"] > 0, 10)
     (row,) = [s for s in sessions(udp) if s["session_id"] == status["session_id"]]
     assert row["path"] == "udp_relay"
     assert 40000 <= row["relay_port"] <= 40099
@@ -113,12 +110,12 @@ def test_higgsvpn_through_the_udp_relay_and_a_roaming_client(udp: System) -> Non
     assert lab.whoami(router)["ip"] != NEW_CLIENT_PUBLIC  # the router itself: unchanged
 
     def through() -> bool:
-        return pings(client.host, lab) and relay_status(udp)["rebinds"] >= 1
+        return pings(client.host, lab) and udp_relay_status(udp)["rebinds"] >= 1
 
     wait_until("traffic after the client's address changed", through, 20, every=0.3)
     assert time.monotonic() - moved <= 20
     assert lab.whoami(client.host)["ip"] == home_public(lab)
-    (legs,) = [v for v in relay_status(udp)["legs"].values() if v["client"]]
+    (legs,) = [v for v in udp_relay_status(udp)["legs"].values() if v["client"]]
     assert legs["client"].startswith(NEW_CLIENT_PUBLIC + ":")
     client.disconnect()
 
@@ -213,7 +210,7 @@ def test_a_client_whose_network_blocks_udp_is_bridged_to_the_udp_relay(udp: Syst
         assert grew("higgs_relay_bridge_fallback_datagrams_total") == 0  # no node-link data
         # The relay bound the bridge as the client leg: the node's leg is its home router.
         (row,) = [s for s in sessions(udp) if s["session_id"] == status["session_id"]]
-        legs = relay_status(udp)["legs"][str(row["relay_port"])]
+        legs = udp_relay_status(udp)["legs"][str(row["relay_port"])]
         assert legs["client"].startswith(RELAY_IP + ":")
         assert legs["node"].startswith(home_public(lab) + ":")
         blocked = router.run(["nft", "list", "table", "inet", BLOCK_TABLE]).stdout
@@ -267,7 +264,7 @@ def test_the_server_and_its_relay_killed_mid_session_then_restarted(udp: System)
     session_id = str(client.status()["session_id"])
     wait_until("traffic through the UDP relay", lambda: pings(client.host, lab), 20)
     if mode == "kernel":
-        wait_until("the kernel forwarding", lambda: relay_status(udp)["kernel_packets"] > 0, 10)
+        wait_until("the kernel forwarding", lambda: udp_relay_status(udp)["kernel_packets"] > 0, 10)
     udp.server.kill()
     if mode == "kernel":  # what the dead process left, for its successor to undo
         assert "nft" in _relay_leftovers(udp, session_id)
@@ -277,7 +274,7 @@ def test_the_server_and_its_relay_killed_mid_session_then_restarted(udp: System)
     gap = time.monotonic() - killed
     print(f"\nUDP relay ({mode}) kill + restart: traffic back after {gap:.1f} s")
     wait_until("both legs bound again", lambda: any(
-        v["client"] and v["node"] for v in relay_status(udp)["legs"].values()), 30)  # fmt: skip
+        v["client"] and v["node"] for v in udp_relay_status(udp)["legs"].values()), 30)  # fmt: skip
     assert lab.whoami(client.host)["ip"] == home_public(lab)
 
     # --- stop: nothing of ours remains ----------------------------------------------------------
@@ -285,6 +282,7 @@ def test_the_server_and_its_relay_killed_mid_session_then_restarted(udp: System)
     wait_until("the session closed", lambda: all(
         s["session_id"] != session_id for s in sessions(udp)), 20)  # fmt: skip
     time.sleep(2)  # the node's peer_remove: its keepalives would make new conntrack entries
+    assert udp.server.proc is not None
     udp.server.proc.popen.terminate()
     udp.server.proc.popen.wait(60)
     left = _relay_leftovers(udp, session_id)

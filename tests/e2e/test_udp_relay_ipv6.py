@@ -4,25 +4,11 @@ prefixes), the relay address the server's IPv6 one. The tunnel inside stays IPv4
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
-import pytest
-
 from higgs.lab.plan import default_plan, ipv6_plan
-from tests.e2e.client_system import (
-    System,
-    check_tunnel,
-    disconnect_all,
-    home_public,
-    needs_node,
-    running_system,
-    wait_until,
-)
+from tests.e2e.client_system import System, check_tunnel, home_public, wait_until
+from tests.e2e.conftest import PRODUCT_MARKS, system_fixtures, udp_relay_status
 
-pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
+pytestmark = PRODUCT_MARKS
 
 _V6 = ipv6_plan(default_plan())
 RELAY_IP6 = str(_V6["server"].address().ip)
@@ -30,17 +16,8 @@ CLIENT_IP6 = str(_V6["client"].address().ip)
 NODE_IP6 = str(_V6["node"].address().ip)
 
 
-@pytest.fixture
-def v6(tmp_path: Path) -> Iterator[System]:
-    env = {"BOSON_UDP_RELAY_ADDRESS": RELAY_IP6, "BOSON_UDP_RELAY_PORTS": "40000-40009"}
-    with running_system(tmp_path, direct=False, ipv6=True, server_env=env) as system:
-        yield system
-        disconnect_all(system)
-
-
-def _relay(system: System) -> dict[str, Any]:
-    path = system.server.data_dir / "relay" / "relay-status.json"
-    return dict(json.loads(path.read_text()))
+_ENV = {"BOSON_UDP_RELAY_ADDRESS": RELAY_IP6, "BOSON_UDP_RELAY_PORTS": "40000-40009"}
+v6_system, v6 = system_fixtures("v6", direct=False, ipv6=True, server_env=_ENV)
 
 
 def test_both_legs_and_the_relay_address_in_ipv6(v6: System) -> None:
@@ -48,12 +25,12 @@ def test_both_legs_and_the_relay_address_in_ipv6(v6: System) -> None:
     answer = client.connect()
     assert answer["mode"] == "udp_relay"
     check_tunnel(v6, client)  # whoami sees the home router (IPv4 inside), DNS via the node
-    relay = _relay(v6)
+    relay = udp_relay_status(v6)
     assert relay["relay_ip"] == RELAY_IP6
     assert relay["mode"] == "userspace"  # the kernel path is IPv4 only
     wait_until("both legs bound", lambda: any(v["client"] and v["node"]
-               for v in _relay(v6)["legs"].values()), 20)  # fmt: skip
-    (legs,) = [v for v in _relay(v6)["legs"].values() if v["client"]]
+               for v in udp_relay_status(v6)["legs"].values()), 20)  # fmt: skip
+    (legs,) = [v for v in udp_relay_status(v6)["legs"].values() if v["client"]]
     assert legs["client"].startswith(f"[{CLIENT_IP6}]:")
     assert legs["node"].startswith(f"[{NODE_IP6}]:")
     assert v6.lab.whoami(client.host)["ip"] == home_public(v6.lab)

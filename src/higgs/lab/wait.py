@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from .errors import LabError
 
@@ -24,7 +24,9 @@ class WaitTimeout(LabError, AssertionError):
 
 def wait_until(
     what: str,
-    check: Callable[[], T],
+    # "Not yet" is None or False, so the value returned is never that: a check of type
+    # ``() -> dict | None`` gives a dict.
+    check: Callable[[], T | Literal[False] | None],
     timeout: float = 30.0,
     every: float = 0.2,
     *,

@@ -14,7 +14,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -158,13 +158,16 @@ class RecordingRunner:
 
     Unscripted commands succeed with empty output. ``script(prefix, ...)`` makes commands
     starting with ``prefix`` return the given result (the latest matching script wins; with
-    ``times`` it applies that many times only).
+    ``times`` it applies that many times only). ``answer``, when given, sees every command
+    (spawned ones too) first: a fake that models a host answers from its model (or raises),
+    None leaves the answer to the scripts.
     """
 
     calls: list[tuple[str, ...]] = field(default_factory=list)
     inputs: list[str | None] = field(default_factory=list)
     _scripts: list[_Script] = field(default_factory=list)
     next_pid: int = 5_000_000  # fake PIDs for spawn(): above any pid_max (2**22)
+    answer: Callable[[tuple[str, ...]], CommandResult | None] | None = None
 
     def script(
         self,
@@ -188,8 +191,9 @@ class RecordingRunner:
         full = tuple(argv)
         self.calls.append(full)
         self.inputs.append(input)
-        result = CommandResult(full, 0, "", "")
-        for scripted in reversed(self._scripts):
+        answered = self.answer(full) if self.answer is not None else None
+        result = answered or CommandResult(full, 0, "", "")
+        for scripted in reversed(self._scripts if answered is None else []):
             if full[: len(scripted.prefix)] == scripted.prefix and scripted.times != 0:
                 if scripted.times is not None:
                     scripted.times -= 1
@@ -208,6 +212,8 @@ class RecordingRunner:
     ) -> int:
         self.calls.append(tuple(argv))
         self.inputs.append(None)
+        if self.answer is not None:
+            self.answer(tuple(argv))
         self.next_pid += 1
         return self.next_pid
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import select
 import time
+from typing import SupportsIndex
 
 
-def _sleep(seconds: float) -> None:
+def _sleep(secs: float | SupportsIndex) -> None:
+    seconds = secs if isinstance(secs, float) else secs.__index__()
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
     select.select([], [], [], seconds)

@@ -10,17 +10,17 @@ from picows import WSMsgType
 
 from higgs.node.control_link import ControlLink
 from higgs.server.relay.hub import RelayHubServer
+from higgs.server.relay.links import NodeLink
 from tests.integration.node.test_control_link import (  # noqa: F401 - setup is a fixture
-    K1,
     NODE,
     Events,
     FakeWireGuard,
-    Table,
     peer,
     session_client,
     setup,
     until,
 )
+from tests.unit.node.test_peers import K1, Table
 
 ROUNDS = 20
 PER_ROUND = 50
@@ -36,7 +36,7 @@ async def test_malformed_commands_are_counted_and_the_session_keeps_working(
     await until(lambda: link.relayed_channels == [17])
     client, got = await session_client(hub, "s_1", 17)
     node_link = hub.tables.nodes[NODE].link
-    assert node_link is not None
+    assert isinstance(node_link, NodeLink)
     transport = node_link.transport
     assert transport is not None
     rng = random.Random(17)

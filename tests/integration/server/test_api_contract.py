@@ -95,6 +95,7 @@ def _serve(settings: ServerSettings, ready: Future[LiveServer], stop: threading.
         try:
             async with running_server(settings, RecordingHub) as server:
                 ctx = server.ctx
+                assert ctx is not None
                 admin = server.admin_token_path.read_text().strip()
                 client = await ctx.identity.add_client("contract")
                 enroll = await ctx.identity.create_enrollment_key(100_000)

@@ -73,8 +73,10 @@ async def test_tls_1_2_is_the_minimum_on_both_listeners(
     hubs, factory = hub_factory
     settings = make_settings(tmp_path, None, tls_cert=cert, tls_key=key)
     async with running_server(settings, factory) as server:
+        assert hubs[-1].ssl_context is not None
         assert hubs[-1].ssl_context.minimum_version == ssl.TLSVersion.TLSv1_2
         assert server._uvicorn is not None
+        assert server._uvicorn.config.ssl is not None
         assert server._uvicorn.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
         for version, works in [
             (ssl.TLSVersion.TLSv1_2, True),

@@ -41,6 +41,7 @@ async def test_sessions_lease_distinct_ports_until_the_range_is_used_up(srv: Har
     assert [m.get("relay_endpoint") for m in adds] == [*endpoints[:3], None]
 
     # The relay reads the open sessions with both public keys.
+    assert srv.server.ctx is not None
     async with srv.server.ctx.db.begin() as conn:
         served = await relay_leases.relay_sessions(conn, RELAY)
     assert sorted(s.port for s in served) == [40000, 40001, 40002]
@@ -52,6 +53,7 @@ async def test_sessions_lease_distinct_ports_until_the_range_is_used_up(srv: Har
         f"/v1/sessions/{answers[0]['session_id']}", headers=bearer(client)
     )
     assert closed.status_code == 200
+    assert srv.server.ctx is not None
     async with srv.server.ctx.db.begin() as conn:
         served = await relay_leases.relay_sessions(conn, RELAY)
     assert sorted(s.port for s in served) == [40001, 40002]

@@ -55,7 +55,7 @@ class FakeApi(ServerApi):
         self.answer = route
         self.asked: list[dict[str, Any]] = []
 
-    async def route(self, public_key: str, **kw: Any) -> RouteResponse:  # type: ignore[override]
+    async def route(self, public_key: str, **kw: Any) -> RouteResponse:
         self.asked.append({"public_key": public_key, **kw})
         return self.answer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from higgs.lab.errors import LabError
@@ -9,7 +11,7 @@ from higgs.lab.wait import WaitTimeout, wait_until
 
 
 def test_returns_the_first_truthy_answer() -> None:
-    answers = iter([None, [], {"state": "online"}])
+    answers: Iterator[object] = iter([None, [], {"state": "online"}])
     assert wait_until("online", lambda: next(answers), 5, 0.001) == {"state": "online"}
 
 

@@ -24,7 +24,7 @@ from higgs.osnet.firewall import FirewallNames, FirewallStatus, Plan
 from higgs.osnet.firewall.plan import IPAddress
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
-from higgs.osnet.runner import DEFAULT_TIMEOUT, CommandResult, Runner
+from higgs.osnet.runner import CommandResult, RecordingRunner, Runner
 from higgs.osnet.shaping import ShapingPlan
 from higgs.osnet.wireguard import Peer, PeerStats
 
@@ -67,22 +67,16 @@ class FakeHost:
         self.unjournaled: list[str] = []  # changes made before their undo was on disk
         self.fail: set[str] = set()  # change kinds that fail (after being half made)
         self.fail_undo: set[str] = set()  # undo kinds that fail
+        # Every command is an undo of ours (or a test failure): answered from this model.
+        self._runner = RecordingRunner(answer=self._undo)
 
     # ---- the runner the journal undoes through -------------------------------------------
 
     @property
     def runner(self) -> Runner:
-        return self
+        return self._runner
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        input: str | None = None,
-        check: bool = True,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> CommandResult:
-        del input, check, timeout
+    def _undo(self, argv: tuple[str, ...]) -> CommandResult:
         if not argv or argv[0] != FAKE:
             raise AssertionError(f"the node ran a command on the host directly: {list(argv)}")
         kind, *args = argv[1:]
@@ -97,16 +91,7 @@ class FakeHost:
             self.firewall_uplink = None
         elif kind == "shaping":
             self.shaping = None
-        return CommandResult(tuple(argv), 0, "", "")
-
-    def spawn(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        log_path: Path | None = None,
-    ) -> int:
-        raise AssertionError(f"the node spawned a process on the host directly: {list(argv)}")
+        return CommandResult(argv, 0, "", "")
 
     # ---- changing, the way every osnet primitive does ------------------------------------
 
@@ -141,7 +126,7 @@ class FakeHost:
     # ---- HostOps -------------------------------------------------------------------------
 
     def open_journal(self, path: Path) -> Journal:
-        return Journal(path, runner=self)
+        return Journal(path, runner=self.runner)
 
     def default_uplink(self, exclude: Sequence[str]) -> Uplink:
         assert self.uplink.name not in exclude
@@ -189,7 +174,7 @@ class FakeHost:
     def recover(
         self, journal_path: Path, names: OwnedNames, fw_names: FirewallNames, ifb: str
     ) -> tuple[int, list[str]]:
-        with Journal(journal_path, runner=self) as journal:
+        with Journal(journal_path, runner=self.runner) as journal:
             pending = len(journal)
             journal.replay()
         return pending, []

@@ -31,7 +31,9 @@ class Table:
     def peers(self) -> Sequence[Row]:
         return [Row(k, v) for k, v in self.rows.items()]
 
-    def set_peer(self, public_key: str, allowed_ips: Sequence[str]) -> None:
+    def set_peer(
+        self, public_key: str, allowed_ips: Sequence[str], endpoint: str | None = None
+    ) -> None:
         self.ops.append(("set", public_key))
         self.rows[public_key] = tuple(allowed_ips)
 

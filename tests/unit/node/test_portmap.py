@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from higgs.node import portmap as pmod
-from higgs.node.portmap import PortMapper, methods_for, renew_delay, retry_delay
+from higgs.node.portmap import PortMapper, PortMapSetting, methods_for, renew_delay, retry_delay
 from higgs.osnet.discovery import Uplink
 from higgs.osnet.journal import Journal
 from higgs.osnet.portmap import Method, PortMapError, PortMapping
+from higgs.osnet.portmap import udp as pm_udp
 from higgs.osnet.portmap import undo as pm_undo
+from higgs.osnet.portmap import upnp as pm_upnp
 
 GATEWAY, NODE_IP, PORT = "192.168.1.1", "192.168.1.10", 51820
 
@@ -63,6 +64,10 @@ class FakeRouter:
             nonce=kw.get("nonce", b"").hex(), location=kw.get("location", ""),
         )  # fmt: skip
 
+    def _delete(self, method: str, **kw: Any) -> bool:
+        self.deleted.append((method, kw))
+        return True
+
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         async def pcp_map(gw: str, ip: str, port: int, life: int, nonce: bytes) -> PortMapping:
             return self._ask(Method.PCP, nonce=nonce)
@@ -78,21 +83,21 @@ class FakeRouter:
         async def upnp_map(gw: str, ip: str, port: int, life: int, location: str) -> PortMapping:
             return self._ask(Method.UPNP, location=location)
 
-        monkeypatch.setattr(pmod.pm_udp, "pcp_map", pcp_map)
-        monkeypatch.setattr(pmod.pm_udp, "natpmp_map", natpmp_map)
-        monkeypatch.setattr(pmod.pm_upnp, "discover", discover)
-        monkeypatch.setattr(pmod.pm_upnp, "upnp_map", upnp_map)
+        monkeypatch.setattr(pm_udp, "pcp_map", pcp_map)
+        monkeypatch.setattr(pm_udp, "natpmp_map", natpmp_map)
+        monkeypatch.setattr(pm_upnp, "discover", discover)
+        monkeypatch.setattr(pm_upnp, "upnp_map", upnp_map)
         monkeypatch.setattr(
-            pm_undo.udp, "pcp_delete_blocking",
-            lambda gw, ip, port, nonce: self.deleted.append(("pcp", {"nonce": nonce})) or True,
+            pm_udp, "pcp_delete_blocking",
+            lambda gw, ip, port, nonce: self._delete("pcp", nonce=nonce),
         )  # fmt: skip
         monkeypatch.setattr(
-            pm_undo.udp, "natpmp_delete_blocking",
-            lambda gw, port: self.deleted.append(("natpmp", {})) or True,
+            pm_udp, "natpmp_delete_blocking",
+            lambda gw, port: self._delete("natpmp"),
         )  # fmt: skip
         monkeypatch.setattr(
             pm_undo, "_upnp_delete",
-            lambda loc, port: self.deleted.append(("upnp", {"location": loc})) or True,
+            lambda loc, port: self._delete("upnp", location=loc),
         )  # fmt: skip
 
 
@@ -101,7 +106,7 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.json")
 
 
-def mapper(journal: Journal, setting: pmod.PortMapSetting = "auto", **kw: Any) -> PortMapper:
+def mapper(journal: Journal, setting: PortMapSetting = "auto", **kw: Any) -> PortMapper:
     return PortMapper(
         setting, journal=journal, port=PORT, lifetime_s=600, uplink=kw.get("up", uplink), **{
             k: v for k, v in kw.items() if k != "up"
@@ -218,7 +223,7 @@ async def test_a_crashed_runs_mapping_is_deleted_by_the_next_replay(
 def test_an_unreachable_router_counts_as_undone(monkeypatch: pytest.MonkeyPatch) -> None:
     # The node moved networks: the old router is gone, the mapping expires on its own, and
     # the next start must not refuse to run.
-    monkeypatch.setattr(pm_undo.udp, "natpmp_delete_blocking", lambda gw, port: False)
+    monkeypatch.setattr(pm_udp, "natpmp_delete_blocking", lambda gw, port: False)
     undo = pm_undo.portmap_delete(Method.NATPMP, GATEWAY, NODE_IP, PORT)
     from higgs.osnet import undo as undo_ops
     from higgs.osnet import undo_registry
@@ -251,10 +256,13 @@ async def test_ipv6_pinhole_by_pcp_is_journaled_renewed_and_closed(
         return PortMapping(Method.PCP, gw, ip, port, ip, port, 600, 0.0, nonce=nonce.hex())
 
     deleted: list[str] = []
-    monkeypatch.setattr(pmod.pm_udp, "pcp_map", pcp_map)
-    monkeypatch.setattr(
-        pm_undo.udp, "pcp_delete_blocking", lambda gw, ip, port, nonce: deleted.append(ip) or True
-    )
+
+    def pcp_delete(gw: str, ip: str, port: int, nonce: bytes) -> bool:
+        deleted.append(ip)
+        return True
+
+    monkeypatch.setattr(pm_udp, "pcp_map", pcp_map)
+    monkeypatch.setattr(pm_udp, "pcp_delete_blocking", pcp_delete)
     pm = mapper(journal, "auto", uplink6=uplink6)
     hole = await pm.pinhole_round()
     assert hole is not None

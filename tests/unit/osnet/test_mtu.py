@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +113,7 @@ class SimulatedPath:
     icmp: bool = True
     lose: int = 0
     unreachable: bool = False
+    no_ping: bool = False  # the host has no ping binary
     sizes: list[int] = field(default_factory=list)
     _cached: int | None = None
 
@@ -130,6 +132,8 @@ class SimulatedPath:
         target = argv[-1]
         head = f"PING {target} ({target}) {size - 28}({size}) bytes of data.\n"
         stats = "\n--- {t} ping statistics ---\n1 packets transmitted, {r} received, {e}"
+        if self.no_ping:
+            raise CommandError(argv, None, "executable not found: ping")
         if self.unreachable:
             return CommandResult(tuple(argv), 2, "", "ping: connect: Network is unreachable\n")
         limit = min(self.local_mtu, self._cached or self.local_mtu)
@@ -158,7 +162,13 @@ class SimulatedPath:
         out = head + reply + stats.format(t=target, r=1, e="0% packet loss, time 0ms\n")
         return CommandResult(tuple(argv), 0, out, "")
 
-    def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> int:
         raise AssertionError("the probe starts no daemon")
 
 
@@ -217,11 +227,7 @@ def test_probe_never_reports_more_than_the_local_interface_allows() -> None:
 
 
 def test_missing_ping_gives_none_not_a_crash() -> None:
-    class NoPing(SimulatedPath):
-        def run(self, argv: Sequence[str], **kwargs: object) -> CommandResult:
-            raise CommandError(argv, None, "executable not found: ping")
-
-    assert probe_path_mtu("192.0.2.10", NoPing(1400)) is None
+    assert probe_path_mtu("192.0.2.10", SimulatedPath(1400, no_ping=True)) is None
 
 
 def test_probe_bounds_are_checked() -> None:

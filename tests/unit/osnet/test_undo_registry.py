@@ -7,6 +7,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,9 @@ import higgs.osnet
 from higgs.osnet import undo, undo_registry
 
 
-def _ops_defined_anywhere() -> dict[str, undo.UndoOp]:
+def _ops_defined_anywhere() -> dict[str, undo.UndoOp[Any]]:
     """Every UndoOp bound at module level in any higgs.osnet module, by 'module.NAME'."""
-    found: dict[str, undo.UndoOp] = {}
+    found: dict[str, undo.UndoOp[Any]] = {}
     for info in pkgutil.walk_packages(higgs.osnet.__path__, "higgs.osnet."):
         module = importlib.import_module(info.name)
         for attr, value in vars(module).items():

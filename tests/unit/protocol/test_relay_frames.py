@@ -132,10 +132,10 @@ def test_fuzzed_junk_never_escapes_as_anything_but_frame_error() -> None:
         if choice < 0.4:
             junk = rng.randbytes(rng.randint(0, 40))
         elif choice < 0.8:  # flip bytes of a valid frame
-            junk = bytearray(valid)
+            flipped = bytearray(valid)
             for _ in range(rng.randint(1, 3)):
-                junk[rng.randrange(len(junk))] = rng.randrange(256)
-            junk = bytes(junk)
+                flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+            junk = bytes(flipped)
         else:  # truncate or extend a valid frame
             junk = valid[: rng.randrange(len(valid))] + rng.randbytes(rng.randint(0, 3))
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ async def test_malformed_and_unexpected_messages_are_counted_and_the_log_rate_li
     events = ServerEvents(metrics)
     assert dropped(metrics, "malformed") == 0  # the series exist before the first drop
     caplog.set_level(logging.INFO, logger="higgs.server.services.events")
-    bad = [
+    bad: list[dict[str, Any]] = [
         {"type": "peer_stats"},  # missing peers
         {"type": "peer_stats", "peers": "nope"},
         {"type": "peer_stats", "peers": [{"public_key": 5}]},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -105,7 +105,7 @@ class Bridged:
 
 
 @pytest.fixture
-async def bridged() -> Iterator[Bridged]:
+async def bridged() -> AsyncIterator[Bridged]:
     port = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     port.bind(("127.0.0.1", 0))
     port.setblocking(False)
@@ -125,7 +125,7 @@ async def bridged() -> Iterator[Bridged]:
 def _down(frames: list[bytes]) -> list[bytes]:
     """Datagrams of the DATA frames the client link got (frames coalesced into raw writes
     carry a 2- or 4-byte WebSocket header first)."""
-    out = []
+    out: list[bytes] = []
     for f in frames:
         if f[0] == 0x82:
             f = f[2:] if f[1] < 126 else f[4:]

@@ -63,6 +63,9 @@ class Hub:
     def is_node_connected(self, node_id: str) -> bool:
         return True
 
+    def node_offline(self, node_id: str, reason: str) -> None:
+        self.allowed.pop(node_id, None)
+
     def session_counters(self, session_id: str) -> tuple[int, int]:
         return (0, 0)
 
