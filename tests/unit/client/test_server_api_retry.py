@@ -41,7 +41,7 @@ def _api(server: Server, slept: list[float]) -> ServerApi:
 
 
 async def test_a_race_is_retried_with_backoff_and_the_route_comes() -> None:
-    server, slept = Server([RACE, RACE]), []
+    server, slept = Server([RACE, RACE]), list[float]()
     async with _api(server, slept) as api:
         route = await api.route(CLIENT_KEY.public_b64())
     assert route.session_id == "s_0123456789abcdef"
@@ -52,7 +52,7 @@ async def test_a_race_is_retried_with_backoff_and_the_route_comes() -> None:
 
 
 async def test_retries_are_bounded_then_the_conflict_is_reported() -> None:
-    server, slept = Server([RACE] * 10), []
+    server, slept = Server([RACE] * 10), list[float]()
     async with _api(server, slept) as api:
         with pytest.raises(ApiError, match=r"HTTP 409.*retry") as caught:
             await api.route(CLIENT_KEY.public_b64())
@@ -63,7 +63,7 @@ async def test_retries_are_bounded_then_the_conflict_is_reported() -> None:
 
 
 async def test_another_409_is_not_retried() -> None:
-    server, slept = Server([KEY_IN_USE]), []
+    server, slept = Server([KEY_IN_USE]), list[float]()
     async with _api(server, slept) as api:
         with pytest.raises(ApiError, match="already used") as caught:
             await api.route(CLIENT_KEY.public_b64())

@@ -166,7 +166,7 @@ def test_the_final_counters_of_removed_peers_are_told_before_they_go() -> None:
 class EndpointTable(Table):
     endpoints: dict[str, str | None] = field(default_factory=dict)
 
-    def set_peer(  # type: ignore[override]
+    def set_peer(
         self, public_key: str, allowed_ips: Sequence[str], endpoint: str | None = None
     ) -> None:
         super().set_peer(public_key, allowed_ips)

@@ -316,10 +316,10 @@ async def test_ipv6_pinhole_falls_back_to_upnp_journaled_with_the_routers_id(
     async def upnp_pinhole_delete(loc: str, ip: str, port: int, uid: int | None) -> None:
         deleted.append((loc, ip, port, uid))
 
-    monkeypatch.setattr(pmod.pm_udp, "pcp_map", pcp_map)
-    monkeypatch.setattr(pmod.pm_upnp, "discover", discover)
-    monkeypatch.setattr(pmod.pm_upnp, "upnp_pinhole", upnp_pinhole)
-    monkeypatch.setattr(pm_undo.upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
+    monkeypatch.setattr(pm_udp, "pcp_map", pcp_map)
+    monkeypatch.setattr(pm_upnp, "discover", discover)
+    monkeypatch.setattr(pm_upnp, "upnp_pinhole", upnp_pinhole)
+    monkeypatch.setattr(pm_upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
     pm = mapper(journal, "auto", uplink6=lambda: uplink6("2001:db8:1::1"))
     hole = await pm.pinhole_round()
     assert hole is not None
@@ -342,7 +342,7 @@ def test_pinhole_undo_without_the_id_asks_for_it(monkeypatch: pytest.MonkeyPatch
     async def upnp_pinhole_delete(loc: str, ip: str, port: int, uid: int | None) -> None:
         seen.append(uid)
 
-    monkeypatch.setattr(pm_undo.upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
+    monkeypatch.setattr(pm_upnp, "upnp_pinhole_delete", upnp_pinhole_delete)
     record = pm_undo.portmap_delete(
         Method.UPNP, "2001:db8:1::1", "2001:db8:1::10", PORT, location="http://x/", pinhole=True
     )

@@ -172,11 +172,11 @@ def sock_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     import shutil
     import tempfile
 
-    from higgs.osnet import wireguard
+    from higgs.osnet import procs, wireguard
 
     path = Path(tempfile.mkdtemp(prefix="hgwg", dir="/tmp"))
     monkeypatch.setattr(wireguard, "WG_SOCKET_DIR", path)
-    monkeypatch.setattr(wireguard.procs, "is_running", lambda pid, start: True)
+    monkeypatch.setattr(procs, "is_running", lambda pid, start: True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
