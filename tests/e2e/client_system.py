@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from higgs.lab import Host, Lab
-from higgs.lab.plan import Bridge, HostPlan, LabPlan, Link, default_plan
+from higgs.lab.plan import Bridge, Cable, HostPlan, LabPlan, default_plan
 from higgs.lab.procs import LabProcess
 from higgs.lab.product import NODE_PORT, NodeProgram, ServerProgram, client_cli
 from higgs.lab.wait import wait_until as lab_wait_until
@@ -347,8 +347,8 @@ def two_client_plan() -> LabPlan:
     kept = [lk for lk in base.links if (lk.a, lk.b) != ("client", "client_router")]
     links = (
         *kept,
-        Link("client", "eth0", "client_router", "p-c1"),
-        Link("client2", "eth0", "client_router", "p-c2"),
+        Cable("client", "eth0", "client_router", "p-c1"),
+        Cable("client2", "eth0", "client_router", "p-c2"),
     )
     bridges = (*base.bridges, Bridge("client_router", "lan0", ("p-c1", "p-c2")))
     return LabPlan(hosts=hosts, links=links, bridges=bridges)

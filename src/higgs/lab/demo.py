@@ -94,7 +94,7 @@ def _dns(ctx: StoryContext) -> str:
 
 
 STEPS: list[Step] = [
-    Step("Building the lab (namespaces, links, NAT routers, services)", _build),
+    Step("Building the lab (namespaces, cables, NAT routers, services)", _build),
     Step("Asking the internet host who we are, without a tunnel", _before),
     Step("Starting WireGuard on the node behind the home router", _node),
     Step("Starting WireGuard on the client, full tunnel", _client),

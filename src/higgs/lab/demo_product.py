@@ -246,7 +246,7 @@ def _stop(ctx: StoryContext) -> str:
 
 
 STEPS: list[Step] = [
-    Step("Building the lab (namespaces, links, NAT routers, services)", _build),
+    Step("Building the lab (namespaces, cables, NAT routers, services)", _build),
     Step("Asking the internet host who the user is, without Higgs.net", _before),
     Step("Starting bosonserver on the public server", _server),
     Step("Enrolling higgsnode on the PC behind the home router", _node),

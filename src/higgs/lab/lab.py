@@ -97,7 +97,7 @@ def sweep_run(names: RunNames, *, extra_ifnames: Iterable[str] = ()) -> list[str
     """Remove everything named for run ``names``, without any other state (last defence).
 
     Kills every process inside the run's namespaces (they can only be ours), removes the
-    run's wireguard-go sockets, deletes the run's namespaces (which deletes their links).
+    run's wireguard-go sockets, deletes the run's namespaces (which deletes their interfaces).
     Every step runs; returns the problems met.
     """
     problems: list[str] = []
@@ -269,13 +269,13 @@ class Lab:
         self.teardown()
 
     def _no_dad_argv(self, role: str) -> list[str]:
-        ifaces = [link.a_if for link in self.plan.links if link.a == role]
-        ifaces += [link.b_if for link in self.plan.links if link.b == role]
+        ifaces = [cable.a_if for cable in self.plan.links if cable.a == role]
+        ifaces += [cable.b_if for cable in self.plan.links if cable.b == role]
         keys = ["all", "default", *ifaces]
         return ["sysctl", "-qw", *(f"net.ipv6.conf.{k}.accept_dad=0" for k in keys)]
 
     def build(self) -> Lab:
-        """Create the namespaces, links, addresses, routes, NAT and (optionally) services."""
+        """Create the namespaces, cables, addresses, routes, NAT and (optionally) services."""
         if self._built:
             raise LabError("lab already built")
         self._built = True
@@ -572,15 +572,15 @@ class Lab:
             target.unlink(missing_ok=True)
         return Download(nbytes=nbytes, sha256=digest.hexdigest(), seconds=seconds)
 
-    def link_peer(self, host: Host | str, ifname: str) -> tuple[Host, str] | None:
+    def cable_peer(self, host: Host | str, ifname: str) -> tuple[Host, str] | None:
         """The other end of the veth ``ifname`` of ``host`` (None for a bridge or a link the
         lab did not create)."""
         role = host if isinstance(host, str) else host.role
-        for link in self.plan.links:
-            if (link.a, link.a_if) == (role, ifname):
-                return self.host(link.b), link.b_if
-            if (link.b, link.b_if) == (role, ifname):
-                return self.host(link.a), link.a_if
+        for cable in self.plan.links:
+            if (cable.a, cable.a_if) == (role, ifname):
+                return self.host(cable.b), cable.b_if
+            if (cable.b, cable.b_if) == (role, ifname):
+                return self.host(cable.a), cable.a_if
         return None
 
     def set_mtu(self, host: Host | str, ifname: str, mtu: int, *, both_ends: bool = True) -> None:
@@ -594,7 +594,7 @@ class Lab:
             raise LabError(f"MTU {mtu} is outside 68..65535")
         h = self.host(host) if isinstance(host, str) else host
         ends = [(h, ifname)]
-        peer = self.link_peer(h, ifname)
+        peer = self.cable_peer(h, ifname)
         if both_ends and peer is not None:
             ends.append(peer)
         for end_host, end_if in ends:

@@ -21,9 +21,9 @@ __all__ = [
     "NAT_TYPES",
     "ROUTER_ROLES",
     "Bridge",
+    "Cable",
     "HostPlan",
     "LabPlan",
-    "Link",
     "NatType",
     "V6HostPlan",
     "default_plan",
@@ -59,8 +59,8 @@ NAT_TYPES: tuple[NatType, ...] = ("cone", "symmetric")
 
 
 @dataclass(frozen=True)
-class Link:
-    """One veth pair: ``a_if`` in host ``a``, ``b_if`` in host ``b``."""
+class Cable:
+    """A cable: one veth pair, ``a_if`` in host ``a``, ``b_if`` in host ``b``."""
 
     a: str
     a_if: str
@@ -101,7 +101,7 @@ class HostPlan:
 @dataclass(frozen=True)
 class LabPlan:
     hosts: dict[str, HostPlan]
-    links: tuple[Link, ...]
+    links: tuple[Cable, ...]
     bridges: tuple[Bridge, ...] = field(default_factory=tuple)
 
     def host(self, role: str) -> HostPlan:
@@ -171,17 +171,17 @@ def default_plan(
             "client", (("eth0", _if("10.0.2.10/24")),), gateway=IPv4Address("10.0.2.1")
         ),
     }
-    links: tuple[Link, ...] = (
-        Link("internet", "eth0", "core", "to-inet"),
-        Link("server", "eth0", "core", "to-srv"),
-        Link("home_router", "wan0", "core", "to-home"),
-        Link("client_router", "wan0", "core", "to-cli"),
-        Link("node", "eth0", "home_router", "p-node"),
-        Link("printer", "eth0", "home_router", "p-prn"),
+    links: tuple[Cable, ...] = (
+        Cable("internet", "eth0", "core", "to-inet"),
+        Cable("server", "eth0", "core", "to-srv"),
+        Cable("home_router", "wan0", "core", "to-home"),
+        Cable("client_router", "wan0", "core", "to-cli"),
+        Cable("node", "eth0", "home_router", "p-node"),
+        Cable("printer", "eth0", "home_router", "p-prn"),
     )
     bridges: tuple[Bridge, ...] = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
     if clients == 1:
-        links += (Link("client", "eth0", "client_router", "lan0"),)
+        links += (Cable("client", "eth0", "client_router", "lan0"),)
     else:
         ports = []
         for n in range(1, clients + 1):
@@ -190,7 +190,7 @@ def default_plan(
                 hosts[role] = HostPlan(
                     role, (("eth0", _if(f"10.0.2.{9 + n}/24")),), gateway=IPv4Address("10.0.2.1")
                 )
-            links += (Link(role, "eth0", "client_router", f"p-c{n}"),)
+            links += (Cable(role, "eth0", "client_router", f"p-c{n}"),)
             ports.append(f"p-c{n}")
         bridges += (Bridge("client_router", "lan0", tuple(ports)),)
     return LabPlan(hosts=hosts, links=links, bridges=bridges)
@@ -215,7 +215,7 @@ class V6HostPlan:
 def ipv6_plan(plan: LabPlan) -> dict[str, V6HostPlan]:
     """IPv6 for ``plan``'s hosts, in the documentation prefix 2001:db8::/32 (RFC 3849).
 
-    The public side gets one /64 per core link; both sites get a *global* (routed, not NATed)
+    The public side gets one /64 per core cable; both sites get a *global* (routed, not NATed)
     /64 on their LAN, as an ISP delegates it: the home LAN 2001:db8:1::/64 (node ::10, printer
     ::20), the client LAN 2001:db8:2::/64 (client ::10, client2 ::11, ...). The core routes the
     two LAN prefixes to the routers' WAN addresses.

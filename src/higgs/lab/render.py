@@ -26,24 +26,24 @@ NAT_TABLE = "hl_lab"
 def render_root_batch(plan: LabPlan, names: RunNames) -> str:
     """Namespaces, and veth pairs created directly inside them (nothing stays in the root ns)."""
     lines = [f"netns add {names.ns(role)}" for role in plan.hosts]
-    for link in plan.links:
+    for cable in plan.links:
         lines.append(
-            f"link add name {link.a_if} netns {names.ns(link.a)} type veth"
-            f" peer name {link.b_if} netns {names.ns(link.b)}"
+            f"link add name {cable.a_if} netns {names.ns(cable.a)} type veth"
+            f" peer name {cable.b_if} netns {names.ns(cable.b)}"
         )
     return "\n".join(lines) + "\n"
 
 
 def render_host_batch(plan: LabPlan, role: str) -> str:
-    """Everything inside one namespace: loopback, bridges, addresses, links up, default route."""
+    """All inside one namespace: loopback, bridges, addresses, interfaces up, default route."""
     host = plan.host(role)
     lines = ["link set lo up"]
     ifaces: list[str] = []
-    for link in plan.links:
-        if link.a == role:
-            ifaces.append(link.a_if)
-        if link.b == role:
-            ifaces.append(link.b_if)
+    for cable in plan.links:
+        if cable.a == role:
+            ifaces.append(cable.a_if)
+        if cable.b == role:
+            ifaces.append(cable.b_if)
     for bridge in plan.bridges:
         if bridge.host != role:
             continue

@@ -15,7 +15,7 @@ Start, in order (each host change journaled with its undo before it is made):
 6. firewall: NAT on the uplink (NAT66 too, or IPv6 rejected), owner protection, DNS
    interception to the forwarder;
 7. DNS forwarder on the tunnel address (and on the IPv6 one);
-8. server link (register, heartbeat) and control link (peers, relayed sessions);
+8. server API (register, heartbeat) and control link (peers, relayed sessions);
    port mapping on the home router (higgs.node.portmap: journaled, renewed, reported, and
    verified by the server's probe, higgs.node.reachability);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
@@ -58,7 +58,7 @@ from higgs.node.punch import Puncher
 from higgs.node.reachability import ProbeListener
 from higgs.node.rulewatch import node_rule_watch
 from higgs.node.runstate import PidFile, write_status
-from higgs.node.server_link import Identity, ServerLink
+from higgs.node.server_api import Identity, ServerApi
 from higgs.node.settings import NodeSettings
 from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.mtu import MtuDecision
@@ -146,14 +146,14 @@ class Agent:
         self._signals = signals
         self.host = host
         self.key = key
-        # The server link's HTTP transport (None: the network); the unit tests' seam.
+        # The server API's HTTP transport (None: the network); the unit tests' seam.
         self.server_transport = server_transport
         self.started_at = time.time()
         self.uplink: Uplink | None = None
         self.mtu: MtuDecision | None = None
         self.dns: DnsForwarder | None = None
         self.dns6: DnsForwarder | None = None
-        self.server: ServerLink | None = None
+        self.server: ServerApi | None = None
         self.control: ControlLink | None = None
         self.peers: PeerManager | None = None
         self.portmap: PortMapper | None = None
@@ -295,10 +295,10 @@ class Agent:
         if self.server is not None:
             self.server.set_tunnel_mtu(decision.mtu)
 
-    def make_server_link(self) -> ServerLink:
+    def make_server_api(self) -> ServerApi:
         s = self.settings
         assert s.server is not None
-        self.server = ServerLink(
+        self.server = ServerApi(
             s.server,
             enroll_key=s.enroll_key.get_secret_value() if s.enroll_key else None,
             registration=self.registration(),
@@ -452,7 +452,7 @@ class Agent:
             self.mtu = await asyncio.to_thread(self._decide_mtu, uplink)
             # A refused enrollment ends here, before the host is touched; an unreachable
             # server does not stop the node (direct mode works without it).
-            await self.make_server_link().try_register()
+            await self.make_server_api().try_register()
             await self._setup(uplink)
             log.info(
                 "node up",
@@ -522,7 +522,7 @@ class Agent:
             on_removing=self.budget.settle,  # a removed peer's last bytes count this month
         )
         self.puncher = Puncher(s.listen_port, self.peers, table, table.peers)
-        server = self.server or self.make_server_link()
+        server = self.server or self.make_server_api()
         if server.identity is not None and server.status.registrations:
             await self._on_identity(server.identity)
         self._spawn(server.run(), "server-link")

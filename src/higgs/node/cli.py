@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stop = _command(sub, "stop", "stop the running node (it undoes its changes)")
     stop.add_argument("--timeout", type=float, default=STOP_WAIT_S, help="seconds to wait")
-    _command(sub, "status", "server link, peers, sessions, bytes", json_output=True)
+    _command(sub, "status", "server API, peers, sessions, bytes", json_output=True)
     _command(
         sub,
         "diagnose",

@@ -191,7 +191,7 @@ class OsnetHostOps:
         problems = [str(e) for e in report.errors]
         problems += firewall.sweep(fw_names, self._runner)
         try:
-            undo.LINK_DELETE.run(undo.LinkDelete(ifb), undo.UndoContext(self._runner))
+            undo.INTERFACE_DELETE.run(undo.InterfaceDelete(ifb), undo.UndoContext(self._runner))
         except OsnetError as exc:
             problems.append(f"removing {ifb}: {exc}")
         return report.undone, problems

@@ -75,7 +75,7 @@ class ProbeListener:
     async def _post(self, nonce: str) -> None:
         try:
             ok = await self._confirm(nonce)
-        except Exception as exc:  # the server link logs its own failures; keep listening
+        except Exception as exc:  # the server API logs its own failures; keep listening
             log.warning("cannot confirm a reachability probe", extra={"why": str(exc)})
             return
         if ok:

@@ -186,7 +186,7 @@ def setup(plan: ShapingPlan, journal: Journal, runner: Runner | None = None) -> 
     if plan.shapes_up:
         journal.step(
             f"ifb link {plan.ifb_if} (upload shaping)",
-            undo.link_delete(plan.ifb_if),
+            undo.interface_delete(plan.ifb_if),
             lambda: runner.run(["ip", "link", "add", plan.ifb_if, "type", "ifb"]),
         )
     for argv in render_base(plan):

@@ -106,7 +106,9 @@ def sweep(
         present = netlink.call(lambda ipr: ipr.link_lookup(ifname=names.interface), netns)
         if not present:
             return []
-        undo.LINK_DELETE.run(undo.LinkDelete(names.interface, netns), undo.UndoContext(run))
+        undo.INTERFACE_DELETE.run(
+            undo.InterfaceDelete(names.interface, netns), undo.UndoContext(run)
+        )
         return [f"interface {names.interface}"]
 
     def rules() -> list[str]:

@@ -49,21 +49,21 @@ from higgs.osnet.runner import Runner
 __all__ = [
     "ARGV",
     "FILE_RESTORE",
+    "INTERFACE_DELETE",
     "KILL_PID",
-    "LINK_DELETE",
     "Argv",
     "BadUndoRecord",
     "FileRestore",
+    "InterfaceDelete",
     "KillPid",
-    "LinkDelete",
     "Undo",
     "UndoContext",
     "UndoOp",
     "UnknownUndoOp",
     "argv",
     "file_restore",
+    "interface_delete",
     "kill_pid",
-    "link_delete",
     "run_tolerant",
 ]
 
@@ -138,7 +138,7 @@ class Argv:
 
 
 @dataclass(frozen=True)
-class LinkDelete:
+class InterfaceDelete:
     name: str
     netns: str | None = None
 
@@ -164,8 +164,8 @@ def argv(command: list[str]) -> Undo:
     return ARGV.record(Argv([str(a) for a in command]))
 
 
-def link_delete(name: str, netns: str | None = None) -> Undo:
-    return LINK_DELETE.record(LinkDelete(name, netns))
+def interface_delete(name: str, netns: str | None = None) -> Undo:
+    return INTERFACE_DELETE.record(InterfaceDelete(name, netns))
 
 
 def file_restore(path: Path, content: str | None, mode: int | None = None) -> Undo:
@@ -191,7 +191,7 @@ def _op_argv(params: Argv, ctx: UndoContext) -> None:
     run_tolerant(ctx, list(params.argv))
 
 
-def _op_link_delete(params: LinkDelete, ctx: UndoContext) -> None:
+def _op_interface_delete(params: InterfaceDelete, ctx: UndoContext) -> None:
     prefix = ["ip"] if params.netns is None else ["ip", "-n", params.netns]
     run_tolerant(ctx, [*prefix, "link", "delete", "dev", params.name])
 
@@ -222,6 +222,6 @@ def _op_kill_pid(params: KillPid, ctx: UndoContext) -> None:
 
 
 ARGV = UndoOp("argv", Argv, _op_argv)
-LINK_DELETE = UndoOp("link_delete", LinkDelete, _op_link_delete)
+INTERFACE_DELETE = UndoOp("link_delete", InterfaceDelete, _op_interface_delete)
 FILE_RESTORE = UndoOp("file_restore", FileRestore, _op_file_restore)
 KILL_PID = UndoOp("kill_pid", KillPid, _op_kill_pid)

@@ -23,7 +23,7 @@ __all__ = ["ALL", "OPS", "apply", "is_known"]
 
 ALL: tuple[undo.UndoOp[Any], ...] = (
     undo.ARGV,
-    undo.LINK_DELETE,
+    undo.INTERFACE_DELETE,
     undo.FILE_RESTORE,
     undo.KILL_PID,
     sysctl.UNDO,

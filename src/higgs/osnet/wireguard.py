@@ -201,7 +201,7 @@ def _undo_wireguard_go(params: WireguardGoUndo, ctx: undo.UndoContext) -> None:
     for owner, owner_start in procs.socket_owners(sock):
         procs.stop_process(owner, owner_start)
     # wireguard-go removes its TUN device on exit; a kernel-held leftover is deleted here.
-    undo.LINK_DELETE.run(undo.LinkDelete(params.name, params.netns), ctx)
+    undo.INTERFACE_DELETE.run(undo.InterfaceDelete(params.name, params.netns), ctx)
     sock.unlink(missing_ok=True)
 
 
@@ -263,7 +263,8 @@ class WireGuard:
     def _create_kernel(self) -> None:
         ip = ["ip"] if self.netns is None else ["ip", "-n", self.netns]
         self._entry = self.journal.record(
-            f"wireguard interface {self.name} (kernel)", undo.link_delete(self.name, self.netns)
+            f"wireguard interface {self.name} (kernel)",
+            undo.interface_delete(self.name, self.netns),
         )
         try:
             self.runner.run([*ip, "link", "add", "dev", self.name, "type", "wireguard"])

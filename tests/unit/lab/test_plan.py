@@ -13,9 +13,9 @@ PUBLIC_ROLES = ("core", "internet", "server")
 def test_every_role_has_a_host_and_every_link_end_exists() -> None:
     plan = default_plan()
     assert set(plan.hosts) == set(HOST_ROLES)
-    for link in plan.links:
-        assert link.a in plan.hosts
-        assert link.b in plan.hosts
+    for cable in plan.links:
+        assert cable.a in plan.hosts
+        assert cable.b in plan.hosts
 
 
 def test_public_side_uses_documentation_ranges_only() -> None:

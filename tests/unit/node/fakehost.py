@@ -36,7 +36,7 @@ class FakeFailure(OsnetError):
 
 
 @dataclass
-class Link:
+class FakeInterface:
     addresses: list[str] = field(default_factory=list)
     mtu: int | None = None
     up: bool = False
@@ -60,7 +60,7 @@ class FakeHost:
             "net.ipv6.conf.all.forwarding": "0",
             f"net.ipv6.conf.{self.uplink.name}.accept_ra": "1",
         }
-        self.links: dict[str, Link] = {}
+        self.interfaces: dict[str, FakeInterface] = {}
         self.firewall_uplink: str | None = None  # None: no rules of ours
         self.shaping: str | None = None  # the IFB of our shaping trees
         self.events: list[str] = []  # "do X" / "undo X", in order
@@ -86,7 +86,7 @@ class FakeHost:
         if kind == "sysctl":
             self.sysctls[args[0]] = args[1]
         elif kind == "link":
-            self.links.pop(args[0], None)
+            self.interfaces.pop(args[0], None)
         elif kind == "firewall":
             self.firewall_uplink = None
         elif kind == "shaping":
@@ -193,30 +193,30 @@ class FakeTunnel:
     def __init__(self, host: FakeHost, name: str, journal: ChangeLog) -> None:
         self.host, self.name, self.journal = host, name, journal
 
-    def _link(self) -> Link:
-        link = self.host.links.get(self.name)
-        if link is None:
+    def _iface(self) -> FakeInterface:
+        iface = self.host.interfaces.get(self.name)
+        if iface is None:
             raise OsnetError(f"no interface {self.name}")
-        return link
+        return iface
 
     def create(self) -> None:
-        if self.name in self.host.links:
+        if self.name in self.host.interfaces:
             raise OsnetError(f"interface {self.name} already exists")
 
         def add() -> None:
-            self.host.links[self.name] = Link()
+            self.host.interfaces[self.name] = FakeInterface()
 
         self.host.change(self.journal, "link", self.name, [self.name], add)
 
     def configure(self, private_key: PrivateKey, *, listen_port: int | None = None) -> None:
-        self._link().listen_port = listen_port
+        self._iface().listen_port = listen_port
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
-        self._link().addresses = list(addresses)
+        self._iface().addresses = list(addresses)
 
     def up(self, mtu: int | None = None) -> None:
-        link = self._link()
-        link.up, link.mtu = True, mtu
+        iface = self._iface()
+        iface.up, iface.mtu = True, mtu
 
     def peers(self) -> tuple[PeerStats, ...]:
         return ()

@@ -1,5 +1,5 @@
 """The node agent's setup and teardown over a fake host (tests/unit/node/fakehost.py): the
-real Agent, NodeHost and Journal, no root, no socket (the server link goes through
+real Agent, NodeHost and Journal, no root, no socket (the server API goes through
 httpx.MockTransport and answers 503, so the node runs as with an unreachable server)."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ async def _start(agent: Agent, fake: FakeHost) -> asyncio.Task[None]:
 def _initial(fake: FakeHost) -> dict[str, Any]:
     return {
         "sysctls": dict(fake.sysctls),
-        "links": dict(fake.links),
+        "links": dict(fake.interfaces),
         "firewall": fake.firewall_uplink,
         "shaping": fake.shaping,
     }
@@ -100,10 +100,10 @@ async def test_setup_makes_each_change_in_order_journaled_first(tmp_path: Path) 
             "firewall eth0",
         ]
         assert fake.unjournaled == []
-        link = fake.links["higgsnode"]
-        assert link.up and link.mtu == agent.mtu.mtu if agent.mtu else False
-        assert link.addresses == [str(settings.node_address)]
-        assert link.listen_port == settings.listen_port
+        iface = fake.interfaces["higgsnode"]
+        assert iface.up and iface.mtu == agent.mtu.mtu if agent.mtu else False
+        assert iface.addresses == [str(settings.node_address)]
+        assert iface.listen_port == settings.listen_port
         assert fake.sysctls["net.ipv4.ip_forward"] == "1"
         # Every change in effect has its undo on disk, in the order made.
         undos = [e["undo"]["argv"][1] for e in _journal(settings)]
@@ -137,7 +137,10 @@ async def test_ipv6_uplink_forwards_v6_and_puts_accept_ra_back(tmp_path: Path) -
     agent = Agent(settings, host, key, server_transport=httpx.MockTransport(_unreachable))
     task = await _start(agent, fake)
     assert host.tunnel_v6 is not None
-    assert fake.links["higgsnode"].addresses == [str(settings.node_address), str(host.tunnel_v6)]
+    assert fake.interfaces["higgsnode"].addresses == [
+        str(settings.node_address),
+        str(host.tunnel_v6),
+    ]
     # Forwarding would make the kernel drop the uplink's router advertisements (accept_ra 1).
     assert fake.sysctls["net.ipv6.conf.eth0.accept_ra"] == "2"
     assert fake.sysctls["net.ipv6.conf.all.forwarding"] == "1"
@@ -192,7 +195,7 @@ async def test_a_crashed_run_is_undone_by_the_next_start(tmp_path: Path) -> None
     crashed.bring_up_interface(PrivateKey.generate(), 1420)
     crashed.enable_forwarding(fake.uplink)
     crashed.close()  # the process died: its journal stays, the host keeps its changes
-    assert fake.links
+    assert fake.interfaces
     assert fake.sysctls["net.ipv4.ip_forward"] == "1"
     assert NodeHost(settings, ops=fake).recover() == []
     assert _undone(fake) == ["sysctl", "link"]

@@ -82,7 +82,7 @@ def test_crash_after_recording_before_applying_replays_as_success(
 ) -> None:
     path = tmp_path / "journal.json"
     first = Journal(path, runner=runner)
-    first.record("add link higgs0", undo.link_delete("higgs0"))
+    first.record("add link higgs0", undo.interface_delete("higgs0"))
     first.close()  # the process died before the change was made
 
     runner.script(["ip", "link", "delete"], returncode=1, stderr='Cannot find device "higgs0"')

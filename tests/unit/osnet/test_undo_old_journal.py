@@ -26,7 +26,7 @@ OLD_RECORDS: list[tuple[dict[str, Any], object]] = [
         {"op": "argv", "argv": ["nft", "delete", "table", "inet", "x"]},
         undo.Argv(["nft", "delete", "table", "inet", "x"]),
     ),
-    ({"op": "link_delete", "name": "ifb-hg", "netns": None}, undo.LinkDelete("ifb-hg")),
+    ({"op": "link_delete", "name": "ifb-hg", "netns": None}, undo.InterfaceDelete("ifb-hg")),
     (
         {"op": "file_restore", "path": "/tmp/x", "content": None, "mode": None},
         undo.FileRestore("/tmp/x", None),

@@ -56,7 +56,7 @@ def test_a_fresh_process_that_opens_a_journal_knows_every_operation() -> None:
 
 def test_records_carry_their_operation_name() -> None:
     assert undo.argv(["true"]) == {"op": "argv", "argv": ["true"]}
-    assert undo.link_delete("hg0") == {"op": "link_delete", "name": "hg0", "netns": None}
+    assert undo.interface_delete("hg0") == {"op": "link_delete", "name": "hg0", "netns": None}
 
 
 def test_every_operation_has_a_dataclass_of_parameters() -> None:
@@ -68,5 +68,5 @@ def test_every_operation_has_a_dataclass_of_parameters() -> None:
 
 
 def test_a_record_is_built_from_its_parameters_only() -> None:
-    with pytest.raises(TypeError, match="takes LinkDelete"):
-        undo.LINK_DELETE.record(undo.Argv(["true"]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes InterfaceDelete"):
+        undo.INTERFACE_DELETE.record(undo.Argv(["true"]))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from higgs.common.keys import PrivateKey
-from higgs.node.server_link import EnrollmentRejected, ServerLink, ServerLinkError
+from higgs.node.server_api import EnrollmentRejected, ServerApi, ServerApiError
 from higgs.protocol.api import NodeRegisterRequest
 
 SERVER = "http://198.51.100.10:8080"
@@ -53,8 +53,8 @@ async def _heartbeat_body() -> dict[str, Any]:
     return {"peers": 0}
 
 
-def _link(tmp_path: Path, server: Server, enroll_key: str | None = "hge_" + "k" * 20) -> ServerLink:
-    return ServerLink(
+def _api(tmp_path: Path, server: Server, enroll_key: str | None = "hge_" + "k" * 20) -> ServerApi:
+    return ServerApi(
         SERVER,
         enroll_key=enroll_key,
         registration=_registration(),
@@ -71,8 +71,8 @@ async def test_registration_stores_the_identity_secretly_and_heartbeats_with_its
         httpx.Response(201, json=_answer()),
         httpx.Response(200, json={"heartbeat_interval_s": 20}),
     )
-    link = _link(tmp_path, server)
-    ident = await link.register()
+    api = _api(tmp_path, server)
+    ident = await api.register()
     assert ident.node_id == NODE_ID
     request = server.seen[0]
     assert (request.method, request.url.path) == ("POST", "/v1/nodes/register")
@@ -82,32 +82,32 @@ async def test_registration_stores_the_identity_secretly_and_heartbeats_with_its
     assert json.loads(stored.read_text())["node_token"] == "hgn_" + "s" * 32
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
 
-    assert await link.heartbeat() == 20
+    assert await api.heartbeat() == 20
     beat = server.seen[1]
     assert beat.url.path == f"/v1/nodes/{NODE_ID}/heartbeat"
     assert beat.headers["authorization"] == "Bearer hgn_" + "s" * 32
-    await link.aclose()
+    await api.aclose()
 
 
 async def test_a_refused_enrollment_key_is_fatal_and_says_what_to_do(tmp_path: Path) -> None:
     server = Server(
         httpx.Response(401, json={"error": "unauthorized", "message": "unknown enrollment key"})
     )
-    link = _link(tmp_path, server)
+    api = _api(tmp_path, server)
     with pytest.raises(EnrollmentRejected, match=r"unknown enrollment key.*enroll create"):
-        await link.register()
+        await api.register()
     assert not (tmp_path / "identity.json").exists()
-    await link.aclose()
+    await api.aclose()
 
 
 async def test_a_bad_registration_names_the_servers_reason(tmp_path: Path) -> None:
     server = Server(
         httpx.Response(422, json={"error": "invalid", "message": "listen_port: out of range"})
     )
-    link = _link(tmp_path, server)
-    with pytest.raises(ServerLinkError, match="refused the registration: listen_port"):
-        await link.register()
-    await link.aclose()
+    api = _api(tmp_path, server)
+    with pytest.raises(ServerApiError, match="refused the registration: listen_port"):
+        await api.register()
+    await api.aclose()
 
 
 async def test_an_overloaded_or_unreachable_server_is_retried_not_fatal(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ async def test_an_overloaded_or_unreachable_server_is_retried_not_fatal(tmp_path
         httpx.MockTransport(Server(httpx.Response(503, headers={"retry-after": "7"}))),
         httpx.MockTransport(unreachable),
     ):
-        link = ServerLink(
+        api = ServerApi(
             SERVER,
             enroll_key="hge_" + "k" * 20,
             registration=_registration(),
@@ -126,6 +126,6 @@ async def test_an_overloaded_or_unreachable_server_is_retried_not_fatal(tmp_path
             heartbeat_body=_heartbeat_body,
             transport=transport,
         )
-        assert await link.try_register() is False
-        assert link.status.state == "unreachable"
-        await link.aclose()
+        assert await api.try_register() is False
+        assert api.status.state == "unreachable"
+        await api.aclose()

@@ -47,9 +47,9 @@ from higgs.transport.relay_rtt import measure_all
 __all__ = [
     "EnrollmentRejected",
     "Identity",
-    "LinkStatus",
-    "ServerLink",
-    "ServerLinkError",
+    "ServerApi",
+    "ServerApiError",
+    "ServerApiStatus",
     "load_identity",
 ]
 
@@ -58,11 +58,11 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "identity.json"
 
 
-class ServerLinkError(HiggsError):
+class ServerApiError(HiggsError):
     """The server refused the node for a reason retrying will not fix."""
 
 
-class EnrollmentRejected(ServerLinkError):
+class EnrollmentRejected(ServerApiError):
     pass
 
 
@@ -122,7 +122,7 @@ def load_identity(state_dir: Path, server: str | None = None) -> Identity | None
 
 
 @dataclass
-class LinkStatus:
+class ServerApiStatus:
     state: str = "starting"  # starting | online | unreachable | rejected | stopped
     node_id: str | None = None
     last_ok: float | None = None
@@ -146,7 +146,7 @@ def _error_message(response: httpx.Response) -> str:
     return message or f"HTTP {response.status_code}"
 
 
-class ServerLink:
+class ServerApi:
     def __init__(
         self,
         server: str,
@@ -177,7 +177,7 @@ class ServerLink:
             self.server, timeout=timeout_s, user_agent="higgsnode", transport=transport
         )
         self.identity: Identity | None = load_identity(state_dir, self.server)
-        self.status = LinkStatus(node_id=self.identity.node_id if self.identity else None)
+        self.status = ServerApiStatus(node_id=self.identity.node_id if self.identity else None)
         self._fresh = False  # registered during this run already
         self._relay_targets: list[tuple[str, int]] = []  # from the last heartbeat answer
         self._wake = asyncio.Event()  # something the server should hear about at once
@@ -222,7 +222,7 @@ class ServerLink:
     # ---- registration ------------------------------------------------------------------
 
     async def register(self) -> Identity:
-        """Registers once; raises EnrollmentRejected/ServerLinkError (fatal) or _Transient."""
+        """Registers once; raises EnrollmentRejected/ServerApiError (fatal) or _Transient."""
         credentials: list[tuple[str, str]] = []
         if self.identity is not None:
             credentials.append(("node token", self.identity.node_token))
@@ -247,7 +247,7 @@ class ServerLink:
                 )
                 continue
             if 400 <= response.status_code < 500:
-                raise ServerLinkError(
+                raise ServerApiError(
                     f"the server refused the registration: {_error_message(response)}"
                 )
         raise EnrollmentRejected(
@@ -405,14 +405,14 @@ class ServerLink:
                 self.status.state = "unreachable"
                 self.status.last_error = str(exc)
                 await asyncio.sleep(delay)
-            except ServerLinkError as exc:
+            except ServerApiError as exc:
                 self.status.state = "rejected"
                 self.status.last_error = str(exc)
                 raise
 
     def _ok(self) -> None:
         if self.status.state != "online":
-            log.info("server link online", extra={"node_id": self.status.node_id})
+            log.info("server API online", extra={"node_id": self.status.node_id})
         self.status.state = "online"
         self.status.last_ok = time.time()
         self.status.last_error = None

@@ -1,4 +1,4 @@
-"""The node's server link against a real HTTP server on loopback."""
+"""The node's server API against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from higgs.common.backoff import Backoff
-from higgs.node.server_link import EnrollmentRejected, ServerLink, load_identity
+from higgs.node.server_api import EnrollmentRejected, ServerApi, load_identity
 from higgs.protocol.api import NodeRegisterRequest
 from tests.integration.node.fake_server import NodeApiServer
 
@@ -33,8 +33,8 @@ async def server() -> AsyncIterator[NodeApiServer]:
     await srv.stop()
 
 
-def make_link(srv: NodeApiServer, state: Path, key: str | None = None) -> ServerLink:
-    return ServerLink(
+def make_api(srv: NodeApiServer, state: Path, key: str | None = None) -> ServerApi:
+    return ServerApi(
         srv.url,
         enroll_key=srv.enroll_key if key is None else key,
         registration=REGISTRATION,
@@ -52,22 +52,22 @@ async def wait_for(cond: Callable[[], bool]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(link: ServerLink) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(link.run())
+async def running(api: ServerApi) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(api.run())
     try:
         yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await link.aclose()
+        await api.aclose()
 
 
 async def test_registers_heartbeats_and_keeps_identity(
     server: NodeApiServer, tmp_path: Path
 ) -> None:
-    link = make_link(server, tmp_path)
-    async with running(link):
+    api = make_api(server, tmp_path)
+    async with running(api):
         await wait_for(lambda: len(server.heartbeats) >= 2)
     assert server.registrations == ["enrollment key"]
     assert server.heartbeats[0] == {"cpu_percent": 1.0, "peers": 0}
@@ -78,7 +78,7 @@ async def test_registers_heartbeats_and_keeps_identity(
     assert ident.node_id in server.nodes
 
     # A restart re-registers with the node's own token: the same node, no enrollment use.
-    again = make_link(server, tmp_path)
+    again = make_api(server, tmp_path)
     async with running(again):
         await wait_for(lambda: again.status.state == "online")
     assert server.registrations == ["enrollment key", "node token"]
@@ -89,52 +89,52 @@ async def test_registers_heartbeats_and_keeps_identity(
 async def test_reregisters_when_the_server_forgot_the_node(
     server: NodeApiServer, tmp_path: Path
 ) -> None:
-    link = make_link(server, tmp_path)
-    async with running(link):
-        await wait_for(lambda: link.status.state == "online")
-        first = link.status.node_id
+    api = make_api(server, tmp_path)
+    async with running(api):
+        await wait_for(lambda: api.status.state == "online")
+        first = api.status.node_id
         server.forget_all()
-        await wait_for(lambda: link.status.registrations == 2 and link.status.state == "online")
+        await wait_for(lambda: api.status.registrations == 2 and api.status.state == "online")
         count = len(server.heartbeats)
         await wait_for(lambda: len(server.heartbeats) > count)
     assert server.registrations == ["enrollment key", "rejected", "enrollment key"]
-    assert link.status.node_id != first
+    assert api.status.node_id != first
 
 
 async def test_bad_enrollment_key_is_fatal_not_a_retry_loop(
     server: NodeApiServer, tmp_path: Path
 ) -> None:
-    link = make_link(server, tmp_path, key="hge_wrong")
+    api = make_api(server, tmp_path, key="hge_wrong")
     with pytest.raises(EnrollmentRejected, match="enrollment key"):
         async with asyncio.timeout(10):
-            await link.run()
-    await link.aclose()
+            await api.run()
+    await api.aclose()
     assert server.registrations == ["rejected"]
-    assert link.status.state == "rejected"
+    assert api.status.state == "rejected"
     assert not (tmp_path / "identity.json").exists()
 
 
 async def test_backs_off_while_unreachable_then_recovers(tmp_path: Path) -> None:
     srv = NodeApiServer()  # not started yet: its port refuses connections
-    link = make_link(srv, tmp_path)
-    async with running(link):
-        await wait_for(lambda: link.status.state == "unreachable")
-        assert link.status.last_error
+    api = make_api(srv, tmp_path)
+    async with running(api):
+        await wait_for(lambda: api.status.state == "unreachable")
+        assert api.status.last_error
         await srv.start()
         try:
-            await wait_for(lambda: link.status.state == "online")
+            await wait_for(lambda: api.status.state == "online")
         finally:
             await srv.stop()
     assert srv.registrations == ["enrollment key"]
 
 
 async def test_deregisters_on_stop(server: NodeApiServer, tmp_path: Path) -> None:
-    link = make_link(server, tmp_path)
-    task = asyncio.create_task(link.run())
-    await wait_for(lambda: link.status.state == "online")
+    api = make_api(server, tmp_path)
+    task = asyncio.create_task(api.run())
+    await wait_for(lambda: api.status.state == "online")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert await link.deregister() is True
-    await link.aclose()
-    assert server.deleted == [link.status.node_id]
+    assert await api.deregister() is True
+    await api.aclose()
+    assert server.deleted == [api.status.node_id]
