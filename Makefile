@@ -28,10 +28,10 @@ check: lint typecheck unit
 # pytest's exit code 5 (no tests collected) fails the target on purpose.
 # Test modules run in parallel (pytest-xdist, one module per worker so that a module-scoped lab
 # stays in one process): most of an e2e test's time is spent waiting on WireGuard, relay and
-# session timers, not on the CPU. Every lab has its own namespaces, names and addresses, so
+# session timers, not on the CPU (4 workers on this 2-core machine). Every lab has its own namespaces, names and addresses, so
 # workers cannot see each other's; each worker checks for its own leftovers, the controller
 # fails the run on any. TEST_WORKERS=0 runs every module in this one process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test: lint typecheck
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=25
 
