@@ -28,18 +28,11 @@ STATUS_FILE = "relay-status.json"
 Source = Callable[[], list[SessionSpec]]
 
 
-def status_of(relay: UdpRelay) -> dict[str, Any]:
+def _counters(relay: UdpRelay) -> dict[str, Any]:
+    """What the relay moved and dropped, by the kernel and by userspace."""
     packets, octets = relay.kernel_counters()
     s = relay.stats
     return {
-        "pid": os.getpid(),
-        "mode": relay.mode,
-        "why": relay.why,
-        "relay_ip": relay.settings.relay_ip,
-        "legs": {
-            str(port): {"client": _addr(c), "node": _addr(n)}
-            for port, (c, n) in sorted(relay.legs().items())
-        },
         "kernel_packets": packets,
         "kernel_bytes": octets,
         "userspace_packets": s.user_packets,
@@ -50,21 +43,27 @@ def status_of(relay: UdpRelay) -> dict[str, Any]:
     }
 
 
+def status_of(relay: UdpRelay) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "mode": relay.mode,
+        "why": relay.why,
+        "relay_ip": relay.settings.relay_ip,
+        "legs": {
+            str(port): {"client": _addr(c), "node": _addr(n)}
+            for port, (c, n) in sorted(relay.legs().items())
+        },
+        **_counters(relay),
+    }
+
+
 def host_stats(relay: UdpRelay) -> dict[str, Any]:
     """The snapshot a relay host beats with (the dashboard's relay page shows it per host)."""
-    packets, octets = relay.kernel_counters()
-    s = relay.stats
     return {
         "mode": relay.mode,
         "ports_leased": len(relay.ports()),
-        "ports_total": s.ports_total,
-        "kernel_packets": packets,
-        "kernel_bytes": octets,
-        "userspace_packets": s.user_packets,
-        "userspace_bytes": s.user_bytes,
-        "binds": s.binds,
-        "rebinds": s.rebinds,
-        "drops": dict(s.drops),
+        "ports_total": relay.stats.ports_total,
+        **_counters(relay),
     }
 
 

@@ -18,6 +18,7 @@ import hmac
 import logging
 import secrets
 import socket
+from typing import Any
 
 from sqlalchemy import update
 
@@ -25,7 +26,7 @@ from higgs.protocol.api import ReachabilityResult, parse_endpoint
 from higgs.protocol.reachability import NONCE_LEN, encode_probe
 from higgs.server.services.clock import utcnow
 from higgs.server.services.errors import Conflict, NotFound
-from higgs.server.services.nodeview import NodeView
+from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.store.db import Database
 from higgs.server.store.tables import Node
 
@@ -68,23 +69,29 @@ class ReachabilityService:
         if self._announced.get(node_id, "?") == mapped:
             return
         nonce = new_nonce() if mapped else None
+        facts = await self._withdraw(node_id, nonce, mapped_endpoint=mapped)
+        if facts is not None:
+            facts.mapped = mapped
+        self.registered(node_id, mapped, nonce)
+
+    async def _withdraw(self, node_id: str, nonce: str | None, **values: Any) -> NodeFacts | None:
+        """Stops offering the node's mapped endpoint until ``nonce`` is proved (a manual
+        endpoint stays); ``values``: more columns to write with it. Returns the node's view."""
         async with self.db.begin() as conn:
             await conn.execute(
                 update(Node)
                 .where(Node.id == node_id)
                 .values(
                     endpoint=_keep_manual_endpoint(),
-                    mapped_endpoint=mapped,
                     probe_nonce=nonce,
                     mapped_verified_at=None,
+                    **values,
                 )
             )
         facts = self.nodes.get(node_id)
         if facts is not None and facts.endpoint is not None and facts.endpoint == facts.mapped:
             self.nodes.set_endpoint(node_id, None)
-        if facts is not None:
-            facts.mapped = mapped
-        self.registered(node_id, mapped, nonce)
+        return facts
 
     async def source(self, node_id: str, address: str) -> None:
         """A heartbeat came from ``address``. From another address than before, the node's
@@ -102,19 +109,7 @@ class ReachabilityService:
             extra={"node_id": node_id, "mapped": mapped},
         )
         nonce = new_nonce()
-        async with self.db.begin() as conn:
-            await conn.execute(
-                update(Node)
-                .where(Node.id == node_id)
-                .values(
-                    endpoint=_keep_manual_endpoint(),
-                    probe_nonce=nonce,
-                    mapped_verified_at=None,
-                )
-            )
-        facts = self.nodes.get(node_id)
-        if facts is not None and facts.endpoint is not None and facts.endpoint == facts.mapped:
-            self.nodes.set_endpoint(node_id, None)
+        await self._withdraw(node_id, nonce)
         self._probe(node_id, mapped, nonce)
 
     async def confirm(self, node_id: str, nonce: str) -> ReachabilityResult:
