@@ -149,7 +149,8 @@ async def test_heartbeat_stores_metrics_and_answers_interval(srv: Harness) -> No
     }
     r = await srv.http.post(f"/v1/nodes/{node_id}/heartbeat", json=metrics, headers=bearer(token))
     assert r.status_code == 200, r.text
-    assert r.json() == {"heartbeat_interval_s": 15, "state": "online"}
+    # ``relays``: the relay hosts the node times (none registered here, protocol §5.5).
+    assert r.json() == {"heartbeat_interval_s": 15, "state": "online", "relays": []}
     admin = await srv.http.get("/v1/admin/nodes", headers=bearer(srv.admin_token))
     (node,) = admin.json()["nodes"]
     assert node["metrics"]["cpu_percent"] == 12.5
