@@ -234,15 +234,7 @@ async def upnp_pinhole(
                 raise PortMapError(
                     m, "not_allowed", "the router's firewall allows no inbound pinholes"
                 )
-            answer = await service.action("AddPinhole").async_call(
-                RemoteHost=ANY_REMOTE,
-                RemotePort=0,
-                InternalClient=internal_ip6,
-                InternalPort=internal_port,
-                Protocol=UDP_PROTOCOL,
-                LeaseTime=lease,
-            )
-            pinhole_id = int(answer["UniqueID"])
+            pinhole_id = await _add_pinhole(service, internal_ip6, internal_port, lease)
     except PortMapError:
         raise
     except (TimeoutError, UpnpError, OSError, KeyError, ValueError) as exc:
@@ -253,6 +245,20 @@ async def upnp_pinhole(
     )  # fmt: skip
 
 
+async def _add_pinhole(service: Any, internal_ip6: str, internal_port: int, lease: int) -> int:
+    """AddPinhole for our UDP port from anywhere; the router's UniqueID (miniupnpd answers an
+    existing pinhole's id for the same tuple)."""
+    answer = await service.action("AddPinhole").async_call(
+        RemoteHost=ANY_REMOTE,
+        RemotePort=0,
+        InternalClient=internal_ip6,
+        InternalPort=internal_port,
+        Protocol=UDP_PROTOCOL,
+        LeaseTime=lease,
+    )
+    return int(answer["UniqueID"])
+
+
 async def upnp_pinhole_delete(
     location: str, internal_ip6: str, internal_port: int, pinhole_id: int | None
 ) -> None:
@@ -261,13 +267,5 @@ async def upnp_pinhole_delete(
     igd = await _device(location)
     service = _pinhole_actions(igd)
     if pinhole_id is None:
-        answer = await service.action("AddPinhole").async_call(
-            RemoteHost=ANY_REMOTE,
-            RemotePort=0,
-            InternalClient=internal_ip6,
-            InternalPort=internal_port,
-            Protocol=UDP_PROTOCOL,
-            LeaseTime=1,
-        )
-        pinhole_id = int(answer["UniqueID"])
+        pinhole_id = await _add_pinhole(service, internal_ip6, internal_port, 1)
     await service.action("DeletePinhole").async_call(UniqueID=pinhole_id)
