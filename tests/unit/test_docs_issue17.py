@@ -38,8 +38,6 @@ def test_every_test_the_issue_17_documents_cite_exists() -> None:
         file = ROOT / path
         if not file.is_file():
             missing.append(path)
-        elif name is not None and not re.search(
-            rf"^(async )?def {name}\(", file.read_text(), re.M
-        ):
+        elif name is not None and not re.search(rf"^(async )?def {name}\(", file.read_text(), re.M):
             missing.append(f"{path}::{name}")
     assert not missing, f"cited but not there: {missing}"
