@@ -95,6 +95,7 @@ class Node:
     host: Host | None = None
     node_id: str | None = None
     args: tuple[str, ...] = ()  # more `higgsnode start` flags (e.g. --ipv6 off)
+    env: dict[str, str] | None = None  # higgsnode's whole environment (default: ours)
     program: NodeProgram = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class Node:
         flags += ["--dns-upstream", self.lab.internet.ip]
         if self.endpoint:
             flags += ["--endpoint", self.endpoint]
-        self.program.start(*flags, *self.args)
+        self.program.start(*flags, *self.args, env=self.env)
         wait_until(
             "the node to come online", lambda: bool(self.online_ids() - already), 60, every=1.0
         )
@@ -145,6 +146,7 @@ class Client:
     server_url: str
     connected: bool = False
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # every higgsvpn run's whole environment (default: ours)
 
     @property
     def resolv_conf(self) -> Path:
@@ -167,7 +169,12 @@ class Client:
 
     def vpn(self, *args: str, check: bool = True, timeout: float = 90) -> Any:
         return client_cli(
-            self.host, self.state_dir / "higgsvpn.toml", *args, check=check, timeout=timeout
+            self.host,
+            self.state_dir / "higgsvpn.toml",
+            *args,
+            check=check,
+            timeout=timeout,
+            env=self.env,
         )
 
     def connect(self, *args: str) -> dict[str, Any]:

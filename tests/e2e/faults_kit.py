@@ -1,6 +1,6 @@
 """Tools of the fault tests (tests/e2e/test_faults.py): a PostgreSQL cluster inside the
-server's namespace, continuous ping probes that say when traffic flowed, and a clock skew for
-one host's processes (libfaketime).
+server's namespace, continuous ping probes that say when traffic flowed, and a wall clock
+for one host's processes that the test can step (libfaketime).
 
 The probes measure, never sleep: a ``ping -D -O`` runs in the client's namespace through the
 tunnel for the whole scenario, and every reply and every "no answer yet" is timestamped by
@@ -26,7 +26,7 @@ __all__ = [
     "FAKETIME_LIB",
     "LabPostgres",
     "PingProbe",
-    "skewed_env",
+    "SkewedClock",
 ]
 
 PG_BINDIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -35,18 +35,37 @@ PG_PORT = 5432
 SHIM_DIR = Path(__file__).with_name("faketime_site")
 
 
-def skewed_env(offset: str) -> dict[str, str]:
-    """Environment that runs a process with its wall clock moved by ``offset`` (libfaketime
-    syntax, e.g. ``+5m``): only the wall clock moves, as on a host whose clock is off; the
-    monotonic clock (asyncio's timers, the relay's deadlines) stays the real one. The
-    faketime_site shim works around libfaketime's broken time.sleep in that mode."""
-    path = os.pathsep.join(p for p in (str(SHIM_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    return {
-        "LD_PRELOAD": str(FAKETIME_LIB),
-        "FAKETIME": offset,
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "PYTHONPATH": path,
-    }
+@dataclass
+class SkewedClock:
+    """One host's wall clock, movable while its processes run: every process started with
+    :attr:`env` reads its offset from ``path`` (libfaketime's FAKETIME_TIMESTAMP_FILE, re-read
+    each second), so :meth:`set` steps the clock of a running daemon as NTP or a resume from
+    suspend would. Only the wall clock moves; the monotonic clock (asyncio's timers, every
+    timeout) stays the real one, as on a real host. The faketime_site shim works around
+    libfaketime's broken time.sleep in that mode. Go programs (wireguard-go) read the clock
+    without libc and keep the true time: the product must not care (osnet.handshakes)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.set("+0")
+
+    def set(self, offset: str) -> None:
+        """``offset`` in libfaketime's syntax (``+5m``, ``-5m``, ``+0``)."""
+        tmp = self.path.with_suffix(".new")
+        tmp.write_text(offset + "\n")
+        tmp.replace(self.path)  # atomic: a reader never sees an empty file
+
+    @property
+    def env(self) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(SHIM_DIR), os.environ.get("PYTHONPATH", "")) if p)
+        return {
+            "LD_PRELOAD": str(FAKETIME_LIB),
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_CACHE_DURATION": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "PYTHONPATH": path,
+        }
 
 
 @dataclass

@@ -371,11 +371,14 @@ class Connector:
 
     async def wait_handshake(self, wait_s: float, *, relay: RelayPath | None = None) -> bool:
         """True once the peer reports a handshake newer than the start of this wait."""
-        started = time.time() - 1  # wg reports whole seconds
+        # Ages, not wall times: the clock may step meanwhile (osnet.handshakes); wg reports
+        # whole seconds.
+        started = time.monotonic() - 1
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             stats = await asyncio.to_thread(self.host.peer_stats)
-            if stats is not None and stats.latest_handshake >= started:
+            age = stats.handshake_age() if stats is not None else None
+            if age is not None and age <= time.monotonic() - started:
                 return True
             if relay is not None and relay.closed_reason is not None:
                 return False

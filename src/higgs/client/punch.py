@@ -39,7 +39,7 @@ async def punch(offer: PunchOffer, *, port: int, fwmark: int | None) -> bool:
         return False
     try:
         return await exchange(
-            tap, bytes.fromhex(offer.nonce), offer.peer_endpoint, offer.at, offer.window_s
+            tap, bytes.fromhex(offer.nonce), offer.peer_endpoint, offer.delay_s(), offer.window_s
         )
     finally:
         tap.close()

@@ -184,13 +184,19 @@ class RelayProgram:
 
 
 def client_cli(
-    host: Host, config: Path, *args: str, check: bool = True, timeout: float = 90
+    host: Host,
+    config: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 90,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``higgsvpn <command> --config <config> <rest…>`` on ``host`` (the command first: the
-    CLI's sub-commands take their options after it)."""
+    CLI's sub-commands take their options after it; ``env``: its whole environment, which the
+    daemon ``connect`` starts inherits)."""
     command, rest = args[0], list(args[1:])
     argv = _py("higgs.client.cli", command, "--config", str(config), *rest)
-    return host.run(argv, check=check, timeout=timeout)
+    return host.run(argv, check=check, timeout=timeout, env=env)
 
 
 class Product:

@@ -356,7 +356,7 @@ class Agent:
                     "rx_bytes": r.rx_bytes,
                     "tx_bytes": r.tx_bytes,
                     "last_handshake_s": (
-                        round(now - r.latest_handshake, 1) if r.latest_handshake else None
+                        round(max(0.0, now - r.latest_handshake), 1) if r.latest_handshake else None
                     ),
                 }
                 for r in rows

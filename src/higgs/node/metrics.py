@@ -39,7 +39,7 @@ class PeerCounters(Protocol):
     @property
     def tx_bytes(self) -> int: ...
     @property
-    def latest_handshake(self) -> int | None:
+    def latest_handshake(self) -> float | None:
         """Unix time of the last handshake; None (or 0) means never."""
         ...
 

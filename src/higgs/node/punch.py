@@ -160,7 +160,7 @@ class Puncher:
                 tap,
                 bytes.fromhex(message.nonce),
                 message.peer_endpoint,
-                message.at,
+                message.delay_s(),
                 message.window_s,
             )
         finally:
@@ -185,7 +185,7 @@ class Puncher:
         public address. So the window is long (``punch_steer_window_s``) and watched each
         second: a packet through the relay roams our endpoint back (WireGuard) and ends it
         early -- the app's NAT filtered us out, nothing was lost but our keepalives."""
-        await asyncio.sleep(max(0.0, message.at - time.time()))
+        await asyncio.sleep(message.delay_s())
         before = self._row(peer.public_key)
         rx0 = before.rx_bytes if before is not None else 0
         self._judging.add(peer.public_key)

@@ -25,7 +25,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from higgs.common.keys import PrivateKey, validate_public_key
 from higgs.osnet import netlink, procs, undo
 from higgs.osnet.changes import ChangeLog, Entry
 from higgs.osnet.errors import CommandError, OsnetError, UndoError
+from higgs.osnet.handshakes import HandshakeClock
 from higgs.osnet.names import WG_SOCKET_DIR, validate_ifname
 from higgs.osnet.runner import Runner
 
@@ -116,7 +117,10 @@ class PeerStats:
     public_key: str
     endpoint: str | None
     allowed_ips: tuple[str, ...]
-    latest_handshake: int | None  # unix time; None before the first handshake
+    # unix time; None before the first handshake. From WireGuard.dump: re-based on our wall
+    # clock of the read, so ``time.time() - latest_handshake`` survives clock steps
+    # (osnet.handshakes).
+    latest_handshake: float | None
     rx_bytes: int
     tx_bytes: int
     persistent_keepalive: int  # 0 = off
@@ -227,6 +231,7 @@ class WireGuard:
         self.backend = backend
         self.backend_used: Literal["kernel", "userspace"] | None = None
         self._entry: Entry | None = None
+        self._handshakes = HandshakeClock()
 
     @property
     def socket(self) -> Path:
@@ -386,7 +391,15 @@ class WireGuard:
         return self.dump().peers
 
     def dump(self) -> Dump:
-        return parse_dump(self._wg("show", self.name, "dump"))
+        """The interface as ``wg show dump`` reports it, handshake times re-based on our clock
+        (a wall clock that stepped since a handshake does not age it: osnet.handshakes)."""
+        raw = parse_dump(self._wg("show", self.name, "dump"))
+        times = self._handshakes.rebase(
+            (p.public_key, None if p.latest_handshake is None else int(p.latest_handshake))
+            for p in raw.peers
+        )
+        peers = tuple(replace(p, latest_handshake=times[p.public_key]) for p in raw.peers)
+        return replace(raw, peers=peers)
 
     # --- netlink: addresses, MTU, up ------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -541,14 +542,26 @@ class RouteResponse(_Model):
 
 # --- hole punching (issue 12; docs/protocol.md §2.7) ---
 class PunchOffer(_Model):
-    """One attempt: at wall time ``at`` send probes (the reachability layout with ``nonce``)
-    from the WireGuard port to ``peer_endpoint`` for ``window_s``; the node does the same
-    toward the client. Hearing the node's probe means both NATs are open."""
+    """One attempt: ``in_s`` after this answer (older servers: at wall time ``at``) send
+    probes (the reachability layout with ``nonce``) from the WireGuard port to
+    ``peer_endpoint`` for ``window_s``; the node does the same toward the client. Hearing
+    the node's probe means both NATs are open."""
 
     nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
     peer_endpoint: str = Field(description="the node's public ip:port as the UDP relay saw it")
-    at: float = Field(description="unix time at which both ends start sending")
+    at: float = Field(description="unix time (the server's clock) at which both ends start")
+    in_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=60,
+        description="seconds from this answer to the start: what a client uses, so that its "
+        "clock need not agree with the server's (absent from older servers: then ``at``)",
+    )
     window_s: float
+
+    def delay_s(self) -> float:
+        """How long to wait before sending, on our own clock."""
+        return self.in_s if self.in_s is not None else max(0.0, self.at - time.time())
 
 
 class PunchAnswer(_Model):

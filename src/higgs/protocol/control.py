@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -159,9 +160,10 @@ class PeerStats(_Message):
 class Punch(_Message):
     """Server → node: open a direct path to one session's client (docs/protocol.md §3.5).
 
-    ``peer_endpoint`` is the client's public ``ip:port`` as the UDP relay saw it. At wall
-    time ``at`` the node sends probe datagrams (``higgs.protocol.reachability`` layout, with
-    ``nonce``) from its WireGuard port to it for ``window_s``; when it hears the client's
+    ``peer_endpoint`` is the client's public ``ip:port`` as the UDP relay saw it. ``in_s``
+    seconds after it got this (older servers: at wall time ``at``) the node sends probe
+    datagrams (``higgs.protocol.reachability`` layout, with ``nonce``) from its WireGuard
+    port to it for ``window_s``; when it hears the client's
     probe with the same nonce both NATs are open and it moves the peer's endpoint there.
     ``steer``: the client runs no software of ours (an official WireGuard app): no probes,
     the node sets the endpoint at once and WireGuard's roaming moves the client when its NAT
@@ -174,8 +176,15 @@ class Punch(_Message):
     peer_endpoint: str
     nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
     at: float = Field(ge=0)
+    # Seconds from sending to the start: what a node uses, so that its clock need not agree
+    # with the server's (absent from older servers: then ``at``).
+    in_s: float | None = Field(default=None, ge=0, le=60)
     window_s: float = Field(gt=0, le=60)
     steer: bool = False
+
+    def delay_s(self) -> float:
+        """How long to wait before sending, on our own clock."""
+        return self.in_s if self.in_s is not None else max(0.0, self.at - time.time())
 
     @field_validator("public_key")
     @classmethod

@@ -24,8 +24,11 @@ PROBE_EVERY_S = 0.1
 AFTER_HEARD_S = 0.5
 
 
-async def exchange(tap: ProbeTap, nonce: bytes, endpoint: str, at: float, window_s: float) -> bool:
-    """True when the other end's probe with ``nonce`` arrived within the window."""
+async def exchange(
+    tap: ProbeTap, nonce: bytes, endpoint: str, delay_s: float, window_s: float
+) -> bool:
+    """True when the other end's probe with ``nonce`` arrived within the window, which opens
+    ``delay_s`` from now (a delay, not a wall time: the two ends' clocks need not agree)."""
     loop = asyncio.get_running_loop()
     heard = asyncio.Event()
 
@@ -38,7 +41,7 @@ async def exchange(tap: ProbeTap, nonce: bytes, endpoint: str, at: float, window
     payload = encode_probe(nonce)
     loop.add_reader(tap.fileno(), readable)
     try:
-        await asyncio.sleep(max(0.0, at - time.time()))
+        await asyncio.sleep(delay_s)
         deadline = time.monotonic() + window_s
         while time.monotonic() < deadline and not heard.is_set():
             tap.send(payload, host, port)

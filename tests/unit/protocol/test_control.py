@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -106,3 +107,26 @@ def test_punch_parses_and_rejects_a_bad_endpoint_or_nonce() -> None:
         control.parse_obj({**good, "nonce": "xyz"})
     with pytest.raises(control.ControlError, match="window_s"):
         control.parse_obj({**good, "window_s": 0})
+
+
+def test_punch_start_is_a_delay_whatever_the_node_clock_says() -> None:
+    """A node 5 minutes slow or fast starts when the server meant, not 5 minutes late (or
+    at once): the start travels as ``in_s``; ``at`` only for a server that does not send it."""
+    key = "yftnihtnyVAk9rl7bJB0W2pdCW2oWrK+U058k+n17wY="
+    base = {
+        "type": "punch",
+        "session_id": "s_1",
+        "public_key": key,
+        "peer_endpoint": "203.0.113.20:51820",
+        "nonce": "00" * 16,
+        "window_s": 4.0,
+    }
+    far = time.time() + 300  # the server's clock 5 minutes ahead of ours
+    msg = control.parse_obj({**base, "at": far, "in_s": 1.0})
+    assert isinstance(msg, control.Punch)
+    assert msg.delay_s() == 1.0
+    old = control.parse_obj({**base, "at": time.time() + 1.0})
+    assert isinstance(old, control.Punch)
+    assert 0.5 < old.delay_s() <= 1.0
+    with pytest.raises(control.ControlError, match="in_s"):
+        control.parse_obj({**base, "at": far, "in_s": -1})

@@ -129,9 +129,11 @@ class PunchService:
             and current.node_endpoint == node_public
             and current.offer.peer_endpoint == node_public
         ):
-            return PunchAnswer(
-                client_public=client_public, node_public=node_public, offer=current.offer
+            # The start as a delay from now: the client's clock need not agree with ours.
+            again = current.offer.model_copy(
+                update={"in_s": max(0.0, current.offer.at - time.time())}
             )
+            return PunchAnswer(client_public=client_public, node_public=node_public, offer=again)
         nonce = secrets.token_hex(16)
         at = time.time() + self.timers.lead_s
         message = Punch(
@@ -140,12 +142,17 @@ class PunchService:
             peer_endpoint=client_public,
             nonce=nonce,
             at=at,
+            in_s=self.timers.lead_s,
             window_s=self.timers.window_s,
         )
         if not await self.hub.send_control(row.node_id, message.model_dump(mode="json")):
             return no("the node's control link is down")
         offer = PunchOffer(
-            nonce=nonce, peer_endpoint=node_public, at=at, window_s=self.timers.window_s
+            nonce=nonce,
+            peer_endpoint=node_public,
+            at=at,
+            in_s=max(0.0, at - time.time()),
+            window_s=self.timers.window_s,
         )
         self._attempts[session_id] = _Attempt(offer, node_public, now)
         self.offers += 1
@@ -233,6 +240,7 @@ class PunchService:
                 peer_endpoint=row.client_seen,
                 nonce=secrets.token_hex(16),
                 at=time.time(),
+                in_s=0.0,
                 window_s=self.timers.steer_window_s,
                 steer=True,
             )
