@@ -1,9 +1,10 @@
-"""Runs every benchmark: ``python -m bench [--smoke] [--only e2e,relay,control,udprelay,profile]``.
+"""Runs every benchmark: ``python -m bench [--smoke] [--only PART,...]`` (parts: e2e, relay,
+control, udprelay, punch, profile).
 
 Writes the Markdown report to ``bench/results/report-<date>.md`` (gitignored) and prints it
 on stdout; progress lines go to stderr. Each part can also run alone:
 ``python -m bench.e2e``, ``python -m bench.relay``, ``python -m bench.control``,
-``python -m bench.udprelay``, ``python -m bench.profile``.
+``python -m bench.udprelay``, ``python -m bench.punch``, ``python -m bench.profile``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _udprelay(smoke: bool, rounds: int | None) -> Section:
     return run(smoke=smoke, rounds=rounds)
 
 
+def _punch(smoke: bool, rounds: int | None) -> Section:
+    from bench.punch.__main__ import run
+
+    return run(smoke=smoke, rounds=rounds)
+
+
 def _profile(smoke: bool, rounds: int | None) -> Section:
     from bench.profile import run
 
@@ -100,6 +107,7 @@ PARTS: dict[str, Callable[[bool, int | None], Section]] = {
     "relay": lambda smoke, rounds: relay_section(smoke),
     "control": _control,
     "udprelay": _udprelay,
+    "punch": _punch,
     "profile": _profile,
 }
 

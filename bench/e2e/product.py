@@ -48,13 +48,14 @@ def relayed_datagrams(lab: Lab, url: str) -> float:
 
 @contextlib.contextmanager
 def product_tunnel(
-    lab: Lab, mode: str, *, client_mode: str | None = None
+    lab: Lab, mode: str, *, client_mode: str | None = None, client_settings: str = ""
 ) -> Iterator[Callable[..., str]]:
     """Server, node and client up, the client connected in ``mode``; all undone on exit.
     Yields the client's ``higgsvpn`` runner (``vpn("status", "--json")``).
 
     ``client_mode``: the client's ``--mode`` (default: ``relay`` for the UDP relay rows, so
     the path stays the UDP relay; ``auto`` lets it hole-punch, bench/punch).
+    ``client_settings``: more lines for the client's ``higgsvpn.toml``.
 
     ``udp_relay`` / ``udp_relay_userspace``: the server runs its UDP relay (kernel forwarding,
     or the userspace forwarder), the node has no port forward, the client takes the UDP relay.
@@ -72,7 +73,7 @@ def product_tunnel(
     with contextlib.ExitStack() as stack:
         # The next tunnel in this lab listens on the same ports.
         stack.callback(_stop, server_proc.popen)
-        yield from _with_server(lab, mode, work, server, udp, client_mode)
+        yield from _with_server(lab, mode, work, server, udp, client_mode, client_settings)
 
 
 def _stop(popen: subprocess.Popen[bytes]) -> None:
@@ -82,7 +83,13 @@ def _stop(popen: subprocess.Popen[bytes]) -> None:
 
 
 def _with_server(
-    lab: Lab, mode: str, work: Path, server: ServerProgram, udp: bool, client_mode: str | None
+    lab: Lab,
+    mode: str,
+    work: Path,
+    server: ServerProgram,
+    udp: bool,
+    client_mode: str | None,
+    client_settings: str,
 ) -> Iterator[Callable[..., str]]:
     url = server.url
 
@@ -123,7 +130,7 @@ def _with_server(
             fh.write(
                 f'server_url = "{url}"\ntoken = "{token}"\n'
                 f'state_dir = "{work / "client"}"\ninterface = "{lab.ifname("c")}"\n'
-                f'resolv_conf = "{resolv}"\n'
+                f'resolv_conf = "{resolv}"\n{client_settings}'
             )
         relayed_before = relayed_datagrams(lab, url)
         connect_mode = client_mode or ("relay" if udp else mode)

@@ -13,7 +13,8 @@ miniupnpd; client behind a cone NAT), per round, a fresh session:
 The times are the client daemon's own stamps (unix clock, the same host's), bounded by this
 process's clock; a ``status`` poll only finds out that the switch happened (its CLI start-up
 takes seconds on a busy machine and would otherwise be counted). Printed: a Markdown table per
-round, then median [min–max] of each figure and of the per-round ratio punched / relay.
+round, then median [min–max] of each figure and of the per-round ratio punched / relay. Also
+the ``punch`` part of ``python -m bench`` (one round in ``--smoke``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.e2e.product import product_tunnel
-from bench.harness import progress
+from bench.harness import Section, Table, progress
 from higgs.lab import Lab
 from higgs.lab.netns import ns_argv
 
@@ -53,12 +55,49 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}–{max(values):.2f}]"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.punch")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args(argv)
+def _round(lab: Lab, vpn: Callable[..., str], n: int) -> tuple[float, float, float] | str:
+    """One fresh session: (relay up, punched after, upgrade gap), or why the round missed."""
+    vpn("disconnect", check=False)
+    t0 = time.time()
+    answer = json.loads(vpn("connect", "--json"))
+    if answer.get("mode") != "udp_relay":
+        return f"connected on {answer.get('mode')}"
+    out: dict[str, str] = {}
+
+    def ping() -> None:
+        argv = ["ping", "-n", "-i", str(PING_EVERY_S), "-c", str(PINGS), "-W", "1",
+                lab.internet.ip]  # fmt: skip
+        proc = subprocess.run(
+            ns_argv(lab.client.ns, argv), capture_output=True, text=True, timeout=60
+        )
+        out["ping"] = proc.stdout
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    status: dict[str, object] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = json.loads(vpn("status", "--json"))
+        if status.get("mode") == "punched":
+            break
+        time.sleep(0.2)
+    pinger.join()
+    if status.get("mode") != "punched":
+        return f"not punched within 30 s ({status.get('path_why')})"
+    connected_at = float(str(status["connected_at"]))
+    since = float(str(status["path_since"]))
+    assert t0 <= connected_at <= since <= time.time(), status
+    relay_s, punched_s = connected_at - t0, since - connected_at
+    gap = _gap_s(out.get("ping", ""), PINGS)
+    progress(f"punch round {n}: relay {relay_s:.2f} s, punched +{punched_s:.2f} s, gap {gap:.2f} s")
+    return relay_s, punched_s, gap
+
+
+def run(*, smoke: bool = False, rounds: int | None = None) -> Section:
+    """The part of ``python -m bench``: ``rounds`` fresh sessions (default 5, smoke 1)."""
+    rounds = rounds or (1 if smoke else 5)
     rows: list[tuple[float, float, float]] = []
-    missed = 0
+    notes: list[str] = []
     load_at_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     lab = Lab(prefix="hb").build()
     try:
@@ -66,66 +105,47 @@ def main(argv: list[str] | None = None) -> int:
         # in tests/e2e/test_hole_punch.py: without it an early probe can cost the punch.
         lab.set_nat("home_router", "cone")
         lab.set_nat("client_router", "cone")
-        with product_tunnel(lab, "udp_relay", client_mode="auto") as vpn:
-            assert lab.workdir is not None
-            # The UDP relay's handshake needs the node's and the client's initiations to meet
-            # at the relay (retried every 5 s): on a loaded machine 12 s are sometimes short.
-            with (lab.workdir / "product" / "higgsvpn.toml").open("a") as fh:
-                fh.write("udp_relay_timeout_s = 25\n")
-            for n in range(args.rounds):
-                vpn("disconnect", check=False)
-                t0 = time.time()
-                answer = json.loads(vpn("connect", "--json"))
-                if answer.get("mode") != "udp_relay":
-                    progress(f"round {n}: connected on {answer.get('mode')}, skipped")
-                    continue
-                out: dict[str, str] = {}
-
-                def ping(out: dict[str, str] = out) -> None:
-                    argv = ["ping", "-n", "-i", str(PING_EVERY_S), "-c", str(PINGS), "-W", "1",
-                            lab.internet.ip]  # fmt: skip
-                    proc = subprocess.run(
-                        ns_argv(lab.client.ns, argv), capture_output=True, text=True, timeout=60
-                    )
-                    out["ping"] = proc.stdout
-
-                pinger = threading.Thread(target=ping)
-                pinger.start()
-                status: dict[str, object] = {}
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    status = json.loads(vpn("status", "--json"))
-                    if status.get("mode") == "punched":
-                        break
-                    time.sleep(0.2)
-                pinger.join()
-                if status.get("mode") != "punched":
-                    missed += 1
-                    progress(f"round {n}: not punched within 30 s ({status.get('path_why')})")
-                    continue
-                connected_at = float(str(status["connected_at"]))
-                since = float(str(status["path_since"]))
-                assert t0 <= connected_at <= since <= time.time(), status
-                relay_s, punched_s = connected_at - t0, since - connected_at
-                gap = _gap_s(out.get("ping", ""), PINGS)
-                progress(
-                    f"round {n}: relay {relay_s:.2f} s, punched +{punched_s:.2f} s, gap {gap:.2f} s"
-                )
-                rows.append((relay_s, punched_s, gap))
+        # The UDP relay's handshake needs the node's and the client's initiations to meet at
+        # the relay (retried every 5 s): on a loaded machine 12 s are sometimes short.
+        settings = "udp_relay_timeout_s = 25\n"
+        with product_tunnel(lab, "udp_relay", client_mode="auto", client_settings=settings) as vpn:
+            for n in range(rounds):
+                got = _round(lab, vpn, n)
+                if isinstance(got, str):
+                    progress(f"punch round {n}: {got}")
+                    notes.append(f"round {n} missed: {got}")
+                else:
+                    rows.append(got)
     finally:
         lab.teardown()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"bench/punch: {len(rows)} rounds punched, {missed} not; load average at start "
-          f"{load_at_start}, at end {load}\n")  # fmt: skip
-    print("| round | relay up (s) | punched after (s) | ratio punched/relay | upgrade gap (s) |")
-    print("|---|---|---|---|---|")
+    table = Table(
+        ["round", "relay up (s)", "punched after (s)", "ratio punched/relay", "upgrade gap (s)"]
+    )
     for n, (relay_s, punched_s, gap) in enumerate(rows):
-        print(f"| {n} | {relay_s:.2f} | {punched_s:.2f} | {punched_s / relay_s:.2f} | {gap:.2f} |")
+        table.add([str(n), f"{relay_s:.2f}", f"{punched_s:.2f}", f"{punched_s / relay_s:.2f}",
+                   f"{gap:.2f}"])  # fmt: skip
     if rows:
-        print(f"| median [min–max] | {_spread([r for r, _, _ in rows])} "
-              f"| {_spread([p for _, p, _ in rows])} | {_spread([p / r for r, p, _ in rows])} "
-              f"| {_spread([g for *_, g in rows])} |")  # fmt: skip
-    return 0 if rows and not missed else 1
+        table.add(["median [min–max]", _spread([r for r, _, _ in rows]),
+                   _spread([p for _, p, _ in rows]), _spread([p / r for r, p, _ in rows]),
+                   _spread([g for *_, g in rows])])  # fmt: skip
+    notes.append(
+        f"{len(rows)} of {rounds} round(s) punched; load average at start {load_at_start}, "
+        f"at end {load}. Relay up: `higgsvpn connect --mode auto` until its handshake went "
+        "through the UDP relay (the reference, same round); punched after: from there until "
+        "the peer moved onto the hole-punched path; upgrade gap: the longest run of "
+        f"unanswered pings (one every {PING_EVERY_S * 1000:.0f} ms) across the switch."
+    )
+    return Section("Path bring-up and upgrade (bench/punch, issue 12)", tables=[table], notes=notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.punch", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    section = run(rounds=args.rounds)
+    print(section.render())
+    return 0 if section.tables[0].rows and len(section.notes) == 1 else 1
 
 
 if __name__ == "__main__":

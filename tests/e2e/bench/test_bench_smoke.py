@@ -45,7 +45,13 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
     written = list(tmp_path.glob("report-*-smoke.md"))
     assert len(written) == 1
     assert written[0].read_text().strip() == out.strip()
-    for section in ("## End to end", "## Relay", "## Control plane", "## Profile"):
+    for section in (
+        "## End to end",
+        "## Relay",
+        "## Control plane",
+        "## Path bring-up",
+        "## Profile",
+    ):
         assert section in out
     assert "Failed:" not in out
 
@@ -79,3 +85,9 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
     assert "## UDP relay" in out
     assert re.match(_NUMBER, _row(out, "Higgs.net userspace forwarder")[1])
     assert re.match(_NUMBER, _row(out, "UDP relay, kernel (nft DNAT/SNAT)")[1])
+
+    # punch (issue 12): a session came up on the UDP relay and was upgraded to the punched
+    # path, with both times and the longest ping gap across the switch measured.
+    assert "## Path bring-up and upgrade" in out
+    punched = _row(out, "0")
+    assert all(re.fullmatch(_NUMBER, c) for c in punched[1:]), punched
