@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from higgs.common.retrylog import RetryLog
 from higgs.relay.binding import Addr
 from higgs.relay.forwarder import SessionSpec
 from higgs.relay.service import UdpRelay
@@ -88,13 +89,18 @@ class Reconciler:
         self.on_beat = on_beat
         self._specs: dict[int, SessionSpec] = {}
         self._legs_told: dict[int, tuple[Addr | None, Addr | None]] = {}
+        # The database away: one line when it goes, a reminder a minute, one when it is back.
+        self._read_log = RetryLog(log, "UDP relay: reading sessions")
+        self._legs_log = RetryLog(log, "UDP relay: recording the bound legs")
+        self._beat_log = RetryLog(log, "UDP relay: the host heartbeat")
 
     def sync(self) -> None:
         try:
             wanted = {s.port: s for s in self.source()}
         except Exception as exc:  # a bad source must not stop the sessions already served
-            log.warning("UDP relay: reading sessions failed: %s", exc)
+            self._read_log.failed(exc)
             return
+        self._read_log.ok()
         for port, spec in list(self._specs.items()):
             if wanted.get(port) != spec:
                 self.relay.close(port)
@@ -120,8 +126,9 @@ class Reconciler:
         try:
             self.on_legs(legs)
         except Exception as exc:
-            log.warning("UDP relay: recording the bound legs failed: %s", exc)
+            self._legs_log.failed(exc)
             return
+        self._legs_log.ok()
         self._legs_told = legs
 
     def beat(self) -> None:
@@ -130,7 +137,9 @@ class Reconciler:
         try:
             self.on_beat(host_stats(self.relay))
         except Exception as exc:  # the database away: the sessions already served go on
-            log.warning("UDP relay: the host heartbeat failed: %s", exc)
+            self._beat_log.failed(exc)
+        else:
+            self._beat_log.ok()
 
     def run(self, stop: threading.Event) -> None:
         status = self.relay.settings.state_dir / STATUS_FILE

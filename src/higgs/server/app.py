@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from higgs.common.errors import HiggsError
+from higgs.common.retrylog import every
 from higgs.common.tls import harden, server_context
 from higgs.server.api.app import create_app
 from higgs.server.api.deps import ApiContext
@@ -321,25 +322,24 @@ class BosonServer:
         """Offline detection and session expiry every ``sweep_interval_s``; the routing view's
         safety-net reload every ``VIEW_RELOAD_S``."""
         view_loaded = time.monotonic()
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
-            try:
-                await registry.mark_stale_offline()
-                await sessions.expire_due()
-                if time.monotonic() - view_loaded >= VIEW_RELOAD_S:
-                    await refresh_view(nodes, db)
-                    view_loaded = time.monotonic()
-            except Exception:
-                log.exception("maintenance sweep failed; retrying next interval")
+
+        async def sweep() -> None:
+            nonlocal view_loaded
+            await registry.mark_stale_offline()
+            await sessions.expire_due()
+            if time.monotonic() - view_loaded >= VIEW_RELOAD_S:
+                await refresh_view(nodes, db)
+                view_loaded = time.monotonic()
+
+        await every(self.settings.sweep_interval_s, sweep, "maintenance sweep", log)
 
     async def _relay_failover(self, failover: RelayFailover) -> None:
         """Sessions of a relay host that stopped heartbeating move to another (issue 14)."""
-        while True:
-            await asyncio.sleep(self.settings.relay_failover_check_s)
-            try:
-                await failover.run_once()
-            except Exception:
-                log.exception("relay failover round failed; retrying")
+
+        async def round_() -> None:
+            await failover.run_once()
+
+        await every(self.settings.relay_failover_check_s, round_, "relay failover round", log)
 
     def _punch_service(self, db: Database, hub: RelayHub, nodes: NodeView) -> PunchService | None:
         """Hole punching needs the UDP relay: its bound legs are the observed addresses."""
@@ -357,12 +357,7 @@ class BosonServer:
 
     async def _steer(self, punch: PunchService) -> None:
         """Official apps ask for no punch: the node steers them (services/punch.py)."""
-        while True:
-            await asyncio.sleep(STEER_EVERY_S)
-            try:
-                await punch.steer_due()
-            except Exception:
-                log.exception("steering round failed; retrying")
+        await every(STEER_EVERY_S, punch.steer_due, "steering round", log)
 
     async def _sample_traffic(self, ctx: ApiContext) -> None:
         """The dashboard's own time series (services/traffic.py), every TRAFFIC_SAMPLE_S."""

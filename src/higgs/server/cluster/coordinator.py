@@ -22,10 +22,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
 
 from sqlalchemy import delete, select
 
+from higgs.common.retrylog import every
 from higgs.server.api.ratelimit import RateLimiter
 from higgs.server.cluster.bus import Bus
 from higgs.server.cluster.hub import ClusterHub
@@ -94,12 +94,15 @@ class Cluster:
         await self._beat()
         self._tasks.append(
             asyncio.create_task(
-                self._every(self.settings.cluster_beat_s, self._beat), name="cluster-beat"
+                every(self.settings.cluster_beat_s, self._beat, "cluster beat", log),
+                name="cluster-beat",
             )
         )
         self._tasks.append(
             asyncio.create_task(
-                self._every(self.settings.cluster_reconcile_s, self.reconcile),
+                every(
+                    self.settings.cluster_reconcile_s, self.reconcile, "cluster reconciliation", log
+                ),
                 name="cluster-reconcile",
             )
         )
@@ -122,15 +125,6 @@ class Cluster:
         except Exception:
             log.warning("could not withdraw this instance's presence", exc_info=True)
         await self.bus.close()
-
-    async def _every(self, period_s: float, step: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(period_s)
-            try:
-                await step()
-            except Exception:
-                # PostgreSQL or the bus is down: the next period tries again.
-                log.warning("cluster step failed; retrying next period", exc_info=True)
 
     async def _beat(self) -> None:
         await presence.beat(self.db, self.instance_id, self.hub.relay_base, utcnow())
