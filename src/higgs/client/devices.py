@@ -19,6 +19,8 @@ __all__ = ["device_config", "export_device", "format_devices", "list_devices", "
 
 _STATE_TEXT = {
     "active": "active",
+    "relayed": "relayed (the node lost its direct endpoint; the app follows it through the"
+    " UDP relay)",
     "node_offline": "node offline (works again when it is back)",
     "endpoint_lost": "its endpoint no longer reaches the node (the node's address or its relay"
     " host changed): export it again with --replace",

@@ -153,17 +153,14 @@ class PeerManager:
         )
         if present.get(peer.public_key) == want and not new_endpoint:
             return False
-        moved = (
-            new_endpoint
-            and before is not None
-            and before.relay_endpoint is not None
-            and peer.public_key in present
-        )
+        moved = new_endpoint and before is not None and peer.public_key in present
         if moved:
-            # The session moved to another relay host (the first one died, docs/scaleout.md):
-            # a fresh peer initiates a handshake at once, which the new relay needs to bind
-            # this leg; the old keys would only send data, which it drops.
-            self._table.remove_peer(peer.public_key)
+            # The session moved to another relay host (the first one died, docs/scaleout.md),
+            # or a direct device onto a relay lease (its node lost its direct endpoint): a
+            # fresh peer initiates a handshake at once, which the relay needs to bind this
+            # leg; the old keys would only send data (keepalives start no handshake), which
+            # it drops. Removed as any peer is, so its last counters are counted.
+            self._remove_peers([peer.public_key])
         if new_endpoint:
             self._table.set_peer(peer.public_key, sorted(want), peer.relay_endpoint)
         else:

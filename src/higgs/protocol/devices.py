@@ -42,18 +42,21 @@ DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
 DEVICE_ID_PATTERN = r"^d_[0-9a-f]{16}$"
 DeviceName = Annotated[str, StringConstraints(pattern=DEVICE_NAME_PATTERN)]
 
-DeviceState = Literal["active", "node_offline", "endpoint_lost", "node_gone", "revoked"]
-"""``active``: the node holds the peer (or will at its next ``sync``); ``node_offline``: the
-node is away for now (its restart, its link) and the config works again when it is back;
-``endpoint_lost``: the device's config names an endpoint that no longer reaches the node: the
-node's direct endpoint, which the node no longer has (its port mapping or its public address
-went away or changed), or a relay port on a relay host that died (the lease moved to
-another host): the app works only if it roamed along (WireGuard follows the node's packets
-when the app's NAT lets them in), so export it again (``--replace``) for a config with the
-node's current endpoint or relay port;
-``node_gone``: the node left for good (or changed its tunnel subnet): export the device again
-(``--replace``) for a config on another node; ``revoked``: the device, its account or its
-quota ended it."""
+DeviceState = Literal["active", "relayed", "node_offline", "endpoint_lost", "node_gone", "revoked"]
+"""``active``: the node holds the peer (or will at its next ``sync``); ``relayed``: a device
+exported with its node's direct endpoint, whose node lost that endpoint: the server leased it
+a UDP relay port and the app roamed there (it answered the node's handshake through the
+relay), so it works as it is; ``node_offline``: the node is away for now (its restart, its
+link) and the config works again when it is back; ``endpoint_lost``: the device's config names
+an endpoint that no longer reaches the node: the node's direct endpoint, which the node no
+longer has (its port mapping or its public address went away or changed), while the app has
+not (yet) roamed onto the relay port leased then (its NAT filters the relay's packets out, or
+it moved), or a relay port on a relay host that died (the lease moved to another host): the
+app works only if it roamed along (WireGuard follows the node's packets when the app's NAT
+lets them in), so export it again (``--replace``) for a config with the node's current
+endpoint or relay port; ``node_gone``: the node left for good (or changed its tunnel subnet):
+export the device again (``--replace``) for a config on another node; ``revoked``: the
+device, its account or its quota ended it."""
 
 DevicePath = Literal["direct", "udp_relay"]
 

@@ -16,14 +16,25 @@ same table and its test vectors):
    as *pending* under its sender index (the first source for an index wins; at most
    ``max_pending`` for ``pending_ttl`` seconds) and as the *candidate* of its side (from a
    source that is not a bound leg: at most 10 per second, else ``rate_limited``). It is
-   forwarded to the other side's bound leg, else to that side's candidate, else dropped
-   ``no_peer``. No leg changes.
+   forwarded to the other side's bound leg, else (from the node side) to the client's
+   *starting address*, else to that side's candidate, else dropped ``no_peer``. No leg
+   changes.
 4. Response (type 2): mac1 must be valid for the initiator's key (``bad_mac1``) and its
    receiver index must be the sender index of a pending initiation from the other side
-   (else ``unconfirmed``). Then the initiation's source becomes the initiator's leg and the
-   response's source the responder's leg; the response goes to the initiator.
+   (else ``unconfirmed``); while the client leg has a starting address and was never bound,
+   a response from the client side must come from that address (else ``unconfirmed``).
+   Then the initiation's source becomes the initiator's leg and the response's source the
+   responder's leg; the response goes to the initiator.
 5. Cookie reply (type 3): forwarded to the initiator of the pending initiation its receiver
-   index names, if it comes from the other side's leg or candidate; else ``unconfirmed``.
+   index names, if it comes from the other side's leg, candidate or starting address; else
+   ``unconfirmed``.
+
+The *starting address* (``client_start``) is where the server last saw a stock app whose
+node lost its direct endpoint (issue 18: a direct device moved onto a relay lease). The app
+has never heard of the relay, so it cannot initiate toward it; the node's initiations go to
+the app instead, and the app, answering an authenticated initiation from ``relay_ip:port``,
+roams there (WireGuard follows the source of authenticated packets). It is spent by the first
+bind: from then on the client leg moves by the ordinary rules.
 
 Each bind or rebind bumps :attr:`Binding.generation`: the kernel path reinstalls the flow.
 """
@@ -97,6 +108,9 @@ class Binding:
     max_pending: int = MAX_PENDING
     client: Addr | None = None
     node: Addr | None = None
+    # The client leg's starting address (set by the server for a device that was direct; see
+    # the module's docstring): the node's initiations go there until the client leg binds.
+    client_start: Addr | None = None
     generation: int = 0
     _to_node_mac: bytes = b""
     _to_client_mac: bytes = b""
@@ -127,6 +141,7 @@ class Binding:
         reaches the other peer and its response binds the session (rule 4)."""
         if client is not None and node is not None and not self.bound:
             self.client, self.node = client, node
+            self.client_start = None  # bound before: the starting address is spent
             self.generation += 1
             return
         if client is not None:
@@ -186,7 +201,13 @@ class Binding:
         if known is None or (known.source == source and known.side is side):
             self._pending[msg.sender] = _Pending(side, source, now)
         self._candidates[side] = source
-        peer = self.leg(_other(side)) or self._candidates.get(_other(side))
+        peer = self.leg(_other(side))
+        if peer is None and side is Side.NODE:
+            # The server's starting address first: a stranger's initiation with a valid mac1
+            # (anyone who knows the node's public key can make one) sets a candidate, and
+            # must not divert the node's initiations away from the app.
+            peer = self.client_start
+        peer = peer or self._candidates.get(_other(side))
         event = Event.CANDIDATE if self.bound and source != self.leg(side) else None
         if peer is None:
             return Verdict(drop=Drop.NO_PEER, event=event)
@@ -200,6 +221,9 @@ class Binding:
         self._expire(now)
         pending = self._pending.get(msg.receiver)
         if pending is None or pending.side is side:
+            return _DROPS[Drop.UNCONFIRMED]
+        if side is Side.CLIENT and self.client_start is not None and source != self.client_start:
+            # Only the app at its starting address answers the initiation sent there.
             return _DROPS[Drop.UNCONFIRMED]
         del self._pending[msg.receiver]
         was_bound = self.bound
@@ -215,6 +239,7 @@ class Binding:
             event = Event.REBIND
         if event is not None:
             self.generation += 1
+        self.client_start = None  # spent: the client leg is bound
         return Verdict(to=pending.source, event=event)
 
     def _cookie(self, source: Addr, msg: wgmsg.Message, now: float) -> Verdict:
@@ -224,6 +249,7 @@ class Binding:
         if pending is None:
             return _DROPS[Drop.UNCONFIRMED]
         other = _other(pending.side)
-        if source not in (self.leg(other), self._candidates.get(other)):
+        start = self.client_start if other is Side.CLIENT else None
+        if source not in (self.leg(other), self._candidates.get(other), start):
             return _DROPS[Drop.UNCONFIRMED]
         return Verdict(to=pending.source)

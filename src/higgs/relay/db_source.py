@@ -38,6 +38,7 @@ def _addr(text: str | None) -> Addr | None:
     if not text:
         return None
     host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # "[v6]:port", as _fmt writes it
     return (host, int(port)) if host and port.isdigit() and 0 < int(port) < 65536 else None
 
 
@@ -57,6 +58,7 @@ class DbSource:
                 base64.b64decode(r.client_public_key),
                 base64.b64decode(r.node_public_key),
                 seen=(_addr(r.client_seen), _addr(r.node_seen)),
+                start=_addr(r.client_start),
             )
             for r in rows
         ]

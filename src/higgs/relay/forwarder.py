@@ -65,6 +65,10 @@ class SessionSpec:
     # The (client, node) legs an earlier run of the relay bound (from the lease): hints for
     # the new binding after a restart (Binding.restore). Not part of the session's identity.
     seen: tuple[Addr | None, Addr | None] = field(default=(None, None), compare=False)
+    # The client leg's starting address: the app of a direct device whose node lost its
+    # direct endpoint, where the server last saw it (Binding.client_start). Read with the
+    # lease, when the relay opens the port.
+    start: Addr | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -171,7 +175,7 @@ class Forwarder:
         except OSError:
             sock.close()
             raise
-        binding = Binding(spec.client_key, spec.node_key)
+        binding = Binding(spec.client_key, spec.node_key, client_start=spec.start)
         binding.restore(*spec.seen)
         session = _Session(spec, sock, binding)
         self._sessions[spec.port] = session

@@ -37,6 +37,7 @@ from higgs.server.config import ServerSettings, split_listen
 from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.hub import RelayHubServer
 from higgs.server.relay.ports import RelayEvents, RelayHub
+from higgs.server.services.device_roaming import DeviceRoaming
 from higgs.server.services.devices import DeviceService
 from higgs.server.services.events import ServerEvents
 from higgs.server.services.identity import ADMIN_TOKEN_FILE, IdentityService
@@ -287,6 +288,9 @@ class BosonServer:
         )
         if self.ctx.punch is not None:
             self._tasks.append(asyncio.create_task(self._steer(self.ctx.punch), name="steer"))
+        if s.udp_relay_address is not None:  # without a UDP relay there is nothing to roam to
+            roaming = DeviceRoaming(db, sessions, s)
+            self._tasks.append(asyncio.create_task(self._roam(roaming), name="device-roaming"))
         log.info(
             "bosonserver ready",
             extra={"api": self.api_url, "relay": self.relay_base, "database": db.describe()},
@@ -340,6 +344,15 @@ class BosonServer:
             await failover.run_once()
 
         await every(self.settings.relay_failover_check_s, round_, "relay failover round", log)
+
+    async def _roam(self, roaming: DeviceRoaming) -> None:
+        """Direct devices whose node lost its direct endpoint move onto a relay lease."""
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await roaming.run_once()
+            except Exception:
+                log.exception("device roaming round failed; retrying next interval")
 
     def _punch_service(self, db: Database, hub: RelayHub, nodes: NodeView) -> PunchService | None:
         """Hole punching needs the UDP relay: its bound legs are the observed addresses."""

@@ -75,6 +75,11 @@ class ServerSettings(BaseModel):
     # how long a node may stay away before its devices are reported as gone for good.
     max_devices_per_client: int = Field(default=10, ge=0, le=10_000)
     device_node_gone_s: float = Field(default=7 * 86400.0, gt=0)
+    # A direct device whose node has been without that endpoint this long gets a UDP relay
+    # lease its app roams onto (services/device_roaming.py). Longer than a re-probe of the
+    # mapping (10 s, services/reachability.py), so a mapping that is only being verified
+    # again after a new source address does not move the device.
+    device_roam_after_s: float = Field(default=15.0, ge=0, le=86400)
     # Hole punching (issue 12, services/punch.py): start lead, probe window, retry pace, and
     # how long a client that never asks waits before the node steers it (official apps).
     punch_enabled: bool = True

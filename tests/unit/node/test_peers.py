@@ -185,3 +185,26 @@ def test_a_peer_moved_to_another_relay_host_is_re_added_for_a_fresh_handshake() 
     m.sync([moved])  # the server moved the session (its relay host died)
     assert table.ops == [("set", K1), ("remove", K1), ("set", K1)]
     assert table.endpoints[K1] == "198.51.100.10:41000"
+
+
+def test_a_direct_peer_given_a_relay_endpoint_is_re_added_for_a_fresh_handshake() -> None:
+    """Issue 18: a direct device's node lost its direct endpoint and the server leased the
+    device a relay port; the peer's keys would only send keepalives to the relay, which it
+    drops, so the peer is made afresh (it initiates at once) and its counters are told."""
+    table = EndpointTable()
+    told: list[list[str]] = []
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        on_removing=lambda rows: told.append([r.public_key for r in rows]),
+    )
+    direct = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False)
+    assert m.add(direct)
+    relayed = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, "192.0.2.10:40001")
+    m.sync([relayed])
+    assert table.ops == [("set", K1), ("remove", K1), ("set", K1)]
+    assert table.endpoints[K1] == "192.0.2.10:40001"
+    assert told == [[K1]]
+    m.sync([relayed])  # the same endpoint again: nothing to do
+    assert len(table.ops) == 3

@@ -162,6 +162,15 @@ def test_protocol_md_carries_the_same_vectors() -> None:
         assert f"`{reason.value}`" in text
     for event in Event:
         assert f"`{event.value}`" in text
+    # The starting-address vector (the tests below) is the one the document tabulates.
+    for name in (
+        "test_the_nodes_initiation_goes_to_the_starting_address_and_the_apps_answer_binds",
+        "test_a_response_from_elsewhere_than_the_starting_address_binds_nothing",
+    ):
+        assert name in text
+        assert name in globals()
+    assert f"{APP[0]}:{APP[1]}" in text
+    assert f"{N_IDX:#010x}" in text
 
 
 def test_a_flood_of_initiations_from_strangers_is_capped_but_the_legs_are_not() -> None:
@@ -209,3 +218,72 @@ def test_a_hint_never_replaces_a_live_candidate() -> None:
     b.receive(NODE, v.initiation(0x99, v.CLIENT_PUB), 0.0)
     b.restore(None, ATTACKER)
     assert b.receive(CLIENT, v.initiation(C_IDX, v.NODE_PUB), 0.1) == Verdict(to=NODE)
+
+
+APP = ("198.51.100.30", 41641)  # the app's public address as the node last saw it
+
+
+def started() -> Binding:
+    """A direct device's lease (issue 18): the server knows where the app was, the app does
+    not know the relay."""
+    return Binding(client_key=v.CLIENT_PUB, node_key=v.NODE_PUB, client_start=APP)
+
+
+def test_the_nodes_initiation_goes_to_the_starting_address_and_the_apps_answer_binds() -> None:
+    """docs/protocol.md §5.2, the starting-address vector."""
+    b = started()
+    assert b.receive(NODE, v.initiation(N_IDX, v.CLIENT_PUB), 0.0) == Verdict(to=APP)
+    assert (b.client, b.node) == (None, None)  # an initiation alone binds nothing
+    assert b.receive(APP, v.response(C_IDX, N_IDX, v.NODE_PUB), 0.1) == Verdict(
+        to=NODE, event=Event.BIND
+    )
+    assert (b.client, b.node, b.client_start) == (APP, NODE, None)
+    assert b.receive(APP, v.data(N_IDX), 0.2) == Verdict(to=NODE)
+    assert b.receive(NODE, v.data(C_IDX), 0.2) == Verdict(to=APP)
+
+
+def test_a_response_from_elsewhere_than_the_starting_address_binds_nothing() -> None:
+    """Even with the right receiver index (an attacker on the path to the app saw it)."""
+    b = started()
+    b.receive(NODE, v.initiation(N_IDX, v.CLIENT_PUB), 0.0)
+    forged = v.response(C_IDX, N_IDX, v.NODE_PUB)
+    assert b.receive(ATTACKER, forged, 0.1) == Verdict(drop=Drop.UNCONFIRMED)
+    assert (b.client, b.node) == (None, None)
+    # The app's own answer still binds afterwards (the initiation is still pending).
+    assert b.receive(APP, forged, 0.2) == Verdict(to=NODE, event=Event.BIND)
+
+
+def test_a_strangers_initiation_does_not_divert_the_nodes_initiations() -> None:
+    b = started()
+    # Anyone who knows the node's public key makes a client-side initiation with a valid mac1.
+    assert b.receive(ATTACKER, v.initiation(0x77, v.NODE_PUB), 0.0) == Verdict(drop=Drop.NO_PEER)
+    assert b.receive(NODE, v.initiation(N_IDX, v.CLIENT_PUB), 0.1) == Verdict(to=APP)
+    assert b.receive(ATTACKER, v.response(C_IDX, N_IDX, v.NODE_PUB), 0.2).drop is Drop.UNCONFIRMED
+    assert b.receive(APP, v.response(C_IDX, N_IDX, v.NODE_PUB), 0.3).event is Event.BIND
+    assert b.client == APP
+
+
+def test_once_bound_the_client_leg_roams_by_the_ordinary_rules() -> None:
+    b = started()
+    b.receive(NODE, v.initiation(N_IDX, v.CLIENT_PUB), 0.0)
+    b.receive(APP, v.response(C_IDX, N_IDX, v.NODE_PUB), 0.1)
+    assert b.receive(CLIENT_ROAMED, v.initiation(0x5151, v.NODE_PUB), 20.0) == Verdict(
+        to=NODE, event=Event.CANDIDATE
+    )
+    assert b.receive(NODE, v.response(0x6161, 0x5151, v.CLIENT_PUB), 20.1) == Verdict(
+        to=CLIENT_ROAMED, event=Event.REBIND
+    )
+    assert (b.client, b.node) == (CLIENT_ROAMED, NODE)
+
+
+def test_a_cookie_reply_from_the_starting_address_reaches_the_node() -> None:
+    b = started()
+    b.receive(NODE, v.initiation(N_IDX, v.CLIENT_PUB), 0.0)
+    assert b.receive(APP, v.cookie(N_IDX), 0.1) == Verdict(to=NODE)
+    assert b.receive(ATTACKER, v.cookie(N_IDX), 0.1) == Verdict(drop=Drop.UNCONFIRMED)
+
+
+def test_legs_restored_after_a_restart_spend_the_starting_address() -> None:
+    b = started()
+    b.restore(CLIENT, NODE)
+    assert (b.client, b.node, b.client_start) == (CLIENT, NODE, None)

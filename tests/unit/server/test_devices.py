@@ -18,6 +18,9 @@ WEEK = timedelta(days=7)
 
 
 def record(**over: object) -> DeviceRecord:
+    if over.get("path") == "direct":  # a direct device holds no lease unless told
+        over.setdefault("lease_address", None)
+        over.setdefault("lease_port", None)
     device = Device(
         id="d_0123456789abcdef",
         client_id=1,
@@ -29,6 +32,7 @@ def record(**over: object) -> DeviceRecord:
         path=over.pop("path", "udp_relay"),
         created_at=NOW - timedelta(days=30),
         revoked_at=over.pop("revoked_at", None),
+        app_endpoint=over.pop("app_endpoint", None),
     )
     values: dict[str, object] = {
         "device": device,
@@ -77,6 +81,49 @@ def record(**over: object) -> DeviceRecord:
         ),
         (
             {"path": "direct", "endpoint": "203.0.113.10:51820", "node_state": "stopped"},
+            "node_offline",
+        ),
+        # A direct device whose node lost the endpoint, on the relay lease it got then:
+        # relayed once the app answered through the relay (its client leg bound).
+        (
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "lease_address": "198.51.100.10",
+                "lease_port": 40001,
+                "lease_client_seen": "203.0.113.20:40321",
+            },
+            "relayed",
+        ),
+        (
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "lease_address": "198.51.100.10",
+                "lease_port": 40001,
+            },
+            "endpoint_lost",
+        ),
+        (  # (the node's endpoint back: the app stays where it roamed, on the relay)
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "lease_address": "198.51.100.10",
+                "lease_port": 40001,
+                "lease_client_seen": "203.0.113.20:40321",
+                "node_endpoint": "203.0.113.10:51820",
+            },
+            "relayed",
+        ),
+        (
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "lease_address": "198.51.100.10",
+                "lease_port": 40001,
+                "lease_client_seen": "203.0.113.20:40321",
+                "node_state": "stopped",
+            },
             "node_offline",
         ),
         ({"node_endpoint": "203.0.113.10:51820"}, "active"),  # a relay port stays its own

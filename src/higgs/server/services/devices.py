@@ -74,9 +74,11 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
 
     Gone for good: the node's row is gone, it has been away (stopped or offline) for longer
     than ``gone_after``, or it came back with a tunnel subnet that no longer holds the
-    device's address (its peer would be refused). Endpoint lost: the endpoint in the device's
-    config no longer reaches the node: a direct device's is no longer the node's verified one,
-    or a relayed device's lease moved to another relay host (its old host died)."""
+    device's address (its peer would be refused). Relayed: a direct device whose node lost
+    its direct endpoint, on the relay lease it got then (the app roamed there). Endpoint lost:
+    the endpoint in the device's config no longer reaches the node: a direct device's is no
+    longer the node's verified one (and its app has not roamed onto a relay lease), or a
+    relayed device's lease moved to another relay host (its old host died)."""
     if record.device.revoked_at is not None or record.session_state != SessionState.OPEN:
         return "revoked"
     if record.node_state is None or record.node_subnet is None:
@@ -85,6 +87,10 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
     if address not in ipaddress.ip_network(record.node_subnet, strict=False):
         return "node_gone"
     if record.node_state == NodeState.ONLINE:
+        if record.device.path == "direct" and record.lease_port is not None:
+            # Its node lost the direct endpoint and the device got a relay lease: relayed
+            # once the app answered the node through the relay (the client leg bound).
+            return "relayed" if record.lease_client_seen else "endpoint_lost"
         if record.device.path == "direct" and record.node_endpoint != record.device.endpoint:
             return "endpoint_lost"
         if record.device.path == "udp_relay" and _lease_endpoint(record) != record.device.endpoint:
@@ -133,7 +139,7 @@ class DeviceService:
         existing = await store.by_name(self.db, client.id, req.name)
         if existing is not None:
             state = device_state(existing, utcnow(), self.gone_after)
-            if state in ("active", "node_offline") and not req.replace:
+            if state in ("active", "relayed", "node_offline") and not req.replace:
                 raise Conflict(
                     "device_exists",
                     f"name: device {req.name!r} exists and works ({state}); revoke it first "

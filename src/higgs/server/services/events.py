@@ -14,6 +14,7 @@ from higgs.server.services.punch import PunchService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
 from higgs.server.services.usage import UsageService
+from higgs.server.store.devices import set_app_endpoints
 
 __all__ = ["ServerEvents"]
 
@@ -78,6 +79,9 @@ class ServerEvents:
                     await self._usage.record(node_id, stats)
             if self.punch is not None:  # issue 12: which sessions run on a punched path
                 await self.punch.endpoints(node_id, parsed.peers)
+            if self._sessions is not None:  # issue 18: where each direct device's app is
+                reported = {p.public_key: p.endpoint for p in parsed.peers if p.endpoint}
+                await set_app_endpoints(self._sessions.db, node_id, reported)
             return
         self._dropped("unexpected")
         self._quiet.log(

@@ -30,6 +30,7 @@ __all__ = [
     "mark_revoked",
     "records",
     "sessions_of_devices",
+    "set_app_endpoints",
 ]
 
 
@@ -55,10 +56,22 @@ class DeviceRecord:
     # The session's UDP relay lease now (it moves when its relay host dies, issue 14).
     lease_address: str | None = None
     lease_port: int | None = None
+    lease_client_seen: str | None = None  # the client leg the relay bound ("ip:port")
 
 
 def _records_query() -> Select[
-    Device, str, str, str | None, str, str, datetime, str, str | None, str | None, int | None
+    Device,
+    str,
+    str,
+    str | None,
+    str,
+    str,
+    datetime,
+    str,
+    str | None,
+    str | None,
+    int | None,
+    str | None,
 ]:
     return (
         select(
@@ -73,6 +86,7 @@ def _records_query() -> Select[
             Node.endpoint,
             RelayLease.relay_address,
             RelayLease.port,
+            RelayLease.client_seen,
         )
         .join(Client, Client.id == Device.client_id)
         .join(SessionRow, SessionRow.id == Device.session_id)
@@ -158,3 +172,34 @@ async def sessions_of_devices(db: Database, session_ids: Sequence[str]) -> set[s
             select(Device.session_id).where(Device.session_id.in_(list(session_ids)))
         )
         return set(found.all())
+
+
+async def set_app_endpoints(db: Database, node_id: str, reported: dict[str, str]) -> int:
+    """Stores where the node sees each of its direct devices' apps (public key -> "ip:port",
+    from its ``peer_stats``) while the device holds no relay lease: that is the app's address
+    on the internet, the starting address of the lease it gets if the node loses its direct
+    endpoint. Only changes are written; returns how many."""
+    if not reported:
+        return 0
+    leased = select(RelayLease.session_id)
+    query = (
+        select(Device.id, Device.public_key, Device.app_endpoint)
+        .join(SessionRow, SessionRow.id == Device.session_id)
+        .where(
+            Device.node_id == node_id,
+            Device.path == "direct",
+            Device.revoked_at.is_(None),
+            SessionRow.state == SessionState.OPEN,
+            Device.session_id.not_in(leased),
+        )
+    )
+    written = 0
+    async with db.begin() as conn:
+        for row in (await conn.execute(query)).all():
+            endpoint = reported.get(row.public_key)
+            if endpoint and endpoint != row.app_endpoint:
+                await conn.execute(
+                    update(Device).where(Device.id == row.id).values(app_endpoint=endpoint)
+                )
+                written += 1
+    return written

@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.common.relay_ports import PortRange, pick_port
-from higgs.server.store.tables import Node, RelayLease
+from higgs.server.store.tables import Device, Node, RelayLease
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
@@ -75,6 +75,9 @@ class RelaySession:
     node_public_key: str
     client_seen: str | None = None  # the legs the relay last bound ("ip:port")
     node_seen: str | None = None
+    # A direct device's app where the node last saw it ("ip:port"): the client leg's starting
+    # address (docs/protocol.md §5.2) once its node lost its direct endpoint.
+    client_start: str | None = None
 
 
 async def relay_sessions(conn: AsyncConnection, relay_address: str) -> list[RelaySession]:
@@ -87,9 +90,11 @@ async def relay_sessions(conn: AsyncConnection, relay_address: str) -> list[Rela
             Node.public_key,
             RelayLease.client_seen,
             RelayLease.node_seen,
+            Device.app_endpoint,
         )
         .join(RelayLease, RelayLease.session_id == SessionRow.id)
         .join(Node, Node.id == SessionRow.node_id)
+        .outerjoin(Device, (Device.session_id == SessionRow.id) & (Device.path == "direct"))
         .where(RelayLease.relay_address == relay_address, SessionRow.state == "open")
     )
     return [RelaySession(*row) for row in (await conn.execute(query)).all()]

@@ -319,6 +319,9 @@ class Device(Base):
     path: Mapped[str] = mapped_column(String(16))  # "direct" or "udp_relay"
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A direct device's app as the node last saw it ("ip:port", from its peer_stats): where
+    # the UDP relay sends the node's handshakes once the node lost its direct endpoint.
+    app_endpoint: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class WebSessionRow(Base):
