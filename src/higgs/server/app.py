@@ -339,20 +339,13 @@ class BosonServer:
 
     async def _relay_failover(self, failover: RelayFailover) -> None:
         """Sessions of a relay host that stopped heartbeating move to another (issue 14)."""
-
-        async def round_() -> None:
-            await failover.run_once()
-
-        await every(self.settings.relay_failover_check_s, round_, "relay failover round", log)
+        await every(
+            self.settings.relay_failover_check_s, failover.run_once, "relay failover round", log
+        )
 
     async def _roam(self, roaming: DeviceRoaming) -> None:
         """Direct devices whose node lost its direct endpoint move onto a relay lease."""
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
-            try:
-                await roaming.run_once()
-            except Exception:
-                log.exception("device roaming round failed; retrying next interval")
+        await every(self.settings.sweep_interval_s, roaming.run_once, "device roaming round", log)
 
     def _punch_service(self, db: Database, hub: RelayHub, nodes: NodeView) -> PunchService | None:
         """Hole punching needs the UDP relay: its bound legs are the observed addresses."""
