@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +200,34 @@ def _dns(ctx: StoryContext) -> str:
     asked = sorted({q.source for q in lab.wait_dns_queries(DNS_NAME)})
     if lab.client_router.ip in asked:
         raise LabError(f"DNS leaked: the query came from the client router ({asked})")
-    ctx.data["relayed_before_direct"] = _relayed(ctx)
     return (
         f"{DNS_NAME} -> {', '.join(answers)} via the node's resolver;"
-        f" the DNS server logged the query from {', '.join(_seen(lab, a) for a in asked)}\n"
-        f"relay datagrams so far: {ctx.data['relayed_before_direct']:.0f}"
+        f" the DNS server logged the query from {', '.join(_seen(lab, a) for a in asked)}"
     )
+
+
+def _settled_relay_count(ctx: StoryContext) -> float:
+    """The relay's datagram count once the closed session's last datagrams (the node's
+    WireGuard sends until its peer is removed) have passed: two reads a second apart agree."""
+    last = _relayed(ctx)
+    for _ in range(10):
+        time.sleep(1.0)
+        now = _relayed(ctx)
+        if now == last:
+            return now
+        last = now
+    raise LabError("the relay still carries datagrams 10 s after the disconnect")
 
 
 def _disconnect(ctx: StoryContext) -> str:
     out = _vpn(ctx, "disconnect").stdout.strip()
     return f"$ higgsvpn disconnect\n{out}"
+
+
+def _disconnect_from_relay(ctx: StoryContext) -> str:
+    out = _disconnect(ctx)
+    ctx.data["relayed_before_direct"] = _settled_relay_count(ctx)
+    return f"{out}\nrelay datagrams so far: {ctx.data['relayed_before_direct']:.0f}"
 
 
 def _direct_check(ctx: StoryContext) -> str:
@@ -253,7 +271,7 @@ STEPS: list[Step] = [
     Step("Adding a user and listing the nodes they may use", _client),
     Step("Connecting through the relay", _connect("relay")),
     Step("Resolving a name through the tunnel (no DNS leak)", _dns),
-    Step("Disconnecting", _disconnect),
+    Step("Disconnecting", _disconnect_from_relay),
     Step("Connecting directly through the home router's port forward", _connect("direct")),
     Step("Checking the relay carried none of the direct traffic", _direct_check),
     Step("Disconnecting: the user's machine is as before", _after),
