@@ -24,72 +24,34 @@ from typing import Any
 
 import pytest
 
-from higgs.lab.host import Host
-from higgs.lab.lab import Lab
-from higgs.lab.miniupnpd import MiniUpnpd
 from tests.e2e.client_system import (
     Client,
     System,
     client_public,
     home_public,
     needs_node,
-    running_system,
     wait_until,
 )
-from tests.e2e.test_device_roaming import (
+from tests.e2e.home_address import (
     NEW_HOME_PUBLIC,
-    RELAY_IP,
-    _change_home_address,
-    _restore_home_address,
-    node_endpoint,
+    change_home_address,
+    old_address_gone,
+    restore_home_address,
+    system_with_miniupnpd,
 )
+from tests.e2e.test_device_roaming import node_endpoint
 from tests.e2e.test_devices import StockApp, app_endpoint, devices, endpoints, export, pings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node, pytest.mark.timeout(420)]
 
 FOLLOW_WITHIN_S = 90  # withdrawal + roaming grace + relay + steering, on a busy machine
-GONE_TABLE = "higgs_test_gone"  # on the home router: the old public address answers nothing
-
-
-def _old_address_gone(router: Host, old: str) -> None:
-    rules = (
-        f"table ip {GONE_TABLE} {{\n"
-        "  chain pre {\n"
-        "    type filter hook prerouting priority raw;\n"
-        f'    iifname "wan0" ip daddr {old} drop\n'
-        "  }\n"
-        "}\n"
-    )
-    router.run(["nft", "-f", "-"], input=rules)
-
-
-def _old_address_back(router: Host) -> None:
-    router.run(["nft", "delete", "table", "ip", GONE_TABLE], check=False)
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    routers: list[MiniUpnpd] = []
-
-    def with_miniupnpd(lab: Lab) -> None:
-        routers.append(MiniUpnpd(lab, upnp=True, natpmp=True).start())
-
-    env = {
-        "BOSON_UDP_RELAY_ADDRESS": RELAY_IP,
-        "BOSON_UDP_RELAY_PORTS": "40000-40099",
-        "BOSON_SWEEP_INTERVAL_S": "1",
-        "BOSON_HEARTBEAT_INTERVAL_S": "2",
-        "BOSON_MISSED_HEARTBEATS": "5",
-        "BOSON_DEVICE_ROAM_AFTER_S": "5",
-        "BOSON_PUNCH_STEER_AFTER_S": "5",
-    }
-    tmp = tmp_path_factory.mktemp("readdress")
-    with running_system(tmp, direct=False, server_env=env, before_start=with_miniupnpd) as s:
-        try:
-            yield s
-        finally:
-            for router in routers:
-                router.stop()
+    env = {"BOSON_DEVICE_ROAM_AFTER_S": "5", "BOSON_PUNCH_STEER_AFTER_S": "5"}
+    with system_with_miniupnpd(tmp_path_factory.mktemp("readdress"), env) as s:
+        yield s
 
 
 def test_a_direct_device_follows_its_node_to_a_new_public_address(
@@ -119,8 +81,9 @@ def test_a_direct_device_follows_its_node_to_a_new_public_address(
         )
         time.sleep(3)  # a peer_stats report or two carries the app's address to the server
 
-        _change_home_address(lab)  # miniupnpd and its mapping stay
-        _old_address_gone(lab.home_router, home_public(lab))
+        old = home_public(lab)
+        change_home_address(lab)  # miniupnpd and its mapping stay
+        old_address_gone(lab, old)
         moved = time.monotonic()
         try:
             seen: list[str] = []
@@ -142,8 +105,7 @@ def test_a_direct_device_follows_its_node_to_a_new_public_address(
             )
             assert "laptop" in user.vpn("devices").stdout
         finally:
-            _old_address_back(lab.home_router)
-            _restore_home_address(lab)
+            restore_home_address(lab)
     finally:
         if app is not None:
             app.stop()

@@ -27,18 +27,21 @@ from typing import Any
 
 import pytest
 
-from higgs.lab.lab import Lab
 from higgs.lab.miniupnpd import MiniUpnpd
-from higgs.lab.plan import default_plan
-from higgs.lab.render import NAT_TABLE
 from tests.e2e.client_system import (
     Client,
     System,
     client_public,
     home_public,
     needs_node,
-    running_system,
     wait_until,
+)
+from tests.e2e.home_address import (
+    NEW_HOME_PUBLIC,
+    RELAY_IP,
+    change_home_address,
+    restore_home_address,
+    system_with_miniupnpd,
 )
 from tests.e2e.test_devices import (
     StockApp,
@@ -53,36 +56,18 @@ from tests.e2e.test_devices import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node, pytest.mark.timeout(420)]
 
-RELAY_IP = str(default_plan().host("server").address().ip)
-NEW_HOME_PUBLIC = "203.0.113.11"  # the home router's address after the change
 ROAM_AFTER_S = 5  # BOSON_DEVICE_ROAM_AFTER_S (default 15)
 ROAM_WITHIN_S = 60  # withdrawal (a heartbeat, 2 s) + the grace + the relay's pick-up + handshakes
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    routers: list[MiniUpnpd] = []
-
-    def with_miniupnpd(lab: Lab) -> None:
-        routers.append(MiniUpnpd(lab, upnp=True, natpmp=True).start())
-
     env = {
-        "BOSON_UDP_RELAY_ADDRESS": RELAY_IP,
-        "BOSON_UDP_RELAY_PORTS": "40000-40099",
-        "BOSON_SWEEP_INTERVAL_S": "1",
-        "BOSON_HEARTBEAT_INTERVAL_S": "2",
-        "BOSON_MISSED_HEARTBEATS": "5",
         "BOSON_DEVICE_ROAM_AFTER_S": str(ROAM_AFTER_S),
         "BOSON_PUNCH_STEER_AFTER_S": "3600",
     }
-    tmp = tmp_path_factory.mktemp("roaming")
-    with running_system(tmp, direct=False, server_env=env, before_start=with_miniupnpd) as s:
-        s.miniupnpd = routers[0]  # type: ignore[attr-defined]
-        try:
-            yield s
-        finally:
-            for router in routers:
-                router.stop()
+    with system_with_miniupnpd(tmp_path_factory.mktemp("roaming"), env) as s:
+        yield s
 
 
 def node_endpoint(system: System) -> str | None:
@@ -91,25 +76,6 @@ def node_endpoint(system: System) -> str | None:
     (node,) = [n for n in items if n["node_id"] == system.node.node_id]
     endpoint = node.get("endpoint")
     return str(endpoint) if endpoint else None
-
-
-def _change_home_address(lab: Lab) -> None:
-    router = lab.home_router
-    router.run(["ip", "addr", "add", f"{NEW_HOME_PUBLIC}/28", "dev", "wan0"])
-    router.run(["nft", "insert", "rule", "ip", NAT_TABLE, "postrouting", "oifname", "wan0",
-                "ip", "saddr", "192.168.1.0/24", "snat", "to", NEW_HOME_PUBLIC])  # fmt: skip
-    router.run(["conntrack", "-F"], check=False)
-
-
-def _restore_home_address(lab: Lab) -> None:
-    router = lab.home_router
-    rules = router.run(["nft", "-a", "list", "chain", "ip", NAT_TABLE, "postrouting"]).stdout
-    for line in rules.splitlines():
-        if f"snat to {NEW_HOME_PUBLIC}" in line and "# handle " in line:
-            handle = line.rsplit("# handle ", 1)[1].strip()
-            router.run(["nft", "delete", "rule", "ip", NAT_TABLE, "postrouting", "handle", handle])
-    router.run(["ip", "addr", "del", f"{NEW_HOME_PUBLIC}/28", "dev", "wan0"], check=False)
-    router.run(["conntrack", "-F"], check=False)
 
 
 def test_a_direct_device_roams_onto_a_relay_lease_when_its_node_loses_the_endpoint(
@@ -146,7 +112,7 @@ def test_a_direct_device_roams_onto_a_relay_lease_when_its_node_loses_the_endpoi
 
         # The node's direct endpoint goes away: no mapping, and a new public address.
         miniupnpd.stop()  # (its nft table with the mapping's DNAT goes with it)
-        _change_home_address(lab)
+        change_home_address(lab)
         lost = time.monotonic()
         try:
             wait_until("the server to withdraw the node's direct endpoint",
@@ -180,7 +146,7 @@ def test_a_direct_device_roams_onto_a_relay_lease_when_its_node_loses_the_endpoi
             )
             assert app_endpoint(user) == relay  # it stayed on the relay
         finally:
-            _restore_home_address(lab)
+            restore_home_address(lab)
     finally:
         if app is not None:
             app.stop()
