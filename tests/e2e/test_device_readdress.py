@@ -103,7 +103,9 @@ def test_a_direct_device_follows_its_node_to_a_new_public_address(
             assert endpoints(lab.node, system.node.interface)[laptop["public_key"]].startswith(
                 client_public(lab) + ":"
             )
-            assert "laptop" in user.vpn("devices").stdout
+            # Working again, on a direct path: neither relayed nor endpoint lost.
+            wait_until("higgsvpn devices to say active",
+                       lambda: devices(user)["laptop"]["state"] == "active", 15)  # fmt: skip
         finally:
             restore_home_address(lab)
     finally:

@@ -104,6 +104,17 @@ def record(**over: object) -> DeviceRecord:
             },
             "endpoint_lost",
         ),
+        (  # then steered off the relay: the node hears the app directly at its new address
+            {
+                "path": "direct",
+                "endpoint": "203.0.113.10:51820",
+                "lease_address": "198.51.100.10",
+                "lease_port": 40001,
+                "lease_client_seen": "203.0.113.20:40321",
+                "lease_direct": "203.0.113.20:40321",
+            },
+            "active",
+        ),
         (  # (the node's endpoint back: the app stays where it roamed, on the relay)
             {
                 "path": "direct",

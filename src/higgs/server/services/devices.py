@@ -72,13 +72,14 @@ def new_device_id() -> str:
 def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelta) -> DeviceState:
     """What the device is now, from its session and its node (pure).
 
-    Gone for good: the node's row is gone, it has been away (stopped or offline) for longer
-    than ``gone_after``, or it came back with a tunnel subnet that no longer holds the
-    device's address (its peer would be refused). Relayed: a direct device whose node lost
-    its direct endpoint, on the relay lease it got then (the app roamed there). Endpoint lost:
-    the endpoint in the device's config no longer reaches the node: a direct device's is no
-    longer the node's verified one (and its app has not roamed onto a relay lease), or a
-    relayed device's lease moved to another relay host (its old host died)."""
+        Gone for good: the node's row is gone, it has been away (stopped or offline) for longer
+        than ``gone_after``, or it came back with a tunnel subnet that no longer holds the
+        device's address (its peer would be refused). Relayed: a direct device whose node lost
+        its direct endpoint, on the relay lease it got then (the app roamed there); active again
+    once the node steered the app off that relay onto a direct path. Endpoint lost:
+        the endpoint in the device's config no longer reaches the node: a direct device's is no
+        longer the node's verified one (and its app has not roamed onto a relay lease), or a
+        relayed device's lease moved to another relay host (its old host died)."""
     if record.device.revoked_at is not None or record.session_state != SessionState.OPEN:
         return "revoked"
     if record.node_state is None or record.node_subnet is None:
@@ -89,7 +90,10 @@ def device_state(record: store.DeviceRecord, now: datetime, gone_after: timedelt
     if record.node_state == NodeState.ONLINE:
         if record.device.path == "direct" and record.lease_port is not None:
             # Its node lost the direct endpoint and the device got a relay lease: relayed
-            # once the app answered the node through the relay (the client leg bound).
+            # once the app answered the node through the relay (the client leg bound), and
+            # active again once the node steered it onto a direct path (its new address).
+            if record.lease_direct:
+                return "active"
             return "relayed" if record.lease_client_seen else "endpoint_lost"
         if record.device.path == "direct" and record.node_endpoint != record.device.endpoint:
             return "endpoint_lost"

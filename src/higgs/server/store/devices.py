@@ -57,6 +57,8 @@ class DeviceRecord:
     lease_address: str | None = None
     lease_port: int | None = None
     lease_client_seen: str | None = None  # the client leg the relay bound ("ip:port")
+    # Where the node hears the app instead of through the relay (punched or steered), if so.
+    lease_direct: str | None = None
 
 
 def _records_query() -> Select[
@@ -71,6 +73,7 @@ def _records_query() -> Select[
     str | None,
     str | None,
     int | None,
+    str | None,
     str | None,
 ]:
     return (
@@ -87,6 +90,7 @@ def _records_query() -> Select[
             RelayLease.relay_address,
             RelayLease.port,
             RelayLease.client_seen,
+            RelayLease.punched_endpoint,
         )
         .join(Client, Client.id == Device.client_id)
         .join(SessionRow, SessionRow.id == Device.session_id)
