@@ -269,8 +269,8 @@ class Lab:
         self.teardown()
 
     def _no_dad_argv(self, role: str) -> list[str]:
-        ifaces = [cable.a_if for cable in self.plan.links if cable.a == role]
-        ifaces += [cable.b_if for cable in self.plan.links if cable.b == role]
+        ifaces = [cable.a_if for cable in self.plan.cables if cable.a == role]
+        ifaces += [cable.b_if for cable in self.plan.cables if cable.b == role]
         keys = ["all", "default", *ifaces]
         return ["sysctl", "-qw", *(f"net.ipv6.conf.{k}.accept_dad=0" for k in keys)]
 
@@ -576,7 +576,7 @@ class Lab:
         """The other end of the veth ``ifname`` of ``host`` (None for a bridge or a link the
         lab did not create)."""
         role = host if isinstance(host, str) else host.role
-        for cable in self.plan.links:
+        for cable in self.plan.cables:
             if (cable.a, cable.a_if) == (role, ifname):
                 return self.host(cable.b), cable.b_if
             if (cable.b, cable.b_if) == (role, ifname):
