@@ -21,7 +21,11 @@ deadcode: setup
 	$(VENV)/bin/vulture src --min-confidence 80
 
 # The fast layer of the pyramid, for every edit: lint, types, import rules and the unit tests
-# (no root, no sockets, no namespaces). Under a minute.
+# (no root, no sockets, no namespaces). Under a minute on a quiet machine: mypy keeps its
+# incremental cache (.mypy_cache; only `make clean` drops it), the slowest ten unit tests are
+# listed. UNIT_WORKERS=2 runs them on two pytest-xdist workers: slower on this loaded 2-core
+# machine (each worker imports and collects everything again), so off by default (docs/testing.md:
+# the figures).
 check: lint typecheck unit
 
 # Everything, slowest tests listed at the end (a test that grows shows up there first).
@@ -49,8 +53,12 @@ soak: setup
 	HIGGS_FAULTS_FULL=1 $(PY) -m pytest tests/e2e/test_faults.py -q --reruns 0 --timeout 1800
 	HIGGS_PUNCH_ATTEMPTS=20 $(PY) -m pytest tests/e2e/test_hole_punch.py -q --reruns 0 -s -k 19_of_20
 
+# The plugins of the other layers (schemathesis, hypothesis, anyio) serve no unit test; loading
+# them is seconds of imports per process.
+UNIT_WORKERS ?= 0
+UNIT_PLUGINS := -p no:schemathesis -p no:hypothesispytest -p no:anyio
 unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit -n $(UNIT_WORKERS) $(UNIT_PLUGINS) --durations=10
 
 integration: setup
 	$(PY) -m pytest tests/integration

@@ -1,7 +1,8 @@
-"""The servers under test, each a real process on loopback pinned to CPU 1.
+"""The servers under test, each a real process on loopback pinned to CPU 1, started by the
+harness (:mod:`higgs.lab.loopback`, :func:`higgs.lab.product.loopback_server`) as in the labs:
 
-- bosonserver (``python -m higgs.server.cli serve``) on SQLite in a temporary data directory,
-  or on PostgreSQL in a database of a throwaway cluster;
+- bosonserver (``bosonserver serve``) on SQLite in a temporary data directory, or on
+  PostgreSQL in a database of a throwaway cluster;
 - the reference FastAPI app (:mod:`bench.control.reference_app`).
 
 The API's rate limits are raised through the server's own settings (``BOSON_RATE_LIMIT_*``):
@@ -16,16 +17,15 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from higgs.lab.loopback import LOOPBACK_IP, Loopback, free_port
+from higgs.lab.product import loopback_server
 
 __all__ = [
     "SERVER_CPU",
@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 SERVER_CPU = 1
-_PY = sys.executable
+# The servers import bench's modules too (the reference app) from this checkout.
+_ENV = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def server_unavailable() -> str | None:
@@ -47,41 +48,12 @@ def server_unavailable() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-800:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port} within {timeout} s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @dataclass
 class RunningServer:
     url: str
     pid: int
     workdir: Path
     database: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def provision(self, uses: int, client_name: str) -> tuple[str, str]:
         """An enrollment key for ``uses`` nodes and a client token, written straight into the
@@ -101,56 +73,24 @@ class RunningServer:
 
         return asyncio.run(go())
 
-    def cli(self, *args: str) -> str:
-        """``bosonserver ARGS`` against this server's database (no token needed)."""
-        db = ["--database", self.database] if self.database else []
-        out = subprocess.run(
-            [_PY, "-m", "higgs.server.cli", *args, "--data-dir", str(self.workdir / "data"), *db],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"bosonserver {' '.join(args)}: {out.stderr.strip()[-400:]}")
-        return out.stdout.strip()
-
 
 @contextlib.contextmanager
-def _process(
-    argv: list[str], port: int, env: dict[str, str], workdir: Path
-) -> Iterator[RunningServer]:
-    log = workdir / "server.log"
-    proc: subprocess.Popen[bytes] | None = None
+def _workdir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(
-                ["taskset", "-c", str(SERVER_CPU), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
-                cwd=workdir,
-                start_new_session=True,
-            )
-        _wait_port(port, proc, log, timeout=60)
-        yield RunningServer(f"http://127.0.0.1:{port}", proc.pid, workdir)
+        yield path
     finally:
-        if proc is not None:
-            _stop(proc)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def reference_server() -> Iterator[RunningServer]:
-    port = _free_port()
-    argv = [_PY, "-m", "bench.control.reference_app", "--port", str(port)]
-    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    workdir = Path(tempfile.mkdtemp(prefix="higgs-bench-ref-"))
-    try:
-        with _process(argv, port, env, workdir) as srv:
-            yield srv
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _workdir("higgs-bench-ref-") as workdir, Loopback(workdir, cpus=str(SERVER_CPU)) as lo:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.control.reference_app", "--port", str(port)]
+        proc = lo.host.popen(argv, name="reference", env={**os.environ, **_ENV})
+        proc.wait_listening(port, timeout=60)
+        yield RunningServer(f"http://{LOOPBACK_IP}:{port}", proc.pid, workdir)
 
 
 @contextlib.contextmanager
@@ -159,23 +99,11 @@ def nats_server() -> Iterator[str]:
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not Path(binary).exists():
         raise RuntimeError("nats-server is not installed (scripts/setup.sh installs it)")
-    port = _free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="higgs-bench-nats-"))
-    log = workdir / "nats.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_port(port, proc, log, timeout=30)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _workdir("higgs-bench-nats-") as workdir, Loopback(workdir) as lo:
+        port = free_port()
+        proc = lo.host.popen([binary, "-a", LOOPBACK_IP, "-p", str(port)], name="nats")
+        proc.wait_listening(port, timeout=30)
+        yield f"nats://{LOOPBACK_IP}:{port}"
 
 
 @contextlib.contextmanager
@@ -184,38 +112,24 @@ def bosonserver(
 ) -> Iterator[RunningServer]:
     """A real ``bosonserver serve`` on loopback; SQLite unless ``database`` is given; one
     instance of a scale-out deployment when ``bus`` is given (docs/scaleout.md)."""
-    port, relay_port = _free_port(), _free_port()
     env = {
         "BOSON_RATE_LIMIT_PER_S": "1000000000",
         "BOSON_RATE_LIMIT_BURST": "1000000000",
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        **_ENV,
     }
-    data = Path(tempfile.mkdtemp(prefix="higgs-bench-boson-"))
-    argv = [
-        _PY,
-        "-m",
-        "higgs.server.cli",
-        "serve",
-        "--data-dir",
-        str(data / "data"),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--relay-listen",
-        f"127.0.0.1:{relay_port}",
-        "--relay-url",
-        f"ws://127.0.0.1:{relay_port}",
-    ]
-    if database:
-        argv += ["--database", database]
-    if bus:
-        argv += ["--bus", bus, "--instance-id", instance_id or f"bench-{port}"]
-        argv += ["--instance-relay-url", f"ws://127.0.0.1:{relay_port}"]
-    try:
-        with _process(argv, port, env, data) as srv:
-            srv.database = database
-            yield srv
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+    with (
+        _workdir("higgs-bench-boson-") as workdir,
+        loopback_server(
+            workdir,
+            env=env,
+            database=database,
+            bus=bus,
+            instance_id=instance_id,
+            cpus=str(SERVER_CPU),
+        ) as program,
+    ):
+        assert program.proc is not None
+        yield RunningServer(program.url, program.proc.pid, workdir, database)
 
 
 @contextlib.contextmanager

@@ -351,11 +351,11 @@ def two_client_plan() -> LabPlan:
         (("eth0", IPv4Interface("10.0.2.11/24")),),
         gateway=hosts["client"].gateway,
     )
-    kept = [lk for lk in base.links if (lk.a, lk.b) != ("client", "client_router")]
-    links = (
+    kept = [c for c in base.cables if (c.a, c.b) != ("client", "client_router")]
+    cables = (
         *kept,
         Cable("client", "eth0", "client_router", "p-c1"),
         Cable("client2", "eth0", "client_router", "p-c2"),
     )
     bridges = (*base.bridges, Bridge("client_router", "lan0", ("p-c1", "p-c2")))
-    return LabPlan(hosts=hosts, links=links, bridges=bridges)
+    return LabPlan(hosts=hosts, cables=cables, bridges=bridges)

@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 
 from higgs.lab import Lab
-from higgs.lab.plan import HostPlan, LabPlan, default_plan
+from higgs.lab.plan import Bridge, Cable, HostPlan, LabPlan, default_plan
 from higgs.lab.procs import LabProcess
 from higgs.lab.product import NODE_PORT
 from tests.e2e.client_system import (
@@ -121,16 +121,16 @@ def faults_plan() -> LabPlan:
     """The default lab with five client hosts and two more exit-node PCs on the home LAN."""
     base = default_plan(clients=5)
     hosts = dict(base.hosts)
-    links = list(base.links)
+    cables = list(base.cables)
     bridges = list(base.bridges)
     for role, ip, port in (("n2", "192.168.1.30", "p-n2"), ("n3", "192.168.1.40", "p-n3")):
         hosts[role] = HostPlan(
             role, (("eth0", IPv4Interface(f"{ip}/24")),), gateway=hosts["node"].gateway
         )
-        links.append(type(links[0])(role, "eth0", "home_router", port))
+        cables.append(Cable(role, "eth0", "home_router", port))
     home = next(b for b in bridges if b.host == "home_router")
-    bridges[bridges.index(home)] = type(home)(home.host, home.name, (*home.ports, "p-n2", "p-n3"))
-    return LabPlan(hosts=hosts, links=tuple(links), bridges=tuple(bridges))
+    bridges[bridges.index(home)] = Bridge(home.host, home.name, (*home.ports, "p-n2", "p-n3"))
+    return LabPlan(hosts=hosts, cables=tuple(cables), bridges=tuple(bridges))
 
 
 @dataclass

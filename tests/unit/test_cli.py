@@ -1,24 +1,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
 from higgs import __version__
-
-PROGRAMS = ["bosonserver", "higgsnode", "higgsvpn"]
-MODULES = {
-    "bosonserver": "higgs.bosonserver",
-    "higgsnode": "higgs.node.cli",
-    "higgsvpn": "higgs.client.cli",
-}
+from higgs.lab.product import PROGRAMS, run_program
 
 
 def _run(prog: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", MODULES[prog], *args], capture_output=True, text=True, check=False
-    )
+    return run_program(prog, *args)
 
 
 @pytest.mark.parametrize("prog", PROGRAMS)

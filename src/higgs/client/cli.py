@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from higgs.client.process import ProcessError, spawn_daemon
-from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.client.status import format_status, read_status
 from higgs.common.cli import new_parser, run_cli
@@ -225,6 +224,10 @@ def _status(args: argparse.Namespace) -> int:
 def _nodes(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _need_token(settings)
+
+    # Imported here: the HTTP client (httpx, the API models) is most of a second of start-up
+    # that status, disconnect, cleanup and every usage error would pay for nothing.
+    from higgs.client.server_api import ServerApi
 
     async def fetch() -> Any:
         async with ServerApi(

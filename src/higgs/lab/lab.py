@@ -33,7 +33,7 @@ from .host import Host
 from .names import RunNames, new_run_names
 from .netns import NETNS_DIR, netns_exists, ns_argv, run
 from .plan import ROUTER_ROLES, LabPlan, NatType, default_plan, ipv6_plan
-from .procs import LabProcess, pids_in_netns, pids_mentioning, stop_processes
+from .procs import LabProcess, pids_in_netns, pids_mentioning, start_process, stop_processes
 from .render import (
     render_dnat_udp,
     render_host_batch,
@@ -269,8 +269,8 @@ class Lab:
         self.teardown()
 
     def _no_dad_argv(self, role: str) -> list[str]:
-        ifaces = [cable.a_if for cable in self.plan.links if cable.a == role]
-        ifaces += [cable.b_if for cable in self.plan.links if cable.b == role]
+        ifaces = [cable.a_if for cable in self.plan.cables if cable.a == role]
+        ifaces += [cable.b_if for cable in self.plan.cables if cable.b == role]
         keys = ["all", "default", *ifaces]
         return ["sysctl", "-qw", *(f"net.ipv6.conf.{k}.accept_dad=0" for k in keys)]
 
@@ -446,18 +446,9 @@ class Lab:
             raise LabError("the lab is not running")
         label = name or Path(argv[0]).name
         log_path = log or self.workdir / f"{host.role}-{label}-{len(self._procs)}.log"
-        full_env = dict(os.environ) if env is None else dict(env)
-        with open(log_path, "ab") as log_file:
-            popen = subprocess.Popen(
-                ns_argv(host.ns, argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                # Own session: a terminal's Ctrl-C reaches us, and we stop children in order.
-                start_new_session=True,
-            )
-        proc = LabProcess(name=label, host=host.role, argv=list(argv), log=log_path, popen=popen)
+        proc = start_process(
+            argv, run_argv=ns_argv(host.ns, argv), name=label, host=host.role, log=log_path, env=env
+        )
         self._procs.append(proc)
         return proc
 
@@ -576,7 +567,7 @@ class Lab:
         """The other end of the veth ``ifname`` of ``host`` (None for a bridge or a link the
         lab did not create)."""
         role = host if isinstance(host, str) else host.role
-        for cable in self.plan.links:
+        for cable in self.plan.cables:
             if (cable.a, cable.a_if) == (role, ifname):
                 return self.host(cable.b), cable.b_if
             if (cable.b, cable.b_if) == (role, ifname):

@@ -34,7 +34,8 @@ _CLONE_NEWNET = 0x40000000
 
 
 def ns_argv(ns: str | None, argv: Sequence[str]) -> list[str]:
-    """``argv`` prefixed to run inside namespace ``ns`` (or unchanged for the root ns)."""
+    """``argv`` prefixed to run inside namespace ``ns`` (unchanged for the root namespace,
+    ``""`` or None)."""
     return ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
 
 
@@ -91,7 +92,9 @@ def _setns(fd: int) -> None:
 def netns_socket(
     ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
 ) -> socket.socket:
-    """A new socket living in namespace ``ns``."""
+    """A new socket living in namespace ``ns`` (``""``: the root namespace, this process's)."""
+    if not ns:
+        return socket.socket(family, type, proto)
     target = NETNS_DIR / ns
     result: list[socket.socket] = []
     errors: list[BaseException] = []

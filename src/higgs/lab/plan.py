@@ -101,7 +101,7 @@ class HostPlan:
 @dataclass(frozen=True)
 class LabPlan:
     hosts: dict[str, HostPlan]
-    links: tuple[Cable, ...]
+    cables: tuple[Cable, ...]
     bridges: tuple[Bridge, ...] = field(default_factory=tuple)
 
     def host(self, role: str) -> HostPlan:
@@ -171,7 +171,7 @@ def default_plan(
             "client", (("eth0", _if("10.0.2.10/24")),), gateway=IPv4Address("10.0.2.1")
         ),
     }
-    links: tuple[Cable, ...] = (
+    cables: tuple[Cable, ...] = (
         Cable("internet", "eth0", "core", "to-inet"),
         Cable("server", "eth0", "core", "to-srv"),
         Cable("home_router", "wan0", "core", "to-home"),
@@ -181,7 +181,7 @@ def default_plan(
     )
     bridges: tuple[Bridge, ...] = (Bridge("home_router", "lan0", ("p-node", "p-prn")),)
     if clients == 1:
-        links += (Cable("client", "eth0", "client_router", "lan0"),)
+        cables += (Cable("client", "eth0", "client_router", "lan0"),)
     else:
         ports = []
         for n in range(1, clients + 1):
@@ -190,10 +190,10 @@ def default_plan(
                 hosts[role] = HostPlan(
                     role, (("eth0", _if(f"10.0.2.{9 + n}/24")),), gateway=IPv4Address("10.0.2.1")
                 )
-            links += (Cable(role, "eth0", "client_router", f"p-c{n}"),)
+            cables += (Cable(role, "eth0", "client_router", f"p-c{n}"),)
             ports.append(f"p-c{n}")
         bridges += (Bridge("client_router", "lan0", tuple(ports)),)
-    return LabPlan(hosts=hosts, links=links, bridges=bridges)
+    return LabPlan(hosts=hosts, cables=cables, bridges=bridges)
 
 
 @dataclass(frozen=True)

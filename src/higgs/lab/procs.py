@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ __all__ = [
     "parse_proc_net",
     "pids_in_netns",
     "pids_mentioning",
+    "start_process",
     "stop_processes",
 ]
 
@@ -69,6 +70,31 @@ class LabProcess:
                 return
             time.sleep(0.03)
         raise LabError(f"{self.name} on {self.host} is not listening on {proto}/{port}")
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    run_argv: Sequence[str] | None = None,
+    name: str,
+    host: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+) -> LabProcess:
+    """Start ``argv`` in the background, its output appended to ``log``. ``run_argv`` is what
+    is executed if it differs (``argv`` behind ``ip netns exec`` or ``taskset``); ``env``: its
+    whole environment (default ours)."""
+    with open(log, "ab") as log_file:
+        popen = subprocess.Popen(
+            list(run_argv if run_argv is not None else argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ) if env is None else dict(env),
+            # Own session: a terminal's Ctrl-C reaches us, and we stop children in order.
+            start_new_session=True,
+        )
+    return LabProcess(name=name, host=host, argv=list(argv), log=log, popen=popen)
 
 
 def listening_ports(pid: int, proto: str) -> set[int]:

@@ -6,7 +6,10 @@ This is the one place that starts the product in a lab -- tests, the demo and th
 all come here: :class:`ServerProgram`, :class:`NodeProgram` and :func:`client_cli` hold the
 programs' command lines (``python -m higgs.bosonserver`` / ``higgs.server.cli`` /
 ``higgs.node.cli`` / ``higgs.client.cli``), :class:`Product` composes them into a working
-service. The lab speaks to them the way a user does -- their command lines and the REST API of
+service. :func:`loopback_program` and :func:`loopback_server` put bosonserver on 127.0.0.1
+without a lab (:mod:`higgs.lab.loopback`), and :func:`run_program` runs any of the three in the
+foreground there, for the tests and benchmarks that need no namespaces. The lab speaks to them
+the way a user does -- their command lines and the REST API of
 docs/protocol.md, over the lab's own network with curl -- so it imports none of them.
 
     with Lab() as lab:
@@ -36,6 +39,7 @@ from typing import Any
 from .errors import CommandError, LabError
 from .host import Host
 from .lab import Lab
+from .loopback import LOOPBACK_IP, Loopback, free_port
 from .procs import LabProcess
 from .stock import StockClient
 from .wireguard import new_keypair
@@ -43,12 +47,16 @@ from .wireguard import new_keypair
 __all__ = [
     "API_PORT",
     "NODE_PORT",
+    "PROGRAMS",
     "RELAY_PORT",
     "NodeProgram",
     "Product",
     "RelayProgram",
     "ServerProgram",
     "client_cli",
+    "loopback_program",
+    "loopback_server",
+    "run_program",
     "serving_stock_clients",
 ]
 
@@ -57,20 +65,53 @@ RELAY_PORT = 8081
 NODE_PORT = 51820
 
 
+# The programs a user runs, and the module each is (the entry points of pyproject.toml).
+PROGRAMS: dict[str, str] = {
+    "bosonserver": "higgs.bosonserver",
+    "higgsnode": "higgs.node.cli",
+    "higgsvpn": "higgs.client.cli",
+}
+
+
 def _py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def run_program(
+    program: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``<program> <args>`` (``bosonserver``, ``higgsnode`` or ``higgsvpn``) in the foreground
+    in this process's namespace, as a user types it; never raises on its exit code. ``env``:
+    its whole environment (default ours)."""
+    try:
+        module = PROGRAMS[program]
+    except KeyError:
+        raise LabError(f"no program {program!r} (one of {', '.join(PROGRAMS)})") from None
+    return subprocess.run(
+        _py(module, *args),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=None if env is None else dict(env),
+        input=input,
+    )
+
+
 @dataclass
 class ServerProgram:
-    """bosonserver with its data directory in the lab's server namespace: ``serve`` in the
-    background (the composition root, the UDP relay beside it), the operator CLI in the
-    foreground. ``env`` adds BOSON_* settings (e.g. a short session TTL) to the environment of
-    both;
+    """bosonserver with its data directory in the lab's server namespace (or on a
+    :class:`Loopback`): ``serve`` in the background (the composition root, the UDP relay
+    beside it), the operator CLI in the foreground. ``env`` adds BOSON_* settings (e.g. a short
+    session TTL) to the environment of both, ``database`` a ``--database`` URL to both;
     ``command`` runs another bosonserver (e.g. another checkout's interpreter with ``-m
     higgs.bosonserver``) for both instead of this interpreter's modules."""
 
-    lab: Lab
+    lab: Lab | Loopback
     data_dir: Path
     env: Mapping[str, str] = field(default_factory=dict)
     proc: LabProcess | None = None
@@ -80,6 +121,10 @@ class ServerProgram:
     listen_host: str | None = None
     api_port: int = API_PORT
     relay_port: int = RELAY_PORT
+    database: str | None = None
+    # The URLs put into answers (default: the server's address, the lab's ports).
+    public_url: str | None = None
+    relay_url: str | None = None
 
     def _argv(self, module: str, *args: str) -> list[str]:
         return [*self.command, *args] if self.command else _py(module, *args)
@@ -90,43 +135,75 @@ class ServerProgram:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host.ip}:{API_PORT}"
+        return self.public_url or f"http://{self.host.ip}:{API_PORT}"
+
+    @property
+    def relay(self) -> str:
+        """The relay's base URL in answers (``ws://…``)."""
+        return self.relay_url or f"ws://{self.host.ip}:{RELAY_PORT}"
+
+    @property
+    def instance_relay_url(self) -> str:
+        """This instance's own relay (``--instance-relay-url``: where the other instances and
+        a balancer reach the links it holds)."""
+        return f"ws://{self.listen_host or self.host.ip}:{self.relay_port}"
+
+    def _db(self) -> list[str]:
+        return ["--database", self.database] if self.database else []
 
     def cli(self, *args: str, timeout: float = 60) -> str:
         """One operator command (``bosonserver client add …``) with ``env`` as ``serve`` has
         it (the same database, the same clock); its stdout, stripped."""
-        argv = self._argv("higgs.server.cli", *args, "--data-dir", str(self.data_dir))
+        argv = self._argv("higgs.server.cli", *args, "--data-dir", str(self.data_dir), *self._db())
         env = {**os.environ, **self.env}
         return self.host.run(argv, timeout=timeout, env=env).stdout.strip()
 
     def start(self, *, timeout: float = 60, args: Sequence[str] = ()) -> LabProcess:
         """``bosonserver serve`` on the lab's API and relay ports; returns once both listen.
         ``args``: more ``serve`` options."""
-        ip = self.host.ip
-        bind = self.listen_host or ip
+        self.launch(args=args)
+        return self.wait_serving(timeout=timeout)
+
+    def launch(self, *, args: Sequence[str] = ()) -> LabProcess:
+        """``bosonserver serve`` in the background, not waiting for it (start several at
+        once: each start is seconds of imports on a busy machine)."""
+        bind = self.listen_host or self.host.ip
         self.proc = self.host.popen(
             self._argv(
                 "higgs.bosonserver", "serve",
-                "--data-dir", str(self.data_dir),
+                "--data-dir", str(self.data_dir), *self._db(),
                 "--listen", f"{bind}:{self.api_port}",
                 "--relay-listen", f"{bind}:{self.relay_port}",
                 "--public-url", self.url,
-                "--relay-url", f"ws://{ip}:{RELAY_PORT}",
+                "--relay-url", self.relay,
                 *args,
             ),
-            name="bosonserver",
+            name=self.name,
             env={**os.environ, **self.env},
         )  # fmt: skip
+        return self.proc
+
+    @property
+    def name(self) -> str:
+        """The process's name (and its log's, on a loopback host): the data directory's."""
+        return "bosonserver" if isinstance(self.lab, Lab) else self.data_dir.name
+
+    def wait_serving(self, *, timeout: float = 60) -> LabProcess:
+        """Returns once the launched ``serve`` listens on its API and relay ports."""
+        if self.proc is None:
+            raise LabError("no bosonserver was started")
         self.proc.wait_listening(self.api_port, timeout=timeout)
         self.proc.wait_listening(self.relay_port, timeout=timeout)
         return self.proc
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: nothing of the server's own shutdown runs."""
+    def kill(self, sig: int = signal.SIGKILL, *, timeout: float = 30) -> None:
+        """SIGKILL, as a crash would: nothing of the server's own shutdown runs (or ``sig``,
+        e.g. SIGTERM, the server's shutdown); returns once it exited."""
         if self.proc is None:
             raise LabError("no bosonserver was started")
-        self.proc.popen.kill()
-        self.proc.popen.wait(10)
+        if self.proc.alive():
+            self.proc.popen.send_signal(sig)
+        self.proc.popen.wait(timeout)
 
 
 @dataclass
@@ -383,6 +460,57 @@ class Product:
         client.up()
         client.wait_handshake()
         return client
+
+
+def loopback_program(
+    loopback: Loopback,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    database: str | None = None,
+    public_url: str | None = None,
+    relay_url: str | None = None,
+) -> ServerProgram:
+    """bosonserver on 127.0.0.1 of ``loopback``, on free ports (not started); its URLs its own
+    unless given (an instance behind a balancer: the balancer's)."""
+    api, relay = free_port(), free_port()
+    return ServerProgram(
+        loopback,
+        data_dir,
+        env=dict(env or {}),
+        listen_host=LOOPBACK_IP,
+        api_port=api,
+        relay_port=relay,
+        database=database,
+        public_url=public_url or f"http://{LOOPBACK_IP}:{api}",
+        relay_url=relay_url or f"ws://{LOOPBACK_IP}:{relay}",
+    )
+
+
+@contextlib.contextmanager
+def loopback_server(
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    database: str | None = None,
+    bus: str | None = None,
+    instance_id: str | None = None,
+    args: Sequence[str] = (),
+    cpus: str | None = None,
+    timeout: float = 60,
+) -> Iterator[ServerProgram]:
+    """``bosonserver serve`` on 127.0.0.1 (free ports; data in ``workdir/data``, its log in
+    ``workdir``), started and listening; stopped afterwards. With ``bus`` (``nats://…``) one
+    instance of a scale-out deployment (docs/scaleout.md), named ``instance_id``; ``args``: more
+    ``serve`` options; ``cpus``: pinned there."""
+    with Loopback(workdir, cpus=cpus) as loopback:
+        program = loopback_program(loopback, workdir / "data", env=env, database=database)
+        more = list(args)
+        if bus is not None:
+            more += ["--bus", bus, "--instance-id", instance_id or f"lo-{program.api_port}"]
+            more += ["--instance-relay-url", program.instance_relay_url]
+        program.start(timeout=timeout, args=more)
+        yield program
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ NAT_TABLE = "hl_lab"
 def render_root_batch(plan: LabPlan, names: RunNames) -> str:
     """Namespaces, and veth pairs created directly inside them (nothing stays in the root ns)."""
     lines = [f"netns add {names.ns(role)}" for role in plan.hosts]
-    for cable in plan.links:
+    for cable in plan.cables:
         lines.append(
             f"link add name {cable.a_if} netns {names.ns(cable.a)} type veth"
             f" peer name {cable.b_if} netns {names.ns(cable.b)}"
@@ -39,7 +39,7 @@ def render_host_batch(plan: LabPlan, role: str) -> str:
     host = plan.host(role)
     lines = ["link set lo up"]
     ifaces: list[str] = []
-    for cable in plan.links:
+    for cable in plan.cables:
         if cable.a == role:
             ifaces.append(cable.a_if)
         if cable.b == role:

@@ -92,12 +92,14 @@ class Puncher:
         *,
         dead_s: float = 6.0,
         tap_factory: Callable[[int], ProbeTap] = ProbeTap,
+        watch_every_s: float = WATCH_EVERY_S,
     ) -> None:
         self.port = port
         self._peers = peers
         self._table = table
         self._rows = rows
         self.dead_s = dead_s
+        self.watch_every_s = watch_every_s  # a test's is short: the logic, not the wait
         self._tap_factory = tap_factory
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
@@ -195,7 +197,7 @@ class Puncher:
             deadline = time.monotonic() + message.window_s
             followed = False
             while time.monotonic() < deadline:
-                await asyncio.sleep(min(WATCH_EVERY_S, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(self.watch_every_s, max(0.0, deadline - time.monotonic())))
                 row = await asyncio.to_thread(self._row, peer.public_key)
                 if row is None or row.endpoint != message.peer_endpoint:
                     break  # it came through the relay (or the peer went away)
@@ -308,7 +310,7 @@ class Puncher:
 
     async def _watch_loop(self) -> None:
         while True:
-            await asyncio.sleep(WATCH_EVERY_S)
+            await asyncio.sleep(self.watch_every_s)
             if not self.punched:
                 continue
             try:

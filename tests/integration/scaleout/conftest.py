@@ -1,5 +1,6 @@
 """Two real ``bosonserver serve`` instances behind HAProxy, on one PostgreSQL database and one
-nats-server, all on loopback (one module-scoped deployment: each process start costs seconds).
+nats-server, all on loopback (one module-scoped deployment: each process start costs seconds),
+started by the harness (:mod:`higgs.lab.loopback`, :func:`higgs.lab.product.loopback_program`).
 
 The test process provisions through the database (as ``bosonserver`` CLI commands would) and
 plays the node with the node's own link (``higgs.transport.relay_link.RelayLink``: its
@@ -10,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from higgs.lab.loopback import LOOPBACK_IP, Loopback, free_port
+from higgs.lab.procs import LabProcess
+from higgs.lab.product import ServerProgram, loopback_program
 from higgs.lab.services.haproxy import Backend, argv, write_config
+from higgs.lab.wait import wait_until
 from higgs.server.config import ServerSettings
 from higgs.server.store.open import open_database
 from tests.integration.conftest import PgCluster, _as_postgres, _psql
@@ -34,79 +35,93 @@ from tests.integration.conftest import PgCluster, _as_postgres, _psql
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process {proc.pid} exited:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s:\n{log.read_text()[-3000:]}")
+# Short cluster timers: a lost instance or link shows within seconds.
+INSTANCE_ENV = {
+    "BOSON_REQUIRE_KEY_PROOF": "false",
+    "BOSON_CLUSTER_RECONCILE_S": "0.5",
+    "BOSON_CLUSTER_BEAT_S": "0.5",
+    "BOSON_INSTANCE_DEAD_AFTER_S": "2",
+    "BOSON_SWEEP_INTERVAL_S": "1",
+    "BOSON_RELAY_PING_INTERVAL_S": "2",
+    "BOSON_RELAY_DEAD_AFTER_S": "6",
+}
 
 
 @dataclass
 class Instance:
     name: str
-    api_port: int
-    relay_port: int
-    proc: subprocess.Popen[bytes] | None = None
+    program: ServerProgram
+
+    @property
+    def api_port(self) -> int:
+        return self.program.api_port
+
+    @property
+    def relay_port(self) -> int:
+        return self.program.relay_port
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.program.proc.popen if self.program.proc is not None else None
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{LOOPBACK_IP}:{self.api_port}"
 
 
 @dataclass
 class Deployment:
     root: Path
     database: str
+    loopback: Loopback
     nats_port: int
     api_port: int
     relay_port: int
-    instances: dict[str, Instance]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    procs: dict[str, LabProcess] = field(default_factory=dict)
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{LOOPBACK_IP}:{self.api_port}"
 
     @property
     def relay(self) -> str:
-        return f"ws://127.0.0.1:{self.relay_port}"
+        return f"ws://{LOOPBACK_IP}:{self.relay_port}"
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:
-        log = self.root / f"{name}.log"
-        with log.open("ab") as out:
-            self.procs[name] = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        return log
+    @property
+    def bus(self) -> str:
+        return f"nats://{LOOPBACK_IP}:{self.nats_port}"
+
+    def add_instance(self, name: str) -> Instance:
+        """An instance behind the balancer (not started): its data in ``root/<name>``, its
+        answers naming the balancer."""
+        program = loopback_program(
+            self.loopback,
+            self.root / name,
+            env=INSTANCE_ENV,
+            database=self.database,
+            public_url=self.api,
+            relay_url=self.relay,
+        )
+        self.instances[name] = Instance(name, program)
+        return self.instances[name]
 
     def start_nats(self) -> None:
-        cmd = [NATS, "-a", "127.0.0.1", "-p", str(self.nats_port)]
-        log = self._spawn("nats", cmd)
-        wait_port(self.nats_port, self.procs["nats"], log)
+        cmd = [NATS, "-a", LOOPBACK_IP, "-p", str(self.nats_port)]
+        self.procs["nats"] = self.loopback.host.popen(cmd, name="nats")
+        self.procs["nats"].wait_listening(self.nats_port, timeout=30)
 
     def start_instances(self, *names: str) -> None:
         """Started together (each start is seconds of imports on a busy machine); the schema
         is migrated first, by :meth:`migrate`, so that no two instances race to do it."""
         for name in names:
-            self.spawn_instance(name)
+            program = self.instances[name].program
+            args = ["--bus", self.bus, "--instance-id", name]
+            self.procs[name] = program.launch(
+                args=[*args, "--instance-relay-url", program.instance_relay_url]
+            )
         for name in names:
-            self.wait_instance(name)
-
-    def start_instance(self, name: str) -> None:
-        self.start_instances(name)
+            self.instances[name].program.wait_serving(timeout=90)
 
     def migrate(self) -> None:
         async def go() -> None:
@@ -116,104 +131,41 @@ class Deployment:
 
         asyncio.run(go())
 
-    def wait_instance(self, name: str) -> None:
-        inst = self.instances[name]
-        assert inst.proc is not None
-        log = self.root / f"{name}.log"
-        wait_port(inst.api_port, inst.proc, log, timeout=90)
-        wait_port(inst.relay_port, inst.proc, log, timeout=10)
-
-    def spawn_instance(self, name: str) -> None:
-        inst = self.instances[name]
-        env = dict(os.environ)
-        env.update(
-            {
-                "BOSON_REQUIRE_KEY_PROOF": "false",
-                "BOSON_CLUSTER_RECONCILE_S": "0.5",
-                "BOSON_CLUSTER_BEAT_S": "0.5",
-                "BOSON_INSTANCE_DEAD_AFTER_S": "2",
-                "BOSON_SWEEP_INTERVAL_S": "1",
-                "BOSON_RELAY_PING_INTERVAL_S": "2",
-                "BOSON_RELAY_DEAD_AFTER_S": "6",
-            }
-        )
-        cmd = [
-            sys.executable, "-m", "higgs.bosonserver", "serve",
-            "--data-dir", str(self.root / name),
-            "--database", self.database,
-            "--listen", f"127.0.0.1:{inst.api_port}",
-            "--relay-listen", f"127.0.0.1:{inst.relay_port}",
-            "--public-url", self.api,
-            "--relay-url", self.relay,
-            "--instance-relay-url", f"ws://127.0.0.1:{inst.relay_port}",
-            "--bus", f"nats://127.0.0.1:{self.nats_port}",
-            "--instance-id", name,
-        ]  # fmt: skip
-        self._spawn(name, cmd, env)
-        inst.proc = self.procs[name]
-
     def start_haproxy(self) -> None:
         backends = [
-            Backend(i.name, f"127.0.0.1:{i.api_port}", f"127.0.0.1:{i.relay_port}")
+            Backend(i.name, f"{LOOPBACK_IP}:{i.api_port}", f"{LOOPBACK_IP}:{i.relay_port}")
             for i in self.instances.values()
         ]
         cfg = write_config(
             self.root / "haproxy.cfg",
-            f"127.0.0.1:{self.api_port}",
-            f"127.0.0.1:{self.relay_port}",
+            f"{LOOPBACK_IP}:{self.api_port}",
+            f"{LOOPBACK_IP}:{self.relay_port}",
             backends,
         )
-        log = self._spawn("haproxy", argv(cfg))
-        wait_port(self.api_port, self.procs["haproxy"], log)
+        self.procs["haproxy"] = self.loopback.host.popen(argv(cfg), name="haproxy")
+        self.procs["haproxy"].wait_listening(self.api_port, timeout=30)
         # Until its checks pass HAProxy answers 503: the tests start when both instances
         # answer through it (round robin: a run of good answers reaches each).
-        deadline, good = time.monotonic() + 30, 0
-        while good < 4:
+        good = [0]
+
+        def healthy_run() -> bool:
             try:
                 ok = httpx.get(self.api + "/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 ok = False
-            good = good + 1 if ok else 0
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"HAProxy has no healthy instance:\n{self.log_tails()}")
-            time.sleep(0.1)
+            good[0] = good[0] + 1 if ok else 0
+            return good[0] >= 4
+
+        wait_until("a healthy instance behind HAProxy", healthy_run, timeout=30, every=0.1)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            proc.wait(30)
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc is not None and proc.alive():
+            proc.popen.send_signal(sig)
+            proc.popen.wait(30)
 
     def log_tails(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(self.root.glob("*.log"))
-        )
-
-    async def wait_healthy(self, within_s: float = 20) -> None:
-        deadline = time.monotonic() + within_s
-        async with httpx.AsyncClient(timeout=2) as http:
-            for inst in self.instances.values():
-                while True:
-                    try:
-                        if (await http.get(inst.api + "/healthz")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{inst.name} not healthy:\n{self.log_tails()}")
-                    await asyncio.sleep(0.1)
+        return self.loopback.log_tails()
 
 
 class PgOutage:
@@ -271,23 +223,26 @@ def deployment(
     name = "t_" + secrets.token_hex(6)
     _psql(pg_cluster, f'CREATE DATABASE "{name}"')
     root = tmp_path_factory.mktemp("scaleout")
-    dep = Deployment(
-        root=root,
-        database=pg_cluster.url(name),
-        nats_port=free_port(),
-        api_port=free_port(),
-        relay_port=free_port(),
-        instances={n: Instance(n, free_port(), free_port()) for n in ("a", "b")},
-    )
     try:
-        dep.start_nats()
-        dep.migrate()
-        dep.start_instances("a", "b")
-        dep.start_haproxy()
-        yield dep
-    except BaseException:
-        print(dep.log_tails())
-        raise
+        with Loopback(root) as loopback:
+            dep = Deployment(
+                root=root,
+                database=pg_cluster.url(name),
+                loopback=loopback,
+                nats_port=free_port(),
+                api_port=free_port(),
+                relay_port=free_port(),
+            )
+            for instance in ("a", "b"):
+                dep.add_instance(instance)
+            try:
+                dep.start_nats()
+                dep.migrate()
+                dep.start_instances("a", "b")
+                dep.start_haproxy()
+                yield dep
+            except BaseException:
+                print(dep.log_tails())
+                raise
     finally:
-        dep.stop_all()
         _psql(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,4 +1,5 @@
-"""The operator CLI on a real database (SQLite file and PostgreSQL), run as a subprocess."""
+"""The operator CLI on a real database (SQLite file and PostgreSQL), run as a subprocess
+(by the harness, :mod:`higgs.lab.product`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,9 @@ import pytest
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from higgs.common.keys import PrivateKey
+from higgs.lab.loopback import Loopback
+from higgs.lab.product import loopback_program, run_program
+from higgs.lab.wait import wait_until
 from higgs.protocol import keyproof
 from higgs.protocol.relay import PROTOCOL_VERSION, VERSION_HEADER, CloseCode
 from higgs.server.store.migrate import head_revision
@@ -38,16 +41,12 @@ class CloseRecorder(WSListener):
             self.closed.set()
 
 
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("BOSON_")}
+
+
 def boson(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOSON_")}
-    return subprocess.run(
-        [sys.executable, "-m", "higgs.server.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env=env,
-    )
+    return run_program("bosonserver", *args, env=_clean_env())
 
 
 @pytest.fixture
@@ -117,12 +116,9 @@ def test_bad_database_url_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_setting_from_environment_names_the_field(tmp_path: Path) -> None:
-    env_run = subprocess.run(
-        [sys.executable, "-m", "higgs.server.cli", "nodes", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    env_run = run_program(
+        "bosonserver",
+        *("nodes", "--data-dir", str(tmp_path)),
         env={**os.environ, "BOSON_SESSION_TTL_S": "forever"},
     )
     assert env_run.returncode == 1
@@ -130,33 +126,24 @@ def test_bad_setting_from_environment_names_the_field(tmp_path: Path) -> None:
     assert "environment" in env_run.stderr
 
 
-async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """`bosonserver serve` as a process: says where the admin token is, serves, SIGTERM closes
-    the node links with 1001 and exits 0."""
-    data = tmp_path / "data"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "higgs.server.cli",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        "--relay-listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("BOSON_")},
-    )
-    try:
-        assert proc.stdout is not None
-        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert "admin token created in" in first
+async def test_serve_answers_and_stops_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bosonserver serve` as a process (started by the harness on loopback): says where the
+    admin token is, serves, SIGTERM closes the node links with 1001 and exits 0."""
+    for name in [k for k in os.environ if k.startswith("BOSON_")]:
+        monkeypatch.delenv(name)  # the defaults, as in a fresh shell
+    with Loopback(tmp_path) as loopback:
+        server = loopback_program(loopback, tmp_path / "data")
+        proc = server.start(timeout=60)
+        data, api = server.data_dir, server.url
+        log = wait_until(
+            "the admin token's line",
+            lambda: "admin token created in" in (text := proc.log_text()) and text,
+            timeout=10,
+        )
         # Its value is never in the daemon's output (which goes to the journal).
-        assert (data / "admin.token").read_text().strip() not in first
-        ready = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        api = ready.split("API ")[1].split()[0]
+        assert (data / "admin.token").read_text().strip() not in log
         enroll = boson("enroll", "create", "--data-dir", str(data)).stdout.strip()
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
             assert (await http.get("/readyz")).status_code == 200
@@ -176,12 +163,9 @@ async def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         }
         transport, _ = await ws_connect(lambda: node, url, extra_headers=headers)
         await asyncio.wait_for(node.hello.wait(), 10)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        proc.popen.send_signal(signal.SIGTERM)
+        # In a thread: this loop reads the close frame meanwhile.
+        assert await asyncio.to_thread(proc.popen.wait, 30) == 0
         await asyncio.wait_for(node.closed.wait(), 10)
         assert node.close_code == CloseCode.GOING_AWAY
         transport.disconnect()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from higgs.lab.product import run_program
 
 TOKEN = "hgc_" + "u" * 30
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "higgs.client.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )
+    return run_program("higgsvpn", *args, env={"PATH": "/usr/bin:/bin", **(env or {})})
 
 
 def test_connect_without_token_says_how_to_give_one(tmp_path: Path) -> None:

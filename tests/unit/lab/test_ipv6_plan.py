@@ -23,7 +23,7 @@ def test_every_host_gets_documentation_addresses_and_on_link_gateways(clients: i
             assert addr.ip in DOC6, (role, addr)
             assert addr.ip not in seen
             seen.add(addr.ip)
-            assert any(ifname in (lk.a_if, lk.b_if) for lk in plan.links) or any(
+            assert any(ifname in (c.a_if, c.b_if) for c in plan.cables) or any(
                 b.name == ifname and b.host == role for b in plan.bridges
             ), (role, ifname)
         if host.gateway is not None:

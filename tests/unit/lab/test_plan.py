@@ -13,7 +13,7 @@ PUBLIC_ROLES = ("core", "internet", "server")
 def test_every_role_has_a_host_and_every_link_end_exists() -> None:
     plan = default_plan()
     assert set(plan.hosts) == set(HOST_ROLES)
-    for cable in plan.links:
+    for cable in plan.cables:
         assert cable.a in plan.hosts
         assert cable.b in plan.hosts
 

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from higgs.lab.product import run_program
 from higgs.node.runstate import PidFile, read_status, write_status
 
 
 def higgsnode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "higgs.node.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return run_program("higgsnode", *args, env=env)
 
 
 @pytest.mark.parametrize("command", ["start", "stop", "status", "diagnose", "cleanup"])

@@ -72,8 +72,12 @@ def steer() -> Punch:
     )
 
 
+# The watch's period (a second in the node): short here, the judgement is what is tested.
+WATCH_S = 0.02
+
+
 async def run(table: Table) -> Puncher:
-    puncher = Puncher(51820, Peers(), table, table.rows)  # type: ignore[arg-type]
+    puncher = Puncher(51820, Peers(), table, table.rows, watch_every_s=WATCH_S)  # type: ignore[arg-type]
     started = time.monotonic()
     await puncher._steer(steer(), Peers().sessions[KEY])
     assert time.monotonic() - started < 5, "judged at the app's first packet, not the window"
@@ -91,10 +95,11 @@ async def test_an_app_that_roams_is_steered() -> None:
 
 async def test_a_peer_being_steered_is_reported_on_the_relay_until_it_followed() -> None:
     table = Table(after_move="nothing")  # the app stays silent: judged only at the window
-    puncher = Puncher(51820, Peers(), table, table.rows)  # type: ignore[arg-type]
-    message = steer().model_copy(update={"window_s": 1.5})
+    puncher = Puncher(51820, Peers(), table, table.rows, watch_every_s=WATCH_S)  # type: ignore[arg-type]
+    # The window is 25 watches long; the look at the table is 5 watches into it.
+    message = steer().model_copy(update={"window_s": 25 * WATCH_S})
     task = asyncio.create_task(puncher._steer(message, Peers().sessions[KEY]))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(5 * WATCH_S)
     assert table.endpoint == APP  # wg holds the app's address...
     assert [r.endpoint for r in puncher.reported(table.rows())] == [RELAY]  # ...not reported
     await task
