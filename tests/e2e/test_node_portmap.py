@@ -196,6 +196,8 @@ class TestEveryNatPair:
             assert pm["method"] == expected
             assert pm["external_endpoint"] == f"{public}:{NODE_PORT}"
             assert ours(router, lab), router.mappings()
+            if (home, client_nat) == ("cone", "cone"):
+                self._stock_client_too(lab, product, public)
             with ThreadPoolExecutor(2) as pool:
                 # `higgsnode status` (seconds of interpreter start-up) beside the connect.
                 text = pool.submit(lambda: product.node_cli("status").stdout)
@@ -212,10 +214,11 @@ class TestEveryNatPair:
                 endpoints = wg_show(lab.node, product.node_if, "endpoints")
                 assert f"{lab.client_router.addr('wan0')}:" in endpoints, endpoints
                 assert status.result()["mode"] == "direct", status.result()
-            vpn.disconnect()
-            if (home, client_nat) == ("cone", "cone"):
-                self._stock_client_too(lab, product, public)
-            assert product.stop_node() == 0
+            with ThreadPoolExecutor(1) as pool:
+                # Each takes seconds (an interpreter start, the node's teardown): side by side.
+                gone = pool.submit(vpn.disconnect)
+                assert product.stop_node() == 0
+                gone.result()
             assert ours(router, lab) == []
         except Exception as exc:
             exc.add_note(lab.log_tails(40))
