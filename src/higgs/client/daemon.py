@@ -340,6 +340,13 @@ class Daemon:
             stats = await asyncio.to_thread(self.host.peer_stats)
             if stats is None:
                 continue
+            relay = tunnel.route.udp_relay
+            if tunnel.mode == "punched" and relay is not None and stats.endpoint == relay.endpoint:
+                # The node left the dead path first: its fresh handshake came through the relay
+                # and WireGuard roamed there, so the session is on the relay already.
+                await self._roamed_to_relay(tunnel, relay.endpoint)
+                watched = None
+                continue
             now = time.monotonic()
             key = (id(tunnel), tunnel.mode)
             if watched != key:
@@ -356,6 +363,17 @@ class Daemon:
             elif verdict == "dead":
                 await self._leave_path(tunnel)
                 watched = None
+
+    async def _roamed_to_relay(self, tunnel: Tunnel, endpoint: str) -> None:
+        # Its keys stay (no new handshake); the relay's keepalive instead of the punched one.
+        keepalive = tunnel.route.wireguard.persistent_keepalive
+        await asyncio.to_thread(self.host.move_peer, endpoint, keepalive)
+        tunnel.change_path(
+            "udp_relay", "left the punched path (the node came back through the UDP relay)"
+        )
+        self.health.path_changes += 1
+        log.warning("%s", tunnel.why)
+        await self._write_status()
 
     async def _leave_path(self, tunnel: Tunnel) -> None:
         reason = (

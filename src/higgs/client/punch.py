@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from higgs.client.settings import PATH_DEAD_S
 from higgs.common.errors import HiggsError
 from higgs.osnet.probe_tap import ProbeTap
 from higgs.protocol.api import PunchOffer
@@ -49,7 +50,7 @@ async def punch(offer: PunchOffer, *, port: int, fwmark: int | None) -> bool:
 class PathWatch:
     """Is a direct path still carrying anything? Fed ``wg show``'s rx counter each second."""
 
-    dead_s: float = 6.0
+    dead_s: float = PATH_DEAD_S
     provoke_after_s: float = 1.5
     last_rx: int = -1
     last_rx_at: float = 0.0

@@ -20,10 +20,17 @@ from higgs.osnet.names import DEFAULT_INTERFACE
 __all__ = [
     "DEFAULT_STATE_DIR",
     "ENV_PREFIX",
+    "PATH_DEAD_S",
     "ClientSettings",
     "Mode",
     "load_client_settings",
 ]
+
+# A direct or punched path with nothing received for this long is dead: two of the node's
+# 2 s keepalives missed, and the ping higgs.client.punch.PathWatch sends after 1.5 s of
+# silence unanswered. Short, because the session must be back on the relay within 10 s
+# (issue 12) and that takes a handshake after this (the node's own limit is the same).
+PATH_DEAD_S = 4.0
 
 ENV_PREFIX = "HIGGSVPN_"
 DEFAULT_STATE_DIR = Path("/var/lib/higgsvpn")
@@ -65,7 +72,7 @@ class ClientSettings(BaseModel):
     # How often the session's UDP relay endpoint is checked: a relay host that dies moves the
     # session to another one (docs/scaleout.md), which we learn here.
     relay_check_s: float = Field(default=2.0, gt=0, le=600)
-    path_dead_s: float = Field(default=6.0, gt=1, le=600)
+    path_dead_s: float = Field(default=PATH_DEAD_S, gt=1, le=600)
 
     @field_validator("server_url")
     @classmethod

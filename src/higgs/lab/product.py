@@ -372,15 +372,20 @@ class Product:
         flags: Sequence[str] = (),
         direct: bool = True,
         dns_upstream: str | None = None,
+        enroll: bool = True,
     ) -> LabProcess:
         """higgsnode in the node's namespace, enrolled with a fresh key. ``config`` is TOML
         (e.g. a ``[shaping]`` table); the DNS upstream is the lab's DNS server unless given
         (never the host's resolv.conf). With ``direct`` the home router forwards the UDP port
-        and the node announces the router's public address as its endpoint."""
-        key = self._enroll_key or self.server_cli("enroll", "create").split()[-1]
-        self._enroll_key = None  # one registration per key
-        argv = [
-            "--server", self.server_url, "--enroll-key", key,
+        and the node announces the router's public address as its endpoint. ``enroll=False``
+        restarts a node that registered before with the identity in its state directory (no
+        key: a ``bosonserver enroll create`` costs seconds of interpreter start-up)."""
+        argv = ["--server", self.server_url]
+        if enroll:
+            key = self._enroll_key or self.server_cli("enroll", "create").split()[-1]
+            self._enroll_key = None  # one registration per key
+            argv += ["--enroll-key", key]
+        argv += [
             "--listen-port", str(NODE_PORT), "--country", "DE", "--region", "Lab",
             "--dns-upstream", dns_upstream or self.lab.internet.ip,
         ]  # fmt: skip

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +47,15 @@ a few seconds that nothing arrives any more."""
 STEERED_DEAD_S = 60.0
 """A steered app sends only its own PersistentKeepalive (25 s in an exported config) when
 idle: two of those missed, and its path is dead."""
+DEAD_S = 4.0
+"""Nothing from a punched client for this long (two of its 2 s keepalives missed, its pings
+unanswered): the path is dead. As the client's ``path_dead_s``: whichever end notices first
+re-handshakes through the relay, and the session must be back there within 10 s (issue 12)."""
+REHANDSHAKE_AFTER_S = 2.0
+"""Back on the relay after a dead path and still nothing from the client this long after the
+fresh handshake: it was lost (sent before the client's NAT or the relay could pass it), so
+another goes out now, not at WireGuard's own retry (REKEY_TIMEOUT, 5 s): the 10 s budget."""
+REHANDSHAKES = 2
 WATCH_EVERY_S = 1.0
 RELAY_KEEPALIVE_S = 25
 
@@ -77,6 +86,16 @@ class _Punched:
     last_rx_at: float
 
 
+@dataclass
+class _Rejoin:
+    """A peer back on the relay after its direct path died, until the client is heard."""
+
+    session_id: str
+    last_rx: int
+    sent_at: float  # the latest fresh handshake
+    left: int  # more fresh handshakes allowed
+
+
 def _split(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host, int(port)
@@ -90,7 +109,7 @@ class Puncher:
         table: EndpointTable,
         rows: Callable[[], Sequence[PeerRowWithEndpoint]],
         *,
-        dead_s: float = 6.0,
+        dead_s: float = DEAD_S,
         tap_factory: Callable[[int], ProbeTap] = ProbeTap,
         watch_every_s: float = WATCH_EVERY_S,
     ) -> None:
@@ -104,6 +123,7 @@ class Puncher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         self.punched: dict[str, _Punched] = {}  # public key → its direct path
+        self.rejoining: dict[str, _Rejoin] = {}  # public key → back on the relay, unheard
         self._judging: set[str] = set()  # keys being steered, not yet followed
         self.counters: Counter[str] = Counter()
 
@@ -238,6 +258,7 @@ class Puncher:
 
         await asyncio.to_thread(move)
         row = await asyncio.to_thread(self._row, peer.public_key)
+        self.rejoining.pop(peer.public_key, None)
         self.punched[peer.public_key] = _Punched(
             peer.session_id, endpoint, how, row.rx_bytes if row else 0, time.monotonic()
         )
@@ -249,15 +270,41 @@ class Puncher:
         self.punched.pop(peer.public_key, None)
         if peer.relay_endpoint is None:
             return  # a WebSocket-relayed peer: the client's packets bring WireGuard back
+        await asyncio.to_thread(self._relay_peer, peer, rehandshake)
+        if rehandshake:
+            row = await asyncio.to_thread(self._row, peer.public_key)
+            self.rejoining[peer.public_key] = _Rejoin(
+                peer.session_id, row.rx_bytes if row else 0, time.monotonic(), REHANDSHAKES
+            )
+
+    def _relay_peer(self, peer: DesiredPeer, fresh: bool) -> None:
+        """The peer on its relay endpoint; ``fresh``: re-added, so it initiates a handshake at
+        once (WireGuard sends none within REKEY_TIMEOUT of its last one for a kept peer)."""
+        assert peer.relay_endpoint is not None
+        if fresh:
+            self._table.remove_peer(peer.public_key)
         ips = self._peers.allowed_ips(peer)
+        self._table.set_endpoint(peer.public_key, ips, peer.relay_endpoint, RELAY_KEEPALIVE_S)
 
-        def move() -> None:
-            assert peer.relay_endpoint is not None
-            if rehandshake:
-                self._table.remove_peer(peer.public_key)
-            self._table.set_endpoint(peer.public_key, ips, peer.relay_endpoint, RELAY_KEEPALIVE_S)
-
-        await asyncio.to_thread(move)
+    async def _check_rejoining(self, rows: Mapping[str, PeerRowWithEndpoint], now: float) -> None:
+        """Peers back on the relay: heard from → done; silent for REHANDSHAKE_AFTER_S since
+        their fresh handshake → another one (at most REHANDSHAKES)."""
+        for key, state in list(self.rejoining.items()):
+            peer = self._peers.sessions.get(key)
+            row = rows.get(key)
+            if peer is None or row is None or peer.session_id != state.session_id:
+                self.rejoining.pop(key, None)
+            elif row.rx_bytes > state.last_rx:
+                self.rejoining.pop(key, None)  # the relay carries the session again
+            elif now - state.sent_at > REHANDSHAKE_AFTER_S:
+                if state.left <= 0:
+                    self.rejoining.pop(key, None)  # WireGuard's own retries from here on
+                    continue
+                state.left -= 1
+                self.counters["relay_rehandshake"] += 1
+                await asyncio.to_thread(self._relay_peer, peer, True)
+                again = await asyncio.to_thread(self._row, key)
+                state.last_rx, state.sent_at = (again.rx_bytes if again else 0), now
 
     def _dead_s(self, state: _Punched) -> float:
         return max(self.dead_s, STEERED_DEAD_S) if state.how == "steered" else self.dead_s
@@ -311,7 +358,7 @@ class Puncher:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.watch_every_s)
-            if not self.punched:
+            if not self.punched and not self.rejoining:
                 continue
             try:
                 rows = {r.public_key: r for r in await asyncio.to_thread(self._rows)}
@@ -319,6 +366,8 @@ class Puncher:
                 log.warning("cannot read peers", extra={"why": str(exc)})
                 continue
             now = time.monotonic()
+            # Before the punched peers: a peer that goes back below was re-added after `rows`.
+            await self._check_rejoining(rows, now)
             for key, state in list(self.punched.items()):
                 peer = self._peers.sessions.get(key)
                 row = rows.get(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from higgs.client.punch import PathWatch
+from higgs.client.settings import PATH_DEAD_S
 
 
 def test_growing_counter_is_ok_and_silence_provokes_then_kills() -> None:
@@ -22,3 +23,15 @@ def test_an_answer_to_the_provocation_resets_the_clock() -> None:
     assert watch.observe(50, 5.5) == "ok"
     assert watch.observe(50, 11.0) == "provoke"
     assert watch.observe(50, 11.6) == "dead"
+
+
+def test_by_default_a_silent_path_is_dead_after_4_s() -> None:
+    """Two of the node's 2 s keepalives missed; short enough that with the handshake after it
+    the session is back on the relay within issue 12's 10 s."""
+    watch = PathWatch()
+    assert watch.dead_s == PATH_DEAD_S == 4.0
+    watch.reset(10, 100.0)
+    assert watch.observe(10, 101.0) == "ok"
+    assert watch.observe(10, 102.0) == "provoke"
+    assert watch.observe(10, 104.0) == "provoke"
+    assert watch.observe(10, 104.1) == "dead"
