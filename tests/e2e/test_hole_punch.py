@@ -33,7 +33,6 @@ from higgs.client.status import read_status
 from higgs.lab import Host, Lab
 from higgs.lab.netns import ns_argv
 from higgs.lab.plan import NatType, default_plan
-from higgs.lab.render import NAT_TABLE
 from tests.e2e.client_system import (
     Client,
     System,
@@ -42,6 +41,12 @@ from tests.e2e.client_system import (
     needs_node,
     running_system,
     wait_until,
+)
+from tests.e2e.home_address import (
+    NEW_HOME_PUBLIC,
+    add_address,
+    restore_home_address,
+    snat_to_new_address,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, needs_node]
@@ -257,7 +262,6 @@ def test_cone_cone_punches_within_10_s_in_19_of_20_attempts(punch: System) -> No
     )
 
 
-NEW_HOME_PUBLIC = "203.0.113.11"
 FALLBACK_WITHIN_S = 10.0  # issue 12: "if the direct path dies, fall back to the relay within 10 s"
 
 
@@ -275,36 +279,21 @@ def test_home_router_address_change_recovers_through_the_relay_then_punches_agai
     client = new_client(punch)
     connect(punch, client)
     wait_until("the punched path", lambda: client.status()["mode"] == "punched", 20, 0.3)
-    router = lab.home_router
-    router.run(["ip", "addr", "add", f"{NEW_HOME_PUBLIC}/28", "dev", "wan0"])
+    add_address(lab)
     try:
         _recover_from_the_address_change(punch, client)
     finally:
         # The lab is shared by the module (and a rerun of this test): put the old address back.
-        _restore_home_address(lab)
-
-
-def _restore_home_address(lab: Lab) -> None:
-    router = lab.home_router
-    rules = router.run(["nft", "-a", "list", "chain", "ip", NAT_TABLE, "postrouting"]).stdout
-    for line in rules.splitlines():
-        if f"snat to {NEW_HOME_PUBLIC}" in line and "# handle " in line:
-            handle = line.rsplit("# handle ", 1)[1].strip()
-            router.run(["nft", "delete", "rule", "ip", NAT_TABLE, "postrouting", "handle", handle])
-    router.run(["ip", "addr", "del", f"{NEW_HOME_PUBLIC}/28", "dev", "wan0"], check=False)
-    router.run(["conntrack", "-F"], check=False)
+        restore_home_address(lab)
 
 
 def _recover_from_the_address_change(punch: System, client: Client) -> None:
     lab = punch.lab
-    router = lab.home_router
     # Pings every 100 ms from before the change: their longest unanswered run is how long
     # the session carried nothing (a ping waiting for its reply would blur it by up to 1 s).
     pinger = Pinger(client.host, lab.internet.ip, FALLBACK_WITHIN_S + 10)
     time.sleep(1.0)  # a few answered first: the gap starts at the change, not at ping's start
-    router.run(["nft", "insert", "rule", "ip", NAT_TABLE, "postrouting", "oifname", "wan0",
-                "ip", "saddr", "192.168.1.0/24", "snat", "to", NEW_HOME_PUBLIC])  # fmt: skip
-    router.run(["conntrack", "-F"], check=False)
+    snat_to_new_address(lab)
     moved = time.monotonic()
     try:
         wait_until(
