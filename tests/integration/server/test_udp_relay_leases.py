@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from higgs.server.services.clock import utcnow
 from higgs.server.store import relay_leases
+from higgs.server.store.sessions import session_by_id
 from tests.integration.server.conftest import Harness, bearer
 
 # Port leases are rows allocated, released and cooled down by SQL: the store is under test.
@@ -91,3 +93,21 @@ async def test_a_node_with_an_endpoint_keeps_it_and_direct_mode_leases_nothing(
     assert "relay_endpoint" not in srv.hub.messages(node_id, "peer_add")[0]
     direct = (await srv.route(client, mode="direct")).json()
     assert direct["udp_relay"] is None
+
+
+@LONG_COOLDOWN
+async def test_leasing_a_session_that_holds_a_lease_gives_the_same_port(srv: Harness) -> None:
+    """Two API instances' rounds (a device's roaming) may lease for one session at once: the
+    second gets the first's port, not an error and not a second port."""
+    await srv.node(endpoint=None)
+    client = await srv.client_token("alice")
+    answer = (await srv.route(client)).json()
+    assert srv.server.ctx is not None
+    row = await session_by_id(srv.server.ctx.db, answer["session_id"])
+    assert row is not None
+    again = await srv.server.ctx.sessions.udp_leases.lease(row, utcnow())
+    assert again is not None
+    assert again.endpoint == answer["udp_relay"]["endpoint"]
+    async with srv.server.ctx.db.begin() as conn:
+        served = await relay_leases.relay_sessions(conn, RELAY)
+    assert [s.session_id for s in served] == [answer["session_id"]]

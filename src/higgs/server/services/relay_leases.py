@@ -138,7 +138,11 @@ class UdpLeases:
         for _ in range(LEASE_ATTEMPTS):
             try:
                 async with self.db.begin() as conn:
-                    got = await self._lease_in(conn, row.id, now, client_rtt, node_rtt)
+                    # Its lease already (another API instance's round leased it first, e.g.
+                    # a device's roaming): the same one, not a second.
+                    got = await store.lease_of(conn, row.id) or await self._lease_in(
+                        conn, row.id, now, client_rtt, node_rtt
+                    )
                 break
             except IntegrityError:
                 # The session row is committed already: raising here would answer 409 for a

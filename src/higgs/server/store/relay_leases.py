@@ -23,6 +23,7 @@ from higgs.server.store.tables import Session as SessionRow
 __all__ = [
     "LeaseView",
     "RelaySession",
+    "lease_of",
     "lease_port",
     "leases_of_sessions",
     "record_legs",
@@ -65,6 +66,18 @@ async def lease_port(
         )
     )
     return port
+
+
+async def lease_of(conn: AsyncConnection, session_id: str) -> tuple[str, int] | None:
+    """The session's lease (relay address, port), if it holds one."""
+    row = (
+        await conn.execute(
+            select(RelayLease.relay_address, RelayLease.port).where(
+                RelayLease.session_id == session_id
+            )
+        )
+    ).first()
+    return None if row is None else (row.relay_address, row.port)
 
 
 @dataclass(frozen=True)
