@@ -1,4 +1,6 @@
-"""The measurements of one e2e row: iperf3 TCP both ways, iperf3 UDP at a fixed rate, ping.
+"""The measurements of one e2e row: iperf3 TCP both ways, iperf3 UDP at a fixed rate, ping
+on an idle tunnel and ping during a saturating TCP download on the same tunnel (issue 13 item
+3: queues must not bloat).
 
 Every tool runs inside the client's namespace against the lab's internet host (the iperf3
 server of the lab), so the traffic takes the path a user's traffic takes: client -> tunnel ->
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,4 +153,39 @@ def measure_row(lab: Lab, sizes: E2eSizes) -> dict[str, float]:
     values["ping_p50"] = percentile(rtts, 50)
     values["ping_p99"] = percentile(rtts, 99)
     values["ping_loss"] = 100.0 * (1 - len(rtts) / sizes.pings)
+    loaded = _ping_under_download(client, target, sizes)
+    values["loaded_p50"] = percentile(loaded, 50)
+    values["loaded_p99"] = percentile(loaded, 99)
     return values
+
+
+def _ping(client: Host, target: str, count: int, interval: float) -> list[float]:
+    argv = ["ping", "-n", "-i", f"{interval:g}", "-c", str(count), "-W", "1", target]
+    out = client.run(argv, check=False, timeout=count * interval + 30)
+    return parse_ping(out.stdout)
+
+
+def _ping_under_download(client: Host, target: str, sizes: E2eSizes) -> list[float]:
+    """Pings through the tunnel while an iperf3 download fills it: what a video call feels
+    while a file comes in. The pings start 1 s into the download (TCP's slow start over; a
+    quarter of it in the smoke) and end before it does."""
+    errors: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            _iperf(client, target, sizes, "-R")
+        except BaseException as exc:  # reported below, after the pings
+            errors.append(exc)
+
+    loader = threading.Thread(target=download, name="bench-download")
+    loader.start()
+    lead = min(1.0, sizes.seconds / 4)  # (the smoke's downloads last 1 s)
+    time.sleep(lead)
+    count = max(5, int((sizes.seconds - 2 * lead) / sizes.ping_interval))
+    rtts = _ping(client, target, count, sizes.ping_interval)
+    loader.join(sizes.seconds + 60)
+    if errors:
+        raise RuntimeError(f"the download under the pings failed: {errors[0]}")
+    if not rtts:
+        raise RuntimeError("no ping answered during the download")
+    return rtts
