@@ -169,3 +169,34 @@ async def test_a_login_survives_a_restart_of_the_agent(tmp_path: Path) -> None:
         assert is_paused(tmp_path)
         second.cookies.set(COOKIE, sid[:-2] + "xx")
         assert (await second.get("/")).status_code == 303  # to the login
+
+
+async def test_log_out_ends_the_session_here_and_after_a_restart(tmp_path: Path) -> None:
+    """On a shared PC the owner logs out: the session is gone from the state directory, so
+    the old cookie opens nothing, not even after the agent restarted; a forged form does
+    not log anybody out."""
+    from higgs.node.dashboard.app import COOKIE, create_app
+
+    base = "http://127.0.0.1:9586"
+    token = dashboard_token(tmp_path)
+
+    def client(app: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+
+    async with client(create_app(FakeAgent(tmp_path))) as browser:
+        r = await browser.post("/login", data={"token": token}, headers={"Origin": base})
+        sid = r.cookies[COOKIE]
+        page = (await browser.get("/")).text
+        assert 'action="/logout"' in page
+        csrf = page.split('name="csrf" content="')[1].split('"')[0]
+        r = await browser.post("/logout", data={"csrf": csrf}, headers={"Origin": "http://evil"})
+        assert r.status_code == 403
+        assert (await browser.get("/")).status_code == 200  # still logged in
+        r = await browser.post("/logout", data={"csrf": csrf}, headers={"Origin": base})
+        assert (r.status_code, r.headers["location"]) == (303, "/login")
+        assert "Max-Age=0" in r.headers["set-cookie"]
+        browser.cookies.set(COOKIE, sid)  # the old cookie, kept by a careless browser
+        assert (await browser.get("/")).status_code == 303
+    async with client(create_app(FakeAgent(tmp_path))) as restarted:
+        restarted.cookies.set(COOKIE, sid)
+        assert (await restarted.get("/")).status_code == 303

@@ -231,6 +231,21 @@ def create_app(source: OwnerSource) -> FastAPI:
         log.info("owner switched the node", extra={"paused": paused})
         return headers(RedirectResponse("/", status_code=303))
 
+    @app.post("/logout")
+    async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+        """Ends this browser's session (on a shared PC); the cookie is cleared as well."""
+        current = session(request)
+        if current is None:
+            return headers(RedirectResponse("/login", status_code=303))
+        if not origin_ok(request) or not sessions.check_csrf(current, csrf):
+            return render("login.html", 403, error="refused: stale or cross-site form", path="")
+        sessions.drop(request.cookies.get(COOKIE))
+        response = headers(RedirectResponse("/login", status_code=303))
+        response.headers["Set-Cookie"] = cookie_header(
+            COOKIE, "", path="/", secure=False, max_age=0
+        )
+        return response
+
     @app.get("/events/owner")
     async def events(request: Request) -> Response:
         if session(request) is None:
