@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from higgs.client.process import ProcessError, spawn_daemon
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.client.status import format_status, read_status
+from higgs.client.timings import with_process_start
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import ConfigError, HiggsError
 from higgs.daemon import pidfile
@@ -155,6 +157,7 @@ def _connect(args: argparse.Namespace) -> int:
         )
     timeout = settings.direct_timeout_s + settings.handshake_timeout_s + 4 * settings.http_timeout_s
     passthrough = ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])
+    started = time.monotonic()
     answer = spawn_daemon(
         settings.model_dump(mode="json"),
         log_file=settings.log_file,
@@ -163,6 +166,11 @@ def _connect(args: argparse.Namespace) -> int:
     )
     if not answer.get("ok"):
         raise HiggsError(f"could not connect: {answer.get('error', 'unknown error')}")
+    daemon_timings = answer.get("timings")
+    if isinstance(daemon_timings, dict):
+        answer["timings"] = with_process_start(
+            daemon_timings, (time.monotonic() - started) * 1000.0
+        )
     where = ", ".join(str(p) for p in (answer.get("country"), answer.get("region")) if p)
     _print(
         args,

@@ -35,6 +35,7 @@ from higgs.client.reroute import STALE_HANDSHAKE_S, reroute_reason, session_gone
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.status import StatusReport, write_status
+from higgs.client.timings import PhaseTimer
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
@@ -54,6 +55,9 @@ PUNCHES_KEPT = 10  # hole-punch attempts shown by `status --json`
 # graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
 # that long before WireGuard's own handshake goes stale.
 NODE_CHECK_EVERY_S = 15.0
+# The first packet through a new tunnel: an echo to the node's resolver address. The
+# handshake already proved the path, so a lost echo must not hold the connect for long.
+FIRST_PACKET_WAIT_S = 1.0
 
 
 @dataclass
@@ -70,8 +74,11 @@ class _Health:
 
 
 class Daemon:
-    def __init__(self, settings: ClientSettings, journal: Journal) -> None:
+    def __init__(
+        self, settings: ClientSettings, journal: Journal, timer: PhaseTimer | None = None
+    ) -> None:
         self.settings = settings
+        self.timer = timer or PhaseTimer()
         self.journal = journal
         self.host = LinuxTunnelHost(settings, journal)
         self.api = ServerApi(
@@ -81,7 +88,9 @@ class Daemon:
             timeout=settings.http_timeout_s,
         )
         self.key = load_or_create_private_key(settings.key_file)
-        self.connector = Connector(settings, self.api, self.key, self.host, self._relay_path)
+        self.connector = Connector(
+            settings, self.api, self.key, self.host, self._relay_path, self._first_echo
+        )
         self.tunnel: Tunnel | None = None
         self.health = _Health()
         self.stop = asyncio.Event()
@@ -93,11 +102,14 @@ class Daemon:
             route, self.settings, wg_port=self.host.listen_port(), fwmark=self.host.fwmark
         )
 
+    async def _first_echo(self, target: str) -> float | None:
+        return await icmp_rtt_ms(target, wait_s=FIRST_PACKET_WAIT_S, device=self.settings.interface)
+
     # --- phases ------------------------------------------------------------------------------
 
     async def connect(self) -> Tunnel:
         async with self.journal.atransaction("connect"):
-            self.tunnel = await self.connector.connect()
+            self.tunnel = await self.connector.connect(self.timer)
         return self.tunnel
 
     async def hold(self) -> None:
@@ -439,11 +451,12 @@ def _answer(payload: dict[str, Any]) -> None:
 
 
 async def _main(settings: ClientSettings) -> int:
+    timer = PhaseTimer()
     # Before the journal replay: a SIGTERM during it lets it finish (higgs.daemon.stopsignals).
     signals = StopSignals.install()
     try:
         with PidFile(settings.pid_file):
-            return await _journaled(settings, signals)
+            return await _journaled(settings, signals, timer)
     except AlreadyRunning as exc:
         _answer({"ok": False, "error": f"already connected (process {exc.pid})"})
         return 1
@@ -451,7 +464,7 @@ async def _main(settings: ClientSettings) -> int:
         signals.remove()
 
 
-async def _journaled(settings: ClientSettings, signals: StopSignals) -> int:
+async def _journaled(settings: ClientSettings, signals: StopSignals, timer: PhaseTimer) -> int:
     try:
         journal = Journal(settings.journal_file)
     except HiggsError as exc:
@@ -461,19 +474,22 @@ async def _journaled(settings: ClientSettings, signals: StopSignals) -> int:
         if len(journal):
             log.warning("undoing %d change(s) a previous run left behind", len(journal))
             try:
-                await asyncio.to_thread(journal.replay)
+                with timer.phase("journal_replay"):
+                    await asyncio.to_thread(journal.replay)
             except HiggsError as exc:
                 _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
                 return 1
         if signals.requested:
             _answer({"ok": False, "error": "interrupted before the tunnel was up; nothing changed"})
             return 1
-        return await _run(settings, journal, signals)
+        return await _run(settings, journal, signals, timer)
 
 
-async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals) -> int:
+async def _run(
+    settings: ClientSettings, journal: Journal, signals: StopSignals, timer: PhaseTimer
+) -> int:
     try:
-        daemon = Daemon(settings, journal)
+        daemon = Daemon(settings, journal, timer)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
@@ -499,7 +515,8 @@ async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals)
             message = f"{message} (every change was rolled back)"
         _answer({"ok": False, "error": message})
         return 1
-    await daemon._write_status()
+    with timer.phase("status_write"):
+        await daemon._write_status()
     _answer(
         {
             "ok": True,
@@ -511,6 +528,7 @@ async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals)
             "address": tunnel.address,
             "session_id": tunnel.route.session_id,
             "interface": settings.interface,
+            "timings": timer.as_dict(),
         }
     )
     log.info(

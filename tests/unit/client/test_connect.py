@@ -17,6 +17,7 @@ import pytest
 from higgs.client.connect import ConnectError, Connector, Endpoint, PeerStats
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
+from higgs.client.timings import PhaseTimer
 from higgs.common.keys import PrivateKey
 from higgs.protocol.api import RouteResponse
 
@@ -77,7 +78,9 @@ class FakeHost:
         if threading.current_thread() is threading.main_thread():
             self.on_the_loop.append(name)
 
-    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None:
+    def create(
+        self, private_key: PrivateKey, address: str, mtu: int, timer: PhaseTimer | None = None
+    ) -> None:
         self._called("create", (address, mtu))
 
     def reset_tunnel(self) -> None:
@@ -254,3 +257,35 @@ async def test_every_host_call_runs_off_the_event_loop() -> None:
     await connector.switch_route(first)
     assert {"create", "route", "dns", "kill_switch", "peer", "reset"} <= set(host.names())
     assert host.on_the_loop == []
+
+
+async def test_the_connect_records_each_phase_in_order() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000"}), FakeRelay()
+    echoed: list[str] = []
+
+    async def pinger(target: str) -> float | None:
+        echoed.append(target)
+        return 1.0
+
+    connector = Connector(
+        _settings(), FakeApi(_route()), CLIENT_KEY, host, lambda _r: relay, pinger
+    )
+    await connector.connect()
+    # Direct did not answer within its budget, the WebSocket relay did; then one echo.
+    assert list(connector.timer.as_dict()) == [
+        "relay_rtt",
+        "route_request",
+        "resolve",
+        "routing",
+        "dns",
+        "kill_switch",
+        "peer",
+        "handshake_direct",
+        "relay_start",
+        "handshake_relay",
+        "first_packet",
+        "other",
+        "total",
+    ]
+    assert connector.timer.as_dict()["handshake_direct"] >= 300  # direct_timeout_s = 0.3
+    assert echoed == ["10.77.0.1"]
