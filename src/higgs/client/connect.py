@@ -52,6 +52,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# A first handshake initiation can be lost on the way: the node has not added the peer yet
+# (the server's push is in flight), a relay has not learnt the node's leg of the session yet.
+# WireGuard itself retries only after 5 s (REKEY_TIMEOUT); a fresh peer sends a new initiation
+# at once, so the connect sets the peer again after these waits (then every last one). On a
+# path with an RTT near a second the retry may cut off an answer in flight; the next one then
+# gets through.
+HANDSHAKE_RETRIES_S = (1.0, 1.5, 2.5)
+
 PathMode = Literal["direct", "udp_relay", "relay", "punched"]
 """``punched``: the UDP relay's session moved onto a hole-punched direct path (issue 12)."""
 
@@ -327,7 +335,7 @@ class Connector:
                 else self.settings.handshake_timeout_s
             )
             await self._set_peer(route, route.direct.endpoint)
-            if await self._timed_handshake("direct", budget):
+            if await self._timed_handshake("direct", budget, route, route.direct.endpoint):
                 await self._first_packet(route)
                 return Tunnel(route, "direct", why="the node has a verified endpoint")
             errors.append(
@@ -345,7 +353,7 @@ class Connector:
                 else self.settings.handshake_timeout_s
             )
             await self._set_peer(route, endpoint)
-            if await self._timed_handshake("udp_relay", budget):
+            if await self._timed_handshake("udp_relay", budget, route, endpoint):
                 await self._first_packet(route)
                 why = "; ".join(errors) if errors else "the node has no verified endpoint"
                 return Tunnel(route, "udp_relay", why=why)
@@ -359,7 +367,8 @@ class Connector:
             with self.timer.phase("relay_start"):
                 await relay.start()
             await self._set_peer(route, relay.local_endpoint)
-            if await self._timed_handshake("relay", self.settings.handshake_timeout_s, relay):
+            wait_s = self.settings.handshake_timeout_s
+            if await self._timed_handshake("relay", wait_s, route, relay.local_endpoint, relay):
                 await self._first_packet(route)
                 why = "; ".join(errors) if errors else "no UDP path was offered"
                 return Tunnel(route, "relay", relay, why=why)
@@ -399,10 +408,19 @@ class Connector:
             )
 
     async def _timed_handshake(
-        self, path: PathMode, wait_s: float, relay: RelayPath | None = None
+        self,
+        path: PathMode,
+        wait_s: float,
+        route: RouteResponse,
+        endpoint: str,
+        relay: RelayPath | None = None,
     ) -> bool:
+        async def again() -> None:
+            log.debug("no handshake on the %s path yet: a new initiation", path)
+            await self._set_peer(route, endpoint)
+
         with self.timer.phase(f"handshake_{path}"):
-            return await self.wait_handshake(wait_s, relay=relay)
+            return await self.wait_handshake(wait_s, relay=relay, retry=again)
 
     async def _first_packet(self, route: RouteResponse) -> None:
         """One echo to the node's resolver address through the tunnel: the first packet
@@ -415,12 +433,23 @@ class Connector:
         if rtt is None:
             log.info("no echo from %s through the new tunnel", route.wireguard.dns[0])
 
-    async def wait_handshake(self, wait_s: float, *, relay: RelayPath | None = None) -> bool:
-        """True once the peer reports a handshake newer than the start of this wait."""
+    async def wait_handshake(
+        self,
+        wait_s: float,
+        *,
+        relay: RelayPath | None = None,
+        retry: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """True once the peer reports a handshake newer than the start of this wait.
+        ``retry``: called after each of :data:`HANDSHAKE_RETRIES_S` (then every last one)
+        without a handshake (sets the peer again: a new initiation at once)."""
         # Ages, not wall times: the clock may step meanwhile (osnet.handshakes); wg reports
         # whole seconds.
         started = time.monotonic() - 1
         deadline = time.monotonic() + wait_s
+        retries = iter(HANDSHAKE_RETRIES_S)
+        pause = next(retries)
+        next_retry = time.monotonic() + pause
         while time.monotonic() < deadline:
             stats = await asyncio.to_thread(self.host.peer_stats)
             age = stats.handshake_age() if stats is not None else None
@@ -428,7 +457,12 @@ class Connector:
                 return True
             if relay is not None and relay.closed_reason is not None:
                 return False
-            await asyncio.sleep(0.2)
+            if retry is not None and time.monotonic() >= next_retry:
+                await retry()
+                pause = next(retries, pause)
+                next_retry = time.monotonic() + pause
+            # A handshake takes one round trip; each poll is one `wg show` (a process).
+            await asyncio.sleep(0.1)
         return False
 
     # --- changing route while connected (server lost the session, node gone) -----------------

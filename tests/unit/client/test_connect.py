@@ -289,3 +289,30 @@ async def test_the_connect_records_each_phase_in_order() -> None:
     ]
     assert connector.timer.as_dict()["handshake_direct"] >= 300  # direct_timeout_s = 0.3
     assert echoed == ["10.77.0.1"]
+
+
+class LossyHost(FakeHost):
+    """The first initiation to each endpoint is lost (the node has no peer yet, the relay
+    has not learnt the node's leg); the next one gets its answer."""
+
+    def __init__(self, reachable: set[str]) -> None:
+        super().__init__(reachable)
+        self.tries: dict[str, int] = {}
+
+    def set_peer(
+        self, public_key: str, endpoint: str, allowed_ips: Sequence[str], keepalive: int | None
+    ) -> None:
+        self.tries[endpoint] = self.tries.get(endpoint, 0) + 1
+        self._called("peer", (endpoint, tuple(allowed_ips)))
+        self.endpoint = endpoint
+        if endpoint in self.reachable and self.tries[endpoint] > 1:
+            self.handshake = time.time()
+
+
+async def test_a_lost_first_initiation_is_sent_again_before_wireguards_retry() -> None:
+    host, relay = LossyHost({"127.0.0.1:40000"}), FakeRelay()
+    # A budget shorter than WireGuard's own retry of the initiation (5 s).
+    settings = _settings(mode="relay", handshake_timeout_s=4.0)
+    tunnel = await _connector(settings, _route(), host, relay).connect()
+    assert tunnel.mode == "relay"
+    assert host.tries == {"127.0.0.1:40000": 2}
