@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from higgs.client.process import ProcessError, spawn_daemon
+from higgs.client.process import ProcessError, fork_daemon
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.client.status import format_status, read_status
@@ -156,14 +156,14 @@ def _connect(args: argparse.Namespace) -> int:
             f"already connected (process {running.pid}); run `higgsvpn disconnect` first"
         )
     timeout = settings.direct_timeout_s + settings.handshake_timeout_s + 4 * settings.http_timeout_s
-    passthrough = ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])
+
+    def body() -> int:
+        from higgs.client.daemon import run_daemon
+
+        return run_daemon(settings)
+
     started = time.monotonic()
-    answer = spawn_daemon(
-        settings.model_dump(mode="json"),
-        log_file=settings.log_file,
-        timeout=timeout,
-        argv_extra=passthrough,
-    )
+    answer = fork_daemon(body, log_file=settings.log_file, timeout=timeout)
     if not answer.get("ok"):
         raise HiggsError(f"could not connect: {answer.get('error', 'unknown error')}")
     daemon_timings = answer.get("timings")

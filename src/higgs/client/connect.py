@@ -396,7 +396,11 @@ class Connector:
             await self._set_peer(route, endpoint)
             tunnel.why = f"on the UDP relay {endpoint} (the previous relay host went down)"
 
-    async def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
+    async def _set_peer(
+        self, route: RouteResponse, endpoint: str, *, keepalive: int | None = None
+    ) -> None:
+        """The node as peer on ``endpoint`` (a fresh peer: an initiation at once);
+        ``keepalive``: instead of the route's."""
         wg = route.wireguard
         with self.timer.phase("peer"):
             await asyncio.to_thread(
@@ -404,7 +408,7 @@ class Connector:
                 wg.node_public_key,
                 endpoint,
                 self._allowed_ips(route),
-                wg.persistent_keepalive,
+                keepalive or wg.persistent_keepalive,
             )
 
     async def _timed_handshake(

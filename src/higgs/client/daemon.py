@@ -58,6 +58,10 @@ NODE_CHECK_EVERY_S = 15.0
 # The first packet through a new tunnel: an echo to the node's resolver address. The
 # handshake already proved the path, so a lost echo must not hold the connect for long.
 FIRST_PACKET_WAIT_S = 1.0
+# A tunnel on which nothing arrived (although pinged) this long gets a new handshake
+# initiation, and again as often: a node restarted after a crash lost the session's keys
+# and answers only a new handshake, which WireGuard itself starts 15 s after the last answer.
+REHANDSHAKE_EVERY_S = 2.5
 
 
 @dataclass
@@ -336,17 +340,16 @@ class Daemon:
                 await self._write_status()
 
     async def _path_loop(self) -> None:
-        """Leaves a direct or punched path on which nothing arrives although we ping."""
-        watch = PathWatch(dead_s=self.settings.path_dead_s)
+        """Watches the path's rx counter (while pinging): on any path, a quiet tunnel gets a
+        new handshake initiation every :data:`REHANDSHAKE_EVERY_S` (a node restarted after a
+        crash has lost the session's keys); a direct or punched path on which nothing arrives
+        for ``path_dead_s`` is left."""
+        watch = PathWatch(dead_s=self.settings.path_dead_s, rehandshake_every_s=REHANDSHAKE_EVERY_S)
         watched: tuple[int, str] | None = None
         while True:
             await asyncio.sleep(1.0)
             tunnel = self.tunnel
-            if (
-                tunnel is None
-                or tunnel.mode not in ("punched", "direct")
-                or self.reroute_needed.is_set()
-            ):
+            if tunnel is None or self.reroute_needed.is_set():
                 watched = None
                 continue
             stats = await asyncio.to_thread(self.host.peer_stats)
@@ -359,15 +362,29 @@ class Daemon:
                 watch.reset(stats.rx_bytes, now)
                 continue
             verdict = watch.observe(stats.rx_bytes, now)
+            # The relay paths are not left here: they have their own watchdogs (the relay
+            # link, the stale handshake, the node check).
+            leaves = tunnel.mode in ("punched", "direct")
             if verdict == "provoke" and tunnel.route.wireguard.dns:
                 # Anything the node answers will do: its resolver's address answers a ping.
                 target = tunnel.route.wireguard.dns[0]
                 asyncio.get_running_loop().create_task(
                     icmp_rtt_ms(target, wait_s=1.0, device=self.settings.interface)
                 )
-            elif verdict == "dead":
+            elif verdict == "rehandshake":
+                log.info("nothing from the node for a while: a new handshake initiation")
+                await self._rehandshake(tunnel)
+            elif verdict == "dead" and leaves:
                 await self._leave_path(tunnel)
                 watched = None
+
+    async def _rehandshake(self, tunnel: Tunnel) -> None:
+        """A fresh peer on the same endpoint: WireGuard sends an initiation at once."""
+        stats = await asyncio.to_thread(self.host.peer_stats)
+        if stats is None or stats.endpoint is None or self.tunnel is not tunnel:
+            return
+        keepalive = PUNCH_KEEPALIVE_S if tunnel.mode == "punched" else None
+        await self.connector._set_peer(tunnel.route, stats.endpoint, keepalive=keepalive)
 
     async def _leave_path(self, tunnel: Tunnel) -> None:
         reason = (
