@@ -1,10 +1,9 @@
-"""Runs every benchmark: ``python -m bench [--smoke] [--only e2e,relay,…,connect]`` (parts:
-:data:`PARTS`).
+"""Runs every benchmark: ``python -m bench [--smoke] [--only e2e,relay,control,udprelay,profile]``.
 
 Writes the Markdown report to ``bench/results/report-<date>.md`` (gitignored) and prints it
 on stdout; progress lines go to stderr. Each part can also run alone:
 ``python -m bench.e2e``, ``python -m bench.relay``, ``python -m bench.control``,
-``python -m bench.udprelay``, ``python -m bench.profile``, ``python -m bench.connect``.
+``python -m bench.udprelay``, ``python -m bench.profile``.
 """
 
 from __future__ import annotations
@@ -90,12 +89,6 @@ def _udprelay(smoke: bool, rounds: int | None) -> Section:
     return run(smoke=smoke, rounds=rounds)
 
 
-def _connect(smoke: bool, rounds: int | None) -> Section:
-    from bench.connect.__main__ import run
-
-    return run(smoke=smoke, connects=rounds)
-
-
 def _profile(smoke: bool, rounds: int | None) -> Section:
     from bench.profile import run
 
@@ -108,7 +101,6 @@ PARTS: dict[str, Callable[[bool, int | None], Section]] = {
     "control": _control,
     "udprelay": _udprelay,
     "profile": _profile,
-    "connect": _connect,
 }
 
 

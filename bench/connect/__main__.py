@@ -11,7 +11,9 @@ then:
   each phase;
 - **node restart**: with the client connected and pinging the internet host through the
   tunnel every 100 ms, the node is SIGKILLed and started again on its state directory: the
-  time from the restart command to the first echo answered.
+  time from the restart command to the end of the last interruption of the echoes (the killed
+  higgsnode's wireguard-go carries on until the restarted node replaces it).
+  ``HIGGS_BENCH_KEEP=DIR`` keeps each restart's ``ping -D`` output there.
 
 The reference, measured in the same run and lab: a stock WireGuard client (wireguard-go,
 ``wg set``, wg-quick's policy routing) brought up to its first echo answered, against a
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -158,6 +161,10 @@ def _restart_once(lab: Lab, node: NodeHandle) -> tuple[float | None, float]:
             return now - gap[1] > 3 and bool(tail) and now - max(tail) < 0.5
 
         _until(settled, SERVED_WAIT_S)
+        keep = os.environ.get("HIGGS_BENCH_KEEP")
+        if keep:  # the echoes of each restart, to look at (the lab's own files go with it)
+            out = Path(keep) / f"restart-{int(t_restart)}.txt"
+            out.write_text(f"restart at {t_restart:.6f}\n" + "".join(lines))
         gap = last_outage(list(lines), t_restart)
         answered = bool(reply_times(list(lines)[-20:]))
         if gap is None:
