@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.connect.figures import (
+    by_phase_order,
     first_reply_after,
     last_outage,
     phase_medians,
@@ -240,9 +241,7 @@ def tables(stock: list[float], figures: dict[str, PathFigures]) -> list[Table]:
         connect.add([label, str(len(fig.walls)), _s(med), _s(p90), _s(inner),
                      f"≤ {TARGET_CONNECT_S} s", verdict])  # fmt: skip
     medians = {label: phase_medians(f.timings) for label, f in figures.items() if f.timings}
-    names: list[str] = []
-    for m in medians.values():
-        names += [n for n in m if n not in names]
+    names = by_phase_order(n for m in medians.values() for n in m)
     phases = Table(
         ["phase (median ms)", *medians],
         "Where a connect's time goes: median of each phase of the `timings` object "

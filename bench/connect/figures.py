@@ -10,6 +10,7 @@ from bench.harness import percentile
 
 __all__ = [
     "PHASE_ORDER",
+    "by_phase_order",
     "first_reply_after",
     "last_outage",
     "phase_medians",
@@ -22,7 +23,9 @@ _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)")
 # The order of docs/client.md's table; phases a path does not have are left out.
 PHASE_ORDER = (
     "process_start",
+    "journal_open",
     "journal_replay",
+    "daemon_init",
     "relay_rtt",
     "route_request",
     "resolve",
@@ -81,9 +84,15 @@ def summary(values: Sequence[float]) -> tuple[float, float]:
     return statistics.median(values), percentile(values, 90)
 
 
+def by_phase_order(names: Iterable[str]) -> list[str]:
+    """``names`` in :data:`PHASE_ORDER`, unknown ones after them in alphabetical order."""
+    known = set(PHASE_ORDER)
+    uniq = set(names)
+    return [n for n in PHASE_ORDER if n in uniq] + sorted(uniq - known)
+
+
 def phase_medians(timings: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """The median of each phase over the connects, a missing phase counted as 0 (a path that
     answered at once on some connects and not on others); in :data:`PHASE_ORDER`."""
-    names = {k for t in timings for k in t}
-    ordered = [n for n in PHASE_ORDER if n in names] + sorted(names - set(PHASE_ORDER))
+    ordered = by_phase_order(k for t in timings for k in t)
     return {n: statistics.median([float(t.get(n, 0.0)) for t in timings]) for n in ordered}

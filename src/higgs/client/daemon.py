@@ -483,7 +483,8 @@ async def _main(settings: ClientSettings) -> int:
 
 async def _journaled(settings: ClientSettings, signals: StopSignals, timer: PhaseTimer) -> int:
     try:
-        journal = Journal(settings.journal_file)
+        with timer.phase("journal_open"):
+            journal = Journal(settings.journal_file)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
@@ -506,7 +507,8 @@ async def _run(
     settings: ClientSettings, journal: Journal, signals: StopSignals, timer: PhaseTimer
 ) -> int:
     try:
-        daemon = Daemon(settings, journal, timer)
+        with timer.phase("daemon_init"):
+            daemon = Daemon(settings, journal, timer)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
