@@ -185,3 +185,53 @@ def test_a_peer_moved_to_another_relay_host_is_re_added_for_a_fresh_handshake() 
     m.sync([moved])  # the server moved the session (its relay host died)
     assert table.ops == [("set", K1), ("remove", K1), ("set", K1)]
     assert table.endpoints[K1] == "198.51.100.10:41000"
+
+
+class ShakingTable(Table):
+    """A table whose peers report a handshake once ``shaken`` holds their key."""
+
+    shaken: set[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shaken = set()
+
+    def peers(self) -> Sequence[Row]:
+        return [Row(k, v, latest_handshake=int(k in self.shaken)) for k, v in self.rows.items()]
+
+
+def test_a_relay_peer_without_a_handshake_gets_fresh_initiations_then_wireguards_own() -> None:
+    now = [100.0]
+    table = ShakingTable()
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, clock=lambda: now[0])
+    relay = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, relay_endpoint="198.51.100.10:40005")
+    assert m.add(relay)
+    assert m.add(peer(K2, "10.77.0.6/32", "s2"))  # direct: WireGuard's own business
+    table.ops.clear()
+    assert m.initiating
+    now[0] += 0.5
+    assert m.reinitiate() == []
+    now[0] += 0.6  # 1.1 s after the endpoint was set
+    assert m.reinitiate() == ["s1"]
+    assert table.ops == [("remove", K1), ("set", K1)]
+    assert table.rows[K1] == ("10.77.0.5/32",)
+    now[0] += 1.0  # 2.1 s
+    assert m.reinitiate() == ["s1"]
+    now[0] += 10.0
+    assert m.reinitiate() == ["s1"]  # the last one (3.5 s)
+    assert m.reinitiate() == []
+    assert not m.initiating
+
+
+def test_a_relay_peer_with_a_handshake_is_left_alone() -> None:
+    now = [100.0]
+    table = ShakingTable()
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, clock=lambda: now[0])
+    relay = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, relay_endpoint="198.51.100.10:40005")
+    assert m.add(relay)
+    table.shaken.add(K1)
+    table.ops.clear()
+    now[0] += 5.0
+    assert m.reinitiate() == []
+    assert table.ops == []
+    assert not m.initiating
