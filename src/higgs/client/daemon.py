@@ -562,5 +562,6 @@ async def _run(
 
 
 def run_daemon(settings: ClientSettings) -> int:
-    """The body of ``higgsvpn _daemon`` (settings already read from stdin)."""
+    """The daemon's body: in the process ``connect`` forked (higgs.client.process), or in
+    ``higgsvpn _daemon`` (settings read from stdin)."""
     return asyncio.run(_main(settings))
