@@ -58,12 +58,15 @@ def fork_daemon(body: Callable[[], int], *, log_file: Path, timeout: float) -> d
         _child(body, log_fd, write_fd)
     os.close(write_fd)
     os.close(log_fd)
+    started = time.monotonic()
     try:
         line = _read_line(read_fd, timeout)
     finally:
         os.close(read_fd)
     if line is None:
-        code = _reap(pid, 0)
+        # Before the timeout, it was the end of the pipe: the child is exiting (it closes the
+        # pipe only then), a moment for it.
+        code = _reap(pid, 5 if time.monotonic() - started < timeout else 0)
         if code is not None:
             raise ProcessError(
                 f"the background process exited (code {code}) without an answer; "
@@ -100,6 +103,9 @@ def _child(body: Callable[[], int], log_fd: int, write_fd: int) -> None:  # prag
         os.dup2(write_fd, 1)
         os.dup2(log_fd, 2)
         os.closerange(3, _max_fd())
+        # Python's streams on the new 1 and 2, whatever they were before (a test's capture).
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         code = body()
     except BaseException:
         with contextlib.suppress(Exception):
