@@ -55,10 +55,10 @@ log = logging.getLogger(__name__)
 # A first handshake initiation can be lost on the way: the node has not added the peer yet
 # (the server's push is in flight), a relay has not learnt the node's leg of the session yet.
 # WireGuard itself retries only after 5 s (REKEY_TIMEOUT); a fresh peer sends a new initiation
-# at once, so the connect sets the peer again after these waits (then every last one). On a
-# path with an RTT near a second the retry may cut off an answer in flight; the next one then
-# gets through.
-HANDSHAKE_RETRIES_S = (1.0, 1.5, 2.5)
+# at once, so the connect sets the peer again after these waits (0.5, 1.5, 3.5 s into the
+# wait, then every 2 s). On a path with an RTT above half a second the first retry may cut
+# off an answer in flight; the next one, a second later, then gets through.
+HANDSHAKE_RETRIES_S = (0.5, 1.0, 2.0)
 
 PathMode = Literal["direct", "udp_relay", "relay", "punched"]
 """``punched``: the UDP relay's session moved onto a hole-punched direct path (issue 12)."""

@@ -55,7 +55,7 @@ class PeerTable(Protocol):
 # are then dropped too, as the relay has not learnt our leg. WireGuard would send the next one
 # only after 5 s (REKEY_TIMEOUT): a fresh peer, this long after the endpoint was set, sends one
 # at once. Then WireGuard's own retries.
-REINITIATE_AFTER_S = (1.0, 2.0, 3.5)
+REINITIATE_AFTER_S = (0.5, 1.0, 1.5, 2.5, 3.5)
 
 
 @dataclass(frozen=True)
