@@ -14,10 +14,12 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from higgs.lab import Lab, LabError
+from higgs.lab.procs import LabProcess
 from higgs.lab.product import (
     API_PORT,
     NODE_PORT,
@@ -28,7 +30,19 @@ from higgs.lab.product import (
 )
 from higgs.lab.wait import wait_until
 
-__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "product_tunnel"]
+__all__ = ["API_PORT", "NODE_PORT", "RELAY_PORT", "NodeHandle", "product_tunnel"]
+
+
+@dataclass
+class NodeHandle:
+    """The tunnel's higgsnode and the flags it was started with, for a restart (bench.connect
+    kills it and starts it again on the same state directory)."""
+
+    program: NodeProgram
+    flags: tuple[str, ...]
+
+    def restart(self) -> None:
+        self.program.start(*self.flags)
 
 
 def _wait(what: str, check: Any, timeout: float, every: float = 1.0) -> None:
@@ -48,14 +62,20 @@ def relayed_datagrams(lab: Lab, url: str) -> float:
 
 @contextlib.contextmanager
 def product_tunnel(
-    lab: Lab, mode: str, *, client_mode: str | None = None, client_settings: str = ""
+    lab: Lab,
+    mode: str,
+    *,
+    client_mode: str | None = None,
+    client_settings: str = "",
+    node_out: list[NodeHandle] | None = None,
 ) -> Iterator[Callable[..., str]]:
     """Server, node and client up, the client connected in ``mode``; all undone on exit.
     Yields the client's ``higgsvpn`` runner (``vpn("status", "--json")``).
 
     ``client_mode``: the client's ``--mode`` (default: ``relay`` for the UDP relay rows, so
     the path stays the UDP relay; ``auto`` lets it hole-punch, bench/punch).
-    ``client_settings``: more lines for the client's ``higgsvpn.toml``.
+    ``client_settings``: more lines for the client's ``higgsvpn.toml``. ``node_out``: the
+    node's handle is appended to it.
 
     ``udp_relay`` / ``udp_relay_userspace``: the server runs its UDP relay (kernel forwarding,
     or the userspace forwarder), the node has no port forward, the client takes the UDP relay.
@@ -73,7 +93,9 @@ def product_tunnel(
     with contextlib.ExitStack() as stack:
         # The next tunnel in this lab listens on the same ports.
         stack.callback(_stop, server_proc.popen)
-        yield from _with_server(lab, mode, work, server, udp, client_mode, client_settings)
+        yield from _with_server(
+            lab, mode, work, server, udp, client_mode, client_settings, node_out
+        )
 
 
 def _stop(popen: subprocess.Popen[bytes]) -> None:
@@ -90,6 +112,7 @@ def _with_server(
     udp: bool,
     client_mode: str | None,
     client_settings: str,
+    node_out: list[NodeHandle] | None = None,
 ) -> Iterator[Callable[..., str]]:
     url = server.url
 
@@ -100,13 +123,22 @@ def _with_server(
     if not udp:
         lab.forward_udp(NODE_PORT)
     endpoint = [] if udp else ["--endpoint", f"{lab.home_router.ip}:{NODE_PORT}"]
-    node = NodeProgram(lab, work / "node", lab.ifname("n")).start(
+    flags = (
         *("--server", url, "--enroll-key", key, "--listen-port", str(NODE_PORT)),
         *endpoint,
         *("--country", "DE", "--dns-upstream", lab.internet.ip),
     )
+    program = NodeProgram(lab, work / "node", lab.ifname("n"))
+    program.start(*flags)
+    if node_out is not None:
+        node_out.append(NodeHandle(program, flags))
+
+    def node_proc() -> LabProcess:
+        assert program.proc is not None
+        return program.proc
 
     def online() -> bool:
+        node = node_proc()
         if not node.alive():
             raise LabError("higgsnode exited:\n" + node.log_text()[-2000:])
         listing = json.loads(server_cli("nodes", "--json"))
@@ -151,6 +183,7 @@ def _with_server(
         if connected:
             with contextlib.suppress(Exception):
                 vpn("disconnect", check=False)
+        node = node_proc()
         if node.alive():
             node.popen.terminate()
             with contextlib.suppress(Exception):

@@ -13,13 +13,15 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from higgs.client.process import ProcessError, spawn_daemon
+from higgs.client.process import ProcessError, fork_daemon
 from higgs.client.settings import ClientSettings, load_client_settings
 from higgs.client.status import format_status, read_status
+from higgs.client.timings import with_process_start
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import ConfigError, HiggsError
 from higgs.daemon import pidfile
@@ -153,15 +155,21 @@ def _connect(args: argparse.Namespace) -> int:
             f"already connected (process {running.pid}); run `higgsvpn disconnect` first"
         )
     timeout = settings.direct_timeout_s + settings.handshake_timeout_s + 4 * settings.http_timeout_s
-    passthrough = ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])
-    answer = spawn_daemon(
-        settings.model_dump(mode="json"),
-        log_file=settings.log_file,
-        timeout=timeout,
-        argv_extra=passthrough,
-    )
+
+    def body() -> int:
+        from higgs.client.daemon import run_daemon
+
+        return run_daemon(settings)
+
+    started = time.monotonic()
+    answer = fork_daemon(body, log_file=settings.log_file, timeout=timeout)
     if not answer.get("ok"):
         raise HiggsError(f"could not connect: {answer.get('error', 'unknown error')}")
+    daemon_timings = answer.get("timings")
+    if isinstance(daemon_timings, dict):
+        answer["timings"] = with_process_start(
+            daemon_timings, (time.monotonic() - started) * 1000.0
+        )
     where = ", ".join(str(p) for p in (answer.get("country"), answer.get("region")) if p)
     _print(
         args,

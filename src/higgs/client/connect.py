@@ -23,13 +23,14 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
+from higgs.client.timings import PhaseTimer
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey
 from higgs.protocol.api import RouteResponse, UdpRelayPath, WireGuardConfig, parse_endpoint
@@ -41,6 +42,7 @@ __all__ = [
     "Endpoint",
     "PathMode",
     "PeerStats",
+    "Pinger",
     "RelayPath",
     "RelayPathFactory",
     "Tunnel",
@@ -49,6 +51,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A first handshake initiation can be lost on the way: the node has not added the peer yet
+# (the server's push is in flight), a relay has not learnt the node's leg of the session yet.
+# WireGuard itself retries only after 5 s (REKEY_TIMEOUT); a fresh peer sends a new initiation
+# at once, so the connect sets the peer again after these waits (0.5, 1.5, 3.5 s into the
+# wait, then every 2 s). On a path with an RTT above half a second the first retry may cut
+# off an answer in flight; the next one, a second later, then gets through.
+HANDSHAKE_RETRIES_S = (0.5, 1.0, 2.0)
 
 PathMode = Literal["direct", "udp_relay", "relay", "punched"]
 """``punched``: the UDP relay's session moved onto a hole-punched direct path (issue 12)."""
@@ -76,7 +86,9 @@ class PeerStats:
 class TunnelHost(Protocol):
     """The host side of the tunnel; every method changes the host through osnet + journal."""
 
-    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None: ...
+    def create(
+        self, private_key: PrivateKey, address: str, mtu: int, timer: PhaseTimer | None = None
+    ) -> None: ...
 
     def reset_tunnel(self) -> None: ...
 
@@ -115,6 +127,9 @@ class RelayPath(Protocol):
 
 
 RelayPathFactory = Callable[[RouteResponse], RelayPath]
+
+Pinger = Callable[[str], Awaitable[float | None]]
+"""One ICMP echo through the tunnel to an address: milliseconds, or None (no answer)."""
 
 
 @dataclass
@@ -173,25 +188,34 @@ class Connector:
         key: PrivateKey,
         host: TunnelHost,
         relay_factory: RelayPathFactory,
+        pinger: Pinger | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.key = key
         self.host = host
         self.relay_factory = relay_factory
+        self.pinger = pinger
         self._resolved: dict[str, list[str]] = {}
+        # Where the latest connect (or new route) spent its time; `connect --json` shows it.
+        self.timer = PhaseTimer()
 
     # --- the first connect -------------------------------------------------------------------
 
     async def request_route(self) -> RouteResponse:
         s = self.settings
-        route = await self.api.route(
-            self.key.public_b64(),
-            node_id=s.node_id,
-            country=s.country,
-            mode=s.mode,
-            relay_rtt_ms=await self._relay_rtts() if s.mode != "direct" else None,
-        )
+        rtts = None
+        if s.mode != "direct":
+            with self.timer.phase("relay_rtt"):
+                rtts = await self._relay_rtts()
+        with self.timer.phase("route_request"):
+            route = await self.api.route(
+                self.key.public_b64(),
+                node_id=s.node_id,
+                country=s.country,
+                mode=s.mode,
+                relay_rtt_ms=rtts,
+            )
         if s.mode == "direct" and route.direct is None:
             raise ConnectError(
                 f"node {route.node.node_id} has no direct endpoint; use --mode relay or auto"
@@ -232,8 +256,10 @@ class Connector:
                 out.update(Endpoint(ip, port, "udp") for ip in await self._resolve(host))
         return sorted(out)
 
-    async def connect(self) -> Tunnel:
-        """Brings everything up; the caller's journal transaction rolls back on failure."""
+    async def connect(self, timer: PhaseTimer | None = None) -> Tunnel:
+        """Brings everything up; the caller's journal transaction rolls back on failure.
+        ``timer``: where the phases are recorded (the daemon's, started before this)."""
+        self.timer = timer or PhaseTimer()
         route = await self.request_route()
         wg = route.wireguard
         log.info(
@@ -242,7 +268,8 @@ class Connector:
             route.node.node_id,
             tunnel_addresses(wg),
         )
-        exempt = await self._control_addresses(route)
+        with self.timer.phase("resolve"):
+            exempt = await self._control_addresses(route)
         await self._build(route, exempt)
         return await self.bring_up_path(route)
 
@@ -250,16 +277,21 @@ class Connector:
         """Interface, routes, DNS, kill switch. The host's calls block (commands, netlink, up
         to 10 s for wireguard-go's socket): each runs in a thread, never on the event loop."""
         wg = route.wireguard
-        await asyncio.to_thread(self.host.create, self.key, tunnel_addresses(wg), wg.mtu)
+        timer = self.timer
+        # The host splits its part into interface, wireguard_config and addresses.
+        await asyncio.to_thread(self.host.create, self.key, tunnel_addresses(wg), wg.mtu, timer)
         allowed = self._allowed_ips(route)
-        await asyncio.to_thread(
-            self.host.route, full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt
-        )
+        with timer.phase("routing"):
+            await asyncio.to_thread(
+                self.host.route, full=self.settings.full_tunnel, prefixes=allowed, exempt=exempt
+            )
         if wg.dns:
-            await asyncio.to_thread(self.host.set_dns, wg.dns)
+            with timer.phase("dns"):
+                await asyncio.to_thread(self.host.set_dns, wg.dns)
         if self.settings.kill_switch_enabled:
-            endpoints = await self._allow_endpoints(route)
-            await asyncio.to_thread(self.host.kill_switch, allow_endpoints=endpoints)
+            with timer.phase("kill_switch"):
+                endpoints = await self._allow_endpoints(route)
+                await asyncio.to_thread(self.host.kill_switch, allow_endpoints=endpoints)
 
     async def _resolve(self, host: str) -> list[str]:
         """IPv4 addresses of a control host, resolved before the tunnel is up (while the
@@ -303,7 +335,8 @@ class Connector:
                 else self.settings.handshake_timeout_s
             )
             await self._set_peer(route, route.direct.endpoint)
-            if await self.wait_handshake(budget):
+            if await self._timed_handshake("direct", budget, route, route.direct.endpoint):
+                await self._first_packet(route)
                 return Tunnel(route, "direct", why="the node has a verified endpoint")
             errors.append(
                 f"no WireGuard handshake with {route.direct.endpoint} (direct) in {budget:g}s"
@@ -320,7 +353,8 @@ class Connector:
                 else self.settings.handshake_timeout_s
             )
             await self._set_peer(route, endpoint)
-            if await self.wait_handshake(budget):
+            if await self._timed_handshake("udp_relay", budget, route, endpoint):
+                await self._first_packet(route)
                 why = "; ".join(errors) if errors else "the node has no verified endpoint"
                 return Tunnel(route, "udp_relay", why=why)
             errors.append(f"no WireGuard handshake through the UDP relay {endpoint} in {budget:g}s")
@@ -330,9 +364,12 @@ class Connector:
             raise ConnectError("; ".join(errors) or "no usable path")
         relay = self.relay_factory(route)
         try:
-            await relay.start()
+            with self.timer.phase("relay_start"):
+                await relay.start()
             await self._set_peer(route, relay.local_endpoint)
-            if await self.wait_handshake(self.settings.handshake_timeout_s, relay=relay):
+            wait_s = self.settings.handshake_timeout_s
+            if await self._timed_handshake("relay", wait_s, route, relay.local_endpoint, relay):
+                await self._first_packet(route)
                 why = "; ".join(errors) if errors else "no UDP path was offered"
                 return Tunnel(route, "relay", relay, why=why)
         except BaseException:
@@ -359,22 +396,64 @@ class Connector:
             await self._set_peer(route, endpoint)
             tunnel.why = f"on the UDP relay {endpoint} (the previous relay host went down)"
 
-    async def _set_peer(self, route: RouteResponse, endpoint: str) -> None:
+    async def _set_peer(
+        self, route: RouteResponse, endpoint: str, *, keepalive: int | None = None
+    ) -> None:
+        """The node as peer on ``endpoint`` (a fresh peer: an initiation at once);
+        ``keepalive``: instead of the route's."""
         wg = route.wireguard
-        await asyncio.to_thread(
-            self.host.set_peer,
-            wg.node_public_key,
-            endpoint,
-            self._allowed_ips(route),
-            wg.persistent_keepalive,
-        )
+        with self.timer.phase("peer"):
+            await asyncio.to_thread(
+                self.host.set_peer,
+                wg.node_public_key,
+                endpoint,
+                self._allowed_ips(route),
+                keepalive or wg.persistent_keepalive,
+            )
 
-    async def wait_handshake(self, wait_s: float, *, relay: RelayPath | None = None) -> bool:
-        """True once the peer reports a handshake newer than the start of this wait."""
+    async def _timed_handshake(
+        self,
+        path: PathMode,
+        wait_s: float,
+        route: RouteResponse,
+        endpoint: str,
+        relay: RelayPath | None = None,
+    ) -> bool:
+        async def again() -> None:
+            log.debug("no handshake on the %s path yet: a new initiation", path)
+            await self._set_peer(route, endpoint)
+
+        with self.timer.phase(f"handshake_{path}"):
+            return await self.wait_handshake(wait_s, relay=relay, retry=again)
+
+    async def _first_packet(self, route: RouteResponse) -> None:
+        """One echo to the node's resolver address through the tunnel: the first packet
+        through, timed. Best effort: the handshake already proved the path; a node that does
+        not answer the echo costs the pinger's wait (the daemon's FIRST_PACKET_WAIT_S)."""
+        if self.pinger is None or not route.wireguard.dns:
+            return
+        with self.timer.phase("first_packet"):
+            rtt = await self.pinger(route.wireguard.dns[0])
+        if rtt is None:
+            log.info("no echo from %s through the new tunnel", route.wireguard.dns[0])
+
+    async def wait_handshake(
+        self,
+        wait_s: float,
+        *,
+        relay: RelayPath | None = None,
+        retry: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """True once the peer reports a handshake newer than the start of this wait.
+        ``retry``: called after each of :data:`HANDSHAKE_RETRIES_S` (then every last one)
+        without a handshake (sets the peer again: a new initiation at once)."""
         # Ages, not wall times: the clock may step meanwhile (osnet.handshakes); wg reports
         # whole seconds.
         started = time.monotonic() - 1
         deadline = time.monotonic() + wait_s
+        retries = iter(HANDSHAKE_RETRIES_S)
+        pause = next(retries)
+        next_retry = time.monotonic() + pause
         while time.monotonic() < deadline:
             stats = await asyncio.to_thread(self.host.peer_stats)
             age = stats.handshake_age() if stats is not None else None
@@ -382,7 +461,12 @@ class Connector:
                 return True
             if relay is not None and relay.closed_reason is not None:
                 return False
-            await asyncio.sleep(0.2)
+            if retry is not None and time.monotonic() >= next_retry:
+                await retry()
+                pause = next(retries, pause)
+                next_retry = time.monotonic() + pause
+            # A handshake takes one round trip; each poll is one `wg show` (a process).
+            await asyncio.sleep(0.1)
         return False
 
     # --- changing route while connected (server lost the session, node gone) -----------------
@@ -390,10 +474,13 @@ class Connector:
     async def switch_route(self, current: Tunnel) -> Tunnel:
         """Takes a new route and rebuilds the tunnel on it; the kill switch stays in place
         throughout, so nothing leaves outside the tunnel meanwhile."""
+        self.timer = PhaseTimer()
         route = await self.request_route()
         if current.relay is not None:
             await current.relay.close()
-        exempt = await self._control_addresses(route)
-        await asyncio.to_thread(self.host.reset_tunnel)
+        with self.timer.phase("resolve"):
+            exempt = await self._control_addresses(route)
+        with self.timer.phase("reset_tunnel"):
+            await asyncio.to_thread(self.host.reset_tunnel)
         await self._build(route, exempt)
         return await self.bring_up_path(route)

@@ -35,6 +35,7 @@ from higgs.client.reroute import STALE_HANDSHAKE_S, reroute_reason, session_gone
 from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.status import StatusReport, write_status
+from higgs.client.timings import PhaseTimer
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
@@ -54,6 +55,13 @@ PUNCHES_KEPT = 10  # hole-punch attempts shown by `status --json`
 # graceful goodbye) is marked offline by the server after its missed heartbeats; this notices
 # that long before WireGuard's own handshake goes stale.
 NODE_CHECK_EVERY_S = 15.0
+# The first packet through a new tunnel: an echo to the node's resolver address. The
+# handshake already proved the path, so a lost echo must not hold the connect for long.
+FIRST_PACKET_WAIT_S = 1.0
+# A tunnel on which nothing arrived (although pinged) this long gets a new handshake
+# initiation, and again as often: a node restarted after a crash lost the session's keys
+# and answers only a new handshake, which WireGuard itself starts 15 s after the last answer.
+REHANDSHAKE_EVERY_S = 2.5
 
 
 @dataclass
@@ -70,8 +78,11 @@ class _Health:
 
 
 class Daemon:
-    def __init__(self, settings: ClientSettings, journal: Journal) -> None:
+    def __init__(
+        self, settings: ClientSettings, journal: Journal, timer: PhaseTimer | None = None
+    ) -> None:
         self.settings = settings
+        self.timer = timer or PhaseTimer()
         self.journal = journal
         self.host = LinuxTunnelHost(settings, journal)
         self.api = ServerApi(
@@ -81,7 +92,9 @@ class Daemon:
             timeout=settings.http_timeout_s,
         )
         self.key = load_or_create_private_key(settings.key_file)
-        self.connector = Connector(settings, self.api, self.key, self.host, self._relay_path)
+        self.connector = Connector(
+            settings, self.api, self.key, self.host, self._relay_path, self._first_echo
+        )
         self.tunnel: Tunnel | None = None
         self.health = _Health()
         self.stop = asyncio.Event()
@@ -93,11 +106,14 @@ class Daemon:
             route, self.settings, wg_port=self.host.listen_port(), fwmark=self.host.fwmark
         )
 
+    async def _first_echo(self, target: str) -> float | None:
+        return await icmp_rtt_ms(target, wait_s=FIRST_PACKET_WAIT_S, device=self.settings.interface)
+
     # --- phases ------------------------------------------------------------------------------
 
     async def connect(self) -> Tunnel:
         async with self.journal.atransaction("connect"):
-            self.tunnel = await self.connector.connect()
+            self.tunnel = await self.connector.connect(self.timer)
         return self.tunnel
 
     async def hold(self) -> None:
@@ -324,17 +340,16 @@ class Daemon:
                 await self._write_status()
 
     async def _path_loop(self) -> None:
-        """Leaves a direct or punched path on which nothing arrives although we ping."""
-        watch = PathWatch(dead_s=self.settings.path_dead_s)
+        """Watches the path's rx counter (while pinging): on any path, a quiet tunnel gets a
+        new handshake initiation every :data:`REHANDSHAKE_EVERY_S` (a node restarted after a
+        crash has lost the session's keys); a direct or punched path on which nothing arrives
+        for ``path_dead_s`` is left."""
+        watch = PathWatch(dead_s=self.settings.path_dead_s, rehandshake_every_s=REHANDSHAKE_EVERY_S)
         watched: tuple[int, str] | None = None
         while True:
             await asyncio.sleep(1.0)
             tunnel = self.tunnel
-            if (
-                tunnel is None
-                or tunnel.mode not in ("punched", "direct")
-                or self.reroute_needed.is_set()
-            ):
+            if tunnel is None or self.reroute_needed.is_set():
                 watched = None
                 continue
             stats = await asyncio.to_thread(self.host.peer_stats)
@@ -354,13 +369,19 @@ class Daemon:
                 watch.reset(stats.rx_bytes, now)
                 continue
             verdict = watch.observe(stats.rx_bytes, now)
+            # The relay paths are not left here: they have their own watchdogs (the relay
+            # link, the stale handshake, the node check).
+            leaves = tunnel.mode in ("punched", "direct")
             if verdict == "provoke" and tunnel.route.wireguard.dns:
                 # Anything the node answers will do: its resolver's address answers a ping.
                 target = tunnel.route.wireguard.dns[0]
                 asyncio.get_running_loop().create_task(
                     icmp_rtt_ms(target, wait_s=1.0, device=self.settings.interface)
                 )
-            elif verdict == "dead":
+            elif verdict == "rehandshake":
+                log.info("nothing from the node for a while: a new handshake initiation")
+                await self._rehandshake(tunnel)
+            elif verdict == "dead" and leaves:
                 await self._leave_path(tunnel)
                 watched = None
 
@@ -374,6 +395,14 @@ class Daemon:
         self.health.path_changes += 1
         log.warning("%s", tunnel.why)
         await self._write_status()
+
+    async def _rehandshake(self, tunnel: Tunnel) -> None:
+        """A fresh peer on the same endpoint: WireGuard sends an initiation at once."""
+        stats = await asyncio.to_thread(self.host.peer_stats)
+        if stats is None or stats.endpoint is None or self.tunnel is not tunnel:
+            return
+        keepalive = PUNCH_KEEPALIVE_S if tunnel.mode == "punched" else None
+        await self.connector._set_peer(tunnel.route, stats.endpoint, keepalive=keepalive)
 
     async def _leave_path(self, tunnel: Tunnel) -> None:
         reason = (
@@ -457,11 +486,12 @@ def _answer(payload: dict[str, Any]) -> None:
 
 
 async def _main(settings: ClientSettings) -> int:
+    timer = PhaseTimer()
     # Before the journal replay: a SIGTERM during it lets it finish (higgs.daemon.stopsignals).
     signals = StopSignals.install()
     try:
         with PidFile(settings.pid_file):
-            return await _journaled(settings, signals)
+            return await _journaled(settings, signals, timer)
     except AlreadyRunning as exc:
         _answer({"ok": False, "error": f"already connected (process {exc.pid})"})
         return 1
@@ -469,9 +499,10 @@ async def _main(settings: ClientSettings) -> int:
         signals.remove()
 
 
-async def _journaled(settings: ClientSettings, signals: StopSignals) -> int:
+async def _journaled(settings: ClientSettings, signals: StopSignals, timer: PhaseTimer) -> int:
     try:
-        journal = Journal(settings.journal_file)
+        with timer.phase("journal_open"):
+            journal = Journal(settings.journal_file)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
@@ -479,19 +510,23 @@ async def _journaled(settings: ClientSettings, signals: StopSignals) -> int:
         if len(journal):
             log.warning("undoing %d change(s) a previous run left behind", len(journal))
             try:
-                await asyncio.to_thread(journal.replay)
+                with timer.phase("journal_replay"):
+                    await asyncio.to_thread(journal.replay)
             except HiggsError as exc:
                 _answer({"ok": False, "error": f"cannot undo a previous run: {exc}"})
                 return 1
         if signals.requested:
             _answer({"ok": False, "error": "interrupted before the tunnel was up; nothing changed"})
             return 1
-        return await _run(settings, journal, signals)
+        return await _run(settings, journal, signals, timer)
 
 
-async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals) -> int:
+async def _run(
+    settings: ClientSettings, journal: Journal, signals: StopSignals, timer: PhaseTimer
+) -> int:
     try:
-        daemon = Daemon(settings, journal)
+        with timer.phase("daemon_init"):
+            daemon = Daemon(settings, journal, timer)
     except HiggsError as exc:
         _answer({"ok": False, "error": str(exc)})
         return 1
@@ -517,7 +552,8 @@ async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals)
             message = f"{message} (every change was rolled back)"
         _answer({"ok": False, "error": message})
         return 1
-    await daemon._write_status()
+    with timer.phase("status_write"):
+        await daemon._write_status()
     _answer(
         {
             "ok": True,
@@ -529,6 +565,7 @@ async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals)
             "address": tunnel.address,
             "session_id": tunnel.route.session_id,
             "interface": settings.interface,
+            "timings": timer.as_dict(),
         }
     )
     log.info(
@@ -543,5 +580,6 @@ async def _run(settings: ClientSettings, journal: Journal, signals: StopSignals)
 
 
 def run_daemon(settings: ClientSettings) -> int:
-    """The body of ``higgsvpn _daemon`` (settings already read from stdin)."""
+    """The daemon's body: in the process ``connect`` forked (higgs.client.process), or in
+    ``higgsvpn _daemon`` (settings read from stdin)."""
     return asyncio.run(_main(settings))

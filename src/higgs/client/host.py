@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from higgs.client.connect import Endpoint, PeerStats
 from higgs.client.settings import ClientSettings
+from higgs.client.timings import PhaseTimer
 from higgs.common.keys import PrivateKey
 from higgs.osnet import discovery, resolver, routes, sweep
 from higgs.osnet.errors import OsnetError
@@ -61,14 +62,20 @@ class LinuxTunnelHost:
 
     # --- WireGuard ---------------------------------------------------------------------------
 
-    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None:
+    def create(
+        self, private_key: PrivateKey, address: str, mtu: int, timer: PhaseTimer | None = None
+    ) -> None:
+        timer = timer or PhaseTimer()
         self._tunnel_first_entry = self._next_entry_id()
-        self.wg.create()
-        self.wg.configure(private_key, fwmark=self.fwmark)
+        with timer.phase("interface"):
+            self.wg.create()
+        with timer.phase("wireguard_config"):
+            self.wg.configure(private_key, fwmark=self.fwmark)
         # "10.77.0.5/32" or, when the node forwards IPv6, "10.77.0.5/32, fd…::5/128".
         addresses = [a.strip() for a in address.split(",") if a.strip()]
-        self.wg.set_addresses(addresses)
-        self.wg.up(mtu)
+        with timer.phase("addresses"):
+            self.wg.set_addresses(addresses)
+            self.wg.up(mtu)
         self._v6 = any(ipaddress.ip_interface(a).version == 6 for a in addresses)
 
     def set_peer(

@@ -48,23 +48,34 @@ async def punch(offer: PunchOffer, *, port: int, fwmark: int | None) -> bool:
 
 @dataclass
 class PathWatch:
-    """Is a direct path still carrying anything? Fed ``wg show``'s rx counter each second."""
+    """Is a path still carrying anything? Fed ``wg show``'s rx counter each second."""
 
     dead_s: float = PATH_DEAD_S
     provoke_after_s: float = 1.5
+    # None: never. Else after this long quiet, and again each time as long: a new handshake
+    # initiation (a restarted node lost our session's keys, and WireGuard would start one only
+    # 15 s after its last answer; with our peer restored it answers the initiation at once).
+    rehandshake_every_s: float | None = None
     last_rx: int = -1
     last_rx_at: float = 0.0
     provoked: int = field(default=0)
+    last_rehandshake_at: float = 0.0
 
     def reset(self, rx: int, now: float) -> None:
         self.last_rx, self.last_rx_at = rx, now
+        self.last_rehandshake_at = now
 
     def observe(self, rx: int, now: float) -> str:
-        """``ok``, ``provoke`` (send something the node answers) or ``dead``."""
+        """``ok``, ``provoke`` (send something the node answers), ``rehandshake`` (set the
+        peer afresh) or ``dead``."""
         if self.last_rx < 0 or rx > self.last_rx:
             self.reset(rx, now)
             return "ok"
         quiet = now - self.last_rx_at
+        every = self.rehandshake_every_s
+        if every is not None and now - self.last_rehandshake_at >= every:
+            self.last_rehandshake_at = now
+            return "rehandshake"
         if quiet > self.dead_s:
             return "dead"
         if quiet > self.provoke_after_s:

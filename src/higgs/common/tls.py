@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-__all__ = ["MINIMUM_TLS", "client_context", "harden", "server_context"]
+__all__ = ["MINIMUM_TLS", "client_context", "harden", "server_context", "unverifiable_context"]
 
 MINIMUM_TLS = ssl.TLSVersion.TLSv1_2
 
@@ -26,6 +26,13 @@ def harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
 def client_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
     """Verifies the server against ``ca_file`` (or the system's CAs), TLS 1.2 or newer."""
     return harden(ssl.create_default_context(cafile=str(ca_file) if ca_file else None))
+
+
+def unverifiable_context() -> ssl.SSLContext:
+    """Verifies against no CA at all: every certificate is refused. For a client whose
+    server speaks plain http, at no cost of loading the system's CAs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname, CERT_REQUIRED
+    return harden(ctx)
 
 
 def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from higgs.common.errors import HiggsError
-from higgs.common.tls import client_context
+from higgs.common.tls import client_context, unverifiable_context
 
 __all__ = ["RestError", "error_body", "new_client", "retry_after", "transport_error"]
 
@@ -53,7 +53,11 @@ def new_client(
     headers = {"User-Agent": user_agent}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    verify: Any = client_context(ca_file)  # TLS 1.2 minimum (higgs.common.tls)
+    # TLS 1.2 minimum (higgs.common.tls). A plain-http server needs no CAs: loading the
+    # system's takes 0.1-0.3 s of every start (docs/benchmarks.md, "Time to connect"); a
+    # context with none still refuses any https URL this client might be handed.
+    https = base_url.startswith("https:")
+    verify: Any = client_context(ca_file) if https or ca_file else unverifiable_context()
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,

@@ -436,6 +436,21 @@ class Agent:
             self._error = exc
             self.request_stop(f"unhandled error in {task.get_name()}")
 
+    async def _reinitiate(self) -> None:
+        """New UDP relay peers still without a handshake get a new initiation soon
+        (higgs.node.peers.REINITIATE_AFTER_S), not after WireGuard's own 5 s."""
+        while True:
+            await asyncio.sleep(0.5)
+            peers = self.peers
+            if peers is None or not peers.initiating:
+                continue
+            resent = await asyncio.to_thread(peers.reinitiate)
+            if resent:
+                log.info(
+                    "relay peer without a handshake yet: a new initiation",
+                    extra={"sessions": resent},
+                )
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._watch)
@@ -528,6 +543,7 @@ class Agent:
         self._spawn(server.run(), "server-link")
         self._start_port_mapping()
         self._spawn(self._watch_uplink(), "uplink-watch")
+        self._spawn(self._reinitiate(), "reinitiate")
         if self.host.tunnel_v6 is not None:
             self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")

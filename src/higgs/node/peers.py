@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,6 +50,14 @@ class PeerTable(Protocol):
     def remove_peer(self, public_key: str) -> None: ...
 
 
+# A UDP relay peer's first initiation is lost when it reaches the relay before the relay has
+# opened the session's port (it reads new sessions once a second); the client's initiations
+# are then dropped too, as the relay has not learnt our leg. WireGuard would send the next one
+# only after 5 s (REKEY_TIMEOUT): a fresh peer, this long after the endpoint was set, sends one
+# at once. Then WireGuard's own retries.
+REINITIATE_AFTER_S = (0.5, 1.0, 1.5, 2.5, 3.5)
+
+
 @dataclass(frozen=True)
 class DesiredPeer:
     session_id: str
@@ -82,8 +92,15 @@ class PeerManager:
         accepting: Callable[[], bool] | None = None,
         tunnel_v6: ipaddress.IPv6Interface | None = None,
         on_removing: Callable[[Sequence[PeerRow]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._table = table
+        self._clock = clock
+        # The control link applies messages in threads and the agent's re-initiation runs in
+        # another: one at a time.
+        self._lock = threading.RLock()
+        # Relay peers whose endpoint was just set: public key -> (when, initiations resent).
+        self._initiating: dict[str, tuple[float, int]] = {}
         self._tunnel = tunnel
         # With IPv6 forwarding each peer also gets the IPv6 address derived from its IPv4 one
         # (the server derives the same: protocol.api.client_address_v6).
@@ -163,6 +180,7 @@ class PeerManager:
             self._remove_peers([peer.public_key])
         if new_endpoint:
             self._table.set_peer(peer.public_key, sorted(want), peer.relay_endpoint)
+            self._initiating[peer.public_key] = (self._clock(), 0)
         else:
             self._table.set_peer(peer.public_key, sorted(want))
         return True
@@ -183,6 +201,10 @@ class PeerManager:
 
     def sync(self, desired: Sequence[DesiredPeer]) -> SyncResult:
         """Makes the interface hold exactly ``desired`` (the ``sync`` message)."""
+        with self._lock:
+            return self._sync(desired)
+
+    def _sync(self, desired: Sequence[DesiredPeer]) -> SyncResult:
         present = self._present()
         wanted: dict[str, DesiredPeer] = {}
         refused: list[str] = []
@@ -214,6 +236,10 @@ class PeerManager:
 
     def add(self, peer: DesiredPeer) -> bool:
         """``peer_add``: True when the peer was accepted (already present counts)."""
+        with self._lock:
+            return self._add(peer)
+
+    def _add(self, peer: DesiredPeer) -> bool:
         taken = {
             str(ipaddress.ip_network(p.address, strict=False)): key
             for key, p in self.sessions.items()
@@ -229,6 +255,10 @@ class PeerManager:
     def remove(self, public_key: str, session_id: str) -> bool:
         """``peer_remove``: removes the peer unless the key has moved on to a newer session
         (a replaced session's remove may arrive after the new session's add)."""
+        with self._lock:
+            return self._remove(public_key, session_id)
+
+    def _remove(self, public_key: str, session_id: str) -> bool:
         current = self.sessions.get(public_key)
         if current is not None and current.session_id != session_id:
             return False
@@ -236,3 +266,37 @@ class PeerManager:
         self._remove_peers([public_key])
         self._changed()
         return True
+
+    @property
+    def initiating(self) -> bool:
+        """Some relay peer may still need :meth:`reinitiate`."""
+        return bool(self._initiating)
+
+    def reinitiate(self) -> list[str]:
+        """Relay peers still without a handshake :data:`REINITIATE_AFTER_S` after their
+        endpoint was set get a fresh peer (an initiation at once); returns their session
+        ids. Called every half second or so by the agent."""
+        with self._lock:
+            if not self._initiating:
+                return []
+            now = self._clock()
+            rows = {row.public_key: row for row in self._table.peers()}
+            resent: list[str] = []
+            for key, (since, tries) in list(self._initiating.items()):
+                row, peer = rows.get(key), self.sessions.get(key)
+                if (
+                    row is None
+                    or peer is None
+                    or peer.relay_endpoint is None
+                    or row.latest_handshake
+                    or tries >= len(REINITIATE_AFTER_S)
+                ):
+                    del self._initiating[key]
+                    continue
+                if now - since < REINITIATE_AFTER_S[tries]:
+                    continue
+                self._remove_peers([key])  # its (few) bytes counted first
+                self._table.set_peer(key, sorted(self.allowed_ips(peer)), peer.relay_endpoint)
+                self._initiating[key] = (since, tries + 1)
+                resent.append(peer.session_id)
+            return resent

@@ -17,6 +17,7 @@ import pytest
 from higgs.client.connect import ConnectError, Connector, Endpoint, PeerStats
 from higgs.client.server_api import ServerApi
 from higgs.client.settings import ClientSettings, load_client_settings
+from higgs.client.timings import PhaseTimer
 from higgs.common.keys import PrivateKey
 from higgs.protocol.api import RouteResponse
 
@@ -77,7 +78,9 @@ class FakeHost:
         if threading.current_thread() is threading.main_thread():
             self.on_the_loop.append(name)
 
-    def create(self, private_key: PrivateKey, address: str, mtu: int) -> None:
+    def create(
+        self, private_key: PrivateKey, address: str, mtu: int, timer: PhaseTimer | None = None
+    ) -> None:
         self._called("create", (address, mtu))
 
     def reset_tunnel(self) -> None:
@@ -254,3 +257,62 @@ async def test_every_host_call_runs_off_the_event_loop() -> None:
     await connector.switch_route(first)
     assert {"create", "route", "dns", "kill_switch", "peer", "reset"} <= set(host.names())
     assert host.on_the_loop == []
+
+
+async def test_the_connect_records_each_phase_in_order() -> None:
+    host, relay = FakeHost({"127.0.0.1:40000"}), FakeRelay()
+    echoed: list[str] = []
+
+    async def pinger(target: str) -> float | None:
+        echoed.append(target)
+        return 1.0
+
+    connector = Connector(
+        _settings(), FakeApi(_route()), CLIENT_KEY, host, lambda _r: relay, pinger
+    )
+    await connector.connect()
+    # Direct did not answer within its budget, the WebSocket relay did; then one echo.
+    assert list(connector.timer.as_dict()) == [
+        "relay_rtt",
+        "route_request",
+        "resolve",
+        "routing",
+        "dns",
+        "kill_switch",
+        "peer",
+        "handshake_direct",
+        "relay_start",
+        "handshake_relay",
+        "first_packet",
+        "other",
+        "total",
+    ]
+    assert connector.timer.as_dict()["handshake_direct"] >= 300  # direct_timeout_s = 0.3
+    assert echoed == ["10.77.0.1"]
+
+
+class LossyHost(FakeHost):
+    """The first initiation to each endpoint is lost (the node has no peer yet, the relay
+    has not learnt the node's leg); the next one gets its answer."""
+
+    def __init__(self, reachable: set[str]) -> None:
+        super().__init__(reachable)
+        self.tries: dict[str, int] = {}
+
+    def set_peer(
+        self, public_key: str, endpoint: str, allowed_ips: Sequence[str], keepalive: int | None
+    ) -> None:
+        self.tries[endpoint] = self.tries.get(endpoint, 0) + 1
+        self._called("peer", (endpoint, tuple(allowed_ips)))
+        self.endpoint = endpoint
+        if endpoint in self.reachable and self.tries[endpoint] > 1:
+            self.handshake = time.time()
+
+
+async def test_a_lost_first_initiation_is_sent_again_before_wireguards_retry() -> None:
+    host, relay = LossyHost({"127.0.0.1:40000"}), FakeRelay()
+    # A budget shorter than WireGuard's own retry of the initiation (5 s).
+    settings = _settings(mode="relay", handshake_timeout_s=4.0)
+    tunnel = await _connector(settings, _route(), host, relay).connect()
+    assert tunnel.mode == "relay"
+    assert host.tries == {"127.0.0.1:40000": 2}

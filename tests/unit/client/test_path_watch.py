@@ -35,3 +35,17 @@ def test_by_default_a_silent_path_is_dead_after_4_s() -> None:
     assert watch.observe(10, 102.0) == "provoke"
     assert watch.observe(10, 104.0) == "provoke"
     assert watch.observe(10, 104.1) == "dead"
+
+
+def test_a_quiet_path_gets_a_new_handshake_every_so_often() -> None:
+    watch = PathWatch(dead_s=6.0, provoke_after_s=1.5, rehandshake_every_s=2.5)
+    assert watch.observe(100, 0.0) == "ok"
+    assert watch.observe(100, 2.0) == "provoke"
+    assert watch.observe(100, 3.0) == "rehandshake"
+    assert watch.observe(100, 4.0) == "provoke"
+    assert watch.observe(100, 5.5) == "rehandshake"
+    assert watch.observe(100, 6.5) == "dead"
+    # Something arrived: quiet again from now on, the next initiation 2.5 s later.
+    assert watch.observe(300, 7.0) == "ok"
+    assert watch.observe(300, 9.0) == "provoke"
+    assert watch.observe(300, 9.6) == "rehandshake"

@@ -208,3 +208,52 @@ def test_a_direct_peer_given_a_relay_endpoint_is_re_added_for_a_fresh_handshake(
     assert told == [[K1]]
     m.sync([relayed])  # the same endpoint again: nothing to do
     assert len(table.ops) == 3
+
+
+class ShakingTable(Table):
+    """A table whose peers report a handshake once ``shaken`` holds their key."""
+
+    shaken: set[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shaken = set()
+
+    def peers(self) -> Sequence[Row]:
+        return [Row(k, v, latest_handshake=int(k in self.shaken)) for k, v in self.rows.items()]
+
+
+def test_a_relay_peer_without_a_handshake_gets_fresh_initiations_then_wireguards_own() -> None:
+    now = [100.0]
+    table = ShakingTable()
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, clock=lambda: now[0])
+    relay = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, relay_endpoint="198.51.100.10:40005")
+    assert m.add(relay)
+    assert m.add(peer(K2, "10.77.0.6/32", "s2"))  # direct: WireGuard's own business
+    table.ops.clear()
+    assert m.initiating
+    now[0] += 0.3
+    assert m.reinitiate() == []
+    now[0] += 0.3  # 0.6 s after the endpoint was set
+    assert m.reinitiate() == ["s1"]
+    assert table.ops == [("remove", K1), ("set", K1)]
+    assert table.rows[K1] == ("10.77.0.5/32",)
+    now[0] += 0.5  # 1.1 s
+    assert m.reinitiate() == ["s1"]
+    now[0] += 10.0  # long past the rest: one at a time, then WireGuard's own
+    assert [m.reinitiate() for _ in range(4)] == [["s1"], ["s1"], ["s1"], []]
+    assert not m.initiating
+
+
+def test_a_relay_peer_with_a_handshake_is_left_alone() -> None:
+    now = [100.0]
+    table = ShakingTable()
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, clock=lambda: now[0])
+    relay = DesiredPeer("s1", 7, K1, "10.77.0.5/32", False, relay_endpoint="198.51.100.10:40005")
+    assert m.add(relay)
+    table.shaken.add(K1)
+    table.ops.clear()
+    now[0] += 5.0
+    assert m.reinitiate() == []
+    assert table.ops == []
+    assert not m.initiating
