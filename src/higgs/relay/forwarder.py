@@ -282,6 +282,11 @@ class Forwarder:
         if verdict.event is Event.CANDIDATE:
             self._withdraw(session)
             session.withdrawn_until = now + WITHDRAW_S
+        bound = verdict.event in (Event.BIND, Event.REBIND)
+        if bound:
+            # Published before the datagram that made the bind goes on: whoever sees it
+            # arrive (the far leg, a test, the status file) sees the legs that carried it.
+            self._legs[session.spec.port] = (binding.client, binding.node)
         if verdict.to is not None:
             try:
                 sock.sendto(data, verdict.to)
@@ -293,12 +298,11 @@ class Forwarder:
                 stats.user_bytes += len(data)
         elif verdict.drop is not None:
             stats.drop(verdict.drop.value)
-        if verdict.event in (Event.BIND, Event.REBIND):
+        if bound and verdict.event is not None:
             if verdict.event is Event.BIND:
                 stats.binds += 1
             else:
                 stats.rebinds += 1
-            self._legs[session.spec.port] = (binding.client, binding.node)
             log.info(
                 "relay port %d: %s client %s node %s",
                 session.spec.port,
@@ -306,6 +310,7 @@ class Forwarder:
                 binding.client,
                 binding.node,
             )
+            # After the send: removing a kernel flow runs nft and conntrack (tenths of a s).
             self._withdraw(session)
             session.withdrawn_until = now + CONFIRM_S  # _tick offloads (CONFIRM_S)
 
