@@ -1,0 +1,195 @@
+"""The growth lab at work: one bosonserver, one higgsnode, N stock WireGuard clients, N
+simultaneous iperf3 downloads from the internet host.
+
+Each client is a stock wireguard-go peer (wg-quick style full tunnel, ``StockClient``)
+configured from the server's ``POST /v1/routes`` answer -- a product session of one account,
+as a person pastes it into an official app -- not a higgsvpn daemon each: 50 Python daemons
+would measure the 2-core machine's interpreter start-ups, not the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from bench.e2e.measure import parse_iperf, pids_by_group, sample
+from bench.harness import progress
+from higgs.lab import Host, Lab, LabError
+from higgs.lab.product import Product
+from higgs.lab.stock import StockClient
+from higgs.lab.wireguard import new_keypair
+
+from .plan import client_role, growth_plan
+from .stats import Point
+
+__all__ = [
+    "DIRECT",
+    "IPERF_BASE",
+    "UDP_RELAY",
+    "Measured",
+    "PathSpec",
+    "add_clients",
+    "growth_lab",
+    "measure",
+    "serving",
+]
+
+# The internet host's iperf3 servers of this benchmark, one per client (an iperf3 server runs
+# one test at a time); above the lab's own (IPERF_PORTS, 5201-5202).
+IPERF_BASE = 5301
+# Clients brought up at once: each costs a route call, a wireguard-go start and a handshake.
+_BRINGUP_WORKERS = 6
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    name: str
+    direct: bool  # the node's forwarded port; else the server's UDP relay
+
+
+DIRECT = PathSpec("direct (node's forwarded UDP port)", direct=True)
+UDP_RELAY = PathSpec("UDP relay (bosonserver, kernel forwarding)", direct=False)
+
+
+@contextlib.contextmanager
+def growth_lab(clients: int) -> Iterator[Lab]:
+    """A built lab with ``clients`` client hosts and as many iperf3 servers (tracked by the
+    lab: its teardown stops them); torn down on exit, leftovers raised."""
+    lab = Lab(prefix="hg", plan=growth_plan(clients))
+    try:
+        lab.build()
+        inet = lab.internet
+        servers = [
+            inet.popen(["iperf3", "-s", "-B", inet.ip, "-p", str(port)], name=f"iperf3-{port}")
+            for port in range(IPERF_BASE, IPERF_BASE + clients)
+        ]
+        for port, proc in zip(range(IPERF_BASE, IPERF_BASE + clients), servers, strict=True):
+            proc.wait_listening(port, timeout=30)
+        yield lab
+    finally:
+        lab.teardown()
+        left = lab.leftovers()
+        if left:
+            raise LabError(f"growth: lab {lab.names.stem} left behind {left}")
+
+
+@contextlib.contextmanager
+def serving(lab: Lab, path: PathSpec) -> Iterator[Product]:
+    """bosonserver and higgsnode up for ``path``: the node port-forwarded on its home router
+    (direct), or without a forward behind the server's UDP relay (punching off, so the
+    clients stay on the relay). The node is stopped on exit; the lab stops the server."""
+    product = Product(lab)
+    # Fifty route calls from one public address within seconds: above the default bucket.
+    env = {"BOSON_RATE_LIMIT_PER_S": "500", "BOSON_RATE_LIMIT_BURST": "1000"}
+    if not path.direct:
+        env["BOSON_PUNCH_ENABLED"] = "false"
+    product.server.env = env
+    args = [] if path.direct else ["--udp-relay-address", lab.server.ip]
+    try:
+        product.start_server(timeout=90, args=args)
+        product.provision("client")
+        product.start_node(direct=path.direct)
+        product.wait_node_online(timeout=120)
+    except Exception as exc:
+        exc.add_note("process logs:\n" + lab.log_tails(40))
+        raise
+    try:
+        yield product
+    finally:
+        for client in product.clients:
+            with contextlib.suppress(Exception):
+                client.down()
+        with contextlib.suppress(Exception):
+            product.stop_node()
+
+
+def _connect(product: Product, host: Host, index: int, path: PathSpec) -> StockClient:
+    token = product.token("client")
+    keys = new_keypair()
+    mode = "direct" if path.direct else "relay"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = product.route(host, token, keys.public, mode=mode)
+            break
+        except LabError:
+            # The node may not have announced its endpoint yet (direct mode).
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    endpoint = None
+    if not path.direct:
+        endpoint = (answer.get("udp_relay") or {}).get("endpoint")
+        if not endpoint:
+            raise LabError(f"the route answer has no udp_relay endpoint: {answer}")
+    client = StockClient(product.lab, host, answer, keys, tag=f"g{index}", endpoint=endpoint)
+    product.clients.append(client)
+    client.up()
+    client.wait_handshake(timeout=60)
+    return client
+
+
+def add_clients(product: Product, have: list[StockClient], n: int, path: PathSpec) -> None:
+    """Bring ``have`` up to ``n`` clients (hosts ``client``, ``client2``, ...), a few at once."""
+    todo = range(len(have) + 1, n + 1)
+    with ThreadPoolExecutor(_BRINGUP_WORKERS) as pool:
+        futures = [
+            pool.submit(_connect, product, product.lab.host(client_role(i)), i, path) for i in todo
+        ]
+        have.extend(f.result() for f in futures)
+
+
+def _download(host: Host, target: str, port: int, seconds: int) -> tuple[float, float]:
+    argv = [
+        "iperf3", "-c", target, "-p", str(port), "-J", "-R", "-t", str(seconds),
+        "--connect-timeout", "10000",
+    ]  # fmt: skip
+    out = host.run(argv, check=False, timeout=seconds + 90)
+    if not out.stdout.strip():
+        raise RuntimeError(f"iperf3 on {host.role} printed nothing: {out.stderr.strip()}")
+    bps, nbytes, _ = parse_iperf(out.stdout)
+    return bps, nbytes
+
+
+@dataclass(frozen=True)
+class Measured:
+    point: Point
+    launch_skew_s: float  # between the first and the last iperf3 started
+
+
+def measure(lab: Lab, clients: Sequence[StockClient], seconds: int) -> Measured:
+    """All ``clients`` download at once, one iperf3 server port each, for ``seconds``; CPU of
+    the clients' namespaces (together), the node's and the server's over the whole window."""
+    groups = {c.host.role: "client" for c in clients} | {"node": "node", "server": "server"}
+    pids = pids_by_group(lab, groups)
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> tuple[float, float]:
+        with lock:
+            starts.append(time.monotonic())
+        return _download(clients[i].host, lab.internet.ip, IPERF_BASE + i, seconds)
+
+    before = sample(pids)
+    # One thread per client: each only waits on its iperf3 (threads, not CPU).
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = list(pool.map(one, range(len(clients))))
+    after = sample(pids)
+    cpu = {g: after[g].cpu_since(before[g]) for g in before}
+    point = Point(
+        n=len(clients),
+        mbit=tuple(bps / 1e6 for bps, _ in results),
+        nbytes=sum(b for _, b in results),
+        cpu_s=cpu,
+    )
+    skew = max(starts) - min(starts) if starts else 0.0
+    progress(
+        f"growth: {len(clients)} clients: {point.aggregate:.0f} Mbit/s, Jain {point.fairness:.3f}"
+        f", launch skew {skew:.2f} s, load {os.getloadavg()[0]:.1f}"
+    )
+    return Measured(point, skew)

@@ -1,0 +1,69 @@
+"""bench/growth's pure parts: Jain's fairness index, the growth table's ratios, the plan of
+N client hosts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from bench.growth.__main__ import _counts
+from bench.growth.plan import MAX_CLIENTS, client_role, growth_plan
+from bench.growth.stats import Point, growth_table, jain_index
+
+
+def test_jain_index_is_one_for_equal_shares_and_one_over_n_for_a_hog() -> None:
+    assert jain_index([5.0, 5.0, 5.0, 5.0]) == pytest.approx(1.0)
+    assert jain_index([10.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    # (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20
+    assert jain_index([1.0, 3.0]) == pytest.approx(0.8)
+    assert jain_index([7.0]) == pytest.approx(1.0)
+
+
+def test_jain_index_of_nothing_is_nan_and_negative_rates_are_refused() -> None:
+    assert math.isnan(jain_index([]))
+    assert math.isnan(jain_index([0.0, 0.0]))
+    with pytest.raises(ValueError, match="negative"):
+        jain_index([1.0, -1.0])
+
+
+def test_growth_table_shows_ratios_to_the_smallest_n() -> None:
+    one = Point(n=1, mbit=(100.0,), nbytes=1e9, cpu_s={"client": 2.0, "node": 4.0, "server": 0})
+    ten = Point(
+        n=10,
+        mbit=tuple([15.0] * 5 + [5.0] * 5),
+        nbytes=2e9,
+        cpu_s={"client": 4.0, "node": 16.0, "server": 0.0},
+    )
+    text = growth_table("direct", [ten, one]).render()
+    lines = [line for line in text.splitlines() if line.startswith("| 1")]
+    assert lines[0].startswith("| 1 | 100 | 100 / 100 / 100 | 1.000 | 2.00 / 4.00 / 0 | 1.00 |")
+    # Aggregate 100 -> 100 (1.00); node CPU/GB 4 -> 8 (2.00); client 2 -> 2 (1.00);
+    # Jain of five at 15 and five at 5: 100^2 / (10 * 1250) = 0.8. Server 0/0: no ratio.
+    assert lines[1] == (
+        "| 10 | 100 | 5.00 / 10.0 / 15.0 | 0.800 | 2.00 / 8.00 / 0 | 1.00 | 1.00 / 2.00 / – |"
+    )
+
+
+def test_growth_plan_puts_n_clients_on_the_client_lan_bridge() -> None:
+    plan = growth_plan(50)
+    roles = [client_role(i) for i in range(1, 51)]
+    assert [str(plan.host(r).address().ip) for r in (roles[0], roles[1], roles[-1])] == [
+        "10.0.2.10",
+        "10.0.2.11",
+        "10.0.2.59",
+    ]
+    bridge = next(b for b in plan.bridges if b.host == "client_router")
+    assert len(bridge.ports) == 50
+    assert len({str(plan.host(r).address().ip) for r in roles}) == 50
+    with pytest.raises(ValueError, match=r"1\.\.50"):
+        growth_plan(MAX_CLIENTS + 1)
+
+
+def test_client_counts_are_parsed_sorted_and_bounded() -> None:
+    assert _counts("50,1,10") == (1, 10, 50)
+    with pytest.raises(argparse.ArgumentTypeError):
+        _counts("1,51")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _counts("a")
