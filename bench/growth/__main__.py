@@ -48,7 +48,7 @@ def _path(path: PathSpec, counts: Sequence[int], seconds: int) -> tuple[list[Mea
             t0 = time.monotonic()
             add_clients(product, clients, n, path)
             progress(f"growth: {n} clients up in {time.monotonic() - t0:.0f} s")
-            done.append(measure(lab, clients[:n], seconds))
+            done.append(measure(product, clients[:n], seconds, relayed=not path.direct))
     return done, ""
 
 
@@ -72,8 +72,13 @@ def run(
             continue
         points: list[Point] = [m.point for m in measured]
         tables.append(growth_table(path.name, points))
-        skews = ", ".join(f"N={m.point.n}: {m.launch_skew_s:.2f} s" for m in measured)
-        notes.append(f"{path.name}: iperf3 launch skew (first to last start) {skews}")
+        spreads = ", ".join(f"N={m.point.n}: {m.finish_spread_s:.2f} s" for m in measured)
+        notes.append(
+            f"{path.name}: the downloads finished within {spreads} of each other (each runs "
+            f"{secs} s, so this is how far apart they started)"
+        )
+        if not path.direct:
+            notes.append(f"{path.name}: datagrams the relay forwarded, " + _relayed(measured))
         if cut:
             notes.append(f"{path.name}: {cut}")
     load_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -95,6 +100,17 @@ def run(
         tables=tables,
         notes=notes,
     )
+
+
+def _relayed(measured: Sequence[Measured]) -> str:
+    """Kernel vs userspace datagrams per N: the rows are the kernel path only if userspace
+    carried (almost) nothing."""
+    parts = []
+    for m in measured:
+        by = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(m.relayed.items())) or "none counted"
+        flows = ", ".join(f"{k} {v:g}" for k, v in sorted(m.flows.items())) or "–"
+        parts.append(f"N={m.point.n}: {by} (sessions forwarded at the end: {flows})")
+    return "; ".join(parts)
 
 
 def _counts(text: str) -> tuple[int, ...]:

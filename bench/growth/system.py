@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ __all__ = [
     "add_clients",
     "growth_lab",
     "measure",
+    "parse_by_path",
     "serving",
 ]
 
@@ -159,27 +161,60 @@ def _download(host: Host, target: str, port: int, seconds: int) -> tuple[float, 
 @dataclass(frozen=True)
 class Measured:
     point: Point
-    launch_skew_s: float  # between the first and the last iperf3 started
+    # Between the first and the last download to finish: each runs the same ``-t``, so this
+    # is how far apart they started (interpreter-free, but ``ip netns exec`` + iperf3 start).
+    finish_spread_s: float
+    # UDP relay datagrams forwarded meanwhile, by path ("kernel", "userspace"), and the
+    # sessions each path forwarded at the end (higgs_udp_relay_flows); empty direct.
+    relayed: Mapping[str, float]
+    flows: Mapping[str, float]
 
 
-def measure(lab: Lab, clients: Sequence[StockClient], seconds: int) -> Measured:
+def parse_by_path(metrics: str, family: str) -> dict[str, float]:
+    """``family{path=...}`` samples summed by ``path`` from a Prometheus text page (e.g.
+    ``higgs_udp_relay_packets_total``, ``higgs_udp_relay_flows``)."""
+    pattern = re.compile(
+        rf'^{re.escape(family)}\{{[^}}]*path="(\w+)"[^}}]*\}}\s+(\S+)', re.MULTILINE
+    )
+    out: dict[str, float] = {}
+    for m in pattern.finditer(metrics):
+        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def _metrics(product: Product) -> str:
+    argv = ["curl", "-sS", "--noproxy", "*", "--max-time", "10", f"{product.server_url}/metrics"]
+    return product.lab.server.run(argv, timeout=15).stdout
+
+
+def measure(
+    product: Product, clients: Sequence[StockClient], seconds: int, *, relayed: bool
+) -> Measured:
     """All ``clients`` download at once, one iperf3 server port each, for ``seconds``; CPU of
-    the clients' namespaces (together), the node's and the server's over the whole window."""
+    the clients' namespaces (together), the node's and the server's over the whole window;
+    with ``relayed``, the UDP relay's forwarded datagrams by path (kernel or userspace)."""
+    lab = product.lab
     groups = {c.host.role: "client" for c in clients} | {"node": "node", "server": "server"}
     pids = pids_by_group(lab, groups)
-    starts: list[float] = []
+    ends: list[float] = []
     lock = threading.Lock()
 
     def one(i: int) -> tuple[float, float]:
+        got = _download(clients[i].host, lab.internet.ip, IPERF_BASE + i, seconds)
         with lock:
-            starts.append(time.monotonic())
-        return _download(clients[i].host, lab.internet.ip, IPERF_BASE + i, seconds)
+            ends.append(time.monotonic())
+        return got
 
+    packets = "higgs_udp_relay_packets_total"
+    relay_before = parse_by_path(_metrics(product), packets) if relayed else {}
     before = sample(pids)
     # One thread per client: each only waits on its iperf3 (threads, not CPU).
     with ThreadPoolExecutor(len(clients)) as pool:
         results = list(pool.map(one, range(len(clients))))
     after = sample(pids)
+    page = _metrics(product) if relayed else ""
+    relay_after = parse_by_path(page, packets)
+    flows = parse_by_path(page, "higgs_udp_relay_flows")
     cpu = {g: after[g].cpu_since(before[g]) for g in before}
     point = Point(
         n=len(clients),
@@ -187,9 +222,11 @@ def measure(lab: Lab, clients: Sequence[StockClient], seconds: int) -> Measured:
         nbytes=sum(b for _, b in results),
         cpu_s=cpu,
     )
-    skew = max(starts) - min(starts) if starts else 0.0
+    spread = max(ends) - min(ends) if ends else 0.0
+    moved = {k: v - relay_before.get(k, 0.0) for k, v in relay_after.items()}
     progress(
         f"growth: {len(clients)} clients: {point.aggregate:.0f} Mbit/s, Jain {point.fairness:.3f}"
-        f", launch skew {skew:.2f} s, load {os.getloadavg()[0]:.1f}"
+        f", finish spread {spread:.2f} s, relayed {moved}, flows {flows}"
+        f", load {os.getloadavg()[0]:.1f}"
     )
-    return Measured(point, skew)
+    return Measured(point, spread, moved, flows)

@@ -11,6 +11,7 @@ import pytest
 from bench.growth.__main__ import _counts
 from bench.growth.plan import MAX_CLIENTS, client_role, growth_plan
 from bench.growth.stats import Point, growth_table, jain_index
+from bench.growth.system import parse_by_path
 
 
 def test_jain_index_is_one_for_equal_shares_and_one_over_n_for_a_hog() -> None:
@@ -67,3 +68,18 @@ def test_client_counts_are_parsed_sorted_and_bounded() -> None:
         _counts("1,51")
     with pytest.raises(argparse.ArgumentTypeError):
         _counts("a")
+
+
+def test_relay_packets_are_read_by_path_from_the_metrics_page() -> None:
+    page = (
+        "# HELP higgs_udp_relay_packets_total Datagrams forwarded\n"
+        'higgs_udp_relay_packets_total{path="kernel"} 1234.0\n'
+        'higgs_udp_relay_packets_total{path="userspace"} 7.0\n'
+        'higgs_udp_relay_bytes_total{path="kernel"} 99.0\n'
+        'higgs_udp_relay_flows{path="kernel"} 2.0\n'
+    )
+    assert parse_by_path(page, "higgs_udp_relay_packets_total") == {
+        "kernel": 1234.0,
+        "userspace": 7.0,
+    }
+    assert parse_by_path(page, "higgs_udp_relay_flows") == {"kernel": 2.0}
