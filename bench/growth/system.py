@@ -25,7 +25,7 @@ from higgs.lab.product import Product
 from higgs.lab.stock import StockClient
 from higgs.lab.wireguard import new_keypair
 
-from .plan import client_role, growth_plan
+from .plan import MAX_CLIENTS, client_role, growth_plan
 from .stats import Point
 
 __all__ = [
@@ -44,6 +44,9 @@ __all__ = [
 # The internet host's iperf3 servers of this benchmark, one per client (an iperf3 server runs
 # one test at a time); above the lab's own (IPERF_PORTS, 5201-5202).
 IPERF_BASE = 5301
+# A node takes 32 clients by default (docs/node.md `max_clients`); the 33rd route finds no
+# node. Room for the largest N here.
+NODE_CONFIG = f"max_clients = {MAX_CLIENTS + 14}\n"
 # Clients brought up at once: each costs a route call, a wireguard-go start and a handshake.
 _BRINGUP_WORKERS = 6
 
@@ -95,7 +98,7 @@ def serving(lab: Lab, path: PathSpec) -> Iterator[Product]:
     try:
         product.start_server(timeout=90, args=args)
         product.provision("client")
-        product.start_node(direct=path.direct)
+        product.start_node(direct=path.direct, config=NODE_CONFIG)
         product.wait_node_online(timeout=120)
     except Exception as exc:
         exc.add_note("process logs:\n" + lab.log_tails(40))
@@ -114,15 +117,15 @@ def _connect(product: Product, host: Host, index: int, path: PathSpec) -> StockC
     token = product.token("client")
     keys = new_keypair()
     mode = "direct" if path.direct else "relay"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while True:
         try:
             answer = product.route(host, token, keys.public, mode=mode)
             break
-        except LabError:
+        except LabError as exc:
             # The node may not have announced its endpoint yet (direct mode).
             if time.monotonic() > deadline:
-                raise
+                raise LabError(f"no route for {host.role} within 30 s: {exc}") from exc
             time.sleep(0.5)
     endpoint = None
     if not path.direct:
