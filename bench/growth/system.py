@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.e2e.measure import parse_iperf, pids_by_group, sample
 from bench.harness import progress
@@ -34,6 +35,7 @@ __all__ = [
     "UDP_RELAY",
     "Measured",
     "PathSpec",
+    "StartGate",
     "add_clients",
     "growth_lab",
     "measure",
@@ -149,12 +151,54 @@ def add_clients(product: Product, have: list[StockClient], n: int, path: PathSpe
         have.extend(f.result() for f in futures)
 
 
-def _download(host: Host, target: str, port: int, seconds: int) -> tuple[float, float]:
+class StartGate:
+    """Starts N commands at the same instant: each waits in a shell reading its own FIFO
+    (``read`` blocks without CPU) and ``release`` writes a line to every FIFO at once.
+    Starting 50 ``ip netns exec iperf3`` one after the other took 3 s on the busy machine,
+    more than half of a 5 s download; behind the gate only the exec itself is left."""
+
+    def __init__(self, directory: Path, n: int) -> None:
+        self.fifos = [directory / f"growth-gate-{i}" for i in range(n)]
+        for fifo in self.fifos:
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
+
+    def argv(self, i: int, argv: Sequence[str]) -> list[str]:
+        return ["sh", "-c", 'read _ < "$0"; exec "$@"', str(self.fifos[i]), *argv]
+
+    def release(self, *, timeout: float = 60.0) -> None:
+        """Once every shell has opened its FIFO (bounded by ``timeout``), write to all."""
+        fds: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while len(fds) < len(self.fifos):
+                for i, fifo in enumerate(self.fifos):
+                    if i not in fds:
+                        # ENXIO: nobody reads it yet (its shell is still starting).
+                        with contextlib.suppress(OSError):
+                            fds[i] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                if len(fds) < len(self.fifos) and time.monotonic() > deadline:
+                    raise LabError(f"{len(self.fifos) - len(fds)} downloads not at the gate")
+                time.sleep(0.02)
+            for fd in fds.values():
+                os.write(fd, b"go\n")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def close(self) -> None:
+        for fifo in self.fifos:
+            fifo.unlink(missing_ok=True)
+
+
+def _download(
+    host: Host, target: str, port: int, seconds: int, gate: StartGate, i: int
+) -> tuple[float, float]:
     argv = [
         "iperf3", "-c", target, "-p", str(port), "-J", "-R", "-t", str(seconds),
         "--connect-timeout", "10000",
     ]  # fmt: skip
-    out = host.run(argv, check=False, timeout=seconds + 90)
+    out = host.run(gate.argv(i, argv), check=False, timeout=seconds + 90)
     if not out.stdout.strip():
         raise RuntimeError(f"iperf3 on {host.role} printed nothing: {out.stderr.strip()}")
     bps, nbytes, _ = parse_iperf(out.stdout)
@@ -165,7 +209,7 @@ def _download(host: Host, target: str, port: int, seconds: int) -> tuple[float, 
 class Measured:
     point: Point
     # Between the first and the last download to finish: each runs the same ``-t``, so this
-    # is how far apart they started (interpreter-free, but ``ip netns exec`` + iperf3 start).
+    # is about how far apart they started (all released by one StartGate).
     finish_spread_s: float
     # UDP relay datagrams forwarded meanwhile, by path ("kernel", "userspace"), and the
     # sessions each path forwarded at the end (higgs_udp_relay_flows); empty direct.
@@ -201,19 +245,28 @@ def measure(
     pids = pids_by_group(lab, groups)
     ends: list[float] = []
     lock = threading.Lock()
+    assert lab.workdir is not None
+    gate = StartGate(lab.workdir, len(clients))
 
     def one(i: int) -> tuple[float, float]:
-        got = _download(clients[i].host, lab.internet.ip, IPERF_BASE + i, seconds)
+        got = _download(clients[i].host, lab.internet.ip, IPERF_BASE + i, seconds, gate, i)
         with lock:
             ends.append(time.monotonic())
         return got
 
     packets = "higgs_udp_relay_packets_total"
     relay_before = parse_by_path(_metrics(product), packets) if relayed else {}
-    before = sample(pids)
-    # One thread per client: each only waits on its iperf3 (threads, not CPU).
-    with ThreadPoolExecutor(len(clients)) as pool:
-        results = list(pool.map(one, range(len(clients))))
+    # One thread per client: each only waits on its iperf3 (threads, not CPU). The CPU
+    # window opens at the gate: the shells and iperf3s started after ``pids`` was taken, so
+    # none of them is counted anyway.
+    try:
+        with ThreadPoolExecutor(len(clients)) as pool:
+            futures = [pool.submit(one, i) for i in range(len(clients))]
+            before = sample(pids)
+            gate.release()
+            results = [f.result() for f in futures]
+    finally:
+        gate.close()
     after = sample(pids)
     page = _metrics(product) if relayed else ""
     relay_after = parse_by_path(page, packets)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from bench.growth.__main__ import _counts
 from bench.growth.plan import MAX_CLIENTS, client_role, growth_plan
 from bench.growth.stats import Point, growth_table, jain_index
-from bench.growth.system import parse_by_path
+from bench.growth.system import StartGate, parse_by_path
 
 
 def test_jain_index_is_one_for_equal_shares_and_one_over_n_for_a_hog() -> None:
@@ -83,3 +86,22 @@ def test_relay_packets_are_read_by_path_from_the_metrics_page() -> None:
         "userspace": 7.0,
     }
     assert parse_by_path(page, "higgs_udp_relay_flows") == {"kernel": 2.0}
+
+
+def test_start_gate_holds_every_command_until_release(tmp_path: Path) -> None:
+    gate = StartGate(tmp_path, 3)
+    marks = [tmp_path / f"ran-{i}" for i in range(3)]
+    procs = [subprocess.Popen(gate.argv(i, ["touch", str(mark)])) for i, mark in enumerate(marks)]
+    try:
+        time.sleep(0.3)
+        assert not any(m.exists() for m in marks)  # all still waiting at the gate
+        gate.release(timeout=10)
+        assert [p.wait(10) for p in procs] == [0, 0, 0]
+        assert all(m.exists() for m in marks)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        gate.close()
+    assert not list(tmp_path.glob("growth-gate-*"))
