@@ -74,8 +74,9 @@ def run(
         tables.append(growth_table(path.name, points))
         spreads = ", ".join(f"N={m.point.n}: {m.finish_spread_s:.2f} s" for m in measured)
         notes.append(
-            f"{path.name}: the downloads finished within {spreads} of each other (each runs "
-            f"{secs} s, so this is how far apart they started)"
+            f"{path.name}: the downloads, released at one instant, finished within {spreads} "
+            f"of each other (each runs {secs} s once its connections are up, so this is how "
+            "late the last got going: connection set-up through the loaded tunnel)"
         )
         if not path.direct:
             notes.append(f"{path.name}: datagrams the relay forwarded, " + _relayed(measured))
@@ -89,13 +90,13 @@ def run(
             "is a **stock wireguard-go peer** (wg-quick style full tunnel) configured from the "
             "server's `POST /v1/routes` answer for one account, not a higgsvpn daemon each. "
             f"Every client runs an iperf3 TCP **download** (`-R`, {secs} s) from its own "
-            "iperf3 server port on the internet host, all at the same time. Aggregate = sum of "
-            "the clients' received rates; Jain's index = (Σx)² / (n·Σx²) over them (1 = equal "
-            "shares). CPU s/GB: CPU seconds of the processes of the N client namespaces "
-            "(together), the node's and the server's namespaces (measuring tools excluded; "
-            "kernel work in softirq is charged to no process) per GB received. Ratios are to "
-            f"the smallest N. Load average (1/5/15 min) at start {load}, at end {load_end} "
-            f"on {os.cpu_count()} vCPUs."
+            "iperf3 server port on the internet host, all released at the same instant. "
+            "Aggregate = sum of the clients' received rates; Jain's index = (Σx)² / (n·Σx²) "
+            "over them (1 = equal shares). CPU s/GB: CPU seconds of the processes of the N "
+            "client namespaces (together), the node's and the server's namespaces (measuring "
+            "tools excluded; kernel work in softirq is charged to no process) per GB received. "
+            f"Ratios are to the smallest N. Load average (1/5/15 min) at start {load}, at end "
+            f"{load_end} on {os.cpu_count()} vCPUs."
         ),
         tables=tables,
         notes=notes,

@@ -208,8 +208,9 @@ def _download(
 @dataclass(frozen=True)
 class Measured:
     point: Point
-    # Between the first and the last download to finish: each runs the same ``-t``, so this
-    # is about how far apart they started (all released by one StartGate).
+    # Between the first and the last download to finish: all are released by one StartGate
+    # and each runs ``-t`` once its connections are up, so this is how late the last one got
+    # going (SYNs and iperf3's control exchange queue behind the running downloads).
     finish_spread_s: float
     # UDP relay datagrams forwarded meanwhile, by path ("kernel", "userspace"), and the
     # sessions each path forwarded at the end (higgs_udp_relay_flows); empty direct.
