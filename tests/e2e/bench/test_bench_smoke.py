@@ -55,7 +55,7 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
         "## Control plane",
         "## Path bring-up",
         "## Profile",
-        "## Growth",
+        "## Growth (bench/growth",
     ):
         assert section in out
     assert "Failed:" not in out
@@ -99,7 +99,7 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
 
     # growth (issue 13 item 4): both paths carried N = 1 and 2 simultaneous downloads, each
     # row with an aggregate and a Jain's index.
-    growth = out[out.index("## Growth") :].split("\n## ", 1)[0]
+    growth = out[out.index("\n## Growth (bench/growth") :].split("\n## ", 2)[1]
     for title in ("#### direct", "#### UDP relay"):
         assert title in growth, growth
     rows = [_cells(line) for line in growth.splitlines() if line.startswith("| 2 |")]
