@@ -1,10 +1,11 @@
 """Runs every benchmark: ``python -m bench [--smoke] [--only PART,...]`` (parts: e2e, relay,
-control, udprelay, punch, profile).
+control, udprelay, punch, profile, growth).
 
 Writes the Markdown report to ``bench/results/report-<date>.md`` (gitignored) and prints it
 on stdout; progress lines go to stderr. Each part can also run alone:
 ``python -m bench.e2e``, ``python -m bench.relay``, ``python -m bench.control``,
-``python -m bench.udprelay``, ``python -m bench.punch``, ``python -m bench.profile``.
+``python -m bench.udprelay``, ``python -m bench.punch``, ``python -m bench.profile``,
+``python -m bench.growth``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ def _profile(smoke: bool, rounds: int | None) -> Section:
     return run(smoke=smoke)
 
 
+def _growth(smoke: bool, rounds: int | None) -> Section:
+    from bench.growth.__main__ import run
+
+    return run(smoke=smoke)
+
+
 PARTS: dict[str, Callable[[bool, int | None], Section]] = {
     "e2e": _e2e,
     "relay": lambda smoke, rounds: relay_section(smoke),
@@ -109,6 +116,7 @@ PARTS: dict[str, Callable[[bool, int | None], Section]] = {
     "udprelay": _udprelay,
     "punch": _punch,
     "profile": _profile,
+    "growth": _growth,
 }
 
 

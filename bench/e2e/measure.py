@@ -23,7 +23,15 @@ from higgs.lab import Host, Lab
 from higgs.lab.lab import IPERF_PORT
 from higgs.lab.procs import pids_in_netns
 
-__all__ = ["HOSTS", "E2eSizes", "measure_row", "parse_iperf", "parse_ping"]
+__all__ = [
+    "HOSTS",
+    "E2eSizes",
+    "measure_row",
+    "parse_iperf",
+    "parse_ping",
+    "pids_by_group",
+    "sample",
+]
 
 # Hosts whose processes' CPU is charged to the row (the tunnel's three parties).
 HOSTS = ("client", "node", "server")
@@ -41,10 +49,12 @@ class E2eSizes:
     ping_interval: float = 0.01
 
 
-def _pids_by_host(lab: Lab) -> dict[str, list[int]]:
-    paths = {Path("/run/netns") / lab.host(h).ns: h for h in HOSTS}
+def pids_by_group(lab: Lab, groups: Mapping[str, str]) -> dict[str, list[int]]:
+    """The PIDs in the namespaces of the hosts ``groups`` names (role -> group; several
+    hosts may share a group, e.g. every client host of bench/growth), by group."""
+    paths = {Path("/run/netns") / lab.host(role).ns: g for role, g in groups.items()}
     found = pids_in_netns(paths)
-    by_host: dict[str, list[int]] = {h: [] for h in HOSTS}
+    by_group: dict[str, list[int]] = {g: [] for g in groups.values()}
     for pid, ns in found.items():
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -52,11 +62,16 @@ def _pids_by_host(lab: Lab) -> dict[str, list[int]]:
             continue
         if comm in _TOOLS:
             continue
-        by_host[paths[Path("/run/netns") / ns]].append(pid)
-    return by_host
+        by_group[paths[Path("/run/netns") / ns]].append(pid)
+    return by_group
 
 
-def _sample(pids: Mapping[str, list[int]]) -> dict[str, ProcSample]:
+def _pids_by_host(lab: Lab) -> dict[str, list[int]]:
+    return pids_by_group(lab, {h: h for h in HOSTS})
+
+
+def sample(pids: Mapping[str, list[int]]) -> dict[str, ProcSample]:
+    """CPU seconds of each group's processes now."""
     return {h: sample_procs(p) for h, p in pids.items()}
 
 
@@ -110,9 +125,9 @@ def measure_row(lab: Lab, sizes: E2eSizes) -> dict[str, float]:
     cpu = dict.fromkeys(HOSTS, 0.0)
     gigabytes = 0.0
     for metric, extra in (("tcp_up", ()), ("tcp_down", ("-R",))):
-        before = _sample(pids)
+        before = sample(pids)
         bps, nbytes, _ = _iperf(client, target, sizes, *extra)
-        after = _sample(pids)
+        after = sample(pids)
         values[metric] = bps / 1e6
         gigabytes += nbytes / 1e9
         for h in HOSTS:

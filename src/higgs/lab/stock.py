@@ -240,7 +240,8 @@ def full_tunnel_client(
 
 class StockClient:
     """A stock WireGuard client configured from a ``POST /v1/routes`` answer (the JSON dict),
-    the way a person would paste it into wg-quick: direct path only, IPv4 full tunnel.
+    the way a person would paste it into wg-quick: IPv4 full tunnel, to the route's direct
+    endpoint (or ``endpoint``, e.g. the answer's ``udp_relay`` endpoint, docs/protocol.md §2.3).
 
         keys = new_keypair()
         answer = ...  # the route answer for keys.public
@@ -257,10 +258,12 @@ class StockClient:
         *,
         tag: str | None = None,
         fwmark: int = 51820,
+        endpoint: str | None = None,
     ) -> None:
         wg = route["wireguard"]
         direct = route.get("direct") or {}
-        if not direct.get("endpoint"):
+        endpoint = endpoint or direct.get("endpoint")
+        if not endpoint:
             raise LabError("the route has no direct endpoint; a stock client cannot use the relay")
         self.lab = lab
         self.host = host
@@ -269,7 +272,7 @@ class StockClient:
         self.ifname = lab.ifname(tag or f"w{host.role[-1] if host.role[-1].isdigit() else 'c'}")
         self.address: str = wg["address"]
         self.node_public: str = wg["node_public_key"]
-        self.endpoint: str = direct["endpoint"]
+        self.endpoint: str = endpoint
         self.mtu: int = int(wg["mtu"])
         self.dns: list[str] = list(wg.get("dns") or [])
         self.keepalive = int(wg.get("persistent_keepalive") or 25)

@@ -18,11 +18,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.timeout(900)]
 _NUMBER = r"[0-9][0-9.,]*[kM]?"
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
 def _row(text: str, name: str) -> list[str]:
     """The cells of the first table row that starts with ``name``."""
     for line in text.splitlines():
         if line.startswith(f"| {name} |"):
-            return [c.strip() for c in line.strip("|").split("|")]
+            return _cells(line)
     raise AssertionError(f"no table row {name!r} in the report:\n{text}")
 
 
@@ -51,6 +55,7 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
         "## Control plane",
         "## Path bring-up",
         "## Profile",
+        "## Growth (bench/growth",
     ):
         assert section in out
     assert "Failed:" not in out
@@ -91,3 +96,15 @@ def test_smoke_run_prints_every_table(tmp_path: Path) -> None:
     assert "## Path bring-up and upgrade" in out
     punched = _row(out, "0")
     assert all(re.fullmatch(_NUMBER, c) for c in punched[1:]), punched
+
+    # growth (issue 13 item 4): both paths carried N = 1 and 2 simultaneous downloads, each
+    # row with an aggregate and a Jain's index.
+    growth = out[out.index("\n## Growth (bench/growth") :].split("\n## ", 2)[1]
+    for title in ("#### direct", "#### UDP relay"):
+        assert title in growth, growth
+    rows = [_cells(line) for line in growth.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 2, growth
+    for cells in rows:
+        assert re.fullmatch(_NUMBER, cells[1]), cells
+        assert re.fullmatch(r"[01]\.[0-9]{3}", cells[3]), cells
+    assert "failed" not in growth
