@@ -172,9 +172,10 @@ def _serve_with_relay(argv: list[str]) -> int:
     thread.start()
     try:
         # The relay's counters join the server's /metrics and the dashboard's relay page.
-        return server_cli.main(argv, collectors=[relay.collector])
+        return server_cli.main(argv, collectors=[relay.collector], on_leased=reconciler.kick)
     finally:
         stop.set()
+        reconciler.kick()  # not a second later
         thread.join(timeout=30)
         if stop_metrics is not None:
             stop_metrics()

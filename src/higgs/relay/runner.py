@@ -93,6 +93,11 @@ class Reconciler:
         self._read_log = RetryLog(log, "UDP relay: reading sessions")
         self._legs_log = RetryLog(log, "UDP relay: recording the bound legs")
         self._beat_log = RetryLog(log, "UDP relay: the host heartbeat")
+        self._wake = threading.Event()
+
+    def kick(self) -> None:
+        """Read the sessions now (a new lease): from any thread, never blocks."""
+        self._wake.set()
 
     def sync(self) -> None:
         try:
@@ -149,6 +154,8 @@ class Reconciler:
                 self.tell_legs()
                 self.beat()
                 self.write_status(status)
-                stop.wait(self.interval_s)
+                # The next pass after interval_s, or as soon as the server leased a port.
+                if self._wake.wait(self.interval_s):
+                    self._wake.clear()
         finally:
             status.unlink(missing_ok=True)

@@ -147,8 +147,10 @@ class BosonServer:
         hub_factory: HubFactory | None = None,
         *,
         collectors: Sequence[Collector] = (),
+        on_leased: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_leased = on_leased
         self._hub_factory = hub_factory or relay_hub_factory(settings)
         self.metrics = ServerMetrics()
         # Read-only stats of what runs beside the server (the embedded UDP relay's): the
@@ -200,6 +202,8 @@ class BosonServer:
         # One view of the nodes, kept current by the registry and the sessions, read by routing.
         nodes = NodeView()
         sessions = SessionService(db, hub, nodes, s, self.metrics)
+        if self._on_leased is not None:  # the embedded relay opens a new port at once
+            sessions.udp_leases.on_leased = self._on_leased
         registry = RegistryService(db, hub, s, self.metrics, nodes, sessions, identity)
         # Instances of one deployment share the key through the database (docs/scaleout.md).
         registry.challenges = (

@@ -198,11 +198,15 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
 # --- commands --------------------------------------------------------------------------------
 
 
-async def _serve(settings: ServerSettings, collectors: Sequence[Collector] = ()) -> int:
+async def _serve(
+    settings: ServerSettings,
+    collectors: Sequence[Collector] = (),
+    on_leased: Callable[[], None] | None = None,
+) -> int:
     # Imported here: the web stack is only needed to serve, not for the database commands.
     from higgs.server.app import BosonServer
 
-    server = BosonServer(settings, collectors=collectors)
+    server = BosonServer(settings, collectors=collectors, on_leased=on_leased)
     await server.start()
     # Everything allocated so far (modules, the app, SQLAlchemy's caches) lives as long as
     # the process: keep it out of the collector's full passes, which otherwise walk it all
@@ -421,14 +425,18 @@ async def _device_revoke(db: Database, device_id: str) -> int:
     return 0
 
 
-def _dispatch(args: argparse.Namespace, collectors: Sequence[Collector] = ()) -> int:
+def _dispatch(
+    args: argparse.Namespace,
+    collectors: Sequence[Collector] = (),
+    on_leased: Callable[[], None] | None = None,
+) -> int:
     settings = _settings(args)
     cmd = args.command
     if cmd != "migrate":
         logging.getLogger("alembic").setLevel(logging.WARNING)
     action = getattr(args, "action", None)
     if cmd == "serve":
-        return _run(_serve(settings, collectors))
+        return _run(_serve(settings, collectors, on_leased))
     if cmd == "migrate":
         return _run(_migrate(settings))
     if cmd == "enroll" and action == "create":
@@ -459,10 +467,17 @@ def _dispatch(args: argparse.Namespace, collectors: Sequence[Collector] = ()) ->
     raise AssertionError(f"unhandled command {cmd} {action}")
 
 
-def main(argv: Sequence[str] | None = None, *, collectors: Sequence[Collector] = ()) -> int:
-    """``collectors``: read-only metric sources the composition root hands ``serve`` (the
-    embedded UDP relay's stats): they appear in /metrics and on the dashboard's relay page."""
-    return run_cli(build_parser(), functools.partial(_dispatch, collectors=collectors), argv)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    collectors: Sequence[Collector] = (),
+    on_leased: Callable[[], None] | None = None,
+) -> int:
+    """What the composition root hands ``serve`` of the embedded UDP relay: ``collectors``,
+    read-only metric sources (they appear in /metrics and on the dashboard's relay page), and
+    ``on_leased``, called when a session gets a relay port (the relay reads it at once)."""
+    dispatch = functools.partial(_dispatch, collectors=collectors, on_leased=on_leased)
+    return run_cli(build_parser(), dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,18 @@ async def test_leasing_a_session_that_holds_a_lease_gives_the_same_port(srv: Har
     async with srv.server.ctx.db.begin() as conn:
         served = await relay_leases.relay_sessions(conn, RELAY)
     assert [s.session_id for s in served] == [answer["session_id"]]
+
+
+@LONG_COOLDOWN
+async def test_every_new_lease_is_told_to_the_embedded_relay(srv: Harness) -> None:
+    """The relay in the same process reads its sessions when told, not a second later."""
+    await srv.node(endpoint=None)
+    client = await srv.client_token("alice")
+    assert srv.server.ctx is not None
+    told: list[int] = []
+    srv.server.ctx.sessions.udp_leases.on_leased = lambda: told.append(1)
+    answer = (await srv.route(client)).json()
+    assert answer["udp_relay"]["endpoint"].startswith(f"{RELAY}:")
+    assert told == [1]
+    await srv.route(client, mode="direct")  # no relay port: nothing to tell
+    assert told == [1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 LEASE_ATTEMPTS = 8
 
 
+def _nothing() -> None:
+    return None
+
+
 def endpoint_of(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -63,6 +67,10 @@ class UdpLeases:
         self.address = settings.udp_relay_address
         self.ports = PortRange.parse(settings.udp_relay_ports)
         self._cache: tuple[float, list[_Host]] | None = None
+        # Told of every new lease (a route, a device's roaming, a failover move): the relay
+        # embedded in this process reads its sessions at once instead of at its next second,
+        # which a client's first handshake would otherwise often beat.
+        self.on_leased: Callable[[], None] = _nothing
 
     def endpoint(self, port: int) -> str:
         assert self.address is not None
@@ -154,6 +162,7 @@ class UdpLeases:
             if self.address is not None:
                 log.warning("no free UDP relay port", extra={"session_id": row.id})
             return None
+        self.on_leased()
         return UdpRelayPath(endpoint=endpoint_of(*got))
 
     async def _lease_in(
@@ -192,6 +201,7 @@ class UdpLeases:
                     if got is None:
                         raise _NoPort
                     await hosts_store.hint_legs(conn, session_id, legs)
+                self.on_leased()
                 return endpoint_of(*got)
             except IntegrityError:
                 continue
