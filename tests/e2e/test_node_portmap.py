@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from higgs.lab.wait import wait_until
 from higgs.lab.wireguard import new_keypair, wg_show
 from higgs.node.runstate import read_status
 from tests.e2e.client_system import Client
+from tests.e2e.portmap_kit import port_mapping, restart_after_kill
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -61,18 +61,6 @@ def product(lab: Lab, router: MiniUpnpd) -> Product:
         exc.add_note(lab.log_tails(40))
         raise
     return product
-
-
-def node_status(product: Product) -> dict[str, Any]:
-    out = product.node_cli("status", "--json").stdout
-    try:
-        return dict(json.loads(out).get("status") or {})
-    except ValueError:
-        return {}
-
-
-def port_mapping(product: Product) -> dict[str, Any]:
-    return dict(node_status(product).get("port_mapping") or {})
 
 
 def ours(router: MiniUpnpd, lab: Lab) -> list[RouterMapping]:
@@ -109,12 +97,6 @@ def mapped_in_status_file(product: Product, method: str) -> dict[str, Any]:
         return pm if pm.get("verified") else None
 
     return dict(wait_until(f"a verified {method} mapping", verified, 60, 0.2))
-
-
-def kill_node(product: Product) -> None:
-    assert product.node_proc is not None
-    product.node_proc.popen.send_signal(signal.SIGKILL)
-    product.node_proc.popen.wait(30)
 
 
 NAT_PAIRS: list[tuple[NatType, NatType]] = [
@@ -250,21 +232,13 @@ def test_sigkill_leaves_no_mapping_after_restart_or_cleanup(
     lab: Lab, router: MiniUpnpd, product: Product, method: str, then: str
 ) -> None:
     start_mapped(product, method)
-    kill_node(product)
+    product.kill_node()
     assert ours(router, lab), "the killed node's mapping should still be on the router"
     if then == "cleanup":
         done = product.node_cli("cleanup")
         assert done.returncode == 0, done.stdout + done.stderr
     else:
-        # The next start undoes the journal first; "off" so it maps nothing itself.
-        product.start_node(direct=False, flags=["--port-mapping", "off"])
-        # (The server still lists the killed run as online: wait for the new run itself.)
-        wait_until(
-            "the new run online",
-            lambda: node_status(product).get("server", {}).get("state") == "online",
-            60,
-            0.5,
-        )
+        restart_after_kill(product)
         assert ours(router, lab) == []
         assert product.stop_node() == 0
     assert ours(router, lab) == []

@@ -6,8 +6,6 @@ turn, the router offering only that one."""
 
 from __future__ import annotations
 
-import json
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +15,7 @@ import pytest
 from higgs.lab.lab import Lab
 from higgs.lab.miniupnpd import MiniUpnpd
 from higgs.lab.product import NODE_PORT, Product
-from higgs.lab.wait import wait_until
+from tests.e2e.portmap_kit import port_mapping, restart_after_kill
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -31,17 +29,6 @@ def lab() -> Iterator[Lab]:
         lab.teardown()
     left = lab.leftovers()
     assert not left, f"lab {lab.names.stem} left behind: {left}"
-
-
-def node_status(product: Product) -> dict[str, Any]:
-    try:
-        return dict(json.loads(product.node_cli("status", "--json").stdout).get("status") or {})
-    except ValueError:
-        return {}
-
-
-def port_mapping(product: Product) -> dict[str, Any]:
-    return dict(node_status(product).get("port_mapping") or {})
 
 
 def wait_pinhole(product: Product) -> dict[str, Any]:
@@ -96,23 +83,13 @@ def test_sigkill_leaves_no_pinhole_after_restart_or_cleanup(
     try:
         start_pinholed(product, method)
         wait_pinhole(product)
-        assert product.node_proc is not None
-        product.node_proc.popen.send_signal(signal.SIGKILL)
-        product.node_proc.popen.wait(30)
+        product.kill_node()
         assert router.pinholes() == [lab.node.ip6], "the killed node's pinhole should remain"
         if then == "cleanup":
             done = product.node_cli("cleanup")
             assert done.returncode == 0, done.stdout + done.stderr
         else:
-            # The next start undoes the journal first; "off" so it opens nothing itself.
-            product.start_node(direct=False, flags=["--port-mapping", "off"])
-            # (The server still lists the killed run as online: wait for the new run itself.)
-            wait_until(
-                "the new run online",
-                lambda: node_status(product).get("server", {}).get("state") == "online",
-                60,
-                0.5,
-            )
+            restart_after_kill(product)
             assert router.pinholes() == []
             assert product.stop_node() == 0
     except Exception as exc:

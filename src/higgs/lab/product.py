@@ -433,6 +433,15 @@ class Product:
         except Exception as exc:
             raise LabError(f"higgsnode did not exit within {timeout} s after SIGTERM") from exc
 
+    def kill_node(self, *, timeout: float = 30) -> None:
+        """SIGKILL, as a crash would: the node undoes nothing; returns once it exited."""
+        proc = self.node_proc
+        if proc is None:
+            raise LabError("no higgsnode was started")
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(timeout)
+
     # -- clients -----------------------------------------------------------------------------
 
     def route(
