@@ -36,6 +36,7 @@ from higgs.client.server_api import ApiError, ServerApi
 from higgs.client.settings import ClientSettings
 from higgs.client.status import StatusReport, write_status
 from higgs.client.timings import PhaseTimer
+from higgs.common import eventloop
 from higgs.common.backoff import Backoff
 from higgs.common.errors import HiggsError
 from higgs.common.keys import load_or_create_private_key
@@ -582,4 +583,4 @@ async def _run(
 def run_daemon(settings: ClientSettings) -> int:
     """The daemon's body: in the process ``connect`` forked (higgs.client.process), or in
     ``higgsvpn _daemon`` (settings read from stdin)."""
-    return asyncio.run(_main(settings))
+    return eventloop.run(_main(settings))

@@ -53,7 +53,9 @@ async def icmp_rtt_ms(
         seq = int(time.monotonic() * 1000) & 0xFFFF
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        await loop.sock_sendto(sock, _echo(ident, seq), (target, 0))
+        # A plain sendto: uvloop has no loop.sock_sendto, and a raw ICMP socket with room
+        # in its buffer never blocks on one echo.
+        sock.sendto(_echo(ident, seq), (target, 0))
         deadline = started + wait_s
         while (left := deadline - time.monotonic()) > 0:
             try:

@@ -43,6 +43,7 @@ import httpx
 from pydantic import ValidationError
 
 from higgs import __version__
+from higgs.common import eventloop
 from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey, load_or_create_private_key
 from higgs.daemon.stopsignals import StopSignals
@@ -633,4 +634,4 @@ async def _recover_then_run(settings: NodeSettings, signals: StopSignals) -> Non
 
 def run_agent(settings: NodeSettings) -> None:
     """Runs the agent in the foreground until it is stopped (the CLI's ``start``)."""
-    asyncio.run(_main(settings))
+    eventloop.run(_main(settings))

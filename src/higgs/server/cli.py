@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from higgs.common import eventloop
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import ConfigError, HiggsError
 
@@ -156,15 +157,6 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
     return load_settings(
         ServerSettings, file=args.config, env_prefix=ENV_PREFIX, overrides=overrides
     )
-
-
-def _run(coro: Awaitable[T]) -> T:
-    import uvloop
-
-    async def wrapper() -> T:
-        return await coro
-
-    return uvloop.run(wrapper())
 
 
 async def _with_db(settings: ServerSettings, fn: Callable[[Database], Awaitable[T]]) -> T:
@@ -436,32 +428,34 @@ def _dispatch(
         logging.getLogger("alembic").setLevel(logging.WARNING)
     action = getattr(args, "action", None)
     if cmd == "serve":
-        return _run(_serve(settings, collectors, on_leased))
+        return eventloop.run(_serve(settings, collectors, on_leased))
     if cmd == "migrate":
-        return _run(_migrate(settings))
+        return eventloop.run(_migrate(settings))
     if cmd == "enroll" and action == "create":
-        return _run(_with_db(settings, lambda db: _enroll_create(db, args.uses, args.expires)))
+        return eventloop.run(
+            _with_db(settings, lambda db: _enroll_create(db, args.uses, args.expires))
+        )
     if cmd == "enroll" and action == "list":
-        return _run(_with_db(settings, lambda db: _enroll_list(db, args.json)))
+        return eventloop.run(_with_db(settings, lambda db: _enroll_list(db, args.json)))
     if cmd == "client" and action == "add":
-        return _run(_with_db(settings, lambda db: _client_add(db, args.name)))
+        return eventloop.run(_with_db(settings, lambda db: _client_add(db, args.name)))
     if cmd == "client" and action == "list":
-        return _run(_with_db(settings, lambda db: _client_list(db, args.json)))
+        return eventloop.run(_with_db(settings, lambda db: _client_list(db, args.json)))
     if cmd == "client" and action == "revoke":
-        return _run(_with_db(settings, lambda db: _client_revoke(db, args.name)))
+        return eventloop.run(_with_db(settings, lambda db: _client_revoke(db, args.name)))
     if cmd == "client" and action == "quota":
         mb = None if args.unlimited else args.mb
-        return _run(_with_db(settings, lambda db: _client_quota(db, args.name, mb)))
+        return eventloop.run(_with_db(settings, lambda db: _client_quota(db, args.name, mb)))
     if cmd == "nodes":
-        return _run(_with_db(settings, lambda db: _nodes(db, args.json)))
+        return eventloop.run(_with_db(settings, lambda db: _nodes(db, args.json)))
     if cmd == "sessions":
-        return _run(_with_db(settings, lambda db: _sessions(db, args.json, args.state)))
+        return eventloop.run(_with_db(settings, lambda db: _sessions(db, args.json, args.state)))
     if cmd == "device" and action == "list":
-        return _run(
+        return eventloop.run(
             _with_db(settings, lambda db: _device_list(db, settings, args.json, args.revoked))
         )
     if cmd == "device" and action == "revoke":
-        return _run(_with_db(settings, lambda db: _device_revoke(db, args.device_id)))
+        return eventloop.run(_with_db(settings, lambda db: _device_revoke(db, args.device_id)))
     if cmd == "relay":
         raise HiggsError("`relay` runs from the bosonserver program (higgs.bosonserver)")
     raise AssertionError(f"unhandled command {cmd} {action}")
