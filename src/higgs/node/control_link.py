@@ -31,6 +31,15 @@ __all__ = ["ControlLink"]
 
 log = logging.getLogger(__name__)
 
+# A relayed session's first datagrams (the client's handshake initiation) can arrive in the
+# binary frames right behind its ``peer_add`` (or the ``sync`` after a reconnect), while that
+# message still waits in the inbox or its peer is being added. Dropped, the initiation costs a
+# WireGuard retry (0.5-5 s); held, it goes to WireGuard as soon as the bridge is open. Bounded:
+# an initiation and a few retries or data packets per channel, and channels only for the
+# messages now in flight.
+PENDING_PER_CHANNEL = 16
+PENDING_CHANNELS = 4096
+
 
 def _desired(peer: control.Peer) -> DesiredPeer:
     return DesiredPeer(
@@ -41,6 +50,25 @@ def _desired(peer: control.Peer) -> DesiredPeer:
         relayed=peer.relayed,
         relay_endpoint=peer.relay_endpoint,
     )
+
+
+def _relayed_channels(message: dict[str, Any]) -> list[int]:
+    """The relayed channels a raw ``peer_add`` or ``sync`` names, read before validation
+    (``handle`` validates; a malformed entry here only means nothing is held for it)."""
+    kind = message.get("type")
+    if kind == "peer_add":
+        peers: Any = [message]
+    elif kind == "sync":
+        peers = message.get("peers")
+        if not isinstance(peers, list):
+            return []
+    else:
+        return []
+    return [
+        p["channel"]
+        for p in peers
+        if isinstance(p, dict) and p.get("relayed") is True and type(p.get("channel")) is int
+    ]
 
 
 class ControlLink:
@@ -63,6 +91,8 @@ class ControlLink:
         self._link = RelayLink(url, token, on_data=self._on_data, on_text=self._on_text)
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
         self._bridges: dict[int, UdpBridge] = {}
+        # channel -> datagrams held until its bridge opens (see PENDING_PER_CHANNEL)
+        self._pending: dict[int, list[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.counters: Counter[str] = Counter()
 
@@ -78,6 +108,7 @@ class ControlLink:
         return {
             "connected": self.connected,
             "relayed_sessions": len(self._bridges),
+            "held_channels": len(self._pending),
             "peers": len(self._peers.sessions),
             "counters": dict(self.counters),
             "link_dropped": self._link.dropped,
@@ -102,6 +133,7 @@ class ControlLink:
         for bridge in self._bridges.values():
             bridge.close()
         self._bridges.clear()
+        self._pending.clear()
 
     async def wait_closed(self) -> tuple[int | None, str]:
         """Returns when the link stopped for good (e.g. 4001: our token is not valid)."""
@@ -112,10 +144,19 @@ class ControlLink:
 
     def _on_data(self, channel: int, datagrams: list[memoryview]) -> None:
         bridge = self._bridges.get(channel)
-        if bridge is None:
+        if bridge is not None:
+            bridge.send(datagrams)
+            return
+        held = self._pending.get(channel)
+        if held is None:
             self.counters["data_no_session"] += len(datagrams)
             return
-        bridge.send(datagrams)
+        room = PENDING_PER_CHANNEL - len(held)
+        # Copies: the link reuses the buffer these views point into.
+        held.extend(bytes(d) for d in datagrams[:room])
+        self.counters["data_held"] += min(room, len(datagrams))
+        if len(datagrams) > room:
+            self.counters["data_held_overflow"] += len(datagrams) - room
 
     async def _open_bridge(self, channel: int) -> None:
         if channel in self._bridges:
@@ -125,9 +166,14 @@ class ControlLink:
         def to_relay(datagrams: list[bytes]) -> None:
             link.send_datagrams(channel, datagrams)
 
-        self._bridges[channel] = await UdpBridge.open(to_relay, peer=self._wg)
+        bridge = await UdpBridge.open(to_relay, peer=self._wg)
+        self._bridges[channel] = bridge
+        held = self._pending.pop(channel, None)
+        if held:
+            bridge.send(held)
 
     def _close_bridge(self, channel: int) -> None:
+        self._pending.pop(channel, None)
         bridge = self._bridges.pop(channel, None)
         if bridge is not None:
             bridge.close()
@@ -139,6 +185,18 @@ class ControlLink:
             self._inbox.put_nowait(message)
         except asyncio.QueueFull:
             self.counters["control_dropped"] += 1
+            return
+        for channel in _relayed_channels(message):
+            if channel not in self._bridges and len(self._pending) < PENDING_CHANNELS:
+                self._pending.setdefault(channel, [])
+
+    def _drop_pending(self, message: dict[str, Any]) -> None:
+        """Forgets what was held for a message's channels that got no bridge (refused)."""
+        for channel in _relayed_channels(message):
+            if channel not in self._bridges:
+                held = self._pending.pop(channel, None)
+                if held:
+                    self.counters["data_no_session"] += len(held)
 
     async def _process(self) -> None:
         while True:
@@ -148,6 +206,8 @@ class ControlLink:
             except Exception:  # one bad message must not stop the control link
                 self.counters["control_failed"] += 1
                 log.exception("control message failed", extra={"type": str(raw.get("type"))})
+            finally:
+                self._drop_pending(raw)
 
     async def handle(self, raw: dict[str, Any]) -> None:
         try:

@@ -183,3 +183,44 @@ async def test_peer_add_is_idempotent_and_bad_or_unknown_messages_are_ignored(
     assert table.ops == [("set", K1)]
     assert link.relayed_channels == [30]
     assert link.connected
+
+
+async def test_datagrams_right_behind_a_peer_add_are_held_until_its_bridge_opens(
+    setup: tuple[RelayHubServer, Events, ControlLink, Table, FakeWireGuard],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's first handshake initiation follows its peer_add closely; adding the peer takes
+    a while (wg set, routes), and a datagram dropped meanwhile costs a WireGuard retry."""
+    hub, _, link, table, wg = setup
+    slow_set = table.set_peer
+
+    def set_peer_slowly(key: str, allowed: Any, endpoint: str | None = None) -> None:
+        import time
+
+        time.sleep(0.5)
+        slow_set(key, allowed, endpoint)
+
+    monkeypatch.setattr(table, "set_peer", set_peer_slowly)
+    client, got = await session_client(hub, "s_5", 40)
+    refused, _ = await session_client(hub, "s_6", 41)
+    try:
+        await hub.send_control(
+            NODE, {"type": "peer_add", **peer("s_5", 40, K1, "10.77.0.5/32", True)}
+        )
+        client.send_datagrams(40, [b"initiation"])
+        # The node's own address: refused, so what arrived for it is dropped, not held forever.
+        await hub.send_control(
+            NODE, {"type": "peer_add", **peer("s_6", 41, K2, "10.77.0.1/32", True)}
+        )
+        refused.send_datagrams(41, [b"stray"])
+        await until(lambda: got == [b"re:initiation"])
+        await until(
+            lambda: link.counters["control_peer_add"] == 2 and link.status()["held_channels"] == 0
+        )
+        assert [data for _, data in wg.seen] == [b"initiation"]
+        assert link.counters["data_held"] == 2
+        assert link.counters["data_no_session"] == 1
+        assert link.relayed_channels == [40]
+    finally:
+        await client.close()
+        await refused.close()
