@@ -173,6 +173,9 @@ def _restart_once(lab: Lab, node: NodeHandle) -> tuple[float | None, float]:
         if keep:  # the echoes of each restart, to look at (the lab's own files go with it)
             out = Path(keep) / f"restart-{int(t_restart)}.txt"
             out.write_text(f"restart at {t_restart:.6f}\n" + "".join(lines))
+            restarted = node.program.proc
+            if restarted is not None:  # where the restarted node's start-up spent its time
+                out.with_suffix(".node.log").write_text(restarted.log_text())
         gap = last_outage(list(lines), t_restart)
         answered = answering()
         if gap is None:
