@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -184,6 +184,15 @@ class SessionOpener:
         connected = self.is_connected
         # No await from here on: the view cannot change while it is read.
         if not holders:
+            # The common case streams the view through one pass: no list of N candidates,
+            # and a node whose cached candidate cannot take any session is skipped without
+            # asking the hub (connectivity does not change that verdict).
+            fit = routing.best_of(_takers(pool, connected), wish)
+            if fit is not None:
+                chosen = named if named is not None else self.nodes.get(fit.node_id)
+                if chosen is not None:
+                    return chosen, None
+            # Nothing fits: the full list, for the message saying why.
             candidates = [f.candidate(connected(f.node_id)) for f in pool]
         else:
             candidates = []
@@ -203,3 +212,15 @@ class SessionOpener:
         if best is None or chosen is None:
             raise Unavailable("no_route", why or "no online node fits the request")
         return chosen, holders.get(best.node_id)
+
+
+def _takers(
+    pool: Iterable[NodeFacts], connected: Callable[[str], bool]
+) -> Iterator[routing.Candidate]:
+    """The pool's candidates, less those whose cached candidate already says the node can
+    take no session at all."""
+    for facts in pool:
+        cached = facts.cached
+        if cached is not None and not cached.can_take_any:
+            continue
+        yield facts.candidate(connected(facts.node_id))

@@ -41,6 +41,7 @@ __all__ = [
     "Candidate",
     "RouteWish",
     "allocate_address",
+    "best_of",
     "node_address",
     "pick",
     "score",
@@ -157,16 +158,25 @@ def _asks_anything(wish: RouteWish) -> bool:
     )
 
 
-def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | None, str]:
-    """The best candidate, or None with a message saying why nothing fits."""
-    # One pass; the request-independent checks and the rank are cached on each candidate.
+def best_of(candidates: Iterable[Candidate], wish: RouteWish) -> Candidate | None:
+    """The best candidate that fits, or None; one pass over any iterable, so the caller can
+    stream candidates without building a list (the route hot path at N nodes)."""
+    # The request-independent checks and the rank are cached on each candidate.
     best: Candidate | None = None
+    best_rank: tuple[float, int, str] | None = None
     filtered = _asks_anything(wish)
     for c in candidates:
         if not c.can_take_any or (filtered and _wish_rejection(c, wish) is not None):
             continue
-        if best is None or c.rank > best.rank:
-            best = c
+        rank = c.rank
+        if best_rank is None or rank > best_rank:
+            best, best_rank = c, rank
+    return best
+
+
+def pick(candidates: Sequence[Candidate], wish: RouteWish) -> tuple[Candidate | None, str]:
+    """The best candidate, or None with a message saying why nothing fits."""
+    best = best_of(candidates, wish)
     if best is not None:
         return best, ""
     if wish.node_id is not None:
