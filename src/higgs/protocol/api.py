@@ -389,16 +389,33 @@ class PeerStat(_Request):
 
 
 # --- relay hosts and their RTT (issue 14; docs/protocol.md §5.5) ---
+_H = "[0-9A-Fa-f]{1,4}"
+_V4 = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# An IPv4 or IPv6 address (hex forms, no zone), written out so that the schema says what the
+# server takes: a client generating requests from it (and the contract test's schema-valid
+# cases) sends addresses, and every string it matches parses as one.
+IP_ADDRESS_PATTERN = (
+    rf"^({_V4}(\.{_V4}){{3}}"
+    rf"|({_H}:){{7}}{_H}|({_H}:){{1,7}}:|({_H}:){{1,6}}:{_H}"
+    rf"|({_H}:){{1,5}}(:{_H}){{1,2}}|({_H}:){{1,4}}(:{_H}){{1,3}}"
+    rf"|({_H}:){{1,3}}(:{_H}){{1,4}}|({_H}:){{1,2}}(:{_H}){{1,5}}"
+    rf"|{_H}:(:{_H}){{1,6}}|:((:{_H}){{1,7}}|:))$"
+)
+
+
 def _relay_address(value: str) -> str:
     return str(ipaddress.ip_address(value))
 
 
 RelayRtts = Annotated[
     dict[
-        Annotated[str, AfterValidator(_relay_address)],
+        Annotated[
+            str, StringConstraints(pattern=IP_ADDRESS_PATTERN), AfterValidator(_relay_address)
+        ],
         Annotated[float, Field(ge=0, le=60_000)],
     ],
-    Field(max_length=64),
+    # No other keys: the schema must say so, or schema-valid requests would carry them.
+    Field(max_length=64, json_schema_extra={"additionalProperties": False}),
 ]
 
 
