@@ -9,6 +9,10 @@ Binary frames carry relayed sessions. Each relayed session gets its own local UD
 (:class:`~higgs.transport.udp_bridge.UdpBridge`) that talks to the local WireGuard port, so
 WireGuard sees each relayed client as a distinct endpoint ``127.0.0.1:<port>`` and roams
 naturally when the client switches between relay and direct.
+
+A relayed peer with a ``relay_hub`` (a relay host's WebSocket hub, docs/scaleout.md) carries
+its data on a data-only link to that hub instead (:class:`~higgs.node.hub_links.HubLinks`,
+one per hub, shared by its sessions); control stays on this link.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from higgs.node.hub_links import HubLinks
 from higgs.node.metrics import peer_stats_with_endpoints
 from higgs.node.peers import DesiredPeer, PeerManager, PeerRow
 from higgs.protocol import control
@@ -63,6 +68,7 @@ class ControlLink:
         self._link = RelayLink(url, token, on_data=self._on_data, on_text=self._on_text)
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
         self._bridges: dict[int, UdpBridge] = {}
+        self._hubs = HubLinks(token, on_data=self._on_data)
         self._tasks: list[asyncio.Task[None]] = []
         self.counters: Counter[str] = Counter()
 
@@ -82,6 +88,7 @@ class ControlLink:
             "counters": dict(self.counters),
             "link_dropped": self._link.dropped,
             "link_malformed": self._link.malformed,
+            "hub_links": self._hubs.status(),
         }
 
     async def start(self) -> None:
@@ -99,6 +106,7 @@ class ControlLink:
                 await task
         self._tasks = []
         await self._link.close()
+        await self._hubs.close()
         for bridge in self._bridges.values():
             bridge.close()
         self._bridges.clear()
@@ -117,17 +125,19 @@ class ControlLink:
             return
         bridge.send(datagrams)
 
-    async def _open_bridge(self, channel: int) -> None:
+    async def _open_bridge(self, channel: int, hub: str | None = None) -> None:
+        self._hubs.route(channel, hub)
         if channel in self._bridges:
             return
-        link = self._link
+        control, hubs = self._link, self._hubs
 
         def to_relay(datagrams: list[bytes]) -> None:
-            link.send_datagrams(channel, datagrams)
+            (hubs.link_for(channel) or control).send_datagrams(channel, datagrams)
 
         self._bridges[channel] = await UdpBridge.open(to_relay, peer=self._wg)
 
     def _close_bridge(self, channel: int) -> None:
+        self._hubs.route(channel, None)
         bridge = self._bridges.pop(channel, None)
         if bridge is not None:
             bridge.close()
@@ -169,16 +179,20 @@ class ControlLink:
             wanted = [_desired(p) for p in message.peers]
             result = await asyncio.to_thread(self._peers.sync, wanted)
             refused = set(result.refused)
-            relayed = {p.channel for p in wanted if p.relayed and p.session_id not in refused}
-            for channel in set(self._bridges) - relayed:
+            relayed = {
+                p.channel: p.relay_hub
+                for p in message.peers
+                if p.relayed and p.session_id not in refused
+            }
+            for channel in set(self._bridges) - set(relayed):
                 self._close_bridge(channel)
-            for channel in relayed:
-                await self._open_bridge(channel)
+            for channel, hub in relayed.items():
+                await self._open_bridge(channel, hub)
         elif isinstance(message, control.PeerAdd):
             peer = _desired(message)
             accepted = await asyncio.to_thread(self._peers.add, peer)
             if accepted and peer.relayed:
-                await self._open_bridge(peer.channel)
+                await self._open_bridge(peer.channel, message.relay_hub)
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)
