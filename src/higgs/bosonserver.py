@@ -137,9 +137,13 @@ def _ws_hub(
     cert, key = args.relay_ws_tls_cert, args.relay_ws_tls_key
     if (cert is None) != (key is None):
         raise _RelayError("relay_ws_tls_cert and relay_ws_tls_key must be given together")
+    try:
+        address = str(ipaddress.ip_address(relay_ip))  # the leases' spelling
+    except ValueError as exc:
+        raise _RelayError(f"udp_relay_address: {exc}") from exc
     return RelayHostHub(
         db_url,
-        str(ipaddress.ip_address(relay_ip)),
+        address,
         listen,
         ssl_context=server_ssl_context(cert, key) if cert and key else None,
         ping_interval_s=settings.relay_ping_interval_s,

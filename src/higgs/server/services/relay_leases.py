@@ -224,6 +224,10 @@ class UdpLeases:
         are live); empty without such hosts, at no query beyond the cached registry."""
         if not session_ids:
             return {}
+        cached = self._cache
+        fresh = cached is not None and time.monotonic() - cached[0] < HOSTS_CACHE_S
+        if fresh and cached is not None and not any(h.ws_url for h in cached[1]):
+            return {}  # the route path without host hubs: not one query more than before
         async with self.db.begin() as conn:
             ws_urls = {h.address: h.ws_url for h in await self.live_hosts(conn, now) if h.ws_url}
             if not ws_urls:
