@@ -189,9 +189,11 @@ async def test_a_full_host_is_skipped(world: World) -> None:
     assert route.udp_relay.endpoint.startswith(f"{FAR}:")
 
 
-async def relayed_route(world: World, node_id: str, rtt: dict[str, float]) -> RouteResponse:
+async def relayed_route(
+    world: World, node_id: str, rtt: dict[str, float], client: AuthedClient | None = None
+) -> RouteResponse:
     return await world.sessions.create_route(
-        await world.client(),
+        client or await world.client(),
         RouteRequest(
             client_public_key=PrivateKey.generate().public_b64(),
             node_id=node_id,
@@ -210,7 +212,8 @@ async def test_both_websocket_legs_go_to_the_hub_of_the_host_nearest_both_ends(
     node_id = await world.node()
     await world.registry.heartbeat(node_id, HeartbeatRequest(relay_rtt_ms={NEAR: 40.0, FAR: 10.0}))
     # 5 + 40 beats 90 + 10: NEAR carries both the UDP lease and the WebSocket legs.
-    route = await relayed_route(world, node_id, {NEAR: 5.0, FAR: 90.0})
+    client = await world.client()
+    route = await relayed_route(world, node_id, {NEAR: 5.0, FAR: 90.0}, client)
     assert route.relay is not None
     assert route.relay.url == f"{NEAR_HUB}/v1/relay/session"
     peer_add = world.hub.types("peer_add")[-1]
@@ -223,11 +226,17 @@ async def test_both_websocket_legs_go_to_the_hub_of_the_host_nearest_both_ends(
     assert wanted.nodes == {node_id: world.hub.allowed[node_id]}
     assert (await read_admissions(world.db, FAR)).sessions == {}
 
-    # NEAR dies: the session and its node's hub move to FAR in one sync.
+    info = await world.sessions.get(client, route.session_id)
+    assert info.relay_url == f"{NEAR_HUB}/v1/relay/session"
+
+    # NEAR dies: the session and its node's hub move to FAR in one sync; the client sees the
+    # new hub in its session.
     await world.beat(NEAR, ago_s=6.0, ws_url=NEAR_HUB)
     await RelayFailover(world.sessions).run_once()
     (peer,) = world.hub.types("sync")[-1]["peers"]
     assert peer["relay_hub"] == FAR_HUB
+    info = await world.sessions.get(client, route.session_id)
+    assert info.relay_url == f"{FAR_HUB}/v1/relay/session"
     assert set((await read_admissions(world.db, FAR)).sessions) == {route.session_id}
     assert (await read_admissions(world.db, NEAR)).sessions == {}
 

@@ -41,6 +41,7 @@ from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.ports import RelayHub
 from higgs.server.services.announce import Announcer
 from higgs.server.services.answers import (
+    SESSION_RELAY_PATH,
     Counters,
     admin_session_list,
     route_answer,
@@ -214,7 +215,13 @@ class SessionService:
         endpoint = (await self.udp_leases.endpoints([row.id])).get(row.id)
         if endpoint is None:
             return info
-        return info.model_copy(update={"udp_relay": UdpRelayPath(endpoint=endpoint)})
+        hub = (await self.udp_leases.hubs([row.id], utcnow())).get(row.id)
+        return info.model_copy(
+            update={
+                "udp_relay": UdpRelayPath(endpoint=endpoint),
+                "relay_url": f"{hub}{SESSION_RELAY_PATH}" if hub else None,
+            }
+        )
 
     async def get(self, client: AuthedClient, session_id: str) -> SessionInfo:
         row = await store.session_by_id(self.db, session_id)
