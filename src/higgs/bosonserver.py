@@ -13,9 +13,9 @@ import ipaddress
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from higgs.common.cli import new_parser, run_cli
 from higgs.common.errors import HiggsError
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the relay's modules load only for `serve` with a relay and 
     from higgs.relay.db_source import DbSource, HostInfo
     from higgs.relay.probe import ProbeResponder
     from higgs.relay.runner import Reconciler
+    from higgs.server.relay.host_hub import RelayHostHub
 
 __all__ = ["main"]
 
@@ -87,6 +88,8 @@ class _RelayPieces:
         self.reconciler: Reconciler = Reconciler(
             self.relay, self.source, on_legs=self.source.record, on_beat=self._beat
         )
+        # More of the host's counters in each beat (its WebSocket hub's, when it serves one).
+        self.extra_stats: Callable[[], dict[str, Any]] | None = None
 
     def start_probe(self) -> None:
         from higgs.relay.db_source import HostInfo
@@ -99,7 +102,8 @@ class _RelayPieces:
         self.info = HostInfo(self.info.ports, self.probe.port, self.info.ws_url)
 
     def _beat(self, stats: dict[str, object]) -> None:
-        self.source.beat(self.info, stats | {"probes_answered": self.probe.answered})
+        extra = self.extra_stats() if self.extra_stats is not None else {}
+        self.source.beat(self.info, stats | extra | {"probes_answered": self.probe.answered})
 
     def close(self) -> None:
         from higgs.relay.runner import host_stats
@@ -112,6 +116,41 @@ class _RelayPieces:
         self.source.close()
 
 
+def _ws_hub(
+    args: argparse.Namespace, settings: Any, db_url: str, relay_ip: str
+) -> RelayHostHub | None:
+    """The host's WebSocket relay hub, when ``--relay-ws-listen`` asks for one."""
+    if args.relay_ws_listen is None:
+        if args.relay_ws_url:
+            raise _RelayError("relay_ws_url: give --relay-ws-listen too (the hub it names)")
+        return None
+    from higgs.server.app import server_ssl_context
+    from higgs.server.config import split_listen
+    from higgs.server.relay.host_hub import RelayHostHub
+
+    if not args.relay_ws_url or not args.relay_ws_url.startswith(("ws://", "wss://")):
+        raise _RelayError("relay_ws_url: give the hub's public ws[s]://host:port")
+    try:
+        listen = split_listen(args.relay_ws_listen)
+    except ValueError as exc:
+        raise _RelayError(f"relay_ws_listen: {exc}") from exc
+    cert, key = args.relay_ws_tls_cert, args.relay_ws_tls_key
+    if (cert is None) != (key is None):
+        raise _RelayError("relay_ws_tls_cert and relay_ws_tls_key must be given together")
+    try:
+        address = str(ipaddress.ip_address(relay_ip))  # the leases' spelling
+    except ValueError as exc:
+        raise _RelayError(f"udp_relay_address: {exc}") from exc
+    return RelayHostHub(
+        db_url,
+        address,
+        listen,
+        ssl_context=server_ssl_context(cert, key) if cert and key else None,
+        ping_interval_s=settings.relay_ping_interval_s,
+        dead_after_s=settings.relay_dead_after_s,
+    )
+
+
 def _relay_alone(args: argparse.Namespace) -> int:
     from higgs.relay.cli import run_relay
     from higgs.server.store.db import database_url
@@ -120,8 +159,10 @@ def _relay_alone(args: argparse.Namespace) -> int:
     relay_ip = args.relay_ip or settings.udp_relay_address
     if not relay_ip:
         raise _RelayError("udp_relay_address: give --relay-ip or set udp_relay_address")
+    db_url = database_url(settings.database, settings.data_dir)
+    hub = _ws_hub(args, settings, db_url, relay_ip)
     pieces = _RelayPieces(
-        database_url(settings.database, settings.data_dir),
+        db_url,
         relay_ip,
         args.relay_ports or settings.udp_relay_ports,
         args.relay_state_dir or settings.data_dir / "relay",
@@ -130,6 +171,9 @@ def _relay_alone(args: argparse.Namespace) -> int:
         probe_port=DEFAULT_PROBE_PORT if args.relay_probe_port is None else args.relay_probe_port,
         ws_url=args.relay_ws_url,
     )
+    if hub is not None:
+        hub.start()  # listening before the first beat registers its URL
+        pieces.extra_stats = hub.stats
     pieces.start_probe()
     try:
         return run_relay(
@@ -139,6 +183,8 @@ def _relay_alone(args: argparse.Namespace) -> int:
         )
     finally:
         pieces.close()
+        if hub is not None:
+            hub.stop()
 
 
 def _serve_with_relay(argv: list[str]) -> int:
@@ -158,7 +204,9 @@ def _serve_with_relay(argv: list[str]) -> int:
         "",
         # Any free port: several servers of a test run share one address.
         probe_port=settings.udp_relay_probe_port,
-        ws_url=settings.relay_url,
+        # Its WebSocket relay is this server's own hub, which the route answer names as
+        # before (relay_url / instance_relay_url): no relay host hub to route sessions to.
+        ws_url=None,
     )
     relay, reconciler = pieces.relay, pieces.reconciler
     from higgs.relay.metrics import serve_metrics

@@ -396,6 +396,27 @@ class Connector:
             await self._set_peer(route, endpoint)
             tunnel.why = f"on the UDP relay {endpoint} (the previous relay host went down)"
 
+    async def move_ws_relay(self, tunnel: Tunnel, url: str) -> None:
+        """The server moved the session to another relay host whose hub now carries its
+        WebSocket legs: the same session, token and channel on a link to the new hub; on the
+        WebSocket path the peer moves to the new link's local bridge."""
+        if tunnel.route.relay is None:
+            return
+        relay = tunnel.route.relay.model_copy(update={"url": url})
+        route = tunnel.route.model_copy(update={"relay": relay})
+        if self.settings.kill_switch_enabled:
+            endpoints = await self._allow_endpoints(route)
+            await asyncio.to_thread(self.host.kill_switch, allow_endpoints=endpoints)
+        tunnel.route = route
+        if tunnel.mode != "relay" or tunnel.relay is None:
+            return
+        old, new = tunnel.relay, self.relay_factory(route)
+        await new.start()
+        await self._set_peer(route, new.local_endpoint)
+        tunnel.relay = new
+        tunnel.why = f"on the WebSocket relay {url} (the previous relay host went down)"
+        await old.close()
+
     async def _set_peer(
         self, route: RouteResponse, endpoint: str, *, keepalive: int | None = None
     ) -> None:

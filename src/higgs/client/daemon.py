@@ -319,8 +319,9 @@ class Daemon:
             await self._write_status()
 
     async def _relay_loop(self) -> None:
-        """Follows the session's UDP relay endpoint: when its relay host dies the server
-        moves the session to another host, and the peer moves with it (no new session)."""
+        """Follows the session's UDP relay endpoint (and its relay host's WebSocket hub): when
+        its relay host dies the server moves the session to another host, and the peer moves
+        with it (no new session)."""
         while True:
             await asyncio.sleep(self.settings.relay_check_s)
             tunnel = self.tunnel
@@ -337,6 +338,12 @@ class Daemon:
             if tunnel.route.udp_relay is not None and endpoint != tunnel.route.udp_relay.endpoint:
                 log.warning("relay host moved: %s -> %s", tunnel.route.udp_relay.endpoint, endpoint)
                 await self.connector.move_relay(tunnel, endpoint)
+                self.health.path_changes += 1
+                await self._write_status()
+            relay = tunnel.route.relay
+            if info.relay_url and relay is not None and info.relay_url != relay.url:
+                log.warning("relay hub moved: %s -> %s", relay.url, info.relay_url)
+                await self.connector.move_ws_relay(tunnel, info.relay_url)
                 self.health.path_changes += 1
                 await self._write_status()
 

@@ -33,6 +33,9 @@ _REASONS = {
     int(CloseCode.REPLACED): "another connection took this session over",
     int(CloseCode.NODE_OFFLINE): "node offline",
 }
+# A relay host's hub admits a new session at its next database read (0.9 s): a 401 just after
+# the route is retried this long before the token counts as refused.
+ADMISSION_WAIT_S = 3.0
 # 4009 means the node is gone for good (protocol.md §3.4): fail over at once.
 _NODE_OFFLINE_LIMIT = 1
 
@@ -94,6 +97,7 @@ class BridgedRelayPath:
             on_state=self._on_state,
             ca_file=str(self._settings.ca_file) if self._settings.ca_file else None,
             fwmark=self._fwmark,
+            admission_wait_s=ADMISSION_WAIT_S,
         )
         self._link.start()
         self._watch = asyncio.get_running_loop().create_task(self._wait_closed())

@@ -243,7 +243,7 @@ class RelayProgram:
     """``bosonserver relay``: the UDP relay as its own process on a server's data directory
     (its database), on ``host`` (the lab's server unless given), in the background."""
 
-    lab: Lab
+    lab: Lab | Loopback
     data_dir: Path
     host: Host | None = None
     env: Mapping[str, str] = field(default_factory=dict)

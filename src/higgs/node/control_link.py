@@ -9,6 +9,10 @@ Binary frames carry relayed sessions. Each relayed session gets its own local UD
 (:class:`~higgs.transport.udp_bridge.UdpBridge`) that talks to the local WireGuard port, so
 WireGuard sees each relayed client as a distinct endpoint ``127.0.0.1:<port>`` and roams
 naturally when the client switches between relay and direct.
+
+A relayed peer with a ``relay_hub`` (a relay host's WebSocket hub, docs/scaleout.md) carries
+its data on a data-only link to that hub instead (:class:`~higgs.node.hub_links.HubLinks`,
+one per hub, shared by its sessions); control stays on this link.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from higgs.node.hub_links import HubLinks
 from higgs.node.metrics import peer_stats_with_endpoints
 from higgs.node.peers import DesiredPeer, PeerManager, PeerRow
 from higgs.protocol import control
@@ -93,6 +98,7 @@ class ControlLink:
         self._bridges: dict[int, UdpBridge] = {}
         # channel -> datagrams held until its bridge opens (see PENDING_PER_CHANNEL)
         self._pending: dict[int, list[bytes]] = {}
+        self._hubs = HubLinks(token, on_data=self._on_data)
         self._tasks: list[asyncio.Task[None]] = []
         self.counters: Counter[str] = Counter()
 
@@ -113,6 +119,7 @@ class ControlLink:
             "counters": dict(self.counters),
             "link_dropped": self._link.dropped,
             "link_malformed": self._link.malformed,
+            "hub_links": self._hubs.status(),
         }
 
     async def start(self) -> None:
@@ -130,6 +137,7 @@ class ControlLink:
                 await task
         self._tasks = []
         await self._link.close()
+        await self._hubs.close()
         for bridge in self._bridges.values():
             bridge.close()
         self._bridges.clear()
@@ -158,13 +166,14 @@ class ControlLink:
         if len(datagrams) > room:
             self.counters["data_held_overflow"] += len(datagrams) - room
 
-    async def _open_bridge(self, channel: int) -> None:
+    async def _open_bridge(self, channel: int, hub: str | None = None) -> None:
+        self._hubs.route(channel, hub)
         if channel in self._bridges:
             return
-        link = self._link
+        control, hubs = self._link, self._hubs
 
         def to_relay(datagrams: list[bytes]) -> None:
-            link.send_datagrams(channel, datagrams)
+            (hubs.link_for(channel) or control).send_datagrams(channel, datagrams)
 
         bridge = await UdpBridge.open(to_relay, peer=self._wg)
         self._bridges[channel] = bridge
@@ -174,6 +183,7 @@ class ControlLink:
 
     def _close_bridge(self, channel: int) -> None:
         self._pending.pop(channel, None)
+        self._hubs.route(channel, None)
         bridge = self._bridges.pop(channel, None)
         if bridge is not None:
             bridge.close()
@@ -229,16 +239,20 @@ class ControlLink:
             wanted = [_desired(p) for p in message.peers]
             result = await asyncio.to_thread(self._peers.sync, wanted)
             refused = set(result.refused)
-            relayed = {p.channel for p in wanted if p.relayed and p.session_id not in refused}
-            for channel in set(self._bridges) - relayed:
+            relayed = {
+                p.channel: p.relay_hub
+                for p in message.peers
+                if p.relayed and p.session_id not in refused
+            }
+            for channel in set(self._bridges) - set(relayed):
                 self._close_bridge(channel)
-            for channel in relayed:
-                await self._open_bridge(channel)
+            for channel, hub in relayed.items():
+                await self._open_bridge(channel, hub)
         elif isinstance(message, control.PeerAdd):
             peer = _desired(message)
             accepted = await asyncio.to_thread(self._peers.add, peer)
             if accepted and peer.relayed:
-                await self._open_bridge(peer.channel)
+                await self._open_bridge(peer.channel, message.relay_hub)
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)

@@ -610,6 +610,11 @@ class SessionInfo(_Model):
     udp_relay: UdpRelayPath | None = Field(
         default=None, description="the UDP relay endpoint now (it changes when a relay host dies)"
     )
+    relay_url: str | None = Field(
+        default=None,
+        description="the WebSocket relay URL now, when a relay host's hub carries the session "
+        "(it moves with the session's relay host)",
+    )
 
 
 # --- admin -----------------------------------------------------------------------------------

@@ -85,13 +85,24 @@ class Peer(_Message):
     # The session's UDP relay endpoint when the node has no verified direct endpoint: the
     # node sets it as the peer's endpoint with a persistent keepalive (docs/protocol.md §5).
     relay_endpoint: str | None = None
+    # The base URL (ws[s]://host:port) of the relay host's hub that carries this session's
+    # WebSocket data (docs/scaleout.md "Relay hosts"); absent: the node's own control link.
+    relay_hub: str | None = None
 
     @model_serializer(mode="wrap")
     def _omit_no_relay(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out: dict[str, Any] = handler(self)
-        if out.get("relay_endpoint") is None:
-            out.pop("relay_endpoint", None)  # absent unless there is one: older nodes' wire
+        for name in ("relay_endpoint", "relay_hub"):
+            if out.get(name) is None:
+                out.pop(name, None)  # absent unless there is one: older nodes' wire
         return out
+
+    @field_validator("relay_hub")
+    @classmethod
+    def _relay_hub(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith(("ws://", "wss://")) and len(value) <= 300):
+            raise ValueError("relay_hub must be a ws:// or wss:// URL")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("relay_endpoint")
     @classmethod

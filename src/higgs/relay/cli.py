@@ -48,7 +48,16 @@ def add_relay_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="UDP port of the RTT probe (docs/protocol.md §5.5; default 39999, 0: any free one)",
     )
-    p.add_argument("--relay-ws-url", help="this host's WebSocket relay URL, registered with it")
+    p.add_argument(
+        "--relay-ws-url",
+        help="public base URL (ws[s]://host:port) of this host's WebSocket relay hub",
+    )
+    p.add_argument(
+        "--relay-ws-listen",
+        help="HOST:PORT of this host's WebSocket relay hub (needs --relay-ws-url)",
+    )
+    p.add_argument("--relay-ws-tls-cert", type=Path, help="TLS certificate of the hub (wss://)")
+    p.add_argument("--relay-ws-tls-key", type=Path, help="TLS key of the hub")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,10 @@ hands received frames to callbacks. It batches what is queued (flushed on the ne
 turn, never waiting to fill a batch), reconnects with jittered backoff (kept short
 right after a link was lost: a server restart costs seconds), and stops for good on
 the close codes that say retrying cannot help (4001 unauthorized, 4002 session closed, 4004 bad
-version, 4003 replaced by another instance; HTTP 401 on the upgrade counts as 4001).
+version, 4003 replaced by another instance; HTTP 401 on the upgrade counts as 4001), except
+that a 401 within ``admission_wait_s`` of :meth:`RelayLink.start` is retried: a hub that reads
+its admissions from the database (a relay host's, docs/scaleout.md) may not know a credential
+issued a moment ago yet.
 """
 
 from __future__ import annotations
@@ -137,8 +140,11 @@ class RelayLink:
         ping_interval_s: float = 15.0,
         dead_after_s: float = 45.0,
         connect_timeout_s: float = 10.0,
+        admission_wait_s: float = 0.0,
     ) -> None:
         self.url = url
+        self._admission_wait_s = admission_wait_s
+        self._started_at = 0.0
         self._token = token
         self._on_data = on_data
         self._on_text_cb = on_text
@@ -181,7 +187,9 @@ class RelayLink:
     def start(self) -> None:
         """Starts connecting (and reconnecting) in the background."""
         if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self._started_at = loop.time()
+            self._runner = loop.create_task(self._run())
 
     async def wait_connected(self) -> None:
         """Waits until the link is up (wrap it in ``asyncio.timeout``)."""
@@ -355,11 +363,15 @@ class RelayLink:
                 raise
             except Exception as exc:
                 status = getattr(getattr(exc, "response", None), "status", None)
-                if status == 401:
+                waited = asyncio.get_running_loop().time() - self._started_at
+                if status == 401 and waited < self._admission_wait_s:
+                    log.info("relay link: credential not admitted yet (HTTP 401); retrying")
+                elif status == 401:
                     self.result = LinkClosed(int(CloseCode.UNAUTHORIZED), "HTTP 401 on upgrade")
                     log.warning("relay link: credential refused (HTTP 401); not retrying")
                     return
-                log.info("relay link: connect failed: %s", exc)
+                else:
+                    log.info("relay link: connect failed: %s", exc)
             else:
                 code = self._close_code
                 if code is not None and code in FINAL_CLOSE_CODES:

@@ -224,3 +224,45 @@ async def test_datagrams_right_behind_a_peer_add_are_held_until_its_bridge_opens
     finally:
         await client.close()
         await refused.close()
+
+
+async def test_a_session_on_a_relay_hosts_hub_carries_its_data_there_not_on_the_control_link(
+    setup: tuple[RelayHubServer, Events, ControlLink, Table, FakeWireGuard],
+) -> None:
+    hub, _events, link, _table, wg = setup
+    host = RelayHubServer(Events(), CollectorRegistry())  # a relay host's hub
+    await host.start("127.0.0.1", 0)
+    try:
+        base = f"ws://127.0.0.1:{host.port}"
+        # The node is told before the host has read its admissions: its first dial gets 401.
+        add = {"type": "peer_add", **peer("s_h", 40, K1, "10.77.0.9/32", True), "relay_hub": base}
+        await hub.send_control(NODE, add)
+        await until(lambda: 40 in link.relayed_channels)
+        await asyncio.sleep(0.5)
+        assert host.counters.refused[("node", "unknown")] >= 1
+        host.allow_node(NODE, hash_token(node_token(link)))
+        client, got = await session_client(host, "s_h", 40)
+        await until(lambda: host.is_node_connected(NODE))
+        client.send_datagrams(40, [b"ping"])
+        await until(lambda: b"re:ping" in got)
+        assert [d for _, d in wg.seen] == [b"ping"]  # WireGuard got it from the session's socket
+        assert host.tables.counters("s_h") == (
+            2,
+            (5 + 2 + 4) + (5 + 2 + 7),
+        )  # one DATA frame each way
+        assert hub.tables.totals() == (0, 0, 0, 0)  # nothing crossed the control link's hub
+        assert link.status()["hub_links"] == {base: {"connected": True, "sessions": 1}}
+        await client.close()
+        await hub.send_control(
+            NODE,
+            {"type": "peer_remove", "session_id": "s_h", "channel": 40, "public_key": K1,
+             "reason": "closed"},
+        )  # fmt: skip
+        await until(lambda: host.counters.node_links == 0)  # its last session gone
+        assert link.status()["hub_links"] == {}
+    finally:
+        await host.stop()
+
+
+def node_token(link: ControlLink) -> str:
+    return link._link._token  # the node's token, as its control link holds it

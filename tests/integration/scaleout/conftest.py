@@ -16,19 +16,21 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from higgs.lab.loopback import LOOPBACK_IP, Loopback, free_port
 from higgs.lab.procs import LabProcess
-from higgs.lab.product import ServerProgram, loopback_program
+from higgs.lab.product import RelayProgram, ServerProgram, loopback_program
 from higgs.lab.services.haproxy import Backend, argv, write_config
 from higgs.lab.wait import wait_until
 from higgs.server.config import ServerSettings
+from higgs.server.store.db import Database
 from higgs.server.store.open import open_database
 from tests.integration.conftest import PgCluster, _as_postgres, _psql
 
@@ -44,7 +46,24 @@ INSTANCE_ENV = {
     "BOSON_SWEEP_INTERVAL_S": "1",
     "BOSON_RELAY_PING_INTERVAL_S": "2",
     "BOSON_RELAY_DEAD_AFTER_S": "6",
+    # Relay hosts (test_relay_host_hub.py): a killed one is down after 3 s, its sessions
+    # moved within a second of that.
+    "BOSON_RELAY_HOST_DEAD_AFTER_S": "3",
+    "BOSON_RELAY_FAILOVER_CHECK_S": "1",
 }
+
+
+@dataclass
+class RelayHost:
+    """A ``bosonserver relay`` of the deployment serving its WebSocket hub on loopback."""
+
+    ip: str  # its relay address (a 127.0.0.0/8 address of its own: the registry's key)
+    ws_port: int
+    proc: LabProcess
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{LOOPBACK_IP}:{self.ws_port}"
 
 
 @dataclass
@@ -122,6 +141,23 @@ class Deployment:
             )
         for name in names:
             self.instances[name].program.wait_serving(timeout=90)
+
+    def start_relay_host(self, ip: str, ports: str) -> RelayHost:
+        """``bosonserver relay`` on the deployment's database, userspace forwarding, its RTT
+        probe on any free port and its WebSocket hub on a free port of 127.0.0.1."""
+        ws_port = free_port()
+        data = self.root / f"relay-{ip}"
+        data.mkdir(exist_ok=True)
+        program = RelayProgram(self.loopback, data, host=self.loopback.host, env=INSTANCE_ENV)
+        proc = program.start(
+            "--database", self.database, "--relay-ip", ip, "--relay-ports", ports,
+            "--userspace", "--relay-probe-port", "0", "--relay-state-dir", str(data / "state"),
+            "--relay-instance", ip.replace(".", "_"),
+            "--relay-ws-listen", f"{LOOPBACK_IP}:{ws_port}",
+            "--relay-ws-url", f"ws://{LOOPBACK_IP}:{ws_port}",
+        )  # fmt: skip
+        proc.wait_listening(ws_port, timeout=60)
+        return RelayHost(ip, ws_port, proc)
 
     def migrate(self) -> None:
         async def go() -> None:
@@ -246,3 +282,13 @@ def deployment(
                 raise
     finally:
         _psql(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def db(
+    deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    settings = ServerSettings(database=deployment.database, data_dir=tmp_path_factory.mktemp("cli"))
+    database = await open_database(settings, auto_migrate=False)
+    yield database
+    await database.dispose()

@@ -316,3 +316,27 @@ async def test_a_lost_first_initiation_is_sent_again_before_wireguards_retry() -
     tunnel = await _connector(settings, _route(), host, relay).connect()
     assert tunnel.mode == "relay"
     assert host.tries == {"127.0.0.1:40000": 2}
+
+
+async def test_a_moved_relay_hub_moves_the_websocket_path_to_a_new_link() -> None:
+    host, first, second = FakeHost({"127.0.0.1:40000"}), FakeRelay(), FakeRelay()
+    made: list[RouteResponse] = []
+
+    def factory(route: RouteResponse) -> FakeRelay:
+        made.append(route)
+        return first if len(made) == 1 else second
+
+    connector = Connector(_settings(mode="relay"), FakeApi(_route()), CLIENT_KEY, host, factory)
+    tunnel = await connector.connect()
+    assert tunnel.mode == "relay"
+    new_url = "ws://198.51.100.30:8081/v1/relay/session"
+    await connector.move_ws_relay(tunnel, new_url)
+    assert made[-1].relay is not None
+    assert made[-1].relay.url == new_url
+    assert (made[-1].relay.token, made[-1].relay.channel) == ("hgr_x", 7)  # the same session
+    assert second.started
+    assert first.closed
+    assert tunnel.relay is second
+    assert tunnel.route.relay is not None
+    assert tunnel.route.relay.url == new_url
+    assert host.calls[-1] == ("peer", ("127.0.0.1:40000", ("0.0.0.0/0", "::/0")))

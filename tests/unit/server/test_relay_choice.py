@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from higgs.server.services.relay_choice import UNMEASURED_MS, Candidate, rank
+from higgs.server.services.relay_choice import UNMEASURED_MS, Candidate, hubs_of, rank
 
 A, B, C = Candidate("10.0.0.1", 100), Candidate("10.0.0.2", 100), Candidate("10.0.0.3", 100)
 
@@ -42,3 +42,14 @@ def test_a_negative_rtt_counts_as_unmeasured() -> None:
         B.address,
         A.address,
     ]
+
+
+def test_a_sessions_websocket_hub_is_that_of_the_live_host_its_lease_names() -> None:
+    leased_on = {"s1": "198.51.100.10", "s2": "198.51.100.20", "s3": "198.51.100.30"}
+    hubs = {"198.51.100.10": "wss://r1.example:8081", "198.51.100.30": "wss://r3.example:8081"}
+    # s2's host serves no hub (or is down): absent, so it stays on the instance's hub.
+    assert hubs_of(leased_on, hubs) == {
+        "s1": "wss://r1.example:8081",
+        "s3": "wss://r3.example:8081",
+    }
+    assert hubs_of(leased_on, {}) == {}

@@ -27,16 +27,23 @@ log = logging.getLogger(__name__)
 _P = TypeVar("_P", bound=Peer)
 
 
-def peer_of(row: SessionRow, kind: type[_P], relay_endpoint: str | None = None) -> _P:
+def peer_of(
+    row: SessionRow,
+    kind: type[_P],
+    relay_endpoint: str | None = None,
+    relay_hub: str | None = None,
+) -> _P:
     """The session as a ``kind``: a :class:`Peer` of ``sync``, or a :class:`PeerAdd`
     (protocol §3.3)."""
+    relayed = row.mode != RouteMode.DIRECT
     return kind(
         session_id=row.id,
         channel=row.channel,
         public_key=row.client_public_key,
         address=row.tunnel_address,
-        relayed=row.mode != RouteMode.DIRECT,
+        relayed=relayed,
         relay_endpoint=relay_endpoint,
+        relay_hub=relay_hub if relayed else None,
     )
 
 
@@ -50,11 +57,14 @@ class Announcer:
         self.hub.open_session(row.id, row.channel, row.node_id, row.relay_token_hash)
         self.ledger.admit(row.id)
 
-    async def opened(self, row: SessionRow, relay_endpoint: str | None = None) -> None:
-        """``peer_add`` to the session's node (with its UDP relay endpoint, if any); the hub
-        bridges the client's relay link to that endpoint."""
-        self._bridge(row.id, relay_endpoint)
-        await self._send(row.node_id, peer_of(row, PeerAdd, relay_endpoint))
+    async def opened(
+        self, row: SessionRow, relay_endpoint: str | None = None, relay_hub: str | None = None
+    ) -> None:
+        """``peer_add`` to the session's node (with its UDP relay endpoint and its relay
+        host's hub, if any); this hub bridges the client's relay link to that endpoint, unless
+        a relay host's hub carries the session (both legs meet there)."""
+        self._bridge(row.id, None if relay_hub else relay_endpoint)
+        await self._send(row.node_id, peer_of(row, PeerAdd, relay_endpoint, relay_hub))
 
     async def closed(self, row: SessionRow, reason: str) -> None:
         """The hub drops the session (its client link gets 4002) and the node gets
@@ -70,13 +80,20 @@ class Announcer:
         await self._send(row.node_id, remove)
 
     async def sync(
-        self, node_id: str, rows: Sequence[SessionRow], relay: Mapping[str, str | None]
+        self,
+        node_id: str,
+        rows: Sequence[SessionRow],
+        relay: Mapping[str, str | None],
+        hubs: Mapping[str, str] | None = None,
     ) -> None:
         """The node's full set of open sessions (sent when its link comes up); ``relay`` maps
-        a session id to the UDP relay endpoint the node is to use for it."""
+        a session id to the UDP relay endpoint the node is to use for it, ``hubs`` to the
+        relay host's hub that carries its WebSocket data."""
+        hubs = hubs or {}
         for r in rows:
-            self._bridge(r.id, relay.get(r.id))
-        await self._send(node_id, Sync(peers=[peer_of(r, Peer, relay.get(r.id)) for r in rows]))
+            self._bridge(r.id, None if r.id in hubs else relay.get(r.id))
+        peers = [peer_of(r, Peer, relay.get(r.id), hubs.get(r.id)) for r in rows]
+        await self._send(node_id, Sync(peers=peers))
 
     def _bridge(self, session_id: str, relay_endpoint: str | None) -> None:
         try:

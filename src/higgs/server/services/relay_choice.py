@@ -5,7 +5,9 @@ one with the smallest sum of the two measured round-trip times. A leg nobody mea
 node or client, a probe lost) counts :data:`UNMEASURED_MS`, so a host measured by both ends
 wins over one measured by a single end, and that one over a host nobody measured. Ties go to
 the host with more free ports, then to the lower address (stable answers for equal hosts).
-Both legs are pinned to the chosen host: the session's one lease names it.
+Both legs are pinned to the chosen host: the session's one lease names it, and so does its
+WebSocket relay: a session leased on a host that serves the WebSocket hub (a registered
+``ws_url``) is relayed by that hub (:func:`hubs_of`), else by the API instance's, as before.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["UNMEASURED_MS", "Candidate", "leg_cost", "rank"]
+__all__ = ["UNMEASURED_MS", "Candidate", "hubs_of", "leg_cost", "rank"]
 
 # Larger than any RTT a probe reports (its timeout is 0.5 s), smaller than two of them.
 UNMEASURED_MS = 1_000.0
@@ -45,3 +47,10 @@ def rank(
             c.address,
         ),
     )
+
+
+def hubs_of(leased_on: Mapping[str, str], ws_urls: Mapping[str, str]) -> dict[str, str]:
+    """Session id → the WebSocket hub URL of the live host its lease names (``leased_on``:
+    session → host address; ``ws_urls``: live host → its hub). A session whose host has no
+    hub (or is down) is absent: it keeps the API instance's hub."""
+    return {sid: ws_urls[host] for sid, host in leased_on.items() if host in ws_urls}

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from higgs.common.relay_ports import PortRange
 from higgs.protocol.api import RelayTarget, UdpRelayPath
 from higgs.server.config import ServerSettings
-from higgs.server.services.relay_choice import Candidate, rank
+from higgs.server.services.relay_choice import Candidate, hubs_of, rank
 from higgs.server.store import relay_hosts as hosts_store
 from higgs.server.store import relay_leases as store
 from higgs.server.store.db import Database
@@ -54,6 +54,7 @@ class _Host:
     ports: PortRange
     probe_port: int
     leased: int = 0  # as the host last reported (ranking only: lease_port decides)
+    ws_url: str | None = None  # its WebSocket hub, when it serves one
 
 
 # The registry is re-read at most this often on the route path (one query per second, not
@@ -95,9 +96,8 @@ class UdpLeases:
             except ValueError:
                 log.warning("relay host %s registered a bad port range %r", h.address, h.ports)
                 continue
-            out.append(
-                _Host(h.address, ports, h.probe_port, leased if isinstance(leased, int) else 0)
-            )
+            leased_n = leased if isinstance(leased, int) else 0
+            out.append(_Host(h.address, ports, h.probe_port, leased_n, h.ws_url))
         self._cache = (mono, out)
         return out
 
@@ -218,6 +218,25 @@ class UdpLeases:
         async with self.db.begin() as conn:
             rows = (await conn.execute(query)).all()
         return {r.session_id: endpoint_of(r.relay_address, r.port) for r in rows}
+
+    async def hubs(self, session_ids: Sequence[str], now: datetime) -> dict[str, str]:
+        """Session id → the WebSocket hub of its lease's host (only hosts that serve one and
+        are live); empty without such hosts, at no query beyond the cached registry."""
+        if not session_ids:
+            return {}
+        cached = self._cache
+        fresh = cached is not None and time.monotonic() - cached[0] < HOSTS_CACHE_S
+        if fresh and cached is not None and not any(h.ws_url for h in cached[1]):
+            return {}  # the route path without host hubs: not one query more than before
+        async with self.db.begin() as conn:
+            ws_urls = {h.address: h.ws_url for h in await self.live_hosts(conn, now) if h.ws_url}
+            if not ws_urls:
+                return {}
+            query = select(RelayLease.session_id, RelayLease.relay_address).where(
+                RelayLease.session_id.in_(list(session_ids))
+            )
+            leased_on = {r.session_id: r.relay_address for r in (await conn.execute(query)).all()}
+        return hubs_of(leased_on, ws_urls)
 
     @staticmethod
     def for_node(endpoint: str | None, node_endpoint: str | None) -> str | None:

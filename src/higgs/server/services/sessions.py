@@ -41,6 +41,7 @@ from higgs.server.metrics import ServerMetrics
 from higgs.server.relay.ports import RelayHub
 from higgs.server.services.announce import Announcer
 from higgs.server.services.answers import (
+    SESSION_RELAY_PATH,
     Counters,
     admin_session_list,
     route_answer,
@@ -109,9 +110,10 @@ class SessionService:
         facts: NodeFacts,
         client: AuthedClient,
         relay_endpoint: str | None = None,
+        relay_hub: str | None = None,
     ) -> None:
         """Once per session this process opened, after its row committed (with the UDP relay
-        endpoint the node is to use for it, if any)."""
+        endpoint the node is to use for it and its relay host's hub, if any)."""
         self.nodes.session_opened(facts.node_id)
         self.announcer.admit(row)
         self.metrics.sessions_opened.inc()
@@ -119,7 +121,7 @@ class SessionService:
             "session opened",
             extra={"session_id": row.id, "node_id": facts.node_id, "client": client.name},
         )
-        await self.announcer.opened(row, relay_endpoint)
+        await self.announcer.opened(row, relay_endpoint, relay_hub)
 
     async def _closed(self, rows: Sequence[SessionRow], reason: str) -> None:
         """Once per closed session, after the close committed (whichever path closed it)."""
@@ -144,13 +146,17 @@ class SessionService:
         relay_endpoint = UdpLeases.for_node(
             udp_relay.endpoint if udp_relay else None, opened.facts.endpoint
         )
-        await self._opened(opened.row, opened.facts, client, relay_endpoint)
+        # Leased on a relay host that serves the WebSocket hub: both legs meet on that hub.
+        hub = None
+        if udp_relay is not None:
+            hub = (await self.udp_leases.hubs([opened.row.id], utcnow())).get(opened.row.id)
+        await self._opened(opened.row, opened.facts, client, relay_endpoint, hub)
         return route_answer(
             opened.row,
             opened.facts,
             opened.token,
             ttl_s=self.settings.session_ttl_s,
-            relay_base=self._relay_base(opened.row.node_id),
+            relay_base=hub or self._relay_base(opened.row.node_id),
             udp_relay=udp_relay,
         )
 
@@ -192,7 +198,9 @@ class SessionService:
             else UdpLeases.for_node(udp.get(r.id), node_endpoint)
             for r in rows
         }
-        await self.announcer.sync(node_id, rows, relay)
+        # A device is a stock app on its UDP relay port: no WebSocket leg to carry.
+        hubs = await self.udp_leases.hubs([r.id for r in rows if r.id not in devices], utcnow())
+        await self.announcer.sync(node_id, rows, relay, hubs)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -207,7 +215,13 @@ class SessionService:
         endpoint = (await self.udp_leases.endpoints([row.id])).get(row.id)
         if endpoint is None:
             return info
-        return info.model_copy(update={"udp_relay": UdpRelayPath(endpoint=endpoint)})
+        hub = (await self.udp_leases.hubs([row.id], utcnow())).get(row.id)
+        return info.model_copy(
+            update={
+                "udp_relay": UdpRelayPath(endpoint=endpoint),
+                "relay_url": f"{hub}{SESSION_RELAY_PATH}" if hub else None,
+            }
+        )
 
     async def get(self, client: AuthedClient, session_id: str) -> SessionInfo:
         row = await store.session_by_id(self.db, session_id)
