@@ -11,27 +11,12 @@ import asyncio
 import resource
 import signal
 import sys
-from typing import Any
 
 import uvloop
 from prometheus_client import CollectorRegistry
 
 from higgs.common.secrets import hash_token
-from higgs.server.relay.hub import RelayHubServer
-
-
-class _NoEvents:
-    async def node_link_up(self, node_id: str) -> None:
-        return None
-
-    async def node_link_down(self, node_id: str) -> None:
-        return None
-
-    async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
-        return None
-
-    def session_activity(self, session_id: str) -> None:
-        return None
+from higgs.server.relay.hub import NoHubEvents, RelayHubServer
 
 
 def raise_fd_limit() -> None:
@@ -41,7 +26,7 @@ def raise_fd_limit() -> None:
 
 
 async def serve(port: int, sessions: int, per_node: int) -> None:
-    hub = RelayHubServer(_NoEvents(), CollectorRegistry())
+    hub = RelayHubServer(NoHubEvents(), CollectorRegistry())
     for j in range(sessions):
         n = j // per_node
         if j % per_node == 0:

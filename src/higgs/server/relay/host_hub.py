@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from higgs.common.retrylog import RetryLog
-from higgs.server.relay.hub import RelayHubServer
+from higgs.server.relay.hub import NoHubEvents, RelayHubServer
 from higgs.server.store.db import Database
 from higgs.server.store.states import NodeState, RouteMode, SessionState
 from higgs.server.store.tables import Node, RelayLease
@@ -75,23 +75,6 @@ async def read_admissions(db: Database, relay_address: str) -> Admissions:
     )
 
 
-class _Events:
-    """A relay host's hub reports to nobody: presence, sync and control stay with the API
-    instances (the node's control link is there)."""
-
-    async def node_link_up(self, node_id: str) -> None:
-        return None
-
-    async def node_link_down(self, node_id: str) -> None:
-        return None
-
-    async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
-        return None
-
-    def session_activity(self, session_id: str) -> None:
-        return None
-
-
 def apply(hub: RelayHubServer, wanted: Admissions) -> None:
     """Makes the hub admit exactly ``wanted``."""
     for session_id in set(hub.admitted_sessions()) - set(wanted.sessions):
@@ -127,7 +110,7 @@ class RelayHostHub:
         self.read_every_s = read_every_s
         self.registry = CollectorRegistry()
         self.hub = RelayHubServer(
-            _Events(), self.registry, ping_interval_s=ping_interval_s, dead_after_s=dead_after_s
+            NoHubEvents(), self.registry, ping_interval_s=ping_interval_s, dead_after_s=dead_after_s
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -39,7 +39,7 @@ from higgs.server.relay.ports import RelayEvents, RelayHub
 from higgs.server.relay.splice import SPLICED_HEADER, SpliceLink
 from higgs.server.relay.tables import RelayTables, SessionEntry
 
-__all__ = ["NODE_PATH", "SESSION_PATH", "RelayHubServer"]
+__all__ = ["NODE_PATH", "SESSION_PATH", "NoHubEvents", "RelayHubServer"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def _json_error(status: int, code: str, message: str) -> WSUpgradeResponseWithLi
         status, body, {"Content-Type": "application/json"}
     )
     return WSUpgradeResponseWithListener(response, None)
+
+
+class NoHubEvents:
+    """Events for a hub that reports to nobody (a relay host's hub: presence, sync and control
+    stay with the API instances; the relay benchmark's hub)."""
+
+    async def node_link_up(self, node_id: str) -> None:
+        return None
+
+    async def node_link_down(self, node_id: str) -> None:
+        return None
+
+    async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
+        return None
+
+    def session_activity(self, session_id: str) -> None:
+        return None
 
 
 class RelayHubServer:
