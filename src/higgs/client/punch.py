@@ -71,6 +71,15 @@ class PathWatch:
         if self.last_rx < 0 or rx > self.last_rx:
             self.reset(rx, now)
             return "ok"
+        if rx < self.last_rx:
+            # The peer was set afresh (our own "rehandshake" re-creates it), so its counter
+            # started again from 0: bytes on the new peer are news, none yet is not. Compared
+            # with the old peer's count, a busy tunnel looked silent forever and got a new
+            # peer every few seconds, dropping whatever was in flight each time.
+            if rx > 0:
+                self.reset(rx, now)
+                return "ok"
+            self.last_rx = rx
         quiet = now - self.last_rx_at
         every = self.rehandshake_every_s
         if every is not None and now - self.last_rehandshake_at >= every:

@@ -49,3 +49,25 @@ def test_a_quiet_path_gets_a_new_handshake_every_so_often() -> None:
     assert watch.observe(300, 7.0) == "ok"
     assert watch.observe(300, 9.0) == "provoke"
     assert watch.observe(300, 9.6) == "rehandshake"
+
+
+def test_a_peer_set_afresh_restarts_its_counter_without_looking_silent() -> None:
+    """A rehandshake re-creates the peer, so wg's rx counter starts again from 0: traffic on
+    the new peer is activity, not a silence to answer with yet another new peer (which
+    dropped a ping every few seconds on a busy UDP relay path)."""
+    watch = PathWatch(dead_s=6.0, provoke_after_s=1.5, rehandshake_every_s=2.5)
+    assert watch.observe(50_000, 0.0) == "ok"
+    assert watch.observe(50_000, 2.0) == "provoke"
+    assert watch.observe(50_000, 3.0) == "rehandshake"  # the peer is re-created: rx → 0
+    for t in range(4, 30):
+        assert watch.observe(1_000 * t, float(t)) == "ok"  # pings flow on the new peer
+
+
+def test_a_peer_set_afresh_that_hears_nothing_stays_silent() -> None:
+    watch = PathWatch(dead_s=6.0, provoke_after_s=1.5, rehandshake_every_s=2.5)
+    assert watch.observe(50_000, 0.0) == "ok"
+    assert watch.observe(50_000, 2.0) == "provoke"
+    assert watch.observe(50_000, 3.0) == "rehandshake"
+    assert watch.observe(0, 4.0) == "provoke"  # the new peer's counter, nothing arrived
+    assert watch.observe(0, 5.5) == "rehandshake"
+    assert watch.observe(0, 6.5) == "dead"
