@@ -24,6 +24,7 @@ from higgs.server import cli as server_cli
 
 if TYPE_CHECKING:  # the relay's modules load only for `serve` with a relay and `relay`
     from higgs.relay.db_source import DbSource, HostInfo
+    from higgs.relay.lease_listener import LeaseListener
     from higgs.relay.probe import ProbeResponder
     from higgs.relay.runner import Reconciler
     from higgs.server.relay.host_hub import RelayHostHub
@@ -49,7 +50,8 @@ def _relay_parser() -> argparse.ArgumentParser:
 
 
 class _RelayPieces:
-    """One relay host: the relay, its session source, its loop, its RTT probe, its beat."""
+    """One relay host: the relay, its session source, its loop, its RTT probe, its beat, and
+    on PostgreSQL the listener that has it read its sessions the moment a lease commits."""
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class _RelayPieces:
     ) -> None:
         from higgs.common.relay_ports import PortRange
         from higgs.relay.db_source import DbSource, HostInfo
+        from higgs.relay.lease_listener import LeaseListener, libpq_dsn
         from higgs.relay.probe import ProbeResponder
         from higgs.relay.runner import Reconciler
         from higgs.relay.service import RelaySettings, UdpRelay
@@ -90,6 +93,14 @@ class _RelayPieces:
         )
         # More of the host's counters in each beat (its WebSocket hub's, when it serves one).
         self.extra_stats: Callable[[], dict[str, Any]] | None = None
+        dsn = libpq_dsn(db_url)
+        self.listener: LeaseListener | None = (
+            None if dsn is None else LeaseListener(dsn, relay_ip, self.reconciler.kick)
+        )
+
+    def start_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
 
     def start_probe(self) -> None:
         from higgs.relay.db_source import HostInfo
@@ -109,6 +120,8 @@ class _RelayPieces:
         from higgs.relay.runner import host_stats
 
         self.probe.stop()
+        if self.listener is not None:
+            self.listener.stop()
         try:
             self.source.goodbye(self.info, host_stats(self.relay))
         except Exception as exc:
@@ -175,6 +188,7 @@ def _relay_alone(args: argparse.Namespace) -> int:
         hub.start()  # listening before the first beat registers its URL
         pieces.extra_stats = hub.stats
     pieces.start_probe()
+    pieces.start_listener()
     try:
         return run_relay(
             pieces.relay,
@@ -214,6 +228,8 @@ def _serve_with_relay(argv: list[str]) -> int:
     stop = threading.Event()
     relay.start()
     pieces.start_probe()
+    # Other instances lease ports on this relay too (PostgreSQL): they reach it by NOTIFY.
+    pieces.start_listener()
     listen = settings.udp_relay_metrics_listen
     stop_metrics = serve_metrics(relay.collector, listen) if listen else None
     thread = threading.Thread(target=reconciler.run, args=(stop,), name="udp-relay-sync")

@@ -6,6 +6,11 @@ A lease is held while its session is open. It is released by the session's close
 cooldown after that, and the next lease on that relay deletes the rows past their cooldown.
 Two concurrent leases of one port collide on the primary key (IntegrityError); the route
 request retries as for its other unique columns.
+
+On PostgreSQL each lease also sends ``NOTIFY higgs_relay_leases, '<relay address>'`` in its
+transaction, so a relay host listening (``higgs.relay.lease_listener``) reads its sessions
+the moment the lease commits, instead of at its next once-a-second read; PostgreSQL delivers
+it only on commit, never for a rolled-back lease. A lost notification costs that one second.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.common.relay_ports import PortRange, pick_port
@@ -21,14 +26,25 @@ from higgs.server.store.tables import Device, Node, RelayLease
 from higgs.server.store.tables import Session as SessionRow
 
 __all__ = [
+    "LEASES_CHANNEL",
     "LeaseView",
     "RelaySession",
     "lease_of",
     "lease_port",
     "leases_of_sessions",
+    "notify_leased",
     "record_legs",
     "relay_sessions",
 ]
+
+
+LEASES_CHANNEL = "higgs_relay_leases"  # payload: the relay address of the new lease
+
+
+async def notify_leased(conn: AsyncConnection, relay_address: str) -> None:
+    """Tells the relay host ``relay_address`` of a new lease when this transaction commits."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_notify(LEASES_CHANNEL, relay_address)))
 
 
 async def lease_port(
@@ -65,6 +81,7 @@ async def lease_port(
             relay_address=relay_address, port=port, session_id=session_id, leased_at=now
         )
     )
+    await notify_leased(conn, relay_address)
     return port
 
 
