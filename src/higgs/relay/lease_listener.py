@@ -88,7 +88,9 @@ class LeaseListener:
 
     async def _serve(self) -> None:
         self._stop = stop = asyncio.Event()
-        backoff = Backoff(initial=1.0, maximum=30.0)
+        # A reconnect is one connection attempt: cheap enough to keep the kicks coming soon
+        # after an outage (the once-a-second read covers the gap).
+        backoff = Backoff(initial=1.0, maximum=5.0)
         while not stop.is_set():
             conn: Any = None
             try:
