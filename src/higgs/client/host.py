@@ -186,6 +186,7 @@ class LinuxTunnelHost:
             tunnel_if=self.settings.interface,
             endpoints=endpoints,
             fwmark=self.fwmark,
+            wg_listen_port=self._wg_port(),
         )
         # A second apply replaces the rules in place (atomically with nft): there is no
         # moment without a kill switch while the tunnel moves to a new route.
@@ -196,6 +197,16 @@ class LinuxTunnelHost:
             )
         self._firewall.apply(plan)
         self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
+
+    def _wg_port(self) -> int | None:
+        """WireGuard's UDP port, so the kill switch can leave its datagrams untracked; None
+        (tracked, as any other traffic) when the interface cannot say."""
+        try:
+            port = self.listen_port()
+        except OsnetError as exc:
+            log.info("kill switch without WireGuard's port (%s): its datagrams stay tracked", exc)
+            return None
+        return port or None
 
     def kill_switch_watch(self) -> RuleWatch | None:
         """The watch that puts the kill switch back when another program removes it (None
