@@ -12,6 +12,7 @@ routes but leaves the kill switch in place, so nothing leaks while the new route
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ from higgs.osnet.firewall import (
     FirewallBackend,
     FirewallNames,
     KillSwitchPolicy,
+    NftBackend,
     get_backend,
+    other_filters,
 )
 from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.journal import Journal
@@ -195,6 +198,16 @@ class LinuxTunnelHost:
             self._firewall = get_backend(
                 "auto", FirewallNames.of(self.names), self.journal.runner, self.journal
             )
+        if plan.wg_listen_port is not None:
+            others = (
+                other_filters(self.journal.runner, plan.names.table)
+                if isinstance(self._firewall, NftBackend)
+                else ["iptables backend"]
+            )
+            if others:
+                # Untracked datagrams would not be `established` to the host's own firewall.
+                log.info("WireGuard's datagrams stay tracked: the host filters too (%s)", others)
+                plan = dataclasses.replace(plan, wg_listen_port=None)
         self._firewall.apply(plan)
         self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
 

@@ -6,6 +6,7 @@ ours is ever written into another table.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -21,7 +22,7 @@ from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, Firewall
 from .flows import cut_blocked_flows
 from .plan import FirewallNames, NodePolicy, Plan
 
-__all__ = ["NftBackend", "fingerprint", "parse_status"]
+__all__ = ["NftBackend", "fingerprint", "other_filters", "parse_status"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,37 @@ def fingerprint(listing: str) -> tuple[str, ...]:
     if not chains and listing.strip():
         chains.append("table")  # present but empty (flushed to nothing)
     return tuple(chains)
+
+
+# Hooks where another program's filter would see WireGuard's datagrams to or from this host.
+_LOCAL_HOOKS = frozenset({"prerouting", "input", "output", "postrouting"})
+
+
+def other_filters(runner: Runner, own_table: str) -> list[str]:
+    """The filter chains of other programs on the hooks of this host's own traffic (nft
+    tables, iptables-nft's among them), plus the legacy iptables filter table when it
+    exists. A kill switch leaves WireGuard's datagrams untracked only where this is empty:
+    an untracked packet is not ``established`` to anyone else's rules either, so a host
+    firewall that lets answers in by ``ct state`` (ufw, firewalld) would drop them."""
+    found: list[str] = []
+    result = runner.run(["nft", "-j", "list", "ruleset"], check=False)
+    if not result.ok:
+        return ["nft ruleset unreadable"]
+    try:
+        items = json.loads(result.stdout).get("nftables", [])
+    except (ValueError, AttributeError):
+        return ["nft ruleset unreadable"]
+    for item in items:
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not isinstance(chain, dict) or chain.get("table") == own_table:
+            continue
+        if chain.get("type") == "filter" and chain.get("hook") in _LOCAL_HOOKS:
+            found.append(f"{chain.get('family')} {chain.get('table')} {chain.get('name')}")
+    # Reading /proc, not running iptables-legacy, which would create the table it lists.
+    names = runner.run(["cat", "/proc/net/ip_tables_names"], check=False)
+    if names.ok and "filter" in names.stdout.split():
+        found.append("legacy iptables filter table")
+    return found
 
 
 class NftBackend(FirewallBackend):

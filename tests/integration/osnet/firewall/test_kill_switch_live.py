@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from higgs.osnet.firewall import Endpoint, FirewallBackend, FirewallNames, KillSwitchPolicy
+from higgs.osnet.firewall import (
+    Endpoint,
+    FirewallBackend,
+    FirewallNames,
+    KillSwitchPolicy,
+    other_filters,
+)
+from higgs.osnet.runner import SubprocessRunner
 
 from .conftest import KillWorld, make_backend, ruleset
 
@@ -134,4 +141,32 @@ def test_wireguard_datagrams_bypass_conntrack_and_nothing_else_gets_out(
     dropped = _counter(kw, fw_names.table, "input")
     kw.net.dgram("203.0.113.6:51820", 0, "198.51.100.2", WG_PORT)
     assert _counter(kw, fw_names.table, "input") > dropped
+    backend.remove()
+
+
+def test_other_filters_are_seen_so_wireguard_stays_tracked_there(
+    kill_world: KillWorld, fw_names: FirewallNames, register: Register
+) -> None:
+    """A host firewall that lets answers in by `ct state` (ufw, firewalld) would drop
+    untracked datagrams: the client leaves them tracked when another filter is there."""
+    kw = kill_world
+    runner = SubprocessRunner(netns=kw.client.name)
+    backend = register(make_backend("nft", fw_names, kw.client))
+    backend.apply(KillSwitchPolicy(names=fw_names, tunnel_if="kt0"))
+    # Ours and the container's NAT table are not someone else's filter (the iptables
+    # variants before this test may have left their empty tables and chains: those count).
+    before = other_filters(runner, fw_names.table)
+    assert not [f for f in before if fw_names.table in f or "hgtest_box" in f], before
+    kw.client.run("nft", "-f", "-", input=(
+        "table inet hgtest_ufw {\n"
+        "\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy accept;\n"
+        "\t\tct state established,related accept\n"
+        "\t}\n"
+        "}\n"
+    ))  # fmt: skip
+    try:
+        assert set(other_filters(runner, fw_names.table)) == {*before, "inet hgtest_ufw input"}
+    finally:
+        kw.client.run("nft", "delete", "table", "inet", "hgtest_ufw")
     backend.remove()
