@@ -12,6 +12,7 @@ routes but leaves the kill switch in place, so nothing leaks while the new route
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ from higgs.osnet.firewall import (
     FirewallBackend,
     FirewallNames,
     KillSwitchPolicy,
+    NftBackend,
     get_backend,
+    other_filters,
 )
 from higgs.osnet.firewall.watch import RuleWatch
 from higgs.osnet.journal import Journal
@@ -186,6 +189,7 @@ class LinuxTunnelHost:
             tunnel_if=self.settings.interface,
             endpoints=endpoints,
             fwmark=self.fwmark,
+            wg_listen_port=self._wg_port(),
         )
         # A second apply replaces the rules in place (atomically with nft): there is no
         # moment without a kill switch while the tunnel moves to a new route.
@@ -194,8 +198,28 @@ class LinuxTunnelHost:
             self._firewall = get_backend(
                 "auto", FirewallNames.of(self.names), self.journal.runner, self.journal
             )
+        if plan.wg_listen_port is not None:
+            others = (
+                other_filters(self.journal.runner, plan.names.table)
+                if isinstance(self._firewall, NftBackend)
+                else ["iptables backend"]
+            )
+            if others:
+                # Untracked datagrams would not be `established` to the host's own firewall.
+                log.info("WireGuard's datagrams stay tracked: the host filters too (%s)", others)
+                plan = dataclasses.replace(plan, wg_listen_port=None)
         self._firewall.apply(plan)
         self._kill_switch_entries |= {e.id for e in self.journal.entries if e.id >= first}
+
+    def _wg_port(self) -> int | None:
+        """WireGuard's UDP port, so the kill switch can leave its datagrams untracked; None
+        (tracked, as any other traffic) when the interface cannot say."""
+        try:
+            port = self.listen_port()
+        except OsnetError as exc:
+            log.info("kill switch without WireGuard's port (%s): its datagrams stay tracked", exc)
+            return None
+        return port or None
 
     def kill_switch_watch(self) -> RuleWatch | None:
         """The watch that puts the kill switch back when another program removes it (None

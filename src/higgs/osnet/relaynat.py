@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from higgs.osnet import undo
+from higgs.osnet import conntrack, undo
 from higgs.osnet.changes import ChangeLog
 from higgs.osnet.errors import CommandError, OsnetError
 from higgs.osnet.runner import Runner
@@ -128,23 +128,12 @@ def _nft(runner: Runner, script: str) -> None:
         raise OsnetError(f"nftables refused the relay's rules: {exc}") from exc
 
 
-def _conntrack_delete(runner: Runner, args: list[str]) -> int:
-    """Runs ``conntrack -D ARGS``; returns how many entries went ("0 deleted" exits 1)."""
-    result = runner.run(["conntrack", "-D", *args], check=False, timeout=10)
-    found = re.search(r"(\d+) flow entries have been deleted", result.stderr + result.stdout)
-    if found:
-        return int(found.group(1))
-    if not result.ok:
-        raise OsnetError(f"conntrack -D {' '.join(args)} failed: {result.stderr.strip()}")
-    return 0
-
-
 def flush_port(runner: Runner, relay_ip: str, port: int) -> int:
     """Deletes every conntrack entry toward or from ``relay_ip:port`` (UDP)."""
-    n = _conntrack_delete(
+    n = conntrack.delete(
         runner, ["-p", "udp", "--orig-dst", relay_ip, "--orig-port-dst", str(port)]
     )
-    n += _conntrack_delete(
+    n += conntrack.delete(
         runner, ["-p", "udp", "--orig-src", relay_ip, "--orig-port-src", str(port)]
     )
     return n
@@ -152,7 +141,7 @@ def flush_port(runner: Runner, relay_ip: str, port: int) -> int:
 
 def _flush_all(runner: Runner, relay_ip: str, first: int, last: int, mark: int) -> None:
     if mark:
-        _conntrack_delete(runner, ["--mark", str(mark)])
+        conntrack.delete(runner, ["--mark", str(mark)])
     listing = runner.run(
         ["conntrack", "-L", "-p", "udp", "--orig-dst", relay_ip], check=False, timeout=10
     )
@@ -268,7 +257,7 @@ def sweep(names: RelayNatNames, runner: Runner) -> list[str]:
     if not present:
         return []
     _remove_table(runner, names.table)
-    _conntrack_delete(runner, ["--mark", str(names.mark)])
+    conntrack.delete(runner, ["--mark", str(names.mark)])
     return [f"nft table ip {names.table}"]
 
 

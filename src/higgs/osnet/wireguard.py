@@ -14,10 +14,16 @@ only after the TUN device exists, but it is bound before it listens: in between 
 refused, and ``wg`` then *deletes* the socket as a dead daemon's and falls back to the kernel
 (``Protocol not supported``), leaving wireguard-go unreachable for good. So we wait until the
 socket accepts a connection (and for the daemon to still be alive) before configuring.
+
+Reading the interface (:meth:`WireGuard.dump`, the client's per-second peer statistics) asks
+wireguard-go's socket directly (the cross-platform UAPI's ``get=1``, what ``wg show`` sends
+it) instead of starting a ``wg`` process twice a second; the kernel module, or a socket that
+does not answer, is read with ``wg show dump``.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import ipaddress
 import logging
@@ -49,6 +55,8 @@ __all__ = [
     "is_supported",
     "kernel_module_loaded",
     "parse_dump",
+    "parse_uapi",
+    "uapi_get",
     "wireguard_go_undo",
 ]
 
@@ -57,6 +65,8 @@ Backend = Literal["auto", "kernel", "userspace"]
 log = logging.getLogger(__name__)
 
 SOCKET_WAIT = 10.0
+# A read of wireguard-go's socket: it answers in well under a millisecond.
+UAPI_TIMEOUT = 2.0
 USERSPACE_ATTEMPTS = 3
 _NO_KERNEL_WG = ("Unknown device type", "Not supported", "not supported", "No such device")
 
@@ -164,6 +174,74 @@ def parse_dump(text: str) -> Dump:
             )
         )
     return Dump(public, int(head[2]), fwmark, tuple(peers))
+
+
+def parse_uapi(text: str) -> Dump:
+    """Parses wireguard-go's answer to ``get=1`` (keys in hex, one ``key=value`` a line; a
+    ``public_key`` starts each peer; ``errno=0`` last) into the :class:`Dump` that
+    :func:`parse_dump` gives for the same interface. The private key is read only to derive
+    the public one."""
+    head: dict[str, str] = {}
+    peers: list[dict[str, list[str]]] = []
+    status = None
+    for line in text.splitlines():
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise WireGuardError("unexpected line in wireguard-go's answer")
+        if key == "errno":
+            status = value
+        elif key == "public_key":
+            peers.append({key: [value]})
+        elif peers:
+            peers[-1].setdefault(key, []).append(value)
+        else:
+            head[key] = value
+    if status != "0":
+        raise WireGuardError(f"wireguard-go answered errno={status}")
+
+    def b64(hexkey: str) -> str:
+        return base64.b64encode(bytes.fromhex(hexkey)).decode()
+
+    def one(peer: dict[str, list[str]], key: str, default: str = "0") -> str:
+        return peer.get(key, [default])[0]
+
+    try:
+        private = head.get("private_key")
+        public = PrivateKey(bytes.fromhex(private)).public_b64() if private else None
+        stats = tuple(
+            PeerStats(
+                public_key=b64(one(p, "public_key")),
+                endpoint=p["endpoint"][0] if "endpoint" in p else None,
+                allowed_ips=tuple(p.get("allowed_ip", ())),
+                latest_handshake=int(one(p, "last_handshake_time_sec")) or None,
+                rx_bytes=int(one(p, "rx_bytes")),
+                tx_bytes=int(one(p, "tx_bytes")),
+                persistent_keepalive=int(one(p, "persistent_keepalive_interval")),
+            )
+            for p in peers
+        )
+        return Dump(public, int(head.get("listen_port", "0")), int(head.get("fwmark", "0")), stats)
+    except ValueError as exc:
+        raise WireGuardError(f"unexpected value in wireguard-go's answer: {exc}") from None
+
+
+def uapi_get(path: Path, timeout: float = UAPI_TIMEOUT) -> str:
+    """wireguard-go's answer to ``get=1`` on its control socket ``path``; raises OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(b"get=1\n\n")
+        chunks: list[bytes] = []
+        # The answer ends with an empty line after "errno=N"; wireguard-go keeps the
+        # connection open for the next request.
+        while not b"".join(chunks[-2:]).endswith(b"\n\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 def _check_endpoint(endpoint: str) -> str:
@@ -393,13 +471,22 @@ class WireGuard:
     def dump(self) -> Dump:
         """The interface as ``wg show dump`` reports it, handshake times re-based on our clock
         (a wall clock that stepped since a handshake does not age it: osnet.handshakes)."""
-        raw = parse_dump(self._wg("show", self.name, "dump"))
+        raw = self._read()
         times = self._handshakes.rebase(
             (p.public_key, None if p.latest_handshake is None else int(p.latest_handshake))
             for p in raw.peers
         )
         peers = tuple(replace(p, latest_handshake=times[p.public_key]) for p in raw.peers)
         return replace(raw, peers=peers)
+
+    def _read(self) -> Dump:
+        """The interface from wireguard-go's socket (no process started), else ``wg``."""
+        if self.backend_used != "kernel" and self.socket.exists():
+            try:
+                return parse_uapi(uapi_get(self.socket))
+            except (OSError, WireGuardError) as exc:
+                log.debug("reading %s from its socket failed (%s); asking wg", self.name, exc)
+        return parse_dump(self._wg("show", self.name, "dump"))
 
     # --- netlink: addresses, MTU, up ------------------------------------------------------
 

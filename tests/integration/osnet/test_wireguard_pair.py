@@ -12,7 +12,7 @@ from higgs.common.keys import PrivateKey
 from higgs.osnet import procs, routes
 from higgs.osnet.journal import Journal
 from higgs.osnet.routes import Route
-from higgs.osnet.wireguard import Peer, WireGuard
+from higgs.osnet.wireguard import Peer, WireGuard, parse_dump, parse_uapi, uapi_get
 
 from .conftest import Namespaces, sh, veth
 from .wgpair import WgEndSpec, wireguard_go_pair
@@ -110,6 +110,20 @@ def test_datagram_through_a_wireguard_go_pair_then_nothing_is_left(
         assert seen_by_a.rx_bytes > 0
         assert seen_by_b.rx_bytes > 0
         assert seen_by_b.endpoint == "10.0.0.1:51820"
+        # The socket's answer reads as `wg show dump` does, and dump() reads it without
+        # starting `wg` (the client reads its peer statistics every second).
+        by_socket = parse_uapi(uapi_get(wg_a.socket))
+        by_wg = parse_dump(sh("ip", "netns", "exec", a, "wg", "show", name_a, "dump"))
+        assert by_socket == by_wg
+        assert by_socket.public_key == key_a.public_b64()
+        assert by_socket.listen_port == 51820
+
+        def no_wg(*args: str, input: str | None = None) -> str:
+            raise AssertionError(f"wg {' '.join(args)} was run")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(wg_a, "_wg", no_wg)
+            assert wg_a.dump().peer(key_b.public_b64()) is not None
 
         # Setting the same peer again is an update, not a second peer.
         wg_b.set_peer(Peer(key_a.public_b64(), ("10.99.0.1/32",), "10.0.0.1:51820"))

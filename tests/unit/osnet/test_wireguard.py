@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from higgs.common.keys import PrivateKey
 from higgs.osnet.journal import Journal
 from higgs.osnet.runner import RecordingRunner
-from higgs.osnet.wireguard import Peer, WireGuard, WireGuardError, parse_dump
+from higgs.osnet.wireguard import Peer, WireGuard, WireGuardError, parse_dump, parse_uapi
 
 PEER = PrivateKey.generate().public_b64()
 
@@ -102,6 +103,43 @@ def test_dump_is_parsed_into_typed_peers(wg: WireGuard, runner: RecordingRunner)
     assert (second.endpoint, second.allowed_ips, second.latest_handshake) == (None, (), None)
     assert second.persistent_keepalive == 0
     assert "PRIVATEKEY" not in repr(dump)
+
+
+_KEY = PrivateKey.generate()
+
+
+def _hex(b64key: str) -> str:
+    return base64.b64decode(b64key).hex()
+
+
+# What wireguard-go answers to get=1 for the interface of DUMP (its own key: DUMP's is hidden).
+UAPI = (
+    f"private_key={_KEY.raw.hex()}\nlisten_port=51999\nfwmark=4660\n"
+    f"public_key={_hex('rDzT6v+6/ox+lUpl0b8kyBEgl2dJnzHE8imWMQXFOEc=')}\n"
+    "endpoint=10.0.0.2:51820\nlast_handshake_time_sec=1764081000\n"
+    "last_handshake_time_nsec=5000\ntx_bytes=1636\nrx_bytes=1484\n"
+    "persistent_keepalive_interval=25\nprotocol_version=1\n"
+    "allowed_ip=10.9.0.2/32\nallowed_ip=fd00:9::2/128\n"
+    f"public_key={_hex('SzYHlnKBFfDnbRf+qVpm+Ik6V2tG0J5r6Cr7lk4ShEo=')}\n"
+    "last_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n"
+    "persistent_keepalive_interval=0\nprotocol_version=1\n"
+    "errno=0\n\n"
+)
+
+
+def test_uapi_answer_reads_as_the_dump_does() -> None:
+    got = parse_uapi(UAPI)
+    want = parse_dump(DUMP)
+    assert got.public_key == _KEY.public_b64()
+    assert (got.listen_port, got.fwmark, got.peers) == (want.listen_port, want.fwmark, want.peers)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "errno=1\n\n", "garbage\nerrno=0\n", "listen_port=x\nerrno=0\n"]
+)
+def test_malformed_uapi_answer_is_a_clear_error(text: str) -> None:
+    with pytest.raises(WireGuardError):
+        parse_uapi(text)
 
 
 @pytest.mark.parametrize("text", ["", "a\tb\n", DUMP + "short\tline\n"])

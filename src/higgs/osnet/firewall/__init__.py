@@ -21,7 +21,7 @@ from higgs.osnet.runner import Runner, SubprocessRunner
 
 from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, FirewallUndo
 from .iptables import IptablesBackend, detect_flavour
-from .nft import NftBackend
+from .nft import NftBackend, other_filters
 from .plan import (
     DnsRedirect,
     Endpoint,
@@ -54,6 +54,7 @@ __all__ = [
     "Plan",
     "PortRule",
     "get_backend",
+    "other_filters",
     "protected_from",
     "sweep",
 ]

@@ -6,18 +6,25 @@ ours is ever written into another table.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import shutil
 from typing import Any
 
-from higgs.osnet.errors import CommandError
+from higgs.osnet import conntrack
+from higgs.osnet.changes import ChangeLog
+from higgs.osnet.errors import CommandError, OsnetError
 from higgs.osnet.runner import Runner
 
 from . import nft_render
 from .base import UNDO, FirewallBackend, FirewallError, FirewallStatus, FirewallUndo
-from .plan import FirewallNames, Plan
+from .flows import cut_blocked_flows
+from .plan import FirewallNames, NodePolicy, Plan
 
-__all__ = ["NftBackend", "fingerprint", "parse_status"]
+__all__ = ["NftBackend", "fingerprint", "other_filters", "parse_status"]
+
+log = logging.getLogger(__name__)
 
 _MASQ = re.compile(r'oifname "(?P<oif>[^"]+)" ip6? saddr (?P<src>\S+) masquerade')
 _DNAT = re.compile(r"th dport 53 dnat ip6? to (?P<to>\S+)")
@@ -58,8 +65,49 @@ def fingerprint(listing: str) -> tuple[str, ...]:
     return tuple(chains)
 
 
+# Hooks where another program's filter would see WireGuard's datagrams to or from this host.
+_LOCAL_HOOKS = frozenset({"prerouting", "input", "output", "postrouting"})
+
+
+def other_filters(runner: Runner, own_table: str) -> list[str]:
+    """The filter chains of other programs on the hooks of this host's own traffic (nft
+    tables, iptables-nft's among them), plus the legacy iptables filter table when it
+    exists. A kill switch leaves WireGuard's datagrams untracked only where this is empty:
+    an untracked packet is not ``established`` to anyone else's rules either, so a host
+    firewall that lets answers in by ``ct state`` (ufw, firewalld) would drop them."""
+    found: list[str] = []
+    result = runner.run(["nft", "-j", "list", "ruleset"], check=False)
+    if not result.ok:
+        return ["nft ruleset unreadable"]
+    try:
+        items = json.loads(result.stdout).get("nftables", [])
+    except (ValueError, AttributeError):
+        return ["nft ruleset unreadable"]
+    for item in items:
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not isinstance(chain, dict) or chain.get("table") == own_table:
+            continue
+        if chain.get("type") == "filter" and chain.get("hook") in _LOCAL_HOOKS:
+            found.append(f"{chain.get('family')} {chain.get('table')} {chain.get('name')}")
+    # Reading /proc, not running iptables-legacy, which would create the table it lists.
+    names = runner.run(["cat", "/proc/net/ip_tables_names"], check=False)
+    if names.ok and "filter" in names.stdout.split():
+        found.append("legacy iptables filter table")
+    return found
+
+
 class NftBackend(FirewallBackend):
+    """A node policy is applied with established flows accepted first, then the flows to
+    blocked destinations cut (:mod:`.flows`); where the ``conntrack`` tool is missing or
+    fails, with owner protection ahead of the established shortcut instead."""
+
     name = "nft"
+
+    def __init__(
+        self, names: FirewallNames, runner: Runner, journal: ChangeLog | None = None
+    ) -> None:
+        super().__init__(names, runner, journal)
+        self._can_cut: bool | None = None  # probed at the first node apply
 
     @classmethod
     def is_supported(cls, runner: Runner) -> bool:
@@ -80,7 +128,25 @@ class NftBackend(FirewallBackend):
             ) from exc
 
     def _apply(self, plan: Plan) -> None:
-        self._nft_f(nft_render.render(plan))
+        if not isinstance(plan, NodePolicy):
+            self._nft_f(nft_render.render(plan))
+            return
+        if self._can_cut is None:
+            self._can_cut = conntrack.available(self.runner)
+            if not self._can_cut:
+                log.warning(
+                    "no conntrack tool here: established flows go through owner protection "
+                    "too (slower; install conntrack-tools)"
+                )
+        if self._can_cut:
+            self._nft_f(nft_render.render(plan))
+            try:
+                cut_blocked_flows(self.runner, plan)
+                return
+            except (OsnetError, CommandError) as exc:
+                # Protection first: the slower order, which does not need the cut.
+                log.warning("could not cut flows to blocked destinations (%s)", exc)
+        self._nft_f(nft_render.render(plan, established_first=False))
 
     def _remove(self) -> list[str]:
         present = bool(self.listing())

@@ -76,8 +76,12 @@ def _families(plan: NodePolicy) -> list[tuple[str, str]]:
     return [("ip", "4"), ("ip6", "6")] if plan.nat66 else [("ip", "4")]
 
 
-def render_node(plan: NodePolicy) -> str:
-    """The exit node's table: forward, input, DNS interception, masquerade."""
+def render_node(plan: NodePolicy, *, established_first: bool = True) -> str:
+    """The exit node's table: forward, input, DNS interception, masquerade.
+
+    ``established_first``: accept established flows before owner protection (the caller
+    then deletes the conntrack entries of flows to blocked destinations after each apply,
+    :func:`.flows.cut_blocked_flows`); False where it cannot (no ``conntrack`` tool)."""
     tun, up = _q(plan.tunnel_if), _q(plan.uplink_if)
     sets: list[list[str]] = [
         _set("blocked4", "ipv4", plan.blocked_v4),
@@ -95,13 +99,22 @@ def render_node(plan: NodePolicy) -> str:
     fwd: list[str] = []
     if plan.mss_clamp:
         # Both directions: the client's SYN learns the uplink's MTU, the server's SYN-ACK the
-        # tunnel's, so neither side sends segments a path-MTU black hole would swallow.
-        fwd += [
-            f"iifname {tun} {_SYN} tcp option maxseg size set rt mtu",
-            f"oifname {tun} {_SYN} tcp option maxseg size set rt mtu",
-        ]
-    # Owner protection comes before the established shortcut, so a new block list also cuts
-    # connections that were open before it.
+        # tunnel's, so neither side sends segments a path-MTU black hole would swallow. Ahead
+        # of the established shortcut, which a SYN-ACK already matches; behind one test of
+        # the flags, so other packets pay one rule for it, not two.
+        fwd.append(f"{_SYN} jump mss_clamp")
+    established = "ct state established,related accept"
+    if established_first:
+        # Nearly every packet is one of an established flow: one rule for it, in either
+        # direction (an accept here ends only our chain, and ours drops nothing but tunnel
+        # traffic). Owner protection below then sees each new flow; the flows established
+        # before a new block list are cut by deleting their conntrack entries after the
+        # apply (NftBackend, .flows), so they come back as new and meet the block. Without
+        # NAT66, IPv4 only: IPv6 flows left from a time with it (the uplink lost IPv6) must
+        # still meet the IPv6 refusal below.
+        fwd.append(established if plan.nat66 else f"meta nfproto ipv4 {established}")
+    # Without that cut, owner protection comes before the established shortcut, so a new
+    # block list also cuts connections that were open before it.
     fwd.append(f"iifname {tun} ip daddr @blocked4 ip daddr != @allow4 counter {_REJECT}")
     if plan.nat66:
         fwd.append(f"iifname {tun} ip6 daddr @blocked6 ip6 daddr != @allow6 counter {_REJECT}")
@@ -113,10 +126,8 @@ def render_node(plan: NodePolicy) -> str:
             )
     else:
         fwd.append(f"iifname {tun} meta nfproto ipv6 counter {_REJECT}")
-    fwd += [
-        f"iifname {tun} ct state established,related accept",
-        f"oifname {tun} ct state established,related accept",
-    ]
+    if not established_first:
+        fwd += [f"iifname {tun} {established}", f"oifname {tun} {established}"]
     for rule in plan.blocked_ports:
         how = "reject with tcp reset" if rule.protocol == "tcp" else _REJECT
         fwd.append(f"iifname {tun} {rule.protocol} dport {rule.port} counter {how}")
@@ -182,7 +193,17 @@ def render_node(plan: NodePolicy) -> str:
     if plan.nat66:
         post.append(f"oifname {up} ip6 saddr {plan.tunnel_subnet_v6} masquerade")
 
-    chains = [
+    chains: list[list[str]] = []
+    if plan.mss_clamp:
+        chains.append(
+            [
+                "\tchain mss_clamp {",
+                f"\t\tiifname {tun} tcp option maxseg size set rt mtu",
+                f"\t\toifname {tun} tcp option maxseg size set rt mtu",
+                "\t}",
+            ]
+        )
+    chains += [
         _chain("forward", "forward", "filter", "filter", fwd),
         _chain("input", "input", "filter", "filter", inp),
         _chain("prerouting", "prerouting", "nat", "dstnat", pre),
@@ -211,19 +232,62 @@ def _kill_switch_forward(plan: KillSwitchPolicy) -> list[str]:
     return fwd
 
 
+def _wireguard_tuples(plan: KillSwitchPolicy) -> list[tuple[str, str]]:
+    """(address family keyword, "{ address . port, ... }") of the WireGuard endpoints, per
+    family: one set lookup per packet however many endpoints there are."""
+    out: list[tuple[str, str]] = []
+    for fam in ("ip", "ip6"):
+        items = [
+            f"{ep.address} . {ep.port}"
+            for ep in plan.wireguard_endpoints
+            if _addr_family(ep.address) == fam
+        ]
+        if items:
+            out.append((fam, "{ " + ", ".join(items) + " }"))
+    return out
+
+
+def _kill_switch_raw(plan: KillSwitchPolicy) -> list[list[str]]:
+    """Chains at raw priority (before conntrack) that leave the outer WireGuard datagrams
+    untracked, in both directions and for exactly the same tuples: were one direction
+    tracked alone, conntrack would see the other's first packet as a new flow, and the
+    input chain would drop it. Inner tunnel traffic stays tracked: other software's NAT and
+    firewalls (Docker's masquerade into the tunnel) need it."""
+    tuples = _wireguard_tuples(plan)
+    if not tuples or plan.wg_listen_port is None:
+        return []
+    port = plan.wg_listen_port
+    mark = f"meta mark {plan.fwmark:#x} " if plan.fwmark is not None else ""
+    pre = [f"udp dport {port} {fam} saddr . udp sport {s} notrack" for fam, s in tuples]
+    out = [f"{mark}udp sport {port} {fam} daddr . udp dport {s} notrack" for fam, s in tuples]
+    return [
+        _chain("raw_prerouting", "prerouting", "filter", "raw", pre),
+        _chain("raw_output", "output", "filter", "raw", out),
+    ]
+
+
 def render_kill_switch(plan: KillSwitchPolicy) -> str:
     """The client's table: output (and forwarded traffic) allowed only via the tunnel, and
-    output to the endpoints."""
+    output to the endpoints.
+
+    The first rules are the ones nearly every packet matches: the tunnel interface (inner
+    traffic), then WireGuard's own datagrams (its fwmark out, its endpoints' tuples in).
+    Every other rule is an accept or the final refusal, so their order changes nothing but
+    the cost per packet."""
     tun = _q(plan.tunnel_if)
-    out: list[str] = []
-    inp: list[str] = []
+    out: list[str] = [f"oifname {tun} accept"]
+    inp: list[str] = [f"iifname {tun} accept"]
+    if plan.fwmark is not None:
+        out.append(f"meta mark {plan.fwmark:#x} accept")
+    if plan.wg_listen_port is not None:
+        # Untracked (raw chains), so let in by the tuple, not by `ct state`.
+        inp += [
+            f"udp dport {plan.wg_listen_port} {fam} saddr . udp sport {s} accept"
+            for fam, s in _wireguard_tuples(plan)
+        ]
     if plan.allow_loopback:
         out.append('oifname "lo" accept')
         inp.append('iifname "lo" accept')
-    out.append(f"oifname {tun} accept")
-    inp.append(f"iifname {tun} accept")
-    if plan.fwmark is not None:
-        out.append(f"meta mark {plan.fwmark:#x} accept")
     for ep in plan.endpoints:
         fam = _addr_family(ep.address)
         out.append(f"{fam} daddr {ep.address} {ep.protocol} dport {ep.port} accept")
@@ -251,6 +315,7 @@ def render_kill_switch(plan: KillSwitchPolicy) -> str:
     parts: list[list[str]] = []
     if plan.allow_lan:
         parts += [_set("lan4", "ipv4", plan.lan_v4), _set("lan6", "ipv6", plan.lan_v6)]
+    parts += _kill_switch_raw(plan)
     parts += [
         _chain("output", "output", "filter", "filter", out),
         _chain("input", "input", "filter", "filter", inp),
@@ -259,9 +324,9 @@ def render_kill_switch(plan: KillSwitchPolicy) -> str:
     return _table(plan.names.table, parts)
 
 
-def render(plan: Plan) -> str:
+def render(plan: Plan, *, established_first: bool = True) -> str:
     if isinstance(plan, NodePolicy):
-        return render_node(plan)
+        return render_node(plan, established_first=established_first)
     return render_kill_switch(plan)
 
 

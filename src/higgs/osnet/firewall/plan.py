@@ -333,6 +333,12 @@ class KillSwitchPolicy:
     endpoints: tuple[Endpoint, ...] = ()
     # wg-quick-style fwmark carried by WireGuard's own encrypted packets (None: not used).
     fwmark: int | None = None
+    # WireGuard's own UDP port. With it, the datagrams between this port and a UDP endpoint
+    # are not tracked by conntrack and are let in by their addresses and ports alone: every
+    # byte of the tunnel crosses the kill switch twice (inside and as a datagram), and
+    # tracking the outer copy too cost about 0.3 CPU s per GB (docs/benchmarks.md). None:
+    # tracked and let in as established, like any other answer.
+    wg_listen_port: int | None = None
     allow_loopback: bool = True
     allow_lan: bool = False
     # DHCP keeps the machine's lease (and so the tunnel's underlay) alive.
@@ -344,6 +350,8 @@ class KillSwitchPolicy:
         _check_ifname("tunnel_if", self.tunnel_if)
         if self.fwmark is not None and not 0 < self.fwmark < 2**32:
             raise FirewallPlanError(f"fwmark: {self.fwmark} is outside 1-0xffffffff")
+        if self.wg_listen_port is not None:
+            _check_port("wg_listen_port", self.wg_listen_port)
 
     @property
     def lan_v4(self) -> tuple[ipaddress.IPv4Network, ...]:
@@ -352,6 +360,14 @@ class KillSwitchPolicy:
     @property
     def lan_v6(self) -> tuple[ipaddress.IPv6Network, ...]:
         return _v6(self.lan_ranges)
+
+    @property
+    def wireguard_endpoints(self) -> tuple[Endpoint, ...]:
+        """The UDP endpoints whose datagrams to and from :attr:`wg_listen_port` bypass
+        conntrack (none without the port)."""
+        if self.wg_listen_port is None:
+            return ()
+        return tuple(ep for ep in self.endpoints if ep.protocol == "udp")
 
     @property
     def needs_neighbour_discovery(self) -> bool:

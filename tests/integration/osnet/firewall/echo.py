@@ -5,6 +5,8 @@
                                                    # connection, holding all of them open
     python echo.py session ADDR PORT               # one TCP connection, echoes stdin lines
     python echo.py probe PROTO:ADDR:PORT ...       # one answer per target, asked in parallel
+    python echo.py dgram [SRC:]SPORT MARK ADDR PORT  # one UDP datagram from that source port
+                                                   # (with that SO_MARK unless 0), one answer
 
 Standalone on purpose (only the standard library): it runs under `ip netns exec` as its own
 process, which the test stops by PID.
@@ -119,6 +121,23 @@ def _one(proto: str, addr: str, port: int) -> tuple[str, socket.socket]:
         return _err(exc), sock
 
 
+def dgram(source: str, mark: int, addr: str, port: int) -> None:
+    """As WireGuard sends: from a fixed port (and address), with its fwmark."""
+    src, _, sport = source.rpartition(":")
+    sock = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    sock.settimeout(TIMEOUT)
+    if mark:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    try:
+        sock.bind((src, int(sport)))
+        sock.sendto(b"hello", (addr, port))
+        print(sock.recv(2048).decode().strip() or "ERR closed", flush=True)
+    except OSError as exc:
+        print(_err(exc), flush=True)
+    finally:
+        sock.close()
+
+
 def ask(proto: str, addr: str, port: int, count: int) -> None:
     held = []  # all kept open until the end: the connection-limit test counts them
     for _ in range(count):
@@ -132,6 +151,8 @@ if __name__ == "__main__":
         serve(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "probe":
         probe(sys.argv[2:])
+    elif sys.argv[1] == "dgram":
+        dgram(sys.argv[2], int(sys.argv[3], 0), sys.argv[4], int(sys.argv[5]))
     elif sys.argv[1] == "session":
         session(sys.argv[2], int(sys.argv[3]))
     else:

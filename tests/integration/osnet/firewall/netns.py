@@ -71,6 +71,11 @@ class Netns:
         out = self.run(sys.executable, str(ECHO), "probe", *specs, timeout=30).stdout
         return dict(zip(specs, out.splitlines(), strict=True))
 
+    def dgram(self, source: str, mark: int, addr: str, port: int) -> str:
+        """The answer to one UDP datagram from ``[addr:]port`` ``source`` with ``mark``."""
+        argv = [sys.executable, str(ECHO), "dgram", source, str(mark), addr, str(port)]
+        return self.run(*argv, timeout=30).stdout.strip()
+
     def ask1(self, proto: str, addr: str, port: int) -> str:
         return self.ask(proto, addr, port)[0]
 

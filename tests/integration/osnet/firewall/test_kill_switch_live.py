@@ -5,11 +5,19 @@ tunnel only; removal gives everything back."""
 from __future__ import annotations
 
 import ipaddress as ia
+import re
 from collections.abc import Callable
 
 import pytest
 
-from higgs.osnet.firewall import Endpoint, FirewallBackend, FirewallNames, KillSwitchPolicy
+from higgs.osnet.firewall import (
+    Endpoint,
+    FirewallBackend,
+    FirewallNames,
+    KillSwitchPolicy,
+    other_filters,
+)
+from higgs.osnet.runner import SubprocessRunner
 
 from .conftest import KillWorld, make_backend, ruleset
 
@@ -83,3 +91,82 @@ def test_kill_switch(
     backend.remove()
     assert ruleset(kind, kill_world.client) == before
     assert reachable(kill_world) == everything
+
+
+WG_PORT, MARK = 41414, 0xCA6C
+
+
+def _counter(kw: KillWorld, table: str, chain: str) -> int:
+    listing = kw.client.run("nft", "list", "chain", "inet", table, chain).stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+
+def test_wireguard_datagrams_bypass_conntrack_and_nothing_else_gets_out(
+    kill_world: KillWorld, fw_names: FirewallNames, register: Register
+) -> None:
+    """nftables: WireGuard's own datagrams (its port and fwmark, to and from its endpoint)
+    pass untracked; other traffic to the endpoint is tracked as before; everything outside
+    the tunnel is still refused, and the tunnel still carries traffic."""
+    kw = kill_world
+    backend = register(make_backend("nft", fw_names, kw.client))
+    backend.apply(
+        KillSwitchPolicy(
+            names=fw_names,
+            tunnel_if="kt0",
+            endpoints=(Endpoint(ia.ip_address("203.0.113.5"), 51820, "udp"),),
+            fwmark=MARK,
+            wg_listen_port=WG_PORT,
+        )
+    )
+    kw.client.run("conntrack", "-F", check=False)
+    # WireGuard's datagram gets its answer, and conntrack never saw either direction.
+    assert kw.client.dgram(str(WG_PORT), MARK, "203.0.113.5", 51820).startswith("world ")
+    tracked = kw.client.run("conntrack", "-L", "-p", "udp").stdout
+    assert f"sport={WG_PORT}" not in tracked, tracked
+    assert f"dport={WG_PORT}" not in tracked, tracked
+    # Another socket to the same endpoint: answered as before, through conntrack.
+    assert kw.client.dgram("41415", 0, "203.0.113.5", 51820).startswith("world ")
+    assert "sport=41415" in kw.client.run("conntrack", "-L", "-p", "udp").stdout
+    # Still refused outside the tunnel: WireGuard's port without its mark to another host,
+    # any other host, the endpoint's other ports; the tunnel itself works.
+    assert kw.client.dgram(str(WG_PORT), 0, "203.0.113.6", 51820).startswith("ERR")
+    got = reachable(kw)
+    assert not got["other host"]
+    assert not got["endpoint other port"]
+    assert not got["ipv6 outside"]
+    assert not got["box: other host"]
+    assert got["through tunnel"]
+    assert got["box: through tunnel"]
+    # An unsolicited datagram to WireGuard's port from another host is dropped on input.
+    dropped = _counter(kw, fw_names.table, "input")
+    kw.net.dgram("203.0.113.6:51820", 0, "198.51.100.2", WG_PORT)
+    assert _counter(kw, fw_names.table, "input") > dropped
+    backend.remove()
+
+
+def test_other_filters_are_seen_so_wireguard_stays_tracked_there(
+    kill_world: KillWorld, fw_names: FirewallNames, register: Register
+) -> None:
+    """A host firewall that lets answers in by `ct state` (ufw, firewalld) would drop
+    untracked datagrams: the client leaves them tracked when another filter is there."""
+    kw = kill_world
+    runner = SubprocessRunner(netns=kw.client.name)
+    backend = register(make_backend("nft", fw_names, kw.client))
+    backend.apply(KillSwitchPolicy(names=fw_names, tunnel_if="kt0"))
+    # Ours and the container's NAT table are not someone else's filter (the iptables
+    # variants before this test may have left their empty tables and chains: those count).
+    before = other_filters(runner, fw_names.table)
+    assert not [f for f in before if fw_names.table in f or "hgtest_box" in f], before
+    kw.client.run("nft", "-f", "-", input=(
+        "table inet hgtest_ufw {\n"
+        "\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy accept;\n"
+        "\t\tct state established,related accept\n"
+        "\t}\n"
+        "}\n"
+    ))  # fmt: skip
+    try:
+        assert set(other_filters(runner, fw_names.table)) == {*before, "inet hgtest_ufw input"}
+    finally:
+        kw.client.run("nft", "delete", "table", "inet", "hgtest_ufw")
+    backend.remove()

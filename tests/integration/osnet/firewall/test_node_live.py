@@ -25,6 +25,7 @@ from higgs.osnet.firewall import (
     get_backend,
     sweep,
 )
+from higgs.osnet.firewall.plan import DEFAULT_BLOCK_RANGES
 from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import SubprocessRunner
@@ -142,6 +143,34 @@ def test_uplink_switch_keeps_sessions(
     finally:
         w.node.ip("route", "replace", "default", "via", "203.0.113.10", "dev", "u0")
         w.node.ip("route", "del", "192.0.2.1/32")
+    backend.remove()
+
+
+def test_a_new_block_cuts_connections_established_before_it(
+    node_world: NodeWorld, kind: str, fw_names: FirewallNames, register: Register
+) -> None:
+    """Established flows may be accepted before owner protection (nft), so a destination
+    the owner blocks (or an exception withdrawn) must stop connections already open to it
+    at once; the others keep flowing."""
+    w = node_world
+    exception = (ia.ip_network("10.200.0.1/32"),)
+    backend = register(make_backend(kind, fw_names, w.node))
+    backend.apply(plan_for(fw_names, allow_list=exception))
+    to_block = w.world.session(w.client, "192.0.2.1", 80)
+    granted = w.world.session(w.client, "10.200.0.1", 80)
+    kept = w.world.session(w.client, "192.0.2.3", 80)
+    for session in (to_block, granted, kept):
+        assert session.greeting.startswith("inet "), session.greeting
+        assert session.say("before") == "before"  # the flows are established
+    # The owner blocks 192.0.2.1 and withdraws the exception for 10.200.0.1.
+    blocked = (*DEFAULT_BLOCK_RANGES, ia.ip_network("192.0.2.1/32"))
+    backend.apply(plan_for(fw_names, block_ranges=blocked))
+    assert to_block.say("after").startswith("ERR")
+    assert granted.say("after").startswith("ERR")
+    assert kept.say("after") == "after"
+    # New connections meet the block too.
+    assert w.client.ask1("tcp", "192.0.2.1", 80).startswith("ERR")
+    assert ok_from(w.client.ask1("tcp", "192.0.2.3", 80)) == "203.0.113.2"
     backend.remove()
 
 

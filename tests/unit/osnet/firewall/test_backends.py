@@ -62,11 +62,18 @@ def test_nft_apply_is_journaled_before_it_is_made(tmp_path: Path) -> None:
     with Journal(path, runner=runner) as journal:
         backend = NftBackend(NODE.names, runner, journal)
         backend.apply(NODE)
-        # Applied, then read back: the fingerprint the rule watch compares with.
+        # The conntrack tool probed; applied; the flows to blocked destinations looked for
+        # (none here); then read back: the fingerprint the rule watch compares with.
         listing = ["nft", "list", "table", "inet", NODE.names.table]
-        assert runner.commands == [["nft", "-f", "-"], listing]
-        assert runner.inputs[0] == nft_render.render(NODE)
-        assert runner.entries_seen[0] == 1  # the entry was on disk before nft ran
+        assert runner.commands == [
+            ["conntrack", "--version"],
+            ["nft", "-f", "-"],
+            ["conntrack", "-L", "-f", "ipv4", "-s", "10.66.0.0/24"],
+            ["conntrack", "-L", "-f", "ipv6", "-s", "fd66::/64"],
+            listing,
+        ]
+        assert runner.inputs[1] == nft_render.render(NODE)
+        assert runner.entries_seen[1] == 1  # the entry was on disk before nft ran
         assert journal.entries[0].undo == {
             "op": "firewall_remove",
             "backend": "nft",
@@ -80,10 +87,45 @@ def test_nft_apply_is_journaled_before_it_is_made(tmp_path: Path) -> None:
         }
         backend.update_uplink("wlan0")
         assert len(journal) == 1
-        assert 'oifname "wlan0" ip saddr 10.66.0.0/24 masquerade' in (runner.inputs[-2] or "")
+        assert 'oifname "wlan0" ip saddr 10.66.0.0/24 masquerade' in (runner.inputs[-4] or "")
         backend.remove()
         assert len(journal) == 0
         assert runner.inputs[-1] == nft_render.render_delete(NODE.names.table)
+
+
+_LISTING = (
+    "tcp      6 431999 ESTABLISHED src=10.66.0.2 dst=192.168.1.20 sport=40000 dport=80 "
+    "src=192.168.1.20 dst=192.168.1.10 sport=80 dport=40000 [ASSURED] mark=0 use=1\n"
+    "tcp      6 431999 ESTABLISHED src=10.66.0.3 dst=192.0.2.1 sport=40001 dport=443 "
+    "src=192.0.2.1 dst=192.168.1.10 sport=443 dport=40001 [ASSURED] mark=0 use=1\n"
+    "udp      17 20 src=10.66.0.2 dst=10.66.0.1 sport=40002 dport=53 "
+    "src=10.66.0.1 dst=10.66.0.2 sport=5353 dport=40002 mark=0 use=1\n"
+)
+
+
+def test_nft_apply_cuts_established_flows_to_blocked_destinations() -> None:
+    """Established flows are accepted first, so the flows a new block list forbids lose
+    their conntrack entries: here the one to the owner's LAN, not the one to the internet
+    nor the DNS query to the node's own forwarder."""
+    runner = RecordingRunner()
+    runner.script(["conntrack", "-L", "-f", "ipv4"], stdout=_LISTING)
+    runner.script(["conntrack", "-D"], stderr="1 flow entries have been deleted.")
+    NftBackend(NODE.names, runner).apply(NODE)
+    deletes = [c for c in runner.commands if c[:2] == ["conntrack", "-D"]]
+    assert deletes == [["conntrack", "-D", "-f", "ipv4", "-s", "10.66.0.2", "-d", "192.168.1.20"]]
+    assert "ct state established,related accept" in (runner.inputs[1] or "")
+
+
+@pytest.mark.parametrize("failing", [["conntrack", "--version"], ["conntrack", "-L"]])
+def test_nft_without_a_working_conntrack_keeps_protection_ahead(failing: list[str]) -> None:
+    """No conntrack tool (or it fails): the flows cannot be cut, so the rules put owner
+    protection ahead of the established shortcut, as before."""
+    runner = RecordingRunner()
+    runner.script(failing, returncode=1, stderr="conntrack: not here")
+    NftBackend(NODE.names, runner).apply(NODE)
+    applied = [i for c, i in zip(runner.commands, runner.inputs, strict=True) if c[0] == "nft"]
+    last = next(i for i in reversed(applied) if i)
+    assert last == nft_render.render(NODE, established_first=False)
 
 
 def test_nft_failed_first_apply_rolls_back(tmp_path: Path) -> None:

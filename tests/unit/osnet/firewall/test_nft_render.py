@@ -66,15 +66,39 @@ def test_ipv6_dns_refused_without_ipv6_forwarder() -> None:
     assert "dnat ip6" not in render(VARIANTS["node_nat66_dns4"])
 
 
-def test_owner_protection_precedes_established_and_accept() -> None:
+def _forward_index(fwd: list[str], *keys: str) -> dict[str, int]:
+    return {k: next(i for i, ln in enumerate(fwd) if k in ln) for k in keys}
+
+
+def test_established_flows_are_accepted_first_then_owner_protection() -> None:
+    """One rule for nearly every packet; the SYN-only MSS clamp is ahead of it (a SYN-ACK is
+    established already), behind a single test of the flags. The flows to newly blocked
+    destinations are cut by the backend (.flows), not by rule order."""
     fwd = _chain(render(VARIANTS["node_full"]), "forward").splitlines()
-    idx = {
-        k: next(i for i, ln in enumerate(fwd) if k in ln)
-        for k in ("@blocked4", "established", "dport 25", 'oifname "enp3s0.100" accept')
-    }
+    assert fwd[1:3] == [
+        "\t\ttcp flags & (syn | rst) == syn jump mss_clamp",
+        "\t\tct state established,related accept",
+    ]
+    idx = _forward_index(fwd, "@blocked4", "dport 25", 'oifname "enp3s0.100" accept')
+    assert idx["@blocked4"] < idx["dport 25"] < idx['oifname "enp3s0.100" accept']
+    assert fwd[-2:] == ['\t\tiifname "hg-wg.0" counter drop', '\t\toifname "hg-wg.0" counter drop']
+    clamp = _chain(render(VARIANTS["node_full"]), "mss_clamp")
+    assert clamp.count("tcp option maxseg size set rt mtu") == 2
+
+
+def test_without_nat66_established_ipv6_still_meets_the_refusal() -> None:
+    fwd = _chain(render(VARIANTS["node_minimal"]), "forward").splitlines()
+    idx = _forward_index(fwd, "ct state established", "meta nfproto ipv6 counter reject")
+    assert (
+        "meta nfproto ipv4 ct state established,related accept" in fwd[idx["ct state established"]]
+    )
+
+
+def test_owner_protection_precedes_established_where_flows_cannot_be_cut() -> None:
+    fwd = _chain(render(VARIANTS["node_full"], established_first=False), "forward").splitlines()
+    idx = _forward_index(fwd, "@blocked4", "established", "dport 25", 'oifname "enp3s0.100" accept')
     assert idx["@blocked4"] < idx["established"] < idx["dport 25"]
     assert idx["dport 25"] < idx['oifname "enp3s0.100" accept']
-    assert fwd[-2:] == ['\t\tiifname "hg-wg.0" counter drop', '\t\toifname "hg-wg.0" counter drop']
 
 
 def test_uplink_move_changes_only_uplink_lines() -> None:
@@ -120,3 +144,22 @@ def test_delete_script_never_fails_on_absent_table() -> None:
     assert render_delete("higgsnode_x") == (
         "table inet higgsnode_x {}\ndelete table inet higgsnode_x\n"
     )
+
+
+def test_kill_switch_untracks_exactly_wireguards_datagrams_both_ways() -> None:
+    """The same tuples untracked in both directions (one direction tracked alone would make
+    the other look new), only from and to WireGuard's port, and let in by that tuple; the
+    tunnel interface is the first rule of output and input."""
+    script = render(VARIANTS["ks_strict"])
+    pre, raw_out = _chain(script, "raw_prerouting"), _chain(script, "raw_output")
+    assert "priority raw" in pre
+    assert "priority raw" in raw_out
+    assert "udp dport 41414 ip saddr . udp sport { 198.51.100.20 . 51820 } notrack" in pre
+    assert "udp sport 41414 ip daddr . udp dport { 198.51.100.20 . 51820 } notrack" in raw_out
+    assert "203.0.113.5" not in pre + raw_out  # the TCP endpoint stays tracked
+    out, inp = _chain(script, "output").splitlines(), _chain(script, "input").splitlines()
+    assert out[1] == '\t\toifname "hgc0" accept'
+    assert inp[1] == '\t\tiifname "hgc0" accept'
+    assert "udp dport 41414 ip saddr . udp sport { 198.51.100.20 . 51820 } accept" in inp[2]
+    # Without WireGuard's port nothing is untracked.
+    assert "notrack" not in render(VARIANTS["ks_lan"])

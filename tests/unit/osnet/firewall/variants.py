@@ -82,6 +82,7 @@ VARIANTS: dict[str, Plan] = {
             Endpoint(ia.ip_address("2001:db8::5"), 51820, "udp"),
         ),
         fwmark=0xCA6C,
+        wg_listen_port=41414,
     ),
     "ks_lan": KillSwitchPolicy(
         names=_names("kslan"),
