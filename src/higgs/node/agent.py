@@ -35,7 +35,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,11 @@ UPLINK_POLL_S = 2.0
 IPV6_POLL_S = 5.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
+# The owner's dashboard starts once the server's peers are back on the interface, or this long
+# after the set-up without them (server unreachable): importing it (FastAPI, uvicorn: 0.3 s on
+# an idle machine, over 1 s on a loaded one) would otherwise hold the event loop, and with it
+# the control link's connect and sync, while a restarted node's clients wait to be served.
+DASHBOARD_AFTER_S = 5.0
 
 
 class AgentError(HiggsError):
@@ -164,6 +169,7 @@ class Agent:
         self.puncher: Puncher | None = None  # issue 12: hole punching and steering
         self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
+        self._peers_back = asyncio.Event()  # the control link applied a sync
         self._stop_reason = ""
         self._error: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -327,6 +333,7 @@ class Agent:
             wg_port=self.settings.listen_port,
             stats_interval_s=ident.heartbeat_interval_s,
             on_punch=self.puncher.handle if self.puncher is not None else None,
+            on_synced=self._peers_back.set,
         )
         await self.control.start()
 
@@ -452,6 +459,14 @@ class Agent:
                     extra={"sessions": resent},
                 )
 
+    async def _serve_dashboard(self) -> None:
+        """After the peers are back (see :data:`DASHBOARD_AFTER_S`); imported in a thread, so
+        the event loop (relayed sessions' datagrams) keeps running meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._peers_back.wait(), DASHBOARD_AFTER_S)
+        serve = await asyncio.to_thread(_import_dashboard)
+        await serve(self)
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._watch)
@@ -549,9 +564,7 @@ class Agent:
             self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")
         if s.dashboard.enabled:  # issue 15: the owner's page and /metrics on loopback
-            from higgs.node.dashboard.app import serve_dashboard
-
-            self._spawn(serve_dashboard(self), "dashboard")
+            self._spawn(self._serve_dashboard(), "dashboard")
 
     async def _teardown(self) -> list[str]:
         problems: list[str] = []
@@ -591,6 +604,12 @@ class Agent:
             problems.append(str(exc))
         log.info("node stopped", extra={"reason": self._stop_reason or "error"})
         return problems
+
+
+def _import_dashboard() -> Callable[[Agent], Coroutine[Any, Any, None]]:
+    from higgs.node.dashboard.app import serve_dashboard
+
+    return serve_dashboard
 
 
 async def _main(settings: NodeSettings) -> None:

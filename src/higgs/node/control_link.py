@@ -87,8 +87,10 @@ class ControlLink:
         wg_port: int,
         stats_interval_s: float = 15.0,
         on_punch: Callable[[control.Punch], None] | None = None,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self._peers = peers
+        self._on_synced = on_synced  # after each sync is applied (the agent's start-up waits)
         self._on_punch = on_punch  # hole punching and steering (higgs.node.punch)
         self._peer_rows = peer_rows
         self._wg = ("127.0.0.1", wg_port)
@@ -248,6 +250,8 @@ class ControlLink:
                 self._close_bridge(channel)
             for channel, hub in relayed.items():
                 await self._open_bridge(channel, hub)
+            if self._on_synced is not None:
+                self._on_synced()
         elif isinstance(message, control.PeerAdd):
             peer = _desired(message)
             accepted = await asyncio.to_thread(self._peers.add, peer)
