@@ -385,10 +385,10 @@ class Daemon:
                 watched = key
                 watch.reset(stats.rx_bytes, now, stats.tx_bytes)
                 continue
-            verdict = watch.observe(stats.rx_bytes, now, stats.tx_bytes)
             # The relay paths are not left here: they have their own watchdogs (the relay
             # link, the stale handshake, the node check).
-            leaves = tunnel.mode in ("punched", "direct")
+            leaves = watch.leaves = tunnel.mode in ("punched", "direct")
+            verdict = watch.observe(stats.rx_bytes, now, stats.tx_bytes)
             if verdict == "provoke" and tunnel.route.wireguard.dns:
                 # Anything the node answers will do: its resolver's address answers a ping.
                 target = tunnel.route.wireguard.dns[0]

@@ -63,9 +63,16 @@ class PathWatch:
     has our peer back), backing off after ``fast_for_s`` (doubling, at most
     ``rehandshake_max_s``). A tunnel that is merely idle -- nothing sent but our keepalives,
     so nothing owed -- never gets one, however long it is quiet.
+
+    A re-handshake sets the peer afresh, so its counters start again from 0: counters that
+    went backwards are read from 0 (anything received since is the node answering). On a path
+    that ``leaves`` (direct, punched) ``dead`` comes before any re-handshake: the session must
+    be back on the relay within issue 12's 10 s; a relay path is never left here, so there
+    the re-handshakes go on.
     """
 
     dead_s: float = PATH_DEAD_S
+    leaves: bool = True  # a dead path is left (direct, punched), see above
     provoke_after_s: float = 1.5
     rehandshake_after_s: float | None = None  # None: never
     rehandshake_every_s: float = 1.0
@@ -122,6 +129,9 @@ class PathWatch:
         """``ok``, ``provoke`` (send something the node answers, then call :meth:`sent`),
         ``rehandshake`` (set the peer afresh) or ``dead``. ``tx`` None: the sent bytes are
         not known (only what :meth:`sent` was told of is owed an answer)."""
+        if 0 <= rx < self.last_rx or (tx is not None and 0 <= tx < self.last_tx):
+            # The peer was set afresh (our re-handshake): its counters started from 0.
+            self.last_rx, self.last_tx = 0, 0 if tx is not None else self.last_tx
         if self.last_rx < 0 or rx > self.last_rx:
             self.reset(rx, now, tx)
             return "ok"
@@ -130,9 +140,12 @@ class PathWatch:
                 self.sent(now)
             self.last_tx = tx
         quiet = now - self.last_rx_at
+        dead = quiet > self.dead_s
+        if dead and self.leaves:
+            return "dead"
         if self._rehandshake_due(now):
             return self._rehandshake(now)
-        if quiet > self.dead_s:
+        if dead:
             return "dead"
         if quiet > self.provoke_after_s:
             self.provoked += 1

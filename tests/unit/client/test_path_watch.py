@@ -42,10 +42,10 @@ def test_by_default_a_silent_path_is_dead_after_4_s() -> None:
     assert watch.observe(10, 104.1) == "dead"
 
 
-def _restart_watch() -> PathWatch:
-    # As the daemon builds it (higgs.client.daemon._path_loop).
+def _restart_watch(*, leaves: bool = False) -> PathWatch:
+    # As the daemon builds it (higgs.client.daemon._path_loop); a relay path unless ``leaves``.
     return PathWatch(
-        dead_s=6.0,
+        leaves=leaves,
         rehandshake_after_s=REHANDSHAKE_AFTER_S,
         rehandshake_every_s=REHANDSHAKE_EVERY_S,
     )
@@ -143,3 +143,26 @@ def test_without_rehandshakes_configured_none_ever() -> None:
     watch = PathWatch(dead_s=600.0)
     watch.reset(100, 0.0, 0)
     assert "rehandshake" not in _verdicts(watch, range(1, 100), 100, lambda t: t * 840)
+
+
+def test_a_direct_path_is_left_after_dead_s_even_while_rehandshaking() -> None:
+    """Issue 12: a dead direct path must be back on the relay within 10 s; the re-handshakes
+    must not hold off its 4 s rule."""
+    watch = _restart_watch(leaves=True)
+    watch.reset(100, 0.0, 0)
+    got = _verdicts(watch, range(1, 8), 100, lambda t: t * 840)
+    assert got[2:4] == ["rehandshake", "rehandshake"]  # at 3 and 4 s
+    assert got[4] == "dead"  # at 5 s: more than PATH_DEAD_S (4 s) quiet
+
+
+def test_a_fresh_peer_counts_from_zero() -> None:
+    """A re-handshake removes and re-adds the peer: its counters start again from 0, so the
+    node's answer is 92 bytes received, not the old total exceeded."""
+    watch = _restart_watch()
+    watch.reset(500_000, 0.0, 900_000)
+    verdicts = _verdicts(watch, range(1, 4), 500_000, lambda t: 900_000 + t * 840)
+    assert verdicts[-1] == "rehandshake"  # at 3 s; the peer is set afresh
+    assert watch.observe(0, 4.0, 148 + 840) == "rehandshake"  # nothing back yet: the next one
+    assert watch.observe(92, 5.0, 2 * 148 + 1680) == "ok"  # its handshake response
+    assert watch.observe(92 + 840, 6.0, 2 * 148 + 2520) == "ok"
+    assert watch.rehandshakes == 2
