@@ -50,6 +50,7 @@ from higgs.daemon.stopsignals import StopSignals
 from higgs.node.control_link import ControlLink
 from higgs.node.dns_forwarder import DnsForwarder
 from higgs.node.host import NodeHost, Uplink, WgPeerTable
+from higgs.node.hostops import Shaper, Tunnel
 from higgs.node.metrics import Budget, collect, heartbeat_body
 from higgs.node.mtu import decide_mtu, fits_uplink, probe
 from higgs.node.ownerstate import is_paused, set_paused
@@ -481,10 +482,15 @@ class Agent:
         signals.hand_over(self.request_stop)
         try:
             self.mtu = await asyncio.to_thread(self._decide_mtu, uplink)
-            # A refused enrollment ends here, before the host is touched; an unreachable
-            # server does not stop the node (direct mode works without it).
-            await self.make_server_api().try_register()
-            await self._setup(uplink)
+            server = self.make_server_api()
+            if server.identity is None:
+                # A first start: a refused enrollment ends here, before the host is touched;
+                # an unreachable server does not stop the node (direct mode works without it).
+                await server.try_register()
+                host = await self._setup_host(uplink)
+            else:
+                host = await self._setup_host_registering(uplink, server)
+            await self._serve(*host)
             log.info(
                 "node up",
                 extra={
@@ -509,7 +515,27 @@ class Agent:
         if self._error is not None:
             raise self._error
 
-    async def _setup(self, uplink: Uplink) -> None:
+    async def _setup_host_registering(
+        self, uplink: Uplink, server: ServerApi
+    ) -> tuple[Tunnel, Shaper]:
+        """A restart (an identity from an earlier registration): the registration's round
+        trips to the server overlap the host's set-up, which waits on commands, not on the
+        server. A refusal now (the node was deleted meanwhile) still stops the node; its host
+        changes are undone by the teardown, as after any failure. The control link starts
+        after both (:meth:`_serve`)."""
+        registering = asyncio.create_task(server.try_register(), name="register")
+        try:
+            host = await self._setup_host(uplink)
+        except BaseException:
+            registering.cancel()
+            with contextlib.suppress(BaseException):
+                await registering
+            raise
+        await registering
+        return host
+
+    async def _setup_host(self, uplink: Uplink) -> tuple[Tunnel, Shaper]:
+        """The host's changes (journaled): interface, shaping, forwarding, firewall, DNS."""
         s = self.settings
         assert self.mtu is not None
         wg = await asyncio.to_thread(self.host.bring_up_interface, self.key, self.mtu.mtu)
@@ -542,6 +568,11 @@ class Agent:
                     max_inflight=s.dns.max_inflight,
                 )
                 await self.dns6.start()
+        return wg, shaper
+
+    async def _serve(self, wg: Tunnel, shaper: Shaper) -> None:
+        """The peers and the links: server, control link, port mapping, watches."""
+        s = self.settings
         table = WgPeerTable(wg)
         self.peers = PeerManager(
             table,
