@@ -582,6 +582,7 @@ class Agent:
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted and not is_paused(s.state_dir),
             on_removing=self.budget.settle,  # a removed peer's last bytes count this month
+            endpoint_hints=self.host.previous_endpoints,
         )
         self.puncher = Puncher(s.listen_port, self.peers, table, table.peers)
         server = self.server or self.make_server_api()

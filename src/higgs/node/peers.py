@@ -93,8 +93,15 @@ class PeerManager:
         tunnel_v6: ipaddress.IPv6Interface | None = None,
         on_removing: Callable[[Sequence[PeerRow]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        endpoint_hints: dict[str, str] | None = None,
     ) -> None:
         self._table = table
+        # Public key -> the endpoint a crashed run's interface had for that direct peer. A
+        # restarted node has lost the session keys, and a direct client would send a new
+        # initiation only when its own watch notices (seconds; WireGuard itself: 15 s): the
+        # first time the server gives us such a peer again it is set with that endpoint and
+        # a keepalive, so WireGuard initiates to the client at once. Used once per key.
+        self._hints = dict(endpoint_hints or {})
         self._clock = clock
         # The control link applies messages in threads and the agent's re-initiation runs in
         # another: one at a time.
@@ -178,9 +185,12 @@ class PeerManager:
             # leg; the old keys would only send data (keepalives start no handshake), which
             # it drops. Removed as any peer is, so its last counters are counted.
             self._remove_peers([peer.public_key])
+        hint = self._hints.pop(peer.public_key, None)
         if new_endpoint:
             self._table.set_peer(peer.public_key, sorted(want), peer.relay_endpoint)
             self._initiating[peer.public_key] = (self._clock(), 0)
+        elif hint is not None and not peer.relayed and peer.public_key not in present:
+            self._table.set_peer(peer.public_key, sorted(want), hint)
         else:
             self._table.set_peer(peer.public_key, sorted(want))
         return True

@@ -203,6 +203,28 @@ async def test_a_crashed_run_is_undone_by_the_next_start(tmp_path: Path) -> None
     assert _initial(fake) == before
 
 
+async def test_the_recovery_reads_the_crashed_runs_peer_endpoints_before_removing_it(
+    tmp_path: Path,
+) -> None:
+    """The restarted node initiates to its direct clients (higgs.node.peers): their endpoints
+    are read off the crashed run's interface first; a WebSocket-relayed peer's (its bridge on
+    loopback, in the dead process) is left out."""
+    fake = FakeHost()
+    settings = _settings(tmp_path)
+    crashed = NodeHost(settings, ops=fake)
+    crashed.bring_up_interface(PrivateKey.generate(), 1420)
+    crashed.close()
+    fake.interfaces["higgsnode"].peer_endpoints = {
+        "direct=": "203.0.113.7:51000",
+        "bridged=": "127.0.0.1:40123",
+    }
+    restarted = NodeHost(settings, ops=fake)
+    assert restarted.recover() == []
+    assert restarted.previous_endpoints == {"direct=": "203.0.113.7:51000"}
+    assert fake.events.index("read peers higgsnode") < fake.events.index("undo link higgsnode")
+    assert "higgsnode" not in fake.interfaces
+
+
 async def test_nat_follows_the_uplink_when_the_default_route_moves(tmp_path: Path) -> None:
     fake = FakeHost()
     settings = _settings(tmp_path)

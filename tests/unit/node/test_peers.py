@@ -257,3 +257,29 @@ def test_a_relay_peer_with_a_handshake_is_left_alone() -> None:
     assert m.reinitiate() == []
     assert table.ops == []
     assert not m.initiating
+
+
+def test_a_restarted_node_initiates_to_its_direct_peers_last_endpoints() -> None:
+    """The crashed run's interface had K1 direct at 203.0.113.7:51000: the first time the
+    server gives K1 again, it is set with that endpoint (WireGuard, with a keepalive, then
+    initiates at once); once only, and never for a relayed peer or a UDP relay one."""
+    table = EndpointTable()
+    hints = {K1: "203.0.113.7:51000", K2: "203.0.113.8:51000", K3: "203.0.113.9:51000"}
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, endpoint_hints=hints)
+    ws = DesiredPeer("s2", 8, K2, "10.77.0.6/32", True)  # its data comes through our bridge
+    udp = DesiredPeer("s3", 9, K3, "10.77.0.7/32", False, "192.0.2.10:40001")
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), ws, udp])
+    assert table.endpoints == {K1: "203.0.113.7:51000", K3: "192.0.2.10:40001"}
+    # Removed and given again (a new session of the same client): no stale hint this time.
+    m.remove(K1, "s1")
+    table.endpoints.clear()
+    assert m.add(peer(K1, "10.77.0.5/32", "s4"))
+    assert table.endpoints == {}
+    assert hints[K1] == "203.0.113.7:51000"  # the caller's mapping is not consumed
+
+
+def test_without_hints_a_direct_peer_has_no_endpoint() -> None:
+    table = EndpointTable()
+    m = manager(table)
+    m.sync([peer(K1, "10.77.0.5/32", "s1")])
+    assert table.endpoints == {}
