@@ -183,6 +183,18 @@ class ControlLink:
         if held:
             bridge.send(held)
 
+    async def _initiate_bridged(self, channels: list[int]) -> None:
+        """A restarted node's relayed peers initiate through their new bridges
+        (:meth:`PeerManager.initiate_bridged`)."""
+        bridges = {}
+        for channel in channels:
+            bridge = self._bridges.get(channel)
+            if bridge is not None:
+                host, port = bridge.local_address[:2]
+                bridges[channel] = f"{host}:{port}"
+        if bridges and self._peers.restoring:
+            await asyncio.to_thread(self._peers.initiate_bridged, bridges)
+
     def _close_bridge(self, channel: int) -> None:
         self._pending.pop(channel, None)
         self._hubs.route(channel, None)
@@ -250,6 +262,7 @@ class ControlLink:
                 self._close_bridge(channel)
             for channel, hub in relayed.items():
                 await self._open_bridge(channel, hub)
+            await self._initiate_bridged(list(relayed))
             if self._on_synced is not None:
                 self._on_synced()
         elif isinstance(message, control.PeerAdd):
@@ -257,6 +270,7 @@ class ControlLink:
             accepted = await asyncio.to_thread(self._peers.add, peer)
             if accepted and peer.relayed:
                 await self._open_bridge(peer.channel, message.relay_hub)
+                await self._initiate_bridged([peer.channel])
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)

@@ -102,8 +102,8 @@ class NodeHost:
         self.tunnel_v6: ipaddress.IPv6Interface | None = None
         # False while the uplink has lost its internet IPv6: the firewall rejects IPv6 then.
         self.ipv6_active = False
-        # Public key -> endpoint of the direct peers a crashed run's interface still had when
-        # the recovery removed it: the restarted node initiates to them (higgs.node.peers).
+        # Public key -> endpoint of the peers a crashed run's interface still had when the
+        # recovery removed it: the restarted node initiates to them (higgs.node.peers).
         self.previous_endpoints: dict[str, str] = {}
 
     @property
@@ -179,12 +179,7 @@ class NodeHost:
         Returns the problems met (empty when the host is clean). Raises JournalError when a
         live agent owns the journal: sweeping under it would pull its interface away."""
         self.close()
-        self.previous_endpoints = {
-            key: endpoint
-            for key, endpoint in self.ops.peer_endpoints(self.settings.interface).items()
-            # A WebSocket-relayed peer's endpoint is its bridge in the dead process.
-            if not endpoint.startswith(("127.", "[::1]:"))
-        }
+        self.previous_endpoints = self.ops.peer_endpoints(self.settings.interface)
         undone, problems = self.ops.recover(
             self.journal_path, self.names, self.fw_names, ifb_name(self.settings.interface)
         )

@@ -206,9 +206,8 @@ async def test_a_crashed_run_is_undone_by_the_next_start(tmp_path: Path) -> None
 async def test_the_recovery_reads_the_crashed_runs_peer_endpoints_before_removing_it(
     tmp_path: Path,
 ) -> None:
-    """The restarted node initiates to its direct clients (higgs.node.peers): their endpoints
-    are read off the crashed run's interface first; a WebSocket-relayed peer's (its bridge on
-    loopback, in the dead process) is left out."""
+    """The restarted node initiates to its clients (higgs.node.peers): their endpoints are
+    read off the crashed run's interface before the recovery removes it."""
     fake = FakeHost()
     settings = _settings(tmp_path)
     crashed = NodeHost(settings, ops=fake)
@@ -220,7 +219,10 @@ async def test_the_recovery_reads_the_crashed_runs_peer_endpoints_before_removin
     }
     restarted = NodeHost(settings, ops=fake)
     assert restarted.recover() == []
-    assert restarted.previous_endpoints == {"direct=": "203.0.113.7:51000"}
+    assert restarted.previous_endpoints == {
+        "direct=": "203.0.113.7:51000",
+        "bridged=": "127.0.0.1:40123",
+    }
     assert fake.events.index("read peers higgsnode") < fake.events.index("undo link higgsnode")
     assert "higgsnode" not in fake.interfaces
 
