@@ -15,7 +15,10 @@ Start, in order (each host change journaled with its undo before it is made):
 6. firewall: NAT on the uplink (NAT66 too, or IPv6 rejected), owner protection, DNS
    interception to the forwarder;
 7. DNS forwarder on the tunnel address (and on the IPv6 one);
-8. server API (register, heartbeat) and control link (peers, relayed sessions);
+8. server API (register, heartbeat) and control link (peers, relayed sessions); a restart
+   (an identity from an earlier registration) registers during steps 4-7 instead of before
+   them, and initiates to the crashed run's clients as soon as the server's sync gives them
+   back (higgs.node.peers, endpoints read in step 2);
    port mapping on the home router (higgs.node.portmap: journaled, renewed, reported, and
    verified by the server's probe, higgs.node.reachability);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
