@@ -80,11 +80,15 @@ UPLINK_POLL_S = 2.0
 IPV6_POLL_S = 5.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
-# The owner's dashboard starts once the server's peers are back on the interface, or this long
-# after the set-up without them (server unreachable): importing it (FastAPI, uvicorn: 0.3 s on
-# an idle machine, over 1 s on a loaded one) would otherwise hold the event loop, and with it
-# the control link's connect and sync, while a restarted node's clients wait to be served.
+# The owner's dashboard starts DASHBOARD_SETTLE_S after the server's peers are back on the
+# interface, or DASHBOARD_AFTER_S after the set-up without them (server unreachable):
+# importing it (FastAPI, uvicorn: 0.3 s of CPU on an idle machine, seconds on a loaded one)
+# would otherwise hold the event loop, and with it the control link's connect and sync, while
+# a restarted node's clients wait to be served; imported in a thread right after the sync it
+# still slowed the relayed sessions' first datagrams (a 0.6 s gap at load 5-7), so the
+# clients' handshakes go first.
 DASHBOARD_AFTER_S = 5.0
+DASHBOARD_SETTLE_S = 3.0
 
 
 class AgentError(HiggsError):
@@ -466,8 +470,11 @@ class Agent:
     async def _serve_dashboard(self) -> None:
         """After the peers are back (see :data:`DASHBOARD_AFTER_S`); imported in a thread, so
         the event loop (relayed sessions' datagrams) keeps running meanwhile."""
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._peers_back.wait(), DASHBOARD_AFTER_S)
+            await asyncio.sleep(DASHBOARD_SETTLE_S)
+        except TimeoutError:
+            pass
         serve = await asyncio.to_thread(_import_dashboard)
         await serve(self)
 
