@@ -99,18 +99,22 @@ def test_a_node_restarted_after_a_crash_initiates_to_its_direct_client(direct: S
         echo = ["ping", "-c", "1", "-W", "1", lab.internet.ip]
         return client.host.run(echo, check=False, timeout=5).returncode == 0
 
-    time.sleep(0.5)  # the killed node's wireguard-go answers until the recovery removes it
+    def log() -> str:
+        assert node.proc is not None
+        return node.proc.log_text()
+
+    # The killed node's wireguard-go answers until the restarted node's recovery removes it:
+    # the echoes that count are those after the new interface has its peers.
+    wait_until("the restarted node to have its peers", lambda: "peers synced" in log(), 60)
     wait_until("the tunnel to carry traffic again", answered, 30, every=0.2)
     took = time.monotonic() - started
     kept = "the same" if client.status()["session_id"] == session else "a new"
     print(f"served again {took:.2f}s after the restart command, on {kept} session")
-    assert node.proc is not None
-    log = node.proc.log_text()
     # The peer set at the client's public address (as the home router forwards it) with a
     # keepalive: WireGuard initiated to it.
     assert re.search(
         rf"wg set \S+ peer \S+ allowed-ips \S+ endpoint {re.escape(client_public(lab))}:\d+ "
         r"persistent-keepalive 25",
-        log,
-    ), log[-3000:]
+        log(),
+    ), log()[-3000:]
     assert lab.whoami(client.host)["ip"] == home_public(lab)
