@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 from higgs.lab import start_wireguard_go
+from higgs.lab.product import NODE_PORT
 from tests.e2e.client_system import System, check_tunnel, client_public, home_public, wait_until
 from tests.e2e.conftest import PRODUCT_MARKS, export_fields, system_fixtures, wg_setconf_text
 
@@ -68,3 +72,49 @@ def test_exported_config_works_with_stock_wireguard(direct: System) -> None:
         )
     finally:
         client.host.run(["ip", "link", "delete", ifname], check=False)
+
+
+def test_a_node_restarted_after_a_crash_initiates_to_its_direct_client(direct: System) -> None:
+    """Issue 13 item 5. SIGKILLed and started again on its state directory, the node reads its
+    direct peer's endpoint off the crashed run's interface before removing it and, once the
+    server's sync gives the peer back, initiates to it there: the client is served again
+    without having to notice first. Runs last here: it kills the node."""
+    lab = direct.lab
+    client = direct.client()
+    client.connect("--mode", "direct")
+    check_tunnel(direct, client)
+    session = client.status()["session_id"]
+    node = direct.node
+    assert node.proc is not None
+    node.proc.popen.kill()
+    node.proc.popen.wait(10)
+    flags = ["--server", direct.server.url, "--listen-port", str(NODE_PORT)]
+    flags += ["--country", "DE", "--region", "Lab", "--dns-upstream", lab.internet.ip]
+    if node.endpoint:
+        flags += ["--endpoint", node.endpoint]
+    started = time.monotonic()
+    node.program.start(*flags, *node.args, env=node.env)  # its identity: no enrollment key
+
+    def answered() -> bool:
+        echo = ["ping", "-c", "1", "-W", "1", lab.internet.ip]
+        return client.host.run(echo, check=False, timeout=5).returncode == 0
+
+    def log() -> str:
+        assert node.proc is not None
+        return node.proc.log_text()
+
+    # The killed node's wireguard-go answers until the restarted node's recovery removes it:
+    # the echoes that count are those after the new interface has its peers.
+    wait_until("the restarted node to have its peers", lambda: "peers synced" in log(), 60)
+    wait_until("the tunnel to carry traffic again", answered, 30, every=0.2)
+    took = time.monotonic() - started
+    kept = "the same" if client.status()["session_id"] == session else "a new"
+    print(f"served again {took:.2f}s after the restart command, on {kept} session")
+    # The peer set at the client's public address (as the home router forwards it) with a
+    # keepalive: WireGuard initiated to it.
+    assert re.search(
+        rf"wg set \S+ peer \S+ allowed-ips \S+ endpoint {re.escape(client_public(lab))}:\d+ "
+        r"persistent-keepalive 25",
+        log(),
+    ), log()[-3000:]
+    assert lab.whoami(client.host)["ip"] == home_public(lab)

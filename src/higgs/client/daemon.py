@@ -59,10 +59,14 @@ NODE_CHECK_EVERY_S = 15.0
 # The first packet through a new tunnel: an echo to the node's resolver address. The
 # handshake already proved the path, so a lost echo must not hold the connect for long.
 FIRST_PACKET_WAIT_S = 1.0
-# A tunnel on which nothing arrived (although pinged) this long gets a new handshake
-# initiation, and again as often: a node restarted after a crash lost the session's keys
-# and answers only a new handshake, which WireGuard itself starts 15 s after the last answer.
-REHANDSHAKE_EVERY_S = 2.5
+# A tunnel on which nothing arrived this long although something we sent (our traffic, the
+# provoking ping) went unanswered gets a new handshake initiation, then one every
+# REHANDSHAKE_EVERY_S while still unanswered (backing off after a few seconds,
+# higgs.client.punch.PathWatch): a node restarted after a crash lost the session's keys and
+# answers only a new handshake, which WireGuard itself starts 15 s after the last answer; the
+# restarted node answers as soon as it has our peer back. A merely idle tunnel gets none.
+REHANDSHAKE_AFTER_S = 2.5
+REHANDSHAKE_EVERY_S = 1.0
 
 
 @dataclass
@@ -348,11 +352,16 @@ class Daemon:
                 await self._write_status()
 
     async def _path_loop(self) -> None:
-        """Watches the path's rx counter (while pinging): on any path, a quiet tunnel gets a
-        new handshake initiation every :data:`REHANDSHAKE_EVERY_S` (a node restarted after a
+        """Watches the path's rx and tx counters (while pinging): on any path, a tunnel quiet
+        for :data:`REHANDSHAKE_AFTER_S` with something sent unanswered gets new handshake
+        initiations, every :data:`REHANDSHAKE_EVERY_S` at first (a node restarted after a
         crash has lost the session's keys); a direct or punched path on which nothing arrives
         for ``path_dead_s`` is left."""
-        watch = PathWatch(dead_s=self.settings.path_dead_s, rehandshake_every_s=REHANDSHAKE_EVERY_S)
+        watch = PathWatch(
+            dead_s=self.settings.path_dead_s,
+            rehandshake_after_s=REHANDSHAKE_AFTER_S,
+            rehandshake_every_s=REHANDSHAKE_EVERY_S,
+        )
         watched: tuple[int, str] | None = None
         while True:
             await asyncio.sleep(1.0)
@@ -374,18 +383,19 @@ class Daemon:
             key = (id(tunnel), tunnel.mode)
             if watched != key:
                 watched = key
-                watch.reset(stats.rx_bytes, now)
+                watch.reset(stats.rx_bytes, now, stats.tx_bytes)
                 continue
-            verdict = watch.observe(stats.rx_bytes, now)
             # The relay paths are not left here: they have their own watchdogs (the relay
             # link, the stale handshake, the node check).
-            leaves = tunnel.mode in ("punched", "direct")
+            leaves = watch.leaves = tunnel.mode in ("punched", "direct")
+            verdict = watch.observe(stats.rx_bytes, now, stats.tx_bytes)
             if verdict == "provoke" and tunnel.route.wireguard.dns:
                 # Anything the node answers will do: its resolver's address answers a ping.
                 target = tunnel.route.wireguard.dns[0]
                 asyncio.get_running_loop().create_task(
                     icmp_rtt_ms(target, wait_s=1.0, device=self.settings.interface)
                 )
+                watch.sent(now)
             elif verdict == "rehandshake":
                 log.info("nothing from the node for a while: a new handshake initiation")
                 await self._rehandshake(tunnel)

@@ -69,8 +69,11 @@ def setup_logging(*, json_lines: bool = False, level: str | int = "INFO") -> Non
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
+        # Milliseconds: a start-up's steps (a node's restart) are read off these lines.
         handler.setFormatter(
-            HumanFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            HumanFormatter(
+                "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
+            )
         )
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

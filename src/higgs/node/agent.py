@@ -15,7 +15,10 @@ Start, in order (each host change journaled with its undo before it is made):
 6. firewall: NAT on the uplink (NAT66 too, or IPv6 rejected), owner protection, DNS
    interception to the forwarder;
 7. DNS forwarder on the tunnel address (and on the IPv6 one);
-8. server API (register, heartbeat) and control link (peers, relayed sessions);
+8. server API (register, heartbeat) and control link (peers, relayed sessions); a restart
+   (an identity from an earlier registration) registers during steps 4-7 instead of before
+   them, and initiates to the crashed run's clients as soon as the server's sync gives them
+   back (higgs.node.peers, endpoints read in step 2);
    port mapping on the home router (higgs.node.portmap: journaled, renewed, reported, and
    verified by the server's probe, higgs.node.reachability);
 9. watch the uplink: when the default route moves, NAT moves with it; when its MTU changes,
@@ -35,7 +38,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ from higgs.daemon.stopsignals import StopSignals
 from higgs.node.control_link import ControlLink
 from higgs.node.dns_forwarder import DnsForwarder
 from higgs.node.host import NodeHost, Uplink, WgPeerTable
+from higgs.node.hostops import Shaper, Tunnel
 from higgs.node.metrics import Budget, collect, heartbeat_body
 from higgs.node.mtu import decide_mtu, fits_uplink, probe
 from higgs.node.ownerstate import is_paused, set_paused
@@ -76,6 +80,15 @@ UPLINK_POLL_S = 2.0
 IPV6_POLL_S = 5.0
 STATUS_EVERY_S = 2.0
 CAP_NET_ADMIN = 12
+# The owner's dashboard starts DASHBOARD_SETTLE_S after the server's peers are back on the
+# interface, or DASHBOARD_AFTER_S after the set-up without them (server unreachable):
+# importing it (FastAPI, uvicorn: 0.3 s of CPU on an idle machine, seconds on a loaded one)
+# would otherwise hold the event loop, and with it the control link's connect and sync, while
+# a restarted node's clients wait to be served; imported in a thread right after the sync it
+# still slowed the relayed sessions' first datagrams (a 0.6 s gap at load 5-7), so the
+# clients' handshakes go first.
+DASHBOARD_AFTER_S = 5.0
+DASHBOARD_SETTLE_S = 3.0
 
 
 class AgentError(HiggsError):
@@ -164,6 +177,7 @@ class Agent:
         self.puncher: Puncher | None = None  # issue 12: hole punching and steering
         self.budget = Budget.load(settings.state_dir / BUDGET_FILE, settings.shaping.monthly_cap_gb)
         self._stop = asyncio.Event()
+        self._peers_back = asyncio.Event()  # the control link applied a sync
         self._stop_reason = ""
         self._error: BaseException | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -327,6 +341,7 @@ class Agent:
             wg_port=self.settings.listen_port,
             stats_interval_s=ident.heartbeat_interval_s,
             on_punch=self.puncher.handle if self.puncher is not None else None,
+            on_synced=self._peers_back.set,
         )
         await self.control.start()
 
@@ -452,6 +467,17 @@ class Agent:
                     extra={"sessions": resent},
                 )
 
+    async def _serve_dashboard(self) -> None:
+        """After the peers are back (see :data:`DASHBOARD_AFTER_S`); imported in a thread, so
+        the event loop (relayed sessions' datagrams) keeps running meanwhile."""
+        try:
+            await asyncio.wait_for(self._peers_back.wait(), DASHBOARD_AFTER_S)
+            await asyncio.sleep(DASHBOARD_SETTLE_S)
+        except TimeoutError:
+            pass
+        serve = await asyncio.to_thread(_import_dashboard)
+        await serve(self)
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._watch)
@@ -466,10 +492,15 @@ class Agent:
         signals.hand_over(self.request_stop)
         try:
             self.mtu = await asyncio.to_thread(self._decide_mtu, uplink)
-            # A refused enrollment ends here, before the host is touched; an unreachable
-            # server does not stop the node (direct mode works without it).
-            await self.make_server_api().try_register()
-            await self._setup(uplink)
+            server = self.make_server_api()
+            if server.identity is None:
+                # A first start: a refused enrollment ends here, before the host is touched;
+                # an unreachable server does not stop the node (direct mode works without it).
+                await server.try_register()
+                host = await self._setup_host(uplink)
+            else:
+                host = await self._setup_host_registering(uplink, server)
+            await self._serve(*host)
             log.info(
                 "node up",
                 extra={
@@ -494,7 +525,27 @@ class Agent:
         if self._error is not None:
             raise self._error
 
-    async def _setup(self, uplink: Uplink) -> None:
+    async def _setup_host_registering(
+        self, uplink: Uplink, server: ServerApi
+    ) -> tuple[Tunnel, Shaper]:
+        """A restart (an identity from an earlier registration): the registration's round
+        trips to the server overlap the host's set-up, which waits on commands, not on the
+        server. A refusal now (the node was deleted meanwhile) still stops the node; its host
+        changes are undone by the teardown, as after any failure. The control link starts
+        after both (:meth:`_serve`)."""
+        registering = asyncio.create_task(server.try_register(), name="register")
+        try:
+            host = await self._setup_host(uplink)
+        except BaseException:
+            registering.cancel()
+            with contextlib.suppress(BaseException):
+                await registering
+            raise
+        await registering
+        return host
+
+    async def _setup_host(self, uplink: Uplink) -> tuple[Tunnel, Shaper]:
+        """The host's changes (journaled): interface, shaping, forwarding, firewall, DNS."""
         s = self.settings
         assert self.mtu is not None
         wg = await asyncio.to_thread(self.host.bring_up_interface, self.key, self.mtu.mtu)
@@ -527,6 +578,11 @@ class Agent:
                     max_inflight=s.dns.max_inflight,
                 )
                 await self.dns6.start()
+        return wg, shaper
+
+    async def _serve(self, wg: Tunnel, shaper: Shaper) -> None:
+        """The peers and the links: server, control link, port mapping, watches."""
+        s = self.settings
         table = WgPeerTable(wg)
         self.peers = PeerManager(
             table,
@@ -536,6 +592,7 @@ class Agent:
             on_change=shaper.update,
             accepting=lambda: not self.budget.exhausted and not is_paused(s.state_dir),
             on_removing=self.budget.settle,  # a removed peer's last bytes count this month
+            endpoint_hints=self.host.previous_endpoints,
         )
         self.puncher = Puncher(s.listen_port, self.peers, table, table.peers)
         server = self.server or self.make_server_api()
@@ -549,9 +606,7 @@ class Agent:
             self._spawn(self._watch_ipv6(), "ipv6-watch")
         self._spawn(self._write_status(), "status")
         if s.dashboard.enabled:  # issue 15: the owner's page and /metrics on loopback
-            from higgs.node.dashboard.app import serve_dashboard
-
-            self._spawn(serve_dashboard(self), "dashboard")
+            self._spawn(self._serve_dashboard(), "dashboard")
 
     async def _teardown(self) -> list[str]:
         problems: list[str] = []
@@ -591,6 +646,12 @@ class Agent:
             problems.append(str(exc))
         log.info("node stopped", extra={"reason": self._stop_reason or "error"})
         return problems
+
+
+def _import_dashboard() -> Callable[[Agent], Coroutine[Any, Any, None]]:
+    from higgs.node.dashboard.app import serve_dashboard
+
+    return serve_dashboard
 
 
 async def _main(settings: NodeSettings) -> None:

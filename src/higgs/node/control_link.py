@@ -87,8 +87,10 @@ class ControlLink:
         wg_port: int,
         stats_interval_s: float = 15.0,
         on_punch: Callable[[control.Punch], None] | None = None,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self._peers = peers
+        self._on_synced = on_synced  # after each sync is applied (the agent's start-up waits)
         self._on_punch = on_punch  # hole punching and steering (higgs.node.punch)
         self._peer_rows = peer_rows
         self._wg = ("127.0.0.1", wg_port)
@@ -181,6 +183,18 @@ class ControlLink:
         if held:
             bridge.send(held)
 
+    async def _initiate_bridged(self, channels: list[int]) -> None:
+        """A restarted node's relayed peers initiate through their new bridges
+        (:meth:`PeerManager.initiate_bridged`)."""
+        bridges = {}
+        for channel in channels:
+            bridge = self._bridges.get(channel)
+            if bridge is not None:
+                host, port = bridge.local_address[:2]
+                bridges[channel] = f"{host}:{port}"
+        if bridges and self._peers.restoring:
+            await asyncio.to_thread(self._peers.initiate_bridged, bridges)
+
     def _close_bridge(self, channel: int) -> None:
         self._pending.pop(channel, None)
         self._hubs.route(channel, None)
@@ -248,11 +262,15 @@ class ControlLink:
                 self._close_bridge(channel)
             for channel, hub in relayed.items():
                 await self._open_bridge(channel, hub)
+            await self._initiate_bridged(list(relayed))
+            if self._on_synced is not None:
+                self._on_synced()
         elif isinstance(message, control.PeerAdd):
             peer = _desired(message)
             accepted = await asyncio.to_thread(self._peers.add, peer)
             if accepted and peer.relayed:
                 await self._open_bridge(peer.channel, message.relay_hub)
+                await self._initiate_bridged([peer.channel])
         elif isinstance(message, control.PeerRemove):
             await asyncio.to_thread(self._peers.remove, message.public_key, message.session_id)
             self._close_bridge(message.channel)

@@ -66,7 +66,9 @@ class WgPeerTable:
         if endpoint is None:
             self._wg.set_peer(WgPeer(public_key=public_key, allowed_ips=tuple(allowed_ips)))
             return
-        # Through the UDP relay: keep the home router's mapping toward it open (§5).
+        # Through the UDP relay: keep the home router's mapping toward it open (§5). Also a
+        # direct peer restored after a crash at its last endpoint (higgs.node.peers): the
+        # keepalive makes WireGuard initiate to it at once.
         self._wg.set_peer(
             WgPeer(public_key, tuple(allowed_ips), endpoint, persistent_keepalive=RELAY_KEEPALIVE_S)
         )
@@ -100,6 +102,9 @@ class NodeHost:
         self.tunnel_v6: ipaddress.IPv6Interface | None = None
         # False while the uplink has lost its internet IPv6: the firewall rejects IPv6 then.
         self.ipv6_active = False
+        # Public key -> endpoint of the peers a crashed run's interface still had when the
+        # recovery removed it: the restarted node initiates to them (higgs.node.peers).
+        self.previous_endpoints: dict[str, str] = {}
 
     @property
     def journal_path(self) -> Path:
@@ -174,6 +179,7 @@ class NodeHost:
         Returns the problems met (empty when the host is clean). Raises JournalError when a
         live agent owns the journal: sweeping under it would pull its interface away."""
         self.close()
+        self.previous_endpoints = self.ops.peer_endpoints(self.settings.interface)
         undone, problems = self.ops.recover(
             self.journal_path, self.names, self.fw_names, ifb_name(self.settings.interface)
         )

@@ -28,7 +28,7 @@ from higgs.osnet.journal import Journal
 from higgs.osnet.names import OwnedNames
 from higgs.osnet.runner import Runner, SubprocessRunner
 from higgs.osnet.shaping import ShapingPlan
-from higgs.osnet.wireguard import Peer, PeerStats, WireGuard
+from higgs.osnet.wireguard import Peer, PeerStats, WireGuard, parse_dump
 
 __all__ = ["Firewall", "HostOps", "IPInterface", "OsnetHostOps", "Shaper", "Tunnel"]
 
@@ -114,6 +114,11 @@ class HostOps(Protocol):
         interface, the firewall, the shaping IFB). Returns (changes undone, problems)."""
         ...
 
+    def peer_endpoints(self, name: str) -> dict[str, str]:
+        """Public key -> endpoint of the peers on the WireGuard interface ``name`` as it is
+        now (a crashed run's, before the recovery removes it); empty when there is none."""
+        ...
+
 
 def all_addresses(exclude: Sequence[str] = ()) -> list[IPInterface]:
     """Every address on every interface of this host (namespace), except ``exclude``'s."""
@@ -183,6 +188,17 @@ class OsnetHostOps:
 
     def shaper(self, plan: ShapingPlan, journal: Journal) -> Shaper:
         return NodeShaper(plan, journal, self._runner)
+
+    def peer_endpoints(self, name: str) -> dict[str, str]:
+        try:
+            # Bounded: a read for a hint must not hold the start-up.
+            result = self._runner.run(["wg", "show", name, "dump"], check=False, timeout=2)
+            if not result.ok:
+                return {}  # no such interface: a clean host
+            dump = parse_dump(result.stdout)
+        except OsnetError:
+            return {}
+        return {p.public_key: p.endpoint for p in dump.peers if p.endpoint is not None}
 
     def recover(
         self, journal_path: Path, names: OwnedNames, fw_names: FirewallNames, ifb: str

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +56,9 @@ class PeerTable(Protocol):
 # only after 5 s (REKEY_TIMEOUT): a fresh peer, this long after the endpoint was set, sends one
 # at once. Then WireGuard's own retries.
 REINITIATE_AFTER_S = (0.5, 1.0, 1.5, 2.5, 3.5)
+# How long after the start a crashed run's peer endpoints are used (``endpoint_hints``): its
+# clients come back with the server's first sync, seconds after; later peers are new ones.
+HINTS_FOR_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,11 @@ class SyncResult:
     refused: tuple[str, ...]
 
 
+def _loopback(endpoint: str) -> bool:
+    """A bridge's address (a WebSocket-relayed peer): meaningless once its process died."""
+    return endpoint.startswith(("127.", "[::1]:"))
+
+
 def _canonical_ips(ips: Sequence[str]) -> frozenset[str]:
     return frozenset(str(ipaddress.ip_network(ip, strict=False)) for ip in ips)
 
@@ -93,8 +101,18 @@ class PeerManager:
         tunnel_v6: ipaddress.IPv6Interface | None = None,
         on_removing: Callable[[Sequence[PeerRow]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        endpoint_hints: dict[str, str] | None = None,
     ) -> None:
         self._table = table
+        # Public key -> the endpoint a crashed run's interface had for that peer. A restarted
+        # node has lost the session keys, and the client would send a new initiation only
+        # when its own watch notices (seconds; WireGuard itself: 15 s): the first time the
+        # server gives us such a peer again it is set with an endpoint and a keepalive, so
+        # WireGuard initiates to the client at once -- a direct peer's old endpoint, a
+        # WebSocket-relayed peer's new bridge (:meth:`initiate_bridged`; the old one died
+        # with the process). Used once per key.
+        self._hints = dict(endpoint_hints or {})
+        self._hints_until = clock() + HINTS_FOR_S
         self._clock = clock
         # The control link applies messages in threads and the agent's re-initiation runs in
         # another: one at a time.
@@ -178,12 +196,46 @@ class PeerManager:
             # leg; the old keys would only send data (keepalives start no handshake), which
             # it drops. Removed as any peer is, so its last counters are counted.
             self._remove_peers([peer.public_key])
+        self._expire_hints()
+        hint = None if peer.relayed else self._hints.pop(peer.public_key, None)
         if new_endpoint:
             self._table.set_peer(peer.public_key, sorted(want), peer.relay_endpoint)
             self._initiating[peer.public_key] = (self._clock(), 0)
+        elif hint is not None and not _loopback(hint) and peer.public_key not in present:
+            self._table.set_peer(peer.public_key, sorted(want), hint)
         else:
             self._table.set_peer(peer.public_key, sorted(want))
         return True
+
+    def _expire_hints(self) -> None:
+        if self._hints and self._clock() > self._hints_until:
+            self._hints.clear()
+
+    @property
+    def restoring(self) -> bool:
+        """Some peer of the crashed run may still be given again (``endpoint_hints``)."""
+        return bool(self._hints)
+
+    def initiate_bridged(self, bridges: Mapping[int, str]) -> list[str]:
+        """WebSocket-relayed peers the crashed run had (see ``endpoint_hints``), now with a
+        bridge (channel -> its local address): set with that endpoint and a keepalive, so
+        WireGuard initiates to the client through the relay at once. Returns their session
+        ids."""
+        with self._lock:
+            self._expire_hints()
+            done: list[str] = []
+            for key, peer in self.sessions.items():
+                bridge = bridges.get(peer.channel)
+                if (
+                    not peer.relayed
+                    or peer.relay_endpoint is not None  # on the UDP relay: initiates there
+                    or bridge is None
+                    or self._hints.pop(key, None) is None
+                ):
+                    continue
+                self._table.set_peer(key, sorted(self.allowed_ips(peer)), bridge)
+                done.append(peer.session_id)
+            return done
 
     def allowed_ips(self, peer: DesiredPeer) -> list[str]:
         """The peer's IPv4 address, and its IPv6 one when the node forwards IPv6."""

@@ -41,6 +41,8 @@ class FakeInterface:
     mtu: int | None = None
     up: bool = False
     listen_port: int | None = None
+    # Public key -> endpoint of the peers it had (a crashed run's interface, as `wg show`).
+    peer_endpoints: dict[str, str] = field(default_factory=dict)
 
 
 def uplink(name: str = "eth0", mtu: int = 1500) -> Uplink:
@@ -170,6 +172,11 @@ class FakeHost:
 
     def shaper(self, plan: ShapingPlan, journal: Journal) -> Shaper:
         return FakeShaper(self, plan, journal)
+
+    def peer_endpoints(self, name: str) -> dict[str, str]:
+        iface = self.interfaces.get(name)
+        self.events.append(f"read peers {name}")
+        return dict(iface.peer_endpoints) if iface is not None else {}
 
     def recover(
         self, journal_path: Path, names: OwnedNames, fw_names: FirewallNames, ifb: str

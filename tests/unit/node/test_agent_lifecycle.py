@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from higgs.common.errors import HiggsError
 from higgs.common.keys import PrivateKey
 from higgs.node.agent import Agent, AgentError
 from higgs.node.host import NodeHost
@@ -202,6 +203,30 @@ async def test_a_crashed_run_is_undone_by_the_next_start(tmp_path: Path) -> None
     assert _initial(fake) == before
 
 
+async def test_the_recovery_reads_the_crashed_runs_peer_endpoints_before_removing_it(
+    tmp_path: Path,
+) -> None:
+    """The restarted node initiates to its clients (higgs.node.peers): their endpoints are
+    read off the crashed run's interface before the recovery removes it."""
+    fake = FakeHost()
+    settings = _settings(tmp_path)
+    crashed = NodeHost(settings, ops=fake)
+    crashed.bring_up_interface(PrivateKey.generate(), 1420)
+    crashed.close()
+    fake.interfaces["higgsnode"].peer_endpoints = {
+        "direct=": "203.0.113.7:51000",
+        "bridged=": "127.0.0.1:40123",
+    }
+    restarted = NodeHost(settings, ops=fake)
+    assert restarted.recover() == []
+    assert restarted.previous_endpoints == {
+        "direct=": "203.0.113.7:51000",
+        "bridged=": "127.0.0.1:40123",
+    }
+    assert fake.events.index("read peers higgsnode") < fake.events.index("undo link higgsnode")
+    assert "higgsnode" not in fake.interfaces
+
+
 async def test_nat_follows_the_uplink_when_the_default_route_moves(tmp_path: Path) -> None:
     fake = FakeHost()
     settings = _settings(tmp_path)
@@ -217,3 +242,67 @@ async def test_nat_follows_the_uplink_when_the_default_route_moves(tmp_path: Pat
         agent.request_stop("test")
         await task
     assert fake.firewall_uplink is None
+
+
+def _registered_before(settings: NodeSettings) -> None:
+    """identity.json as an earlier run's registration left it: this start is a restart."""
+    (settings.state_dir / "identity.json").write_text(
+        json.dumps(
+            {
+                "server": settings.server,
+                "node_id": "n_restarted",
+                "node_token": "hgn_" + "t" * 32,
+                "relay_url": "ws://198.51.100.10:8081/v1/relay/node",
+                "heartbeat_interval_s": 15.0,
+            }
+        )
+    )
+
+
+async def test_a_restart_sets_the_host_up_while_registering(tmp_path: Path) -> None:
+    """With an identity the registration overlaps the host's set-up; the steps are the same,
+    in the same order, each journaled first (here the server is unreachable: the node
+    serves anyway, as on a first start)."""
+    fake = FakeHost()
+    settings = _settings(tmp_path)
+    _registered_before(settings)
+    agent = _agent(settings, fake)
+    task = await _start(agent, fake)
+    try:
+        assert _dos(fake) == [
+            "link higgsnode",
+            f"shaping {IFB}",
+            "sysctl net.ipv4.ip_forward=1",
+            "firewall eth0",
+        ]
+        assert fake.unjournaled == []
+        assert agent.server is not None
+        assert agent.server.status.state == "unreachable"  # its one try at start was made
+    finally:
+        agent.request_stop("test")
+        await task
+
+
+async def test_a_restarted_node_the_server_refuses_undoes_what_it_set_up_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The node was deleted while it was down: the registration is refused after (or while)
+    the host was set up; the node stops with the server's reason and the host is as before."""
+    fake = FakeHost()
+    before = _initial(fake)
+    settings = _settings(tmp_path).model_copy(update={"enroll_key": None})
+    _registered_before(settings)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "unauthorized", "message": "unknown node"})
+
+    host = NodeHost(settings, ops=fake)
+    agent = Agent(
+        settings, host, PrivateKey.generate(), server_transport=httpx.MockTransport(refused)
+    )
+    with pytest.raises(HiggsError, match="no longer accepts this node's token"):
+        await agent.run(fake.uplink)
+    assert "link higgsnode" in _dos(fake)  # the set-up ran alongside
+    assert _initial(fake) == before
+    assert _journal(settings) == []
+    assert agent.control is None  # no control link was started

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from higgs.node.peers import DesiredPeer, PeerManager
+from higgs.node.peers import HINTS_FOR_S, DesiredPeer, PeerManager
 
 K1 = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 K2 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -257,3 +257,51 @@ def test_a_relay_peer_with_a_handshake_is_left_alone() -> None:
     assert m.reinitiate() == []
     assert table.ops == []
     assert not m.initiating
+
+
+def test_a_restarted_node_initiates_to_its_direct_peers_last_endpoints() -> None:
+    """The crashed run's interface had K1 direct at 203.0.113.7:51000: the first time the
+    server gives K1 again, it is set with that endpoint (WireGuard, with a keepalive, then
+    initiates at once); once only. A WebSocket-relayed peer (K2: its old bridge died with the
+    process) gets its new bridge once that is open; a UDP relay peer its relay endpoint."""
+    table = EndpointTable()
+    hints = {K1: "203.0.113.7:51000", K2: "127.0.0.1:40123", K3: "203.0.113.9:51000"}
+    m = PeerManager(table, ipaddress.IPv4Interface("10.77.0.1/24"), 8, endpoint_hints=hints)
+    ws = DesiredPeer("s2", 8, K2, "10.77.0.6/32", True)  # its data comes through our bridge
+    # A UDP relay session has a WebSocket bridge too (the fallback): it stays on the relay.
+    udp = DesiredPeer("s3", 9, K3, "10.77.0.7/32", True, "192.0.2.10:40001")
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), ws, udp])
+    assert table.endpoints == {K1: "203.0.113.7:51000", K3: "192.0.2.10:40001"}
+    assert m.initiate_bridged({8: "127.0.0.1:40999", 9: "127.0.0.1:40998"}) == ["s2"]
+    assert table.endpoints[K2] == "127.0.0.1:40999"
+    assert m.initiate_bridged({8: "127.0.0.1:40999"}) == []  # once
+    # Removed and given again (a new session of the same client): no stale hint this time.
+    m.remove(K1, "s1")
+    table.endpoints.clear()
+    assert m.add(peer(K1, "10.77.0.5/32", "s4"))
+    assert table.endpoints == {}
+    assert hints[K1] == "203.0.113.7:51000"  # the caller's mapping is not consumed
+
+
+def test_without_hints_a_direct_peer_has_no_endpoint() -> None:
+    table = EndpointTable()
+    m = manager(table)
+    m.sync([peer(K1, "10.77.0.5/32", "s1")])
+    assert table.endpoints == {}
+
+
+def test_a_crashed_runs_endpoints_are_not_used_for_peers_given_much_later() -> None:
+    table = EndpointTable()
+    now = [100.0]
+    m = PeerManager(
+        table,
+        ipaddress.IPv4Interface("10.77.0.1/24"),
+        8,
+        endpoint_hints={K1: "203.0.113.7:51000", K2: "127.0.0.1:40123"},
+        clock=lambda: now[0],
+    )
+    now[0] += HINTS_FOR_S + 1
+    m.sync([peer(K1, "10.77.0.5/32", "s1"), DesiredPeer("s2", 8, K2, "10.77.0.6/32", True)])
+    assert m.initiate_bridged({8: "127.0.0.1:40999"}) == []
+    assert table.endpoints == {}
+    assert not m.restoring
