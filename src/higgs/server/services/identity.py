@@ -177,8 +177,7 @@ class IdentityService:
         if cached is not None:
             return cached
         epoch = self._nodes.epoch
-        async with self.db.begin() as conn:
-            node_id = await credentials.node_by_token(conn, digest)
+        node_id = await self.db.run(lambda conn: credentials.node_by_token(conn, digest))
         if node_id is None:
             raise Unauthorized("invalid_token", "the node token is not valid")
         self._nodes.put(digest, node_id, epoch)
@@ -236,8 +235,7 @@ class IdentityService:
         if cached is not None:
             return cached
         epoch = self._clients.epoch
-        async with self.db.begin() as conn:
-            row = await credentials.client_by_token(conn, digest)
+        row = await self.db.run(lambda conn: credentials.client_by_token(conn, digest))
         if row is None:
             raise Unauthorized("invalid_token", "the client token is not valid")
         if row.revoked:

@@ -14,6 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
@@ -196,18 +199,21 @@ class RegistryService:
         metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
         metrics["peer_stats_count"] = len(req.peer_stats)
         fresh = self.sessions.fresh_keys(req.peer_stats)
-        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
-        unit = self.db.begin() if fresh else self.db.autocommit()
-        async with unit as conn:
+
+        def unit(conn: Connection) -> Any:
             # A new tunnel MTU (the node's uplink changed) goes into route answers from now on.
-            row = await node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu)
+            row = node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu)
             if row is None:
-                state = await node_rows.state_of(conn, node_id)
+                state = node_rows.state_of(conn, node_id)
                 if state is None:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
             if fresh:
-                await self.sessions.renew_keys(conn, node_id, fresh)
+                self.sessions.renew_keys(conn, node_id, fresh)
+            return row
+
+        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
+        row = await self.db.run(unit, autocommit=not fresh)
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
         self.nodes.heartbeat(node_id, metrics)
