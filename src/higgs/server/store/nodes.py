@@ -64,12 +64,16 @@ def heartbeat(
     now: datetime,
     metrics: dict[str, Any],
     tunnel_mtu: int | None,
+    token_hash: str | None = None,
 ) -> Any:
-    """One UPDATE of a node that is not stopped; its row (``updated_at``), None when none.
-    Synchronous: the heartbeat's unit of work runs in :meth:`Database.run`."""
+    """One UPDATE of a node that is not stopped (and, with ``token_hash``, whose token that
+    is); its row (``updated_at``), None when none. Synchronous: the heartbeat's unit of work
+    runs in :meth:`Database.run`."""
+    params = {"node_id": node_id, "now": now, "node_metrics": metrics, "tunnel_mtu": tunnel_mtu}
+    if token_hash is None:
+        return conn.execute(queries.HEARTBEAT, params).first()
     return conn.execute(
-        queries.HEARTBEAT,
-        {"node_id": node_id, "now": now, "node_metrics": metrics, "tunnel_mtu": tunnel_mtu},
+        queries.HEARTBEAT_AS_OWNER, {**params, "owner_token_hash": token_hash}
     ).first()
 
 
