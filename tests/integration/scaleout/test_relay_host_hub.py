@@ -40,7 +40,7 @@ pytestmark = [
 
 async def registry(db: Database) -> dict[str, hosts_store.HostView]:
     async with db.begin() as conn:
-        return {h.address: h for h in await hosts_store.all_hosts(conn)}
+        return {h.address: h for h in await conn.run_sync(hosts_store.all_hosts)}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

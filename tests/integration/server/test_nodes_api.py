@@ -194,6 +194,37 @@ async def test_node_acts_only_as_itself(srv: Harness) -> None:
     assert r.status_code == 401
 
 
+async def test_heartbeat_with_an_uncached_token_answers_as_a_lookup_would(srv: Harness) -> None:
+    """A node token the credential cache does not hold (a node heartbeats less often than
+    the cache keeps it) is proved by the heartbeat's own UPDATE: the answers stay those of a
+    token lookup, a bad token before a bad body, and a stopped node still gets 409."""
+    a, token_a, _ = await srv.node()
+    b, _token_b, _ = await srv.node()
+    unknown = "hgn_" + "x" * 43
+    bad_body = {"cpu_percent": 150}
+    cases = [
+        (a, unknown, {}, 401),
+        (a, unknown, bad_body, 401),
+        (b, token_a, {}, 403),
+        (b, token_a, bad_body, 403),
+        ("n_0000000000000000", token_a, {}, 403),
+        (a, token_a, bad_body, 422),
+        (a, token_a, {}, 200),
+    ]
+    for node_id, token, body, status in cases:
+        srv.ctx.identity.forget_node(a)  # nothing cached: the UPDATE proves the token
+        r = await srv.http.post(f"/v1/nodes/{node_id}/heartbeat", json=body, headers=bearer(token))
+        assert r.status_code == status, (node_id, token == token_a, body, r.text)
+    # Proved once, the token is cached: a second heartbeat answers the same.
+    r = await srv.http.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(token_a))
+    assert r.status_code == 200
+    assert (await srv.http.delete(f"/v1/nodes/{a}", headers=bearer(token_a))).status_code == 204
+    srv.ctx.identity.forget_node(a)
+    r = await srv.http.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(token_a))
+    assert r.status_code == 409
+    assert r.json()["error"] == "node_stopped"
+
+
 async def test_deregister_stops_node_and_closes_its_sessions(srv: Harness) -> None:
     node_id, token, body = await srv.node()
     client = await srv.client_token("alice")

@@ -94,10 +94,10 @@ async def test_a_rolled_back_lease_says_nothing(srv: Harness) -> None:
 
         async with srv.server.ctx.db.engine.connect() as conn:
             await conn.begin()
-            await relay_leases.notify_leased(conn, RELAY)
+            await conn.run_sync(relay_leases.notify_leased, RELAY)
             await conn.rollback()
         async with srv.server.ctx.db.begin() as conn:
-            await relay_leases.notify_leased(conn, RELAY)
+            await conn.run_sync(relay_leases.notify_leased, RELAY)
         await kicks.wait_for(2)
         assert listener.heard == 1  # the committed one only
     finally:
@@ -125,7 +125,7 @@ async def test_the_listener_comes_back_after_the_database_cut_its_connection(
         await kicks.wait_for(2, timeout_s=30)  # reconnected (backoff 1-5 s): kicked again
         assert listener.connects == 2
         async with srv.server.ctx.db.begin() as conn:  # type: ignore[union-attr]
-            await relay_leases.notify_leased(conn, RELAY)
+            await conn.run_sync(relay_leases.notify_leased, RELAY)
         await kicks.wait_for(3)
         assert listener.heard == 1
     finally:

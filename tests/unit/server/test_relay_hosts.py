@@ -145,7 +145,7 @@ async def test_a_dead_hosts_sessions_move_and_node_and_client_are_told(world: Wo
     assert (await failover.run_once()).moved == {}  # moved once, not again
 
     async with world.db.begin() as conn:
-        rows = host_rows(await relay_hosts.all_hosts(conn), utcnow(), 5.0)
+        rows = host_rows(await conn.run_sync(relay_hosts.all_hosts), utcnow(), 5.0)
     assert [(r[0], r[1], r[5]) for r in rows] == [
         (NEAR, "down (no heartbeat)", "stale 2"),
         (FAR, "up", "stale 2"),

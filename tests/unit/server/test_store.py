@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from higgs.server.store import migrate
@@ -51,3 +51,26 @@ async def test_sqlite_runs_on_the_loop_thread_with_wal(tmp_path: Path) -> None:
     finally:
         await db.dispose()
     assert (tmp_path / "bosonserver.db").exists()
+
+
+async def test_run_commits_a_unit_and_rolls_it_back_on_error(tmp_path: Path) -> None:
+    """Database.run: the hot paths' synchronous units (one greenlet, one transaction)."""
+    db = Database(database_url(None, tmp_path))
+    try:
+        async with db.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+
+        def insert(conn: Connection, *keys: str) -> int:
+            for k in keys:
+                conn.execute(text("INSERT INTO t VALUES (:k)"), {"k": k})
+            return len(keys)
+
+        assert await db.run(lambda c: insert(c, "a", "b")) == 2
+        # The second insert collides: the whole unit, 'c' included, is rolled back.
+        with pytest.raises(IntegrityError):
+            await db.run(lambda c: insert(c, "c", "a"))
+        assert await db.run(lambda c: insert(c, "d"), autocommit=True) == 1
+        keys = await db.run(lambda c: list(c.scalars(text("SELECT k FROM t ORDER BY k"))))
+        assert keys == ["a", "b", "d"]
+    finally:
+        await db.dispose()

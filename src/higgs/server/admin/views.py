@@ -257,7 +257,9 @@ def udp_summary(rows: list[list[Cell]]) -> str:
 async def _relay(ctx: ApiContext) -> dict[str, Any]:
     async with ctx.db.begin() as conn:
         hosts = host_rows(
-            await relay_hosts.all_hosts(conn), utcnow(), ctx.settings.relay_host_dead_after_s
+            await conn.run_sync(relay_hosts.all_hosts),
+            utcnow(),
+            ctx.settings.relay_host_dead_after_s,
         )
     rows = relay_rows(ctx.metrics.registry)
     udp = [r for r in rows if "udp" in str(r[0])]

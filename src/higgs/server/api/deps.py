@@ -10,13 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from higgs.common.secrets import hash_token
 from higgs.protocol.api import NODE_ID_PATTERN
-from higgs.server.api.errors import RateLimited
+from higgs.server.api.errors import DEFERRED_AUTH, RateLimited
 from higgs.server.api.ratelimit import RateLimiter
 from higgs.server.config import ServerSettings
 from higgs.server.metrics import ServerMetrics
 from higgs.server.services.devices import DeviceService
 from higgs.server.services.errors import Forbidden, Unauthorized
-from higgs.server.services.identity import AuthedClient, IdentityService
+from higgs.server.services.identity import AuthedClient, IdentityService, NodeClaim
 from higgs.server.services.punch import PunchService
 from higgs.server.services.registry import RegistryService
 from higgs.server.services.sessions import SessionService
@@ -31,6 +31,7 @@ __all__ = [
     "ClientCaller",
     "ClientWithinQuota",
     "Ctx",
+    "HeartbeatCaller",
     "NodeCaller",
     "RegisterCredential",
     "get_ctx",
@@ -130,6 +131,28 @@ async def _node(ctx: Ctx, creds: Bearer, node_id: NodeIdPath) -> str:
     return own
 
 
+async def _heartbeat_node(
+    ctx: Ctx, creds: Bearer, node_id: NodeIdPath, request: Request
+) -> NodeClaim:
+    """:func:`_node` for the heartbeat, without a token lookup of its own: a token the cache
+    does not know (every heartbeat of a node outlives the cache's TTL) is proved by the
+    heartbeat's UPDATE instead (one statement where there were two transactions). Answers
+    stay those of :func:`_node`: a request whose body is also invalid gets its 401/403 first
+    (the validation error handler runs :attr:`DEFERRED_AUTH` before answering 422)."""
+    token = _token(creds, "node token hgn_…")
+    if not token.startswith("hgn_"):
+        raise Unauthorized("invalid_token", "this endpoint needs a node token (hgn_…)")
+    claim = ctx.identity.claim_node(token, node_id)
+    if claim.token_hash is not None:
+
+        async def check() -> None:
+            if await ctx.identity.node_for_token(token) != node_id:
+                raise Forbidden("forbidden", "a node token can act only for its own node")
+
+        setattr(request.state, DEFERRED_AUTH, check)
+    return claim
+
+
 async def _register_credential(creds: Bearer) -> str:
     token = _token(creds, "enrollment key hge_… or node token hgn_…")
     if not token.startswith(("hge_", "hgn_")):
@@ -154,4 +177,5 @@ async def _client_within_quota(ctx: Ctx, client: ClientCaller) -> AuthedClient:
 ClientWithinQuota = Annotated[AuthedClient, Depends(_client_within_quota)]
 AdminCaller = Annotated[None, Depends(_admin)]
 NodeCaller = Annotated[str, Depends(_node)]
+HeartbeatCaller = Annotated[NodeClaim, Depends(_heartbeat_node)]
 RegisterCredential = Annotated[str, Depends(_register_credential)]

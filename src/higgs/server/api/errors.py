@@ -21,6 +21,7 @@ from higgs.protocol.api import ErrorResponse
 from higgs.server.services.errors import ServiceError
 
 __all__ = [
+    "DEFERRED_AUTH",
     "RateLimited",
     "allowed_methods",
     "documented_errors",
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The ``request.state`` attribute where a dependency leaves a credential check it handed to
+# the endpoint (the heartbeat's, api/deps.py): a zero-argument coroutine function.
+DEFERRED_AUTH = "deferred_auth"
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -118,6 +123,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        # A credential a dependency left to the endpoint (the heartbeat's) is checked first:
+        # a bad token is answered 401/403 whatever the body, as everywhere else.
+        check = getattr(request.state, DEFERRED_AUTH, None)
+        if check is not None:
+            try:
+                await check()
+            except ServiceError as denied:
+                return await on_service_error(request, denied)
         return error_response(422, "invalid_request", validation_message(list(exc.errors())))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:

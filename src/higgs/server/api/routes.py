@@ -42,6 +42,7 @@ from higgs.server.api.deps import (
     ClientCaller,
     ClientWithinQuota,
     Ctx,
+    HeartbeatCaller,
     NodeCaller,
     RegisterCredential,
     rate_limit,
@@ -101,9 +102,9 @@ async def key_challenge(ctx: Ctx, credential: RegisterCredential) -> KeyChalleng
     tags=["nodes"],
 )
 async def heartbeat(
-    body: HeartbeatRequest, ctx: Ctx, node_id: NodeCaller, request: Request
+    body: HeartbeatRequest, ctx: Ctx, claim: HeartbeatCaller, request: Request
 ) -> HeartbeatResponse:
-    return await ctx.registry.heartbeat(node_id, body, source=_source(request))
+    return await ctx.registry.heartbeat(claim.node_id, body, source=_source(request), claim=claim)
 
 
 def _source(request: Request) -> str | None:

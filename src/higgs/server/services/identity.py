@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from higgs.common.errors import HiggsError
@@ -27,7 +28,7 @@ from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import CLIENT_NAME_PATTERN
 from higgs.server.services.clock import utcnow
 from higgs.server.services.credcache import CredentialCache
-from higgs.server.services.errors import Conflict, NotFound, Unauthorized
+from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
 from higgs.server.store import credentials
 from higgs.server.store.db import Database
 
@@ -37,9 +38,22 @@ __all__ = [
     "ClientRecord",
     "EnrollmentRecord",
     "IdentityService",
+    "NodeClaim",
     "parse_expiry",
     "validate_client_name",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClaim:
+    """A node token presented for ``node_id`` (:meth:`IdentityService.claim_node`):
+    ``token_hash`` None when the credential cache vouched for it, else the token's hash, to be
+    proved by the caller's own statement; ``epoch``: the cache's, read before that."""
+
+    node_id: str
+    token_hash: str | None
+    epoch: int
+
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 _NAME_RE = re.compile(CLIENT_NAME_PATTERN)
@@ -177,12 +191,41 @@ class IdentityService:
         if cached is not None:
             return cached
         epoch = self._nodes.epoch
-        async with self.db.begin() as conn:
-            node_id = await credentials.node_by_token(conn, digest)
+        node_id = await self.db.run(lambda conn: credentials.node_by_token(conn, digest))
         if node_id is None:
             raise Unauthorized("invalid_token", "the node token is not valid")
         self._nodes.put(digest, node_id, epoch)
         return node_id
+
+    def claim_node(self, token: str, node_id: str) -> NodeClaim:
+        """A node token presented for ``node_id``, checked against the cache only: Forbidden
+        when the cache says it is another node's; a claim still to be proved (``token_hash``
+        set) when the cache does not know it. The caller proves it in its own statement (a
+        heartbeat: the UPDATE's condition) and passes the claim to :meth:`node_proved`."""
+        digest = hash_token(token)
+        cached = self._nodes.get(digest)
+        if cached is not None:
+            if cached != node_id:
+                raise Forbidden("forbidden", "a node token can act only for its own node")
+            return NodeClaim(node_id, None, self._nodes.epoch)
+        return NodeClaim(node_id, digest, self._nodes.epoch)
+
+    def node_proved(self, claim: NodeClaim) -> None:
+        """The claim's token matched its node in the database: cached as a lookup would be."""
+        if claim.token_hash is not None:
+            self._nodes.put(claim.token_hash, claim.node_id, claim.epoch)
+
+    @staticmethod
+    def check_claim(conn: Connection, claim: NodeClaim) -> None:
+        """Why a claim's statement matched no row, when the token is the reason: Unauthorized
+        (no node has it) or Forbidden (another node's), as :meth:`node_for_token` says."""
+        if claim.token_hash is None:
+            return
+        own = credentials.node_by_token(conn, claim.token_hash)
+        if own is None:
+            raise Unauthorized("invalid_token", "the node token is not valid")
+        if own != claim.node_id:
+            raise Forbidden("forbidden", "a node token can act only for its own node")
 
     def forget_node(self, node_id: str) -> None:
         """The node's token changed (re-registration): its old token stops working now."""
@@ -236,8 +279,7 @@ class IdentityService:
         if cached is not None:
             return cached
         epoch = self._clients.epoch
-        async with self.db.begin() as conn:
-            row = await credentials.client_by_token(conn, digest)
+        row = await self.db.run(lambda conn: credentials.client_by_token(conn, digest))
         if row is None:
             raise Unauthorized("invalid_token", "the client token is not valid")
         if row.revoked:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import RouteRequest
@@ -102,55 +102,59 @@ class SessionOpener:
     async def _attempt(
         self, client: AuthedClient, req: RouteRequest, wish: routing.RouteWish
     ) -> Opened:
-        """One attempt: choose, close the caller's replaced session, allocate, insert."""
+        """One attempt: choose, close the caller's replaced session, allocate, insert: one
+        transaction, run as synchronous Core in :meth:`Database.run` (the hot path)."""
         claimed: list[str] = []
-        reserved: tuple[str, str] | None = None
-        try:
-            async with self.db.begin() as conn:
-                holders = await store.key_holders(conn, req.client_public_key)
-                facts, held = await self._choose(conn, client, req, wish, holders)
-                now = utcnow()
-                replaced: SessionRow | None = None
-                if held is not None and await store.close_replaced(conn, held.id, now):
-                    replaced = held
-                    held.state, held.close_reason, held.closed_at = (
-                        SessionState.CLOSED,
-                        "replaced",
-                        now,
-                    )
-                    claimed = self.ledger.claim([held.id])
-                address = await self._allocate_address(conn, facts)
-                reserved = (facts.node_id, address)
-                token = new_token("hgr_")
-                row = SessionRow(
-                    id=new_session_id(),
-                    client_id=client.id,
-                    node_id=facts.node_id,
-                    client_public_key=req.client_public_key,
-                    tunnel_address=address,
-                    channel=secrets.randbelow(_MAX_CHANNEL) + 1,
-                    relay_token_hash=hash_token(token),
-                    mode=req.mode,
-                    state=SessionState.OPEN,
-                    close_reason=None,
-                    created_at=now,
-                    expires_at=now + self.ttl(),
-                    closed_at=None,
+        reserved: list[tuple[str, str]] = []
+
+        def unit(conn: Connection) -> Opened:
+            holders = store.key_holders(conn, req.client_public_key)
+            facts, held = self._choose(conn, client, req, wish, holders)
+            now = utcnow()
+            replaced: SessionRow | None = None
+            if held is not None and store.close_replaced(conn, held.id, now):
+                replaced = held
+                held.state, held.close_reason, held.closed_at = (
+                    SessionState.CLOSED,
+                    "replaced",
+                    now,
                 )
-                await store.insert(conn, row)
+                claimed.extend(self.ledger.claim([held.id]))
+            address = self._allocate_address(conn, facts)
+            reserved.append((facts.node_id, address))
+            token = new_token("hgr_")
+            row = SessionRow(
+                id=new_session_id(),
+                client_id=client.id,
+                node_id=facts.node_id,
+                client_public_key=req.client_public_key,
+                tunnel_address=address,
+                channel=secrets.randbelow(_MAX_CHANNEL) + 1,
+                relay_token_hash=hash_token(token),
+                mode=req.mode,
+                state=SessionState.OPEN,
+                close_reason=None,
+                created_at=now,
+                expires_at=now + self.ttl(),
+                closed_at=None,
+            )
+            store.insert(conn, row)
+            return Opened(row, facts, token, replaced)
+
+        try:
+            return await self.db.run(unit)
         except BaseException:
             self.ledger.unclaim(claimed)
             raise
         finally:
-            if reserved is not None:
-                self._reserved[reserved[0]].discard(reserved[1])
-        return Opened(row, facts, token, replaced)
+            for node_id, address in reserved:
+                self._reserved[node_id].discard(address)
 
-    async def _allocate_address(self, conn: AsyncConnection, facts: NodeFacts) -> str:
+    def _allocate_address(self, conn: Connection, facts: NodeFacts) -> str:
         """The client's tunnel address on the node (``a.b.c.d/32``), reserved in this process
         until the caller's transaction ends; the unique index ``uq_sessions_open_address``
         guards against every other writer. Raises :class:`_NodeFull` when nothing is free."""
-        used = await store.open_addresses(conn, facts.node_id)
+        used = store.open_addresses(conn, facts.node_id)
         reserved = self._reserved[facts.node_id]
         if len(used) + len(reserved) >= facts.max_clients:
             raise _NodeFull(facts.node_id, len(used))
@@ -161,9 +165,9 @@ class SessionOpener:
         reserved.add(text)
         return text
 
-    async def _choose(
+    def _choose(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         client: AuthedClient,
         req: RouteRequest,
         wish: routing.RouteWish,
@@ -174,7 +178,7 @@ class SessionOpener:
         if req.node_id is not None:
             named = self.nodes.get(req.node_id)
             if named is None:
-                record = await node_facts.load_one(conn, req.node_id)
+                record = node_facts.load_one(conn, req.node_id)
                 named = None if record is None else NodeFacts.from_record(record)
             if named is None:
                 raise NotFound("node_not_found", f"node_id: no node {req.node_id}")
@@ -182,7 +186,7 @@ class SessionOpener:
         else:
             pool = self.nodes.values()
         connected = self.is_connected
-        # No await from here on: the view cannot change while it is read.
+        # Nothing yields from here on: the view cannot change while it is read.
         if not holders:
             # The common case streams the view through one pass: no list of N candidates,
             # and a node whose cached candidate cannot take any session is skipped without

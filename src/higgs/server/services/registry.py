@@ -14,6 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection
 
 from higgs.common.secrets import hash_token, new_token
 from higgs.protocol.api import (
@@ -33,7 +36,7 @@ from higgs.server.relay.ports import RelayHub
 from higgs.server.services import routing
 from higgs.server.services.clock import new_node_id, utcnow
 from higgs.server.services.errors import Conflict, Forbidden, NotFound, Unauthorized
-from higgs.server.services.identity import IdentityService
+from higgs.server.services.identity import IdentityService, NodeClaim
 from higgs.server.services.keyproof import ChallengeService
 from higgs.server.services.nodeview import NodeFacts, NodeView
 from higgs.server.services.reachability import ReachabilityService, new_nonce
@@ -187,27 +190,43 @@ class RegistryService:
         )
 
     async def heartbeat(
-        self, node_id: str, req: HeartbeatRequest, *, source: str | None = None
+        self,
+        node_id: str,
+        req: HeartbeatRequest,
+        *,
+        source: str | None = None,
+        claim: NodeClaim | None = None,
     ) -> HeartbeatResponse:
         """One transaction: one UPDATE of the node (state, time, metrics; ``updated_at`` moves
         only when the node comes back), plus the renewal of sessions whose peers handshook.
-        Offline detection is not done here but by the periodic sweep (mark_stale_offline)."""
+        Offline detection is not done here but by the periodic sweep (mark_stale_offline).
+
+        ``claim``: the caller's token when the credential cache did not vouch for it; the
+        UPDATE then proves it (Unauthorized/Forbidden when it matched no row for that)."""
         now = utcnow()
         metrics = req.model_dump(exclude={"peer_stats"}, exclude_none=True)
         metrics["peer_stats_count"] = len(req.peer_stats)
         fresh = self.sessions.fresh_keys(req.peer_stats)
-        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
-        unit = self.db.begin() if fresh else self.db.autocommit()
-        async with unit as conn:
+
+        def unit(conn: Connection) -> Any:
             # A new tunnel MTU (the node's uplink changed) goes into route answers from now on.
-            row = await node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu)
+            token_hash = claim.token_hash if claim is not None else None
+            row = node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu, token_hash)
             if row is None:
-                state = await node_rows.state_of(conn, node_id)
+                if claim is not None:
+                    IdentityService.check_claim(conn, claim)
+                state = node_rows.state_of(conn, node_id)
                 if state is None:
                     raise NotFound("node_not_found", f"node_id: no node {node_id}")
                 raise Conflict("node_stopped", "the node deregistered; register again first")
             if fresh:
-                await self.sessions.renew_keys(conn, node_id, fresh)
+                self.sessions.renew_keys(conn, node_id, fresh)
+            return row
+
+        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
+        row = await self.db.run(unit, autocommit=not fresh)
+        if claim is not None and self.identity is not None:
+            self.identity.node_proved(claim)
         if row.updated_at == now:
             log.info("node back online", extra={"node_id": node_id})
         self.nodes.heartbeat(node_id, metrics)

@@ -42,7 +42,7 @@ class RelayFailover:
         now = utcnow()
         out = FailoverRound()
         async with s.db.begin() as conn:
-            hosts = await relay_hosts.all_hosts(conn)
+            hosts = await conn.run_sync(relay_hosts.all_hosts)
             out.dead = [
                 h.address for h in hosts if not h.live(now, s.settings.relay_host_dead_after_s)
             ]

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.common.relay_ports import PortRange
 from higgs.protocol.api import RelayTarget, UdpRelayPath
@@ -79,15 +78,14 @@ class UdpLeases:
 
     # --- the relay hosts ----------------------------------------------------------------
 
-    async def live_hosts(
-        self, conn: AsyncConnection, now: datetime, *, fresh: bool = False
-    ) -> list[_Host]:
+    def live_hosts(self, conn: Connection, now: datetime, *, fresh: bool = False) -> list[_Host]:
+        """Synchronous, as every step of a lease (run in :meth:`Database.run`)."""
         mono = time.monotonic()
         if not fresh and self._cache is not None and mono - self._cache[0] < HOSTS_CACHE_S:
             return self._cache[1]
         dead_after = self.settings.relay_host_dead_after_s
         out = []
-        for h in await hosts_store.all_hosts(conn):
+        for h in hosts_store.all_hosts(conn):
             if not h.live(now, dead_after):
                 continue
             leased = h.stats.get("ports_leased")
@@ -107,21 +105,20 @@ class UdpLeases:
         if cached is not None and time.monotonic() - cached[0] < HOSTS_CACHE_S:
             hosts = cached[1]
         else:
-            async with self.db.begin() as conn:
-                hosts = await self.live_hosts(conn, now)
+            hosts = await self.db.run(lambda conn: self.live_hosts(conn, now))
         return [
             RelayTarget(address=h.address, probe_port=h.probe_port) for h in hosts if h.probe_port
         ]
 
-    async def _ranked(
+    def _ranked(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         now: datetime,
         client_rtt: Mapping[str, float] | None,
         node_rtt: Mapping[str, float] | None,
         exclude: str | None = None,
     ) -> list[_Host]:
-        live = await self.live_hosts(conn, now, fresh=exclude is not None)
+        live = self.live_hosts(conn, now, fresh=exclude is not None)
         hosts = {h.address: h for h in live if h.address != exclude}
         if not hosts:
             if self.address is None or self.address == exclude:
@@ -143,14 +140,17 @@ class UdpLeases:
         leaves the session with its other paths)."""
         if row.mode == "direct":
             return None
+
+        def unit(conn: Connection) -> tuple[str, int] | None:
+            # Its lease already (another API instance's round leased it first, e.g. a
+            # device's roaming): the same one, not a second.
+            return store.lease_of(conn, row.id) or self._lease_in(
+                conn, row.id, now, client_rtt, node_rtt
+            )
+
         for _ in range(LEASE_ATTEMPTS):
             try:
-                async with self.db.begin() as conn:
-                    # Its lease already (another API instance's round leased it first, e.g.
-                    # a device's roaming): the same one, not a second.
-                    got = await store.lease_of(conn, row.id) or await self._lease_in(
-                        conn, row.id, now, client_rtt, node_rtt
-                    )
+                got = await self.db.run(unit)
                 break
             except IntegrityError:
                 # The session row is committed already: raising here would answer 409 for a
@@ -165,17 +165,17 @@ class UdpLeases:
         self.on_leased()
         return UdpRelayPath(endpoint=endpoint_of(*got))
 
-    async def _lease_in(
+    def _lease_in(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         session_id: str,
         now: datetime,
         client_rtt: Mapping[str, float] | None,
         node_rtt: Mapping[str, float] | None,
         exclude: str | None = None,
     ) -> tuple[str, int] | None:
-        for host in await self._ranked(conn, now, client_rtt, node_rtt, exclude):
-            port = await store.lease_port(
+        for host in self._ranked(conn, now, client_rtt, node_rtt, exclude):
+            port = store.lease_port(
                 conn, host.address, host.ports, self.settings.udp_relay_cooldown_s, session_id, now
             )
             if port is not None:
@@ -197,7 +197,9 @@ class UdpLeases:
                     legs = await hosts_store.drop_lease(conn, session_id, dead)
                     if legs is None:
                         return None
-                    got = await self._lease_in(conn, session_id, now, None, node_rtt, dead)
+                    got = await conn.run_sync(
+                        lambda c: self._lease_in(c, session_id, now, None, node_rtt, dead)
+                    )
                     if got is None:
                         raise _NoPort
                     await hosts_store.hint_legs(conn, session_id, legs)
@@ -229,7 +231,8 @@ class UdpLeases:
         if fresh and cached is not None and not any(h.ws_url for h in cached[1]):
             return {}  # the route path without host hubs: not one query more than before
         async with self.db.begin() as conn:
-            ws_urls = {h.address: h.ws_url for h in await self.live_hosts(conn, now) if h.ws_url}
+            live = await conn.run_sync(lambda c: self.live_hosts(c, now))
+            ws_urls = {h.address: h.ws_url for h in live if h.ws_url}
             if not ws_urls:
                 return {}
             query = select(RelayLease.session_id, RelayLease.relay_address).where(

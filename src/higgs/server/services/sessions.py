@@ -25,8 +25,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Connection
 
 from higgs.protocol.api import (
     AdminSessionList,
@@ -259,18 +258,17 @@ class SessionService:
     def fresh_keys(self, stats: Sequence[PeerStat]) -> list[str]:
         return fresh_keys(stats, self.settings.handshake_fresh_s)
 
-    async def renew_keys(self, conn: AsyncConnection, node_id: str, keys: Sequence[str]) -> None:
+    def renew_keys(self, conn: Connection, node_id: str, keys: Sequence[str]) -> None:
         """Renews the node's open sessions of these keys in the caller's transaction (the
-        heartbeat's)."""
-        await store.renew_keys(conn, node_id, keys, utcnow() + self.ttl)
+        heartbeat's, run by :meth:`Database.run`)."""
+        store.renew_keys(conn, node_id, keys, utcnow() + self.ttl)
 
     async def renew_by_handshake(self, node_id: str, stats: Sequence[PeerStat]) -> None:
         """``peer_stats`` on the node's link: renew the sessions of fresh peers."""
         fresh = self.fresh_keys(stats)
         if not fresh:
             return
-        async with self.db.begin() as conn:
-            await self.renew_keys(conn, node_id, fresh)
+        await self.db.run(lambda conn: self.renew_keys(conn, node_id, fresh))
 
     # --- closing ----------------------------------------------------------------------------
 

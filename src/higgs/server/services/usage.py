@@ -114,16 +114,14 @@ class UsageService:
     async def check_quota(self, client_id: int) -> None:
         """Raises 403 ``quota_exceeded`` when the client used up this month's quota."""
         month = month_of(utcnow())
-        async with self.db.begin() as conn:
-            states = await sql.quota_states(conn, month, [client_id])
-        for state in states:
-            if state.exhausted:
-                raise Forbidden(
-                    QUOTA_REASON,
-                    f"client {state.name!r} used its monthly quota of "
-                    f"{(state.quota_bytes or 0) / _MB:.1f} MB ({state.used_bytes / _MB:.1f} MB "
-                    f"in {month} UTC); ask the operator to raise it, or wait for next month",
-                )
+        state = await self.db.run(lambda conn: sql.quota_of(conn, month, client_id))
+        if state is not None and state.exhausted:
+            raise Forbidden(
+                QUOTA_REASON,
+                f"client {state.name!r} used its monthly quota of "
+                f"{(state.quota_bytes or 0) / _MB:.1f} MB ({state.used_bytes / _MB:.1f} MB "
+                f"in {month} UTC); ask the operator to raise it, or wait for next month",
+            )
 
     async def set_quota(self, name: str, quota_bytes: int | None) -> None:
         async with self.db.begin() as conn:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from higgs.server.store import queries
@@ -98,8 +98,9 @@ async def use_enrollment_key(s: AsyncSession, key_hash: str, now: datetime) -> i
 # --- nodes ------------------------------------------------------------------------------------
 
 
-async def node_by_token(conn: AsyncConnection, token_hash: str) -> str | None:
-    node_id: str | None = await conn.scalar(queries.NODE_BY_TOKEN, {"token_hash": token_hash})
+def node_by_token(conn: Connection, token_hash: str) -> str | None:
+    """Synchronous: a token lookup runs in :meth:`Database.run` (every uncached request)."""
+    node_id: str | None = conn.scalar(queries.NODE_BY_TOKEN, {"token_hash": token_hash})
     return node_id
 
 
@@ -129,6 +130,6 @@ async def client_for_update(s: AsyncSession, name: str) -> Client | None:
     return await s.scalar(select(Client).where(Client.name == name).with_for_update())
 
 
-async def client_by_token(conn: AsyncConnection, token_hash: str) -> Any:
-    """(id, name, revoked) of the client holding the token."""
-    return (await conn.execute(queries.CLIENT_BY_TOKEN, {"token_hash": token_hash})).first()
+def client_by_token(conn: Connection, token_hash: str) -> Any:
+    """(id, name, revoked) of the client holding the token (synchronous, as node_by_token)."""
+    return conn.execute(queries.CLIENT_BY_TOKEN, {"token_hash": token_hash}).first()

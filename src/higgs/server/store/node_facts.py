@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, func, select
 
 from higgs.server.store.db import Database
 from higgs.server.store.states import NodeState, SessionState
@@ -72,9 +71,10 @@ def _record(row: Any, open_sessions: int) -> NodeRecord:
     )
 
 
-async def open_count(conn: AsyncConnection, node_id: str) -> int:
-    """The node's open sessions, counted in the caller's transaction."""
-    n = await conn.scalar(
+def open_count(conn: Connection, node_id: str) -> int:
+    """The node's open sessions, counted in the caller's transaction (synchronous: the
+    route's unit of work, :meth:`Database.run`)."""
+    n = conn.scalar(
         select(func.count())
         .select_from(SessionRow)
         .where(SessionRow.node_id == node_id, SessionRow.state == SessionState.OPEN)
@@ -82,12 +82,12 @@ async def open_count(conn: AsyncConnection, node_id: str) -> int:
     return int(n or 0)
 
 
-async def load_one(conn: AsyncConnection, node_id: str) -> NodeRecord | None:
+def load_one(conn: Connection, node_id: str) -> NodeRecord | None:
     """One node, whatever its state (one the view does not hold: stopped, or not seen yet)."""
-    row = (await conn.execute(select(*_COLUMNS).where(Node.id == node_id))).first()
+    row = conn.execute(select(*_COLUMNS).where(Node.id == node_id)).first()
     if row is None:
         return None
-    return _record(row, await open_count(conn, node_id))
+    return _record(row, open_count(conn, node_id))
 
 
 async def load_all(db: Database) -> list[NodeRecord]:

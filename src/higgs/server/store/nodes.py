@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from higgs.server.store import queries
@@ -58,24 +58,27 @@ async def open_sessions(s: AsyncSession, node_id: str) -> int:
     return int(n or 0)
 
 
-async def heartbeat(
-    conn: AsyncConnection,
+def heartbeat(
+    conn: Connection,
     node_id: str,
     now: datetime,
     metrics: dict[str, Any],
     tunnel_mtu: int | None,
+    token_hash: str | None = None,
 ) -> Any:
-    """One UPDATE of a node that is not stopped; its row (``updated_at``), None when none."""
-    return (
-        await conn.execute(
-            queries.HEARTBEAT,
-            {"node_id": node_id, "now": now, "node_metrics": metrics, "tunnel_mtu": tunnel_mtu},
-        )
+    """One UPDATE of a node that is not stopped (and, with ``token_hash``, whose token that
+    is); its row (``updated_at``), None when none. Synchronous: the heartbeat's unit of work
+    runs in :meth:`Database.run`."""
+    params = {"node_id": node_id, "now": now, "node_metrics": metrics, "tunnel_mtu": tunnel_mtu}
+    if token_hash is None:
+        return conn.execute(queries.HEARTBEAT, params).first()
+    return conn.execute(
+        queries.HEARTBEAT_AS_OWNER, {**params, "owner_token_hash": token_hash}
     ).first()
 
 
-async def state_of(conn: AsyncConnection, node_id: str) -> str | None:
-    state: str | None = await conn.scalar(queries.NODE_STATE, {"node_id": node_id})
+def state_of(conn: Connection, node_id: str) -> str | None:
+    state: str | None = conn.scalar(queries.NODE_STATE, {"node_id": node_id})
     return state
 
 

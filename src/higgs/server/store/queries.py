@@ -30,6 +30,7 @@ __all__ = [
     "CLIENT_BY_TOKEN",
     "CLOSE_OWN_SESSION",
     "HEARTBEAT",
+    "HEARTBEAT_AS_OWNER",
     "INSERT_SESSION",
     "KEY_HOLDERS",
     "NODE_BY_TOKEN",
@@ -73,6 +74,10 @@ HEARTBEAT = (
     )
     .returning(_nodes.c.updated_at)
 )
+# The same, when the node's token was not in the credential cache: parameter owner_token_hash
+# so the token is checked by the UPDATE itself (no lookup of its own). No row: ask why.
+# (owner_token_hash, not token_hash: an UPDATE reserves its column names for SET values.)
+HEARTBEAT_AS_OWNER = HEARTBEAT.where(_nodes.c.token_hash == bindparam("owner_token_hash"))
 NODE_STATE = select(_nodes.c.state).where(_nodes.c.id == bindparam("node_id"))
 
 # Parameter: public_key. Which open sessions hold the caller's WireGuard key, on which node.

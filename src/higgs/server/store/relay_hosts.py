@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.server.store.tables import RelayHost, RelayLease
@@ -72,7 +72,9 @@ async def beat(
         )
 
 
-async def all_hosts(conn: AsyncConnection) -> list[HostView]:
+def all_hosts(conn: Connection) -> list[HostView]:
+    """Every registered host (synchronous: the route's lease reads it in :meth:`Database.run`;
+    async callers use ``await conn.run_sync(all_hosts)``)."""
     query = select(
         RelayHost.address,
         RelayHost.ports,
@@ -82,7 +84,7 @@ async def all_hosts(conn: AsyncConnection) -> list[HostView]:
         RelayHost.seen_at,
         RelayHost.stats,
     ).order_by(RelayHost.address)
-    return [HostView(*row) for row in (await conn.execute(query)).all()]
+    return [HostView(*row) for row in conn.execute(query).all()]
 
 
 @dataclass(frozen=True)

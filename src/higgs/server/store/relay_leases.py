@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from higgs.common.relay_ports import PortRange, pick_port
@@ -41,59 +41,59 @@ __all__ = [
 LEASES_CHANNEL = "higgs_relay_leases"  # payload: the relay address of the new lease
 
 
-async def notify_leased(conn: AsyncConnection, relay_address: str) -> None:
-    """Tells the relay host ``relay_address`` of a new lease when this transaction commits."""
+def notify_leased(conn: Connection, relay_address: str) -> None:
+    """Tells the relay host ``relay_address`` of a new lease when this transaction commits
+    (synchronous, as :func:`lease_port`; async callers: ``await conn.run_sync(...)``)."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(select(func.pg_notify(LEASES_CHANNEL, relay_address)))
+        conn.execute(select(func.pg_notify(LEASES_CHANNEL, relay_address)))
 
 
-async def lease_port(
-    conn: AsyncConnection,
+def lease_port(
+    conn: Connection,
     relay_address: str,
     ports: PortRange,
     cooldown_s: float,
     session_id: str,
     now: datetime,
 ) -> int | None:
-    """Leases a free port of ``relay_address`` to ``session_id``; None when all are busy."""
+    """Leases a free port of ``relay_address`` to ``session_id``; None when all are busy.
+    Synchronous, as :func:`lease_of`: the route's lease runs in :meth:`Database.run`."""
     cutoff = now - timedelta(seconds=cooldown_s)
     cooled = select(SessionRow.id).where(
         SessionRow.state == "closed", SessionRow.closed_at < cutoff
     )
-    await conn.execute(
+    conn.execute(
         delete(RelayLease).where(
             RelayLease.relay_address == relay_address, RelayLease.session_id.in_(cooled)
         )
     )
-    rows = (
-        await conn.execute(
-            select(RelayLease.port, RelayLease.leased_at).where(
-                RelayLease.relay_address == relay_address
-            )
+    rows = conn.execute(
+        select(RelayLease.port, RelayLease.leased_at).where(
+            RelayLease.relay_address == relay_address
         )
     ).all()
     latest = max(rows, key=lambda r: r.leased_at).port if rows else None
     port = pick_port(ports, {r.port for r in rows}, after=latest)
     if port is None:
         return None
-    await conn.execute(
+    conn.execute(
         insert(RelayLease).values(
             relay_address=relay_address, port=port, session_id=session_id, leased_at=now
         )
     )
-    await notify_leased(conn, relay_address)
+    notify_leased(conn, relay_address)
     return port
 
 
-async def lease_of(conn: AsyncConnection, session_id: str) -> tuple[str, int] | None:
+# Built once: every route asks it.
+_LEASE_OF = select(RelayLease.relay_address, RelayLease.port).where(
+    RelayLease.session_id == bindparam("session_id")
+)
+
+
+def lease_of(conn: Connection, session_id: str) -> tuple[str, int] | None:
     """The session's lease (relay address, port), if it holds one."""
-    row = (
-        await conn.execute(
-            select(RelayLease.relay_address, RelayLease.port).where(
-                RelayLease.session_id == session_id
-            )
-        )
-    ).first()
+    row = conn.execute(_LEASE_OF, {"session_id": session_id}).first()
     return None if row is None else (row.relay_address, row.port)
 
 

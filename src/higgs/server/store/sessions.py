@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Connection, select, update
 
 from higgs.server.store import queries
 from higgs.server.store.db import Database
@@ -53,20 +52,23 @@ def _row(mapping: Any) -> SessionRow:
 # --- opening (inside the caller's route transaction) ------------------------------------------
 
 
-async def key_holders(conn: AsyncConnection, public_key: str) -> dict[str, SessionRow]:
+# Synchronous: the route's unit of work runs in :meth:`Database.run`.
+
+
+def key_holders(conn: Connection, public_key: str) -> dict[str, SessionRow]:
     """Open sessions holding ``public_key``, by node (at most one per node)."""
-    rows = (await conn.execute(queries.KEY_HOLDERS, {"public_key": public_key})).all()
+    rows = conn.execute(queries.KEY_HOLDERS, {"public_key": public_key}).all()
     return {r.node_id: _row(r) for r in rows}
 
 
-async def open_addresses(conn: AsyncConnection, node_id: str) -> list[str]:
+def open_addresses(conn: Connection, node_id: str) -> list[str]:
     """The tunnel addresses of the node's open sessions."""
-    return list((await conn.scalars(queries.OPEN_ADDRESSES, {"node_id": node_id})).all())
+    return list(conn.scalars(queries.OPEN_ADDRESSES, {"node_id": node_id}).all())
 
 
-async def close_replaced(conn: AsyncConnection, session_id: str, now: datetime) -> bool:
+def close_replaced(conn: Connection, session_id: str, now: datetime) -> bool:
     """Closes the session with reason ``replaced`` if it is still open; True when it was."""
-    closed = await conn.execute(
+    closed = conn.execute(
         update(SessionRow)
         .where(SessionRow.id == session_id, SessionRow.state == SessionState.OPEN)
         .values(state=SessionState.CLOSED, close_reason="replaced", closed_at=now)
@@ -74,9 +76,9 @@ async def close_replaced(conn: AsyncConnection, session_id: str, now: datetime) 
     return bool(closed.rowcount)
 
 
-async def insert(conn: AsyncConnection, row: SessionRow) -> None:
+def insert(conn: Connection, row: SessionRow) -> None:
     """Inserts the new session; IntegrityError when a unique index says another won a race."""
-    await conn.execute(queries.INSERT_SESSION, _columns(row))
+    conn.execute(queries.INSERT_SESSION, _columns(row))
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -149,12 +151,10 @@ async def extend(db: Database, ids: Sequence[str], expires_at: datetime) -> None
         )
 
 
-async def renew_keys(
-    conn: AsyncConnection, node_id: str, keys: Sequence[str], expires_at: datetime
-) -> None:
+def renew_keys(conn: Connection, node_id: str, keys: Sequence[str], expires_at: datetime) -> None:
     """Moves the expiry of the node's open sessions of these keys (in the caller's
-    transaction, e.g. the heartbeat's)."""
-    await conn.execute(
+    transaction, e.g. the heartbeat's; synchronous, see :meth:`Database.run`)."""
+    conn.execute(
         update(SessionRow)
         .where(
             SessionRow.node_id == node_id,
@@ -181,16 +181,19 @@ async def close_own(
     exist or is another client's. ``before_commit`` sees a row this call closed before the
     transaction commits."""
     params = {"session_id": session_id, "owner_id": owner_id, "reason": reason, "now": now}
-    async with db.begin() as conn:
-        closed = (await conn.execute(queries.CLOSE_OWN_SESSION, params)).first()
+
+    def unit(conn: Connection) -> tuple[SessionRow | None, bool]:
+        closed = conn.execute(queries.CLOSE_OWN_SESSION, params).first()
         if closed is not None:
             row = _row(closed)
             before_commit(row)
             return row, True
-        found = (await conn.execute(queries.SESSION_BY_ID, {"session_id": session_id})).first()
+        found = conn.execute(queries.SESSION_BY_ID, {"session_id": session_id}).first()
         if found is None or found.client_id != owner_id:
             return None, False
         return _row(found), False
+
+    return await db.run(unit)
 
 
 async def close_open_sessions(

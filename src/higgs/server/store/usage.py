@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +22,7 @@ __all__ = [
     "ClientQuota",
     "add_usage",
     "open_peers",
+    "quota_of",
     "quota_states",
     "set_quota",
     "usage_by_client",
@@ -131,3 +132,23 @@ async def set_quota(conn: AsyncConnection, name: str, quota_bytes: int | None) -
         )
     ).first()
     return int(row.id) if row is not None else None
+
+
+_USED = (_usage.c.rx_bytes + _usage.c.tx_bytes).label("used")
+# Parameters: month, client_id. Built once: every route request checks its client's quota.
+_QUOTA_OF = (
+    select(_clients.c.id, _clients.c.name, _clients.c.quota_bytes, _USED)
+    .select_from(
+        _clients.outerjoin(
+            _usage,
+            (_usage.c.client_id == _clients.c.id) & (_usage.c.month == bindparam("month")),
+        )
+    )
+    .where(_clients.c.id == bindparam("client_id"))
+)
+
+
+def quota_of(conn: Connection, month: str, client_id: int) -> ClientQuota | None:
+    """:func:`quota_states` of one client (synchronous: run in :meth:`Database.run`)."""
+    r = conn.execute(_QUOTA_OF, {"month": month, "client_id": client_id}).first()
+    return None if r is None else ClientQuota(r.id, r.name, r.quota_bytes, int(r.used or 0))
