@@ -114,6 +114,21 @@ def tunnel_ping(system: System, host: Host) -> bool:
     return out.returncode == 0
 
 
+def kill_and_time_recovery(system: System, relay: RelayHost, client: Host) -> float | None:
+    """SIGKILLs ``relay`` (no goodbye: the host just stops heartbeating) and returns how long
+    until the client's tunnel answered a ping again (None: not within twice the bound)."""
+    assert relay.proc is not None
+    killed_at = time.monotonic()
+    relay.proc.popen.kill()
+    relay.proc.popen.wait(10)
+    relay.proc = None
+    while time.monotonic() - killed_at < 2 * RECOVERY_BOUND_S:
+        if tunnel_ping(system, client):
+            return time.monotonic() - killed_at
+        time.sleep(0.2)
+    return None
+
+
 def test_killing_the_sessions_relay_host_moves_it_to_the_other_within_15_s(
     system: System,
 ) -> None:
@@ -141,17 +156,7 @@ def test_killing_the_sessions_relay_host_moves_it_to_the_other_within_15_s(
 
     assert first.proc is not None
     pid = first.proc.popen.pid
-    killed_at = time.monotonic()
-    first.proc.popen.kill()  # SIGKILL: no goodbye, the host just stops heartbeating
-    first.proc.popen.wait(10)
-    first.proc = None
-
-    recovered: float | None = None
-    while time.monotonic() - killed_at < 2 * RECOVERY_BOUND_S:
-        if tunnel_ping(system, client.host):
-            recovered = time.monotonic() - killed_at
-            break
-        time.sleep(0.2)
+    recovered = kill_and_time_recovery(system, first, client.host)
     (moved,) = db_rows(
         system, "SELECT relay_address FROM relay_leases WHERE session_id = ?", session_id
     )
@@ -211,18 +216,7 @@ def test_a_websocket_relayed_session_follows_its_relay_host_to_the_other_hub(
         links = client.host.run(["ss", "-Htn", "state", "established"], check=False).stdout
         assert f"{first.ip}:{HUB_PORT}" in links, links
 
-        assert first.proc is not None
-        killed_at = time.monotonic()
-        first.proc.popen.kill()
-        first.proc.popen.wait(10)
-        first.proc = None
-
-        recovered: float | None = None
-        while time.monotonic() - killed_at < 2 * RECOVERY_BOUND_S:
-            if tunnel_ping(system, client.host):
-                recovered = time.monotonic() - killed_at
-                break
-            time.sleep(0.2)
+        recovered = kill_and_time_recovery(system, first, client.host)
         (moved,) = db_rows(
             system, "SELECT relay_address FROM relay_leases WHERE session_id = ?", session_id
         )
