@@ -84,6 +84,10 @@ def _dos(fake: FakeHost) -> list[str]:
     return [e.removeprefix("do ") for e in fake.events if e.startswith("do ")]
 
 
+# The host's set-up, in order, as every start makes it (each change journaled first).
+SETUP_STEPS = ["link higgsnode", f"shaping {IFB}", "sysctl net.ipv4.ip_forward=1", "firewall eth0"]
+
+
 def _undone(fake: FakeHost) -> list[str]:
     return [e.split()[1] for e in fake.events if e.startswith("undo ")]
 
@@ -94,12 +98,7 @@ async def test_setup_makes_each_change_in_order_journaled_first(tmp_path: Path) 
     agent = _agent(settings, fake)
     task = await _start(agent, fake)
     try:
-        assert _dos(fake) == [
-            "link higgsnode",
-            f"shaping {IFB}",
-            "sysctl net.ipv4.ip_forward=1",
-            "firewall eth0",
-        ]
+        assert _dos(fake) == SETUP_STEPS
         assert fake.unjournaled == []
         iface = fake.interfaces["higgsnode"]
         assert iface.up and iface.mtu == agent.mtu.mtu if agent.mtu else False
@@ -269,12 +268,7 @@ async def test_a_restart_sets_the_host_up_while_registering(tmp_path: Path) -> N
     agent = _agent(settings, fake)
     task = await _start(agent, fake)
     try:
-        assert _dos(fake) == [
-            "link higgsnode",
-            f"shaping {IFB}",
-            "sysctl net.ipv4.ip_forward=1",
-            "firewall eth0",
-        ]
+        assert _dos(fake) == SETUP_STEPS
         assert fake.unjournaled == []
         assert agent.server is not None
         assert agent.server.status.state == "unreachable"  # its one try at start was made
