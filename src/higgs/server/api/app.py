@@ -11,6 +11,7 @@ from higgs.server.admin.routes import admin
 from higgs.server.api.deps import ApiContext
 from higgs.server.api.devices import devices
 from higgs.server.api.errors import install_error_handlers
+from higgs.server.api.fastlane import HeartbeatLane
 from higgs.server.api.middleware import ObserveMiddleware
 from higgs.server.api.routes import probes, v1
 
@@ -34,9 +35,14 @@ def _routed_app() -> FastAPI:
     return app
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+def create_app(ctx: ApiContext, *, fast_lanes: bool = True) -> FastAPI:
+    """``fast_lanes`` off: every request through FastAPI (the tests compare the two)."""
     app = _routed_app()
     app.state.ctx = ctx
+    # The last added runs first: the observer (metrics, body limit) sees every request,
+    # then the heartbeat's lane takes the heartbeats it can serve before FastAPI routes.
+    if fast_lanes:
+        app.add_middleware(HeartbeatLane, ctx=ctx)
     app.add_middleware(ObserveMiddleware, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes)
     return app
 

@@ -34,6 +34,7 @@ __all__ = [
     "HeartbeatCaller",
     "NodeCaller",
     "RegisterCredential",
+    "check_rate",
     "get_ctx",
     "rate_limit",
 ]
@@ -87,11 +88,15 @@ async def rate_limit(request: Request, ctx: Ctx, creds: Bearer) -> None:
     instead of being told to wait and then come back to the same 401."""
     if creds is None or not creds.credentials:
         return
-    host = request.client.host if request.client else "unknown"
-    wait = ctx.limiter.take("addr:" + host)
+    check_rate(ctx, request.client.host if request.client else None, creds.credentials)
+
+
+def check_rate(ctx: ApiContext, host: str | None, credential: str) -> None:
+    """:func:`rate_limit` for a request that presented ``credential`` from ``host``."""
+    wait = ctx.limiter.take("addr:" + (host or "unknown"))
     kind = "address"
-    if not wait and creds is not None:
-        wait = ctx.limiter.take("cred:" + hash_token(creds.credentials))
+    if not wait:
+        wait = ctx.limiter.take("cred:" + hash_token(credential))
         kind = "credential"
     if wait:
         ctx.metrics.rate_limited.labels(kind=kind).inc()

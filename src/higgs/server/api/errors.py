@@ -26,7 +26,9 @@ __all__ = [
     "allowed_methods",
     "documented_errors",
     "error_response",
+    "failure_response",
     "install_error_handlers",
+    "service_error_response",
     "validation_message",
 ]
 
@@ -113,13 +115,44 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": exc.retry_after} if isinstance(exc, RateLimited) else None
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+def failure_response(exc: Exception, path: str, method: str) -> JSONResponse:
+    """The answer to an endpoint's exception: its own for a :class:`ServiceError`, 409 for a
+    lost race, 503 for a database that is down, else a JSON 500 (the traceback to the log).
+    For the handlers below and for the heartbeat's lane (api/fastlane.py), which runs
+    outside FastAPI's exception handling."""
+    if isinstance(exc, ServiceError):
+        return service_error_response(exc)
+    if isinstance(exc, IntegrityError):
+        # Two requests raced for the same unique row (e.g. one public key registered twice
+        # at once); the loser may simply retry.
+        log.warning("concurrent change refused", extra={"path": path})
+        return error_response(
+            409, "conflict", "a concurrent request changed the same record; retry"
+        )
+    if isinstance(exc, _DATABASE_DOWN):
+        log.error("database unavailable", extra={"path": path, "problem": type(exc).__name__})
+        return error_response(
+            503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "5"}
+        )
+    log.error("unhandled error", exc_info=exc, extra={"path": path, "method": method})
+    return error_response(500, "internal", "internal server error; see the server log")
+
+
+# A lost database connection is an outage, not a bug: 503 so that callers retry.
+_DATABASE_DOWN = (OperationalError, InterfaceError, OSError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        headers = {"Retry-After": exc.retry_after} if isinstance(exc, RateLimited) else None
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(exc.status, exc.code, exc.message, headers)
+        return service_error_response(exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -130,7 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
             try:
                 await check()
             except ServiceError as denied:
-                return await on_service_error(request, denied)
+                return service_error_response(denied)
         return error_response(422, "invalid_request", validation_message(list(exc.errors())))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -149,37 +182,13 @@ def install_error_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(allowed_methods(request))
         return error_response(exc.status_code, code, message, headers or None)
 
-    async def on_database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "database unavailable",
-            extra={"path": request.url.path, "problem": type(exc).__name__},
-        )
-        return error_response(
-            503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "5"}
-        )
-
-    async def on_conflict(request: Request, exc: Exception) -> JSONResponse:
-        # Two requests raced for the same unique row (e.g. one public key registered twice
-        # at once); the loser may simply retry.
-        log.warning("concurrent change refused", extra={"path": request.url.path})
-        return error_response(
-            409, "conflict", "a concurrent request changed the same record; retry"
-        )
-
-    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error",
-            exc_info=exc,
-            extra={"path": request.url.path, "method": request.method},
-        )
-        return error_response(500, "internal", "internal server error; see the server log")
+    async def on_failure(request: Request, exc: Exception) -> JSONResponse:
+        return failure_response(exc, request.url.path, request.method)
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    # A lost database connection is an outage, not a bug: 503 so that callers retry.
-    app.add_exception_handler(IntegrityError, on_conflict)
-    app.add_exception_handler(OperationalError, on_database_down)
-    app.add_exception_handler(InterfaceError, on_database_down)
-    app.add_exception_handler(OSError, on_database_down)
-    app.add_exception_handler(Exception, on_crash)
+    app.add_exception_handler(IntegrityError, on_failure)
+    for down in _DATABASE_DOWN:
+        app.add_exception_handler(down, on_failure)
+    app.add_exception_handler(Exception, on_failure)

@@ -44,6 +44,7 @@ from higgs.server.services.sessions import SessionService
 from higgs.server.services.usage import UsageService
 from higgs.server.store import nodes as node_rows
 from higgs.server.store.db import Database
+from higgs.server.store.heartbeats import HeartbeatWrites
 from higgs.server.store.states import NodeState
 from higgs.server.store.tables import Node
 
@@ -73,6 +74,7 @@ class RegistryService:
         self.relay_base = ""  # set by the server once the relay listener is bound
         self.challenges: ChallengeService | None = None  # set by the server (key proofs)
         self.reachability = ReachabilityService(db, sessions.nodes)
+        self.writes = HeartbeatWrites(db)
         self.usage: UsageService | None = None  # issue 15: set by the server
         # Heartbeats missed while this process was not running are not the node's fault: a
         # node gets its full allowance counted from when the server could hear it again, so a
@@ -197,8 +199,9 @@ class RegistryService:
         source: str | None = None,
         claim: NodeClaim | None = None,
     ) -> HeartbeatResponse:
-        """One transaction: one UPDATE of the node (state, time, metrics; ``updated_at`` moves
-        only when the node comes back), plus the renewal of sessions whose peers handshook.
+        """One UPDATE of the node (state, time, metrics; ``updated_at`` moves only when the
+        node comes back), in one transaction with the renewal of sessions whose peers
+        handshook, or, without those, with the other heartbeats that arrive meanwhile.
         Offline detection is not done here but by the periodic sweep (mark_stale_offline).
 
         ``claim``: the caller's token when the credential cache did not vouch for it; the
@@ -208,23 +211,31 @@ class RegistryService:
         metrics["peer_stats_count"] = len(req.peer_stats)
         fresh = self.sessions.fresh_keys(req.peer_stats)
 
+        # A new tunnel MTU (the node's uplink changed) goes into route answers from now on.
+        token_hash = claim.token_hash if claim is not None else None
+
+        def refused(conn: Connection) -> None:
+            # The UPDATE matched no row: say why, as a lookup first would have.
+            if claim is not None:
+                IdentityService.check_claim(conn, claim)
+            state = node_rows.state_of(conn, node_id)
+            if state is None:
+                raise NotFound("node_not_found", f"node_id: no node {node_id}")
+            raise Conflict("node_stopped", "the node deregistered; register again first")
+
         def unit(conn: Connection) -> Any:
-            # A new tunnel MTU (the node's uplink changed) goes into route answers from now on.
-            token_hash = claim.token_hash if claim is not None else None
             row = node_rows.heartbeat(conn, node_id, now, metrics, req.tunnel_mtu, token_hash)
             if row is None:
-                if claim is not None:
-                    IdentityService.check_claim(conn, claim)
-                state = node_rows.state_of(conn, node_id)
-                if state is None:
-                    raise NotFound("node_not_found", f"node_id: no node {node_id}")
-                raise Conflict("node_stopped", "the node deregistered; register again first")
-            if fresh:
-                self.sessions.renew_keys(conn, node_id, fresh)
+                refused(conn)
+            self.sessions.renew_keys(conn, node_id, fresh)
             return row
 
-        # Without fresh peers the heartbeat is one statement: run it as its own transaction.
-        row = await self.db.run(unit, autocommit=not fresh)
+        if fresh:  # the UPDATE and the renewal of the sessions whose peers handshook: one unit
+            row = await self.db.run(unit)
+        else:  # the UPDATE alone, in one transaction with the heartbeats arriving with it
+            row = await self.writes.write(node_id, now, metrics, req.tunnel_mtu, token_hash)
+            if row is None:
+                await self.db.run(refused)
         if claim is not None and self.identity is not None:
             self.identity.node_proved(claim)
         if row.updated_at == now:
