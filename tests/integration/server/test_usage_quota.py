@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from higgs.server.services.clock import utcnow
+from higgs.server.services.usage import QUOTA_OK_S, month_of
+from higgs.server.store import usage as usage_sql
 from tests.integration.server.conftest import Harness, bearer, new_public_key
 
 
@@ -127,3 +132,29 @@ async def test_a_used_up_quota_refuses_routes_and_devices_alike(srv: Harness) ->
     assert r.status_code == 401
     # Listing is not opening: an account over its quota still sees its devices.
     assert (await srv.http.get("/v1/devices", headers=bearer(alice))).status_code == 200
+
+
+async def test_a_quota_used_up_elsewhere_refuses_routes_here_within_a_second(
+    srv: Harness,
+) -> None:
+    """A "within its quota" answer is believed for QUOTA_OK_S (usage.py): usage counted by
+    another instance (written here straight into the table, as that instance would) refuses
+    this instance's next route within that bound."""
+    node_id, _, _ = await srv.node()
+    srv.hub.connected.add(node_id)
+    alice = await srv.client_token("alice")
+    r = await srv.http.put(
+        "/v1/admin/clients/alice/quota", json={"quota_bytes": 1000}, headers=bearer(srv.admin_token)
+    )
+    assert r.status_code == 204
+    key = new_public_key()  # one key: each route replaces the session before
+    assert (await srv.route(alice, client_public_key=key)).status_code == 201  # believed from now
+    client = await srv.ctx.identity.authenticate_client(alice)
+    async with srv.ctx.db.begin() as conn:
+        await usage_sql.add_usage(conn, month_of(utcnow()), {client.id: (600, 600)})
+    deadline = time.monotonic() + QUOTA_OK_S + 0.5
+    while (answer := await srv.route(alice, client_public_key=key)).status_code == 201:
+        assert time.monotonic() < deadline, "a used-up quota still let routes through"
+        await asyncio.sleep(0.1)
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "quota_exceeded"

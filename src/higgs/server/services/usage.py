@@ -10,6 +10,12 @@ already counted by the previous process: its first report is only the baseline.
 The quota is bytes both ways per UTC calendar month. A route request of a client that used it
 up is refused (403 ``quota_exceeded``); a report that takes a client to its quota closes its
 open sessions with reason ``quota_exceeded``.
+
+A client found within its quota is not asked about again for :data:`QUOTA_OK_S` (every route
+request asked the database before). What that can let through: on another instance than the
+one that saw the quota run out or lowered, a route in that second; the next usage report of
+its session (which the client's traffic makes) finds the quota used up and closes it. An
+exhausted quota is never remembered: raising it takes effect at once everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 QUOTA_REASON = "quota_exceeded"
 _MB = 1_000_000
+# How long a "within its quota" answer is believed: the bound on revocations elsewhere (1 s).
+QUOTA_OK_S = 1.0
 
 
 def month_of(when: datetime) -> str:
@@ -51,6 +59,8 @@ class UsageService:
         # all bytes counted since start (rx, tx): the traffic series samples this
         self.total_rx = 0
         self.total_tx = 0
+        # client id -> monotonic time until which it is known to be within its quota
+        self._within: dict[int, float] = {}
 
     async def record(self, node_id: str, stats: Sequence[PeerStat]) -> int:
         """Adds what each of the node's sessions moved since the last report; closes the
@@ -94,6 +104,7 @@ class UsageService:
         )
         for state in states:
             if state.exhausted:
+                self._within.pop(state.client_id, None)
                 closed = await self.sessions.close_for_client(state.client_id, QUOTA_REASON)
                 if closed:
                     self.metrics.quota_closes.inc()
@@ -113,15 +124,22 @@ class UsageService:
 
     async def check_quota(self, client_id: int) -> None:
         """Raises 403 ``quota_exceeded`` when the client used up this month's quota."""
+        now = time.monotonic()
+        if self._within.get(client_id, 0.0) > now:
+            return
         month = month_of(utcnow())
         state = await self.db.run(lambda conn: sql.quota_of(conn, month, client_id))
-        if state is not None and state.exhausted:
-            raise Forbidden(
-                QUOTA_REASON,
-                f"client {state.name!r} used its monthly quota of "
-                f"{(state.quota_bytes or 0) / _MB:.1f} MB ({state.used_bytes / _MB:.1f} MB "
-                f"in {month} UTC); ask the operator to raise it, or wait for next month",
-            )
+        if state is None or not state.exhausted:
+            if len(self._within) > 100_000:  # bounded: the expired ones go
+                self._within = {k: t for k, t in self._within.items() if t > now}
+            self._within[client_id] = now + QUOTA_OK_S
+            return
+        raise Forbidden(
+            QUOTA_REASON,
+            f"client {state.name!r} used its monthly quota of "
+            f"{(state.quota_bytes or 0) / _MB:.1f} MB ({state.used_bytes / _MB:.1f} MB "
+            f"in {month} UTC); ask the operator to raise it, or wait for next month",
+        )
 
     async def set_quota(self, name: str, quota_bytes: int | None) -> None:
         async with self.db.begin() as conn:
@@ -129,6 +147,7 @@ class UsageService:
             if client_id is None:
                 raise NotFound("client_not_found", f"no client named {name!r}")
             states = await sql.quota_states(conn, month_of(utcnow()), [client_id])
+        self._within.pop(client_id, None)
         if any(s.exhausted for s in states):
             await self.sessions.close_for_client(client_id, QUOTA_REASON)
 
