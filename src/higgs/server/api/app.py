@@ -11,7 +11,7 @@ from higgs.server.admin.routes import admin
 from higgs.server.api.deps import ApiContext
 from higgs.server.api.devices import devices
 from higgs.server.api.errors import install_error_handlers
-from higgs.server.api.fastlane import HeartbeatLane
+from higgs.server.api.fastlane import FastLanes
 from higgs.server.api.middleware import ObserveMiddleware
 from higgs.server.api.routes import probes, v1
 
@@ -40,9 +40,9 @@ def create_app(ctx: ApiContext, *, fast_lanes: bool = True) -> FastAPI:
     app = _routed_app()
     app.state.ctx = ctx
     # The last added runs first: the observer (metrics, body limit) sees every request,
-    # then the heartbeat's lane takes the heartbeats it can serve before FastAPI routes.
+    # then the fast lanes take the heartbeats, routes and closes they can serve.
     if fast_lanes:
-        app.add_middleware(HeartbeatLane, ctx=ctx)
+        app.add_middleware(FastLanes, ctx=ctx)
     app.add_middleware(ObserveMiddleware, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes)
     return app
 

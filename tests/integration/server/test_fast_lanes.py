@@ -1,10 +1,12 @@
-"""The heartbeat's lane (api/fastlane.py) and its batched UPDATEs (store/heartbeats.py), on a
-real server: the lane answers every heartbeat exactly as the FastAPI route does, serves the
-plain ones itself, and heartbeats arriving together share a transaction."""
+"""The fast lanes (api/fastlane.py) and the heartbeats' batched UPDATEs (store/heartbeats.py),
+on a real server: a lane answers every heartbeat, route and close exactly as the FastAPI
+route does, serves the plain ones itself, and heartbeats arriving together share a
+transaction."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -12,17 +14,17 @@ import pytest
 from sqlalchemy import text
 
 from higgs.server.api.app import create_app
-from higgs.server.api.fastlane import HeartbeatLane
-from tests.integration.server.conftest import Harness, bearer
+from higgs.server.api.fastlane import FastLanes
+from tests.integration.server.conftest import Harness, bearer, new_public_key
 
 
-def _lane(srv: Harness) -> HeartbeatLane:
-    """The lane in the running server's middleware stack (built by its first request)."""
+def _lanes(srv: Harness) -> FastLanes:
+    """The lanes in the running server's middleware stack (built by its first request)."""
     assert srv.server._uvicorn is not None
     app: Any = srv.server._uvicorn.config.loaded_app
-    while not isinstance(app, HeartbeatLane):
+    while not isinstance(app, FastLanes):
         app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
-        assert app is not None, "no HeartbeatLane in the server's middleware stack"
+        assert app is not None, "no FastLanes in the server's middleware stack"
     return app
 
 
@@ -30,12 +32,22 @@ def _answer(r: httpx.Response) -> tuple[int, Any, str | None, str | None]:
     return r.status_code, r.json(), r.headers.get("www-authenticate"), r.headers.get("allow")
 
 
-def _latency_count(srv: Harness, status: str) -> float:
+HEARTBEAT = "/v1/nodes/{node_id}/heartbeat"
+
+
+def _latency_count(srv: Harness, route: str, method: str, status: str) -> float:
     value = srv.ctx.metrics.registry.get_sample_value(
-        "higgs_api_request_seconds_count",
-        {"route": "/v1/nodes/{node_id}/heartbeat", "method": "POST", "status": status},
+        "higgs_api_request_seconds_count", {"route": route, "method": method, "status": status}
     )
     return value or 0.0
+
+
+def _route_only(srv: Harness) -> httpx.AsyncClient:
+    """A client of the same server's app without the lanes: every request through FastAPI."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(srv.ctx, fast_lanes=False)),
+        base_url="http://route-only",
+    )
 
 
 async def test_the_lane_answers_every_heartbeat_as_the_route_does(srv: Harness) -> None:
@@ -63,12 +75,8 @@ async def test_the_lane_answers_every_heartbeat_as_the_route_does(srv: Harness) 
         (a, {"Authorization": "Basic eDp5"}, b"{}"),
         (stopped, bearer(token_stopped), b"{}"),
     ]
-    route_only = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(srv.ctx, fast_lanes=False)),
-        base_url="http://route-only",
-    )
-    lane = _lane(srv)
-    async with route_only:
+    lanes = _lanes(srv)
+    async with _route_only(srv) as route_only:
         for node_id, headers, body in cases:
             path = f"/v1/nodes/{node_id}/heartbeat"
             for forget in (True, False):  # the token proved by the UPDATE, then from the cache
@@ -80,13 +88,13 @@ async def test_the_lane_answers_every_heartbeat_as_the_route_does(srv: Harness) 
                 via_route = await route_only.post(path, content=body, headers=headers | json_header)
                 assert _answer(via_lane) == _answer(via_route), (node_id, headers, body, forget)
     # The valid ones (the first two cases, twice each) were served by the lane itself.
-    assert lane.served == 4
-    assert _latency_count(srv, "200") >= 4
+    assert lanes.served[HEARTBEAT] == 4
+    assert _latency_count(srv, HEARTBEAT, "POST", "200") >= 4
 
 
 async def test_the_lane_leaves_other_content_types_and_methods_to_the_route(srv: Harness) -> None:
     a, token_a, _ = await srv.node()
-    lane = _lane(srv)
+    lanes = _lanes(srv)
     r = await srv.http.post(
         f"/v1/nodes/{a}/heartbeat",
         content=b"{}",
@@ -95,10 +103,63 @@ async def test_the_lane_leaves_other_content_types_and_methods_to_the_route(srv:
     assert r.status_code == 422, r.text  # FastAPI's answer to a body it does not read as JSON
     r = await srv.http.get(f"/v1/nodes/{a}/heartbeat", headers=bearer(token_a))
     assert r.status_code == 405
-    assert lane.served == 0
+    assert lanes.served[HEARTBEAT] == 0
     r = await srv.http.post(f"/v1/nodes/{a}/heartbeat", json={}, headers=bearer(token_a))
     assert r.status_code == 200
-    assert lane.served == 1
+    assert lanes.served[HEARTBEAT] == 1
+
+
+async def test_the_lanes_answer_routes_and_closes_as_the_routes_do(srv: Harness) -> None:
+    node_id, node_token, _ = await srv.node()
+    srv.hub.connected.add(node_id)
+    alice = await srv.client_token("alice")
+    bob = await srv.client_token("bob")
+    lanes = _lanes(srv)
+    async with _route_only(srv) as route_only:
+        # Routes: a success compared by shape (ids and keys are new each time), errors whole.
+        ok = [
+            await c.post("/v1/routes", json={"client_public_key": new_public_key()},
+                         headers=bearer(alice))
+            for c in (srv.http, route_only)
+        ]  # fmt: skip
+        assert [r.status_code for r in ok] == [201, 201], ok[0].text
+        assert ok[0].json().keys() == ok[1].json().keys()
+        assert ok[0].headers["content-type"] == ok[1].headers["content-type"]
+        key = json.dumps(new_public_key()).encode()
+        for headers, body in [
+            (bearer(alice), b'{"client_public_key": "nope"}'),
+            (bearer(alice), b'{"client_public_key": ' + key + b', "mode": 3}'),
+            (bearer(alice), b"[]"),
+            (bearer("hgc_" + "x" * 43), b'{"client_public_key": ' + key + b"}"),
+            (bearer(node_token), b"{}"),
+            ({}, b"{}"),
+        ]:  # fmt: skip
+            answers = [
+                await c.post("/v1/routes", content=body, headers=headers)
+                for c in (srv.http, route_only)
+            ]
+            assert _answer(answers[0]) == _answer(answers[1]), (headers, body)
+        # Closes: the lane's close, then the route's of the same session (idempotent).
+        session = ok[0].json()["session_id"]
+        first = await srv.http.delete(f"/v1/sessions/{session}", headers=bearer(alice))
+        again = await route_only.delete(f"/v1/sessions/{session}", headers=bearer(alice))
+        assert first.status_code == 200, first.text
+        assert first.json()["state"] == "closed"
+        assert _answer(first) == _answer(again)
+        other = ok[1].json()["session_id"]
+        for path, token in [
+            (f"/v1/sessions/{other}", bob),  # another client's: no such session for bob
+            ("/v1/sessions/s_0000000000000000", alice),
+            (f"/v1/sessions/{other}", "hgc_" + "x" * 43),
+            (f"/v1/sessions/{other}", node_token),
+        ]:
+            answers = [await c.delete(path, headers=bearer(token)) for c in (srv.http, route_only)]
+            assert _answer(answers[0]) == _answer(answers[1]), (path, token == bob)
+    assert lanes.served["/v1/routes"] == 1
+    assert lanes.served["/v1/sessions/{session_id}"] == 1
+    # The lane's requests and the route's (same metrics) under one label each.
+    assert _latency_count(srv, "/v1/routes", "POST", "201") == 2
+    assert _latency_count(srv, "/v1/sessions/{session_id}", "DELETE", "404") == 4
 
 
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit_per_s": 1, "rate_limit_burst": 2}])
