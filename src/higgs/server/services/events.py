@@ -50,10 +50,13 @@ class ServerEvents:
     async def node_link_up(self, node_id: str) -> None:
         log.info("node link up", extra={"node_id": node_id})
         if self._sessions is not None:
+            self._sessions.nodes.link_changed(node_id)  # connected nodes rank higher
             await self._sessions.sync_node(node_id)
 
     async def node_link_down(self, node_id: str) -> None:
         log.info("node link down", extra={"node_id": node_id})
+        if self._sessions is not None:
+            self._sessions.nodes.link_changed(node_id)
 
     async def node_message(self, node_id: str, message: dict[str, Any]) -> None:
         try:

@@ -191,7 +191,10 @@ class SessionOpener:
             # The common case streams the view through one pass: no list of N candidates,
             # and a node whose cached candidate cannot take any session is skipped without
             # asking the hub (connectivity does not change that verdict).
-            fit = routing.best_of(_takers(pool, connected), wish)
+            if named is None and not routing.asks_anything(wish):
+                fit = self.nodes.best_taker(connected)  # by rank, without a pass over N
+            else:
+                fit = routing.best_of(_takers(pool, connected), wish)
             if fit is not None:
                 chosen = named if named is not None else self.nodes.get(fit.node_id)
                 if chosen is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "Candidate",
     "RouteWish",
     "allocate_address",
+    "asks_anything",
     "best_of",
     "node_address",
     "pick",
@@ -149,7 +150,8 @@ def _rejection(c: Candidate, wish: RouteWish) -> str | None:
     return _wish_rejection(c, wish) or _own_rejection(c)
 
 
-def _asks_anything(wish: RouteWish) -> bool:
+def asks_anything(wish: RouteWish) -> bool:
+    """Whether the request narrows the choice (a node, a country, a bandwidth, direct)."""
     return (
         wish.node_id is not None
         or wish.country is not None
@@ -164,7 +166,7 @@ def best_of(candidates: Iterable[Candidate], wish: RouteWish) -> Candidate | Non
     # The request-independent checks and the rank are cached on each candidate.
     best: Candidate | None = None
     best_rank: tuple[float, int, str] | None = None
-    filtered = _asks_anything(wish)
+    filtered = asks_anything(wish)
     for c in candidates:
         if not c.can_take_any or (filtered and _wish_rejection(c, wish) is not None):
             continue
