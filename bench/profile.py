@@ -143,7 +143,7 @@ def _record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def run(*, smoke: bool = False) -> Section:
+def run(*, smoke: bool = False, nodes: int | None = None) -> Section:
     from bench.control.__main__ import FULL, GENERATOR_CPU, SMOKE, _http, _pinned
     from bench.control.load import register_nodes, route_window
     from bench.control.servers import bosonserver, server_unavailable
@@ -155,7 +155,7 @@ def run(*, smoke: bool = False) -> Section:
         return Section(title, text=f"Not available: {missing}.")
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
         return Section(title, text="Not available: py-spy is not installed (make setup).")
-    n = 4 if smoke else 1000
+    n = nodes or (4 if smoke else 1000)
     sessions = 2 if smoke else 10
     seconds = 1.0 if smoke else 15.0
     with (
@@ -169,14 +169,14 @@ def run(*, smoke: bool = False) -> Section:
 
         async def load() -> int:
             async with _http(srv.url) as client:
-                nodes, _, _ = await register_nodes(client, enroll, n, seconds=120)
-                progress(f"profile: {len(nodes)} nodes registered; sampling {seconds:g} s")
+                sims, _, _ = await register_nodes(client, enroll, n, seconds=max(120.0, n * 0.03))
+                progress(f"profile: {len(sims)} nodes registered; sampling {seconds:g} s")
                 spy = _record(srv.pid, seconds, raw)
                 res = await route_window(
                     client,
                     client_token=token,
                     sessions=sessions,
-                    nodes=nodes,
+                    nodes=sims,
                     heartbeat_interval=sizes.heartbeat_interval,
                     warmup=0.0,
                     seconds=seconds,
@@ -227,10 +227,11 @@ def _section(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--nodes", type=int, help="simulated nodes heartbeating (default 1000)")
     args = p.parse_args(argv)
     exit_on_sigterm()
     report = Report("Higgs.net profile", smoke=args.smoke)
-    report.add(run(smoke=args.smoke))
+    report.add(run(smoke=args.smoke, nodes=args.nodes))
     print(report.render())
     return 0
 

@@ -310,6 +310,8 @@ def _scale_table(res: Results, sizes: ControlSizes) -> Table:
             "route p99 ms (target < 50)",
             "routes/s",
             "server CPU ms per route",
+            "server CPU %",
+            "load generator CPU %",
             "time to register all s",
             "errors",
         ],
@@ -319,7 +321,7 @@ def _scale_table(res: Results, sizes: ControlSizes) -> Table:
     for db in DATABASES:
         row = f"scale {row_name(db, n)}"
         if row in res.unavailable:
-            t.add([db, f"{n:,}", "not available (see below)", *[""] * 6])
+            t.add([db, f"{n:,}", "not available (see below)", *[""] * 8])
             continue
         t.add(
             [
@@ -330,6 +332,10 @@ def _scale_table(res: Results, sizes: ControlSizes) -> Table:
                 res.cell(row, "route_p99"),
                 res.cell(row, "route_rps"),
                 res.cell(row, "srv_ms_per_route"),
+                res.cell(row, "srv_cpu_pct", spread=False),
+                # The generator is one event loop on its own CPU: near 100 %, the latencies
+                # are its queueing as much as the server's.
+                res.cell(row, "gen_cpu_pct", spread=False),
                 res.cell(row, "reg_s"),
                 fmt(max(res.rounds(row, "errors"), default=0)),
             ]
