@@ -29,6 +29,7 @@ __all__ = [
     "release",
     "take_resyncs",
     "want_resync",
+    "want_resyncs",
 ]
 
 
@@ -127,9 +128,14 @@ async def live_instances(db: Database, now: datetime, dead_after_s: float) -> in
 
 
 async def want_resync(db: Database, node_id: str) -> None:
+    await want_resyncs(db, [node_id])
+
+
+async def want_resyncs(db: Database, node_ids: Collection[str]) -> None:
+    """Flags the nodes for a ``sync`` by whichever instance holds their link."""
     async with db.begin() as conn:
         await conn.execute(
-            update(NodePresence).where(NodePresence.node_id == node_id).values(resync=True)
+            update(NodePresence).where(NodePresence.node_id.in_(node_ids)).values(resync=True)
         )
 
 
