@@ -96,6 +96,13 @@ class _Rejoin:
     left: int  # more fresh handshakes allowed
 
 
+def _since(rx: int, last: int) -> int:
+    """``rx`` as a count comparable with ``last``: a peer set afresh (a sync, a re-add) counts
+    from zero again, and a count below the last one is all new (``last`` + ``rx``), not
+    silence until it passes the old total."""
+    return rx if rx >= last else last + rx
+
+
 def _split(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host, int(port)
@@ -294,7 +301,7 @@ class Puncher:
             row = rows.get(key)
             if peer is None or row is None or peer.session_id != state.session_id:
                 self.rejoining.pop(key, None)
-            elif row.rx_bytes > state.last_rx:
+            elif _since(row.rx_bytes, state.last_rx) > state.last_rx:
                 self.rejoining.pop(key, None)  # the relay carries the session again
             elif now - state.sent_at > REHANDSHAKE_AFTER_S:
                 if state.left <= 0:
@@ -368,24 +375,31 @@ class Puncher:
             now = time.monotonic()
             # Before the punched peers: a peer that goes back below was re-added after `rows`.
             await self._check_rejoining(rows, now)
-            for key, state in list(self.punched.items()):
-                peer = self._peers.sessions.get(key)
-                row = rows.get(key)
-                if peer is None or row is None or peer.session_id != state.session_id:
-                    self.punched.pop(key, None)
-                    continue
-                if row.rx_bytes > state.last_rx:
-                    state.last_rx, state.last_rx_at = row.rx_bytes, now
-                if row.endpoint != state.endpoint:
-                    # The client came back by another path (WireGuard roamed): keep the relay's
-                    # keepalive again.
-                    self.counters["punch_roamed_away"] += 1
-                    await self._back_to_relay(peer)
-                elif now - state.last_rx_at > self._dead_s(state):
-                    self.counters["punch_lost"] += 1
-                    log.warning(
-                        "direct path lost: nothing from the client for %.0fs; back to the relay",
-                        self._dead_s(state),
-                        extra={"session": state.session_id},
-                    )
-                    await self._back_to_relay(peer, rehandshake=True)
+            await self._check_punched(rows, now)
+
+    async def _check_punched(self, rows: Mapping[str, PeerRowWithEndpoint], now: float) -> None:
+        """Punched peers: heard from → alive; roamed elsewhere or silent past the dead time →
+        back on the relay."""
+        for key, state in list(self.punched.items()):
+            peer = self._peers.sessions.get(key)
+            row = rows.get(key)
+            if peer is None or row is None or peer.session_id != state.session_id:
+                self.punched.pop(key, None)
+                continue
+            rx = _since(row.rx_bytes, state.last_rx)
+            if rx > state.last_rx:
+                state.last_rx_at = now
+            state.last_rx = row.rx_bytes
+            if row.endpoint != state.endpoint:
+                # The client came back by another path (WireGuard roamed): keep the relay's
+                # keepalive again.
+                self.counters["punch_roamed_away"] += 1
+                await self._back_to_relay(peer)
+            elif now - state.last_rx_at > self._dead_s(state):
+                self.counters["punch_lost"] += 1
+                log.warning(
+                    "direct path lost: nothing from the client for %.0fs; back to the relay",
+                    self._dead_s(state),
+                    extra={"session": state.session_id},
+                )
+                await self._back_to_relay(peer, rehandshake=True)

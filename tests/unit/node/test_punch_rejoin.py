@@ -16,6 +16,7 @@ from higgs.node.punch import (
     REHANDSHAKES,
     RELAY_KEEPALIVE_S,
     Puncher,
+    _Punched,
 )
 
 KEY = PrivateKey.generate().public_b64()
@@ -104,3 +105,24 @@ async def test_a_peer_that_only_roamed_back_is_not_re_added() -> None:
     await puncher._back_to_relay(Peers().sessions[KEY])  # the client came back by the relay
     assert table.calls == [f"set {RELAY} {RELAY_KEEPALIVE_S}"]
     assert puncher.rejoining == {}
+
+
+async def test_a_punched_peer_set_afresh_is_not_taken_for_silent() -> None:
+    """A punched peer the node set again (a sync re-creates it) counts from zero: the bytes
+    it receives after that are traffic, not silence until they pass the old total."""
+    direct = "203.0.113.7:51820"
+    table = Table(rx=5000, endpoint=direct)
+    puncher = Puncher(51820, Peers(), table, table.rows)  # type: ignore[arg-type]
+    t0 = 1000.0
+    puncher.punched[KEY] = _Punched("s_1", direct, "punched", 5000, t0)
+    table.rx = 148  # re-created, and the client's packets keep coming
+    await puncher._check_punched(rows(table), t0 + 1.0)
+    table.rx = 296
+    await puncher._check_punched(rows(table), t0 + DEAD_S)
+    await puncher._check_punched(rows(table), t0 + DEAD_S + 0.5)
+    assert KEY in puncher.punched, "a working direct path was given up"
+    assert puncher.counters["punch_lost"] == 0
+    # Silence after that is still silence.
+    await puncher._check_punched(rows(table), t0 + 2 * DEAD_S + 1.0)
+    assert KEY not in puncher.punched
+    assert puncher.counters["punch_lost"] == 1
