@@ -307,10 +307,12 @@ class NodeView:
                 self._push(held.candidate(connected(top.node_id)))
         return None
 
+    def _entry(self, c: routing.Candidate) -> _Entry:
+        return (-c.score, c.open_sessions, _Backwards(c.node_id), next(self._order), c)
+
     def _push(self, c: routing.Candidate) -> None:
         if c.can_take_any:
-            entry = (-c.score, c.open_sessions, _Backwards(c.node_id), next(self._order), c)
-            heapq.heappush(self._ranked, entry)
+            heapq.heappush(self._ranked, self._entry(c))
 
     def _heapify(self, connected: Callable[[str], bool]) -> None:
         self._links_checked = time.monotonic()
@@ -318,9 +320,7 @@ class NodeView:
         for facts in self._nodes.values():
             c = facts.candidate(connected(facts.node_id))
             if c.can_take_any:
-                entries.append(
-                    (-c.score, c.open_sessions, _Backwards(c.node_id), next(self._order), c)
-                )
+                entries.append(self._entry(c))
         heapq.heapify(entries)
         self._ranked = entries
         self._rebuild = False

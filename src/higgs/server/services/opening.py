@@ -191,7 +191,7 @@ class SessionOpener:
             # The common case streams the view through one pass: no list of N candidates,
             # and a node whose cached candidate cannot take any session is skipped without
             # asking the hub (connectivity does not change that verdict).
-            if named is None and not routing.asks_anything(wish):
+            if not routing.asks_anything(wish):  # no node named, no filter
                 fit = self.nodes.best_taker(connected)  # by rank, without a pass over N
             else:
                 fit = routing.best_of(_takers(pool, connected), wish)
